@@ -1,0 +1,62 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp
+
+.PHONY: demo test lint typecheck unit diagrams check bench graphviz venv clean
+
+# A fresh Debian may lack venv (python3-venv) or Graphviz's dot: install them when we can
+# (root with apt), else say exactly what is missing.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "statemachine-agent needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1)." \
+	       "Run: make PYTHON=python3.11 ..."; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    v=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
+	    apt-get update -qq && { apt-get install -y -qq python$$v-venv || apt-get install -y -qq python3-venv; } \
+	      && $(PYTHON) -m venv $(VENV); \
+	  else echo "python's venv module is missing: install it (Debian: apt-get install python3-venv)"; exit 1; fi; }
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Graphviz (Debian package graphviz) for its dot binary"; \
+	    apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "Graphviz's dot binary is missing: install it (Debian/Ubuntu: sudo apt-get install graphviz;" \
+	         "macOS: brew install graphviz), then run make again"; exit 1; \
+	  fi; }
+
+demo: $(STAMP) graphviz
+	$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?"
+
+diagrams: $(STAMP) graphviz
+	$(BIN)/python -m statemachine_agent.examples --diagrams diagrams
+
+check: $(STAMP)
+	$(BIN)/statemachine-agent check statemachine_agent.examples.research:workflow
+
+lint: $(STAMP)
+	$(BIN)/ruff check statemachine_agent tests benchmarks
+	$(BIN)/mypy
+
+unit: $(STAMP) graphviz
+	$(BIN)/python -m pytest -q
+
+test: lint unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_runner.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,44 @@
+"""statemachine-agent: AI agents as explicit, checked finite-state machines."""
+
+from __future__ import annotations
+
+import logging
+
+from .check import CheckReport
+from .compile import CompiledWorkflow
+from .context import Context
+from .errors import ContextAccessError, DefinitionError, Problem, RunError, StateMachineAgentError
+from .guards import Guard, guard
+from .policies import Decision, Option, Policy, first_enabled, scripted, seeded_random
+from .result import RunResult, Step
+from .spec import NoExit, Outcome, WorkflowSpec
+from .workflow import StateRef, Workflow
+
+__all__ = [
+    "CheckReport",
+    "CompiledWorkflow",
+    "Context",
+    "ContextAccessError",
+    "Decision",
+    "DefinitionError",
+    "Guard",
+    "NoExit",
+    "Option",
+    "Outcome",
+    "Policy",
+    "Problem",
+    "RunError",
+    "RunResult",
+    "StateMachineAgentError",
+    "StateRef",
+    "Step",
+    "Workflow",
+    "WorkflowSpec",
+    "first_enabled",
+    "guard",
+    "scripted",
+    "seeded_random",
+]
+
+# A library never configures logging; applications decide where our records go.
+logging.getLogger("statemachine_agent").addHandler(logging.NullHandler())

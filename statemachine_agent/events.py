@@ -1,0 +1,106 @@
+"""Typed, frozen events delivered to hooks while a workflow runs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from .result import RunResult
+
+__all__ = [
+    "BudgetExhausted",
+    "ErrorRouted",
+    "Event",
+    "Hook",
+    "PolicyChoiceRejected",
+    "RunFinished",
+    "RunStarted",
+    "StepStarted",
+    "TransitionTaken",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event: which run, of which workflow."""
+
+    run_id: str
+    workflow: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    """A run began in the initial state."""
+
+    state: str
+    context: Any
+    max_steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted(Event):
+    """A state's action is about to run."""
+
+    step: int
+    state: str
+    visit: int
+    """1 for the first visit of this state in this run."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionTaken(Event):
+    """The run moved along a declared transition (``kind`` says which sort)."""
+
+    step: int
+    source: str
+    target: str
+    transition: str
+    kind: str
+    """``transition``, ``error`` (routed error) or ``fail`` (to the failure terminal)."""
+    duration: float
+    """Seconds spent in the step, action and choice included."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChoiceRejected(Event):
+    """A policy answered something that is not an enabled transition; it was not taken."""
+
+    step: int
+    state: str
+    choice: Any
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRouted(Event):
+    """An exception from a state's action was routed by an error transition."""
+
+    step: int
+    state: str
+    error: BaseException
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted(Event):
+    """A budget ran out; the run goes to the failure terminal."""
+
+    step: int
+    state: str
+    budget: str
+    """``max_steps``, ``max_visits``, ``max_traversals`` or ``deadline``."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    """The run entered a terminal state."""
+
+    result: RunResult[Any]
+
+
+Hook: TypeAlias = Callable[[Event], Awaitable[None] | None]
+"""A plain callable taking an event; it may be async. A hook that raises is logged, not fatal."""

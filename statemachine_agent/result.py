@@ -1,0 +1,99 @@
+"""What a run leaves behind: the terminal state, the outcome, the final context and the path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from .spec import Outcome
+
+__all__ = ["RunResult", "Step"]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a run: a state's action, then the transition it took."""
+
+    index: int
+    """0 for the first step."""
+    state: str
+    target: str
+    """Where the step went."""
+    transition: str
+    """The transition's name (``source->target#order``, ``source-!Error->target`` or ``fail``)."""
+    kind: str
+    """``transition``, ``error`` (an error transition) or ``fail`` (to the failure terminal)."""
+    started_at: float
+    """Wall-clock time (``time.time()``) when the step began."""
+    duration: float
+    """Seconds the step took."""
+    error: BaseException | None = None
+    """The exception the action raised, if any."""
+    rejected: tuple[str, ...] = field(default=())
+    """Reasons the policy's earlier answers were rejected, in order."""
+    ran: bool = True
+    """Whether the state's action ran (not when a budget stopped the run before it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record of the step."""
+        return {
+            "index": self.index,
+            "state": self.state,
+            "target": self.target,
+            "transition": self.transition,
+            "kind": self.kind,
+            "started_at": self.started_at,
+            "duration": self.duration,
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "rejected": list(self.rejected),
+            "ran": self.ran,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult(Generic[C]):
+    """The end of a run: always a declared terminal state."""
+
+    workflow: str
+    run_id: str
+    terminal: str
+    outcome: Outcome
+    context: C
+    """The final context (the caller's input object is never mutated)."""
+    path: tuple[Step, ...]
+    reason: str | None = None
+    """Why the run failed, when it ended in a failure terminal."""
+    error: BaseException | None = None
+    """The unrouted exception that ended the run, if any."""
+
+    @property
+    def ok(self) -> bool:
+        """The run ended in a success terminal."""
+        return self.outcome is Outcome.SUCCESS
+
+    @property
+    def steps(self) -> int:
+        """How many actions ran."""
+        return sum(1 for s in self.path if s.ran)
+
+    @property
+    def states(self) -> list[str]:
+        """The states the run passed through, the terminal included."""
+        return [s.state for s in self.path] + [self.terminal]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record of the run."""
+        ctx = self.context
+        dump = getattr(ctx, "model_dump", None)
+        return {
+            "workflow": self.workflow,
+            "run_id": self.run_id,
+            "terminal": self.terminal,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "context": dump(mode="json") if callable(dump) else ctx,
+            "path": [s.to_dict() for s in self.path],
+        }

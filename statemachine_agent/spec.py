@@ -1,0 +1,142 @@
+"""The workflow spec: plain, frozen data that the checker reads. No ``transitions`` here."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .guards import Guard
+
+__all__ = [
+    "ErrorTransitionSpec",
+    "NoExit",
+    "Outcome",
+    "StateSpec",
+    "TransitionSpec",
+    "WorkflowSpec",
+]
+
+
+class Outcome(enum.StrEnum):
+    """How a terminal state ends a run."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class NoExit(enum.StrEnum):
+    """What a state does when none of its exits is enabled."""
+
+    ERROR = "error"
+    """The checker demands a default exit (the safe choice: nothing is left implicit)."""
+    FAIL = "fail"
+    """The run goes to the workflow's failure terminal; the spec says so explicitly."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """One state: an action on the context, or a terminal."""
+
+    name: str
+    action: Callable[..., Any] | None = None
+    """Sync or async callable receiving the context; ``None`` for terminals."""
+    reads: tuple[str, ...] = ()
+    """Context fields the action reads."""
+    writes: tuple[str, ...] = ()
+    """Context fields the action writes; any other write is rejected at run time."""
+    initial: bool = False
+    terminal: bool = False
+    outcome: Outcome | None = None
+    """Set on terminals only."""
+    decision: bool = False
+    """A policy (an LLM, a person, a test) picks the next transition among the enabled ones."""
+    max_visits: int | None = None
+    """How many times the action may run in one run; bounds the loops through this state."""
+    on_no_exit: NoExit = NoExit.ERROR
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionSpec:
+    """A guarded edge between two states."""
+
+    source: str
+    target: str
+    guard: Guard | None = None
+    """``None`` means always enabled."""
+    default: bool = False
+    """The else branch: taken only when no other exit of the source is enabled."""
+    max_traversals: int | None = None
+    """How many times this edge may be taken in one run; bounds the loops through it."""
+    description: str = ""
+    """What choosing this transition means; a policy reads it in decision states."""
+    order: int = 0
+    """Position among the source's exits, in declaration order; the first enabled one wins."""
+
+    @property
+    def name(self) -> str:
+        """A unique, readable identifier: ``source->target#order``."""
+        return f"{self.source}->{self.target}#{self.order}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorTransitionSpec:
+    """Where an exception raised by a state's action goes."""
+
+    source: str
+    error: type[BaseException]
+    target: str
+    max_traversals: int | None = None
+    order: int = 0
+    """Position among the source's error transitions, in declaration order."""
+
+    @property
+    def name(self) -> str:
+        """A unique, readable identifier: ``source-!ErrorType->target``."""
+        return f"{self.source}-!{getattr(self.error, '__name__', self.error)}->{self.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSpec:
+    """A whole workflow as data: what the checker proves safe and the compiler turns into a machine."""
+
+    name: str
+    context: type[Any]
+    """A pydantic ``BaseModel`` subclass."""
+    states: tuple[StateSpec, ...]
+    transitions: tuple[TransitionSpec, ...] = ()
+    error_transitions: tuple[ErrorTransitionSpec, ...] = ()
+    max_steps: int | None = None
+    """A workflow-wide cap on steps, on top of the bound the checker computes."""
+    _by_name: Mapping[str, StateSpec] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # First declaration wins; duplicates are reported by the checker, not hidden here.
+        index: dict[str, StateSpec] = {}
+        for s in self.states:
+            index.setdefault(s.name, s)
+        object.__setattr__(self, "_by_name", index)
+
+    def state(self, name: str) -> StateSpec:
+        """The state called ``name``; ``KeyError`` names the known ones when there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self._by_name)
+            raise KeyError(f"no state {name!r} in workflow {self.name!r}; known: {known}") from None
+
+    def has_state(self, name: str) -> bool:
+        """Whether a state called ``name`` is declared."""
+        return name in self._by_name
+
+    def exits(self, name: str) -> tuple[TransitionSpec, ...]:
+        """The transitions leaving ``name``, in order."""
+        return tuple(sorted((t for t in self.transitions if t.source == name), key=lambda t: t.order))
+
+    def error_exits(self, name: str) -> tuple[ErrorTransitionSpec, ...]:
+        """The error transitions leaving ``name``, in declaration order."""
+        return tuple(
+            sorted((t for t in self.error_transitions if t.source == name), key=lambda t: t.order)
+        )

@@ -1,0 +1,268 @@
+"""Declaring a workflow: states, transitions, error routes and bounds, in decorator or builder style."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar, overload
+
+from .check import CheckReport, analyze, check
+from .compile import CompiledWorkflow, compile_spec
+from .errors import DefinitionError, Problem
+from .guards import Guard, Predicate, as_guard
+from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
+
+__all__ = ["StateRef", "Workflow"]
+
+C = TypeVar("C")
+Action = Callable[..., Any]
+
+
+class StateRef:
+    """A handle on a declared state: pass it to ``transition()`` instead of a string.
+
+    Calling it calls the state's action, so a decorated function stays testable on its own.
+    """
+
+    __slots__ = ("action", "name", "workflow")
+
+    name: str
+    """The state's name."""
+    workflow: Workflow[Any]
+    """The workflow that declared it."""
+    action: Action | None
+    """The state's action; ``None`` for terminals."""
+
+    def __init__(self, name: str, workflow: Workflow[Any], action: Action | None) -> None:
+        self.name = name
+        self.workflow = workflow
+        self.action = action
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.action is None:
+            raise TypeError(f"state {self.name!r} is a terminal state and has no action to call")
+        return self.action(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<state {self.name!r} of workflow {self.workflow.name!r}>"
+
+
+def _field_names(value: Iterable[str] | str, what: str, state: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(
+            f"state {state!r}: {what}={value!r} is a string; give a list of field names, "
+            f"e.g. {what}=[{value!r}]"
+        )
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"state {state!r}: {what}={value!r} is not a list of field names") from None
+
+
+def _enum(kind: type[Outcome] | type[NoExit], value: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        return value  # the checker reports it, with every other problem
+
+
+class Workflow(Generic[C]):
+    """A workflow under construction. Declare states and transitions, then ``compile()``.
+
+    Decorator style::
+
+        wf = Workflow("research", Ctx)
+
+        @wf.state(initial=True, reads=["question"], writes=["hits"])
+        def search(ctx: Ctx) -> None: ...
+
+        done = wf.terminal("done")
+        wf.transition(search, done)
+
+    Builder style: ``wf.add_state("search", search_fn, initial=True, ...)`` and chained
+    ``wf.transition(...).transition(...)``.
+    """
+
+    def __init__(self, name: str, context: type[C], *, max_steps: int | None = None,
+                 description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"workflow name must be a non-empty string, got {name!r}")
+        self.name = name
+        """The workflow's name, shown in messages, events and diagrams."""
+        self.context = context
+        """The pydantic model of the context."""
+        self.max_steps = max_steps
+        """A workflow-wide cap on steps, on top of the bound the checker computes."""
+        self.description = description
+        self._states: list[StateSpec] = []
+        self._transitions: list[TransitionSpec] = []
+        self._errors: list[ErrorTransitionSpec] = []
+
+    # --- states --------------------------------------------------------------------------------
+    @overload
+    def state(self, action: Action, /) -> StateRef: ...
+
+    @overload
+    def state(
+        self,
+        action: None = None,
+        /,
+        *,
+        name: str | None = None,
+        initial: bool = False,
+        reads: Iterable[str] = (),
+        writes: Iterable[str] = (),
+        decision: bool = False,
+        max_visits: int | None = None,
+        on_no_exit: NoExit | str = NoExit.ERROR,
+        description: str = "",
+    ) -> Callable[[Action], StateRef]: ...
+
+    def state(
+        self,
+        action: Action | None = None,
+        /,
+        *,
+        name: str | None = None,
+        initial: bool = False,
+        reads: Iterable[str] = (),
+        writes: Iterable[str] = (),
+        decision: bool = False,
+        max_visits: int | None = None,
+        on_no_exit: NoExit | str = NoExit.ERROR,
+        description: str = "",
+    ) -> StateRef | Callable[[Action], StateRef]:
+        """Declare a state whose action is the decorated function (named after it by default)."""
+
+        def decorate(fn: Action) -> StateRef:
+            state_name = name if name is not None else getattr(fn, "__name__", None)
+            if state_name is None:
+                raise TypeError(f"cannot name a state after {fn!r}: pass name='...'")
+            return self.add_state(
+                state_name, fn, initial=initial, reads=reads, writes=writes, decision=decision,
+                max_visits=max_visits, on_no_exit=on_no_exit,
+                description=description or (fn.__doc__ or "").strip(),
+            )
+
+        if action is not None:
+            return decorate(action)
+        return decorate
+
+    def add_state(
+        self,
+        name: str,
+        action: Action,
+        *,
+        initial: bool = False,
+        reads: Iterable[str] = (),
+        writes: Iterable[str] = (),
+        decision: bool = False,
+        max_visits: int | None = None,
+        on_no_exit: NoExit | str = NoExit.ERROR,
+        description: str = "",
+    ) -> StateRef:
+        """Declare a state (builder style)."""
+        self._states.append(
+            StateSpec(
+                name=name,
+                action=action,
+                reads=_field_names(reads, "reads", name),
+                writes=_field_names(writes, "writes", name),
+                initial=initial,
+                decision=decision,
+                max_visits=max_visits,
+                on_no_exit=_enum(NoExit, on_no_exit),
+                description=description,
+            )
+        )
+        return StateRef(name, self, action)
+
+    def terminal(self, name: str, *, outcome: Outcome | str = Outcome.SUCCESS,
+                 description: str = "") -> StateRef:
+        """Declare a terminal state: entering it ends the run with ``outcome``."""
+        self._states.append(
+            StateSpec(name=name, terminal=True, outcome=_enum(Outcome, outcome), description=description)
+        )
+        return StateRef(name, self, None)
+
+    # --- transitions ---------------------------------------------------------------------------
+    def _name(self, ref: StateRef | str, role: str) -> str:
+        if isinstance(ref, StateRef):
+            if ref.workflow is not self:
+                raise DefinitionError(self.name, [Problem(
+                    "foreign-state",
+                    f"{role} {ref!r} belongs to workflow {ref.workflow.name!r}, not {self.name!r}: "
+                    "declare the state in this workflow",
+                    ref.name,
+                )])
+            return ref.name
+        if isinstance(ref, str):
+            return ref
+        raise TypeError(f"{role} must be a state (as returned by state() or terminal()) or its name, "
+                        f"got {ref!r}")
+
+    def transition(
+        self,
+        source: StateRef | str,
+        target: StateRef | str,
+        *,
+        guard: Guard | Predicate | None = None,
+        default: bool = False,
+        max_traversals: int | None = None,
+        description: str = "",
+    ) -> Workflow[C]:
+        """Declare a transition; exits of a state are tried in the order they are declared."""
+        src, dst = self._name(source, "source"), self._name(target, "target")
+        order = sum(1 for t in self._transitions if t.source == src)
+        self._transitions.append(
+            TransitionSpec(
+                source=src,
+                target=dst,
+                guard=as_guard(guard) if guard is not None else None,
+                default=default,
+                max_traversals=max_traversals,
+                description=description,
+                order=order,
+            )
+        )
+        return self
+
+    def on_error(
+        self,
+        source: StateRef | str,
+        error: type[Exception],
+        target: StateRef | str,
+        *,
+        max_traversals: int | None = None,
+    ) -> Workflow[C]:
+        """Route ``error`` (and its subclasses) raised by ``source``'s action to ``target``."""
+        src, dst = self._name(source, "source"), self._name(target, "target")
+        order = sum(1 for t in self._errors if t.source == src)
+        self._errors.append(ErrorTransitionSpec(src, error, dst, max_traversals, order))
+        return self
+
+    # --- results -------------------------------------------------------------------------------
+    def spec(self) -> WorkflowSpec:
+        """The declaration as plain data (unchecked)."""
+        return WorkflowSpec(
+            name=self.name,
+            context=self.context,
+            states=tuple(self._states),
+            transitions=tuple(self._transitions),
+            error_transitions=tuple(self._errors),
+            max_steps=self.max_steps,
+        )
+
+    def analyze(self) -> CheckReport:
+        """Run every check and return the report, without raising."""
+        return analyze(self.spec())
+
+    def check(self) -> CheckReport:
+        """Run every check; raise :class:`DefinitionError` listing every problem."""
+        return check(self.spec())
+
+    def compile(self) -> CompiledWorkflow[C]:
+        """Check the workflow and compile it onto a ``transitions`` machine, ready to run."""
+        return compile_spec(self.spec())
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self._states)} states, {len(self._transitions)} transitions>"
