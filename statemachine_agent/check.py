@@ -488,6 +488,8 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
     edge_kinds = {(e.source, e.target): e.kind for e in edges}
 
     reach: set[str] = reachable([initial], succ) if initial is not None else set()
+    if initial is not None and failure_terminal is not None:
+        reach.add(failure_terminal)  # every run can end there: budgets, unrouted errors
     unreachable = [n for n in names if n not in reach] if initial is not None else []
     for n in unreachable:
         problem(
@@ -578,14 +580,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 if path is None:
                     continue
                 unset.add((n, f))
-                writers = list(path[:-1])
-                fix = f"write it in {_q(writers)}, " if writers else ""
-                problem(
-                    "unset-read",
-                    f"state {n!r} reads {f!r}, but the path {_fmt_path(path, edge_kinds)} never writes "
-                    f"it: {fix}give it a default, or make it a required input",
-                    n,
-                )
+                problem("unset-read", _unset_message(f"state {n!r}", f, path, writes, edge_kinds), n)
         for t in spec.transitions:
             if (
                 not isinstance(t.guard, Guard)
@@ -601,9 +596,8 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 unset.add((t.source, f))
                 problem(
                     "unset-read",
-                    f"guard {t.guard.name!r} on transition {t.source}->{t.target} reads {f!r}, but the "
-                    f"path {_fmt_path(path, edge_kinds)} never writes it: write it in {t.source!r} or "
-                    "earlier, or give it a default",
+                    _unset_message(f"guard {t.guard.name!r} on transition {t.source}->{t.target}", f,
+                                   [*path, t.target], writes, edge_kinds),
                     f"transition {t.source}->{t.target}",
                 )
 
@@ -628,6 +622,21 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         failure_terminal=failure_terminal,
         edges=tuple(edges),
     )
+
+
+def _unset_message(reader: str, f: str, path: list[str], writes: Callable[[str], frozenset[str]],
+                   edge_kinds: dict[tuple[str, str], str]) -> str:
+    discarded = [a for a, b in itertools.pairwise(path)
+                 if edge_kinds.get((a, b)) == "error" and f in writes(a)]
+    writers = [p for p in path[:-1] if f not in writes(p)]
+    fixes = []
+    if writers:
+        fixes.append(f"write it in {_q(writers)}")
+    fixes += ["give it a default", "make it a required input"]
+    note = (f" (an error transition discards the writes of {_q(discarded, 'and')}: route that error "
+            "elsewhere, or write the field before the error can happen)") if discarded else ""
+    return (f"{reader} reads {f!r}, but the path {_fmt_path(path, edge_kinds)} never writes it{note}: "
+            f"{', '.join(fixes[:-1])}, or {fixes[-1]}")
 
 
 def _worst_case_steps(

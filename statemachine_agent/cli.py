@@ -1,0 +1,204 @@
+"""The ``statemachine-agent`` command: check, run and draw workflows named as ``MODULE:OBJECT``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .check import CheckReport, analyze
+from .compile import CompiledWorkflow, compile_spec
+from .diagrams import GraphvizMissing, render, to_dot, to_mermaid
+from .errors import DefinitionError
+from .policies import Policy, first_enabled, seeded_random
+from .spec import WorkflowSpec
+from .workflow import Workflow
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed, exit code 2."""
+
+
+def _version() -> str:
+    try:
+        return version("statemachine-agent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_spec(target: str) -> WorkflowSpec:
+    """Import ``MODULE:OBJECT`` and return the workflow spec it names."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{target!r} is not MODULE:OBJECT, e.g. myagent.workflows:research")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the current folder import
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}. Run from the folder that "
+                         "contains it, or install its package") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            names = ", ".join(n for n in dir(module) if not n.startswith("_"))
+            raise UsageError(f"module {module_name!r} has no {attr!r}; it has: {names}") from None
+    if isinstance(obj, (Workflow, CompiledWorkflow)):
+        return obj.spec if isinstance(obj, CompiledWorkflow) else obj.spec()
+    if isinstance(obj, WorkflowSpec):
+        return obj
+    raise UsageError(f"{target} is a {type(obj).__name__}, not a Workflow, CompiledWorkflow or "
+                     "WorkflowSpec")
+
+
+def _summary(spec: WorkflowSpec, report: CheckReport) -> str:
+    terminals = sum(1 for s in spec.states if s.terminal)
+    return (f"workflow {spec.name!r}: {len(spec.states)} states ({terminals} terminal), "
+            f"{len(spec.transitions)} transitions, {len(spec.error_transitions)} error transitions")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    spec = load_spec(args.target)
+    report = analyze(spec)
+    if report.problems:
+        print(DefinitionError(report.workflow, report.problems), file=sys.stderr)
+        return 1
+    print(f"ok: {_summary(spec, report)}")
+    print(f"worst-case steps: {report.worst_case_steps}")
+    return 0
+
+
+def _read_input(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    text = raw
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read input file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--input is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         """give an object such as '{"question": "..."}' or @file.json""") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--input must be a JSON object of context fields, got {type(data).__name__}")
+    return data
+
+
+def _policy(name: str) -> Policy:
+    if name == "first":
+        return first_enabled
+    kind, _, seed = name.partition(":")
+    if kind == "random":
+        try:
+            return seeded_random(int(seed) if seed else 0)
+        except ValueError:
+            raise UsageError(f"--policy {name!r}: the seed must be a whole number, e.g. random:7") from None
+    raise UsageError(f"unknown --policy {name!r}: use 'first' or 'random[:SEED]'")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.target)
+    compiled = compile_spec(spec)
+    data = _read_input(args.input)
+    try:
+        context = compiled.context_type.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(f"--input does not fit {compiled.context_type.__name__}:\n{exc}") from exc
+    result = compiled.run_sync(context, policy=_policy(args.policy), max_steps=args.max_steps,
+                               timeout=args.timeout)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(f"terminal: {result.terminal} ({result.outcome.value})")
+        if result.reason:
+            print(f"reason:   {result.reason}")
+        print(f"path:     {' -> '.join(result.states)}  ({result.steps} steps, bound {compiled.max_steps})")
+        print("context:  " + json.dumps(result.to_dict()["context"], default=str))
+    return 0 if result.ok else 1
+
+
+_FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png", ".pdf": "pdf", ".mmd": "mermaid",
+            ".mermaid": "mermaid"}
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    spec = load_spec(args.target)
+    compiled = compile_spec(spec)
+    out = Path(args.output)
+    fmt = args.format or _FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"cannot tell the format from {out.name!r}: use a .dot, .svg, .png, .pdf or .mmd "
+                         "name, or --format")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "mermaid":
+        out.write_text(to_mermaid(compiled), encoding="utf-8")
+    elif fmt == "dot":
+        out.write_text(to_dot(compiled).source, encoding="utf-8")
+    else:
+        render(to_dot(compiled), out, fmt)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="statemachine-agent", description="Check, run and draw "
+                                     "statemachine-agent workflows named as MODULE:OBJECT.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("check", help="check a workflow; print its worst-case step bound (exit 1 on problems)")
+    p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("run", help="run a workflow once and print the result (exit 1 on a failure outcome)")
+    p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
+    p.add_argument("--input", help="the context as a JSON object, or @FILE.json")
+    p.add_argument("--policy", default="first", help="decision policy: first (default) or random[:SEED]")
+    p.add_argument("--max-steps", type=int, help="step budget (default: the checker's worst-case bound)")
+    p.add_argument("--timeout", type=float, help="wall-clock deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("diagram", help="draw a workflow (DOT, SVG, PNG, PDF or Mermaid)")
+    p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
+    p.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format")
+    p.add_argument("--format", choices=sorted(set(_FORMATS.values())), help="override the format")
+    p.set_defaults(func=cmd_diagram)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``statemachine-agent`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"statemachine-agent: {exc}", file=sys.stderr)
+        return 2
+    except DefinitionError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except GraphvizMissing as exc:
+        print(f"statemachine-agent: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad budgets and the like
+        print(f"statemachine-agent: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
