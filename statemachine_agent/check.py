@@ -635,6 +635,9 @@ def _unset_message(reader: str, f: str, path: list[str], writes: Callable[[str],
     fixes += ["give it a default", "make it a required input"]
     note = (f" (an error transition discards the writes of {_q(discarded, 'and')}: route that error "
             "elsewhere, or write the field before the error can happen)") if discarded else ""
+    if len(path) == 1:
+        return (f"{reader} reads {f!r}, which has no value when a run starts ({path[0]!r} is the initial "
+                f"state): {', '.join(fixes[:-1])}, or {fixes[-1]}")
     return (f"{reader} reads {f!r}, but the path {_fmt_path(path, edge_kinds)} never writes it{note}: "
             f"{', '.join(fixes[:-1])}, or {fixes[-1]}")
 

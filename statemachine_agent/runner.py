@@ -316,10 +316,12 @@ class Run(Generic[C]):
 
     # --- pieces of a step ------------------------------------------------------------------------
     def _check_budgets(self, plan: Plan) -> None:
-        if self.actions_run >= self.max_steps:
-            raise _Failed(f"max_steps of {self.max_steps} reached before state {plan.name!r}", "max_steps")
+        # The specific budget first: when the default max_steps (the static bound) runs out, a
+        # visit budget is usually the real cause, and naming it says which loop to look at.
         if plan.max_visits is not None and self.visits.get(plan.name, 0) >= plan.max_visits:
             raise _Failed(f"visits of {plan.name!r} reached {plan.max_visits}", "max_visits")
+        if self.actions_run >= self.max_steps:
+            raise _Failed(f"max_steps of {self.max_steps} reached before state {plan.name!r}", "max_steps")
         if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
             raise _Failed(f"deadline of {self.timeout} s passed before state {plan.name!r}", "deadline")
 
