@@ -70,11 +70,12 @@ def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None
             kind = "initial"
         else:
             kind = "decision" if s.decision else "state"
-        extra = [f"max {s.max_visits} visits"] if s.max_visits else []
+        extra = [f"max {s.max_visits} visit{'s' if s.max_visits != 1 else ''}"] if s.max_visits else []
         label = s.name if not extra else f"{s.name}\n({', '.join(extra)})"
         nodes.append(DiagramNode(s.name, kind, s.outcome.value if s.outcome else None, label,
                                  visits[s.name]))
     edges: list[DiagramEdge] = []
+    exits = Counter(t.source for t in spec.transitions)
     for t in spec.transitions:
         parts = []
         if t.guard is not None:
@@ -85,7 +86,9 @@ def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None
             parts.append(t.description)
         if t.max_traversals:
             parts.append(f"max {t.max_traversals}x")
-        label = f"{t.order + 1}. " + " ".join(parts) if parts else f"{t.order + 1}."
+        # The order matters only where a state has a choice of exits.
+        order = f"{t.order + 1}." if exits[t.source] > 1 else ""
+        label = " ".join(filter(None, [order, *parts]))
         edges.append(DiagramEdge(t.source, t.target, "default" if t.default else "transition", label,
                                  taken[t.name]))
     for e in spec.error_transitions:
@@ -160,7 +163,7 @@ def to_mermaid(workflow: CompiledWorkflow[Any]) -> str:
             lines.append(f"    [*] --> {n.name}")
     for e in edges:
         label = e.label.replace(":", " ").replace("\n", " ")
-        lines.append(f"    {e.source} --> {e.target}: {label}")
+        lines.append(f"    {e.source} --> {e.target}" + (f": {label}" if label else ""))
     for n in nodes:
         if n.kind == "terminal":
             lines.append(f"    {n.name} --> [*]")

@@ -29,6 +29,7 @@ _STOPWORDS = frozenset({
     "where", "which", "who", "why", "will", "with", "you", "your",
 })
 _WORD = re.compile(r"[A-Za-z0-9_]+")
+_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(\"'])")
 
 
@@ -100,8 +101,9 @@ def _sections(markdown: str) -> list[tuple[str, str]]:
             if lines:
                 out.append((heading, " ".join(lines)))
             heading, lines = line.lstrip("#").strip(), []
-        elif line.strip() and not in_code:
-            lines.append(line.strip())
+        elif line.strip() and not in_code and not line.lstrip().startswith((">", "|")):
+            # Quoted examples and tables read badly as prose; links keep their text only.
+            lines.append(_LINK.sub(r"\1", line.strip()))
     if lines:
         out.append((heading, " ".join(lines)))
     return out
