@@ -17,3 +17,48 @@ def test_checks_page_quotes_the_real_message(code: str) -> None:
     [message] = [p.message for p in BROKEN[code]().analyze().problems if p.code == code][:1]
     assert code in page
     assert f"> {message}\n" in page
+
+
+def _python_blocks(text: str) -> list[str]:
+    blocks, current, inside = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```python"):
+            inside, current = True, []
+        elif line.startswith("```") and inside:
+            inside = False
+            blocks.append("\n".join(current))
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_readme_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's workflow compiles and answers from a small document list."""
+    [code] = _python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+    namespace: dict[str, object] = {"DOCS": ["Loops are bounded by max_visits", "unrelated"],
+                                    "__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert out.split()[:2] == ["done", "success"]
+    assert "Loops are bounded by max_visits" in out
+
+
+def test_readme_error_message_is_real() -> None:
+    """The DefinitionError quoted in the README is what the checker says for that mistake."""
+    from statemachine_agent import Context, Workflow
+
+    class Research(Context):
+        question: str
+        query: str | None = None
+        hits: list[str] | None = None
+        answer: str | None = None
+
+    wf = Workflow("research", Research)
+    wf.add_state("plan", lambda c: None, initial=True, reads=["question"], writes=["query"])
+    wf.add_state("summarize", lambda c: None, reads=["hits"], writes=["answer"])
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("plan", "summarize").transition("summarize", "done")
+    [problem] = wf.analyze().problems
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"  - {problem}\n" in readme
