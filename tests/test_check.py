@@ -245,11 +245,8 @@ def test_definition_error_pickles() -> None:
     """DefinitionError survives pickling (multiprocessing, pytest-xdist)."""
     import pickle
 
-    try:
+    with pytest.raises(DefinitionError) as info:
         BROKEN["no-initial"]().check()
-    except DefinitionError as exc:
-        again = pickle.loads(pickle.dumps(exc))
-        assert again.problems == exc.problems
-        assert str(again) == str(exc)
-    else:
-        pytest.fail("expected DefinitionError")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.problems == info.value.problems
+    assert str(again) == str(info.value)

@@ -19,7 +19,8 @@ def test_example_checks_with_its_bound() -> None:
 
 def test_answers_from_the_docs() -> None:
     """A question the docs answer goes plan -> search -> summarize -> done, citing the page."""
-    result = research.workflow.compile().run_sync(ResearchContext(question="How does the checker bound loops?"))
+    question = "How does the checker bound loops?"
+    result = research.workflow.compile().run_sync(ResearchContext(question=question))
     assert result.states == ["plan", "search", "summarize", "done"]
     assert "checks.md" in result.context.sources
     assert "bound" in (result.context.answer or "").lower()

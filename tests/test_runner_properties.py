@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import Field
 
 from statemachine_agent import CompiledWorkflow, Context, Decision, Outcome, Workflow, guard
 from statemachine_agent.errors import ContextAccessError
@@ -15,7 +16,7 @@ from statemachine_agent.errors import ContextAccessError
 class Trace(Context):
     """Each action appends its state's name to ``trace`` (a declared write) and may set ``token``."""
 
-    trace: list[str] = []
+    trace: list[str] = Field(default_factory=list)
     token: int | None = None
 
 
