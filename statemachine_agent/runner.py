@@ -56,61 +56,110 @@ class _Token:
 class ContextView:
     """What an action receives: the context, limited to the state's declared reads and writes.
 
-    Writes go to a copy made on the first write, so an action that fails leaves no trace; the
-    runner commits the copy only when the step succeeds.
+    Writes are validated by pydantic as they happen. Before the first change in a step the view
+    snapshots the context, so a step that fails is rolled back and leaves no trace.
     """
 
-    __slots__ = ("_sa_base", "_sa_copied", "_sa_dirty", "_sa_fields", "_sa_plan", "_sa_work", "_sa_written")
+    __slots__ = ("_sa_copied", "_sa_dirty", "_sa_fields", "_sa_model", "_sa_plan", "_sa_snapshot",
+                 "_sa_written")
 
-    def __init__(self, base: BaseModel, plan: Plan, written: set[str], fields: frozenset[str]) -> None:
-        object.__setattr__(self, "_sa_base", base)
-        object.__setattr__(self, "_sa_plan", plan)
-        object.__setattr__(self, "_sa_written", written)
-        object.__setattr__(self, "_sa_fields", fields)
-        object.__setattr__(self, "_sa_work", None)
-        object.__setattr__(self, "_sa_dirty", set())
-        object.__setattr__(self, "_sa_copied", set())
+    _sa_model: BaseModel
+    _sa_plan: Plan
+    _sa_written: set[str]
+    _sa_fields: frozenset[str]
+    _sa_snapshot: tuple[dict[str, Any], set[str]] | None
+    _sa_dirty: list[str] | None
+    _sa_copied: set[str] | None
 
-    def _sa_copy(self) -> BaseModel:
-        work: BaseModel | None = self._sa_work
-        if work is None:
-            work = self._sa_base.model_copy()
-            object.__setattr__(self, "_sa_work", work)
-        return work
+    def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str]) -> None:
+        _set = object.__setattr__
+        _set(self, "_sa_model", model)
+        _set(self, "_sa_plan", plan)
+        _set(self, "_sa_written", written)
+        _set(self, "_sa_fields", fields)
+        _set(self, "_sa_snapshot", None)
+        _set(self, "_sa_dirty", None)
+        _set(self, "_sa_copied", None)
+
+    def _sa_begin(self, plan: Plan) -> None:
+        """Start a step of ``plan``'s state."""
+        _set = object.__setattr__
+        _set(self, "_sa_plan", plan)
+        if self._sa_snapshot is not None:
+            _set(self, "_sa_snapshot", None)
+        if self._sa_dirty is not None:
+            _set(self, "_sa_dirty", None)
+        if self._sa_copied is not None:
+            _set(self, "_sa_copied", None)
+
+    def _sa_snap(self) -> BaseModel:
+        model = self._sa_model
+        if self._sa_snapshot is None:
+            object.__setattr__(self, "_sa_snapshot",
+                               (dict(model.__dict__), set(model.__pydantic_fields_set__)))
+        return model
+
+    def _sa_rollback(self) -> None:
+        """Undo every change of the current step."""
+        snap = self._sa_snapshot
+        if snap is not None:
+            model = self._sa_model
+            object.__setattr__(model, "__dict__", snap[0])
+            object.__setattr__(model, "__pydantic_fields_set__", snap[1])
+            object.__setattr__(self, "_sa_snapshot", None)
+        object.__setattr__(self, "_sa_dirty", None)
 
     def __getattr__(self, name: str) -> Any:
         plan = self._sa_plan
         if name in plan.allowed:
-            if name not in self._sa_written and name not in self._sa_dirty:
+            if name not in self._sa_written and (self._sa_dirty is None or name not in self._sa_dirty):
                 raise ContextAccessError(
                     plan.name, name,
                     f"state {plan.name!r} read {name!r} before any step set it: declare it in "
                     f"reads=[...] so the checker proves it is written first, or write it before reading",
                 )
-            if name in plan.writes:
-                work = self._sa_copy()
-                value = getattr(work, name)
-                if name not in self._sa_copied and not isinstance(value, _IMMUTABLE):
-                    # A writable field may be changed in place: give the action its own copy.
+            value = getattr(self._sa_model, name)
+            if name in plan.writes and not isinstance(value, _IMMUTABLE):
+                copied = self._sa_copied
+                if copied is None:
+                    copied = set()
+                    object.__setattr__(self, "_sa_copied", copied)
+                if name not in copied:
+                    # A writable field may be changed in place: work on a copy, keep the original
+                    # in the snapshot for a rollback.
+                    model = self._sa_snap()
                     value = copy.deepcopy(value)
-                    work.__dict__[name] = value
-                self._sa_copied.add(name)
-                return value
-            return getattr(self._sa_work or self._sa_base, name)
+                    model.__dict__[name] = value
+                    copied.add(name)
+            return value
         if name in self._sa_fields:
             raise ContextAccessError(
                 plan.name, name,
                 f"state {plan.name!r} read {name!r}, which it does not declare: add {name!r} to "
                 f"reads=[...] of state {plan.name!r}",
             )
-        return getattr(self._sa_work or self._sa_base, name)
+        return getattr(self._sa_model, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         plan = self._sa_plan
         if name in plan.writes:
-            setattr(self._sa_copy(), name, value)  # pydantic validates here, in the action
-            self._sa_dirty.add(name)
-            self._sa_copied.add(name)
+            model = self._sa_model
+            if self._sa_snapshot is None:
+                object.__setattr__(self, "_sa_snapshot",
+                                   (dict(model.__dict__), set(model.__pydantic_fields_set__)))
+            setattr(model, name, value)  # pydantic validates here, in the action
+            dirty = self._sa_dirty
+            if dirty is None:
+                object.__setattr__(self, "_sa_dirty", [name])
+            else:
+                dirty.append(name)
+            if not isinstance(value, _IMMUTABLE):
+                # The action holds this object already: no defensive copy on a later read.
+                copied = self._sa_copied
+                if copied is None:
+                    object.__setattr__(self, "_sa_copied", {name})
+                else:
+                    copied.add(name)
             return
         if name in self._sa_fields:
             raise ContextAccessError(
@@ -121,7 +170,7 @@ class ContextView:
         raise ContextAccessError(
             plan.name, name,
             f"state {plan.name!r} set {name!r}, which is not a field of "
-            f"{type(self._sa_base).__name__}: declare the field on the context model",
+            f"{type(self._sa_model).__name__}: declare the field on the context model",
         )
 
     def __delattr__(self, name: str) -> None:
@@ -129,7 +178,7 @@ class ContextView:
                                  "context fields cannot be deleted; assign None instead")
 
     def __repr__(self) -> str:
-        return f"<context view of {self._sa_work or self._sa_base!r} for state {self._sa_plan.name!r}>"
+        return f"<context view of {self._sa_model!r} for state {self._sa_plan.name!r}>"
 
 
 class ReadOnlyContext:
@@ -202,8 +251,11 @@ class Run(Generic[C]):
         if policy is not None and not callable(policy):
             raise TypeError(f"policy {policy!r} is not callable: give a function of a Decision")
         self.workflow = workflow
-        self.context: C = context  # type: ignore[assignment]
-        """The committed context: replaced (never mutated) after each successful step."""
+        # One private copy per run: the caller's object is never mutated, and steps change this
+        # one in place (rolled back when a step fails).
+        base: BaseModel = context.model_copy()  # type: ignore[union-attr]
+        self.context: C = base  # type: ignore[assignment]
+        """The run's context; a failed step leaves it as the step found it."""
         self.policy: Policy = policy or first_enabled
         self.hooks: tuple[Hook, ...] = (*workflow.hooks, *hooks)
         self.max_steps: int = max_steps if max_steps is not None else workflow.max_steps
@@ -219,14 +271,16 @@ class Run(Generic[C]):
         self.traversals: list[int] = [0] * len(workflow.edge_names)
         self.result: RunResult[C] | None = None
         """Set when the run has entered a terminal state."""
-        base: BaseModel = context  # type: ignore[assignment]
-        self._fields = frozenset(type(base).model_fields)
+        self._plans = workflow.plans
         self._written: set[str] = set(workflow.fields_at_start) | {
             f for f in base.model_fields_set if getattr(base, f) is not None
         }
+        self._view = ContextView(base, workflow.plans[workflow.initial], self._written,
+                                 frozenset(type(base).model_fields))
         self._token = _Token(workflow.initial)
         self._deadline: float | None = None
         self._started = False
+        self._clock0 = (time.time(), time.perf_counter())
 
     # --- driving ---------------------------------------------------------------------------------
     async def run_to_end(self) -> RunResult[C]:
@@ -248,34 +302,35 @@ class Run(Generic[C]):
         """Run one step: the current state's action, then one declared transition."""
         if self.result is not None:
             raise RunError(f"run {self.run_id} has already ended in {self.result.terminal!r}")
-        wf = self.workflow
         if not self._started:
-            self._started = True
-            if self.timeout is not None:
-                self._deadline = asyncio.get_running_loop().time() + self.timeout
-            if self.hooks:
-                await self._emit(RunStarted(self.run_id, wf.name, wf.initial, self.context, self.max_steps))
-        plan = wf.plans[self.state]
+            await self._start()
+        plan = self._plans[self.state]
         index = len(self.path)
-        started_at = time.time()
         t0 = time.perf_counter()
-        try:
-            self._check_budgets(plan)
-        except _Failed as failed:
-            return await self._fail(plan, index, started_at, t0, failed.reason, budget=failed.budget,
-                                    ran=False)
-        visit = self.visits.get(plan.name, 0) + 1
-        self.visits[plan.name] = visit
+        name = plan.name
+        visits = self.visits.get(name, 0)
+        # The specific budget first: when the default max_steps (the static bound) runs out, a
+        # visit budget is usually the real cause, and naming it says which loop to look at.
+        if plan.max_visits is not None and visits >= plan.max_visits:
+            return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
+                                    budget="max_visits", ran=False)
+        if self.actions_run >= self.max_steps:
+            return await self._fail(plan, index, t0,
+                                    f"max_steps of {self.max_steps} reached before state {name!r}",
+                                    budget="max_steps", ran=False)
+        deadline = self._deadline
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
+                                    f"{name!r}", budget="deadline", ran=False)
+        self.visits[name] = visits + 1
         self.actions_run += 1
         if self.hooks:
-            await self._emit(StepStarted(self.run_id, wf.name, index, plan.name, visit))
-        view = ContextView(self.context, plan, self._written, self._fields)  # type: ignore[arg-type]
+            await self._emit(StepStarted(self.run_id, self.workflow.name, index, name, visits + 1))
+        view = self._view
+        view._sa_begin(plan)
         rejected: tuple[str, ...] = ()
-        deadline = self._deadline
         try:
-            if deadline is None:
-                chosen, rejected = await self._act_and_choose(plan, view, index)
-            else:
+            if deadline is not None:
                 async with asyncio.timeout_at(deadline):
                     try:
                         chosen, rejected = await self._act_and_choose(plan, view, index)
@@ -283,64 +338,79 @@ class Run(Generic[C]):
                         # Raised inside the block, so it is the action's own, not our deadline's
                         # (which surfaces only when the block exits).
                         raise _ActionTimeout from own
-        except _Failed as failed:
-            return await self._fail(plan, index, started_at, t0, failed.reason, budget=failed.budget)
-        except TimeoutError:
-            return await self._fail(plan, index, started_at, t0,
-                                    f"deadline of {self.timeout} s passed in state {plan.name!r}",
-                                    budget="deadline")
-        except ContextAccessError as exc:
-            if self.raise_errors:
-                raise
-            return await self._fail(plan, index, started_at, t0, str(exc), error=exc)
-        except Exception as exc:  # routed by the spec, or the run fails; never BaseException
+            elif plan.is_async or plan.decision:
+                chosen, rejected = await self._act_and_choose(plan, view, index)
+            else:  # the common case, without an extra coroutine
+                out = plan.action(view)  # type: ignore[misc]
+                if out is not None and inspect.isawaitable(out):
+                    await out
+                chosen = self._first_enabled(plan)
+        except BaseException as exc:
+            view._sa_rollback()
+            if not isinstance(exc, Exception):
+                raise  # cancellation and interruption are never routed
+            if isinstance(exc, _Failed):
+                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
+            if isinstance(exc, TimeoutError):
+                return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed in state "
+                                        f"{name!r}", budget="deadline")
+            if isinstance(exc, ContextAccessError):
+                if self.raise_errors:
+                    raise
+                return await self._fail(plan, index, t0, str(exc), error=exc)
             if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
-            return await self._route(plan, index, started_at, t0, exc)
-        # The step succeeded: commit its writes, then move.
+            return await self._route(plan, index, t0, exc)
+        # The step succeeded: its writes stand; now move.
+        if view._sa_dirty:
+            self._written.update(view._sa_dirty)
         if chosen is None:
-            return await self._fail(plan, index, started_at, t0,
-                                    f"no exit of state {plan.name!r} was enabled")
+            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
         bound = chosen.bound
         if bound is not None and self.traversals[chosen.key] >= bound:
-            self._commit(view)
-            return await self._fail(plan, index, started_at, t0,
-                                    f"traversals of {chosen.spec.name!r} reached {bound}",
+            return await self._fail(plan, index, t0, f"traversals of {chosen.spec.name!r} reached {bound}",
                                     budget="max_traversals")
-        self._fire(chosen.trigger, chosen.spec.target)
-        self._commit(view)
+        target = chosen.spec.target
+        self._fire(chosen.trigger, target)
         self.traversals[chosen.key] += 1
-        step = Step(index, plan.name, chosen.spec.target, chosen.spec.name, "transition", started_at,
-                    time.perf_counter() - t0, None, rejected)
-        return await self._advance(step)
+        t1 = time.perf_counter()
+        step = Step(index, name, target, chosen.spec.name, "transition", self._wall(t0), t1 - t0, None,
+                    rejected)
+        self.path.append(step)
+        if self.hooks or log.isEnabledFor(logging.DEBUG) or self._plans[target].terminal:
+            await self._after(step)
+        return step
 
     # --- pieces of a step ------------------------------------------------------------------------
-    def _check_budgets(self, plan: Plan) -> None:
-        # The specific budget first: when the default max_steps (the static bound) runs out, a
-        # visit budget is usually the real cause, and naming it says which loop to look at.
-        if plan.max_visits is not None and self.visits.get(plan.name, 0) >= plan.max_visits:
-            raise _Failed(f"visits of {plan.name!r} reached {plan.max_visits}", "max_visits")
-        if self.actions_run >= self.max_steps:
-            raise _Failed(f"max_steps of {self.max_steps} reached before state {plan.name!r}", "max_steps")
-        if self._deadline is not None and asyncio.get_running_loop().time() >= self._deadline:
-            raise _Failed(f"deadline of {self.timeout} s passed before state {plan.name!r}", "deadline")
+    async def _start(self) -> None:
+        self._started = True
+        if self.timeout is not None:
+            self._deadline = asyncio.get_running_loop().time() + self.timeout
+        if self.hooks:
+            wf = self.workflow
+            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, self.context, self.max_steps))
+
+    def _wall(self, t: float) -> float:
+        wall0, perf0 = self._clock0
+        return wall0 + (t - perf0)
+
+    def _first_enabled(self, plan: Plan) -> Exit | None:
+        model = self.context
+        for x in plan.exits:
+            if x.guard is None or x.guard(model):
+                return x
+        return plan.default
 
     async def _act_and_choose(self, plan: Plan, view: ContextView,
                               index: int) -> tuple[Exit | None, tuple[str, ...]]:
         action = plan.action
         assert action is not None
-        if plan.is_async:
-            await action(view)
-        else:
-            out = action(view)
-            if inspect.isawaitable(out):
-                await out
-        model = view._sa_work or self.context
+        out = action(view)
+        if out is not None and inspect.isawaitable(out):
+            await out
+        model = self.context
         if not plan.decision:
-            for x in plan.exits:
-                if x.guard is None or x.guard(model):
-                    return x, ()
-            return plan.default, ()
+            return self._first_enabled(plan), ()
         enabled = [x for x in plan.exits if x.guard is None or x.guard(model)]
         if not enabled:
             return plan.default, ()
@@ -371,12 +441,6 @@ class Run(Generic[C]):
         raise _Failed(f"the policy gave no valid choice in state {plan.name!r} after "
                       f"{self.max_policy_attempts} attempts; last: {rejected[-1]}")
 
-    def _commit(self, view: ContextView) -> None:
-        work = view._sa_work
-        if work is not None:
-            self.context = work
-            self._written |= view._sa_dirty
-
     def _fire(self, trigger: Any, target: str) -> None:
         # The machine checks that the move is declared from the current state, and records it.
         ok = trigger.trigger(self._token)
@@ -384,34 +448,33 @@ class Run(Generic[C]):
             raise RunError(f"internal error: the machine refused {trigger.name} from {self.state!r}")
         self.state = target
 
-    async def _route(self, plan: Plan, index: int, started_at: float, t0: float,
-                     exc: Exception) -> Step:
+    async def _route(self, plan: Plan, index: int, t0: float, exc: Exception) -> Step:
         route = _most_specific(plan.errors, exc)
         if route is None:
             if self.raise_errors:
                 raise exc
             return await self._fail(
-                plan, index, started_at, t0,
+                plan, index, t0,
                 f"state {plan.name!r} raised {type(exc).__name__}: {exc}; no error transition routes it",
                 error=exc,
             )
         bound = route.bound
         if bound is not None and self.traversals[route.key] >= bound:
-            return await self._fail(plan, index, started_at, t0,
-                                    f"traversals of {route.spec.name!r} reached {bound}",
+            return await self._fail(plan, index, t0, f"traversals of {route.spec.name!r} reached {bound}",
                                     budget="max_traversals", error=exc)
         target = route.spec.target
         self._fire(route.trigger, target)
         self.traversals[route.key] += 1
         if self.hooks:
             await self._emit(ErrorRouted(self.run_id, self.workflow.name, index, plan.name, exc, target))
-        step = Step(index, plan.name, target, route.spec.name, "error", started_at,
+        step = Step(index, plan.name, target, route.spec.name, "error", self._wall(t0),
                     time.perf_counter() - t0, exc)
-        return await self._advance(step)
+        self.path.append(step)
+        await self._after(step)
+        return step
 
-    async def _fail(self, plan: Plan, index: int, started_at: float, t0: float, reason: str, *,
-                    budget: str | None = None, error: BaseException | None = None,
-                    ran: bool = True) -> Step:
+    async def _fail(self, plan: Plan, index: int, t0: float, reason: str, *, budget: str | None = None,
+                    error: BaseException | None = None, ran: bool = True) -> Step:
         wf = self.workflow
         target = wf.failure_terminal
         log.warning("%s: run %s fails in state %r: %s", wf.name, self.run_id, plan.name, reason,
@@ -420,38 +483,40 @@ class Run(Generic[C]):
         if budget is not None and self.hooks:
             await self._emit(BudgetExhausted(self.run_id, wf.name, index, plan.name, budget, reason))
         self._fire(wf.fail_trigger, target)
-        step = Step(index, plan.name, target, "fail", "fail", started_at, time.perf_counter() - t0, error,
-                    ran=ran)
-        return await self._advance(step, reason=reason, error=error)
-
-    async def _advance(self, step: Step, *, reason: str | None = None,
-                       error: BaseException | None = None) -> Step:
+        step = Step(index, plan.name, target, "fail", "fail", self._wall(t0), time.perf_counter() - t0,
+                    error, (), ran)
         self.path.append(step)
+        await self._after(step, reason=reason, error=error)
+        return step
+
+    async def _after(self, step: Step, *, reason: str | None = None,
+                     error: BaseException | None = None) -> None:
+        """Log and report a recorded step; end the run when it entered a terminal state."""
         wf = self.workflow
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: step %d %s -> %s", wf.name, step.index, step.state, step.target,
-                      extra={"workflow": wf.name, "run_id": self.run_id, "step": step.index,
+            log.debug("%s: step %d %s -> %s", wf.name, step.number, step.state, step.target,
+                      extra={"workflow": wf.name, "run_id": self.run_id, "step": step.number,
                              "state": step.state, "target": step.target, "transition": step.transition,
                              "kind": step.kind, "duration": step.duration})
         if self.hooks:
-            await self._emit(TransitionTaken(self.run_id, wf.name, step.index, step.state, step.target,
+            await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
                                              step.transition, step.kind, step.duration))
-        plan = wf.plans[step.target]
-        if plan.terminal:
-            outcome = plan.outcome or Outcome.FAILURE
-            if outcome is Outcome.FAILURE and reason is None:
-                reason = (f"state {step.state!r} raised {type(step.error).__name__}: {step.error}; routed "
-                          f"to {step.target!r}" if step.error is not None
-                          else f"reached failure terminal {step.target!r} from {step.state!r}")
-            self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
-                                    tuple(self.path), reason, error)
-            if outcome is Outcome.FAILURE and step.kind != "fail":
-                log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
-                            step.target, reason,
-                            extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
-            if self.hooks:
-                await self._emit(RunFinished(self.run_id, wf.name, self.result))
-        return step
+        plan = self._plans[step.target]
+        if not plan.terminal:
+            return
+        outcome = plan.outcome or Outcome.FAILURE
+        if outcome is Outcome.FAILURE and reason is None:
+            reason = (f"state {step.state!r} raised {type(step.error).__name__}: {step.error}; routed "
+                      f"to {step.target!r}" if step.error is not None
+                      else f"reached failure terminal {step.target!r} from {step.state!r}")
+        self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
+                                tuple(self.path), reason, error)
+        if outcome is Outcome.FAILURE and step.kind != "fail":
+            log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
+                        step.target, reason,
+                        extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
+        if self.hooks:
+            await self._emit(RunFinished(self.run_id, wf.name, self.result))
 
     async def _emit(self, event: Event) -> None:
         for hook in self.hooks:
