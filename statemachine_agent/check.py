@@ -233,6 +233,16 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         )
     failure_terminal = failure_terminals[0] if failure_terminals else None
 
+    def _names_in(fs: object) -> frozenset[str]:
+        if not isinstance(fs, (tuple, list, set, frozenset)):
+            return frozenset()
+        return frozenset(f for f in fs if isinstance(f, str))
+
+    reads_of = {n: _names_in(states[n].reads) for n in names}
+    writes_of = {n: _names_in(states[n].writes) for n in names}
+    # A malformed bound is reported above and counts as no bound below.
+    visit_bound = {n: states[n].max_visits if _is_count(states[n].max_visits) else None for n in names}
+
     for n in names:
         s = states[n]
         if s.terminal:
@@ -287,7 +297,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 n,
             )
         for kind, fs in (("reads", s.reads), ("writes", s.writes)):
-            if isinstance(fs, str) or not all(isinstance(f, str) for f in fs):
+            if not isinstance(fs, (tuple, list, set, frozenset)) or not all(isinstance(f, str) for f in fs):
                 problem(
                     "bad-field",
                     f"state {n!r} {kind} {fs!r}: give a list of field names",
@@ -303,7 +313,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                             f"{model.__name__}{_suggest(f, fields)}",
                             n,
                         )
-        if s.terminal and (s.reads or s.writes):
+        if s.terminal and (reads_of[n] or writes_of[n]):
             problem("terminal-action", f"terminal state {n!r} declares reads or writes but runs no action", n)
 
     if spec.max_steps is not None and not _is_count(spec.max_steps):
@@ -522,7 +532,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 )
 
     # --- loops must be bounded -------------------------------------------------------------
-    free_nodes = sorted(n for n in reach if not states[n].terminal and states[n].max_visits is None)
+    free_nodes = sorted(n for n in reach if not states[n].terminal and visit_bound[n] is None)
     free_set = set(free_nodes)
     free_succ: dict[str, list[str]] = defaultdict(list)
     for e in edges:
@@ -548,8 +558,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         at_start = fields_set_at_start(model)
 
         def writes(n: str) -> frozenset[str]:
-            w = states[n].writes
-            return frozenset(w) if not isinstance(w, str) else frozenset()
+            return writes_of[n]
 
         out_edges: dict[str, list[Edge]] = defaultdict(list)
         for e in edges:
@@ -571,8 +580,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         reachable_non_terminal = [n for n in names if n in reach and not states[n].terminal]
         for n in reachable_non_terminal:
             s = states[n]
-            reads = [f for f in s.reads if isinstance(f, str) and f in fields] \
-                if not isinstance(s.reads, str) else []
+            reads = sorted(reads_of[n] & fields)
             for f in reads:
                 if f in at_start:
                     continue
@@ -584,8 +592,10 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         for t in spec.transitions:
             if (
                 not isinstance(t.guard, Guard)
+                or not isinstance(t.source, str)
+                or not isinstance(t.target, str)
                 or t.source not in reach
-                or t.source not in states
+                or t.target not in states
                 or states[t.source].terminal
             ):
                 continue
@@ -604,7 +614,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
     # --- the worst-case number of steps ----------------------------------------------------
     graph_bound: int | None = None
     if initial is not None and not unbounded:
-        graph_bound = _worst_case_steps(initial, reach, states, edges)
+        graph_bound = _worst_case_steps(initial, reach, states, visit_bound, edges)
     worst = graph_bound
     if worst is not None and _is_count(spec.max_steps):
         worst = min(worst, typing.cast(int, spec.max_steps))
@@ -643,7 +653,8 @@ def _unset_message(reader: str, f: str, path: list[str], writes: Callable[[str],
 
 
 def _worst_case_steps(
-    initial: str, reach: set[str], states: dict[str, StateSpec], edges: list[Edge]
+    initial: str, reach: set[str], states: dict[str, StateSpec], visit_bound: dict[str, int | None],
+    edges: list[Edge],
 ) -> int:
     """A sound upper bound on the actions any run executes, exact when the graph has no cycle.
 
@@ -671,27 +682,25 @@ def _worst_case_steps(
             inner = [e for e in live if e.source in members and e.target in members]
             entries = [v for v in comp if v == initial or any(
                 e.target == v and e.source not in members for e in live)]
-            leaves = {e.source for e in live if e.source in members and e.target not in members}
-            weight = max(_component_weight(comp, x, states, inner, leaves) for x in entries)
+            weight = max(_component_weight(comp, x, visit_bound, inner) for x in entries)
         nxt = {comp_of[w] for v in comp for w in succ[v]} - {i}
         dist[i] = weight + max((dist[j] for j in nxt), default=0)
     return dist[comp_of[initial]]
 
 
 def _component_weight(
-    comp: list[str], entry: str, states: dict[str, StateSpec], inner: list[Edge], leaves: set[str]
+    comp: list[str], entry: str, visit_bound: dict[str, int | None], inner: list[Edge]
 ) -> int:
-    free = [v for v in comp if states[v].max_visits is None]
+    free = [v for v in comp if visit_bound[v] is None]
     free_succ: dict[str, list[str]] = defaultdict(list)
     into: dict[str, list[Edge]] = defaultdict(list)
     out_of: dict[str, list[Edge]] = defaultdict(list)
     for e in inner:
         into[e.target].append(e)
         out_of[e.source].append(e)
-        if e.bound is None and states[e.target].max_visits is None and states[e.source].max_visits is None:
+        if e.bound is None and visit_bound[e.target] is None and visit_bound[e.source] is None:
             free_succ[e.source].append(e.target)
-    cap: dict[str, int] = {v: typing.cast(int, states[v].max_visits) for v in comp
-                           if states[v].max_visits is not None}
+    cap: dict[str, int] = {v: b for v in comp if (b := visit_bound[v]) is not None}
     order = topological_order(free, free_succ)
     assert order is not None, "unbounded cycles are rejected before the bound is computed"
 
@@ -708,13 +717,14 @@ def _component_weight(
             assert c is not None, "a free edge's source comes earlier in topological order"
             total += c
         cap[v] = total
-    # Tighten until stable: every visit enters through one edge (or is the entry) and leaves
-    # through one (inner, or the single exit out of the component).
+    # Tighten until stable: every visit enters through one edge (or is the entry), and every
+    # visit but the run's last leaves through an inner edge. The last one may leave the
+    # component, or end the run where it is (a budget, an unrouted error): hence the 1.
     for _ in range(64):
         changed = False
         for v in comp:
             inflow = (v == entry) + sum(typing.cast(int, through(e, e.source)) for e in into[v])
-            outflow = (v in leaves) + sum(typing.cast(int, through(e, e.target)) for e in out_of[v])
+            outflow = 1 + sum(typing.cast(int, through(e, e.target)) for e in out_of[v])
             new = min(cap[v], inflow, outflow)
             if new != cap[v]:
                 cap[v] = new

@@ -9,6 +9,7 @@ enumerating simple paths.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -48,7 +49,10 @@ SET_AT_START = frozenset({"name"})  # the required ``str``: the caller supplies 
 ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, RuntimeError)
 SUCCESS_T, FAILURE_T, FAILURE_T2 = "ok", "fail", "fail2"
 
-PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CHECK_PROPS_EXAMPLES=5000 for a deeper search than the quick default.
+EXAMPLES = int(os.environ.get("CHECK_PROPS_EXAMPLES", "100"))
+PROPS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MORE_PROPS = settings(PROPS, max_examples=2 * EXAMPLES)
 
 
 def always(_ctx: Any) -> bool:
@@ -166,7 +170,13 @@ class Model:
         return seen
 
     def reachable(self) -> set[str]:
-        return self.closure([self.initial], lambda v: [e.target for e in self.out(v)])
+        """The closure from the initial state, plus the failure terminal.
+
+        Any run can end in the failure terminal (an exhausted budget, an unrouted error), so the
+        checker counts it as reachable even when no edge leads there.
+        """
+        by_edges = self.closure([self.initial], lambda v: [e.target for e in self.out(v)])
+        return by_edges | {self.failure_terminal}
 
     def traps(self) -> set[str]:
         reach = self.reachable()
@@ -233,7 +243,7 @@ class Model:
         """Must-analysis: the fields written on every path into each reachable state (greatest fixpoint)."""
         reach = self.reachable()
         everything = frozenset(ALL_FIELDS)
-        into: dict[str, frozenset[str]] = {v: everything for v in reach}
+        into: dict[str, frozenset[str]] = dict.fromkeys(reach, everything)
         into[self.initial] = SET_AT_START
         changed = True
         while changed:
@@ -363,10 +373,10 @@ def test_unbounded_cycles_match_brute_force(spec: WorkflowSpec) -> None:
 small_specs = specs(max_states=4, max_exits=2, max_errors=1)
 
 
-@PROPS
+@MORE_PROPS
 @given(small_specs)
 def test_worst_case_steps_is_sound(spec: WorkflowSpec) -> None:
-    """No bound-respecting walk, finishing in a terminal or stopping anywhere, runs more actions than the bound."""
+    """No walk within the budgets, finishing or stopping anywhere, runs more actions than the bound."""
     report, model = analyze(spec), model_of(spec)
     if model.unbounded_cycle_states():
         assert report.worst_case_steps is None
@@ -382,7 +392,7 @@ def test_worst_case_steps_is_sound(spec: WorkflowSpec) -> None:
     assert stopping <= report.worst_case_steps
 
 
-@PROPS
+@MORE_PROPS
 @given(small_specs)
 def test_worst_case_steps_finishing_runs_are_sound(spec: WorkflowSpec) -> None:
     """No bound-respecting walk that ends by entering a terminal runs more actions than the bound."""
@@ -411,7 +421,7 @@ def test_worst_case_steps_is_exact_without_cycles(spec: WorkflowSpec) -> None:
 @PROPS
 @given(specs(with_max_steps=True))
 def test_max_steps_caps_the_graph_bound(spec: WorkflowSpec) -> None:
-    """``worst_case_steps`` is the graph bound capped by ``max_steps``; both are None with an unbounded loop."""
+    """``worst_case_steps`` is the graph bound capped by ``max_steps``; both None with an unbounded loop."""
     report = analyze(spec)
     if model_of(spec).unbounded_cycle_states():
         assert report.graph_bound is None
@@ -428,7 +438,7 @@ def test_max_steps_caps_the_graph_bound(spec: WorkflowSpec) -> None:
 @PROPS
 @given(specs())
 def test_unset_reads_match_brute_force(spec: WorkflowSpec) -> None:
-    """A (state, field) read is unset iff some path from the initial state reaches it without writing the field."""
+    """A (state, field) read is unset iff some path from the start reaches it without the field written."""
     report, model = analyze(spec), model_of(spec)
     reach = model.reachable()
     live = [v for v in reach if not model.terminal(v)]
@@ -477,11 +487,11 @@ class Draft:
 
 
 def _unknown_state(d: Draft, v: str, which: int) -> set[str]:
-    d.transitions += [
-        TransitionSpec(v, "nowhere", guard=true_guard(), order=-5),
-        TransitionSpec("ghost", SUCCESS_T),
-    ][which:which + 1]
-    if which == 2:
+    if which == 0:  # unknown target
+        d.transitions.append(TransitionSpec(v, "nowhere", guard=true_guard(), order=-5))
+    elif which == 1:  # unknown source
+        d.transitions.append(TransitionSpec("ghost", SUCCESS_T))
+    else:  # unknown target of an error route
         d.errors.append(ErrorTransitionSpec(v, ArithmeticError, "nowhere"))
     return {"unknown-state"}
 
@@ -682,17 +692,15 @@ def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
 @PROPS
 @given(chaotic_specs())
 def test_checker_never_crashes_on_chaotic_specs(spec: WorkflowSpec) -> None:
-    """``analyze`` always returns a report, and ``check`` raises DefinitionError exactly when it lists problems."""
+    """``analyze`` always returns a report; ``check`` raises DefinitionError exactly when it has problems."""
     report = analyze(spec)
     assert isinstance(report, CheckReport)
-    try:
-        checked = check(spec)
-    except DefinitionError as err:
-        assert err.problems == report.problems
-        assert err.problems
+    if report.problems:
+        with pytest.raises(DefinitionError) as info:
+            check(spec)
+        assert info.value.problems == report.problems
     else:
-        assert not report.problems
-        assert checked.problems == ()
+        assert check(spec).problems == ()
 
 
 @PROPS
@@ -704,3 +712,55 @@ def test_bad_visit_bound_is_reported_not_crashed_on(spec: WorkflowSpec, bad: Any
         draft.modify(v, max_visits=bad)
     report = analyze(draft.spec())
     assert "bad-bound" in codes(report)
+
+
+# --- minimal counterexamples the properties above found ------------------------------------------
+
+
+def _tiny(states: list[StateSpec], transitions: list[TransitionSpec]) -> WorkflowSpec:
+    terminals = (StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+                 StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE))
+    return WorkflowSpec("tiny", Ctx, (*states, *terminals), tuple(transitions))
+
+
+_LOOP_OR_FINISH = [TransitionSpec("s0", "s0", guard=true_guard(), order=0),
+                   TransitionSpec("s0", SUCCESS_T, default=True, order=1)]
+
+CRASHERS = {
+    "reads=None": _tiny([StateSpec("s0", noop, initial=True, reads=None)],  # type: ignore[arg-type]
+                        [TransitionSpec("s0", SUCCESS_T)]),
+    "writes=None": _tiny([StateSpec("s0", noop, initial=True, writes=None)],  # type: ignore[arg-type]
+                         [TransitionSpec("s0", SUCCESS_T)]),
+    "max_visits='3' on a loop": _tiny([StateSpec("s0", noop, initial=True, max_visits="3")],  # type: ignore[arg-type]
+                                      _LOOP_OR_FINISH),
+    "non-str target of a guard that reads an unset field": _tiny(
+        [StateSpec("s0", noop, initial=True)],
+        [TransitionSpec("s0", None, guard=true_guard(["a"]), order=0),  # type: ignore[arg-type]
+         TransitionSpec("s0", SUCCESS_T, default=True, order=1)],
+    ),
+}
+
+
+@pytest.mark.parametrize("spec", list(CRASHERS.values()), ids=list(CRASHERS))
+def test_malformed_minimal_specs_are_reported_not_crashed_on(spec: WorkflowSpec) -> None:
+    """Each minimal malformed spec the chaos property shrank to gets a report and a DefinitionError."""
+    report = analyze(spec)
+    assert report.problems
+    with pytest.raises(DefinitionError):
+        check(spec)
+
+
+def test_worst_case_counts_a_run_stopped_by_an_exhausted_traversal_budget() -> None:
+    """A run A, B, A, B that stops on B's spent exit runs 4 actions, so the bound is at least 4."""
+    spec = _tiny(
+        [StateSpec("A", noop, initial=True), StateSpec("B", noop)],
+        [TransitionSpec("A", SUCCESS_T, guard=true_guard(), order=0),
+         TransitionSpec("A", "B", default=True, order=1),
+         TransitionSpec("B", "A", max_traversals=1)],
+    )
+    report, model = analyze(spec), model_of(spec)
+    assert report.ok
+    assert model.longest(must_finish=True) == 3  # A, B, A, then ok
+    assert model.longest(must_finish=False) == 4  # A, B, A, B: B's only exit is spent
+    assert report.worst_case_steps is not None
+    assert report.worst_case_steps >= 4
