@@ -340,11 +340,16 @@ class Run(Generic[C]):
                         raise _ActionTimeout from own
             elif plan.is_async or plan.decision:
                 chosen, rejected = await self._act_and_choose(plan, view, index)
-            else:  # the common case, without an extra coroutine
+            else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
                 if out is not None and inspect.isawaitable(out):
                     await out
-                chosen = self._first_enabled(plan)
+                model = self.context
+                for chosen in plan.exits:
+                    if chosen.guard is None or chosen.guard(model):
+                        break
+                else:
+                    chosen = plan.default
         except BaseException as exc:
             view._sa_rollback()
             if not isinstance(exc, Exception):
@@ -371,7 +376,10 @@ class Run(Generic[C]):
             return await self._fail(plan, index, t0, f"traversals of {chosen.spec.name!r} reached {bound}",
                                     budget="max_traversals")
         target = chosen.spec.target
-        self._fire(chosen.trigger, target)
+        # The machine checks that the move is declared from the current state, and records it.
+        if not chosen.trigger.trigger(self._token) or self._token.state != target:
+            raise RunError(f"internal error: the machine refused {chosen.spec.name} from {name!r}")
+        self.state = target
         self.traversals[chosen.key] += 1
         t1 = time.perf_counter()
         step = Step(index, name, target, chosen.spec.name, "transition", self._wall(t0), t1 - t0, None,
