@@ -111,7 +111,7 @@ def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None, *
     nodes, edges = extract(workflow, run)
     title = f"{workflow.name} (worst case {workflow.max_steps} steps)"
     if run is not None:
-        title += f"\nrun {run.run_id[:8]}: {run.terminal} ({run.outcome.value}, {run.steps} steps)"
+        title += f"\\nrun {run.run_id[:8]}: {run.terminal} ({run.outcome.value}, {run.steps} steps)"
     g = graphviz.Digraph(name=workflow.name, graph_attr={
         "rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"fontname": "Helvetica",
@@ -131,7 +131,7 @@ def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None, *
             attrs["style"] = ",".join(filter(None, [attrs.get("style", ""), "filled"]))
             attrs["fillcolor"] = "#fff3c4" if n.kind != "terminal" else "#e8f5e9" \
                 if n.outcome == "success" else "#ffebee"
-        g.node(n.name, label, **attrs)
+        g.node(n.name, label.replace("\n", "\\n"), **attrs)  # DOT's own line break escape
     initial = next(n.name for n in nodes if n.kind == "initial")
     g.edge("__start__", initial)
     for e in edges:
