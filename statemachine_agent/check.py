@@ -18,6 +18,7 @@ from ._graph import bfs_path, reachable, strongly_connected_components, topologi
 from .errors import DefinitionError, Problem
 from .guards import Guard
 from .spec import NoExit, Outcome, StateSpec, WorkflowSpec
+from .tools import declared_tool_calls
 
 __all__ = ["CheckReport", "analyze", "check", "fields_set_at_start"]
 
@@ -116,11 +117,22 @@ def _positional_capacity(fn: Callable[..., Any]) -> tuple[int, int] | None:
 
 
 def _takes_one(fn: Callable[..., Any]) -> bool:
+    return _takes(fn, 1)
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    """Whether ``fn`` can be called with exactly ``n`` positional arguments."""
     cap = _positional_capacity(fn)
     if cap is None:
         return True
     required, maximum = cap
-    return required <= 1 and (maximum == -1 or maximum >= 1)
+    return required <= n and (maximum == -1 or maximum >= n)
+
+
+def takes_tools(fn: Callable[..., Any]) -> bool:
+    """Whether an action wants the tools handle: it takes a second positional parameter."""
+    cap = _positional_capacity(fn)
+    return cap is not None and (cap[1] == -1 or cap[1] >= 2) and cap[0] <= 2
 
 
 def _allows_none(annotation: Any) -> bool:
@@ -188,6 +200,22 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 "store a wrong type unnoticed: set model_config = ConfigDict(validate_assignment=True) "
                 "or subclass statemachine_agent.Context",
             )
+
+    # --- tools -----------------------------------------------------------------------------
+    tool_names: set[str] = set()
+    tool_names_known = True
+    for tool in spec.tools:
+        name = getattr(tool, "name", None)
+        if not isinstance(name, str):
+            problem("bad-tool", f"{tool!r} is not a Tool: register tools with workflow.tool()")
+            tool_names_known = False
+            continue
+        tool_names.add(name)
+    for tool in spec.tools:
+        fallback = getattr(tool, "fallback", None)
+        if fallback is not None and fallback not in tool_names:
+            problem("unknown-tool", f"tool {tool.name!r} falls back to {fallback!r}, which is not a "
+                    f"registered tool{_suggest(fallback, tool_names)}", tool.name)
 
     # --- states ----------------------------------------------------------------------------
     names: list[str] = []
@@ -277,13 +305,15 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                     "that takes the context",
                     n,
                 )
-            elif not _takes_one(s.action):
+            elif not (_takes(s.action, 1) or _takes(s.action, 2)):
                 problem(
                     "bad-action",
-                    f"the action of state {n!r} cannot be called with the context as its only "
-                    "argument: give it the signature (ctx)",
+                    f"the action of state {n!r} cannot be called with the context (and the tools "
+                    "handle): give it the signature (ctx) or (ctx, tools)",
                     n,
                 )
+            else:
+                _check_tools(s, tool_names, tool_names_known, problem)
         if s.max_visits is not None and not _is_count(s.max_visits):
             problem(
                 "bad-bound",
@@ -632,6 +662,36 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         failure_terminal=failure_terminal,
         edges=tuple(edges),
     )
+
+
+def _check_tools(s: StateSpec, registered: set[str], complete: bool,
+                 problem: Callable[[str, str, str], None]) -> None:
+    """A state's tools exist, its action can take the handle, and it calls only what it declares."""
+    n, action = s.name, s.action
+    assert action is not None
+    declared = s.tools if isinstance(s.tools, (tuple, list)) else ()
+    for t in declared:
+        if complete and t not in registered:
+            problem("unknown-tool", f"state {n!r} declares tool {t!r}, which is not registered"
+                    f"{_suggest(t, registered)}: register it with @workflow.tool", n)
+    if s.tool_deadline is not None and not (
+        isinstance(s.tool_deadline, (int, float)) and not isinstance(s.tool_deadline, bool)
+        and s.tool_deadline > 0
+    ):
+        problem("bad-option", f"state {n!r} has tool_deadline={s.tool_deadline!r}: give a positive "
+                "number of seconds", n)
+    wants = takes_tools(action)
+    if declared and not wants:
+        problem("bad-action", f"state {n!r} declares tools but its action takes no tools handle: give "
+                "it the signature async def (ctx, tools)", n)
+    if declared and wants and not inspect.iscoroutinefunction(action):
+        problem("bad-action", f"state {n!r} calls tools, which are awaited: make its action "
+                "async def", n)
+    if wants:
+        used = declared_tool_calls(action)
+        for t in sorted((used or set()) - set(declared)):
+            problem("undeclared-tool", f"the action of state {n!r} calls tool {t!r} but the state does "
+                    f"not declare it: add {t!r} to tools=[...]", n)
 
 
 def _unset_message(reader: str, f: str, path: list[str], writes: Callable[[str], frozenset[str]],

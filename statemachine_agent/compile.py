@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from transitions import Machine
 
-from .check import CheckReport, check, fields_set_at_start
+from .check import CheckReport, check, fields_set_at_start, takes_tools
+from .clock import Clock
 from .guards import Guard
 from .policies import Policy
 from .runner import Run, run_blocking
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
+from .tools import ToolRegistry
 
 if TYPE_CHECKING:
     from .events import Hook
@@ -80,6 +82,10 @@ class Plan:
     fail_on_no_exit: bool
     terminal: bool
     outcome: Outcome | None
+    takes_tools: bool
+    """The action takes a second argument: the tools handle."""
+    tools: frozenset[str]
+    tool_deadline: float | None
 
 
 class CompiledWorkflow(Generic[C]):
@@ -99,6 +105,8 @@ class CompiledWorkflow(Generic[C]):
         self.failure_terminal: str = report.failure_terminal
         self.max_steps: int = report.worst_case_steps
         """The default step budget: the checker's worst-case bound (capped by the spec's max_steps)."""
+        self.tools = ToolRegistry(spec.tools)
+        """The workflow's tools, by name."""
         self.hooks: list[Hook] = []
         """Hooks called with every event of every run of this workflow."""
         initial = next(s.name for s in spec.states if s.initial)
@@ -157,6 +165,9 @@ class CompiledWorkflow(Generic[C]):
                 fail_on_no_exit=s.on_no_exit is NoExit.FAIL,
                 terminal=s.terminal,
                 outcome=s.outcome,
+                takes_tools=action is not None and takes_tools(action),
+                tools=frozenset(s.tools),
+                tool_deadline=s.tool_deadline,
             )
 
     # --- running (see runner.py) ----------------------------------------------------------------
@@ -171,10 +182,12 @@ class CompiledWorkflow(Generic[C]):
         max_policy_attempts: int = 3,
         raise_errors: bool = False,
         run_id: str | None = None,
+        clock: Clock | None = None,
     ) -> RunResult[C]:
         """Run the workflow on ``context`` until a terminal state; see :class:`~.runner.Run`."""
         run = Run(self, context, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
-                  max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id)
+                  max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                  clock=clock)
         return await run.run_to_end()
 
     def run_sync(
@@ -188,11 +201,12 @@ class CompiledWorkflow(Generic[C]):
         max_policy_attempts: int = 3,
         raise_errors: bool = False,
         run_id: str | None = None,
+        clock: Clock | None = None,
     ) -> RunResult[C]:
         """Run from synchronous code (no event loop running in this thread)."""
         return run_blocking(self.run(context, policy=policy, hooks=hooks, max_steps=max_steps,
                                      timeout=timeout, max_policy_attempts=max_policy_attempts,
-                                     raise_errors=raise_errors, run_id=run_id))
+                                     raise_errors=raise_errors, run_id=run_id, clock=clock))
 
     async def iter(
         self,
@@ -205,6 +219,7 @@ class CompiledWorkflow(Generic[C]):
         max_policy_attempts: int = 3,
         raise_errors: bool = False,
         run_id: str | None = None,
+        clock: Clock | None = None,
     ) -> AsyncIterator[Step]:
         """Yield each step as it completes; the run's result is then on the last step's run.
 
@@ -212,7 +227,8 @@ class CompiledWorkflow(Generic[C]):
         :meth:`start` to keep a handle on the run and read ``run.result`` at the end.
         """
         run = Run(self, context, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
-                  max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id)
+                  max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                  clock=clock)
         async for step in run:
             yield step
 
@@ -227,10 +243,12 @@ class CompiledWorkflow(Generic[C]):
         max_policy_attempts: int = 3,
         raise_errors: bool = False,
         run_id: str | None = None,
+        clock: Clock | None = None,
     ) -> Run[C]:
         """A :class:`~.runner.Run` not yet started: ``async for step in run`` then ``run.result``."""
         return Run(self, context, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
-                   max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id)
+                   max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                  clock=clock)
 
     def __repr__(self) -> str:
         return (f"<CompiledWorkflow {self.name!r}: {len(self.spec.states)} states, "

@@ -18,6 +18,10 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "StepStarted",
+    "ToolAttemptFailed",
+    "ToolCallFailed",
+    "ToolCallFinished",
+    "ToolCallStarted",
     "TransitionTaken",
 ]
 
@@ -100,6 +104,55 @@ class RunFinished(Event):
     """The run entered a terminal state."""
 
     result: RunResult[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted(Event):
+    """A tool call began (its arguments validated)."""
+
+    step: int
+    state: str
+    tool: str
+    call_id: int
+    """Tells the events of concurrent calls apart."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolAttemptFailed(Event):
+    """An attempt failed and will be retried after ``wait`` seconds."""
+
+    step: int
+    state: str
+    tool: str
+    call_id: int
+    attempt: int
+    error: BaseException | None
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFinished(Event):
+    """A tool call answered; ``fallback`` says whether its fallback did."""
+
+    step: int
+    state: str
+    tool: str
+    call_id: int
+    attempts: int
+    duration: float
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFailed(Event):
+    """A tool call failed for good; ``errors`` holds every attempt's error."""
+
+    step: int
+    state: str
+    tool: str
+    call_id: int
+    errors: tuple[BaseException, ...]
+    duration: float
 
 
 Hook: TypeAlias = Callable[[Event], Awaitable[None] | None]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import ContextAccessError, RunError
+from .clock import Clock, SystemClock
+from .errors import ContextAccessError, RunError, ToolFailed
 from .events import (
     BudgetExhausted,
     ErrorRouted,
@@ -29,6 +30,7 @@ from .events import (
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .result import RunResult, Step
 from .spec import Outcome
+from .tools import Tools
 
 if TYPE_CHECKING:
     from .compile import CompiledWorkflow, ErrorExit, Exit, Plan
@@ -232,6 +234,7 @@ class Run(Generic[C]):
         max_policy_attempts: int = 3,
         raise_errors: bool = False,
         run_id: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         model = workflow.context_type
         if isinstance(context, dict):
@@ -263,6 +266,11 @@ class Run(Generic[C]):
         self.max_policy_attempts = max_policy_attempts
         self.raise_errors = raise_errors
         self.run_id: str = run_id or uuid.uuid4().hex
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock={clock!r} has no now() and async sleep(): give a "
+                            "statemachine_agent.clock.Clock such as FakeClock()")
+        self.clock: Clock = clock or SystemClock()
+        """Where tool retries and rate limits read the time and sleep."""
         self.state: str = workflow.initial
         """The current state."""
         self.path: list[Step] = []
@@ -338,7 +346,7 @@ class Run(Generic[C]):
                         # Raised inside the block, so it is the action's own, not our deadline's
                         # (which surfaces only when the block exits).
                         raise _ActionTimeout from own
-            elif plan.is_async or plan.decision:
+            elif plan.is_async or plan.decision or plan.takes_tools:
                 chosen, rejected = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
@@ -413,7 +421,13 @@ class Run(Generic[C]):
                               index: int) -> tuple[Exit | None, tuple[str, ...]]:
         action = plan.action
         assert action is not None
-        out = action(view)
+        if plan.takes_tools:
+            deadline = None if plan.tool_deadline is None else \
+                asyncio.get_running_loop().time() + plan.tool_deadline
+            out = action(view, Tools(self.workflow.tools, plan.tools, clock=self.clock, deadline=deadline,
+                                     run=self, state=plan.name, step=index))
+        else:
+            out = action(view)
         if out is not None and inspect.isawaitable(out):
             await out
         model = self.context
@@ -542,6 +556,15 @@ class _ActionTimeout(Exception):
 
 
 def _most_specific(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:
+    best = _most_specific_for(routes, exc)
+    if best is None and isinstance(exc, ToolFailed) and exc.last is not None:
+        # A tool that failed for good routes by its own error too: on_error(s, SearchDown, ...)
+        # works whether or not the tool was retried.
+        best = _most_specific_for(routes, exc.last)
+    return best
+
+
+def _most_specific_for(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:
     mro = type(exc).__mro__
     best: ErrorExit | None = None
     rank = len(mro) + 1

@@ -56,6 +56,10 @@ class StateSpec:
     """How many times the action may run in one run; bounds the loops through this state."""
     on_no_exit: NoExit = NoExit.ERROR
     description: str = ""
+    tools: tuple[str, ...] = ()
+    """Tools the action may call through its ``tools`` handle."""
+    tool_deadline: float | None = None
+    """Seconds all tool calls of one visit may take together; a call past it is never retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,8 @@ class WorkflowSpec:
     error_transitions: tuple[ErrorTransitionSpec, ...] = ()
     max_steps: int | None = None
     """A workflow-wide cap on steps, on top of the bound the checker computes."""
+    tools: tuple[Any, ...] = ()
+    """The workflow's :class:`~statemachine_agent.tools.Tool` objects."""
     _by_name: Mapping[str, StateSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from .compile import CompiledWorkflow, compile_spec
 from .errors import DefinitionError, Problem
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
+from .tools import _MISSING, RetrySpec, Tool, ToolRegistry
 
 __all__ = ["StateRef", "Workflow"]
 
@@ -49,13 +50,13 @@ class StateRef:
 def _field_names(value: Iterable[str] | str, what: str, state: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise TypeError(
-            f"state {state!r}: {what}={value!r} is a string; give a list of field names, "
+            f"state {state!r}: {what}={value!r} is a string; give a list of names, "
             f"e.g. {what}=[{value!r}]"
         )
     try:
         return tuple(value)
     except TypeError:
-        raise TypeError(f"state {state!r}: {what}={value!r} is not a list of field names") from None
+        raise TypeError(f"state {state!r}: {what}={value!r} is not a list of names") from None
 
 
 def _enum(kind: type[Outcome] | type[NoExit], value: Any) -> Any:
@@ -96,6 +97,8 @@ class Workflow(Generic[C]):
         self._states: list[StateSpec] = []
         self._transitions: list[TransitionSpec] = []
         self._errors: list[ErrorTransitionSpec] = []
+        self.tools = ToolRegistry()
+        """The workflow's tools; states declare which they may call."""
 
     # --- states --------------------------------------------------------------------------------
     @overload
@@ -115,6 +118,8 @@ class Workflow(Generic[C]):
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
         description: str = "",
+        tools: Iterable[str] = (),
+        tool_deadline: float | None = None,
     ) -> Callable[[Action], StateRef]: ...
 
     def state(
@@ -130,6 +135,8 @@ class Workflow(Generic[C]):
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
         description: str = "",
+        tools: Iterable[str] = (),
+        tool_deadline: float | None = None,
     ) -> StateRef | Callable[[Action], StateRef]:
         """Declare a state whose action is the decorated function (named after it by default)."""
 
@@ -140,7 +147,8 @@ class Workflow(Generic[C]):
             return self.add_state(
                 state_name, fn, initial=initial, reads=reads, writes=writes, decision=decision,
                 max_visits=max_visits, on_no_exit=on_no_exit,
-                description=description or (fn.__doc__ or "").strip(),
+                description=description or (fn.__doc__ or "").strip(), tools=tools,
+                tool_deadline=tool_deadline,
             )
 
         if action is not None:
@@ -159,6 +167,8 @@ class Workflow(Generic[C]):
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
         description: str = "",
+        tools: Iterable[str] = (),
+        tool_deadline: float | None = None,
     ) -> StateRef:
         """Declare a state (builder style)."""
         self._states.append(
@@ -172,6 +182,8 @@ class Workflow(Generic[C]):
                 max_visits=max_visits,
                 on_no_exit=_enum(NoExit, on_no_exit),
                 description=description,
+                tools=_field_names(tools, "tools", name),
+                tool_deadline=tool_deadline,
             )
         )
         return StateRef(name, self, action)
@@ -183,6 +195,57 @@ class Workflow(Generic[C]):
             StateSpec(name=name, terminal=True, outcome=_enum(Outcome, outcome), description=description)
         )
         return StateRef(name, self, None)
+
+    # --- tools ----------------------------------------------------------------------------------
+    @overload
+    def tool(self, fn: Callable[..., Any], /) -> Tool: ...
+
+    @overload
+    def tool(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str = "",
+        timeout: float | None = None,
+        retry: RetrySpec = None,
+        concurrency: int | None = None,
+        rate_limit: float | None = None,
+        fallback: str | None = None,
+        fallback_value: Any = _MISSING,
+    ) -> Callable[[Callable[..., Any]], Tool]: ...
+
+    def tool(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str = "",
+        timeout: float | None = None,
+        retry: RetrySpec = None,
+        concurrency: int | None = None,
+        rate_limit: float | None = None,
+        fallback: str | None = None,
+        fallback_value: Any = _MISSING,
+    ) -> Tool | Callable[[Callable[..., Any]], Tool]:
+        """Register a tool (a sync or async function with typed parameters), bare or with options."""
+
+        def decorate(f: Callable[..., Any]) -> Tool:
+            return self.tools.add(Tool(f, name=name, description=description, timeout=timeout, retry=retry,
+                                       concurrency=concurrency, rate_limit=rate_limit, fallback=fallback,
+                                       fallback_value=fallback_value))
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def add_tool(self, tool: Tool) -> Tool:
+        """Register a :class:`~statemachine_agent.tools.Tool` built elsewhere (builder style)."""
+        if not isinstance(tool, Tool):
+            raise TypeError(f"add_tool() takes a Tool, got {tool!r}: wrap the function, Tool(fn, ...)")
+        return self.tools.add(tool)
 
     # --- transitions ---------------------------------------------------------------------------
     def _name(self, ref: StateRef | str, role: str) -> str:
@@ -250,6 +313,7 @@ class Workflow(Generic[C]):
             transitions=tuple(self._transitions),
             error_transitions=tuple(self._errors),
             max_steps=self.max_steps,
+            tools=tuple(self.tools),
         )
 
     def analyze(self) -> CheckReport:

@@ -74,10 +74,10 @@ def terminal_exit() -> Workflow[Ctx]:
 def bad_action() -> Workflow[Ctx]:
     wf = base()
 
-    def two_args(ctx: Ctx, extra: int) -> None:
+    def three_args(ctx: Ctx, tools: object, extra: int) -> None:
         """Needs an argument the runner never passes."""
 
-    wf.add_state("plan", two_args, initial=True)
+    wf.add_state("plan", three_args, initial=True)
     wf.transition("plan", "done")
     return wf
 

@@ -512,7 +512,7 @@ def _several_initial(d: Draft, v: str, which: int) -> set[str]:
 
 
 def _bad_action(d: Draft, v: str, which: int) -> set[str]:
-    d.modify(v, action=["not callable", None, lambda a, b: None][which])
+    d.modify(v, action=["not callable", None, lambda a, b, c: None][which])
     return {"bad-action"}
 
 
