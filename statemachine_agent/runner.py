@@ -556,12 +556,15 @@ class _ActionTimeout(Exception):
 
 
 def _most_specific(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:
-    best = _most_specific_for(routes, exc)
-    if best is None and isinstance(exc, ToolFailed) and exc.last is not None:
-        # A tool that failed for good routes by its own error too: on_error(s, SearchDown, ...)
-        # works whether or not the tool was retried.
-        best = _most_specific_for(routes, exc.last)
-    return best
+    if isinstance(exc, ToolFailed) and exc.last is not None:
+        # A tool that failed for good routes by its cause first (on_error(s, ToolTimeout, ...) or
+        # on_error(s, SearchDown, ...)), unless only a catch-all matches the cause: then the more
+        # telling ToolFailed route, if any, wins.
+        cause = _most_specific_for(routes, exc.last)
+        if cause is not None and cause.spec.error not in (Exception, BaseException):
+            return cause
+        return _most_specific_for(routes, exc) or cause
+    return _most_specific_for(routes, exc)
 
 
 def _most_specific_for(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:

@@ -55,6 +55,9 @@ def _never_retried(exc: BaseException) -> bool:
 
 
 _RETRYABLE = retry_if_exception(lambda e: not _never_retried(e))
+# tenacity 9 renamed wait_exponential_jitter's first wait from `initial` to `multiplier`.
+_FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters
+               else "initial")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ class Retry:
                 retry = retry & retry_if_exception(lambda e: not isinstance(e, never))
         return AsyncRetrying(
             stop=self.stop or stop_after_attempt(self.attempts),
-            wait=self.wait or wait_exponential_jitter(initial=self.backoff, max=self.max_delay,
+            wait=self.wait or wait_exponential_jitter(**{_FIRST_WAIT: self.backoff}, max=self.max_delay,
                                                       jitter=self.jitter),
             retry=retry,
             reraise=True,
@@ -443,7 +446,7 @@ class Tools:
             retrying = base.copy(sleep=self._clock.sleep, retry=base.retry & _RETRYABLE,
                                  before_sleep=before_sleep, reraise=True)
             try:
-                return await retrying(attempt), len(errors), False
+                return await retrying(attempt), len(errors) + 1, False
             except BaseException as exc:
                 if _never_retried(exc):
                     raise
@@ -453,11 +456,11 @@ class Tools:
             try:
                 return (await Tools(self._registry, frozenset({fallback.name}), clock=self._clock,
                                     deadline=self._deadline, run=self._run, state=self._state,
-                                    step=self._step).call(fallback.name, **arguments)), len(errors), True
+                                    step=self._step).call(fallback.name, **arguments)), len(errors) + 1, True
             except ToolFailed as failed:
                 errors.extend(failed.errors)
         elif tool.fallback_value is not _MISSING:
-            return tool.fallback_value, len(errors), True
+            return tool.fallback_value, len(errors) + 1, True
         error = ToolFailed(tool.name, tuple(errors))
         if self._run is not None and self._run.hooks:
             await self._emit(ToolCallFailed, tool.name, call_id, tuple(errors), time.perf_counter() - t0)

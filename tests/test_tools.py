@@ -1,0 +1,543 @@
+"""Tools: validation, the per-state handle, gather, timeouts, tenacity retries, fallbacks, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import tenacity
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statemachine_agent import Context, DefinitionError, Workflow
+from statemachine_agent.clock import FakeClock
+from statemachine_agent.errors import (
+    GatherFailed,
+    ToolArgumentError,
+    ToolFailed,
+    ToolResultError,
+    ToolTimeout,
+    UndeclaredTool,
+    UnknownTool,
+)
+from statemachine_agent.events import (
+    Event,
+    ToolAttemptFailed,
+    ToolCallFailed,
+    ToolCallFinished,
+    ToolCallStarted,
+)
+from statemachine_agent.tools import Retry, Tool, ToolRegistry, Tools
+
+
+class Ctx(Context):
+    """Results land here."""
+
+    query: str = "q"
+    out: Any = None
+
+
+def handle(*tools: Tool, clock: FakeClock | None = None, deadline: float | None = None) -> Tools:
+    """A handle allowed to call every given tool, outside any run."""
+    return Tools(ToolRegistry(tools), frozenset(t.name for t in tools), clock=clock, deadline=deadline)
+
+
+async def add(a: int, b: int = 1) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def test_arguments_are_validated_and_coerced() -> None:
+    """Arguments go through pydantic: coerced when lossless, rejected naming the field otherwise."""
+    tools = handle(Tool(add))
+    assert asyncio.run(tools.call("add", a="2", b=3)) == 5
+    assert asyncio.run(tools.call("add", 4)) == 5
+    with pytest.raises(ToolArgumentError, match=r"tool 'add' got bad arguments: a: Input should be a valid "
+                                                r"integer") as info:
+        asyncio.run(tools.call("add", a="two"))
+    assert info.value.fields == ("a",)
+    with pytest.raises(ToolArgumentError, match="c: Extra inputs are not permitted"):
+        asyncio.run(tools.call("add", a=1, c=2))
+    with pytest.raises(ToolArgumentError, match="a: Field required"):
+        asyncio.run(tools.call("add"))
+
+
+def test_result_is_validated() -> None:
+    """A result that does not fit the declared return type fails the call with ToolResultError."""
+
+    async def count(text: str) -> int:
+        return text  # type: ignore[return-value]
+
+    with pytest.raises(ToolFailed) as info:
+        asyncio.run(handle(Tool(count)).call("count", text="many"))
+    assert isinstance(info.value.last, ToolResultError)
+    assert "tool 'count' returned str 'many', which does not fit its result type" in str(info.value.last)
+
+
+def test_schema_for_function_calling() -> None:
+    """Each tool exposes the JSON schema of its arguments, with its docstring as description."""
+    schema = Tool(add).schema()
+    assert schema["name"] == "add"
+    assert schema["description"] == "Add two numbers."
+    assert schema["parameters"]["required"] == ["a"]
+    assert schema["parameters"]["properties"]["b"] == {"default": 1, "title": "B", "type": "integer"}
+
+
+def test_unknown_and_undeclared_tools_name_the_fix() -> None:
+    """Calling an unregistered tool or one the state did not declare says what to do."""
+    registry = ToolRegistry([Tool(add)])
+    tools = Tools(registry, frozenset(), state="plan")
+    with pytest.raises(UnknownTool, match="no tool named 'ad' is registered; registered: 'add'"):
+        asyncio.run(tools.call("ad", a=1))
+    with pytest.raises(UndeclaredTool, match=r"add 'add' to tools=\[...\] of state 'plan'"):
+        asyncio.run(tools.call("add", a=1))
+
+
+def test_sync_tools_run_in_worker_threads() -> None:
+    """A sync tool runs off the event loop thread, so it never blocks other calls."""
+    loop_thread = threading.get_ident()
+
+    def where() -> int:
+        return threading.get_ident()
+
+    assert asyncio.run(handle(Tool(where)).call("where")) != loop_thread
+
+
+def test_gather_runs_concurrently_in_call_order() -> None:
+    """gather runs calls at once and returns results in call order."""
+
+    async def nap(seconds: float, tag: str) -> str:
+        await asyncio.sleep(seconds)
+        return tag
+
+    tools = handle(Tool(nap))
+
+    async def main() -> tuple[list[Any], float]:
+        t0 = time.perf_counter()
+        out = await tools.gather(tools.call("nap", 0.05, "a"), tools.call("nap", 0.01, "b"),
+                                 tools.call("nap", 0.03, "c"))
+        return out, time.perf_counter() - t0
+
+    out, wall = asyncio.run(main())
+    assert out == ["a", "b", "c"]
+    assert wall < 0.09 * 3  # far below the sum: they overlapped
+
+
+def test_gather_fail_fast_cancels_siblings_and_carries_failures() -> None:
+    """Fail fast: the first failure cancels the rest, one GatherFailed carries every failure."""
+    finished: list[str] = []
+
+    async def slow() -> str:
+        await asyncio.sleep(5)
+        finished.append("slow")
+        return "slow"
+
+    async def broken() -> str:
+        await asyncio.sleep(0.01)
+        raise ConnectionError("down")
+
+    tools = handle(Tool(slow), Tool(broken))
+
+    async def main() -> None:
+        t0 = time.perf_counter()
+        with pytest.raises(GatherFailed) as info:
+            await tools.gather(tools.call("slow"), tools.call("broken"))
+        assert time.perf_counter() - t0 < 1
+        [err] = info.value.errors
+        assert isinstance(err, ToolFailed)
+        assert isinstance(err.last, ConnectionError)
+        await asyncio.sleep(0.05)
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+    asyncio.run(main())
+    assert finished == []
+
+
+def test_gather_collect_returns_each_result_or_error() -> None:
+    """Collect mode returns results and exceptions in call order."""
+
+    async def maybe(fail: bool) -> str:
+        if fail:
+            raise ValueError("no")
+        return "yes"
+
+    tools = handle(Tool(maybe))
+    out = asyncio.run(tools.gather(tools.call("maybe", False), tools.call("maybe", True),
+                                   failures="collect"))
+    assert out[0] == "yes"
+    assert isinstance(out[1], ToolFailed)
+    with pytest.raises(ValueError, match="use 'fail_fast' or 'collect'"):
+        asyncio.run(tools.gather(tools.call("maybe", False), failures="sometimes"))  # type: ignore[arg-type]
+
+
+def test_timeout_raises_tool_timeout_and_leaves_nothing_running() -> None:
+    """A call past its timeout fails with a ToolTimeout attempt, and nothing keeps running."""
+    stopped = asyncio.Event()
+
+    async def hang() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+
+    async def main() -> None:
+        with pytest.raises(ToolFailed, match=r"its timeout of 0\.02 s passed") as info:
+            await handle(Tool(hang, timeout=0.02)).call("hang")
+        assert isinstance(info.value.last, ToolTimeout)
+        assert info.value.last.scope == "call"
+        assert stopped.is_set()
+
+    asyncio.run(main())
+
+
+def test_tools_own_timeout_error_is_not_ours() -> None:
+    """A TimeoutError the tool raises itself is its failure, not a ToolTimeout."""
+
+    async def upstream() -> None:
+        raise TimeoutError("upstream said so")
+
+    with pytest.raises(ToolFailed) as info:
+        asyncio.run(handle(Tool(upstream, timeout=5)).call("upstream"))
+    assert type(info.value.last) is TimeoutError
+
+
+def test_retries_with_fake_clock_never_wait() -> None:
+    """Retries follow the tenacity policy; the fake clock records waits instead of sleeping."""
+    calls: list[float] = []
+
+    async def flaky() -> str:
+        calls.append(time.perf_counter())
+        if len(calls) < 3:
+            raise ConnectionError(f"try {len(calls)}")
+        return "ok"
+
+    clock = FakeClock()
+    tool = Tool(flaky, retry=Retry(attempts=3, backoff=10, max_delay=60, jitter=0))
+    t0 = time.perf_counter()
+    assert asyncio.run(handle(tool, clock=clock).call("flaky")) == "ok"
+    assert time.perf_counter() - t0 < 1
+    assert clock.sleeps == [10, 20]
+    assert len(calls) == 3
+
+
+def test_retries_exhausted_carry_every_attempt() -> None:
+    """After the last attempt, ToolFailed holds each attempt's error in order."""
+    n = 0
+
+    async def down() -> None:
+        nonlocal n
+        n += 1
+        raise ConnectionError(f"attempt {n}")
+
+    with pytest.raises(ToolFailed, match="failed after 4 attempts") as info:
+        asyncio.run(handle(Tool(down, retry=4), clock=FakeClock()).call("down"))
+    assert [str(e) for e in info.value.errors] == ["attempt 1", "attempt 2", "attempt 3", "attempt 4"]
+
+
+def test_never_retried_types_and_user_tenacity_objects() -> None:
+    """`never` types fail at once; a user's own AsyncRetrying is used as given."""
+    n = 0
+
+    async def picky() -> None:
+        nonlocal n
+        n += 1
+        raise PermissionError("no")
+
+    with pytest.raises(ToolFailed):
+        asyncio.run(handle(Tool(picky, retry=Retry(attempts=5, never=(PermissionError,))),
+                           clock=FakeClock()).call("picky"))
+    assert n == 1
+    n = 0
+    own = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(2), wait=tenacity.wait_fixed(7))
+    clock = FakeClock()
+    with pytest.raises(ToolFailed):
+        asyncio.run(handle(Tool(picky, retry=own), clock=clock).call("picky"))
+    assert (n, clock.sleeps) == (2, [7])
+
+
+def test_cancellation_is_never_retried() -> None:
+    """Cancelling a call with a generous retry policy cancels it at once (tenacity issue #529)."""
+    started = asyncio.Event()
+    attempts = 0
+
+    async def wait_forever() -> None:
+        nonlocal attempts
+        attempts += 1
+        started.set()
+        await asyncio.sleep(3600)
+
+    tools = handle(Tool(wait_forever, retry=Retry(attempts=10, on=(BaseException,))), clock=FakeClock())
+
+    async def main() -> None:
+        task = asyncio.create_task(tools.call("wait_forever"))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert attempts == 1
+
+
+def test_state_deadline_is_never_retried() -> None:
+    """A call cut by the state's tool deadline raises ToolTimeout(scope='state'), not retried."""
+    attempts = 0
+
+    async def slow() -> None:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        deadline = asyncio.get_running_loop().time() + 0.03
+        tools = handle(Tool(slow, retry=5, timeout=10), clock=FakeClock(), deadline=deadline)
+        with pytest.raises(ToolTimeout) as info:
+            await tools.call("slow")
+        assert info.value.scope == "state"
+
+    asyncio.run(main())
+    assert attempts == 1
+
+
+def test_fallbacks_answer_when_retries_are_exhausted() -> None:
+    """A fallback tool (same arguments) or a fallback value answers a call that failed for good."""
+
+    async def primary(q: str) -> str:
+        raise ConnectionError("primary down")
+
+    async def backup(q: str) -> str:
+        return f"backup:{q}"
+
+    async def optional(q: str) -> list[str]:
+        raise ConnectionError("down too")
+
+    registry = ToolRegistry([Tool(primary, retry=2, fallback="backup"), Tool(backup),
+                             Tool(optional, fallback_value=[])])
+    tools = Tools(registry, frozenset({"primary", "optional"}), clock=FakeClock())
+    assert asyncio.run(tools.call("primary", q="x")) == "backup:x"
+    assert asyncio.run(tools.call("optional", q="x")) == []
+
+
+def test_concurrency_limit() -> None:
+    """No more than `concurrency` calls of a tool run at once."""
+    running = peak = 0
+
+    async def busy() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+
+    tools = handle(Tool(busy, concurrency=3))
+    asyncio.run(tools.gather(*(tools.call("busy") for _ in range(12))))
+    assert peak == 3
+
+
+def test_rate_limit_spaces_calls_on_the_clock() -> None:
+    """A rate limit spaces call starts by 1/rate seconds of the (fake) clock."""
+    clock = FakeClock()
+    starts: list[float] = []
+
+    async def ping() -> None:
+        starts.append(clock.now())
+
+    tools = handle(Tool(ping, rate_limit=4), clock=clock)
+
+    async def main() -> None:
+        for _ in range(4):
+            await tools.call("ping")
+
+    asyncio.run(main())
+    assert starts == [0.0, 0.25, 0.5, 0.75]
+
+
+@settings(max_examples=60, deadline=None)
+@given(outcomes=st.lists(st.sampled_from(["ok", "conn", "value"]), min_size=1, max_size=6),
+       attempts=st.integers(1, 5))
+def test_retry_property(outcomes: list[str], attempts: int) -> None:
+    """For any sequence of failures: retried kinds are retried up to the limit, never more,
+    and the call ends with the first success or the right error."""
+    it = iter(outcomes)
+    made = 0
+
+    async def tool() -> str:
+        nonlocal made
+        made += 1
+        kind = next(it, "ok")
+        if kind == "conn":
+            raise ConnectionError(made)
+        if kind == "value":
+            raise ValueError(made)
+        return "ok"
+
+    policy = Retry(attempts=attempts, on=(ConnectionError,), backoff=0, jitter=0)
+    try:
+        result: Any = asyncio.run(handle(Tool(tool, retry=policy), clock=FakeClock()).call("tool"))
+    except ToolFailed as exc:
+        result = exc
+    padded = [*outcomes, "ok"]
+    expected_made = 0
+    for kind in padded:
+        expected_made += 1
+        if kind != "conn" or expected_made == attempts:
+            break
+    assert made == expected_made
+    final = padded[expected_made - 1]
+    if final == "ok":
+        assert result == "ok"
+    else:
+        assert isinstance(result, ToolFailed)
+        assert len(result.errors) == expected_made
+
+
+# --- in a workflow ----------------------------------------------------------------------------
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A loopback HTTP API: /flaky answers 503 twice then 200; /slow takes 2 s."""
+
+    hits = 0
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(2)
+        if self.path == "/flaky":
+            type(self).hits += 1
+            if type(self).hits <= 2:
+                self.send_response(503)
+                self.end_headers()
+                return
+        body = b'{"answer": 42}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1, stopped after the test."""
+    _Flaky.hits = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def http_workflow(base: str) -> Workflow[Ctx]:
+    """fetch calls a real HTTP tool; ToolTimeout and ToolFailed route to their own terminals."""
+    wf = Workflow("http", Ctx)
+
+    @wf.tool(timeout=0.5, retry=Retry(attempts=3, backoff=0.01, jitter=0, on=(urllib.error.HTTPError,)))
+    def get(path: str) -> str:
+        """GET a path of the API (sync: runs in a worker thread)."""
+        with urllib.request.urlopen(base + path, timeout=5) as response:
+            return str(response.read().decode())
+
+    @wf.state(initial=True, reads=["query"], writes=["out"], tools=["get"])
+    async def fetch(ctx: Ctx, tools: Tools) -> None:
+        ctx.out = await tools.call("get", path=ctx.query)
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.terminal("too_slow", outcome="failure")
+    wf.transition(fetch, "done")
+    wf.on_error(fetch, ToolTimeout, "too_slow")
+    wf.on_error(fetch, ToolFailed, "failed")
+    return wf
+
+
+def test_http_tool_retries_through_503s(api: str) -> None:
+    """A real flaky API answers on the third attempt; events show each failed attempt."""
+    events: list[Event] = []
+    result = http_workflow(api).compile().run_sync(Ctx(query="/flaky"), hooks=[events.append])
+    assert result.terminal == "done"
+    assert result.context.out == '{"answer": 42}'
+    kinds = [type(e) for e in events if type(e).__name__.startswith("Tool")]
+    assert kinds == [ToolCallStarted, ToolAttemptFailed, ToolAttemptFailed, ToolCallFinished]
+    [finished] = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert (finished.attempts, finished.fallback, finished.state) == (3, False, "fetch")
+
+
+def test_http_tool_timeout_routes(api: str) -> None:
+    """A slow API times out each attempt; the failure routes by the timeout's type."""
+    events: list[Event] = []
+    result = http_workflow(api).compile().run_sync(Ctx(query="/slow"), hooks=[events.append],
+                                                   clock=FakeClock())
+    assert result.terminal == "too_slow"  # routed by its cause, a ToolTimeout
+    assert isinstance(result.path[0].error, ToolFailed)
+    assert all(isinstance(e, ToolTimeout) for e in result.path[0].error.errors)
+    assert any(isinstance(e, ToolCallFailed) for e in events)
+
+
+def test_http_tool_refused_connection_fails_once() -> None:
+    """A refused connection (URLError, not in `on`) is not retried; ToolFailed routes to 'failed'."""
+    result = http_workflow("http://127.0.0.1:9").compile().run_sync(Ctx(query="/x"), clock=FakeClock())
+    assert result.terminal == "failed"
+    assert "tool 'get' failed after 1 attempt" in (result.reason or "")
+
+
+def test_checker_knows_tools() -> None:
+    """Unknown tools, undeclared calls, sync actions with tools and bad fallbacks are reported."""
+    wf = Workflow("tooling", Ctx)
+
+    @wf.tool(fallback="nowhere")
+    async def search(q: str) -> str:
+        return q
+
+    @wf.state(initial=True, writes=["out"], tools=["serch"])
+    async def act(ctx: Ctx, tools: Tools) -> None:
+        ctx.out = await tools.call("search", q="x")
+
+    @wf.state(writes=["out"], tools=["search"])
+    def sync_act(ctx: Ctx, tools: Tools) -> None:
+        pass
+
+    @wf.state(tools=["search"])
+    async def no_handle(ctx: Ctx) -> None:
+        pass
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition(act, sync_act).transition(sync_act, no_handle).transition(no_handle, "done")
+    with pytest.raises(DefinitionError) as info:
+        wf.check()
+    messages = [p.message for p in info.value.problems]
+    assert "tool 'search' falls back to 'nowhere', which is not a registered tool" in messages
+    assert ("state 'act' declares tool 'serch', which is not registered (did you mean 'search'?): "
+            "register it with @workflow.tool") in messages
+    assert ("the action of state 'act' calls tool 'search' but the state does not declare it: add "
+            "'search' to tools=[...]") in messages
+    assert "state 'sync_act' calls tools, which are awaited: make its action async def" in messages
+    assert ("state 'no_handle' declares tools but its action takes no tools handle: give it the "
+            "signature async def (ctx, tools)") in messages
+
+
+def test_tool_declaration_errors() -> None:
+    """Bad tool options are rejected when the tool is declared."""
+    with pytest.raises(ValueError, match="timeout=0: give a positive number"):
+        Tool(add, timeout=0)
+    with pytest.raises(TypeError, match="give Retry"):
+        Tool(add, retry="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not both"):
+        Tool(add, fallback="x", fallback_value=1)
+
+    def varargs(*a: int) -> int:
+        return 0
+
+    with pytest.raises(TypeError, match=r"\*a parameters cannot be validated"):
+        Tool(varargs)
+    with pytest.raises(ValueError, match="already registered"):
+        ToolRegistry([Tool(add), Tool(add)])
