@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from statemachine_agent.errors import ToolFailed
 from statemachine_agent.examples import research
 from statemachine_agent.examples.research import Corpus, ResearchContext, SearchUnavailable, build
 
@@ -45,7 +46,10 @@ def test_missing_corpus_is_routed_to_failed(tmp_path: Path) -> None:
     """A corpus folder without pages raises SearchUnavailable, routed to 'failed'."""
     result = build(tmp_path).compile().run_sync(ResearchContext(question="anything at all"))
     assert result.terminal == "failed"
-    assert isinstance(result.path[-1].error, SearchUnavailable)
+    error = result.path[-1].error
+    assert isinstance(error, ToolFailed)  # the search tool failed for good ...
+    assert isinstance(error.last, SearchUnavailable)  # ... and the route matched its cause
+    assert len(error.errors) == 1  # SearchUnavailable is never retried
 
 
 def test_question_without_words_is_routed_to_failed() -> None:

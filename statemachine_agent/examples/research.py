@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from statemachine_agent import Context, Workflow, guard
 from statemachine_agent.diagrams import write_diagrams
+from statemachine_agent.tools import Retry, Tools
 
 __all__ = ["Corpus", "Hit", "ResearchContext", "SearchUnavailable", "build", "workflow"]
 
@@ -148,11 +149,16 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
             raise ValueError(f"the question {ctx.question!r} has no searchable words")
         ctx.query = " AND ".join(f'"{t}"' for t in terms)
 
-    @wf.state(reads=["query"], writes=["hits"], max_visits=2)
-    def search(ctx: ResearchContext) -> None:
+    @wf.tool(timeout=5.0, retry=Retry(attempts=2, backoff=0.05, never=(SearchUnavailable,)))
+    def search_docs(query: str, limit: int = 5) -> list[Hit]:
+        """Full-text search (SQLite FTS5, bm25) over the corpus's Markdown sections."""
+        return pages.search(query, limit)
+
+    @wf.state(reads=["query"], writes=["hits"], max_visits=2, tools=["search_docs"])
+    async def search(ctx: ResearchContext, tools: Tools) -> None:
         """Search the corpus with the current query."""
         assert ctx.query is not None
-        ctx.hits = pages.search(ctx.query)
+        ctx.hits = await tools.call("search_docs", query=ctx.query)
 
     @wf.state(reads=["question", "broadened"], writes=["query", "broadened"], max_visits=1)
     def refine(ctx: ResearchContext) -> None:
