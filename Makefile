@@ -57,6 +57,7 @@ test: lint unit
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_runner.py
+	$(BIN)/python benchmarks/bench_tools.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

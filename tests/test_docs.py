@@ -62,3 +62,13 @@ def test_readme_error_message_is_real() -> None:
     [problem] = wf.analyze().problems
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"  - {problem}\n" in readme
+
+
+def test_tools_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/tools.md's example runs and prints what the page says it prints."""
+    page = (ROOT / "docs" / "tools.md").read_text(encoding="utf-8")
+    [code] = _python_blocks(page)
+    exec(compile(code, "docs/tools.md", "exec"), {"__name__": "tools_doc"})
+    out = capsys.readouterr().out.strip()
+    assert out == "done sunny in Lisbon ['Lisbon hotel 0', 'Lisbon hotel 1']"
+    assert f"This prints `{out}`" in page
