@@ -1,0 +1,207 @@
+"""Fault injection with Hypothesis: generated failure plans per call, checked on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statemachine_agent import Context, Workflow
+from statemachine_agent.clock import FakeClock
+from statemachine_agent.errors import GatherFailed, ToolFailed, ToolTimeout
+from statemachine_agent.tools import Retry, Tool, ToolRegistry, Tools
+
+TIMEOUT = 0.02
+OUTCOMES = st.sampled_from(["ok", "conn", "value", "hang", "slow"])
+
+
+class Plan:
+    """A scripted tool: each attempt does what the plan says next (then succeeds)."""
+
+    def __init__(self, steps: list[str], name: str = "t") -> None:
+        self.steps = steps
+        self.name = name
+        self.made = 0
+
+    async def __call__(self) -> str:
+        kind = self.steps[self.made] if self.made < len(self.steps) else "ok"
+        self.made += 1
+        if kind == "conn":
+            raise ConnectionError(self.made)
+        if kind == "value":
+            raise ValueError(self.made)
+        if kind == "hang":
+            await asyncio.sleep(3600)
+        if kind == "slow":
+            await asyncio.sleep(TIMEOUT / 10)
+        return f"{self.name} ok after {self.made}"
+
+
+def expected_attempts(steps: list[str], attempts: int) -> tuple[int, str]:
+    """How many attempts the policy makes, and the outcome of the last one."""
+    padded = [*steps, "ok"]
+    for i, kind in enumerate(padded, start=1):
+        retryable = kind in ("conn", "hang")
+        if not retryable or i == attempts:
+            return i, kind
+    raise AssertionError("unreachable")
+
+
+def tool_for(plan: Plan, name: str, attempts: int, backoff: float, jitter: float, cap: float) -> Tool:
+    """A tool running ``plan``, retried on any Exception but ValueError."""
+
+    async def scripted() -> str:
+        return await plan()
+
+    return Tool(scripted, name=name, timeout=TIMEOUT,
+                retry=Retry(attempts=attempts, backoff=backoff, jitter=jitter, max_delay=cap,
+                            on=(Exception,), never=(ValueError,)))
+
+
+def others() -> list[asyncio.Task[Any]]:
+    """Tasks still alive besides the current one."""
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(OUTCOMES, max_size=5), attempts=st.integers(1, 5),
+       backoff=st.floats(0.0, 3.0), jitter=st.floats(0.0, 2.0), cap=st.floats(0.5, 10.0))
+def test_one_call_follows_its_plan(steps: list[str], attempts: int, backoff: float, jitter: float,
+                                   cap: float) -> None:
+    """Attempt counts are exact, each backoff is within the policy's bounds, non-retryable errors
+    are not retried, and no task outlives the call."""
+    plan = Plan(steps)
+    clock = FakeClock()
+    tools = Tools(ToolRegistry([tool_for(plan, "t", attempts, backoff, jitter, cap)]), frozenset({"t"}),
+                  clock=clock)
+
+    async def main() -> Any:
+        try:
+            out: Any = await tools.call("t")
+        except ToolFailed as exc:
+            out = exc
+        assert others() == []
+        return out
+
+    out = asyncio.run(main())
+    made, last = expected_attempts(steps, attempts)
+    assert plan.made == made
+    if last in ("ok", "slow"):
+        assert out == f"t ok after {made}"
+    else:
+        assert isinstance(out, ToolFailed)
+        assert len(out.errors) == made
+        assert isinstance(out.last, ValueError if last == "value" else
+                          ConnectionError if last == "conn" else ToolTimeout)
+    assert len(clock.sleeps) == made - 1
+    for i, slept in enumerate(clock.sleeps, start=1):
+        low = min(backoff * 2 ** (i - 1), cap)
+        high = min(backoff * 2 ** (i - 1) + jitter, cap)
+        assert low - 1e-9 <= slept <= high + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(plans=st.lists(st.lists(OUTCOMES, max_size=3), min_size=1, max_size=5), attempts=st.integers(1, 3),
+       mode=st.sampled_from(["fail_fast", "collect"]))
+def test_gather_modes(plans: list[list[str]], attempts: int, mode: str) -> None:
+    """collect returns every outcome in call order; fail_fast raises one GatherFailed when any call
+    fails for good; either way no task is left running."""
+    runs = [Plan(p, f"t{i}") for i, p in enumerate(plans)]
+    registry = ToolRegistry([tool_for(p, f"t{i}", attempts, 0.1, 0.0, 1.0) for i, p in enumerate(runs)])
+    tools = Tools(registry, frozenset(registry.names()), clock=FakeClock())
+    outcomes = [expected_attempts(p, attempts) for p in plans]
+    any_fails = any(kind not in ("ok", "slow") for _, kind in outcomes)
+
+    async def main() -> Any:
+        try:
+            out: Any = await tools.gather(*(tools.call(f"t{i}") for i in range(len(runs))),
+                                          failures=mode)  # type: ignore[arg-type]
+        except GatherFailed as exc:
+            out = exc
+        assert others() == []
+        return out
+
+    out = asyncio.run(main())
+    if mode == "collect":
+        assert len(out) == len(runs)
+        for value, (made, kind), run in zip(out, outcomes, runs, strict=True):
+            assert run.made == made
+            if kind in ("ok", "slow"):
+                assert value == f"{run.name} ok after {made}"
+            else:
+                assert isinstance(value, ToolFailed)
+    elif any_fails:
+        assert isinstance(out, GatherFailed)
+        assert all(isinstance(e, ToolFailed) for e in out.errors)
+    else:
+        assert out == [f"t{i} ok after {made}" for i, (made, _) in enumerate(outcomes)]
+
+
+class StuckClock(FakeClock):
+    """A clock whose sleeps never end: the run is caught in a retry wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+
+class Ctx(Context):
+    """Nothing to keep."""
+
+    out: Any = None
+
+
+def retrying_workflow(kind: str) -> Any:
+    """One state whose action retries a failing tool, or gathers calls that hang."""
+    wf = Workflow("cancel", Ctx)
+
+    @wf.tool(retry=Retry(attempts=10, backoff=5))
+    async def down() -> None:
+        raise ConnectionError("down")
+
+    @wf.tool
+    async def hang() -> None:
+        await asyncio.sleep(3600)
+
+    @wf.state(initial=True, writes=["out"], tools=["down", "hang"])
+    async def act(ctx: Ctx, tools: Tools) -> None:
+        if kind == "retry":
+            ctx.out = await tools.call("down")
+        else:
+            ctx.out = await tools.gather(tools.call("hang"), tools.call("hang"), tools.call("hang"))
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition(act, "done")
+    wf.on_error(act, Exception, "failed")
+    return wf.compile()
+
+
+@pytest.mark.parametrize("kind", ["retry", "gather"])
+def test_cancelling_the_run_leaves_no_task(kind: str) -> None:
+    """Cancelling a run in a retry wait or inside a gather propagates and leaves no task behind."""
+    compiled = retrying_workflow(kind)
+
+    async def main() -> None:
+        clock = StuckClock()
+        task = asyncio.create_task(compiled.run(Ctx(), clock=clock))
+        if kind == "retry":
+            await clock.waiting.wait()
+        else:
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(others()) == 4  # the run and its three calls
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert others() == []
+
+    asyncio.run(main())
