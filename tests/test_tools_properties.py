@@ -50,7 +50,7 @@ def expected_attempts(steps: list[str], attempts: int) -> tuple[int, str]:
     raise AssertionError("unreachable")
 
 
-def tool_for(plan: Plan, name: str, attempts: int, backoff: float, jitter: float, cap: float) -> Tool:
+def tool_for(plan: Plan, name: str, attempts: int, *, backoff: float, jitter: float, cap: float) -> Tool:
     """A tool running ``plan``, retried on any Exception but ValueError."""
 
     async def scripted() -> str:
@@ -75,8 +75,8 @@ def test_one_call_follows_its_plan(steps: list[str], attempts: int, backoff: flo
     are not retried, and no task outlives the call."""
     plan = Plan(steps)
     clock = FakeClock()
-    tools = Tools(ToolRegistry([tool_for(plan, "t", attempts, backoff, jitter, cap)]), frozenset({"t"}),
-                  clock=clock)
+    tool = tool_for(plan, "t", attempts, backoff=backoff, jitter=jitter, cap=cap)
+    tools = Tools(ToolRegistry([tool]), frozenset({"t"}), clock=clock)
 
     async def main() -> Any:
         try:
@@ -110,7 +110,8 @@ def test_gather_modes(plans: list[list[str]], attempts: int, mode: str) -> None:
     """collect returns every outcome in call order; fail_fast raises one GatherFailed when any call
     fails for good; either way no task is left running."""
     runs = [Plan(p, f"t{i}") for i, p in enumerate(plans)]
-    registry = ToolRegistry([tool_for(p, f"t{i}", attempts, 0.1, 0.0, 1.0) for i, p in enumerate(runs)])
+    registry = ToolRegistry([tool_for(p, f"t{i}", attempts, backoff=0.1, jitter=0.0, cap=1.0)
+                             for i, p in enumerate(runs)])
     tools = Tools(registry, frozenset(registry.names()), clock=FakeClock())
     outcomes = [expected_attempts(p, attempts) for p in plans]
     any_fails = any(kind not in ("ok", "slow") for _, kind in outcomes)
