@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from ._graph import bfs_path, reachable, strongly_connected_components, topological_order
 from .errors import DefinitionError, Problem
 from .guards import Guard
-from .spec import NoExit, Outcome, StateSpec, WorkflowSpec
+from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
 from .tools import declared_tool_calls
 
 __all__ = ["CheckReport", "analyze", "check", "fields_set_at_start"]
@@ -162,6 +162,13 @@ def fields_set_at_start(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(out)
 
 
+def _names_in(fs: object) -> frozenset[str]:
+    """The string entries of a declared collection of names; nothing when it is malformed."""
+    if not isinstance(fs, (tuple, list, set, frozenset)):
+        return frozenset()
+    return frozenset(f for f in fs if isinstance(f, str))
+
+
 def _fmt_path(path: Sequence[str], edge_kinds: dict[tuple[str, str], str] | None = None) -> str:
     if not path:
         return ""
@@ -213,7 +220,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         tool_names.add(name)
     for tool in spec.tools:
         fallback = getattr(tool, "fallback", None)
-        if fallback is not None and fallback not in tool_names:
+        if fallback is not None and (not isinstance(fallback, str) or fallback not in tool_names):
             problem("unknown-tool", f"tool {tool.name!r} falls back to {fallback!r}, which is not a "
                     f"registered tool{_suggest(fallback, tool_names)}", tool.name)
 
@@ -260,11 +267,6 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
             "outcome='failure'); runs that exhaust a budget or hit an unrouted error end there",
         )
     failure_terminal = failure_terminals[0] if failure_terminals else None
-
-    def _names_in(fs: object) -> frozenset[str]:
-        if not isinstance(fs, (tuple, list, set, frozenset)):
-            return frozenset()
-        return frozenset(f for f in fs if isinstance(f, str))
 
     reads_of = {n: _names_in(states[n].reads) for n in names}
     writes_of = {n: _names_in(states[n].writes) for n in names}
@@ -363,7 +365,17 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         )
         return False
 
+    transitions = []
     for t in spec.transitions:
+        if not isinstance(t, TransitionSpec):
+            problem("bad-transition", f"{t!r} is not a transition declaration (TransitionSpec)")
+            continue
+        if isinstance(t.order, bool) or not isinstance(t.order, int):
+            problem("bad-transition", f"transition {t.source}->{t.target} has order={t.order!r}: use a "
+                    "whole number (declare transitions with workflow.transition())")
+            continue
+        transitions.append(t)
+    for t in transitions:
         label = f"transition {t.source}->{t.target}"
         ok = endpoint_ok("source", t.source, label) & endpoint_ok("target", t.target, label)
         if t.max_traversals is not None and not _is_count(t.max_traversals):
@@ -385,7 +397,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                             label,
                         )
                 if model_ok:
-                    for f in sorted(t.guard.reads - fields):
+                    for f in sorted(_names_in(t.guard.reads) - fields):
                         problem(
                             "unknown-field",
                             f"guard {t.guard.name!r} on {label} reads {f!r}, which is not a field of "
@@ -415,6 +427,9 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
 
     seen_routes: dict[tuple[str, type[BaseException]], str] = {}
     for et in spec.error_transitions:
+        if not isinstance(et, ErrorTransitionSpec):
+            problem("bad-transition", f"{et!r} is not an error transition declaration (ErrorTransitionSpec)")
+            continue
         err_name = getattr(et.error, "__name__", repr(et.error))
         label = f"error transition {et.source}-[{err_name}]->{et.target}"
         ok = endpoint_ok("source", et.source, label) & endpoint_ok("target", et.target, label)
@@ -619,7 +634,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                     continue
                 unset.add((n, f))
                 problem("unset-read", _unset_message(f"state {n!r}", f, path, writes, edge_kinds), n)
-        for t in spec.transitions:
+        for t in transitions:
             if (
                 not isinstance(t.guard, Guard)
                 or not isinstance(t.source, str)
@@ -629,7 +644,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
                 or states[t.source].terminal
             ):
                 continue
-            for f in sorted(t.guard.reads & fields - at_start):
+            for f in sorted(_names_in(t.guard.reads) & fields - at_start):
                 path = witness(f, t.source, after_target=True)
                 if path is None:
                     continue
@@ -669,7 +684,9 @@ def _check_tools(s: StateSpec, registered: set[str], complete: bool,
     """A state's tools exist, its action can take the handle, and it calls only what it declares."""
     n, action = s.name, s.action
     assert action is not None
-    declared = s.tools if isinstance(s.tools, (tuple, list)) else ()
+    if not isinstance(s.tools, (tuple, list)) or not all(isinstance(t, str) for t in s.tools):
+        problem("bad-field", f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
+    declared = tuple(sorted(_names_in(s.tools)))
     for t in declared:
         if complete and t not in registered:
             problem("unknown-tool", f"state {n!r} declares tool {t!r}, which is not registered"

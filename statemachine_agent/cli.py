@@ -48,6 +48,8 @@ def load_spec(target: str) -> WorkflowSpec:
     except ModuleNotFoundError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}. Run from the folder that "
                          "contains it, or install its package") from exc
+    except Exception as exc:  # the user's module failed while importing: say so, no traceback
+        raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -145,13 +147,16 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     if fmt is None:
         raise UsageError(f"cannot tell the format from {out.name!r}: use a .dot, .svg, .png, .pdf or .mmd "
                          "name, or --format")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "mermaid":
-        out.write_text(to_mermaid(compiled), encoding="utf-8")
-    elif fmt == "dot":
-        out.write_text(to_dot(compiled).source, encoding="utf-8")
-    else:
-        render(to_dot(compiled), out, fmt)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "mermaid":
+            out.write_text(to_mermaid(compiled), encoding="utf-8")
+        elif fmt == "dot":
+            out.write_text(to_dot(compiled).source, encoding="utf-8")
+        else:
+            render(to_dot(compiled), out, fmt)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
     print(f"wrote {out}")
     return 0
 

@@ -179,7 +179,11 @@ def render(graph: graphviz.Digraph, path: str | Path, fmt: str) -> Path:
             "package graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz), "
             "or write DOT source instead"
         )
-    data = graph.pipe(format=fmt)
+    try:
+        data = graph.pipe(format=fmt)
+    except graphviz.ExecutableNotFound as exc:  # found on PATH but not runnable
+        raise GraphvizMissing(f"cannot render {fmt.upper()}: Graphviz's 'dot' could not run ({exc}); "
+                              "reinstall the system package graphviz") from exc
     out = Path(path)
     out.write_bytes(data)
     return out

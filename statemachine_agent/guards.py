@@ -49,11 +49,13 @@ class Guard:
         return result
 
     def leaves(self) -> Iterable[Guard]:
-        """Every leaf guard this one is built from."""
-        if not self.operands:
-            yield self
-        for op in self.operands:
-            yield from op.leaves()
+        """Every leaf guard this one is built from, left to right (iteratively: no depth limit)."""
+        todo: list[Guard] = [self]
+        while todo:
+            g = todo.pop()
+            if not g.operands:
+                yield g
+            todo.extend(reversed(g.operands))
 
     def __and__(self, other: Guard | Predicate) -> Guard:
         return _combine("&", self, as_guard(other))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
+import enum
 import inspect
 import logging
 import math
@@ -42,8 +44,12 @@ log = logging.getLogger("statemachine_agent")
 C = TypeVar("C")
 T = TypeVar("T")
 
-# Values that cannot be changed in place need no defensive copy.
-_IMMUTABLE = (str, int, float, bool, bytes, type(None), tuple, frozenset)
+# Values that cannot be changed in place need no defensive copy (a tuple may hold a list: copied).
+_IMMUTABLE = (str, int, float, bool, bytes, type(None), enum.Enum)
+
+
+def _copy_of(value: Any) -> Any:
+    return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
 
 
 class _Token:
@@ -59,14 +65,16 @@ class ContextView:
     """What an action receives: the context, limited to the state's declared reads and writes.
 
     Writes are validated by pydantic as they happen. Before the first change in a step the view
-    snapshots the context, so a step that fails is rolled back and leaves no trace.
+    snapshots the context, so a step that fails is rolled back and leaves no trace. Values of
+    fields the state only reads are copies: changing them in place changes nothing. A view serves
+    one step; using it afterwards (say, from a task the action left behind) raises.
     """
 
     __slots__ = ("_sa_copied", "_sa_dirty", "_sa_fields", "_sa_model", "_sa_plan", "_sa_snapshot",
                  "_sa_written")
 
     _sa_model: BaseModel
-    _sa_plan: Plan
+    _sa_plan: Plan | None
     _sa_written: set[str]
     _sa_fields: frozenset[str]
     _sa_snapshot: tuple[dict[str, Any], set[str]] | None
@@ -83,16 +91,16 @@ class ContextView:
         _set(self, "_sa_dirty", None)
         _set(self, "_sa_copied", None)
 
-    def _sa_begin(self, plan: Plan) -> None:
-        """Start a step of ``plan``'s state."""
-        _set = object.__setattr__
-        _set(self, "_sa_plan", plan)
-        if self._sa_snapshot is not None:
-            _set(self, "_sa_snapshot", None)
-        if self._sa_dirty is not None:
-            _set(self, "_sa_dirty", None)
-        if self._sa_copied is not None:
-            _set(self, "_sa_copied", None)
+    def _sa_close(self) -> None:
+        """End the step: the view refuses any further use."""
+        object.__setattr__(self, "_sa_plan", None)
+
+    def _sa_live(self, name: str) -> Plan:
+        plan = self._sa_plan
+        if plan is None:
+            raise ContextAccessError("", name, f"the context view was used after its step ended (touching "
+                                     f"{name!r}): a task an action starts must finish within the action")
+        return plan
 
     def _sa_snap(self) -> BaseModel:
         model = self._sa_model
@@ -112,7 +120,9 @@ class ContextView:
         object.__setattr__(self, "_sa_dirty", None)
 
     def __getattr__(self, name: str) -> Any:
-        plan = self._sa_plan
+        if name.startswith("__"):
+            raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
+        plan = self._sa_live(name)
         if name in plan.allowed:
             if name not in self._sa_written and (self._sa_dirty is None or name not in self._sa_dirty):
                 raise ContextAccessError(
@@ -121,18 +131,21 @@ class ContextView:
                     f"reads=[...] so the checker proves it is written first, or write it before reading",
                 )
             value = getattr(self._sa_model, name)
-            if name in plan.writes and not isinstance(value, _IMMUTABLE):
-                copied = self._sa_copied
-                if copied is None:
-                    copied = set()
-                    object.__setattr__(self, "_sa_copied", copied)
-                if name not in copied:
-                    # A writable field may be changed in place: work on a copy, keep the original
-                    # in the snapshot for a rollback.
-                    model = self._sa_snap()
-                    value = copy.deepcopy(value)
-                    model.__dict__[name] = value
-                    copied.add(name)
+            if isinstance(value, _IMMUTABLE):
+                return value
+            if name not in plan.writes:
+                return copy.deepcopy(value)  # read-only: in-place changes must not reach the context
+            copied = self._sa_copied
+            if copied is None:
+                copied = set()
+                object.__setattr__(self, "_sa_copied", copied)
+            if name not in copied:
+                # A writable field may be changed in place: work on a copy, keep the original
+                # in the snapshot for a rollback.
+                model = self._sa_snap()
+                value = copy.deepcopy(value)
+                model.__dict__[name] = value
+                copied.add(name)
             return value
         if name in self._sa_fields:
             raise ContextAccessError(
@@ -140,10 +153,16 @@ class ContextView:
                 f"state {plan.name!r} read {name!r}, which it does not declare: add {name!r} to "
                 f"reads=[...] of state {plan.name!r}",
             )
-        return getattr(self._sa_model, name)
+        close = difflib.get_close_matches(name, sorted(self._sa_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ContextAccessError(
+            plan.name, name,
+            f"state {plan.name!r} used {name!r}, which is not a field of {type(self._sa_model).__name__}"
+            f"{hint}: an action sees only the fields its state declares",
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        plan = self._sa_plan
+        plan = self._sa_live(name)
         if name in plan.writes:
             model = self._sa_model
             if self._sa_snapshot is None:
@@ -176,15 +195,17 @@ class ContextView:
         )
 
     def __delattr__(self, name: str) -> None:
-        raise ContextAccessError(self._sa_plan.name, name, f"state {self._sa_plan.name!r} deleted {name!r}: "
+        plan = self._sa_live(name)
+        raise ContextAccessError(plan.name, name, f"state {plan.name!r} deleted {name!r}: "
                                  "context fields cannot be deleted; assign None instead")
 
     def __repr__(self) -> str:
-        return f"<context view of {self._sa_model!r} for state {self._sa_plan.name!r}>"
+        plan = self._sa_plan
+        return f"<context view of {self._sa_model!r} for state {plan.name if plan else '(closed)'!r}>"
 
 
 class ReadOnlyContext:
-    """The context as policies see it: every field readable, nothing writable."""
+    """The context as guards and policies see it: every field readable (as a copy), nothing writable."""
 
     __slots__ = ("_sa_model",)
 
@@ -192,10 +213,16 @@ class ReadOnlyContext:
         object.__setattr__(self, "_sa_model", model)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._sa_model, name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = getattr(self._sa_model, name)
+        return value if isinstance(value, _IMMUTABLE) or callable(value) else copy.deepcopy(value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"a policy cannot change the context (tried to set {name!r})")
+        raise AttributeError(f"guards and policies cannot change the context (tried to set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"guards and policies cannot change the context (tried to delete {name!r})")
 
     def __repr__(self) -> str:
         return f"<read-only {self._sa_model!r}>"
@@ -213,10 +240,15 @@ def _positive(value: object, what: str) -> None:
 class _Failed(Exception):
     """Internal: the step ends in the failure terminal for ``reason``."""
 
-    def __init__(self, reason: str, budget: str | None = None) -> None:
+    def __init__(self, reason: str, budget: str | None = None, rejected: tuple[str, ...] = ()) -> None:
         super().__init__(reason)
         self.reason = reason
         self.budget = budget
+        self.rejected = rejected
+
+
+class _DeadlinePassed(Exception):
+    """Internal: the run's own deadline (``timeout=``) cut the step."""
 
 
 class Run(Generic[C]):
@@ -256,7 +288,7 @@ class Run(Generic[C]):
         self.workflow = workflow
         # One private copy per run: the caller's object is never mutated, and steps change this
         # one in place (rolled back when a step fails).
-        base: BaseModel = context.model_copy()  # type: ignore[union-attr]
+        base: BaseModel = context.model_copy(deep=True)  # type: ignore[union-attr]
         self.context: C = base  # type: ignore[assignment]
         """The run's context; a failed step leaves it as the step found it."""
         self.policy: Policy = policy or first_enabled
@@ -283,8 +315,8 @@ class Run(Generic[C]):
         self._written: set[str] = set(workflow.fields_at_start) | {
             f for f in base.model_fields_set if getattr(base, f) is not None
         }
-        self._view = ContextView(base, workflow.plans[workflow.initial], self._written,
-                                 frozenset(type(base).model_fields))
+        self._fields = frozenset(type(base).model_fields)
+        self._readonly = ReadOnlyContext(base)  # what guards and policies see
         self._token = _Token(workflow.initial)
         self._deadline: float | None = None
         self._started = False
@@ -334,25 +366,27 @@ class Run(Generic[C]):
         self.actions_run += 1
         if self.hooks:
             await self._emit(StepStarted(self.run_id, self.workflow.name, index, name, visits + 1))
-        view = self._view
-        view._sa_begin(plan)
+        view = ContextView(self.context, plan, self._written, self._fields)  # type: ignore[arg-type]
         rejected: tuple[str, ...] = ()
         try:
             if deadline is not None:
-                async with asyncio.timeout_at(deadline):
-                    try:
-                        chosen, rejected = await self._act_and_choose(plan, view, index)
-                    except TimeoutError as own:
-                        # Raised inside the block, so it is the action's own, not our deadline's
-                        # (which surfaces only when the block exits).
-                        raise _ActionTimeout from own
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        try:
+                            chosen, rejected = await self._act_and_choose(plan, view, index)
+                        except TimeoutError as own:
+                            # Raised inside the block, so it is the action's own, not our
+                            # deadline's (which surfaces only when the block exits).
+                            raise _ActionTimeout from own
+                except TimeoutError:
+                    raise _DeadlinePassed from None
             elif plan.is_async or plan.decision or plan.takes_tools:
                 chosen, rejected = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
                 if out is not None and inspect.isawaitable(out):
                     await out
-                model = self.context
+                model = self._readonly
                 for chosen in plan.exits:
                     if chosen.guard is None or chosen.guard(model):
                         break
@@ -360,11 +394,12 @@ class Run(Generic[C]):
                     chosen = plan.default
         except BaseException as exc:
             view._sa_rollback()
+            view._sa_close()
             if not isinstance(exc, Exception):
                 raise  # cancellation and interruption are never routed
             if isinstance(exc, _Failed):
-                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
-            if isinstance(exc, TimeoutError):
+                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget, rejected=exc.rejected)
+            if isinstance(exc, _DeadlinePassed):
                 return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed in state "
                                         f"{name!r}", budget="deadline")
             if isinstance(exc, ContextAccessError):
@@ -374,15 +409,19 @@ class Run(Generic[C]):
             if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
             return await self._route(plan, index, t0, exc)
+        view._sa_close()
+        if chosen is None:
+            view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
+            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled",
+                                    rejected=rejected)
+        bound = chosen.bound
+        if bound is not None and self.traversals[chosen.key] >= bound:
+            view._sa_rollback()
+            return await self._fail(plan, index, t0, f"traversals of {chosen.spec.name!r} reached {bound}",
+                                    budget="max_traversals", rejected=rejected)
         # The step succeeded: its writes stand; now move.
         if view._sa_dirty:
             self._written.update(view._sa_dirty)
-        if chosen is None:
-            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
-        bound = chosen.bound
-        if bound is not None and self.traversals[chosen.key] >= bound:
-            return await self._fail(plan, index, t0, f"traversals of {chosen.spec.name!r} reached {bound}",
-                                    budget="max_traversals")
         target = chosen.spec.target
         # The machine checks that the move is declared from the current state, and records it.
         if not chosen.trigger.trigger(self._token) or self._token.state != target:
@@ -404,14 +443,16 @@ class Run(Generic[C]):
             self._deadline = asyncio.get_running_loop().time() + self.timeout
         if self.hooks:
             wf = self.workflow
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, self.context, self.max_steps))
+            await self._emit(RunStarted(self.run_id, wf.name, wf.initial,
+                                        self.context.model_copy(deep=True),  # type: ignore[attr-defined]
+                                        self.max_steps))
 
     def _wall(self, t: float) -> float:
         wall0, perf0 = self._clock0
         return wall0 + (t - perf0)
 
     def _first_enabled(self, plan: Plan) -> Exit | None:
-        model = self.context
+        model = self._readonly
         for x in plan.exits:
             if x.guard is None or x.guard(model):
                 return x
@@ -430,10 +471,12 @@ class Run(Generic[C]):
             out = action(view)
         if out is not None and inspect.isawaitable(out):
             await out
-        model = self.context
+        model = self._readonly
         if not plan.decision:
             return self._first_enabled(plan), ()
-        enabled = [x for x in plan.exits if x.guard is None or x.guard(model)]
+        # An exit whose traversal budget is spent is not enabled: the policy never sees it.
+        enabled = [x for x in plan.exits if (x.guard is None or x.guard(model))
+                   and (x.bound is None or self.traversals[x.key] < x.bound)]
         if not enabled:
             return plan.default, ()
         if len(enabled) == 1:
@@ -444,7 +487,7 @@ class Run(Generic[C]):
                           index: int) -> tuple[Exit, tuple[str, ...]]:
         options = tuple(Option(x.spec.name, x.spec.target, x.spec.description) for x in enabled)
         rejected: list[str] = []
-        readonly = ReadOnlyContext(model)
+        readonly = model
         for attempt in range(1, self.max_policy_attempts + 1):
             decision = Decision(self.workflow.name, plan.name, readonly, options, attempt, tuple(rejected))
             answer: Any = self.policy(decision)
@@ -461,7 +504,7 @@ class Run(Generic[C]):
                 await self._emit(PolicyChoiceRejected(self.run_id, self.workflow.name, index, plan.name,
                                                       answer, why, attempt))
         raise _Failed(f"the policy gave no valid choice in state {plan.name!r} after "
-                      f"{self.max_policy_attempts} attempts; last: {rejected[-1]}")
+                      f"{self.max_policy_attempts} attempts; last: {rejected[-1]}", rejected=tuple(rejected))
 
     def _fire(self, trigger: Any, target: str) -> None:
         # The machine checks that the move is declared from the current state, and records it.
@@ -496,7 +539,8 @@ class Run(Generic[C]):
         return step
 
     async def _fail(self, plan: Plan, index: int, t0: float, reason: str, *, budget: str | None = None,
-                    error: BaseException | None = None, ran: bool = True) -> Step:
+                    error: BaseException | None = None, ran: bool = True,
+                    rejected: tuple[str, ...] = ()) -> Step:
         wf = self.workflow
         target = wf.failure_terminal
         log.warning("%s: run %s fails in state %r: %s", wf.name, self.run_id, plan.name, reason,
@@ -506,7 +550,7 @@ class Run(Generic[C]):
             await self._emit(BudgetExhausted(self.run_id, wf.name, index, plan.name, budget, reason))
         self._fire(wf.fail_trigger, target)
         step = Step(index, plan.name, target, "fail", "fail", self._wall(t0), time.perf_counter() - t0,
-                    error, (), ran)
+                    error, rejected, ran)
         self.path.append(step)
         await self._after(step, reason=reason, error=error)
         return step

@@ -122,7 +122,9 @@ class WorkflowSpec:
         # First declaration wins; duplicates are reported by the checker, not hidden here.
         index: dict[str, StateSpec] = {}
         for s in self.states:
-            index.setdefault(s.name, s)
+            name = getattr(s, "name", None)
+            if isinstance(name, str):  # malformed entries are the checker's to report
+                index.setdefault(name, s)
         object.__setattr__(self, "_by_name", index)
 
     def state(self, name: str) -> StateSpec:

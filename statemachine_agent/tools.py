@@ -166,6 +166,9 @@ class Tool:
         if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
                                         or concurrency < 1):
             raise ValueError(f"tool {self.name!r}: concurrency={concurrency!r}: give a whole number >= 1")
+        if fallback is not None and not isinstance(fallback, str):
+            raise TypeError(f"tool {self.name!r}: fallback={fallback!r}; give the name of another tool "
+                            "(or fallback_value=... for a fixed answer)")
         if fallback is not None and fallback_value is not _MISSING:
             raise TypeError(f"tool {self.name!r}: give fallback (a tool) or fallback_value, not both")
         self.timeout = timeout

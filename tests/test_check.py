@@ -250,3 +250,36 @@ def test_definition_error_pickles() -> None:
     again = pickle.loads(pickle.dumps(info.value))
     assert again.problems == info.value.problems
     assert str(again) == str(info.value)
+
+
+def test_malformed_entries_are_reported_not_crashed_on() -> None:
+    """Odd values anywhere in a hand-built spec give problems, never a crash."""
+    from statemachine_agent import Guard, Outcome
+    from statemachine_agent.spec import StateSpec, TransitionSpec, WorkflowSpec
+
+    g = Guard(lambda c: True, name="g")
+    g.reads = None  # type: ignore[assignment]
+    deep = Guard(lambda c: True, name="leaf")
+    for _ in range(3000):
+        deep = deep & Guard(lambda c: True, name="leaf")
+    spec = WorkflowSpec(
+        name="odd",
+        context=Ctx,
+        states=(
+            StateSpec("a", noop, initial=True, tools=[["search"]]),  # type: ignore[arg-type]
+            "not a state",  # type: ignore[arg-type]
+            StateSpec("done", terminal=True, outcome=Outcome.SUCCESS),
+            StateSpec("failed", terminal=True, outcome=Outcome.FAILURE),
+        ),
+        transitions=(
+            TransitionSpec("a", "done", guard=g, order=0),
+            TransitionSpec("a", "done", guard=deep, order=None),  # type: ignore[arg-type]
+            "not a transition",  # type: ignore[arg-type]
+            TransitionSpec("a", "failed", default=True, order=2),
+        ),
+    )
+    codes = [p.code for p in analyze(spec).problems]
+    assert codes.count("bad-transition") == 2
+    assert "bad-state" in codes
+    assert "bad-field" in codes
+    assert len(list(deep.leaves())) == 3001

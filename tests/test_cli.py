@@ -117,3 +117,32 @@ def test_diagram_unknown_extension(tmp_path: Path, capsys: pytest.CaptureFixture
     """An extension with no known format exits 2 and lists the known ones."""
     assert main(["diagram", EXAMPLE, "-o", str(tmp_path / "x.jpeg")]) == 2
     assert "use a .dot, .svg, .png, .pdf or .mmd name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("raise RuntimeError('boom at import')\n", "importing 'badmod' failed: RuntimeError: boom at import"),
+        ("def broken(:\n", "importing 'badmod' failed: SyntaxError"),
+    ],
+)
+def test_modules_failing_at_import_exit_2(source: str, message: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A module that fails while importing is reported in one line, exit 2, no traceback."""
+    import sys
+
+    (tmp_path / "badmod.py").write_text(source, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "badmod", raising=False)
+    assert main(["check", "badmod:wf"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_relative_module_and_unwritable_output_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A relative module name and an output path that cannot be written are usage errors."""
+    assert main(["check", ".foo:bar"]) == 2
+    assert main(["diagram", EXAMPLE, "-o", "/dev/null/x.dot"]) == 2
+    assert "cannot write '/dev/null/x.dot'" in capsys.readouterr().err

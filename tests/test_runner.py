@@ -527,3 +527,149 @@ def test_concurrent_runs_share_one_compiled_workflow() -> None:
     assert all(r.ok for r in results)
     assert {len(r.path) for r in results[1::2]} == {2}
     assert {len(r.path) for r in results[0::2]} == {6}
+
+
+# --- regressions found in review --------------------------------------------------------------
+
+def test_own_timeout_error_is_routed_without_a_deadline(run: Runner) -> None:
+    """With no timeout= set, an action's TimeoutError is routed, not mistaken for a deadline."""
+    wf = base("own-timeout-no-deadline")
+    wf.terminal("slow", outcome="failure")
+
+    @wf.state(initial=True, writes=["answer"])
+    def act(ctx: Ctx) -> None:
+        ctx.answer = "half"
+        raise TimeoutError("mine")
+
+    wf.transition(act, "done")
+    wf.on_error(act, TimeoutError, "slow")
+    events: list[Event] = []
+    result = run(wf.compile(), Ctx(question="q"), hooks=[events.append])
+    assert result.terminal == "slow"
+    assert isinstance(result.path[0].error, TimeoutError)
+    assert not [e for e in events if isinstance(e, BudgetExhausted)]
+
+
+def test_read_only_field_mutated_in_place_changes_nothing(run: Runner) -> None:
+    """A state that only reads a list gets a copy: appending to it reaches neither the run nor the caller."""
+    from pydantic import Field
+
+    from statemachine_agent import Context
+
+    class Notes(Context):
+        notes: list[str] = Field(default_factory=lambda: ["h"])
+        answer: str | None = None
+
+    wf: Workflow[Notes] = Workflow("sneaky-append", Notes)
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+
+    @wf.state(initial=True, reads=["notes"], writes=["answer"])
+    def act(ctx: Notes) -> None:
+        ctx.notes.append("SNEAKY")
+        ctx.answer = "done"
+
+    wf.transition(act, "done")
+    ctx = Notes()
+    result = run(wf.compile(), ctx)
+    assert result.context.notes == ["h"]
+    assert ctx.notes == ["h"]
+    assert result.context.answer == "done"
+
+
+def test_guards_and_policies_cannot_change_the_context(run: Runner) -> None:
+    """A guard that assigns raises (routed as an error); in-place changes through it are lost."""
+    wf = base("meddling-guard")
+    wf.add_state("act", noop, initial=True)
+
+    def meddle(c: Any) -> bool:
+        c.hits.append("x")  # a copy: lost
+        c.answer = "x"  # refused
+        return True
+
+    wf.transition("act", "done", guard=meddle)
+    wf.transition("act", "failed", default=True)
+    result = run(wf.compile(), Ctx(question="q", hits=[]))
+    assert result.terminal == "failed"
+    assert "cannot change the context" in (result.reason or "")
+    assert (result.context.hits, result.context.answer) == ([], None)
+
+
+def test_view_is_closed_after_its_step(run: Runner) -> None:
+    """Keeping the view past its step and using it later raises, and changes nothing."""
+    kept: list[Any] = []
+    wf = base("leaky")
+
+    @wf.state(initial=True, writes=["answer"])
+    def first(ctx: Ctx) -> None:
+        kept.append(ctx)
+
+    @wf.state(writes=["attempts"])
+    def second(ctx: Ctx) -> None:
+        kept[0].answer = "late"
+
+    wf.transition(first, second).transition(second, "done")
+    result = run(wf.compile(), Ctx(question="q"))
+    assert result.terminal == "failed"
+    assert isinstance(result.error, ContextAccessError)
+    assert "used after its step ended" in str(result.error)
+    with pytest.raises(ContextAccessError):
+        kept[0].answer = "after the run"
+    assert result.context.answer is None
+
+
+def test_non_field_names_are_refused(run: Runner) -> None:
+    """model_dump() and typos are not a way around the declared fields."""
+    for body in ("ctx.model_dump()", "ctx.qestion"):
+        wf = base("escape")
+        code = f"def act(ctx):\n    {body}\n"
+        namespace: dict[str, Any] = {}
+        exec(code, namespace)
+        wf.add_state("act", namespace["act"], initial=True, reads=["question"])
+        wf.transition("act", "done")
+        wf.on_error("act", Exception, "done")
+        result = run(wf.compile(), Ctx(question="q"))
+        assert result.terminal == "failed", body
+        assert isinstance(result.error, ContextAccessError)
+    assert "did you mean 'question'?" in str(result.error)
+
+
+def test_rejected_answers_are_recorded_on_the_failing_step(run: Runner) -> None:
+    """When the policy never answers well, every rejection is on the last step."""
+    result = run(decide().compile(), Ctx(question="q"), policy=lambda d: "nowhere")
+    assert result.terminal == "failed"
+    assert len(result.path[-1].rejected) == 3
+
+
+def test_writes_of_a_step_that_cannot_move_are_rolled_back(run: Runner) -> None:
+    """A step whose move hits a spent traversal budget leaves no writes behind."""
+    wf = base("spent")
+
+    @wf.state(initial=True, reads=["attempts"], writes=["attempts"])
+    def count(ctx: Ctx) -> None:
+        ctx.attempts += 1
+
+    wf.transition(count, count, guard=guard(lambda c: c.attempts < 99, name="more"), max_traversals=2)
+    wf.transition(count, "done", default=True)
+    result = run(wf.compile(), Ctx(question="q"))
+    assert result.reason == "traversals of 'count->count#0' reached 2"
+    assert result.context.attempts == 2  # the third increment was rolled back
+
+
+def test_spent_exits_are_not_offered_to_the_policy(run: Runner) -> None:
+    """In a decision state an exit whose budget is spent is not among the options."""
+    wf = base("choose-again")
+    wf.terminal("escalated")
+    wf.add_state("route", noop, initial=True, decision=True, max_visits=3)
+    wf.transition("route", "route", description="think again", max_traversals=1)
+    wf.transition("route", "escalated", description="ask a person")
+    wf.transition("route", "done", description="answer now", guard=guard(lambda c: False, name="never"))
+    seen: list[list[str]] = []
+
+    def policy(d: Decision) -> str:
+        seen.append([o.target for o in d.options])
+        return "route" if "route" in seen[-1] else d.options[0].name
+
+    result = run(wf.compile(), Ctx(question="q"), policy=policy)
+    assert result.terminal == "escalated"
+    assert seen == [["route", "escalated"]]  # second visit: one option left, taken without asking
