@@ -48,8 +48,20 @@ T = TypeVar("T")
 _IMMUTABLE = (str, int, float, bool, bytes, type(None), enum.Enum)
 
 
+_FLAT = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _copy_of(value: Any) -> Any:
-    return value if isinstance(value, _IMMUTABLE) else copy.deepcopy(value)
+    """A copy that shares nothing mutable with ``value`` (cheap for flat lists, dicts and sets)."""
+    if isinstance(value, _IMMUTABLE):
+        return value
+    kind = type(value)
+    if kind is list or kind is set or kind is tuple or kind is frozenset:
+        if all(type(x) in _FLAT for x in value):
+            return value if kind is tuple or kind is frozenset else value.copy()
+    elif kind is dict and all(type(x) in _FLAT for x in value.values()):
+        return value.copy()
+    return copy.deepcopy(value)
 
 
 class _Token:
@@ -70,26 +82,21 @@ class ContextView:
     one step; using it afterwards (say, from a task the action left behind) raises.
     """
 
-    __slots__ = ("_sa_copied", "_sa_dirty", "_sa_fields", "_sa_model", "_sa_plan", "_sa_snapshot",
-                 "_sa_written")
-
+    # No __slots__: one instance-dict assignment builds a view, and the per-step state starts
+    # from these class defaults (a view is made for every step, so this is on the hot path).
     _sa_model: BaseModel
     _sa_plan: Plan | None
     _sa_written: set[str]
     _sa_fields: frozenset[str]
-    _sa_snapshot: tuple[dict[str, Any], set[str]] | None
-    _sa_dirty: list[str] | None
-    _sa_copied: set[str] | None
+    _sa_snapshot: tuple[dict[str, Any], set[str]] | None = None
+    _sa_dirty: list[str] | None = None
+    _sa_copied: set[str] | None = None
+    _sa_reads: dict[str, Any] | None = None
+    """Copies of read-only values handed out this step: one per field, so reads agree."""
 
     def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str]) -> None:
-        _set = object.__setattr__
-        _set(self, "_sa_model", model)
-        _set(self, "_sa_plan", plan)
-        _set(self, "_sa_written", written)
-        _set(self, "_sa_fields", fields)
-        _set(self, "_sa_snapshot", None)
-        _set(self, "_sa_dirty", None)
-        _set(self, "_sa_copied", None)
+        object.__setattr__(self, "__dict__", {"_sa_model": model, "_sa_plan": plan, "_sa_written": written,
+                                              "_sa_fields": fields})
 
     def _sa_close(self) -> None:
         """End the step: the view refuses any further use."""
@@ -134,7 +141,14 @@ class ContextView:
             if isinstance(value, _IMMUTABLE):
                 return value
             if name not in plan.writes:
-                return copy.deepcopy(value)  # read-only: in-place changes must not reach the context
+                # Read-only: in-place changes must not reach the context.
+                cache = self._sa_reads
+                if cache is None:
+                    cache = self.__dict__["_sa_reads"] = {}
+                elif name in cache:
+                    return cache[name]
+                value = cache[name] = _copy_of(value)
+                return value
             copied = self._sa_copied
             if copied is None:
                 copied = set()
@@ -143,7 +157,7 @@ class ContextView:
                 # A writable field may be changed in place: work on a copy, keep the original
                 # in the snapshot for a rollback.
                 model = self._sa_snap()
-                value = copy.deepcopy(value)
+                value = _copy_of(value)
                 model.__dict__[name] = value
                 copied.add(name)
             return value
@@ -216,7 +230,7 @@ class ReadOnlyContext:
         if name.startswith("__"):
             raise AttributeError(name)
         value = getattr(self._sa_model, name)
-        return value if isinstance(value, _IMMUTABLE) or callable(value) else copy.deepcopy(value)
+        return value if isinstance(value, _IMMUTABLE) or callable(value) else _copy_of(value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"guards and policies cannot change the context (tried to set {name!r})")
@@ -288,7 +302,9 @@ class Run(Generic[C]):
         self.workflow = workflow
         # One private copy per run: the caller's object is never mutated, and steps change this
         # one in place (rolled back when a step fails).
-        base: BaseModel = context.model_copy(deep=True)  # type: ignore[union-attr]
+        # A shallow copy is enough: every way in (views, guards, policies) hands out copies of
+        # mutable values, so nothing the caller holds is ever changed in place.
+        base: BaseModel = context.model_copy()  # type: ignore[union-attr]
         self.context: C = base  # type: ignore[assignment]
         """The run's context; a failed step leaves it as the step found it."""
         self.policy: Policy = policy or first_enabled

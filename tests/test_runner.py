@@ -567,12 +567,13 @@ def test_read_only_field_mutated_in_place_changes_nothing(run: Runner) -> None:
     @wf.state(initial=True, reads=["notes"], writes=["answer"])
     def act(ctx: Notes) -> None:
         ctx.notes.append("SNEAKY")
+        assert ctx.notes == ["h", "SNEAKY"]  # reads within the step agree ...
         ctx.answer = "done"
 
     wf.transition(act, "done")
     ctx = Notes()
     result = run(wf.compile(), ctx)
-    assert result.context.notes == ["h"]
+    assert result.context.notes == ["h"]  # ... but the change never reaches the context
     assert ctx.notes == ["h"]
     assert result.context.answer == "done"
 
