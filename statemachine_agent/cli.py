@@ -147,14 +147,30 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     if fmt is None:
         raise UsageError(f"cannot tell the format from {out.name!r}: use a .dot, .svg, .png, .pdf or .mmd "
                          "name, or --format")
+    run = None
+    if args.run:
+        if fmt == "mermaid":
+            raise UsageError("--run draws a run over the workflow in DOT, SVG, PNG or PDF; Mermaid has no "
+                             "highlighting: drop --run or pick another format")
+        try:
+            run = json.loads(Path(args.run).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot read run file {args.run!r}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{args.run!r} is not JSON ({exc.msg}); write it with "
+                             "`statemachine-agent run ... --json` or RunResult.to_dict()") from exc
+    try:
+        graph = to_dot(compiled, run, rankdir=args.rankdir)
+    except ValueError as exc:
+        raise UsageError(f"--run {args.run!r}: {exc}") from exc
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "mermaid":
             out.write_text(to_mermaid(compiled), encoding="utf-8")
         elif fmt == "dot":
-            out.write_text(to_dot(compiled).source, encoding="utf-8")
+            out.write_text(graph.source, encoding="utf-8")
         else:
-            render(to_dot(compiled), out, fmt)
+            render(graph, out, fmt)
     except OSError as exc:
         raise UsageError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
     print(f"wrote {out}")
@@ -181,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
     p.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format")
     p.add_argument("--format", choices=sorted(set(_FORMATS.values())), help="override the format")
+    p.add_argument("--run", help="a recorded run (JSON from `run --json`) to draw over the workflow")
+    p.add_argument("--rankdir", choices=["LR", "TB"], help="left to right or top to bottom (default: "
+                   "left to right up to 12 states)")
     p.set_defaults(func=cmd_diagram)
     return parser
 

@@ -12,6 +12,7 @@ from transitions import Machine
 
 from .check import CheckReport, check, fields_set_at_start, takes_tools
 from .clock import Clock
+from .diagrams import jupyter_bundle, to_dot, to_mermaid
 from .guards import Guard
 from .policies import Policy
 from .runner import Run, run_blocking
@@ -249,6 +250,19 @@ class CompiledWorkflow(Generic[C]):
         return Run(self, context, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
                    max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
                   clock=clock)
+
+    # --- diagrams (see diagrams.py) -------------------------------------------------------------
+    def diagram(self, run: RunResult[C] | dict[str, Any] | None = None, *, rankdir: str | None = None) -> Any:
+        """The workflow as a ``graphviz.Digraph`` (a run, or a recorded one, laid over it if given)."""
+        return to_dot(self, run, rankdir=rankdir)
+
+    def mermaid(self) -> str:
+        """The workflow as Mermaid ``stateDiagram-v2`` text."""
+        return to_mermaid(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter shows the workflow as SVG (text when Graphviz is missing)."""
+        return jupyter_bundle(self.diagram(), repr(self))
 
     def __repr__(self) -> str:
         return (f"<CompiledWorkflow {self.name!r}: {len(self.spec.states)} states, "

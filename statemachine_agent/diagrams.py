@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections import Counter
 from collections.abc import Iterable
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
     from .compile import CompiledWorkflow
     from .result import RunResult
 
-__all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "extract", "to_dot", "to_mermaid",
-           "write_diagrams"]
+__all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "RunOverlay", "extract", "render", "to_dot",
+           "to_mermaid", "to_svg", "write_diagrams"]
 
 
 class GraphvizMissing(StateMachineAgentError, RuntimeError):
@@ -32,10 +33,11 @@ class DiagramNode:
 
     name: str
     kind: str
-    """``initial``, ``state``, ``decision`` or ``terminal``."""
+    """``state``, ``decision`` or ``terminal``."""
     outcome: str | None
     label: str
     visits: int = 0
+    initial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,30 +52,71 @@ class DiagramEdge:
     taken: int = 0
 
 
-def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None
+@dataclass(frozen=True, slots=True)
+class RunOverlay:
+    """What a diagram needs of a run: plain data, from a :class:`RunResult` or a recorded one."""
+
+    run_id: str
+    terminal: str
+    outcome: str
+    steps: int
+    reason: str | None
+    visits: dict[str, int]
+    taken: dict[str, int]
+    """Times each transition was taken, by name (``fail:STATE`` for moves to the failure terminal)."""
+    errors: dict[str, str]
+    """The last error type raised in each state that raised."""
+
+    @classmethod
+    def of(cls, run: RunResult[Any] | dict[str, Any]) -> RunOverlay:
+        """Read a run result, or its recorded form (``result.to_dict()``, e.g. loaded from JSON)."""
+        if isinstance(run, dict):
+            try:
+                path = [(p["state"], p["transition"], p["kind"], p.get("ran", True),
+                         (p.get("error") or "").split(":")[0] or None) for p in run["path"]]
+                terminal, outcome = str(run["terminal"]), str(run["outcome"])
+                run_id, reason = str(run.get("run_id", "")), run.get("reason")
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"not a recorded run (as written by RunResult.to_dict()): missing or bad "
+                                 f"{exc}") from None
+        else:
+            path = [(p.state, p.transition, p.kind, p.ran, type(p.error).__name__ if p.error else None)
+                    for p in run.path]
+            terminal, outcome, run_id, reason = run.terminal, run.outcome.value, run.run_id, run.reason
+        visits: Counter[str] = Counter()
+        taken: Counter[str] = Counter()
+        errors: dict[str, str] = {}
+        for state, transition, kind, ran, error in path:
+            if ran:
+                visits[state] += 1
+            taken[transition if kind != "fail" else f"fail:{state}"] += 1
+            if error:
+                errors[state] = error
+        visits[terminal] += 1
+        return cls(run_id, terminal, outcome, sum(1 for p in path if p[3]), reason, dict(visits),
+                   dict(taken), errors)
+
+
+def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | None = None
             ) -> tuple[list[DiagramNode], list[DiagramEdge]]:
     """The workflow (and optionally a run over it) as plain nodes and edges, in spec order."""
     spec = workflow.spec
-    visits: Counter[str] = Counter()
-    taken: Counter[str] = Counter()
-    if run is not None:
-        for step in run.path:
-            if step.ran:
-                visits[step.state] += 1
-            taken[step.transition if step.kind != "fail" else f"fail:{step.state}"] += 1
-        visits[run.terminal] += 1
+    overlay = RunOverlay.of(run) if run is not None else None
+    for name in (overlay.visits if overlay else {}):
+        if not spec.has_state(name):
+            raise ValueError(f"the run visits {name!r}, which workflow {spec.name!r} does not declare: "
+                             "was it recorded from another workflow?")
+    visits = overlay.visits if overlay else {}
+    taken = overlay.taken if overlay else {}
     nodes: list[DiagramNode] = []
     for s in spec.states:
-        if s.terminal:
-            kind = "terminal"
-        elif s.initial:
-            kind = "initial"
-        else:
-            kind = "decision" if s.decision else "state"
+        kind = "terminal" if s.terminal else "decision" if s.decision else "state"
         extra = [f"max {s.max_visits} visit{'s' if s.max_visits != 1 else ''}"] if s.max_visits else []
         label = s.name if not extra else f"{s.name}\n({', '.join(extra)})"
+        if overlay and s.name in overlay.errors:
+            label += f"\n✗ {overlay.errors[s.name]}"
         nodes.append(DiagramNode(s.name, kind, s.outcome.value if s.outcome else None, label,
-                                 visits[s.name]))
+                                 visits.get(s.name, 0), s.initial))
     edges: list[DiagramEdge] = []
     exits = Counter(t.source for t in spec.transitions)
     for t in spec.transitions:
@@ -90,30 +133,53 @@ def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None
         order = f"{t.order + 1}." if exits[t.source] > 1 else ""
         label = " ".join(filter(None, [order, *parts]))
         edges.append(DiagramEdge(t.source, t.target, "default" if t.default else "transition", label,
-                                 taken[t.name]))
+                                 taken.get(t.name, 0)))
     for e in spec.error_transitions:
         label = f"on {e.error.__name__}" + (f" max {e.max_traversals}x" if e.max_traversals else "")
-        edges.append(DiagramEdge(e.source, e.target, "error", label, taken[e.name]))
-    if run is not None:
-        for step in run.path:
-            if step.kind == "fail":
-                edges.append(DiagramEdge(step.state, step.target, "fail",
-                                         (run.reason or "failed")[:60], 1))
+        edges.append(DiagramEdge(e.source, e.target, "error", label, taken.get(e.name, 0)))
+    if overlay is not None:
+        for key, count in taken.items():
+            if key.startswith("fail:"):
+                edges.append(DiagramEdge(key[5:], workflow.failure_terminal, "fail",
+                                         _short(overlay.reason or "failed"), count))
     return nodes, edges
+
+
+def _short(text: str, width: int = 48) -> str:
+    """Wrap a long reason onto a few lines of a label."""
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    return "\n".join(lines[:4]) + ("…" if len(lines) > 4 else "")
 
 
 _OUTCOME_COLOUR = {Outcome.SUCCESS.value: "#2e7d32", Outcome.FAILURE.value: "#c62828"}
 
 
-def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None, *,
-           rankdir: str = "LR") -> graphviz.Digraph:
-    """A ``graphviz.Digraph`` of the workflow, with ``run`` laid over it when given."""
+def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | None = None, *,
+           rankdir: str | None = None) -> graphviz.Digraph:
+    """A ``graphviz.Digraph`` of the workflow, with ``run`` (a result or a recorded one) laid over it.
+
+    ``rankdir`` is ``"LR"`` (left to right) or ``"TB"`` (top to bottom); by default small workflows
+    read left to right and larger ones (over 12 states) top to bottom, which keeps them legible.
+    """
+    if rankdir is None:
+        rankdir = "LR" if len(workflow.spec.states) <= 12 else "TB"
+    if rankdir not in ("LR", "TB", "RL", "BT"):
+        raise ValueError(f"rankdir={rankdir!r}: use 'LR' (left to right) or 'TB' (top to bottom)")
     nodes, edges = extract(workflow, run)
+    overlay = RunOverlay.of(run) if run is not None else None
     title = f"{workflow.name} (worst case {workflow.max_steps} steps)"
-    if run is not None:
-        title += f"\\nrun {run.run_id[:8]}: {run.terminal} ({run.outcome.value}, {run.steps} steps)"
+    if overlay is not None:
+        title += f"\\nrun {overlay.run_id[:8]}: {overlay.terminal} ({overlay.outcome}, {overlay.steps} steps)"
     g = graphviz.Digraph(name=workflow.name, graph_attr={
         "rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",
+        "nodesep": "0.35", "ranksep": "0.5",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"fontname": "Helvetica",
                                                                           "fontsize": "9"})
     g.node("__start__", "", shape="point", width="0.15")
@@ -123,16 +189,20 @@ def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None, *
             attrs = {"shape": "diamond", "style": ""}
         if n.kind == "terminal":
             colour = _OUTCOME_COLOUR.get(n.outcome or "", "black")
-            attrs = {"shape": "doublecircle", "color": colour, "fontcolor": colour}
+            # A double-bordered box, not a circle: circles grow with long names and dwarf the rest.
+            attrs = {"shape": "box", "style": "rounded,bold", "peripheries": "2", "color": colour,
+                     "fontcolor": colour}
         label = n.label
-        if run is not None and n.visits:
+        if overlay is not None and n.visits:
             label += f"\n×{n.visits}"
             attrs["penwidth"] = "2.5"
             attrs["style"] = ",".join(filter(None, [attrs.get("style", ""), "filled"]))
             attrs["fillcolor"] = "#fff3c4" if n.kind != "terminal" else "#e8f5e9" \
                 if n.outcome == "success" else "#ffebee"
+        if "✗" in label:
+            attrs["color"] = "#c62828"
         g.node(n.name, label.replace("\n", "\\n"), **attrs)  # DOT's own line break escape
-    initial = next(n.name for n in nodes if n.kind == "initial")
+    initial = next(n.name for n in nodes if n.initial)
     g.edge("__start__", initial)
     for e in edges:
         attrs = {}
@@ -143,11 +213,11 @@ def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | None = None, *
         elif e.kind == "fail":
             attrs.update(color="#c62828", fontcolor="#c62828", style="bold")
         label = e.label
-        if run is not None and e.taken:
+        if overlay is not None and e.taken:
             label += f" (×{e.taken})"
             attrs["penwidth"] = "2.5"
             attrs.setdefault("color", "#1565c0")
-        g.edge(e.source, e.target, label, **attrs)
+        g.edge(e.source, e.target, label.replace("\n", "\\n"), **attrs)
     return g
 
 
@@ -159,7 +229,7 @@ def to_mermaid(workflow: CompiledWorkflow[Any]) -> str:
         if n.kind == "decision":
             lines.append(f"    state {n.name} <<choice>>")
     for n in nodes:
-        if n.kind == "initial":
+        if n.initial:
             lines.append(f"    [*] --> {n.name}")
     for e in edges:
         label = e.label.replace(":", " ").replace("\n", " ")
@@ -187,6 +257,27 @@ def render(graph: graphviz.Digraph, path: str | Path, fmt: str) -> Path:
     out = Path(path)
     out.write_bytes(data)
     return out
+
+
+def to_svg(graph: graphviz.Digraph) -> str:
+    """SVG text of ``graph`` (needs Graphviz's ``dot``)."""
+    if shutil.which("dot") is None:
+        raise GraphvizMissing("cannot render SVG: Graphviz's 'dot' binary is not on PATH. Install the "
+                              "system package graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: "
+                              "brew install graphviz)")
+    try:
+        return str(graph.pipe(format="svg", encoding="utf-8"))
+    except graphviz.ExecutableNotFound as exc:
+        raise GraphvizMissing(f"cannot render SVG: Graphviz's 'dot' could not run ({exc})") from exc
+
+
+def jupyter_bundle(graph: graphviz.Digraph | None, text: str) -> dict[str, str]:
+    """A ``_repr_mimebundle_`` answer: SVG when Graphviz can draw it, always the text."""
+    bundle = {"text/plain": text}
+    if graph is not None and shutil.which("dot") is not None:
+        with contextlib.suppress(GraphvizMissing):
+            bundle["image/svg+xml"] = to_svg(graph)
+    return bundle
 
 
 def write_diagrams(workflow: CompiledWorkflow[Any], directory: str | Path,

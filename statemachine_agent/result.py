@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from .diagrams import jupyter_bundle, to_dot
 from .spec import Outcome
 
 __all__ = ["RunResult", "Step"]
@@ -67,6 +68,19 @@ class RunResult(Generic[C]):
     """Why the run failed, when it ended in a failure terminal."""
     error: BaseException | None = None
     """The unrouted exception that ended the run, if any."""
+    compiled: Any = field(default=None, repr=False, compare=False)
+    """The compiled workflow that ran (for ``diagram()``)."""
+
+    def diagram(self, *, rankdir: str | None = None) -> Any:
+        """The workflow's ``graphviz.Digraph`` with this run laid over it."""
+        if self.compiled is None:
+            raise ValueError("this result does not know its workflow: use "
+                             "statemachine_agent.diagrams.to_dot(compiled, result)")
+        return to_dot(self.compiled, self, rankdir=rankdir)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Jupyter shows the run over its workflow as SVG (text when Graphviz is missing)."""
+        return jupyter_bundle(self.diagram() if self.compiled is not None else None, repr(self))
 
     @property
     def ok(self) -> bool:

@@ -592,7 +592,7 @@ class Run(Generic[C]):
                       f"to {step.target!r}" if step.error is not None
                       else f"reached failure terminal {step.target!r} from {step.state!r}")
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
-                                tuple(self.path), reason, error)
+                                tuple(self.path), reason, error, wf)
         if outcome is Outcome.FAILURE and step.kind != "fail":
             log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
                         step.target, reason,

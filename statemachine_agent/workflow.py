@@ -328,5 +328,9 @@ class Workflow(Generic[C]):
         """Check the workflow and compile it onto a ``transitions`` machine, ready to run."""
         return compile_spec(self.spec())
 
+    def diagram(self, *, rankdir: str | None = None) -> Any:
+        """Compile, then return the workflow's ``graphviz.Digraph`` for further styling."""
+        return self.compile().diagram(rankdir=rankdir)
+
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self._states)} states, {len(self._transitions)} transitions>"

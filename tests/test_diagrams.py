@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from broken_specs import base, noop
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,3 +99,126 @@ def test_run_overlay_counts_visits(tmp_path: Path) -> None:
     assert "(×1)" in dot
 
 
+
+
+def tiny():  # type: ignore[no-untyped-def]
+    """A decision state, a guarded loop with a bound, an error route, two terminals."""
+    wf = base("tiny")
+    wf.add_state("ask", noop, initial=True, decision=True, max_visits=2)
+    wf.transition("ask", "done", description="answer")
+    wf.transition("ask", "ask", description="ask again", max_traversals=1)
+    wf.on_error("ask", ValueError, "failed")
+    return wf.compile()
+
+
+GOLDEN_DOT = """digraph tiny {
+\tgraph [fontname=Helvetica fontsize=14 label="tiny (worst case 2 steps)" labelloc=t nodesep=0.35 rankdir=LR ranksep=0.5]
+\tnode [fontname=Helvetica fontsize=11]
+\tedge [fontname=Helvetica fontsize=9]
+\t__start__ [label="" shape=point width=0.15]
+\tdone [label=done color="#2e7d32" fontcolor="#2e7d32" peripheries=2 shape=box style="rounded,bold"]
+\tfailed [label=failed color="#c62828" fontcolor="#c62828" peripheries=2 shape=box style="rounded,bold"]
+\task [label="ask\\n(max 2 visits)" shape=diamond style=""]
+\t__start__ -> ask
+\task -> done [label="1. answer"]
+\task -> ask [label="2. ask again max 1x"]
+\task -> failed [label="on ValueError" color="#c62828" fontcolor="#c62828" style=dotted]
+}
+"""
+
+GOLDEN_MERMAID = """stateDiagram-v2
+    %% tiny: worst case 2 steps
+    state ask <<choice>>
+    [*] --> ask
+    ask --> done: 1. answer
+    ask --> ask: 2. ask again max 1x
+    ask --> failed: on ValueError
+    done --> [*]
+    note right of done: success
+    failed --> [*]
+    note right of failed: failure
+"""
+
+
+def test_golden_dot_and_mermaid() -> None:
+    """The DOT and Mermaid of a small spec are exactly as expected."""
+    compiled = tiny()
+    assert to_dot(compiled).source == GOLDEN_DOT
+    assert to_mermaid(compiled) == GOLDEN_MERMAID
+
+
+def test_run_from_a_recorded_path_matches_the_live_one(tmp_path: Path) -> None:
+    """A run saved as JSON draws the same overlay as the result it came from."""
+    import json
+
+    compiled = research.workflow.compile()
+    result = compiled.run_sync(research.ResearchContext(question="zebra quokka"))
+    recorded = json.loads(json.dumps(result.to_dict()))
+    assert to_dot(compiled, recorded).source == to_dot(compiled, result).source
+    assert result.diagram().source == to_dot(compiled, result).source
+    with pytest.raises(ValueError, match="not a recorded run"):
+        to_dot(compiled, {"path": "nope"})
+    recorded["path"][0]["state"] = "elsewhere"
+    with pytest.raises(ValueError, match="does not declare"):
+        to_dot(compiled, recorded)
+
+
+def test_failing_step_is_marked_with_its_error() -> None:
+    """The state whose action raised carries the error type, and the fail edge the reason."""
+    wf = base("boom")
+
+    def explode(ctx: object) -> None:
+        raise KeyError("k")
+
+    wf.add_state("act", explode, initial=True)
+    wf.transition("act", "done")
+    compiled = wf.compile()
+    dot = to_dot(compiled, compiled.run_sync({"question": "q"})).source
+    assert "act\\n✗ KeyError\\n×1" in dot
+    assert 'act -> failed [label="state \'act\' raised KeyError:' in dot
+
+
+def test_jupyter_and_diagram_entry_points() -> None:
+    """Workflows and results show as SVG in Jupyter; diagram() hands back the Digraph."""
+    compiled = research.workflow.compile()
+    bundle = compiled._repr_mimebundle_()
+    assert bundle["image/svg+xml"].lstrip().startswith("<?xml")
+    assert bundle["text/plain"].startswith("<CompiledWorkflow 'research'")
+    result = compiled.run_sync(research.ResearchContext(question="How are loops bounded?"))
+    assert "<svg" in result._repr_mimebundle_()["image/svg+xml"]
+    assert research.workflow.diagram().source == compiled.diagram().source
+    assert compiled.diagram(rankdir="TB").graph_attr["rankdir"] == "TB"
+    with pytest.raises(ValueError, match="rankdir='sideways'"):
+        compiled.diagram(rankdir="sideways")
+
+
+def test_large_workflows_read_top_to_bottom(tmp_path: Path) -> None:
+    """Over 12 states the default layout is top to bottom, and dot renders it."""
+    wf = base("chain")
+    names = [f"step_{i:02d}" for i in range(22)]
+    for i, n in enumerate(names):
+        wf.add_state(n, noop, initial=i == 0)
+    for a, b in zip(names, [*names[1:], "done"], strict=True):
+        wf.transition(a, b)
+    compiled = wf.compile()
+    assert compiled.diagram().graph_attr["rankdir"] == "TB"
+    assert render(compiled.diagram(), tmp_path / "chain.png", "png").stat().st_size > 1000
+
+
+def test_cli_draws_a_recorded_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`diagram --run run.json` overlays a run recorded by `run --json`."""
+    from statemachine_agent.cli import main
+
+    target = "statemachine_agent.examples.research:workflow"
+    assert main(["run", target, "--input", '{"question": "checker quokka"}', "--json"]) == 0
+    run_file = tmp_path / "run.json"
+    run_file.write_text(capsys.readouterr().out, encoding="utf-8")
+    out = tmp_path / "run.dot"
+    assert main(["diagram", target, "-o", str(out), "--run", str(run_file)]) == 0
+    assert "(×2)" not in out.read_text(encoding="utf-8")  # each edge once except the loop states
+    assert "search\\n(max 2 visits)\\n×2" in out.read_text(encoding="utf-8")
+    assert main(["diagram", target, "-o", str(tmp_path / "x.mmd"), "--run", str(run_file)]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", encoding="utf-8")
+    assert main(["diagram", target, "-o", str(out), "--run", str(bad)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
