@@ -112,7 +112,8 @@ def tiny():  # type: ignore[no-untyped-def]
 
 
 GOLDEN_DOT = """digraph tiny {
-\tgraph [fontname=Helvetica fontsize=14 label="tiny (worst case 2 steps)" labelloc=t nodesep=0.35 rankdir=LR ranksep=0.5]
+\tgraph [fontname=Helvetica fontsize=14 label="tiny (worst case 2 steps)" labelloc=t nodesep=0.35 \
+rankdir=LR ranksep=0.5]
 \tnode [fontname=Helvetica fontsize=11]
 \tedge [fontname=Helvetica fontsize=9]
 \t__start__ [label="" shape=point width=0.15]
