@@ -42,7 +42,7 @@ from .clock import FakeClock
 from .compile import CompiledWorkflow, compile_spec
 from .errors import ContextAccessError, RunError, ToolTimeout
 from .guards import Guard
-from .policies import Decision
+from .policies import Decision, resolve
 from .result import RunResult
 from .tools import Tool
 from .workflow import Workflow
@@ -131,6 +131,10 @@ def faults(errors: Sequence[type[BaseException]] = (ConnectionError, TimeoutErro
     if invalid:
         options.append(st.just(Fault("invalid")))
     return st.one_of(st.just(Fault("ok")), st.one_of(options))
+
+
+class _Violation(BaseException):
+    """A broken promise found inside a run, carried past the runner's error routing."""
 
 
 class _Invalid:
@@ -293,12 +297,23 @@ class KitReport:
 def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
                policy_script: _Script, fault_script: _Script | None, guard_script: _Script | None,
                fault_strategy: st.SearchStrategy[Fault], invariants: Sequence[Invariant],
-               path_invariants: Sequence[PathInvariant], coverage: Coverage | None) -> RunResult[Any]:
+               path_invariants: Sequence[PathInvariant], coverage: Coverage | None,
+               user_policy: Callable[[Decision], Any] | None = None) -> RunResult[Any]:
     wf = _instrument(compiled, fault_script, guard_script, fault_strategy, story)
     spec = wf.spec
     names = {t.name: t for t in spec.transitions}
     error_names = {e.name: e for e in spec.error_transitions}
     bound = wf.max_steps
+
+    def checked(decision: Decision) -> Any:
+        # The user's own policy must only ever answer an enabled transition.
+        assert user_policy is not None
+        answer = user_policy(decision)
+        option, why = resolve(answer, decision.options)
+        story.lines.append(f"    policy in {decision.state} answered {answer!r}")
+        if option is None:  # a BaseException: the runner must not route it as the action's error
+            raise _Violation(f"the policy answered {answer!r} in state {decision.state!r}: {why}")
+        return option
 
     def policy(decision: Decision) -> Any:
         names_ = [o.name for o in decision.options]
@@ -309,7 +324,7 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
         return answer
 
     async def go() -> RunResult[Any]:
-        run = wf.start(context, policy=policy, clock=FakeClock())
+        run = wf.start(context, policy=checked if user_policy is not None else policy, clock=FakeClock())
         previous = context.model_dump()
         async for step in run:
             after = run.context.model_dump()
@@ -329,7 +344,10 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
             raise AssertionError(f"the run took a step after its terminal state {run.result.terminal!r}")
         return run.result
 
-    result = asyncio.run(go())
+    try:
+        result = asyncio.run(go())
+    except _Violation as violation:
+        raise AssertionError(str(violation)) from None
     assert spec.state(result.terminal).terminal, f"the run ended in {result.terminal!r}, not a terminal"
     story.lines.append(f"  end: {result.terminal} ({result.outcome.value})"
                        + (f": {result.reason}" if result.reason else ""))
@@ -390,6 +408,7 @@ def check_workflow(
     path_invariants: Sequence[PathInvariant] = (),
     tool_faults: st.SearchStrategy[Fault] | None = None,
     explore_guards: bool = False,
+    policy: Callable[[Decision], Any] | None = None,
     max_examples: int = 100,
     save_failure: str | Path | None = None,
     print_coverage: bool = True,
@@ -398,7 +417,9 @@ def check_workflow(
 
     ``contexts_from`` defaults to :func:`contexts` of the workflow's model; ``tool_faults`` to
     :func:`faults`. With ``explore_guards=True`` guard outcomes are generated too (so paths the real
-    guards would not take are explored: use it for the built-in invariants). A failure raises
+    guards would not take are explored: use it for the built-in invariants). ``policy`` checks your
+    own (synchronous) policy instead of generated answers: any answer it gives that is not an enabled
+    transition is a failure. A failure raises
     ``AssertionError`` with the shrunk story, also written as JSON to ``save_failure`` when given.
     """
     compiled = _compiled(workflow)
@@ -422,7 +443,7 @@ def check_workflow(
                        guard_script=_Script((), lambda s, label: draw(s, label=label), story.guards)
                        if explore_guards else None,
                        fault_strategy=fault_strategy, invariants=invariants,
-                       path_invariants=path_invariants, coverage=coverage)
+                       path_invariants=path_invariants, coverage=coverage, user_policy=policy)
         except AssertionError as exc:
             note(str(story))
             raise AssertionError(f"{exc}\n{story}") from None
@@ -576,21 +597,33 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
             _check_step(compiled, step, self.run, names=names, error_names=error_names,
                         bound=compiled.max_steps, invariants=())
 
+        @precondition(lambda self: self.run is not None and self.run.result is not None)
+        @rule()
+        def terminal_absorbs(self) -> None:
+            assert self.run.result is not None
+            assert spec.state(self.run.state).terminal
+            try:
+                self.loop.run_until_complete(self.run.step())
+            except RunError:
+                return
+            raise AssertionError("a step was taken after the terminal state")
+
         @stateful_invariant()
         def in_a_declared_state(self) -> None:
             if self.run is not None:
                 assert spec.has_state(self.run.state)
 
+    def make(t_name: str, source: str) -> Callable[[Any], None]:
+        def step(self: Any) -> None:
+            self._step(t_name)
+
+        step.__name__ = "step_from_" + "".join(c if c.isalnum() else "_" for c in t_name)
+        return precondition(lambda self: self.run is not None and self.run.result is None
+                            and self.run.state == source)(rule()(step))
+
     for t in spec.transitions:
-        def make(t_name: str, source: str) -> Callable[[Any], None]:
-            @precondition(lambda self: self.run is not None and self.run.result is None
-                          and self.run.state == source)
-            @rule()
-            def step(self: Any) -> None:
-                self._step(t_name)
-            step.__name__ = f"step_from_{source}_via_{t_name}".replace("->", "_to_").replace("#", "_")
-            return step
         fn = make(t.name, t.source)
         setattr(WorkflowMachine, fn.__name__, fn)
+
     WorkflowMachine.__name__ = f"{compiled.name.title().replace('-', '')}Machine"
     return WorkflowMachine

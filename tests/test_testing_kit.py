@@ -1,0 +1,248 @@
+"""The property-testing kit: it passes correct workflows and finds seeded bugs, shrunk to a minimal story."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import strategies as st
+
+from statemachine_agent import Context, Decision, Workflow, guard
+from statemachine_agent.errors import ToolFailed
+from statemachine_agent.examples import research
+from statemachine_agent.testing import (
+    check_workflow,
+    contexts,
+    follow,
+    invariant,
+    path_invariant,
+    replay,
+    shortest_paths,
+    workflow_state_machine,
+)
+from statemachine_agent.tools import Tools
+
+QUESTIONS = st.sampled_from(["How does the checker bound loops?", "zebra quokka", "checker quokka",
+                             "how is it?", "retries with tenacity"])
+
+
+def test_example_passes_with_full_coverage_of_reachable_moves(capsys: pytest.CaptureFixture[str]) -> None:
+    """On the (correct) example the kit reports nothing wrong, and prints its coverage."""
+    report = check_workflow(research.workflow,
+                            contexts_from=contexts(research.ResearchContext, question=QUESTIONS))
+    assert report.coverage.runs == 100
+    states, transitions = report.coverage.missing(report.compiled)
+    assert states == []
+    # SearchUnavailable needs a broken corpus, which generated faults do not make.
+    assert transitions == ["search-!SearchUnavailable->failed"]
+    assert "100 runs of 'research': states 7/7, transitions 7/8" in capsys.readouterr().out
+
+
+def test_contexts_honour_field_constraints() -> None:
+    """Generated contexts are valid instances: min_length on the question holds."""
+    strategy = contexts(research.ResearchContext)
+
+    @__import__("hypothesis").given(strategy)
+    @__import__("hypothesis").settings(max_examples=50)
+    def check(ctx: research.ResearchContext) -> None:
+        assert isinstance(ctx, research.ResearchContext)
+        assert len(ctx.question) >= 1
+
+    check()
+
+
+class Job(Context):
+    """A job retried after failures."""
+
+    attempts: int = 0
+    result: str | None = None
+
+
+def retrying(off_by_one: bool) -> Workflow[Job]:
+    """call -> done; a failed call goes to backoff, which retries while attempts allow.
+
+    The promise: at most 2 retries. The seeded bug uses <= where < was meant.
+    """
+    wf = Workflow("retrying", Job)
+
+    @wf.tool
+    async def fetch() -> str:
+        return "data"
+
+    @wf.state(initial=True, writes=["result"], tools=["fetch"])
+    async def call(ctx: Job, tools: Tools) -> None:
+        ctx.result = await tools.call("fetch")
+
+    @wf.state(reads=["attempts"], writes=["attempts"], max_visits=3)
+    def backoff(ctx: Job) -> None:
+        ctx.attempts += 1
+
+    limit = (lambda c: c.attempts <= 2) if off_by_one else (lambda c: c.attempts < 2)
+    wf.terminal("done")
+    wf.terminal("gave_up", outcome="failure")
+    wf.transition(call, "done")
+    wf.on_error(call, ToolFailed, backoff)
+    wf.transition(backoff, call, guard=guard(limit, name="may retry", reads=["attempts"]))
+    wf.transition(backoff, "gave_up", default=True)
+    return wf
+
+
+FRESH = contexts(Job, attempts=st.just(0))
+"""Jobs that have not been tried yet."""
+
+
+@invariant
+def at_most_two_retries(ctx: Job) -> bool:
+    """The promise the seeded bug breaks."""
+    return ctx.attempts <= 2
+
+
+def test_correct_retry_budget_passes() -> None:
+    """Without the off-by-one, no generated fault plan breaks the promise."""
+    check_workflow(retrying(off_by_one=False), contexts_from=FRESH, invariants=[at_most_two_retries],
+                   print_coverage=False)
+
+
+def test_off_by_one_is_found_and_shrunk_to_the_minimal_story(tmp_path: Path) -> None:
+    """The kit finds the off-by-one and shrinks it to three failed calls: the shortest path."""
+    fixture = tmp_path / "story.json"
+    with pytest.raises(AssertionError) as info:
+        check_workflow(retrying(off_by_one=True), contexts_from=FRESH, invariants=[at_most_two_retries],
+                       save_failure=fixture, print_coverage=False)
+    message = str(info.value)
+    assert "invariant 'at_most_two_retries' failed after step 5" in message
+    steps = [line for line in message.splitlines() if line.startswith("  ") and "--" in line]
+    assert [line.split(":")[1].split("--")[0].strip() for line in steps] == \
+        ["call", "backoff", "call", "backoff", "call", "backoff"]
+    story = json.loads(fixture.read_text(encoding="utf-8"))
+    assert len(story["faults"]) == 3
+    assert all(f["kind"] != "ok" for f in story["faults"])
+    # The fixture replays exactly, as a one-line regression test.
+    with pytest.raises(AssertionError, match="at_most_two_retries"):
+        replay(retrying(off_by_one=True), fixture, invariants=[at_most_two_retries])
+    assert replay(retrying(off_by_one=False), fixture, invariants=[at_most_two_retries]).terminal == "gave_up"
+
+
+class Doc(Context):
+    """Search then summarise."""
+
+    question: str
+    hits: list[str] | None = None
+    summary: str | None = None
+
+
+def missing_write() -> Workflow[Doc]:
+    """'search' declares it writes 'summary' but forgets to on one branch: the checker cannot see it."""
+    wf = Workflow("missing-write", Doc)
+
+    @wf.state(initial=True, reads=["question"], writes=["hits", "summary"])
+    def search(ctx: Doc) -> None:
+        ctx.hits = ctx.question.split()
+        if ctx.hits:
+            ctx.summary = ctx.hits[0]
+
+    @wf.state(reads=["summary"])
+    def report(ctx: Doc) -> None:
+        print(ctx.summary)
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition(search, report).transition(report, "done")
+    return wf
+
+
+def test_missing_write_is_found() -> None:
+    """A read of a field the run never set is a built-in failure, found from generated input."""
+    with pytest.raises(AssertionError, match="read 'summary' before any step set it"):
+        check_workflow(missing_write(), print_coverage=False)
+
+
+def unrouted() -> Workflow[Job]:
+    """Only ConnectionError is routed; a timeout from the tool is not."""
+    wf = Workflow("unrouted", Job)
+
+    @wf.tool(timeout=1.0)
+    async def fetch() -> str:
+        return "data"
+
+    @wf.state(initial=True, writes=["result"], tools=["fetch"])
+    async def call(ctx: Job, tools: Tools) -> None:
+        ctx.result = await tools.call("fetch")
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.terminal("offline", outcome="failure")
+    wf.transition(call, "done")
+    wf.on_error(call, ConnectionError, "offline")
+    return wf
+
+
+@path_invariant
+def every_error_is_routed(result: Any) -> bool:
+    """No run ends on an exception the workflow did not route."""
+    return result.error is None
+
+
+def test_unhandled_tool_error_is_found() -> None:
+    """Injected tool faults reach an unrouted error: the path invariant catches it."""
+    with pytest.raises(AssertionError, match="every_error_is_routed"):
+        check_workflow(unrouted(), path_invariants=[every_error_is_routed], print_coverage=False)
+
+
+def triage() -> Workflow[Doc]:
+    """A decision state with two declared exits."""
+    wf = Workflow("triage", Doc)
+    wf.add_state("route", lambda c: None, initial=True, decision=True)
+    wf.terminal("answered")
+    wf.terminal("escalated")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("route", "answered", description="answer now")
+    wf.transition("route", "escalated", description="ask a person")
+    return wf
+
+
+def test_policy_answering_an_undeclared_transition_is_found() -> None:
+    """A user policy that sometimes answers a move nobody declared fails the kit."""
+
+    def llm(decision: Decision) -> str:
+        question = decision.context.question
+        return "cancel" if len(question) > 5 else decision.options[0].name  # an LLM off-script
+
+    with pytest.raises(AssertionError, match="the policy answered 'cancel' in state 'route'"):
+        check_workflow(triage(), policy=llm, print_coverage=False)
+
+
+def test_wrong_bound_is_found() -> None:
+    """A max_steps set below what the workflow needs ends runs on a budget: found."""
+    wf = research.build()
+    wf.max_steps = 3
+
+    @path_invariant
+    def no_budget_failures(result: Any) -> bool:
+        return "reached" not in (result.reason or "") or "failure terminal" in (result.reason or "")
+
+    with pytest.raises(AssertionError, match="no_budget_failures"):
+        check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
+                       path_invariants=[no_budget_failures], print_coverage=False)
+
+
+@pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "-!" not in c.goal
+                                  and c.goal != "state failed"], ids=str)
+def test_every_edge_of_the_example_has_a_deterministic_case(case: Any) -> None:
+    """follow() drives a run along each shortest path (guards and choices forced, actions real)."""
+    result = follow(research.workflow, case, research.ResearchContext(question="How are loops bounded?"))
+    assert tuple(result.states[: len(case.states)]) == case.states
+
+
+def test_shortest_paths_cover_every_state_and_transition() -> None:
+    """There is one case per state and one per transition, error transitions included."""
+    spec = research.workflow.spec()
+    goals = [c.goal for c in shortest_paths(research.workflow)]
+    assert len(goals) == len(spec.states) + len(spec.transitions) + len(spec.error_transitions)
+    assert "transition search->refine#1" in goals
+
+
+TestResearchMachine = workflow_state_machine(
+    research.workflow, contexts_from=contexts(research.ResearchContext, question=QUESTIONS)).TestCase
