@@ -68,8 +68,10 @@ class RunOverlay:
     """The last error type raised in each state that raised."""
 
     @classmethod
-    def of(cls, run: RunResult[Any] | dict[str, Any]) -> RunOverlay:
+    def of(cls, run: RunResult[Any] | dict[str, Any] | RunOverlay) -> RunOverlay:
         """Read a run result, or its recorded form (``result.to_dict()``, e.g. loaded from JSON)."""
+        if isinstance(run, RunOverlay):
+            return run
         if isinstance(run, dict):
             try:
                 path = [(p["state"], p["transition"], p["kind"], p.get("ran", True),
@@ -97,7 +99,7 @@ class RunOverlay:
                    dict(taken), errors)
 
 
-def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | None = None
+def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None
             ) -> tuple[list[DiagramNode], list[DiagramEdge]]:
     """The workflow (and optionally a run over it) as plain nodes and edges, in spec order."""
     spec = workflow.spec
@@ -161,7 +163,8 @@ def _short(text: str, width: int = 48) -> str:
 _OUTCOME_COLOUR = {Outcome.SUCCESS.value: "#2e7d32", Outcome.FAILURE.value: "#c62828"}
 
 
-def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | None = None, *,
+def to_dot(workflow: CompiledWorkflow[Any],
+           run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None, *,
            rankdir: str | None = None) -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the workflow, with ``run`` (a result or a recorded one) laid over it.
 
@@ -175,7 +178,9 @@ def to_dot(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any]
     nodes, edges = extract(workflow, run)
     overlay = RunOverlay.of(run) if run is not None else None
     title = f"{workflow.name} (worst case {workflow.max_steps} steps)"
-    if overlay is not None:
+    if overlay is not None and overlay.outcome == "coverage":
+        title += f"\\ncoverage of {overlay.run_id}"
+    elif overlay is not None:
         title += f"\\nrun {overlay.run_id[:8]}: {overlay.terminal} ({overlay.outcome}, {overlay.steps} steps)"
     g = graphviz.Digraph(name=workflow.name, graph_attr={
         "rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",

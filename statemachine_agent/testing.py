@@ -40,6 +40,7 @@ from pydantic import BaseModel, ValidationError
 
 from .clock import FakeClock
 from .compile import CompiledWorkflow, compile_spec
+from .diagrams import RunOverlay, to_dot
 from .errors import ContextAccessError, RunError, ToolTimeout
 from .guards import Guard
 from .policies import Decision, resolve
@@ -192,17 +193,19 @@ class _Script:
 
 def _instrument(compiled: CompiledWorkflow[Any], fault_script: _Script | None,
                 guard_script: _Script | None, fault_strategy: st.SearchStrategy[Fault],
-                story: Story) -> CompiledWorkflow[Any]:
+                story: Story, *, coverage: Coverage | None = None) -> CompiledWorkflow[Any]:
     """A copy of the workflow whose tools obey the fault script and whose guards may be forced."""
     spec = compiled.spec
     tools = []
     for tool in spec.tools:
         tools.append(_faulty(tool, fault_script, fault_strategy, story) if fault_script else tool)
     transitions = list(spec.transitions)
-    if guard_script is not None:
-        for i, t in enumerate(transitions):
-            if t.guard is not None:
-                transitions[i] = dataclasses.replace(t, guard=_forced(t.guard, guard_script, story))
+    for i, t in enumerate(transitions):
+        if t.guard is not None:
+            g = _forced(t.guard, guard_script, story) if guard_script is not None else t.guard
+            if coverage is not None:
+                g = _counted(g, t.name, coverage)
+            transitions[i] = dataclasses.replace(t, guard=g)
     return compile_spec(dataclasses.replace(spec, tools=tuple(tools), transitions=tuple(transitions)))
 
 
@@ -236,6 +239,15 @@ def _error_type(name: str) -> type[Exception]:
     return found if isinstance(found, type) and issubclass(found, Exception) else RuntimeError
 
 
+def _counted(g: Guard, transition: str, coverage: Coverage) -> Guard:
+    def outcome(ctx: Any) -> bool:
+        value = g(ctx)
+        coverage.guards[(transition, value)] += 1
+        return value
+
+    return Guard(outcome, name=g.name, reads=g.reads)
+
+
 def _forced(g: Guard, script: _Script, story: Story) -> Guard:
     def outcome(ctx: Any) -> bool:
         value = bool(script.next(st.booleans(), f"guard {g.name}", False))
@@ -259,7 +271,23 @@ class Coverage:
     states: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)
     terminals: Counter[str] = field(default_factory=Counter)
+    guards: Counter[tuple[str, bool]] = field(default_factory=Counter)
+    """How often each guarded transition's guard came out True and False."""
     runs: int = 0
+
+    def guard_gaps(self, compiled: CompiledWorkflow[Any]) -> list[str]:
+        """Guard outcomes never seen, as ``transition=True|False``."""
+        out = []
+        for t in compiled.spec.transitions:
+            if t.guard is not None:
+                out += [f"{t.name}={v}" for v in (True, False) if (t.name, v) not in self.guards]
+        return out
+
+    def overlay(self, compiled: CompiledWorkflow[Any]) -> Any:
+        """The coverage as a diagram overlay: ``to_dot(compiled, coverage.overlay(compiled))``."""
+        visits = dict(self.states) | dict(self.terminals)
+        return RunOverlay(f"{self.runs} runs", "coverage", "coverage", sum(self.states.values()), None,
+                          visits, dict(self.transitions), {})
 
     def missing(self, compiled: CompiledWorkflow[Any]) -> tuple[list[str], list[str]]:
         """States and transitions no run reached."""
@@ -280,6 +308,10 @@ class Coverage:
             lines.append(f"  states never reached: {', '.join(states)}")
         if edges:
             lines.append(f"  transitions never taken: {', '.join(edges)}")
+        gaps = self.guard_gaps(compiled)
+        n_guards = 2 * sum(1 for t in spec.transitions if t.guard is not None)
+        lines.append(f"  guard outcomes seen: {n_guards - len(gaps)}/{n_guards}"
+                     + (f" (never: {', '.join(gaps)})" if gaps else ""))
         return "\n".join(lines)
 
 
@@ -293,13 +325,17 @@ class KitReport:
     def __str__(self) -> str:
         return self.coverage.summary(self.compiled)
 
+    def diagram(self) -> Any:
+        """The workflow's diagram with the coverage drawn on it (visit and traversal counts)."""
+        return to_dot(self.compiled, self.coverage.overlay(self.compiled))
+
 
 def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
                policy_script: _Script, fault_script: _Script | None, guard_script: _Script | None,
                fault_strategy: st.SearchStrategy[Fault], invariants: Sequence[Invariant],
                path_invariants: Sequence[PathInvariant], coverage: Coverage | None,
                user_policy: Callable[[Decision], Any] | None = None) -> RunResult[Any]:
-    wf = _instrument(compiled, fault_script, guard_script, fault_strategy, story)
+    wf = _instrument(compiled, fault_script, guard_script, fault_strategy, story, coverage=coverage)
     spec = wf.spec
     names = {t.name: t for t in spec.transitions}
     error_names = {e.name: e for e in spec.error_transitions}

@@ -37,7 +37,12 @@ def test_example_passes_with_full_coverage_of_reachable_moves(capsys: pytest.Cap
     assert states == []
     # SearchUnavailable needs a broken corpus, which generated faults do not make.
     assert transitions == ["search-!SearchUnavailable->failed"]
-    assert "100 runs of 'research': states 7/7, transitions 7/8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "100 runs of 'research': states 7/7, transitions 7/8" in out
+    assert "guard outcomes seen: 4/4" in out
+    dot = report.diagram().source
+    assert "coverage of 100 runs" in dot
+    assert "×" in dot
 
 
 def test_contexts_honour_field_constraints() -> None:
