@@ -72,3 +72,20 @@ def test_tools_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out.strip()
     assert out == "done sunny in Lisbon ['Lisbon hotel 0', 'Lisbon hotel 1']"
     assert f"This prints `{out}`" in page
+
+
+def test_testing_page_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/testing.md's example fails exactly as the page shows, and saves its story."""
+    page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    code = _python_blocks(page)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "testing_doc"}
+    exec(compile(code, "docs/testing.md", "exec"), namespace)
+    with pytest.raises(AssertionError) as info:
+        namespace["test_retrying"]()  # type: ignore[operator]
+    message = str(info.value)
+    assert "invariant 'at_most_two_retries' failed after step 5" in message
+    assert "invariant 'at_most_two_retries' failed after step 5" in page
+    assert "5: backoff --backoff->gave_up#1--> gave_up  writes attempts=3" in message
+    assert "5: backoff --backoff->gave_up#1--> gave_up  writes attempts=3" in page
+    assert (tmp_path / "retrying-story.json").exists()
