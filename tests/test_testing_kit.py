@@ -150,7 +150,7 @@ def missing_write() -> Workflow[Doc]:
 
     @wf.state(reads=["summary"])
     def report(ctx: Doc) -> None:
-        print(ctx.summary)
+        assert ctx.summary is not None
 
     wf.terminal("done")
     wf.terminal("failed", outcome="failure")
@@ -159,9 +159,10 @@ def missing_write() -> Workflow[Doc]:
 
 
 def test_missing_write_is_found() -> None:
-    """A read of a field the run never set is a built-in failure, found from generated input."""
-    with pytest.raises(AssertionError, match="read 'summary' before any step set it"):
+    """A read of a field the run never set is a built-in failure, shrunk to the empty question."""
+    with pytest.raises(AssertionError, match="read 'summary' before any step set it") as info:
         check_workflow(missing_write(), print_coverage=False)
+    assert "input: {'question': '', 'hits': None, 'summary': None}" in str(info.value)
 
 
 def unrouted() -> Workflow[Job]:
@@ -192,8 +193,11 @@ def every_error_is_routed(result: Any) -> bool:
 
 def test_unhandled_tool_error_is_found() -> None:
     """Injected tool faults reach an unrouted error: the path invariant catches it."""
-    with pytest.raises(AssertionError, match="every_error_is_routed"):
+    with pytest.raises(AssertionError, match="every_error_is_routed") as info:
         check_workflow(unrouted(), path_invariants=[every_error_is_routed], print_coverage=False)
+    story = str(info.value)
+    assert story.count("tool fetch() ->") == 1  # one call, the minimal story
+    assert "tool fetch() -> raise TimeoutError" in story
 
 
 def triage() -> Workflow[Doc]:
@@ -215,8 +219,9 @@ def test_policy_answering_an_undeclared_transition_is_found() -> None:
         question = decision.context.question
         return "cancel" if len(question) > 5 else decision.options[0].name  # an LLM off-script
 
-    with pytest.raises(AssertionError, match="the policy answered 'cancel' in state 'route'"):
+    with pytest.raises(AssertionError, match="the policy answered 'cancel' in state 'route'") as info:
         check_workflow(triage(), policy=llm, print_coverage=False)
+    assert "'question': '000000'" in str(info.value)  # the shortest question that sets it off
 
 
 def test_wrong_bound_is_found() -> None:
@@ -228,9 +233,10 @@ def test_wrong_bound_is_found() -> None:
     def no_budget_failures(result: Any) -> bool:
         return "reached" not in (result.reason or "") or "failure terminal" in (result.reason or "")
 
-    with pytest.raises(AssertionError, match="no_budget_failures"):
+    with pytest.raises(AssertionError, match="no_budget_failures") as info:
         check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
                        path_invariants=[no_budget_failures], print_coverage=False)
+    assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 
 @pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "-!" not in c.goal
