@@ -90,14 +90,19 @@ def contexts(model: type[BaseModel], **overrides: st.SearchStrategy[Any]) -> st.
     optional: dict[str, st.SearchStrategy[Any]] = {}
     hints = typing.get_type_hints(model, include_extras=True)
     for name, info in model.model_fields.items():
+        key = info.alias or name  # validation goes by alias when there is one
         if name in overrides:
             strat = overrides[name]
         else:
             annotation: Any = hints.get(name, info.annotation)
-            if info.metadata:
-                annotation = typing.Annotated[(annotation, *info.metadata)]
-            strat = st.from_type(annotation)
-        (required if info.is_required() else optional)[name] = strat
+            pattern = next((m.pattern for m in info.metadata if getattr(m, "pattern", None)), None)
+            if pattern is not None:
+                strat = st.from_regex(pattern, fullmatch=True)
+            else:
+                if info.metadata:
+                    annotation = typing.Annotated[(annotation, *info.metadata)]
+                strat = st.from_type(annotation)
+        (required if info.is_required() else optional)[key] = strat
     raw = st.fixed_dictionaries(required, optional=optional)
 
     def build(data: dict[str, Any]) -> Any:
@@ -126,6 +131,10 @@ def faults(errors: Sequence[type[BaseException]] = (ConnectionError, TimeoutErro
            *, hang: bool = True, invalid: bool = True) -> st.SearchStrategy[Fault]:
     """One tool call's fate: succeed (most often), raise one of ``errors``, hang, or return garbage."""
     options: list[st.SearchStrategy[Fault]] = [st.just(Fault("ok"))]
+    for e in errors:
+        if not (isinstance(e, type) and issubclass(e, Exception)):
+            raise TypeError(f"faults(errors=...) takes exception classes, got {e!r}")
+        _ERRORS.setdefault(e.__name__, e)  # so stories and replays raise the same type
     options += [st.just(Fault("raise", e.__name__)) for e in errors]
     if hang:
         options.append(st.just(Fault("hang")))
@@ -136,6 +145,14 @@ def faults(errors: Sequence[type[BaseException]] = (ConnectionError, TimeoutErro
 
 class _Violation(BaseException):
     """A broken promise found inside a run, carried past the runner's error routing."""
+
+
+class _Carried(BaseException):
+    """Carries an exception raised while drawing past the runner, which routes Exceptions."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
 
 
 class _Invalid:
@@ -159,12 +176,14 @@ class Story:
     """Each tool call's fault, in order."""
     guards: list[bool] = field(default_factory=list)
     """Forced guard outcomes, when guards were explored."""
+    policy_checked: bool = False
+    """The answers came from the user's own policy: an answer that is not enabled is a failure."""
     lines: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The fixture: load it with :func:`replay`."""
         data = {"workflow": self.workflow, "context": self.context, "choices": self.choices,
-                "faults": self.faults, "guards": self.guards}
+                "faults": self.faults, "guards": self.guards, "policy_checked": self.policy_checked}
         return json.dumps(data, indent=2, default=str)
 
     def __str__(self) -> str:
@@ -180,11 +199,17 @@ class _Script:
         self._draw = draw
         self._log = log
 
+    def has_recorded(self) -> bool:
+        return bool(self._queue)
+
     def next(self, strategy: st.SearchStrategy[Any], label: str, default: Any) -> Any:
         if self._queue:
             value = self._queue.popleft()
         elif self._draw is not None:
-            value = self._draw(strategy, label)
+            try:
+                value = self._draw(strategy, label)
+            except BaseException as exc:  # Hypothesis' own signals must not become action errors
+                raise _Carried(exc) from None
         else:
             value = default
         self._log.append(value)
@@ -225,8 +250,9 @@ def _faulty(tool: Tool, script: _Script, strategy: st.SearchStrategy[Fault], sto
             raise ToolTimeout(tool.name, tool.timeout or 0.0, "call")
         if fault.kind == "invalid":
             return _Invalid()
-        out = original(**kwargs)
-        return await out if asyncio.iscoroutine(out) else out
+        if tool.is_async:
+            return await original(**kwargs)
+        return await asyncio.to_thread(functools.partial(original, **kwargs))  # as in a real run
 
     retry: Any = tool.retrying
     return Tool(call, name=tool.name, description=tool.description, timeout=tool.timeout, retry=retry,
@@ -234,9 +260,16 @@ def _faulty(tool: Tool, script: _Script, strategy: st.SearchStrategy[Fault], sto
                 fallback_value=tool.fallback_value)
 
 
+_ERRORS: dict[str, type[Exception]] = {}
+"""Exception types named in fault plans, by name."""
+
+
 def _error_type(name: str) -> type[Exception]:
-    found = getattr(builtins, name, None)
-    return found if isinstance(found, type) and issubclass(found, Exception) else RuntimeError
+    found = _ERRORS.get(name) or getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        return found
+    raise ValueError(f"the fault plan raises {name!r}, which is not a builtin exception nor one given to "
+                     "faults(errors=...): pass the same faults(...) to replay(..., tool_faults=...)")
 
 
 def _counted(g: Guard, transition: str, coverage: Coverage) -> Guard:
@@ -255,6 +288,15 @@ def _forced(g: Guard, script: _Script, story: Story) -> Guard:
         return value
 
     return Guard(outcome, name=g.name, reads=g.reads)
+
+
+def _as_json(context: Any) -> dict[str, Any]:
+    """The context as JSON data (bytes that are not text are kept as their repr)."""
+    try:
+        data: dict[str, Any] = context.model_dump(mode="json", by_alias=True)
+    except (UnicodeDecodeError, ValueError, TypeError):
+        data = json.loads(json.dumps(context.model_dump(by_alias=True), default=repr))
+    return data
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -344,7 +386,12 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
     def checked(decision: Decision) -> Any:
         # The user's own policy must only ever answer an enabled transition.
         assert user_policy is not None
-        answer = user_policy(decision)
+        if policy_script.has_recorded():  # a replay: the answers the user's policy gave then
+            answer = policy_script.next(st.nothing(), "recorded answer", None)
+        else:
+            answer = user_policy(decision)
+            story.choices.append(answer)
+        story.policy_checked = True
         option, why = resolve(answer, decision.options)
         story.lines.append(f"    policy in {decision.state} answered {answer!r}")
         if option is None:  # a BaseException: the runner must not route it as the action's error
@@ -354,8 +401,8 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
     def policy(decision: Decision) -> Any:
         names_ = [o.name for o in decision.options]
         garbage = st.sampled_from(["nowhere", "", "42"]) | st.none() | st.integers()
-        answer = policy_script.next(st.sampled_from(names_) | garbage.map(repr),
-                                    f"policy in {decision.state}", names_[0])
+        answer = policy_script.next(st.sampled_from(names_) | garbage, f"policy in {decision.state}",
+                                    names_[0])
         story.lines.append(f"    policy in {decision.state} answered {answer!r}")
         return answer
 
@@ -384,6 +431,8 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
         result = asyncio.run(go())
     except _Violation as violation:
         raise AssertionError(str(violation)) from None
+    except _Carried as carried:
+        raise carried.original from None
     assert spec.state(result.terminal).terminal, f"the run ended in {result.terminal!r}, not a terminal"
     story.lines.append(f"  end: {result.terminal} ({result.outcome.value})"
                        + (f": {result.reason}" if result.reason else ""))
@@ -418,7 +467,9 @@ def _check_step(wf: CompiledWorkflow[Any], step: Any, run: Any, *, names: dict[s
     assert not isinstance(step.error, ContextAccessError), f"step {step.number}: {step.error}"
     ctx = run.context
     try:
-        type(ctx).model_validate(ctx.model_dump())
+        # Field values only: computed fields and aliases would be refused as extra input.
+        type(ctx).model_validate({(info.alias or f): getattr(ctx, f)
+                                  for f, info in type(ctx).model_fields.items()})
     except ValidationError as exc:
         raise AssertionError(f"after step {step.number} the context no longer validates: {exc}") from exc
     assert run.actions_run <= bound, f"{run.actions_run} steps exceed the static bound of {bound}"
@@ -460,7 +511,7 @@ def check_workflow(
     """
     compiled = _compiled(workflow)
     strategy = contexts_from if contexts_from is not None else contexts(compiled.context_type)
-    fault_strategy = tool_faults if tool_faults is not None else faults()
+    fault_strategy = tool_faults if tool_faults is not None else _default_faults(compiled)
     coverage = Coverage()
     last_story: list[Story] = []
 
@@ -468,7 +519,7 @@ def check_workflow(
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(context=strategy, data=st.data())
     def explore(context: Any, data: st.DataObject) -> None:
-        story = Story(compiled.name, context.model_dump(mode="json"))
+        story = Story(compiled.name, _as_json(context))
         last_story[:] = [story]
         draw = data.draw
         try:
@@ -483,6 +534,9 @@ def check_workflow(
         except AssertionError as exc:
             note(str(story))
             raise AssertionError(f"{exc}\n{story}") from None
+        except Exception as exc:  # an invariant (or a strategy) that raised instead of returning False
+            note(str(story))
+            raise AssertionError(f"{type(exc).__name__}: {exc}\n{story}") from exc
 
     try:
         explore()
@@ -497,22 +551,39 @@ def check_workflow(
     return report
 
 
+def _default_faults(compiled: CompiledWorkflow[Any]) -> st.SearchStrategy[Fault]:
+    """Connection errors, timeouts, and every exception type the workflow routes itself."""
+    routed = [e.error for e in compiled.spec.error_transitions
+              if issubclass(e.error, Exception) and not issubclass(e.error, RunError)]
+    errors: list[type[BaseException]] = list(dict.fromkeys([ConnectionError, TimeoutError, *routed]))
+    return faults(errors=errors)
+
+
 def replay(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str | Path | dict[str, Any], *,
-           invariants: Sequence[Invariant] = (),
-           path_invariants: Sequence[PathInvariant] = ()) -> RunResult[Any]:
-    """Run a saved story again exactly (same input, policy answers, tool faults and guard outcomes)."""
+           invariants: Sequence[Invariant] = (), path_invariants: Sequence[PathInvariant] = (),
+           tool_faults: st.SearchStrategy[Fault] | None = None) -> RunResult[Any]:
+    """Run a saved story again exactly (same input, policy answers, tool faults and guard outcomes).
+
+    Pass the same ``tool_faults`` as to :func:`check_workflow` when it named exception types of
+    your own (the defaults are known).
+    """
     compiled = _compiled(workflow)
+    if tool_faults is None:
+        tool_faults = _default_faults(compiled)  # also registers the error types by name
     data = fixture if isinstance(fixture, dict) else json.loads(Path(fixture).read_text(encoding="utf-8"))
     try:
         context = compiled.context_type.model_validate(data["context"])
         story = Story(compiled.name, data["context"])
         guards = data.get("guards", [])
+        recorded = data.get("choices", [])
+        checked = bool(data.get("policy_checked"))
         return _run_story(compiled, story, context,
-                          policy_script=_Script(data.get("choices", []), None, story.choices),
+                          policy_script=_Script(recorded, None, [] if checked else story.choices),
+                          user_policy=(lambda d: None) if checked else None,
                           fault_script=_Script(data.get("faults", []), None, story.faults),
                           guard_script=_Script(guards, None, story.guards) if guards else None,
-                          fault_strategy=faults(), invariants=invariants, path_invariants=path_invariants,
-                          coverage=None)
+                          fault_strategy=tool_faults, invariants=invariants,
+                          path_invariants=path_invariants, coverage=None)
     except KeyError as exc:
         raise ValueError(f"not a story fixture (as saved by check_workflow): missing {exc}") from None
 
