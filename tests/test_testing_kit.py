@@ -272,7 +272,8 @@ def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:
         return not isinstance(getattr(err, "last", None), SearchUnavailable)
 
     with pytest.raises(AssertionError, match="never_unavailable"):
-        check_workflow(research.workflow, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
+        check_workflow(research.workflow,
+                       contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
                        tool_faults=faults(errors=(SearchUnavailable,)), path_invariants=[never_unavailable],
                        print_coverage=False)
     fixture = tmp_path / "policy.json"
