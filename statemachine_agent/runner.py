@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from .clock import Clock, SystemClock
-from .errors import ContextAccessError, RunError, ToolFailed
+from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed
 from .events import (
     BudgetExhausted,
     ErrorRouted,
@@ -616,14 +616,22 @@ class _ActionTimeout(Exception):
 
 
 def _most_specific(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:
+    if isinstance(exc, GatherFailed):
+        # A failed gather routes by the first of its failures that a specific route handles.
+        for member in exc.errors:
+            cause = member.last if isinstance(member, ToolFailed) and member.last is not None else member
+            route = _most_specific_for(routes, cause)
+            if route is not None and route.spec.error not in (Exception, BaseException):
+                return route
+        return _most_specific_for(routes, exc)
     if isinstance(exc, ToolFailed) and exc.last is not None:
         # A tool that failed for good routes by its cause first (on_error(s, ToolTimeout, ...) or
         # on_error(s, SearchDown, ...)), unless only a catch-all matches the cause: then the more
         # telling ToolFailed route, if any, wins.
-        cause = _most_specific_for(routes, exc.last)
-        if cause is not None and cause.spec.error not in (Exception, BaseException):
-            return cause
-        return _most_specific_for(routes, exc) or cause
+        by_cause = _most_specific_for(routes, exc.last)
+        if by_cause is not None and by_cause.spec.error not in (Exception, BaseException):
+            return by_cause
+        return _most_specific_for(routes, exc) or by_cause
     return _most_specific_for(routes, exc)
 
 

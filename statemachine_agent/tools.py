@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_base,
     retry_if_exception,
     retry_if_exception_type,
     stop_after_attempt,
@@ -54,7 +55,19 @@ def _never_retried(exc: BaseException) -> bool:
             or (isinstance(exc, ToolTimeout) and exc.scope == "state"))
 
 
-_RETRYABLE = retry_if_exception(lambda e: not _never_retried(e))
+class _NotNeverRetried(retry_base):
+    """True unless the attempt failed with an exception that is never retried: composed with ``&``
+    it leaves result-based retries (``retry_if_result``) to the user's policy."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            exc = outcome.exception()
+            return exc is None or not _never_retried(exc)
+        return True
+
+
+_RETRYABLE = _NotNeverRetried()
 # tenacity 9 renamed wait_exponential_jitter's first wait from `initial` to `multiplier`.
 _FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters
                else "initial")
@@ -175,6 +188,9 @@ class Tool:
         """Seconds one attempt may take; ``None`` for no limit."""
         self.retrying = _as_retrying(retry, f"tool {self.name!r}")
         """The tenacity policy; ``None`` means one attempt."""
+        self.own_retrying = isinstance(retry, AsyncRetrying)
+        """A user's own AsyncRetrying is used as it is (every attempt through it, results included);
+        ours retry on exceptions only, so a first attempt that succeeds can skip tenacity."""
         self.concurrency = concurrency
         """At most this many calls of this tool run at once (per event loop)."""
         self.rate_limit = rate_limit
@@ -258,6 +274,9 @@ def _args_model(fn: Callable[..., Any], name: str, sig: inspect.Signature) -> ty
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"tool {name!r}: *{p.name} parameters cannot be validated; name each "
                             "parameter and give it a type")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(f"tool {name!r}: parameter {p.name!r} is positional-only, but tools are called "
+                            "with keyword arguments: drop the '/' from its signature")
         fields[p.name] = (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
     model: type[BaseModel] = create_model(
         f"{name}_arguments",
@@ -356,21 +375,40 @@ class Tools:
         """Call a tool: validate the arguments, run it (bounded, retried), validate the result."""
         tool = self._tool(name)
         arguments = tool.validate_args(args, kwargs)
+        deadline = self._deadline
+        if deadline is None:
+            return await self._call(tool, arguments)
+        # The state's deadline bounds the whole call: attempts, backoff waits and rate-limit waits.
+        cm = asyncio.timeout_at(deadline)
+        try:
+            async with cm:
+                return await self._call(tool, arguments)
+        except TimeoutError:
+            if cm.expired():
+                raise ToolTimeout(tool.name, 0.0, "state") from None
+            raise
+
+    async def _call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
+        name = tool.name
         run = self._run
         hooks = run is not None and run.hooks
         call_id = next(_call_ids)
         t0 = time.perf_counter()
         if hooks:
             await self._emit(ToolCallStarted, name, call_id)
-        try:
-            result = await self._attempt(tool, arguments)
-            attempts, fallback = 1, False
-        except BaseException as first:
-            if _never_retried(first):
-                if hooks and isinstance(first, Exception):
-                    await self._emit(ToolCallFailed, name, call_id, (first,), time.perf_counter() - t0)
-                raise
-            result, attempts, fallback = await self._recover(tool, arguments, first, call_id, t0)
+        if tool.own_retrying and self._retry is _MISSING:
+            # The user's own policy sees every attempt, the first included (and may retry on results).
+            result, attempts, fallback = await self._recover(tool, arguments, None, call_id, t0)
+        else:
+            try:
+                result = await self._attempt(tool, arguments)
+                attempts, fallback = 1, False
+            except BaseException as first:
+                if _never_retried(first):
+                    if hooks and isinstance(first, Exception):
+                        await self._emit(ToolCallFailed, name, call_id, (first,), time.perf_counter() - t0)
+                    raise
+                result, attempts, fallback = await self._recover(tool, arguments, first, call_id, t0)
         if hooks:
             await self._emit(ToolCallFinished, name, call_id, attempts, time.perf_counter() - t0, fallback)
         return result
@@ -392,47 +430,57 @@ class Tools:
             lim.next_slot = slot + 1.0 / tool.rate_limit
             if slot > now:
                 await self._clock.sleep(slot - now)
-        if limit is None:
-            if lim is not None and lim.semaphore is not None:
-                async with lim.semaphore:
-                    return tool.validate_result(await self._invoke(tool, arguments))
-            return tool.validate_result(await self._invoke(tool, arguments))
+        semaphore = lim.semaphore if lim is not None else None
+        if semaphore is not None:
+            await semaphore.acquire()  # waiting for a slot does not use up the attempt's timeout
+        handoff = [False]
         try:
-            async with asyncio.timeout(limit):
-                try:
-                    if lim is not None and lim.semaphore is not None:
-                        async with lim.semaphore:
-                            value = await self._invoke(tool, arguments)
-                    else:
-                        value = await self._invoke(tool, arguments)
-                except TimeoutError as own:  # the tool's own, not ours: see the runner
-                    raise _OwnTimeout from own
-        except TimeoutError:
-            raise ToolTimeout(tool.name, limit if scope == "call" else max(limit, 0.0), scope) from None
-        except _OwnTimeout as wrapped:
-            raise typing.cast(BaseException, wrapped.__cause__) from None
-        return tool.validate_result(value)
+            if limit is None:
+                return tool.validate_result(await self._invoke(tool, arguments, semaphore, handoff))
+            try:
+                async with asyncio.timeout(limit):
+                    try:
+                        value = await self._invoke(tool, arguments, semaphore, handoff)
+                    except TimeoutError as own:  # the tool's own, not ours: see the runner
+                        raise _OwnTimeout from own
+            except TimeoutError:
+                raise ToolTimeout(tool.name, limit if scope == "call" else max(limit, 0.0), scope) from None
+            except _OwnTimeout as wrapped:
+                raise typing.cast(BaseException, wrapped.__cause__) from None
+            return tool.validate_result(value)
+        finally:
+            # A sync tool's thread releases its slot when it really ends (see _invoke).
+            if semaphore is not None and not handoff[0]:
+                semaphore.release()
 
     @staticmethod
-    async def _invoke(tool: Tool, arguments: dict[str, Any]) -> Any:
+    async def _invoke(tool: Tool, arguments: dict[str, Any], semaphore: asyncio.Semaphore | None,
+                      handoff: list[bool]) -> Any:
         if tool.is_async:
             return await tool.fn(**arguments)
-        # A sync tool runs in a worker thread; on a timeout the thread is abandoned, not killed.
-        return await asyncio.to_thread(functools.partial(tool.fn, **arguments))
+        # A sync tool runs in a worker thread; on a timeout the thread is abandoned, not killed, so
+        # its concurrency slot is released only when the thread really ends.
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, functools.partial(tool.fn, **arguments))
+        if semaphore is not None:
+            future.add_done_callback(lambda _: semaphore.release())
+            handoff[0] = True
+        return await asyncio.shield(future)
 
-    async def _recover(self, tool: Tool, arguments: dict[str, Any], first: BaseException, call_id: int,
-                       t0: float) -> tuple[Any, int, bool]:
-        errors: list[BaseException] = [first]
+    async def _recover(self, tool: Tool, arguments: dict[str, Any], first: BaseException | None,
+                       call_id: int, t0: float) -> tuple[Any, int, bool]:
+        errors: list[BaseException] = [first] if first is not None else []
         base = tool.retrying if self._retry is _MISSING else self._retry
         if base is not None:
-            replayed = False
+            replayed = first is None
 
             async def attempt() -> Any:
-                # tenacity runs the loop from here on; the first attempt (already made, outside
-                # tenacity, so that a call that succeeds pays nothing for retries) is replayed.
+                # tenacity runs the loop from here on; a first attempt already made outside
+                # tenacity (so that a call that succeeds pays nothing for retries) is replayed.
                 nonlocal replayed
                 if not replayed:
                     replayed = True
+                    assert first is not None
                     raise first
                 try:
                     return await self._attempt(tool, arguments)
@@ -440,11 +488,17 @@ class Tools:
                     errors.append(exc)
                     raise
 
+            user_before_sleep = base.before_sleep
+
             async def before_sleep(state: RetryCallState) -> None:
                 if self._run is not None and self._run.hooks and state.outcome is not None:
                     wait = state.next_action.sleep if state.next_action is not None else 0.0
                     await self._emit(ToolAttemptFailed, tool.name, call_id, state.attempt_number,
                                      state.outcome.exception(), wait)
+                if user_before_sleep is not None:
+                    out = user_before_sleep(state)
+                    if inspect.isawaitable(out):
+                        await out
 
             retrying = base.copy(sleep=self._clock.sleep, retry=base.retry & _RETRYABLE,
                                  before_sleep=before_sleep, reraise=True)
@@ -452,6 +506,9 @@ class Tools:
                 return await retrying(attempt), len(errors) + 1, False
             except BaseException as exc:
                 if _never_retried(exc):
+                    if self._run is not None and self._run.hooks and isinstance(exc, Exception):
+                        await self._emit(ToolCallFailed, tool.name, call_id, tuple(errors),
+                                         time.perf_counter() - t0)
                     raise
         if tool.fallback is not None:
             fallback = self._registry.get(tool.fallback)
@@ -467,7 +524,7 @@ class Tools:
         error = ToolFailed(tool.name, tuple(errors))
         if self._run is not None and self._run.hooks:
             await self._emit(ToolCallFailed, tool.name, call_id, tuple(errors), time.perf_counter() - t0)
-        raise error from errors[-1]
+        raise error from (errors[-1] if errors else None)
 
     async def _emit(self, kind: type[Any], *fields: Any) -> None:
         run = self._run

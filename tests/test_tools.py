@@ -541,3 +541,101 @@ def test_tool_declaration_errors() -> None:
         Tool(varargs)
     with pytest.raises(ValueError, match="already registered"):
         ToolRegistry([Tool(add), Tool(add)])
+
+
+# --- regressions found in review --------------------------------------------------------------
+
+def test_state_deadline_bounds_rate_limit_and_backoff_waits() -> None:
+    """The state's tool deadline cuts waits too: rate-limit slots and retry backoff."""
+
+    async def ping() -> None:
+        pass
+
+    async def down() -> None:
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        tools = handle(Tool(ping, rate_limit=1), deadline=loop.time() + 0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(GatherFailed) as info:
+            await tools.gather(*(tools.call("ping") for _ in range(3)))
+        assert time.perf_counter() - t0 < 1.0
+        assert any(isinstance(e, ToolTimeout) and e.scope == "state" for e in info.value.errors)
+        slow_retry = handle(Tool(down, retry=Retry(attempts=5, backoff=1, jitter=0)),
+                            deadline=loop.time() + 0.2)
+        t0 = time.perf_counter()
+        with pytest.raises(ToolTimeout) as timeout:
+            await slow_retry.call("down")
+        assert timeout.value.scope == "state"
+        assert time.perf_counter() - t0 < 0.9
+
+    asyncio.run(main())
+
+
+def test_users_own_async_retrying_is_used_as_it_is() -> None:
+    """Result-based retries and the user's before_sleep work with a user's AsyncRetrying."""
+    answers = iter([None, None, "ok"])
+    slept: list[int] = []
+
+    async def maybe() -> str | None:
+        return next(answers)
+
+    policy = tenacity.AsyncRetrying(stop=tenacity.stop_after_attempt(5), wait=tenacity.wait_fixed(1),
+                                    retry=tenacity.retry_if_result(lambda r: r is None),
+                                    before_sleep=lambda state: slept.append(state.attempt_number))
+    assert asyncio.run(handle(Tool(maybe, retry=policy), clock=FakeClock()).call("maybe")) == "ok"
+    assert slept == [1, 2]
+
+
+def test_sync_tool_keeps_its_slot_until_its_thread_ends() -> None:
+    """concurrency=1 holds for sync tools even when calls time out and threads are abandoned."""
+    running = peak = 0
+    lock = threading.Lock()
+
+    def slow() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.1)
+        with lock:
+            running -= 1
+
+    tools = handle(Tool(slow, concurrency=1, timeout=0.02))
+    out = asyncio.run(tools.gather(*(tools.call("slow") for _ in range(3)), failures="collect"))
+    assert all(isinstance(r, ToolFailed) for r in out)
+    time.sleep(0.35)
+    assert peak == 1
+
+
+def test_positional_only_parameters_are_refused() -> None:
+    """Tools are called with keywords, so a positional-only parameter is refused at declaration."""
+
+    def f(a: int, /) -> int:
+        return a
+
+    with pytest.raises(TypeError, match="positional-only"):
+        Tool(f)
+
+
+def test_failed_gather_routes_by_its_members_cause() -> None:
+    """A timeout inside gather routes like a timeout of a single call."""
+    wf = Workflow("gathered", Ctx)
+
+    @wf.tool(timeout=0.01)
+    async def slow() -> str:
+        await asyncio.sleep(1)
+        return "late"
+
+    @wf.state(initial=True, writes=["out"], tools=["slow"])
+    async def act(ctx: Ctx, tools: Tools) -> None:
+        ctx.out = await tools.gather(tools.call("slow"), tools.call("slow"))
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.terminal("too_slow", outcome="failure")
+    wf.transition(act, "done")
+    wf.on_error(act, ToolTimeout, "too_slow")
+    wf.on_error(act, ToolFailed, "failed")
+    assert wf.compile().run_sync(Ctx()).terminal == "too_slow"
