@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
+import typing
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -160,6 +162,17 @@ def _short(text: str, width: int = 48) -> str:
     return "\n".join(lines[:4]) + ("…" if len(lines) > 4 else "")
 
 
+def _dot_label(text: str) -> str:
+    """A label as DOT reads it: backslashes kept, line breaks as DOT's own escape, never HTML."""
+    # nohtml returns a str subclass that graphviz must see as it is (str() would drop the mark).
+    return typing.cast(str, graphviz.nohtml(text.replace("\\", "\\\\").replace("\n", "\\n")))
+
+
+def _dot_id(name: str) -> str:
+    """A node id DOT reads back as written (backslashes doubled, never an HTML label)."""
+    return typing.cast(str, graphviz.nohtml(name.replace("\\", "\\\\")))
+
+
 _OUTCOME_COLOUR = {Outcome.SUCCESS.value: "#2e7d32", Outcome.FAILURE.value: "#c62828"}
 
 
@@ -206,9 +219,9 @@ def to_dot(workflow: CompiledWorkflow[Any],
                 if n.outcome == "success" else "#ffebee"
         if "✗" in label:
             attrs["color"] = "#c62828"
-        g.node(n.name, label.replace("\n", "\\n"), **attrs)  # DOT's own line break escape
+        g.node(_dot_id(n.name), _dot_label(label), **attrs)
     initial = next(n.name for n in nodes if n.initial)
-    g.edge("__start__", initial)
+    g.edge("__start__", _dot_id(initial))
     for e in edges:
         attrs = {}
         if e.kind == "default":
@@ -222,27 +235,49 @@ def to_dot(workflow: CompiledWorkflow[Any],
             label += f" (×{e.taken})"
             attrs["penwidth"] = "2.5"
             attrs.setdefault("color", "#1565c0")
-        g.edge(e.source, e.target, label.replace("\n", "\\n"), **attrs)
+        g.edge(_dot_id(e.source), _dot_id(e.target), _dot_label(label), **attrs)
     return g
 
 
+_MERMAID_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words Mermaid's state-diagram grammar reserves: a state must not be called one of these.
+_MERMAID_WORDS = frozenset({"state", "note", "end", "direction", "as", "classDef", "class", "click",
+                            "style", "stateDiagram", "left", "right", "of", "hide", "empty", "description"})
+_MERMAID_ESCAPES = {";": "#59;", ":": "#58;", "<": "#lt;", ">": "#gt;", "#": "#35;", "\n": " ", "%": "#37;"}
+
+
+def _mermaid_label(text: str) -> str:
+    return "".join(_MERMAID_ESCAPES.get(c, c) for c in text).strip()
+
+
 def to_mermaid(workflow: CompiledWorkflow[Any]) -> str:
-    """The workflow as Mermaid ``stateDiagram-v2`` text (for GitHub and docs)."""
+    """The workflow as Mermaid ``stateDiagram-v2`` text (for GitHub and docs).
+
+    States keep their names as ids when Mermaid allows it; others get ids ``s0``, ``s1``... and
+    their name as the label. Labels are entity-escaped, so any name or guard reads back as written.
+    """
     nodes, edges = extract(workflow)
-    lines = ["stateDiagram-v2", f"    %% {workflow.name}: worst case {workflow.max_steps} steps"]
+    ids: dict[str, str] = {}
+    lines = ["stateDiagram-v2",
+             f"    %% {_mermaid_label(workflow.name)}: worst case {workflow.max_steps} steps"]
+    for i, n in enumerate(nodes):
+        plain = _MERMAID_ID.fullmatch(n.name) and n.name not in _MERMAID_WORDS
+        ids[n.name] = n.name if plain else f"s{i}"
+        if not plain:
+            lines.append(f'    state "{_mermaid_label(n.name).replace(chr(34), "#quot;")}" as {ids[n.name]}')
     for n in nodes:
         if n.kind == "decision":
-            lines.append(f"    state {n.name} <<choice>>")
+            lines.append(f"    state {ids[n.name]} <<choice>>")
     for n in nodes:
         if n.initial:
-            lines.append(f"    [*] --> {n.name}")
+            lines.append(f"    [*] --> {ids[n.name]}")
     for e in edges:
-        label = e.label.replace(":", " ").replace("\n", " ")
-        lines.append(f"    {e.source} --> {e.target}" + (f": {label}" if label else ""))
+        label = _mermaid_label(e.label)
+        lines.append(f"    {ids[e.source]} --> {ids[e.target]}" + (f": {label}" if label else ""))
     for n in nodes:
         if n.kind == "terminal":
-            lines.append(f"    {n.name} --> [*]")
-            lines.append(f"    note right of {n.name}: {n.outcome}")
+            lines.append(f"    {ids[n.name]} --> [*]")
+            lines.append(f"    note right of {ids[n.name]}: {n.outcome}")
     return "\n".join(lines) + "\n"
 
 

@@ -223,3 +223,24 @@ def test_cli_draws_a_recorded_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     bad.write_text("{", encoding="utf-8")
     assert main(["diagram", target, "-o", str(out), "--run", str(bad)]) == 2
     assert "is not JSON" in capsys.readouterr().err
+
+
+def test_odd_names_and_labels_survive_both_formats(tmp_path: Path) -> None:
+    """Dashes, spaces, reserved words, backslashes and HTML-like names render, and read back as written."""
+    wf = base("odd-names")
+    for i, name in enumerate(["fetch-data", "note", "<init>", "ends\\", "two words"]):
+        wf.add_state(name, noop, initial=i == 0)
+    wf.transition("fetch-data", "note", guard=guard(lambda c: True, name='a;b] "q" C:\\new <x>'))
+    wf.transition("fetch-data", "<init>", default=True)
+    wf.transition("note", "ends\\").transition("<init>", "ends\\").transition("ends\\", "two words")
+    wf.transition("two words", "done")
+    compiled = wf.compile()
+    mermaid = to_mermaid(compiled)
+    assert 'state "fetch-data" as s2' in mermaid  # ids follow declaration order; terminals came first
+    assert 'state "note" as s3' in mermaid  # a reserved word
+    assert "s2 --> s3: 1. [a#59;b] \"q\" C#58;\\new #lt;x#gt;]" in mermaid
+    assert "    s6 --> done" in mermaid
+    svg = (render(compiled.diagram(), tmp_path / "odd.svg", "svg")).read_text(encoding="utf-8")
+    assert "&lt;init&gt;" in svg  # drawn as text, not taken for an HTML label
+    assert "ends\\" in svg
+    assert "C:\\new" in svg
