@@ -655,7 +655,11 @@ def follow(workflow: Workflow[Any] | CompiledWorkflow[Any], case: PathCase, cont
             raise ValueError(f"{name!r} is an error transition: make the action raise to follow it")
         exits = [x for x in spec.exits(t.source) if not x.default]
         if spec.state(t.source).decision:
-            # Every guard is evaluated to find the enabled exits: enable them all, then choose.
+            # Every guard is evaluated to find the enabled exits. For the default exit, disable
+            # them all (and leave no unguarded exit, or it cannot be reached); else enable all and choose.
+            if t.default:
+                forced += [False for x in exits if x.guard is not None]
+                continue
             forced += [True for x in exits if x.guard is not None]
             if len(exits) > 1:
                 choices.append(name)
@@ -665,10 +669,19 @@ def follow(workflow: Workflow[Any] | CompiledWorkflow[Any], case: PathCase, cont
                 forced.append(other.name == name)
             if other.name == name:
                 break
-    story = Story(compiled.name, context.model_dump(mode="json"))
-    return _run_story(compiled, story, context, policy_script=_Script(choices, None, story.choices),
-                      fault_script=None, guard_script=_Script(forced, None, story.guards) if forced else None,
-                      fault_strategy=faults(), invariants=(), path_invariants=(), coverage=None)
+    story = Story(compiled.name, _as_json(context))
+    result = _run_story(compiled, story, context, policy_script=_Script(choices, None, story.choices),
+                        fault_script=None,
+                        guard_script=_Script(forced, None, story.guards) if forced else None,
+                        fault_strategy=faults(), invariants=(), path_invariants=(), coverage=None)
+    taken = [step.transition for step in result.path]
+    for i, planned in enumerate(plan):
+        if i >= len(taken) or taken[i] != planned:
+            got = taken[i] if i < len(taken) else "the end of the run"
+            raise AssertionError(f"follow() left the path at step {i}: planned {planned!r}, took {got!r} "
+                                 f"(an action failed, or a default exit sits behind an unguarded one)\n"
+                                 f"{story}")
+    return result
 
 
 # --- Hypothesis' stateful testing -------------------------------------------------------------------

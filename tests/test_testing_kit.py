@@ -285,3 +285,29 @@ def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:
         check_workflow(triage(), policy=sometimes_wrong, save_failure=fixture, print_coverage=False)
     with pytest.raises(AssertionError, match="answered 'nowhere'"):
         replay(triage(), fixture)
+
+
+def test_follow_reaches_a_decision_default_and_reports_divergence() -> None:
+    """follow() takes a decision state's default exit, and says so when a run leaves the path."""
+    wf = Workflow("choose", Doc)
+    wf.add_state("choose", lambda c: None, initial=True, decision=True)
+    wf.terminal("a")
+    wf.terminal("b")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("choose", "a", guard=guard(lambda c: True, name="fits a"), description="to a")
+    wf.transition("choose", "b", default=True, description="otherwise")
+    [case] = [c for c in shortest_paths(wf) if c.goal == "transition choose->b#1"]
+    assert follow(wf, case, Doc(question="q")).terminal == "b"
+
+    broken = Workflow("broken", Doc)
+
+    def boom(ctx: Any) -> None:
+        raise ValueError("no")
+
+    broken.add_state("act", boom, initial=True)
+    broken.terminal("done")
+    broken.terminal("failed", outcome="failure")
+    broken.transition("act", "done")
+    [case] = [c for c in shortest_paths(broken) if c.goal == "transition act->done#0"]
+    with pytest.raises(AssertionError, match="left the path at step 0: planned 'act->done#0'"):
+        follow(broken, case, Doc(question="q"))
