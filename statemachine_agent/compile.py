@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from transitions import Machine
+from transitions import Machine, MachineError
+from transitions.core import Event
 
 from .check import CheckReport, check, fields_set_at_start, takes_tools
 from .clock import Clock
@@ -37,6 +38,28 @@ def _quiet_transitions_logger() -> None:
         log = logging.getLogger(name)
         if log.level == logging.NOTSET:
             log.setLevel(logging.WARNING)
+
+
+class _LeanEvent(Event):
+    """A trigger that validates and records a move the way ``Event.trigger`` does, without building
+    an EventData and walking the callback chain: the compiled machine has no callbacks (side effects
+    stay in actions, awaits out of transitions), so that chain is pure overhead on every step.
+    Installed through transitions' own ``Machine.event_cls`` hook."""
+
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        machine = self.machine
+        source = machine.get_model_state(model)  # an unknown current state raises ValueError
+        moves = self.transitions.get(source.name)
+        if not moves:
+            raise MachineError(f"{machine.name}Can't trigger event {self.name} from state {source.name}!")
+        dest = moves[0].dest
+        assert dest is not None, "the compiled machine has no internal transitions"
+        machine.set_state(dest, model)  # records the move on the run's token
+        return True
+
+
+class _Machine(Machine):
+    event_cls = _LeanEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +147,7 @@ class CompiledWorkflow(Generic[C]):
         non_terminal = [s.name for s in spec.states if not s.terminal]
         machine_transitions.append({"trigger": FAIL_TRIGGER, "source": non_terminal,
                                     "dest": self.failure_terminal})
-        self.machine = Machine(
+        self.machine = _Machine(
             model=None,
             states=[s.name for s in spec.states],
             initial=initial,
