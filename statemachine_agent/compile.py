@@ -124,6 +124,7 @@ class CompiledWorkflow(Generic[C]):
         self.name = spec.name
         self.context_type: type[Any] = spec.context
         self.fields_at_start = fields_set_at_start(spec.context)
+        self.field_names: frozenset[str] = frozenset(spec.context.model_fields)
         assert report.failure_terminal is not None, "check() guarantees a failure terminal"
         assert report.worst_case_steps is not None, "check() guarantees a finite bound"
         self.failure_terminal: str = report.failure_terminal

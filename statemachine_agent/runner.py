@@ -331,7 +331,7 @@ class Run(Generic[C]):
         self._written: set[str] = set(workflow.fields_at_start) | {
             f for f in base.model_fields_set if getattr(base, f) is not None
         }
-        self._fields = frozenset(type(base).model_fields)
+        self._fields = workflow.field_names
         self._readonly = ReadOnlyContext(base)  # what guards and policies see
         self._token = _Token(workflow.initial)
         self._deadline: float | None = None
