@@ -8,7 +8,6 @@ import difflib
 import enum
 import inspect
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -32,7 +31,7 @@ from .events import (
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .result import RunResult, Step
 from .spec import Outcome
-from .tools import Tools
+from .tools import Tools, _positive
 
 if TYPE_CHECKING:
     from .compile import CompiledWorkflow, ErrorExit, Exit, Plan
@@ -240,15 +239,6 @@ class ReadOnlyContext:
 
     def __repr__(self) -> str:
         return f"<read-only {self._sa_model!r}>"
-
-
-def _positive(value: object, what: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or (
-        isinstance(value, float) and math.isnan(value)
-    ):
-        raise ValueError(f"{what}={value!r}: give a positive number")
 
 
 class _Failed(Exception):

@@ -11,7 +11,7 @@ import textwrap
 import time
 import typing
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -144,6 +144,7 @@ def _as_retrying(value: RetrySpec, where: str) -> AsyncRetrying | None:
 
 
 def _positive(value: object, what: str) -> None:
+    """Refuse anything but a positive number (NaN fails ``> 0`` too); ``None`` means no limit."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -598,8 +599,3 @@ def declared_tool_calls(action: Callable[..., Any]) -> set[str] | None:
             if isinstance(base, ast.Name) and base.id == handle:
                 found.add(node.args[0].value)
     return found
-
-
-def tool_schemas(tools: Sequence[Tool]) -> list[dict[str, Any]]:
-    """Function-calling schemas of ``tools``."""
-    return [t.schema() for t in tools]
