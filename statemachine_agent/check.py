@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._graph import bfs_path, reachable, strongly_connected_components, topological_order
+from .context import is_unset
 from .errors import DefinitionError, Problem
 from .guards import Guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
@@ -150,14 +151,14 @@ def fields_set_at_start(model: type[BaseModel]) -> frozenset[str]:
     """Fields that hold a usable value before any action runs.
 
     A required field whose type excludes ``None`` (the caller must supply it), or a field whose
-    default is not ``None`` (or comes from a factory).
+    default is neither ``None`` nor :data:`~statemachine_agent.context.UNSET` (or comes from a factory).
     """
     out = set()
     for name, info in model.model_fields.items():
         if info.is_required():
             if not _allows_none(info.annotation):
                 out.add(name)
-        elif info.default_factory is not None or info.default is not None:
+        elif info.default_factory is not None or (info.default is not None and not is_unset(info.default)):
             out.add(name)
     return frozenset(out)
 

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Context"]
+try:
+    from pydantic import MISSING as _MISSING
+except ImportError:  # pydantic 2.12 and 2.13 keep the sentinel under experimental
+    from pydantic.experimental.missing_sentinel import MISSING as _MISSING
+
+__all__ = ["UNSET", "Context", "is_unset"]
+
+UNSET: Any = _MISSING
+"""The default of a field that a state writes before any state reads it.
+
+``hits: list[str] = UNSET`` keeps the field's type free of ``None``, so mypy sees ``ctx.hits`` as a
+``list[str]`` in every state that reads it, while the checker proves that some state writes it
+first on every path. An unset field is left out of ``model_dump()`` and JSON (pydantic's
+``MISSING`` sentinel), and reading it before a write raises
+:class:`~statemachine_agent.errors.ContextAccessError`. Typed ``Any`` so that it fits any field.
+"""
+
+
+def is_unset(value: object) -> bool:
+    """Whether ``value`` is :data:`UNSET` (a field no step has written yet)."""
+    return value is _MISSING
 
 
 class Context(BaseModel):

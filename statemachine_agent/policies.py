@@ -22,7 +22,7 @@ class Option:
     """One enabled transition a policy may choose."""
 
     name: str
-    """The transition's name (``source->target#order``)."""
+    """The transition's name, e.g. ``search_to_summarize``."""
     target: str
     description: str
 

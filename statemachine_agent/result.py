@@ -23,7 +23,7 @@ class Step(NamedTuple):
     target: str
     """Where the step went."""
     transition: str
-    """The transition's name (``source->target#order``, ``source-!Error->target`` or ``fail``)."""
+    """The transition's name (``plan_to_search``, ``search_on_TimeoutError`` or ``fail``)."""
     kind: str
     """``transition``, ``error`` (an error transition) or ``fail`` (to the failure terminal)."""
     started_at: float

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import Problem
 from .guards import Guard
 
 __all__ = [
+    "TRANSITION_NAME",
     "ErrorTransitionSpec",
     "NoExit",
     "Outcome",
@@ -17,6 +21,10 @@ __all__ = [
     "TransitionSpec",
     "WorkflowSpec",
 ]
+
+
+TRANSITION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a transition name must match in full: usable as an LLM function or tool name everywhere."""
 
 
 class Outcome(enum.StrEnum):
@@ -45,7 +53,14 @@ class StateSpec:
     reads: tuple[str, ...] = ()
     """Context fields the action reads."""
     writes: tuple[str, ...] = ()
-    """Context fields the action writes; any other write is rejected at run time."""
+    """Context fields the action writes on every successful visit; a step that ends without
+    writing one of them fails. Any other write is rejected at run time."""
+    optional_reads: tuple[str, ...] = ()
+    """Context fields the action may read although no path need have written them: it handles
+    their default (``None``, say). The checker does not demand a write before them."""
+    optional_writes: tuple[str, ...] = ()
+    """Context fields the action may write on some visits only; the checker counts them as not
+    written."""
     initial: bool = False
     terminal: bool = False
     outcome: Outcome | None = None
@@ -78,11 +93,9 @@ class TransitionSpec:
     """What choosing this transition means; a policy reads it in decision states."""
     order: int = 0
     """Position among the source's exits, in declaration order; the first enabled one wins."""
-
-    @property
-    def name(self) -> str:
-        """A unique, readable identifier: ``source->target#order``."""
-        return f"{self.source}->{self.target}#{self.order}"
+    name: str = ""
+    """Unique in the workflow, matching :data:`TRANSITION_NAME`; by default ``source_to_target``
+    (made valid and unique by :class:`WorkflowSpec`). Policies, events, diagrams and stories use it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +108,8 @@ class ErrorTransitionSpec:
     max_traversals: int | None = None
     order: int = 0
     """Position among the source's error transitions, in declaration order."""
-
-    @property
-    def name(self) -> str:
-        """A unique, readable identifier: ``source-!ErrorType->target``."""
-        return f"{self.source}-!{getattr(self.error, '__name__', self.error)}->{self.target}"
+    name: str = ""
+    """Unique in the workflow, matching :data:`TRANSITION_NAME`; by default ``source_on_ErrorType``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +126,13 @@ class WorkflowSpec:
     """A workflow-wide cap on steps, on top of the bound the checker computes."""
     tools: tuple[Any, ...] = ()
     """The workflow's :class:`~statemachine_agent.tools.Tool` objects."""
+    problems: tuple[Problem, ...] = ()
+    """Problems found while declaring (a malformed guard or tool option, a foreign state): the
+    checker reports them with every other problem."""
     _by_name: Mapping[str, StateSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        _name_transitions(self)
         # First declaration wins; duplicates are reported by the checker, not hidden here.
         index: dict[str, StateSpec] = {}
         for s in self.states:
@@ -148,3 +162,58 @@ class WorkflowSpec:
         return tuple(
             sorted((t for t in self.error_transitions if t.source == name), key=lambda t: t.order)
         )
+
+
+_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _slug(text: object) -> str:
+    return _INVALID.sub("_", str(text)).strip("_") or "state"
+
+
+def default_transition_name(source: object, target: object) -> str:
+    """``source_to_target``, with characters a function name cannot hold replaced by ``_``."""
+    return f"{_slug(source)}_to_{_slug(target)}"
+
+
+def default_error_name(source: object, error: object) -> str:
+    """``source_on_ErrorType``."""
+    return f"{_slug(source)}_on_{_slug(getattr(error, '__name__', error))}"
+
+
+def _name_transitions(spec: WorkflowSpec) -> None:
+    """Give every unnamed transition its default name, unique and at most 64 characters long.
+
+    Names the user chose are kept as they are (the checker reports invalid or duplicate ones);
+    a default that collides gets ``_2``, ``_3``... Linear in the number of transitions.
+    """
+    taken: set[str] = set()
+    for t in (*spec.transitions, *spec.error_transitions):
+        name = getattr(t, "name", None)
+        if isinstance(name, str) and name:
+            taken.add(name)
+
+    def fresh(base: str) -> str:
+        base = base[:60]
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        return name
+
+    def named(items: tuple[Any, ...], make: Callable[[Any], str]) -> tuple[Any, ...]:
+        out = []
+        changed = False
+        for t in items:
+            if isinstance(t, (TransitionSpec, ErrorTransitionSpec)) and not t.name:
+                out.append(dataclasses.replace(t, name=fresh(make(t))))
+                changed = True
+            else:
+                out.append(t)
+        return tuple(out) if changed else items
+
+    object.__setattr__(spec, "transitions",
+                       named(spec.transitions, lambda t: default_transition_name(t.source, t.target)))
+    object.__setattr__(spec, "error_transitions",
+                       named(spec.error_transitions, lambda t: default_error_name(t.source, t.error)))

@@ -114,6 +114,8 @@ class Workflow(Generic[C]):
         initial: bool = False,
         reads: Iterable[str] = (),
         writes: Iterable[str] = (),
+        optional_reads: Iterable[str] = (),
+        optional_writes: Iterable[str] = (),
         decision: bool = False,
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
@@ -131,6 +133,8 @@ class Workflow(Generic[C]):
         initial: bool = False,
         reads: Iterable[str] = (),
         writes: Iterable[str] = (),
+        optional_reads: Iterable[str] = (),
+        optional_writes: Iterable[str] = (),
         decision: bool = False,
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
@@ -145,7 +149,8 @@ class Workflow(Generic[C]):
             if state_name is None:
                 raise TypeError(f"cannot name a state after {fn!r}: pass name='...'")
             return self.add_state(
-                state_name, fn, initial=initial, reads=reads, writes=writes, decision=decision,
+                state_name, fn, initial=initial, reads=reads, writes=writes,
+                optional_reads=optional_reads, optional_writes=optional_writes, decision=decision,
                 max_visits=max_visits, on_no_exit=on_no_exit,
                 description=description or (fn.__doc__ or "").strip(), tools=tools,
                 tool_deadline=tool_deadline,
@@ -163,6 +168,8 @@ class Workflow(Generic[C]):
         initial: bool = False,
         reads: Iterable[str] = (),
         writes: Iterable[str] = (),
+        optional_reads: Iterable[str] = (),
+        optional_writes: Iterable[str] = (),
         decision: bool = False,
         max_visits: int | None = None,
         on_no_exit: NoExit | str = NoExit.ERROR,
@@ -177,6 +184,8 @@ class Workflow(Generic[C]):
                 action=action,
                 reads=_field_names(reads, "reads", name),
                 writes=_field_names(writes, "writes", name),
+                optional_reads=_field_names(optional_reads, "optional_reads", name),
+                optional_writes=_field_names(optional_writes, "optional_writes", name),
                 initial=initial,
                 decision=decision,
                 max_visits=max_visits,
@@ -272,8 +281,13 @@ class Workflow(Generic[C]):
         default: bool = False,
         max_traversals: int | None = None,
         description: str = "",
+        name: str = "",
     ) -> Workflow[C]:
-        """Declare a transition; exits of a state are tried in the order they are declared."""
+        """Declare a transition; exits of a state are tried in the order they are declared.
+
+        ``name`` (default ``source_to_target``) identifies it to policies, events, diagrams and
+        stories; it must match ``[A-Za-z0-9_-]{1,64}`` so an LLM can use it as a function name.
+        """
         src, dst = self._name(source, "source"), self._name(target, "target")
         order = sum(1 for t in self._transitions if t.source == src)
         self._transitions.append(
@@ -285,6 +299,7 @@ class Workflow(Generic[C]):
                 max_traversals=max_traversals,
                 description=description,
                 order=order,
+                name=name,
             )
         )
         return self
@@ -296,11 +311,15 @@ class Workflow(Generic[C]):
         target: StateRef | str,
         *,
         max_traversals: int | None = None,
+        name: str = "",
     ) -> Workflow[C]:
-        """Route ``error`` (and its subclasses) raised by ``source``'s action to ``target``."""
+        """Route ``error`` (and its subclasses) raised by ``source``'s action to ``target``.
+
+        ``name`` defaults to ``source_on_ErrorType``.
+        """
         src, dst = self._name(source, "source"), self._name(target, "target")
         order = sum(1 for t in self._errors if t.source == src)
-        self._errors.append(ErrorTransitionSpec(src, error, dst, max_traversals, order))
+        self._errors.append(ErrorTransitionSpec(src, error, dst, max_traversals, order, name))
         return self
 
     # --- results -------------------------------------------------------------------------------

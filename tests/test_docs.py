@@ -86,6 +86,6 @@ def test_testing_page_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.
     message = str(info.value)
     assert "invariant 'at_most_two_retries' failed after step 5" in message
     assert "invariant 'at_most_two_retries' failed after step 5" in page
-    assert "5: backoff --backoff->gave_up#1--> gave_up  writes attempts=3" in message
-    assert "5: backoff --backoff->gave_up#1--> gave_up  writes attempts=3" in page
+    assert "5: backoff --backoff_to_gave_up--> gave_up  writes attempts=3" in message
+    assert "5: backoff --backoff_to_gave_up--> gave_up  writes attempts=3" in page
     assert (tmp_path / "retrying-story.json").exists()

@@ -83,7 +83,7 @@ def test_happy_path_result(run: Runner) -> None:
     assert ctx.attempts == 0
     assert (result.terminal, result.outcome, result.reason) == ("done", Outcome.SUCCESS, None)
     assert result.states == ["search", "summarize", "done"]
-    assert [s.transition for s in result.path] == ["search->summarize#0", "summarize->done#0"]
+    assert [s.transition for s in result.path] == ["search_to_summarize", "summarize_to_done"]
     assert result.context.answer == "A HIT"
     assert all(s.duration >= 0 and s.started_at > 0 for s in result.path)
     assert ctx.answer is None  # the caller's object is never mutated
@@ -132,7 +132,7 @@ def test_traversal_budget(run: Runner) -> None:
     wf.transition(poll, "done", guard=guard(lambda c: False, name="ready"))
     wf.transition(poll, poll, default=True, max_traversals=3)
     result = run(wf.compile(), Ctx(question="q"))
-    assert result.reason == "traversals of 'poll->poll#1' reached 3"
+    assert result.reason == "traversals of 'poll_to_poll' reached 3"
     assert result.steps == 4
 
 
@@ -312,7 +312,7 @@ def test_policy_picks_among_enabled_only(run: Runner) -> None:
                  hooks=[events.append])
     assert result.terminal == "escalated"
     assert result.path[0].rejected == ("'failed' is not an enabled transition; enabled: "
-                                       "'route->done#0', 'route->escalated#1'",)
+                                       "'route_to_done', 'route_to_escalated'",)
     rejected = [e for e in events if isinstance(e, PolicyChoiceRejected)]
     assert [(e.choice, e.attempt) for e in rejected] == [("failed", 1)]
 
@@ -395,7 +395,7 @@ def test_logging_debug_steps_and_warning_failures(run: Runner, caplog: pytest.Lo
     caplog.clear()
     run(research().compile(), Ctx(question="good"))
     steps = [r for r in caplog.records if r.name == "statemachine_agent" and r.levelno == logging.DEBUG]
-    assert [getattr(r, "transition", None) for r in steps] == ["search->summarize#0", "summarize->done#0"]
+    assert [getattr(r, "transition", None) for r in steps] == ["search_to_summarize", "summarize_to_done"]
     assert not [r for r in caplog.records if r.name.startswith("transitions")]
 
 
@@ -653,7 +653,7 @@ def test_writes_of_a_step_that_cannot_move_are_rolled_back(run: Runner) -> None:
     wf.transition(count, count, guard=guard(lambda c: c.attempts < 99, name="more"), max_traversals=2)
     wf.transition(count, "done", default=True)
     result = run(wf.compile(), Ctx(question="q"))
-    assert result.reason == "traversals of 'count->count#0' reached 2"
+    assert result.reason == "traversals of 'count_to_count' reached 2"
     assert result.context.attempts == 2  # the third increment was rolled back
 
 

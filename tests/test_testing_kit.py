@@ -238,7 +238,7 @@ def test_wrong_bound_is_found() -> None:
     assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 
-@pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "-!" not in c.goal
+@pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "_on_" not in c.goal
                                   and c.goal != "state failed"], ids=str)
 def test_every_edge_of_the_example_has_a_deterministic_case(case: Any) -> None:
     """follow() drives a run along each shortest path (guards and choices forced, actions real)."""
@@ -251,7 +251,7 @@ def test_shortest_paths_cover_every_state_and_transition() -> None:
     spec = research.workflow.spec()
     goals = [c.goal for c in shortest_paths(research.workflow)]
     assert len(goals) == len(spec.states) + len(spec.transitions) + len(spec.error_transitions)
-    assert "transition search->refine#1" in goals
+    assert "transition search_to_refine" in goals
 
 
 TestResearchMachine = workflow_state_machine(
@@ -296,7 +296,7 @@ def test_follow_reaches_a_decision_default_and_reports_divergence() -> None:
     wf.terminal("failed", outcome="failure")
     wf.transition("choose", "a", guard=guard(lambda c: True, name="fits a"), description="to a")
     wf.transition("choose", "b", default=True, description="otherwise")
-    [case] = [c for c in shortest_paths(wf) if c.goal == "transition choose->b#1"]
+    [case] = [c for c in shortest_paths(wf) if c.goal == "transition choose_to_b"]
     assert follow(wf, case, Doc(question="q")).terminal == "b"
 
     broken = Workflow("broken", Doc)
@@ -308,6 +308,6 @@ def test_follow_reaches_a_decision_default_and_reports_divergence() -> None:
     broken.terminal("done")
     broken.terminal("failed", outcome="failure")
     broken.transition("act", "done")
-    [case] = [c for c in shortest_paths(broken) if c.goal == "transition act->done#0"]
-    with pytest.raises(AssertionError, match="left the path at step 0: planned 'act->done#0'"):
+    [case] = [c for c in shortest_paths(broken) if c.goal == "transition act_to_done"]
+    with pytest.raises(AssertionError, match="left the path at step 0: planned 'act_to_done'"):
         follow(broken, case, Doc(question="q"))
