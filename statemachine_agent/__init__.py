@@ -10,7 +10,7 @@ from .context import Context
 from .errors import ContextAccessError, DefinitionError, Problem, RunError, StateMachineAgentError
 from .guards import Guard, guard
 from .policies import Decision, Option, Policy, first_enabled, scripted, seeded_random
-from .result import RunResult, Step
+from .result import RunResult, Step, result_of
 from .spec import NoExit, Outcome, WorkflowSpec
 from .workflow import StateRef, Workflow
 
@@ -35,6 +35,7 @@ __all__ = [
     "Workflow",
     "WorkflowSpec",
     "first_enabled",
+    "result_of",
     "guard",
     "scripted",
     "seeded_random",

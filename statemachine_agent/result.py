@@ -8,7 +8,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from .diagrams import jupyter_bundle, to_dot
 from .spec import Outcome
 
-__all__ = ["RunResult", "Step"]
+__all__ = ["RunResult", "Step", "result_of"]
 
 C = TypeVar("C")
 
@@ -111,3 +111,17 @@ class RunResult(Generic[C]):
             "context": dump(mode="json") if callable(dump) else ctx,
             "path": [s.to_dict() for s in self.path],
         }
+
+
+_RESULT_ATTR = "__statemachine_agent_result__"
+
+
+def result_of(error: BaseException) -> RunResult[Any] | None:
+    """The recorded run an unrouted exception ended, when ``run()`` raised it; else ``None``.
+
+    By default a run re-raises an exception no error transition routes (a bug should be loud),
+    after recording the run as ended in the failure terminal: ``except Exception as e:
+    result_of(e)`` gets that result.
+    """
+    found = getattr(error, _RESULT_ATTR, None)
+    return found if isinstance(found, RunResult) else None
