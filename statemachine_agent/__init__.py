@@ -35,8 +35,8 @@ __all__ = [
     "Workflow",
     "WorkflowSpec",
     "first_enabled",
-    "result_of",
     "guard",
+    "result_of",
     "scripted",
     "seeded_random",
 ]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, overload
+from typing import Any, Generic, TypeVar, overload
 
 __all__ = ["Guard", "guard"]
 
-Predicate = Callable[[Any], object]
+C = TypeVar("C", contravariant=True)
+D = TypeVar("D")
+
+Predicate = Callable[[C], bool]
+"""A function of the (read-only) context that says whether a transition is enabled."""
 
 
-class Guard:
+class Guard(Generic[C]):
     """A named predicate on the context that decides whether a transition is enabled.
 
     Guards compose: ``has_hits & ~too_long | forced``. A plain callable passed where a guard is
@@ -23,10 +27,10 @@ class Guard:
     """Shown in diagrams, events and checker messages."""
     reads: frozenset[str]
     """Context fields the predicate reads; the checker proves they are written before it runs."""
-    operands: tuple[Guard, ...]
+    operands: tuple[Guard[Any], ...]
     """The guards this one combines; empty for a leaf."""
 
-    def __init__(self, fn: Predicate, *, name: str | None = None, reads: Iterable[str] = ()) -> None:
+    def __init__(self, fn: Predicate[C], *, name: str | None = None, reads: Iterable[str] = ()) -> None:
         if not callable(fn):
             raise TypeError(f"a guard must be a callable taking the context, got {fn!r}")
         self._fn = fn
@@ -35,11 +39,11 @@ class Guard:
         self.operands = ()
 
     @property
-    def fn(self) -> Predicate:
+    def fn(self) -> Predicate[C]:
         """The predicate itself."""
         return self._fn
 
-    def __call__(self, context: Any) -> bool:
+    def __call__(self, context: C) -> bool:
         result = self._fn(context)
         if type(result) is not bool:
             raise TypeError(
@@ -48,34 +52,34 @@ class Guard:
             )
         return result
 
-    def leaves(self) -> Iterable[Guard]:
+    def leaves(self) -> Iterable[Guard[Any]]:
         """Every leaf guard this one is built from, left to right (iteratively: no depth limit)."""
-        todo: list[Guard] = [self]
+        todo: list[Guard[Any]] = [self]
         while todo:
             g = todo.pop()
             if not g.operands:
                 yield g
             todo.extend(reversed(g.operands))
 
-    def __and__(self, other: Guard | Predicate) -> Guard:
+    def __and__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
         return _combine("&", self, as_guard(other))
 
-    def __rand__(self, other: Guard | Predicate) -> Guard:
+    def __rand__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
         return _combine("&", as_guard(other), self)
 
-    def __or__(self, other: Guard | Predicate) -> Guard:
+    def __or__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
         return _combine("|", self, as_guard(other))
 
-    def __ror__(self, other: Guard | Predicate) -> Guard:
+    def __ror__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
         return _combine("|", as_guard(other), self)
 
-    def __invert__(self) -> Guard:
+    def __invert__(self) -> Guard[C]:
         inner = self
 
-        def negated(context: Any) -> bool:
+        def negated(context: C) -> bool:
             return not inner(context)
 
-        g = Guard(negated, name=f"not {_paren(inner)}", reads=inner.reads)
+        g: Guard[C] = Guard(negated, name=f"not {_paren(inner)}", reads=inner.reads)
         g.operands = (inner,)
         return g
 
@@ -83,21 +87,21 @@ class Guard:
         return f"Guard({self.name!r})"
 
 
-def _paren(g: Guard) -> str:
+def _paren(g: Guard[Any]) -> str:
     return f"({g.name})" if len(g.operands) > 1 else g.name
 
 
-def _combine(op: str, left: Guard, right: Guard) -> Guard:
+def _combine(op: str, left: Guard[D], right: Guard[D]) -> Guard[D]:
     if op == "&":
 
-        def both(context: Any) -> bool:
+        def both(context: D) -> bool:
             return left(context) and right(context)
 
-        fn: Predicate = both
+        fn: Predicate[D] = both
         word = "and"
     else:
 
-        def either(context: Any) -> bool:
+        def either(context: D) -> bool:
             return left(context) or right(context)
 
         fn = either
@@ -107,7 +111,7 @@ def _combine(op: str, left: Guard, right: Guard) -> Guard:
     return g
 
 
-def as_guard(value: Guard | Predicate) -> Guard:
+def as_guard(value: Guard[D] | Predicate[D]) -> Guard[D]:
     """Return ``value`` as a :class:`Guard`, wrapping a plain callable."""
     if isinstance(value, Guard):
         return value
@@ -115,21 +119,28 @@ def as_guard(value: Guard | Predicate) -> Guard:
 
 
 @overload
-def guard(fn: Predicate, /, *, name: str | None = None, reads: Iterable[str] = ()) -> Guard: ...
+def guard(fn: Predicate[D], /, *, name: str | None = None, reads: Iterable[str] = ()) -> Guard[D]: ...
 
 
 @overload
-def guard(*, name: str | None = None, reads: Iterable[str] = ()) -> Callable[[Predicate], Guard]: ...
+def guard(*, name: str | None = None,
+          reads: Iterable[str] = ()) -> Callable[[Predicate[D]], Guard[D]]: ...
 
 
 def guard(
-    fn: Predicate | None = None, /, *, name: str | None = None, reads: Iterable[str] = ()
-) -> Guard | Callable[[Predicate], Guard]:
-    """Declare a guard: ``@guard``, ``@guard(reads=["hits"])`` or ``guard(fn, name=..., reads=...)``."""
+    fn: Predicate[D] | None = None, /, *, name: str | None = None, reads: Iterable[str] = ()
+) -> Guard[D] | Callable[[Predicate[D]], Guard[D]]:
+    """Declare a guard: ``@guard``, ``@guard(reads=["hits"])`` or ``guard(fn, name=..., reads=...)``.
+
+    Typed over the context: ``@guard(reads=["hits"]) def has_hits(ctx: Research) -> bool`` is a
+    ``Guard[Research]``, which mypy accepts only on a workflow of ``Research`` (or a subclass).
+    For a lambda, let the workflow type it: ``wf.guard(lambda ctx: ..., reads=[...])`` or pass it
+    as ``transition(..., guard=lambda ctx: ...)``.
+    """
     if fn is not None:
         return Guard(fn, name=name, reads=reads)
 
-    def decorate(f: Predicate) -> Guard:
+    def decorate(f: Predicate[D]) -> Guard[D]:
         return Guard(f, name=name, reads=reads)
 
     return decorate

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import random
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Generic, TypeAlias, TypeVar
 
 __all__ = [
     "Decision",
     "Option",
     "Policy",
     "first_enabled",
+    "safe_repr",
     "scripted",
     "seeded_random",
 ]
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +32,13 @@ class Option:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Generic[C]):
     """What a policy is asked: the state, a read-only context, and the enabled options."""
 
     workflow: str
     state: str
-    context: Any
-    """Read-only: assigning to it raises."""
+    context: C
+    """The run's context, read-only: assigning to it (or changing a value in place) raises."""
     options: tuple[Option, ...]
     attempt: int
     """1 on the first ask; later asks follow rejected answers."""
@@ -44,11 +48,11 @@ class Decision:
 
 Choice: TypeAlias = Option | str
 """An :class:`Option`, or the name of one, or its target state when that is unambiguous."""
-Policy: TypeAlias = Callable[[Decision], Choice | Awaitable[Choice]]
+Policy: TypeAlias = Callable[[Decision[C]], Choice | Awaitable[Choice]]
 """A plain callable (sync or async) from a :class:`Decision` to a choice."""
 
 
-def first_enabled(decision: Decision) -> Option:
+def first_enabled(decision: Decision[Any]) -> Option:
     """The default policy: the first enabled transition, in declaration order."""
     return decision.options[0]
 
@@ -66,7 +70,7 @@ class scripted:  # lower case: reads as a function, like tenacity's strategies
         self.position = 0
         """How many answers were given."""
 
-    def __call__(self, decision: Decision) -> Choice:
+    def __call__(self, decision: Decision[Any]) -> Choice:
         if self.position >= len(self.choices):
             return None  # type: ignore[return-value]  # rejected by the runner, on purpose
         choice = self.choices[self.position]
@@ -81,28 +85,62 @@ class seeded_random:
         self.rng = random.Random(seed)
         """The generator; seeded, so the same seed gives the same choices."""
 
-    def __call__(self, decision: Decision) -> Option:
+    def __call__(self, decision: Decision[Any]) -> Option:
         return self.rng.choice(decision.options)
 
 
+def safe_repr(value: object, fn: Callable[[Any], str] = repr, limit: int = 200) -> str:
+    """``repr(value)`` (or ``fn(value)``), cut to ``limit`` characters; never raises, whatever the
+    value's ``__repr__`` does (hostile or broken objects end up in messages too)."""
+    try:
+        text: object = fn(value)
+    except Exception:
+        text = None
+    if type(text) is not str:
+        try:
+            name = type(value).__name__
+        except Exception:
+            name = "object"
+        return f"<{name} object that cannot be shown>"
+    assert isinstance(text, str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def resolve(choice: object, options: Sequence[Option]) -> tuple[Option | None, str]:
-    """Match a policy's answer to an enabled option, or say why it cannot be taken."""
-    if isinstance(choice, Option):
-        if choice in options:
-            return choice, ""
-        return None, f"{choice.name!r} is not enabled here; enabled: {_names(options)}"
-    if isinstance(choice, str):
-        by_name = [o for o in options if o.name == choice]
-        if by_name:
-            return by_name[0], ""
-        by_target = [o for o in options if o.target == choice]
+    """Match a policy's answer to an enabled option, or say why it cannot be taken.
+
+    Anything that is not an enabled option is rejected with a reason, never raised: the answer is
+    inspected by its type only (``type()``, not ``isinstance``, which asks the object's own
+    ``__class__``), strings are compared as plain ``str`` (a subclass's ``__eq__`` or ``__hash__``
+    is never called), and the reason shows the answer through :func:`safe_repr`.
+    """
+    kind = type(choice)
+    if kind is Option:
+        assert isinstance(choice, Option)
+        for o in options:
+            if o is choice or (o.name == choice.name and o.target == choice.target):
+                return o, ""
+        return None, f"{safe_repr(choice.name)} is not enabled here; enabled: {_names(options)}"
+    if issubclass(kind, str):
+        # A plain copy: a str subclass's own __eq__/__hash__ (maybe hostile) is never called.
+        text = str.__getitem__(typing.cast(str, choice), slice(None))
+        assert type(text) is str
+        for o in options:
+            if o.name == text:
+                return o, ""
+        by_target = [o for o in options if o.target == text]
         if len(by_target) == 1:
             return by_target[0], ""
         if by_target:
-            return None, f"{choice!r} names several enabled transitions; answer one of {_names(by_target)}"
-        return None, f"{choice!r} is not an enabled transition; enabled: {_names(options)}"
-    return None, (f"a policy must answer an Option or a transition name, got "
-                  f"{type(choice).__name__} {choice!r}")
+            return None, (f"{safe_repr(text)} names several enabled transitions; answer one of "
+                          f"{_names(by_target)}")
+        return None, f"{safe_repr(text)} is not an enabled transition; enabled: {_names(options)}"
+    try:
+        kind_name = kind.__name__
+    except Exception:
+        kind_name = "object"
+    return None, (f"a policy must answer an Option or a transition name, got {safe_repr(kind_name, str)} "
+                  f"{safe_repr(choice)}")
 
 
 def _names(options: Sequence[Option]) -> str:

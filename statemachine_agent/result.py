@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from .diagrams import jupyter_bundle, to_dot
 from .spec import Outcome
 
-__all__ = ["RunResult", "Step", "result_of"]
+__all__ = ["RunResult", "Step", "StepKind", "result_of"]
 
 C = TypeVar("C")
+
+
+class StepKind(enum.StrEnum):
+    """How a step left its state."""
+
+    TRANSITION = "transition"
+    """Along a declared transition."""
+    ERROR = "error"
+    """Along an error transition: the action raised, and its writes were discarded."""
+    FAIL = "fail"
+    """To the workflow's failure terminal: a budget ran out, no exit was enabled, or an error no
+    transition routes."""
 
 
 class Step(NamedTuple):
@@ -24,8 +36,8 @@ class Step(NamedTuple):
     """Where the step went."""
     transition: str
     """The transition's name (``plan_to_search``, ``search_on_TimeoutError`` or ``fail``)."""
-    kind: str
-    """``transition``, ``error`` (an error transition) or ``fail`` (to the failure terminal)."""
+    kind: StepKind
+    """How the step left its state."""
     started_at: float
     """Wall-clock time (seconds since the epoch) when the step began."""
     duration: float
@@ -36,6 +48,8 @@ class Step(NamedTuple):
     """Reasons the policy's earlier answers were rejected, in order."""
     ran: bool = True
     """Whether the state's action ran (not when a budget stopped the run before it)."""
+    writes: tuple[str, ...] = ()
+    """The fields the step changed (assigned or changed in place); empty when it failed."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record of the step."""
@@ -50,6 +64,7 @@ class Step(NamedTuple):
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             "rejected": list(self.rejected),
             "ran": self.ran,
+            "writes": list(self.writes),
         }
 
 
@@ -76,11 +91,14 @@ class RunResult(Generic[C]):
         if self.compiled is None:
             raise ValueError("this result does not know its workflow: use "
                              "statemachine_agent.diagrams.to_dot(compiled, result)")
-        return to_dot(self.compiled, self, rankdir=rankdir)
+        return self.compiled.diagram(self, rankdir=rankdir)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """Jupyter shows the run over its workflow as SVG (text when Graphviz is missing)."""
-        return jupyter_bundle(self.diagram() if self.compiled is not None else None, repr(self))
+        if self.compiled is None:
+            return {"text/plain": repr(self)}
+        bundle: dict[str, str] = self.compiled._repr_mimebundle_(run=self)
+        return bundle
 
     @property
     def ok(self) -> bool:
@@ -106,6 +124,7 @@ class RunResult(Generic[C]):
             "run_id": self.run_id,
             "terminal": self.terminal,
             "outcome": self.outcome.value,
+            "steps": self.steps,
             "reason": self.reason,
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             "context": dump(mode="json") if callable(dump) else ctx,

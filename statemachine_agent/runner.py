@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextlib
 import copy
-import difflib
-import enum
-import inspect
 import logging
+import threading
 import time
+import types
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
+from ._plan import ErrorExit, Exit, Plan, Token
+from ._views import SCALARS, ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
+from .context import is_unset
 from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed
 from .events import (
     BudgetExhausted,
@@ -28,250 +32,71 @@ from .events import (
     StepStarted,
     TransitionTaken,
 )
-from .policies import Decision, Option, Policy, first_enabled, resolve
-from .result import RunResult, Step
+from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
+from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
 from .tools import Tools, _positive
 
 if TYPE_CHECKING:
-    from .compile import CompiledWorkflow, ErrorExit, Exit, Plan
+    from .compile import CompiledWorkflow
 
-__all__ = ["ContextView", "ReadOnlyContext", "Run", "run_blocking"]
+__all__ = ["MissingWrite", "Run", "RunOptions", "run_blocking"]
 
 log = logging.getLogger("statemachine_agent")
 
-C = TypeVar("C")
+C = TypeVar("C", bound=BaseModel)
 T = TypeVar("T")
 
-# Values that cannot be changed in place need no defensive copy (a tuple may hold a list: copied).
-_IMMUTABLE = (str, int, float, bool, bytes, type(None), enum.Enum)
+
+class RunOptions(TypedDict, Generic[C], total=False):
+    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
+
+    policy: Policy[C] | None
+    """Picks among the enabled transitions in decision states (default: the first enabled)."""
+    hooks: Sequence[Hook]
+    """Called with every event of this run, after the workflow's own hooks."""
+    max_steps: int | None
+    """A step budget (default: the checker's worst-case bound)."""
+    timeout: float | None
+    """Seconds the whole run may take, hooks included, on the run's clock."""
+    max_policy_attempts: int
+    """How many answers a policy may give per decision before the run fails (default 3)."""
+    raise_errors: bool
+    """Re-raise an exception no error transition routes, after recording the run (default True)."""
+    run_id: str | None
+    clock: Clock | None
+    """Where timeouts, retries and rate limits read the time (default: the system clock)."""
 
 
-_FLAT = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-def _copy_of(value: Any) -> Any:
-    """A copy that shares nothing mutable with ``value`` (cheap for flat lists, dicts and sets)."""
-    if isinstance(value, _IMMUTABLE):
-        return value
-    kind = type(value)
-    if kind is list or kind is set or kind is tuple or kind is frozenset:
-        if all(type(x) in _FLAT for x in value):
-            return value if kind is tuple or kind is frozenset else value.copy()
-    elif kind is dict and all(type(x) in _FLAT for x in value.values()):
-        return value.copy()
-    return copy.deepcopy(value)
-
-
-class _Token:
-    """The machine's model for one run: identity-equal, with nothing for transitions to decorate."""
-
-    __slots__ = ("state",)
-
-    def __init__(self, state: str) -> None:
-        self.state = state
-
-
-class ContextView:
-    """What an action receives: the context, limited to the state's declared reads and writes.
-
-    Writes are validated by pydantic as they happen. Before the first change in a step the view
-    snapshots the context, so a step that fails is rolled back and leaves no trace. Values of
-    fields the state only reads are copies: changing them in place changes nothing. A view serves
-    one step; using it afterwards (say, from a task the action left behind) raises.
-    """
-
-    # No __slots__: one instance-dict assignment builds a view, and the per-step state starts
-    # from these class defaults (a view is made for every step, so this is on the hot path).
-    _sa_model: BaseModel
-    _sa_plan: Plan | None
-    _sa_written: set[str]
-    _sa_fields: frozenset[str]
-    _sa_snapshot: tuple[dict[str, Any], set[str]] | None = None
-    _sa_dirty: list[str] | None = None
-    _sa_copied: set[str] | None = None
-    _sa_reads: dict[str, Any] | None = None
-    """Copies of read-only values handed out this step: one per field, so reads agree."""
-
-    def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str]) -> None:
-        object.__setattr__(self, "__dict__", {"_sa_model": model, "_sa_plan": plan, "_sa_written": written,
-                                              "_sa_fields": fields})
-
-    def _sa_close(self) -> None:
-        """End the step: the view refuses any further use."""
-        object.__setattr__(self, "_sa_plan", None)
-
-    def _sa_live(self, name: str) -> Plan:
-        plan = self._sa_plan
-        if plan is None:
-            raise ContextAccessError("", name, f"the context view was used after its step ended (touching "
-                                     f"{name!r}): a task an action starts must finish within the action")
-        return plan
-
-    def _sa_snap(self) -> BaseModel:
-        model = self._sa_model
-        if self._sa_snapshot is None:
-            object.__setattr__(self, "_sa_snapshot",
-                               (dict(model.__dict__), set(model.__pydantic_fields_set__)))
-        return model
-
-    def _sa_rollback(self) -> None:
-        """Undo every change of the current step."""
-        snap = self._sa_snapshot
-        if snap is not None:
-            model = self._sa_model
-            object.__setattr__(model, "__dict__", snap[0])
-            object.__setattr__(model, "__pydantic_fields_set__", snap[1])
-            object.__setattr__(self, "_sa_snapshot", None)
-        object.__setattr__(self, "_sa_dirty", None)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
-        plan = self._sa_live(name)
-        if name in plan.allowed:
-            if name not in self._sa_written and (self._sa_dirty is None or name not in self._sa_dirty):
-                raise ContextAccessError(
-                    plan.name, name,
-                    f"state {plan.name!r} read {name!r} before any step set it: declare it in "
-                    f"reads=[...] so the checker proves it is written first, or write it before reading",
-                )
-            value = getattr(self._sa_model, name)
-            if isinstance(value, _IMMUTABLE):
-                return value
-            if name not in plan.writes:
-                # Read-only: in-place changes must not reach the context.
-                cache = self._sa_reads
-                if cache is None:
-                    cache = self.__dict__["_sa_reads"] = {}
-                elif name in cache:
-                    return cache[name]
-                value = cache[name] = _copy_of(value)
-                return value
-            copied = self._sa_copied
-            if copied is None:
-                copied = set()
-                object.__setattr__(self, "_sa_copied", copied)
-            if name not in copied:
-                # A writable field may be changed in place: work on a copy, keep the original
-                # in the snapshot for a rollback.
-                model = self._sa_snap()
-                value = _copy_of(value)
-                model.__dict__[name] = value
-                copied.add(name)
-            return value
-        if name in self._sa_fields:
-            raise ContextAccessError(
-                plan.name, name,
-                f"state {plan.name!r} read {name!r}, which it does not declare: add {name!r} to "
-                f"reads=[...] of state {plan.name!r}",
-            )
-        close = difflib.get_close_matches(name, sorted(self._sa_fields), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ContextAccessError(
-            plan.name, name,
-            f"state {plan.name!r} used {name!r}, which is not a field of {type(self._sa_model).__name__}"
-            f"{hint}: an action sees only the fields its state declares",
-        )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        plan = self._sa_live(name)
-        if name in plan.writes:
-            model = self._sa_model
-            if self._sa_snapshot is None:
-                object.__setattr__(self, "_sa_snapshot",
-                                   (dict(model.__dict__), set(model.__pydantic_fields_set__)))
-            setattr(model, name, value)  # pydantic validates here, in the action
-            dirty = self._sa_dirty
-            if dirty is None:
-                object.__setattr__(self, "_sa_dirty", [name])
-            else:
-                dirty.append(name)
-            if not isinstance(value, _IMMUTABLE):
-                # The action holds this object already: no defensive copy on a later read.
-                copied = self._sa_copied
-                if copied is None:
-                    object.__setattr__(self, "_sa_copied", {name})
-                else:
-                    copied.add(name)
-            return
-        if name in self._sa_fields:
-            raise ContextAccessError(
-                plan.name, name,
-                f"state {plan.name!r} wrote {name!r}, which it does not declare: add {name!r} to "
-                f"writes=[...] of state {plan.name!r}",
-            )
-        raise ContextAccessError(
-            plan.name, name,
-            f"state {plan.name!r} set {name!r}, which is not a field of "
-            f"{type(self._sa_model).__name__}: declare the field on the context model",
-        )
-
-    def __delattr__(self, name: str) -> None:
-        plan = self._sa_live(name)
-        raise ContextAccessError(plan.name, name, f"state {plan.name!r} deleted {name!r}: "
-                                 "context fields cannot be deleted; assign None instead")
-
-    def __repr__(self) -> str:
-        plan = self._sa_plan
-        return f"<context view of {self._sa_model!r} for state {plan.name if plan else '(closed)'!r}>"
-
-
-class ReadOnlyContext:
-    """The context as guards and policies see it: every field readable (as a copy), nothing writable."""
-
-    __slots__ = ("_sa_model",)
-
-    def __init__(self, model: BaseModel) -> None:
-        object.__setattr__(self, "_sa_model", model)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = getattr(self._sa_model, name)
-        return value if isinstance(value, _IMMUTABLE) or callable(value) else _copy_of(value)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"guards and policies cannot change the context (tried to set {name!r})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"guards and policies cannot change the context (tried to delete {name!r})")
-
-    def __repr__(self) -> str:
-        return f"<read-only {self._sa_model!r}>"
+class MissingWrite(ContextAccessError):
+    """A step ended without writing a field its state declares in ``writes=[...]``."""
 
 
 class _Failed(Exception):
     """Internal: the step ends in the failure terminal for ``reason``."""
 
-    def __init__(self, reason: str, budget: str | None = None, rejected: tuple[str, ...] = ()) -> None:
+    def __init__(self, reason: str, budget: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.budget = budget
-        self.rejected = rejected
 
 
-class _DeadlinePassed(Exception):
-    """Internal: the run's own deadline (``timeout=``) cut the step."""
+class _ActionTimeout(Exception):
+    """Internal: marks a TimeoutError raised by the action itself, to route it like any error."""
 
 
 class Run(Generic[C]):
-    """One run of a compiled workflow. Drive it with ``await run.run_to_end()`` or ``async for``."""
+    """One run of a compiled workflow. Drive it with ``await run.run_to_end()`` or ``async for``.
 
-    def __init__(
-        self,
-        workflow: CompiledWorkflow[C],
-        context: C | dict[str, Any],
-        *,
-        policy: Policy | None = None,
-        hooks: Sequence[Hook] = (),
-        max_steps: int | None = None,
-        timeout: float | None = None,
-        max_policy_attempts: int = 3,
-        raise_errors: bool = False,
-        run_id: str | None = None,
-        clock: Clock | None = None,
-    ) -> None:
+    One step at a time: a second ``step()`` while one is in progress is refused with
+    :class:`~.errors.RunError` and changes nothing.
+    """
+
+    def __init__(self, workflow: CompiledWorkflow[C], context: C | dict[str, Any],
+                 *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+                 max_steps: int | None = None, timeout: float | None = None,
+                 max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
+                 clock: Clock | None = None) -> None:
         model = workflow.context_type
         if isinstance(context, dict):
             context = model.model_validate(context)
@@ -288,29 +113,36 @@ class Run(Generic[C]):
                 or max_policy_attempts < 1:
             raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
         if policy is not None and not callable(policy):
-            raise TypeError(f"policy {policy!r} is not callable: give a function of a Decision")
+            raise TypeError(f"policy={policy!r} is not callable: give a function of a Decision")
+        if isinstance(hooks, (str, bytes)) or not isinstance(hooks, collections.abc.Iterable):
+            raise TypeError(f"hooks={safe_repr(hooks)}: give a list of callables taking an Event")
+        own_hooks = tuple(hooks)
+        for h in own_hooks:
+            if not callable(h):
+                raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable taking "
+                                "an Event")
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock={safe_repr(clock)} has no now(), async sleep() and timeout_at(): "
+                            "give a statemachine_agent.clock.Clock such as FakeClock()")
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id={safe_repr(run_id)}: give a string")
         self.workflow = workflow
-        # One private copy per run: the caller's object is never mutated, and steps change this
-        # one in place (rolled back when a step fails).
-        # A shallow copy is enough: every way in (views, guards, policies) hands out copies of
-        # mutable values, so nothing the caller holds is ever changed in place.
-        base: BaseModel = context.model_copy()  # type: ignore[union-attr]
-        self.context: C = base  # type: ignore[assignment]
+        # A shallow copy: the run works on its own model object. Mutable values stay shared with
+        # the caller's input until the run writes them (a write in place copies the field first);
+        # the result gets copies of the ones it never wrote (see _finish), so nothing the caller
+        # holds is ever changed and the result shares nothing with it.
+        base = context.model_copy()
+        self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
-        self.policy: Policy = policy or first_enabled
-        self.hooks: tuple[Hook, ...] = (*workflow.hooks, *hooks)
+        self.policy: Policy[C] = policy or first_enabled
+        self.hooks: tuple[Hook, ...] = (*workflow.hooks, *own_hooks)
         self.max_steps: int = max_steps if max_steps is not None else workflow.max_steps
         self.timeout = timeout
         self.max_policy_attempts = max_policy_attempts
         self.raise_errors = raise_errors
         self.run_id: str = run_id or uuid.uuid4().hex
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock={clock!r} has no now() and async sleep(): give a "
-                            "statemachine_agent.clock.Clock such as FakeClock()")
-        self.clock: Clock = clock or SystemClock()
-        """Where tool retries and rate limits read the time and sleep."""
-        self.state: str = workflow.initial
-        """The current state."""
+        self.clock: Clock = clock or _SYSTEM_CLOCK
+        """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] = []
         self.actions_run = 0
         self.visits: dict[str, int] = {}
@@ -318,15 +150,26 @@ class Run(Generic[C]):
         self.result: RunResult[C] | None = None
         """Set when the run has entered a terminal state."""
         self._plans = workflow.plans
-        self._written: set[str] = set(workflow.fields_at_start) | {
-            f for f in base.model_fields_set if getattr(base, f) is not None
-        }
+        d = base.__dict__
+        self._written: set[str] = set(workflow.fields_at_start)
+        for f in base.model_fields_set:
+            v = d.get(f)
+            if v is not None and not is_unset(v):
+                self._written.add(f)
+        self._owned: set[str] = {f for f, v in d.items() if type(v) in SCALARS}
         self._fields = workflow.field_names
-        self._readonly = ReadOnlyContext(base)  # what guards and policies see
-        self._token = _Token(workflow.initial)
+        self._token = Token(workflow.initial, ReadOnlyContext(base), self.traversals)
+        self._machine = workflow.machine
         self._deadline: float | None = None
         self._started = False
+        self._busy = False
+        self._rejected: list[str] = []
         self._clock0 = (time.time(), time.perf_counter())
+
+    @property
+    def state(self) -> str:
+        """The current state, as the workflow's ``transitions`` machine holds it for this run."""
+        return self._token.state
 
     # --- driving ---------------------------------------------------------------------------------
     async def run_to_end(self) -> RunResult[C]:
@@ -346,14 +189,25 @@ class Run(Generic[C]):
 
     async def step(self) -> Step:
         """Run one step: the current state's action, then one declared transition."""
+        if self._busy:
+            raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
+                           "the next one (one step at a time per run)")
         if self.result is not None:
             raise RunError(f"run {self.run_id} has already ended in {self.result.terminal!r}")
+        self._busy = True
+        try:
+            return await self._step()
+        finally:
+            self._busy = False
+
+    async def _step(self) -> Step:
         if not self._started:
             await self._start()
-        plan = self._plans[self.state]
+        plan = self._plans[self._token.state]
         index = len(self.path)
         t0 = time.perf_counter()
         name = plan.name
+        self._rejected = []
         visits = self.visits.get(name, 0)
         # The specific budget first: when the default max_steps (the static bound) runs out, a
         # visit budget is usually the real cause, and naming it says which loop to look at.
@@ -365,36 +219,40 @@ class Run(Generic[C]):
                                     f"max_steps of {self.max_steps} reached before state {name!r}",
                                     budget="max_steps", ran=False)
         deadline = self._deadline
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        if deadline is not None and self.clock.now() >= deadline:
             return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
                                     f"{name!r}", budget="deadline", ran=False)
         self.visits[name] = visits + 1
         self.actions_run += 1
-        if self.hooks:
-            await self._emit(StepStarted(self.run_id, self.workflow.name, index, name, visits + 1))
-        view = ContextView(self.context, plan, self._written, self._fields)  # type: ignore[arg-type]
-        rejected: tuple[str, ...] = ()
+        view = ContextView(self.context, plan, self._written, self._fields, self._owned)
+        chosen: Exit | None
         try:
             if deadline is not None:
+                scope = self.clock.timeout_at(deadline)
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with scope:
                         try:
-                            chosen, rejected = await self._act_and_choose(plan, view, index)
+                            chosen = await self._act_and_choose(plan, view, index)
                         except TimeoutError as own:
                             # Raised inside the block, so it is the action's own, not our
                             # deadline's (which surfaces only when the block exits).
                             raise _ActionTimeout from own
                 except TimeoutError:
-                    raise _DeadlinePassed from None
-            elif plan.is_async or plan.decision or plan.takes_tools:
-                chosen, rejected = await self._act_and_choose(plan, view, index)
+                    if not scope.expired():
+                        raise
+                    raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
+                                  budget="deadline") from None
+            elif plan.is_async or plan.decision or plan.takes_tools or self.hooks:
+                chosen = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
-                if out is not None and inspect.isawaitable(out):
+                if out is not None and _awaitable(out):
                     await out
-                model = self._readonly
+                if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
+                    self._missing_write(plan, view)
+                model = self._token
                 for chosen in plan.exits:
-                    if chosen.guard is None or chosen.guard(model):
+                    if chosen(model):
                         break
                 else:
                     chosen = plan.default
@@ -404,39 +262,32 @@ class Run(Generic[C]):
             if not isinstance(exc, Exception):
                 raise  # cancellation and interruption are never routed
             if isinstance(exc, _Failed):
-                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget, rejected=exc.rejected)
-            if isinstance(exc, _DeadlinePassed):
-                return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed in state "
-                                        f"{name!r}", budget="deadline")
+                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
             if isinstance(exc, ContextAccessError):
-                if self.raise_errors:
-                    raise
-                return await self._fail(plan, index, t0, str(exc), error=exc)
+                return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
             if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
             return await self._route(plan, index, t0, exc)
         view._sa_close()
         if chosen is None:
             view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
-            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled",
-                                    rejected=rejected)
+            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
         bound = chosen.bound
         if bound is not None and self.traversals[chosen.key] >= bound:
             view._sa_rollback()
-            return await self._fail(plan, index, t0, f"traversals of {chosen.spec.name!r} reached {bound}",
-                                    budget="max_traversals", rejected=rejected)
+            return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
+                                    budget="max_traversals")
         # The step succeeded: its writes stand; now move.
-        if view._sa_dirty:
-            self._written.update(view._sa_dirty)
-        target = chosen.spec.target
-        # The machine checks that the move is declared from the current state, and records it.
-        if not chosen.trigger.trigger(self._token) or self._token.state != target:
-            raise RunError(f"internal error: the machine refused {chosen.spec.name} from {name!r}")
-        self.state = target
+        dirty = view._sa_dirty
+        if dirty:
+            self._written.update(dirty)
+            self._owned.update(dirty)
+        self._machine.events[chosen.name].trigger(self._token)
         self.traversals[chosen.key] += 1
-        t1 = time.perf_counter()
-        step = Step(index, name, target, chosen.spec.name, "transition", self._wall(t0), t1 - t0, None,
-                    rejected)
+        target = chosen.target
+        step = Step(index, name, target, chosen.name, StepKind.TRANSITION, self._wall(t0),
+                    time.perf_counter() - t0, None, tuple(self._rejected), True,
+                    tuple(dirty) if dirty else ())
         self.path.append(step)
         if self.hooks or log.isEnabledFor(logging.DEBUG) or self._plans[target].terminal:
             await self._after(step)
@@ -446,62 +297,71 @@ class Run(Generic[C]):
     async def _start(self) -> None:
         self._started = True
         if self.timeout is not None:
-            self._deadline = asyncio.get_running_loop().time() + self.timeout
+            self._deadline = self.clock.now() + self.timeout
         if self.hooks:
             wf = self.workflow
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial,
-                                        self.context.model_copy(deep=True),  # type: ignore[attr-defined]
+            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, self.context.model_copy(deep=True),
                                         self.max_steps))
 
     def _wall(self, t: float) -> float:
         wall0, perf0 = self._clock0
         return wall0 + (t - perf0)
 
-    def _first_enabled(self, plan: Plan) -> Exit | None:
-        model = self._readonly
-        for x in plan.exits:
-            if x.guard is None or x.guard(model):
-                return x
-        return plan.default
+    def _missing_write(self, plan: Plan, view: ContextView) -> None:
+        dirty = view._sa_dirty or _EMPTY
+        missing = sorted(plan.writes - dirty)
+        field = missing[0]
+        raise MissingWrite(
+            plan.name, field,
+            f"state {plan.name!r} ended without writing {_q(missing)}, which it declares in "
+            f"writes=[...]: write {'it' if len(missing) == 1 else 'them'} on every successful visit, "
+            f"or declare {'it' if len(missing) == 1 else 'them'} in optional_writes=[...] (then no "
+            "later state may rely on it)",
+        )
 
-    async def _act_and_choose(self, plan: Plan, view: ContextView,
-                              index: int) -> tuple[Exit | None, tuple[str, ...]]:
+    async def _act_and_choose(self, plan: Plan, view: ContextView, index: int) -> Exit | None:
+        if self.hooks:
+            await self._emit(StepStarted(self.run_id, self.workflow.name, index, plan.name,
+                                         self.visits[plan.name]))
         action = plan.action
         assert action is not None
         if plan.takes_tools:
-            deadline = None if plan.tool_deadline is None else \
-                asyncio.get_running_loop().time() + plan.tool_deadline
+            deadline = None if plan.tool_deadline is None else self.clock.now() + plan.tool_deadline
             out = action(view, Tools(self.workflow.tools, plan.tools, clock=self.clock, deadline=deadline,
                                      run=self, state=plan.name, step=index))
         else:
             out = action(view)
-        if out is not None and inspect.isawaitable(out):
+        if out is not None and _awaitable(out):
             await out
-        model = self._readonly
+        if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
+            self._missing_write(plan, view)
+        token = self._token
         if not plan.decision:
-            return self._first_enabled(plan), ()
+            for x in plan.exits:
+                if x(token):
+                    return x
+            return plan.default
         # An exit whose traversal budget is spent is not enabled: the policy never sees it.
-        enabled = [x for x in plan.exits if (x.guard is None or x.guard(model))
-                   and (x.bound is None or self.traversals[x.key] < x.bound)]
+        enabled = [x for x in plan.exits if x.enabled(token)]
         if not enabled:
-            return plan.default, ()
+            return plan.default
         if len(enabled) == 1:
-            return enabled[0], ()
-        return await self._ask_policy(plan, model, enabled, index)
+            return enabled[0]
+        return await self._ask_policy(plan, enabled, index)
 
-    async def _ask_policy(self, plan: Plan, model: Any, enabled: list[Exit],
-                          index: int) -> tuple[Exit, tuple[str, ...]]:
-        options = tuple(Option(x.spec.name, x.spec.target, x.spec.description) for x in enabled)
-        rejected: list[str] = []
-        readonly = model
+    async def _ask_policy(self, plan: Plan, enabled: list[Exit], index: int) -> Exit:
+        options = tuple(Option(x.name, x.target, x.spec.description) for x in enabled)
+        rejected = self._rejected
+        readonly: Any = self._token.context
         for attempt in range(1, self.max_policy_attempts + 1):
-            decision = Decision(self.workflow.name, plan.name, readonly, options, attempt, tuple(rejected))
-            answer: Any = self.policy(decision)
-            if inspect.isawaitable(answer):
+            decision: Decision[C] = Decision(self.workflow.name, plan.name, readonly, options, attempt,
+                                             tuple(rejected))
+            answer: Any = self.policy(decision)  # an exception here is the policy's own error
+            if _awaitable(answer):
                 answer = await answer
             option, why = resolve(answer, options)
             if option is not None:
-                return enabled[options.index(option)], tuple(rejected)
+                return enabled[options.index(option)]
             rejected.append(why)
             log.warning("policy answer rejected in %r: %s", plan.name, why,
                         extra={"workflow": self.workflow.name, "run_id": self.run_id,
@@ -510,43 +370,34 @@ class Run(Generic[C]):
                 await self._emit(PolicyChoiceRejected(self.run_id, self.workflow.name, index, plan.name,
                                                       answer, why, attempt))
         raise _Failed(f"the policy gave no valid choice in state {plan.name!r} after "
-                      f"{self.max_policy_attempts} attempts; last: {rejected[-1]}", rejected=tuple(rejected))
-
-    def _fire(self, trigger: Any, target: str) -> None:
-        # The machine checks that the move is declared from the current state, and records it.
-        ok = trigger.trigger(self._token)
-        if not ok or self._token.state != target:
-            raise RunError(f"internal error: the machine refused {trigger.name} from {self.state!r}")
-        self.state = target
+                      f"{self.max_policy_attempts} attempts; last: {rejected[-1]}")
 
     async def _route(self, plan: Plan, index: int, t0: float, exc: Exception) -> Step:
         route = _most_specific(plan.errors, exc)
         if route is None:
-            if self.raise_errors:
-                raise exc
             return await self._fail(
                 plan, index, t0,
-                f"state {plan.name!r} raised {type(exc).__name__}: {exc}; no error transition routes it",
-                error=exc,
+                f"state {plan.name!r} raised {type(exc).__name__}: {safe_repr(exc, str)}; no error "
+                "transition routes it",
+                error=exc, loud=True,
             )
         bound = route.bound
         if bound is not None and self.traversals[route.key] >= bound:
             return await self._fail(plan, index, t0, f"traversals of {route.spec.name!r} reached {bound}",
                                     budget="max_traversals", error=exc)
         target = route.spec.target
-        self._fire(route.trigger, target)
+        self._machine.events[route.spec.name].trigger(self._token)
         self.traversals[route.key] += 1
         if self.hooks:
             await self._emit(ErrorRouted(self.run_id, self.workflow.name, index, plan.name, exc, target))
-        step = Step(index, plan.name, target, route.spec.name, "error", self._wall(t0),
-                    time.perf_counter() - t0, exc)
+        step = Step(index, plan.name, target, route.spec.name, StepKind.ERROR, self._wall(t0),
+                    time.perf_counter() - t0, exc, tuple(self._rejected))
         self.path.append(step)
         await self._after(step)
         return step
 
     async def _fail(self, plan: Plan, index: int, t0: float, reason: str, *, budget: str | None = None,
-                    error: BaseException | None = None, ran: bool = True,
-                    rejected: tuple[str, ...] = ()) -> Step:
+                    error: Exception | None = None, ran: bool = True, loud: bool = False) -> Step:
         wf = self.workflow
         target = wf.failure_terminal
         log.warning("%s: run %s fails in state %r: %s", wf.name, self.run_id, plan.name, reason,
@@ -554,11 +405,14 @@ class Run(Generic[C]):
                            "step": index, "budget": budget, "reason": reason})
         if budget is not None and self.hooks:
             await self._emit(BudgetExhausted(self.run_id, wf.name, index, plan.name, budget, reason))
-        self._fire(wf.fail_trigger, target)
-        step = Step(index, plan.name, target, "fail", "fail", self._wall(t0), time.perf_counter() - t0,
-                    error, rejected, ran)
+        self._machine.events[_FAIL].trigger(self._token)
+        step = Step(index, plan.name, target, "fail", StepKind.FAIL, self._wall(t0),
+                    time.perf_counter() - t0, error, tuple(self._rejected), ran)
         self.path.append(step)
         await self._after(step, reason=reason, error=error)
+        if loud and error is not None and self.raise_errors:
+            _attach(error, self.result, reason)
+            raise error
         return step
 
     async def _after(self, step: Step, *, reason: str | None = None,
@@ -578,31 +432,76 @@ class Run(Generic[C]):
             return
         outcome = plan.outcome or Outcome.FAILURE
         if outcome is Outcome.FAILURE and reason is None:
-            reason = (f"state {step.state!r} raised {type(step.error).__name__}: {step.error}; routed "
-                      f"to {step.target!r}" if step.error is not None
+            reason = (f"state {step.state!r} raised {type(step.error).__name__}: "
+                      f"{safe_repr(step.error, str)}; routed to {step.target!r}" if step.error is not None
                       else f"reached failure terminal {step.target!r} from {step.state!r}")
+        self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
                                 tuple(self.path), reason, error, wf)
-        if outcome is Outcome.FAILURE and step.kind != "fail":
+        if outcome is Outcome.FAILURE and step.kind is not StepKind.FAIL:
             log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
                         step.target, reason,
                         extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
         if self.hooks:
             await self._emit(RunFinished(self.run_id, wf.name, self.result))
 
+    def _finish(self) -> None:
+        """Give the result its own copy of every mutable value the run never wrote (those are still
+        the caller's objects): changing the result never changes the input, nor other results."""
+        d = self.context.__dict__
+        owned = self._owned
+        for name, value in d.items():
+            if name not in owned and not is_scalar(value):
+                d[name] = copy.deepcopy(value)
+
     async def _emit(self, event: Event) -> None:
+        deadline = self._deadline
         for hook in self.hooks:
             try:
                 out = hook(event)
-                if inspect.isawaitable(out):
-                    await out
-            except Exception:  # observability must never break the agent
-                log.exception("hook %r failed on %s", hook, type(event).__name__,
-                              extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                if _awaitable(out):
+                    if deadline is None:
+                        await out
+                    else:
+                        # Hooks run inside the run's deadline: one still busy when it passes is
+                        # cancelled (an async hook that finishes without waiting always runs).
+                        async with self.clock.timeout_at(deadline):
+                            await out
+            except Exception as exc:  # observability must never break the agent
+                if isinstance(exc, TimeoutError):
+                    log.warning("hook %s was cut by the run's deadline on %s", safe_repr(hook),
+                                type(event).__name__,
+                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                else:
+                    log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
+                                  extra={"workflow": self.workflow.name, "run_id": self.run_id})
 
 
-class _ActionTimeout(Exception):
-    """Internal: marks a TimeoutError raised by the action itself, to route it like any error."""
+_EMPTY: frozenset[str] = frozenset()
+_FAIL = "@fail"
+_SYSTEM_CLOCK = SystemClock()
+
+
+def _q(names: Sequence[str]) -> str:
+    items = [repr(n) for n in names]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
+    """Whether to await ``value``; decided from its type only, so a hostile ``__class__`` or
+    ``__getattr__`` on the value cannot raise here."""
+    kind = type(value)
+    return kind is types.CoroutineType or (kind is not str and issubclass(kind, collections.abc.Awaitable))
+
+
+def _attach(error: BaseException, result: RunResult[Any] | None, reason: str) -> None:
+    """Let the caller find the recorded run on the re-raised exception (``result_of(error)``)."""
+    with contextlib.suppress(Exception):  # an exception with __slots__ cannot carry it; the note can
+        setattr(error, _RESULT_ATTR, result)
+    if result is not None:
+        with contextlib.suppress(Exception):
+            error.add_note(f"statemachine-agent: run {result.run_id} of workflow {result.workflow!r} "
+                           f"ended in {result.terminal!r} ({reason})")
 
 
 def _most_specific(routes: tuple[ErrorExit, ...], exc: BaseException) -> ErrorExit | None:
@@ -638,14 +537,61 @@ def _most_specific_for(routes: tuple[ErrorExit, ...], exc: BaseException) -> Err
     return best
 
 
+# --- running from synchronous code -------------------------------------------------------------
+class _LoopHolder(threading.local):
+    """One event loop per thread, kept between ``run_sync`` calls (a new loop per call costs more
+    than a short run); closed when its thread ends."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            loop = self.loop = asyncio.new_event_loop()
+        return loop
+
+    def __del__(self) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.close()
+
+
+_loops = _LoopHolder()
+
+
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from synchronous code; refuse clearly inside a running loop."""
+    """Run ``coro`` to completion from synchronous code; refuse clearly inside a running loop.
+
+    Unlike ``asyncio.run``, it neither joins threads that timed-out sync tools left running (they
+    are abandoned, as the tools' timeout promises) nor builds a loop per call; like it, it cancels
+    whatever the run left behind before returning, so nothing leaks into the next call.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise RunError(
-        "run_sync() was called while an event loop is running in this thread (async code, Jupyter): "
-        "use `await workflow.run(context)` there instead"
-    )
+        pass
+    else:
+        coro.close()
+        raise RunError(
+            "run_sync() was called while an event loop is running in this thread (async code, Jupyter): "
+            "use `await workflow.run(context)` there instead"
+        )
+    loop = _loops.get()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        _cleanup(loop)
+
+
+def _cleanup(loop: asyncio.AbstractEventLoop) -> None:
+    left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if left:
+        for t in left:
+            t.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+    executor = getattr(loop, "_default_executor", None)
+    if executor is not None:
+        # Threads still running belong to abandoned sync tools: let them finish on their own, and
+        # give the next call a fresh pool, so that they never starve it.
+        loop._default_executor = None  # type: ignore[attr-defined]
+        executor.shutdown(wait=False)

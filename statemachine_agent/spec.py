@@ -83,7 +83,7 @@ class TransitionSpec:
 
     source: str
     target: str
-    guard: Guard | None = None
+    guard: Guard[Any] | None = None
     """``None`` means always enabled."""
     default: bool = False
     """The else branch: taken only when no other exit of the source is enabled."""

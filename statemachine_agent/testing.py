@@ -272,7 +272,7 @@ def _error_type(name: str) -> type[Exception]:
                      "faults(errors=...): pass the same faults(...) to replay(..., tool_faults=...)")
 
 
-def _counted(g: Guard, transition: str, coverage: Coverage) -> Guard:
+def _counted(g: Guard[Any], transition: str, coverage: Coverage) -> Guard[Any]:
     def outcome(ctx: Any) -> bool:
         value = g(ctx)
         coverage.guards[(transition, value)] += 1
@@ -281,7 +281,7 @@ def _counted(g: Guard, transition: str, coverage: Coverage) -> Guard:
     return Guard(outcome, name=g.name, reads=g.reads)
 
 
-def _forced(g: Guard, script: _Script, story: Story) -> Guard:
+def _forced(g: Guard[Any], script: _Script, story: Story) -> Guard[Any]:
     def outcome(ctx: Any) -> bool:
         value = bool(script.next(st.booleans(), f"guard {g.name}", False))
         story.lines.append(f"    guard [{g.name}] forced {value}")
@@ -376,14 +376,14 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
                policy_script: _Script, fault_script: _Script | None, guard_script: _Script | None,
                fault_strategy: st.SearchStrategy[Fault], invariants: Sequence[Invariant],
                path_invariants: Sequence[PathInvariant], coverage: Coverage | None,
-               user_policy: Callable[[Decision], Any] | None = None) -> RunResult[Any]:
+               user_policy: Callable[[Decision[Any]], Any] | None = None) -> RunResult[Any]:
     wf = _instrument(compiled, fault_script, guard_script, fault_strategy, story, coverage=coverage)
     spec = wf.spec
     names = {t.name: t for t in spec.transitions}
     error_names = {e.name: e for e in spec.error_transitions}
     bound = wf.max_steps
 
-    def checked(decision: Decision) -> Any:
+    def checked(decision: Decision[Any]) -> Any:
         # The user's own policy must only ever answer an enabled transition.
         assert user_policy is not None
         if policy_script.has_recorded():  # a replay: the answers the user's policy gave then
@@ -398,7 +398,7 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
             raise _Violation(f"the policy answered {answer!r} in state {decision.state!r}: {why}")
         return option
 
-    def policy(decision: Decision) -> Any:
+    def policy(decision: Decision[Any]) -> Any:
         names_ = [o.name for o in decision.options]
         garbage = st.sampled_from(["nowhere", "", "42"]) | st.none() | st.integers()
         answer = policy_script.next(st.sampled_from(names_) | garbage, f"policy in {decision.state}",
@@ -407,7 +407,8 @@ def _run_story(compiled: CompiledWorkflow[Any], story: Story, context: Any, *,
         return answer
 
     async def go() -> RunResult[Any]:
-        run = wf.start(context, policy=checked if user_policy is not None else policy, clock=FakeClock())
+        run = wf.start(context, policy=checked if user_policy is not None else policy, clock=FakeClock(),
+                       raise_errors=False)
         previous = context.model_dump()
         async for step in run:
             after = run.context.model_dump()
@@ -495,7 +496,7 @@ def check_workflow(
     path_invariants: Sequence[PathInvariant] = (),
     tool_faults: st.SearchStrategy[Fault] | None = None,
     explore_guards: bool = False,
-    policy: Callable[[Decision], Any] | None = None,
+    policy: Callable[[Decision[Any]], Any] | None = None,
     max_examples: int = 100,
     save_failure: str | Path | None = None,
     print_coverage: bool = True,
@@ -707,7 +708,7 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
 
         @initialize(context=strategy)
         def start(self, context: Any) -> None:
-            self.run = compiled.start(context, clock=FakeClock())
+            self.run = compiled.start(context, clock=FakeClock(), raise_errors=False)
 
         def teardown(self) -> None:
             self.loop.close()

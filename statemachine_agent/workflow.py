@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+
+from pydantic import BaseModel
 
 from .check import CheckReport, analyze, check
 from .compile import CompiledWorkflow, compile_spec
-from .errors import DefinitionError, Problem
+from .errors import Problem
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
 from .tools import _MISSING, RetrySpec, Tool, ToolRegistry
 
-__all__ = ["StateRef", "Workflow"]
+if TYPE_CHECKING:
+    from .tools import Tools
 
-C = TypeVar("C")
-Action = Callable[..., Any]
+__all__ = ["Action", "StateRef", "Workflow"]
+
+C = TypeVar("C", bound=BaseModel)
+D = TypeVar("D", bound=BaseModel)
+
+Action: TypeAlias = Callable[[D], object] | Callable[[D, "Tools"], object]
+"""A state's action: ``(ctx)`` or ``(ctx, tools)``, sync or async, typed over the context model."""
 
 
-class StateRef:
+class StateRef(Generic[C]):
     """A handle on a declared state: pass it to ``transition()`` instead of a string.
 
     Calling it calls the state's action, so a decorated function stays testable on its own.
@@ -28,35 +37,32 @@ class StateRef:
 
     name: str
     """The state's name."""
-    workflow: Workflow[Any]
+    workflow: Workflow[C]
     """The workflow that declared it."""
-    action: Action | None
+    action: Action[C] | None
     """The state's action; ``None`` for terminals."""
 
-    def __init__(self, name: str, workflow: Workflow[Any], action: Action | None) -> None:
+    def __init__(self, name: str, workflow: Workflow[C], action: Action[C] | None) -> None:
         self.name = name
         self.workflow = workflow
         self.action = action
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.action is None:
+        action: Callable[..., Any] | None = self.action
+        if action is None:
             raise TypeError(f"state {self.name!r} is a terminal state and has no action to call")
-        return self.action(*args, **kwargs)
+        return action(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<state {self.name!r} of workflow {self.workflow.name!r}>"
 
 
-def _field_names(value: Iterable[str] | str, what: str, state: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise TypeError(
-            f"state {state!r}: {what}={value!r} is a string; give a list of names, "
-            f"e.g. {what}=[{value!r}]"
-        )
-    try:
+def _field_names(value: Iterable[str] | str) -> tuple[str, ...]:
+    # Anything but a collection of names is kept as it is: the checker reports it (bad-field),
+    # with every other problem, naming the state.
+    if isinstance(value, (list, tuple, set, frozenset)):
         return tuple(value)
-    except TypeError:
-        raise TypeError(f"state {state!r}: {what}={value!r} is not a list of names") from None
+    return value  # type: ignore[return-value]
 
 
 def _enum(kind: type[Outcome] | type[NoExit], value: Any) -> Any:
@@ -85,6 +91,7 @@ class Workflow(Generic[C]):
 
     def __init__(self, name: str, context: type[C], *, max_steps: int | None = None,
                  description: str = "") -> None:
+        # A bad context model or max_steps is the checker's to report, with every other problem.
         if not isinstance(name, str) or not name:
             raise TypeError(f"workflow name must be a non-empty string, got {name!r}")
         self.name = name
@@ -97,12 +104,16 @@ class Workflow(Generic[C]):
         self._states: list[StateSpec] = []
         self._transitions: list[TransitionSpec] = []
         self._errors: list[ErrorTransitionSpec] = []
+        self._exits: Counter[str] = Counter()
+        self._error_exits: Counter[str] = Counter()
+        self._problems: list[Problem] = []
+        self._tools: list[Tool] = []
         self.tools = ToolRegistry()
         """The workflow's tools; states declare which they may call."""
 
     # --- states --------------------------------------------------------------------------------
     @overload
-    def state(self, action: Action, /) -> StateRef: ...
+    def state(self, action: Action[C], /) -> StateRef[C]: ...
 
     @overload
     def state(
@@ -122,11 +133,11 @@ class Workflow(Generic[C]):
         description: str = "",
         tools: Iterable[str] = (),
         tool_deadline: float | None = None,
-    ) -> Callable[[Action], StateRef]: ...
+    ) -> Callable[[Action[C]], StateRef[C]]: ...
 
     def state(
         self,
-        action: Action | None = None,
+        action: Action[C] | None = None,
         /,
         *,
         name: str | None = None,
@@ -141,10 +152,10 @@ class Workflow(Generic[C]):
         description: str = "",
         tools: Iterable[str] = (),
         tool_deadline: float | None = None,
-    ) -> StateRef | Callable[[Action], StateRef]:
+    ) -> StateRef[C] | Callable[[Action[C]], StateRef[C]]:
         """Declare a state whose action is the decorated function (named after it by default)."""
 
-        def decorate(fn: Action) -> StateRef:
+        def decorate(fn: Action[C]) -> StateRef[C]:
             state_name = name if name is not None else getattr(fn, "__name__", None)
             if state_name is None:
                 raise TypeError(f"cannot name a state after {fn!r}: pass name='...'")
@@ -163,7 +174,7 @@ class Workflow(Generic[C]):
     def add_state(
         self,
         name: str,
-        action: Action,
+        action: Action[C],
         *,
         initial: bool = False,
         reads: Iterable[str] = (),
@@ -176,29 +187,29 @@ class Workflow(Generic[C]):
         description: str = "",
         tools: Iterable[str] = (),
         tool_deadline: float | None = None,
-    ) -> StateRef:
+    ) -> StateRef[C]:
         """Declare a state (builder style)."""
         self._states.append(
             StateSpec(
                 name=name,
                 action=action,
-                reads=_field_names(reads, "reads", name),
-                writes=_field_names(writes, "writes", name),
-                optional_reads=_field_names(optional_reads, "optional_reads", name),
-                optional_writes=_field_names(optional_writes, "optional_writes", name),
+                reads=_field_names(reads),
+                writes=_field_names(writes),
+                optional_reads=_field_names(optional_reads),
+                optional_writes=_field_names(optional_writes),
                 initial=initial,
                 decision=decision,
                 max_visits=max_visits,
                 on_no_exit=_enum(NoExit, on_no_exit),
                 description=description,
-                tools=_field_names(tools, "tools", name),
+                tools=_field_names(tools),
                 tool_deadline=tool_deadline,
             )
         )
         return StateRef(name, self, action)
 
     def terminal(self, name: str, *, outcome: Outcome | str = Outcome.SUCCESS,
-                 description: str = "") -> StateRef:
+                 description: str = "") -> StateRef[C]:
         """Declare a terminal state: entering it ends the run with ``outcome``."""
         self._states.append(
             StateSpec(name=name, terminal=True, outcome=_enum(Outcome, outcome), description=description)
@@ -242,9 +253,9 @@ class Workflow(Generic[C]):
         """Register a tool (a sync or async function with typed parameters), bare or with options."""
 
         def decorate(f: Callable[..., Any]) -> Tool:
-            return self.tools.add(Tool(f, name=name, description=description, timeout=timeout, retry=retry,
-                                       concurrency=concurrency, rate_limit=rate_limit, fallback=fallback,
-                                       fallback_value=fallback_value))
+            return self.add_tool(Tool(f, name=name, description=description, timeout=timeout, retry=retry,
+                                      concurrency=concurrency, rate_limit=rate_limit, fallback=fallback,
+                                      fallback_value=fallback_value))
 
         if fn is not None:
             return decorate(fn)
@@ -254,30 +265,35 @@ class Workflow(Generic[C]):
         """Register a :class:`~statemachine_agent.tools.Tool` built elsewhere (builder style)."""
         if not isinstance(tool, Tool):
             raise TypeError(f"add_tool() takes a Tool, got {tool!r}: wrap the function, Tool(fn, ...)")
-        return self.tools.add(tool)
+        # Every tool goes into the spec, duplicates included: the checker reports them.
+        self._tools.append(tool)
+        if tool.name not in self.tools:
+            self.tools.add(tool)
+        return tool
 
     # --- transitions ---------------------------------------------------------------------------
-    def _name(self, ref: StateRef | str, role: str) -> str:
+    def _name(self, ref: StateRef[Any] | str, role: str) -> str:
         if isinstance(ref, StateRef):
             if ref.workflow is not self:
-                raise DefinitionError(self.name, [Problem(
+                self._problems.append(Problem(
                     "foreign-state",
                     f"{role} {ref!r} belongs to workflow {ref.workflow.name!r}, not {self.name!r}: "
                     "declare the state in this workflow",
                     ref.name,
-                )])
+                ))
             return ref.name
-        if isinstance(ref, str):
-            return ref
-        raise TypeError(f"{role} must be a state (as returned by state() or terminal()) or its name, "
-                        f"got {ref!r}")
+        return ref  # anything but a name: the checker reports it as an unknown state
+
+    def guard(self, fn: Predicate[C], /, *, name: str | None = None, reads: Iterable[str] = ()) -> Guard[C]:
+        """A guard on this workflow's context: mypy checks the predicate (a lambda too) against it."""
+        return Guard(fn, name=name, reads=reads)
 
     def transition(
         self,
-        source: StateRef | str,
-        target: StateRef | str,
+        source: StateRef[C] | str,
+        target: StateRef[C] | str,
         *,
-        guard: Guard | Predicate | None = None,
+        guard: Guard[C] | Predicate[C] | None = None,
         default: bool = False,
         max_traversals: int | None = None,
         description: str = "",
@@ -289,12 +305,15 @@ class Workflow(Generic[C]):
         stories; it must match ``[A-Za-z0-9_-]{1,64}`` so an LLM can use it as a function name.
         """
         src, dst = self._name(source, "source"), self._name(target, "target")
-        order = sum(1 for t in self._transitions if t.source == src)
+        order = self._exits[src]
+        self._exits[src] += 1
+        # A guard that is not callable is kept as it is: the checker reports it (bad-guard), naming
+        # the transition, with every other problem.
         self._transitions.append(
             TransitionSpec(
                 source=src,
                 target=dst,
-                guard=as_guard(guard) if guard is not None else None,
+                guard=as_guard(guard) if callable(guard) else guard,
                 default=default,
                 max_traversals=max_traversals,
                 description=description,
@@ -306,9 +325,9 @@ class Workflow(Generic[C]):
 
     def on_error(
         self,
-        source: StateRef | str,
+        source: StateRef[C] | str,
         error: type[Exception],
-        target: StateRef | str,
+        target: StateRef[C] | str,
         *,
         max_traversals: int | None = None,
         name: str = "",
@@ -318,7 +337,8 @@ class Workflow(Generic[C]):
         ``name`` defaults to ``source_on_ErrorType``.
         """
         src, dst = self._name(source, "source"), self._name(target, "target")
-        order = sum(1 for t in self._errors if t.source == src)
+        order = self._error_exits[src]
+        self._error_exits[src] += 1
         self._errors.append(ErrorTransitionSpec(src, error, dst, max_traversals, order, name))
         return self
 
@@ -332,7 +352,8 @@ class Workflow(Generic[C]):
             transitions=tuple(self._transitions),
             error_transitions=tuple(self._errors),
             max_steps=self.max_steps,
-            tools=tuple(self.tools),
+            tools=tuple(self._tools),
+            problems=tuple(self._problems),
         )
 
     def analyze(self) -> CheckReport:

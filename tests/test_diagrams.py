@@ -174,7 +174,7 @@ def test_failing_step_is_marked_with_its_error() -> None:
     wf.add_state("act", explode, initial=True)
     wf.transition("act", "done")
     compiled = wf.compile()
-    dot = to_dot(compiled, compiled.run_sync({"question": "q"})).source
+    dot = to_dot(compiled, compiled.run_sync({"question": "q"}, raise_errors=False)).source
     assert "act\\n✗ KeyError\\n×1" in dot
     assert 'act -> failed [label="state \'act\' raised KeyError:' in dot
 

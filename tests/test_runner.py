@@ -209,7 +209,7 @@ def test_failed_action_leaves_no_writes(run: Runner) -> None:
 
 def test_unrouted_error_ends_in_failure_terminal_with_error(run: Runner) -> None:
     """An exception no route matches ends the run in the failure terminal, recorded."""
-    result = run(erroring(KeyError("k")).compile(), Ctx(question="q"))
+    result = run(erroring(KeyError("k")).compile(), Ctx(question="q"), raise_errors=False)
     assert result.terminal == "failed"
     assert isinstance(result.error, KeyError)
     assert "no error transition routes it" in (result.reason or "")
@@ -232,7 +232,7 @@ def test_undeclared_write_is_rejected(run: Runner) -> None:
 
     wf.transition(act, "done")
     wf.on_error(act, Exception, "done")  # even a catch-all route does not swallow it
-    result = run(wf.compile(), Ctx(question="q"))
+    result = run(wf.compile(), Ctx(question="q"), raise_errors=False)
     assert result.terminal == "failed"
     assert isinstance(result.error, ContextAccessError)
     assert (result.error.state, result.error.field) == ("act", "query")
@@ -389,11 +389,11 @@ def test_budget_and_error_events(run: Runner) -> None:
 def test_logging_debug_steps_and_warning_failures(run: Runner, caplog: pytest.LogCaptureFixture) -> None:
     """Steps log at DEBUG with structured extras; failures at WARNING; transitions stays quiet."""
     caplog.set_level(logging.DEBUG, logger="statemachine_agent")
-    run(erroring(KeyError("k")).compile(), Ctx(question="q"))
+    run(erroring(KeyError("k")).compile(), Ctx(question="q"), raise_errors=False)
     ours = [r for r in caplog.records if r.name == "statemachine_agent"]
     assert any(r.levelno == logging.WARNING and getattr(r, "state", None) == "act" for r in ours)
     caplog.clear()
-    run(research().compile(), Ctx(question="good"))
+    run(research().compile(), Ctx(question="good"), raise_errors=False)
     steps = [r for r in caplog.records if r.name == "statemachine_agent" and r.levelno == logging.DEBUG]
     assert [getattr(r, "transition", None) for r in steps] == ["search_to_summarize", "summarize_to_done"]
     assert not [r for r in caplog.records if r.name.startswith("transitions")]
@@ -491,7 +491,7 @@ def test_guard_returning_non_bool_is_an_error(run: Runner) -> None:
     wf.add_state("act", noop, initial=True)
     wf.transition("act", "done", guard=lambda c: "yes")
     wf.transition("act", "failed", default=True)
-    result = run(wf.compile(), Ctx(question="q"))
+    result = run(wf.compile(), Ctx(question="q"), raise_errors=False)
     assert result.terminal == "failed"
     assert "must return True or False" in (result.reason or "")
 
@@ -551,7 +551,8 @@ def test_own_timeout_error_is_routed_without_a_deadline(run: Runner) -> None:
 
 
 def test_read_only_field_mutated_in_place_changes_nothing(run: Runner) -> None:
-    """A state that only reads a list gets a copy: appending to it reaches neither the run nor the caller."""
+    """A state that only reads a list gets a frozen view: appending to it raises, naming the state and
+    the field, and reaches neither the run nor the caller."""
     from pydantic import Field
 
     from statemachine_agent import Context
@@ -566,16 +567,18 @@ def test_read_only_field_mutated_in_place_changes_nothing(run: Runner) -> None:
 
     @wf.state(initial=True, reads=["notes"], writes=["answer"])
     def act(ctx: Notes) -> None:
-        ctx.notes.append("SNEAKY")
-        assert ctx.notes == ["h", "SNEAKY"]  # reads within the step agree ...
         ctx.answer = "done"
+        ctx.notes.append("SNEAKY")
 
     wf.transition(act, "done")
     ctx = Notes()
-    result = run(wf.compile(), ctx)
-    assert result.context.notes == ["h"]  # ... but the change never reaches the context
+    result = run(wf.compile(), ctx, raise_errors=False)
+    assert isinstance(result.error, ContextAccessError)
+    assert str(result.error) == ("state 'act' tried to change 'notes' in place, but only reads it: add "
+                                 "'notes' to writes=[...] of state 'act'")
+    assert result.context.notes == ["h"]
     assert ctx.notes == ["h"]
-    assert result.context.answer == "done"
+    assert result.context.answer is None  # the failed step's write was rolled back
 
 
 def test_guards_and_policies_cannot_change_the_context(run: Runner) -> None:
@@ -590,7 +593,7 @@ def test_guards_and_policies_cannot_change_the_context(run: Runner) -> None:
 
     wf.transition("act", "done", guard=meddle)
     wf.transition("act", "failed", default=True)
-    result = run(wf.compile(), Ctx(question="q", hits=[]))
+    result = run(wf.compile(), Ctx(question="q", hits=[]), raise_errors=False)
     assert result.terminal == "failed"
     assert "cannot change the context" in (result.reason or "")
     assert (result.context.hits, result.context.answer) == ([], None)
@@ -601,7 +604,7 @@ def test_view_is_closed_after_its_step(run: Runner) -> None:
     kept: list[Any] = []
     wf = base("leaky")
 
-    @wf.state(initial=True, writes=["answer"])
+    @wf.state(initial=True, optional_writes=["answer"])
     def first(ctx: Ctx) -> None:
         kept.append(ctx)
 
@@ -610,7 +613,7 @@ def test_view_is_closed_after_its_step(run: Runner) -> None:
         kept[0].answer = "late"
 
     wf.transition(first, second).transition(second, "done")
-    result = run(wf.compile(), Ctx(question="q"))
+    result = run(wf.compile(), Ctx(question="q"), raise_errors=False)
     assert result.terminal == "failed"
     assert isinstance(result.error, ContextAccessError)
     assert "used after its step ended" in str(result.error)
@@ -629,7 +632,7 @@ def test_non_field_names_are_refused(run: Runner) -> None:
         wf.add_state("act", namespace["act"], initial=True, reads=["question"])
         wf.transition("act", "done")
         wf.on_error("act", Exception, "done")
-        result = run(wf.compile(), Ctx(question="q"))
+        result = run(wf.compile(), Ctx(question="q"), raise_errors=False)
         assert result.terminal == "failed", body
         assert isinstance(result.error, ContextAccessError)
     assert "did you mean 'question'?" in str(result.error)

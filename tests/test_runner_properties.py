@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import Field
 
-from statemachine_agent import CompiledWorkflow, Context, Decision, Outcome, Workflow, guard
+from statemachine_agent import CompiledWorkflow, Context, Decision, Outcome, Workflow, guard, result_of
 from statemachine_agent.errors import ContextAccessError
 
 
@@ -109,8 +109,16 @@ def test_every_run_ends_in_a_terminal_within_the_bound(layout: dict[str, Any], d
         ), label="policy answer")
 
     ctx = Trace()
-    result = compiled.run_sync(ctx, policy=policy) if use_sync else asyncio.run(compiled.run(ctx,
-                                                                                            policy=policy))
+    raised: Exception | None = None
+    try:
+        found = compiled.run_sync(ctx, policy=policy) if use_sync else asyncio.run(compiled.run(ctx,
+                                                                                               policy=policy))
+    except Exception as exc:  # an unrouted error is loud, with the recorded run on it
+        raised, found = exc, result_of(exc)
+    assert found is not None
+    result = found
+    if raised is not None:
+        assert result.error is raised
     assert spec.state(result.terminal).terminal
     assert result.steps <= compiled.report.worst_case_steps  # type: ignore[operator]
     state = compiled.initial

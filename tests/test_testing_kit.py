@@ -159,7 +159,7 @@ def missing_write() -> Workflow[Doc]:
 
 def test_missing_write_is_found() -> None:
     """A read of a field the run never set is a built-in failure, shrunk to the empty question."""
-    with pytest.raises(AssertionError, match="read 'summary' before any step set it") as info:
+    with pytest.raises(AssertionError, match="state 'search' ended without writing 'summary'") as info:
         check_workflow(missing_write(), print_coverage=False)
     assert "input: {'question': '', 'hits': None, 'summary': None}" in str(info.value)
 

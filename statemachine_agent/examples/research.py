@@ -185,8 +185,8 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
     not_found = wf.terminal("not_found", outcome="failure", description="nothing in the corpus matched")
     failed = wf.terminal("failed", outcome="failure", description="the search could not run")
 
-    has_hits = guard(lambda ctx: bool(ctx.hits), name="has hits", reads=["hits"])
-    can_broaden = guard(lambda ctx: not ctx.broadened, name="not broadened yet", reads=["broadened"])
+    has_hits = wf.guard(lambda ctx: bool(ctx.hits), name="has hits", reads=["hits"])
+    can_broaden = wf.guard(lambda ctx: not ctx.broadened, name="not broadened yet", reads=["broadened"])
 
     wf.transition(plan, search)
     wf.transition(search, summarize, guard=has_hits)
