@@ -7,14 +7,14 @@ from typing import Any, Generic, TypeVar, overload
 
 __all__ = ["Guard", "guard"]
 
-C = TypeVar("C", contravariant=True)
+C_contra = TypeVar("C_contra", contravariant=True)
 D = TypeVar("D")
 
-Predicate = Callable[[C], bool]
+Predicate = Callable[[C_contra], bool]
 """A function of the (read-only) context that says whether a transition is enabled."""
 
 
-class Guard(Generic[C]):
+class Guard(Generic[C_contra]):
     """A named predicate on the context that decides whether a transition is enabled.
 
     Guards compose: ``has_hits & ~too_long | forced``. A plain callable passed where a guard is
@@ -30,7 +30,8 @@ class Guard(Generic[C]):
     operands: tuple[Guard[Any], ...]
     """The guards this one combines; empty for a leaf."""
 
-    def __init__(self, fn: Predicate[C], *, name: str | None = None, reads: Iterable[str] = ()) -> None:
+    def __init__(self, fn: Predicate[C_contra], *, name: str | None = None,
+                 reads: Iterable[str] = ()) -> None:
         if not callable(fn):
             raise TypeError(f"a guard must be a callable taking the context, got {fn!r}")
         self._fn = fn
@@ -39,11 +40,11 @@ class Guard(Generic[C]):
         self.operands = ()
 
     @property
-    def fn(self) -> Predicate[C]:
+    def fn(self) -> Predicate[C_contra]:
         """The predicate itself."""
         return self._fn
 
-    def __call__(self, context: C) -> bool:
+    def __call__(self, context: C_contra) -> bool:
         result = self._fn(context)
         if type(result) is not bool:
             raise TypeError(
@@ -61,25 +62,25 @@ class Guard(Generic[C]):
                 yield g
             todo.extend(reversed(g.operands))
 
-    def __and__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
+    def __and__(self, other: Guard[C_contra] | Predicate[C_contra]) -> Guard[C_contra]:
         return _combine("&", self, as_guard(other))
 
-    def __rand__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
+    def __rand__(self, other: Guard[C_contra] | Predicate[C_contra]) -> Guard[C_contra]:
         return _combine("&", as_guard(other), self)
 
-    def __or__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
+    def __or__(self, other: Guard[C_contra] | Predicate[C_contra]) -> Guard[C_contra]:
         return _combine("|", self, as_guard(other))
 
-    def __ror__(self, other: Guard[C] | Predicate[C]) -> Guard[C]:
+    def __ror__(self, other: Guard[C_contra] | Predicate[C_contra]) -> Guard[C_contra]:
         return _combine("|", as_guard(other), self)
 
-    def __invert__(self) -> Guard[C]:
+    def __invert__(self) -> Guard[C_contra]:
         inner = self
 
-        def negated(context: C) -> bool:
+        def negated(context: C_contra) -> bool:
             return not inner(context)
 
-        g: Guard[C] = Guard(negated, name=f"not {_paren(inner)}", reads=inner.reads)
+        g: Guard[C_contra] = Guard(negated, name=f"not {_paren(inner)}", reads=inner.reads)
         g.operands = (inner,)
         return g
 

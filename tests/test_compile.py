@@ -55,7 +55,8 @@ def test_guards_and_bounds_are_the_machines_conditions() -> None:
     wf = compiled_loop()
     nxt = wf.machine.events["@next:search"].transitions["search"]
     assert [t.dest for t in nxt] == ["done", "refine"]
-    assert [c.func for t in nxt for c in t.conditions] == [*wf.plans["search"].exits, wf.plans["search"].default]
+    plan = wf.plans["search"]
+    assert [c.func for t in nxt for c in t.conditions] == [*plan.exits, plan.default]
     named = wf.machine.events["search_to_done"].transitions["search"][0]
     assert named.conditions[0].func == wf.plans["search"].exits[0].enabled
 
@@ -90,7 +91,8 @@ def counting_workflows(draw: st.DrawFn) -> tuple[Workflow[Counter], list[int]]:
 
 @settings(max_examples=200, deadline=None)
 @given(counting_workflows())
-def test_driving_the_machine_alone_follows_the_runners_path(case: tuple[Workflow[Counter], list[int]]) -> None:
+def test_driving_the_machine_alone_follows_the_runners_path(
+        case: tuple[Workflow[Counter], list[int]]) -> None:
     """transitions' own Event.trigger on the compiled table, with the actions applied by hand,
     takes exactly the runner's path on generated workflows (guards, order, defaults and bounds)."""
     wf, adds = case

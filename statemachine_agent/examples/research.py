@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from statemachine_agent import Context, Workflow, guard
+from statemachine_agent import Context, Workflow
 from statemachine_agent.diagrams import write_diagrams
 from statemachine_agent.tools import Retry, Tools
 
