@@ -6,7 +6,7 @@ import logging
 
 from .check import CheckReport
 from .compile import CompiledWorkflow
-from .context import Context
+from .context import UNSET, Context, is_unset
 from .errors import ContextAccessError, DefinitionError, Problem, RunError, StateMachineAgentError
 from .guards import Guard, guard
 from .policies import Decision, Option, Policy, first_enabled, scripted, seeded_random
@@ -15,6 +15,7 @@ from .spec import NoExit, Outcome, WorkflowSpec
 from .workflow import StateRef, Workflow
 
 __all__ = [
+    "UNSET",
     "CheckReport",
     "CompiledWorkflow",
     "Context",
@@ -36,6 +37,7 @@ __all__ = [
     "WorkflowSpec",
     "first_enabled",
     "guard",
+    "is_unset",
     "result_of",
     "scripted",
     "seeded_random",
