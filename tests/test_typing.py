@@ -1,0 +1,47 @@
+"""The typed API, tested like the rest: user code checked by mypy --strict (tests/typing/)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent / "typing"
+
+
+def mypy(path: Path) -> list[tuple[int, str]]:
+    """(line, error code) of every error mypy --strict reports on ``path``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
+         "--hide-error-context", "--no-error-summary", str(path)],
+        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
+    )
+    found = []
+    for line in out.stdout.splitlines():
+        m = re.match(rf".*{re.escape(path.name)}:(\d+): error: .*\[([a-z-]+)\]$", line)
+        if m:
+            found.append((int(m.group(1)), m.group(2)))
+    assert found or out.returncode in (0, 1), out.stdout + out.stderr
+    return found
+
+
+def test_the_readme_agent_type_checks_under_strict() -> None:
+    """A typed agent (UNSET fields, typed guards and policy, the tools handle, run options) has no
+    error, and no `assert x is not None` was needed to read what the checker proved written."""
+    assert mypy(HERE / "api_ok.py") == []
+
+
+def test_mistakes_in_user_code_are_caught() -> None:
+    """Each line marked `# E: code [code...]` in api_bad.py gets exactly that error, and nothing else does:
+    a context model that is not pydantic, an action or guard for another context, a typo in a guard
+    lambda or a policy, a non-bool guard, a wrong run option or input."""
+    path = HERE / "api_bad.py"
+    expected = sorted(
+        (n, code)
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if (m := re.search(r"# E: ([a-z -]+)$", line))
+        for code in m.group(1).split()
+    )
+    assert len(expected) >= 10
+    assert sorted(mypy(path)) == expected
