@@ -174,8 +174,15 @@ class Run(Generic[C]):
     # --- driving ---------------------------------------------------------------------------------
     async def run_to_end(self) -> RunResult[C]:
         """Run until a terminal state and return the result."""
-        while self.result is None:
-            await self.step()
+        if self._busy:
+            raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
+                           "the next one (one step at a time per run)")
+        self._busy = True
+        try:
+            while self.result is None:
+                await self._step()  # one coroutine per step, not two: this is the hot path
+        finally:
+            self._busy = False
         return self.result
 
     async def __aiter__(self) -> AsyncIterator[Step]:
@@ -207,7 +214,7 @@ class Run(Generic[C]):
         index = len(self.path)
         t0 = time.perf_counter()
         name = plan.name
-        self._rejected = []
+        self._rejected = _NO_REJECTIONS
         visits = self.visits.get(name, 0)
         # The specific budget first: when the default max_steps (the static bound) runs out, a
         # visit budget is usually the real cause, and naming it says which loop to look at.
@@ -242,7 +249,7 @@ class Run(Generic[C]):
                         raise
                     raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
                                   budget="deadline") from None
-            elif plan.is_async or plan.decision or plan.takes_tools or self.hooks:
+            elif plan.decision or plan.takes_tools or self.hooks:
                 chosen = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
@@ -351,7 +358,7 @@ class Run(Generic[C]):
 
     async def _ask_policy(self, plan: Plan, enabled: list[Exit], index: int) -> Exit:
         options = tuple(Option(x.name, x.target, x.spec.description) for x in enabled)
-        rejected = self._rejected
+        rejected = self._rejected = []
         readonly: Any = self._token.context
         for attempt in range(1, self.max_policy_attempts + 1):
             decision: Decision[C] = Decision(self.workflow.name, plan.name, readonly, options, attempt,
@@ -478,6 +485,7 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy makes its own list
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
 
