@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ._views import thaw
 from .check import CheckReport
 from .compile import CompiledWorkflow
 from .context import UNSET, Context, is_unset
@@ -41,6 +42,7 @@ __all__ = [
     "result_of",
     "scripted",
     "seeded_random",
+    "thaw",
 ]
 
 # A library never configures logging; applications decide where our records go.
