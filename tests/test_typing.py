@@ -45,3 +45,12 @@ def test_mistakes_in_user_code_are_caught() -> None:
     )
     assert len(expected) >= 10
     assert sorted(mypy(path)) == expected
+
+
+def test_the_readme_example_type_checks_under_strict(tmp_path: Path) -> None:
+    """The README's own example, as printed, passes mypy --strict (DOCS given a type)."""
+    readme = (HERE.parent.parent / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme_example.py"
+    path.write_text("DOCS: list[str] = []\n" + code, encoding="utf-8")
+    assert mypy(path) == []

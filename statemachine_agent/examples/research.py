@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from statemachine_agent import Context, Workflow
+from statemachine_agent import UNSET, Context, Workflow
 from statemachine_agent.diagrams import write_diagrams
 from statemachine_agent.tools import Retry, Tools
 
@@ -122,10 +122,10 @@ class ResearchContext(Context):
     """What the research agent knows at each step."""
 
     question: str = Field(min_length=1)
-    query: str | None = None
+    query: str = UNSET
     broadened: bool = False
-    hits: list[Hit] | None = None
-    answer: str | None = None
+    hits: list[Hit] = UNSET
+    answer: str = UNSET
     sources: list[str] = Field(default_factory=list)
 
 
@@ -157,7 +157,6 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
     @wf.state(reads=["query"], writes=["hits"], max_visits=2, tools=["search_docs"])
     async def search(ctx: ResearchContext, tools: Tools) -> None:
         """Search the corpus with the current query."""
-        assert ctx.query is not None
         ctx.hits = await tools.call("search_docs", query=ctx.query)
 
     @wf.state(reads=["question", "broadened"], writes=["query", "broadened"], max_visits=1)
@@ -169,7 +168,6 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
     @wf.state(reads=["question", "hits"], writes=["answer", "sources"])
     def summarize(ctx: ResearchContext) -> None:
         """Pick the three sentences of the hits that share most words with the question."""
-        assert ctx.hits is not None
         wanted = set(_terms(ctx.question))
         scored: list[tuple[float, int, str, str]] = []
         for rank, hit in enumerate(ctx.hits):
