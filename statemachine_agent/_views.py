@@ -726,7 +726,7 @@ class ReadOnlyContext:
     def __init__(self, model: BaseModel, state: str = "") -> None:
         object.__setattr__(self, "_sa_model", model)
         object.__setattr__(self, "_sa_state", state)
-        object.__setattr__(self, "_sa_origins", {})
+        object.__setattr__(self, "_sa_origins", None)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -743,6 +743,9 @@ class ReadOnlyContext:
                                      "step set it: declare it in the guard's reads=[...] so the checker "
                                      "proves it is written first")
         origins = self._sa_origins
+        if origins is None:
+            origins = {}
+            object.__setattr__(self, "_sa_origins", origins)
         origin = origins.get(name)
         if origin is None:
             origin = origins[name] = _Origin(self._sa_state, name, None, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
@@ -53,14 +53,17 @@ class CompiledWorkflow(Generic[C]):
         """The ``transitions.Machine`` shared by every run (each run's token is its model)."""
 
     # --- running (see runner.py) ----------------------------------------------------------------
-    async def run(self, context: C | dict[str, Any], **options: Unpack[RunOptions[C]]) -> RunResult[C]:
-        """Run the workflow on ``context`` until a terminal state; see :class:`~.runner.RunOptions`.
+    def run(self, context: C | dict[str, Any],
+            **options: Unpack[RunOptions[C]]) -> Coroutine[Any, Any, RunResult[C]]:
+        """Run the workflow on ``context`` until a terminal state: ``await compiled.run(ctx)``.
 
-        An exception that no error transition routes ends the run in the failure terminal and is
-        then raised (``raise_errors=False`` returns the failed result instead); the recorded run
-        is on it: ``statemachine_agent.result_of(exc)``.
+        See :class:`~.runner.RunOptions` for the options; bad ones raise at the call. An exception
+        that no error transition routes ends the run in the failure terminal and is then raised
+        (``raise_errors=False`` returns the failed result instead); the recorded run is on it:
+        ``statemachine_agent.result_of(exc)``.
         """
-        return await Run(self, context, **options).run_to_end()
+        # A plain function returning the run's own coroutine: one coroutine per run, not two.
+        return Run(self, context, **options).run_to_end()
 
     def run_sync(self, context: C | dict[str, Any], **options: Unpack[RunOptions[C]]) -> RunResult[C]:
         """Run from synchronous code (no event loop running in this thread)."""

@@ -7,10 +7,10 @@ import collections.abc
 import contextlib
 import copy
 import logging
+import os
 import threading
 import time
 import types
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeGuard, TypeVar
 
@@ -92,6 +92,12 @@ class Run(Generic[C]):
     :class:`~.errors.RunError` and changes nothing.
     """
 
+    # Slots: thousands of runs may be in flight at once; no per-run __dict__ to allocate and scan.
+    __slots__ = ("__weakref__", "_busy", "_clock0", "_deadline", "_fields", "_machine", "_owned", "_plans",
+                 "_rejected", "_started", "_token", "_written", "actions_run", "clock", "context", "hooks",
+                 "max_policy_attempts", "max_steps", "path", "policy", "raise_errors", "result", "run_id",
+                 "timeout", "traversals", "visits", "workflow")
+
     def __init__(self, workflow: CompiledWorkflow[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
@@ -140,7 +146,7 @@ class Run(Generic[C]):
         self.timeout = timeout
         self.max_policy_attempts = max_policy_attempts
         self.raise_errors = raise_errors
-        self.run_id: str = run_id or uuid.uuid4().hex
+        self.run_id: str = run_id or os.urandom(16).hex()
         self.clock: Clock = clock or _SYSTEM_CLOCK
         """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] = []
@@ -156,7 +162,8 @@ class Run(Generic[C]):
             v = d.get(f)
             if v is not None and not is_unset(v):
                 self._written.add(f)
-        self._owned: set[str] = {f for f, v in d.items() if type(v) in SCALARS}
+        self._owned: set[str] = set()
+        """Fields whose mutable value the run made or copied itself (not the caller's object)."""
         self._fields = workflow.field_names
         self._token = Token(workflow.initial, ReadOnlyContext(base), self.traversals)
         self._machine = workflow.machine
