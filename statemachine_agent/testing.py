@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
 from pydantic import BaseModel, ValidationError
 
 from .clock import FakeClock
+from .context import is_unset
 from .compile import CompiledWorkflow, compile_spec
 from .diagrams import RunOverlay, to_dot
 from .errors import ContextAccessError, RunError, ToolTimeout
@@ -469,8 +470,10 @@ def _check_step(wf: CompiledWorkflow[Any], step: Any, run: Any, *, names: dict[s
     ctx = run.context
     try:
         # Field values only: computed fields and aliases would be refused as extra input.
+        # UNSET fields (no step wrote them yet) are left out, as in model_dump().
         type(ctx).model_validate({(info.alias or f): getattr(ctx, f)
-                                  for f, info in type(ctx).model_fields.items()})
+                                  for f, info in type(ctx).model_fields.items()
+                                  if not is_unset(getattr(ctx, f))})
     except ValidationError as exc:
         raise AssertionError(f"after step {step.number} the context no longer validates: {exc}") from exc
     assert run.actions_run <= bound, f"{run.actions_run} steps exceed the static bound of {bound}"
