@@ -34,7 +34,7 @@ def noop(ctx: Ctx) -> None:
 def unknown_state() -> Workflow[Ctx]:
     wf = base()
     wf.add_state("plan", noop, initial=True)
-    wf.transition("plan", "dne")
+    wf.transition("plan", "dne", guard=guard(lambda c: c.attempts > 0, name="retrying"))
     wf.transition("plan", "done", default=True)
     return wf
 
