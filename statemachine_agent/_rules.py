@@ -782,7 +782,7 @@ def _check_traps(a: Analysis) -> Iterator[Problem]:
     # A state whose exit has an unknown target may well finish once the typo is fixed.
     excused = reachable(a.dangling, pred) if a.dangling else set()
     trap_succ = {n: [e.target for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
-    for comp in strongly_connected_components(sorted(a.traps), trap_succ):
+    for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_succ):
         head = min(comp)
         if head in excused:
             continue
@@ -819,7 +819,7 @@ def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
 
 def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
     """Every cycle passes a bounded state or a bounded transition."""
-    free = sorted(n for n in a.reach if not a.terminal(n) and a.visit_bound[n] is None)
+    free = [n for n in a.names if n in a.reach and not a.terminal(n) and a.visit_bound[n] is None]
     free_set = set(free)
 
     def is_free(e: Edge) -> bool:
