@@ -762,8 +762,8 @@ def _dead_exits(n: str, s: StateSpec, outs: Sequence[TransitionSpec]) -> Iterato
 
 def _check_reachability(a: Analysis) -> Iterator[Problem]:
     """Every state can be entered from the initial state."""
-    if a.initial is None or not a.unreachable:
-        return
+    if a.initial is None or not a.unreachable or a.terminal(a.initial):
+        return  # an initial terminal (reported as such) reaches nothing
     # A state a mistyped transition meant to reach is not reported: fixing the typo reaches it.
     meant = reachable(a.meant, {v: [e.target for e in es] for v, es in a.out.items()}) if a.meant else set()
     for n in a.unreachable:
@@ -795,7 +795,7 @@ def _check_traps(a: Analysis) -> Iterator[Problem]:
             yield Problem("trap-cycle", f"states {_q(sorted(comp), 'and')} form a trap: the cycle "
                           f"{_fmt_edges(head, cycle)} has no way out to a terminal state: add an exit to a "
                           "terminal from one of them", head)
-        else:
+        elif a.out.get(head):  # a state with no exit at all is reported by no-exit
             yield Problem("trap-state", f"state {head!r} leads to no terminal state: add a transition from "
                           "it to one (or to a state that reaches one)", head)
 
