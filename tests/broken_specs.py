@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from statemachine_agent import Context, Workflow, guard
+from statemachine_agent import Context, DefinitionError, Workflow, guard
+from statemachine_agent.check import CheckReport, analyze, check
+from statemachine_agent.spec import Outcome, StateSpec, TransitionSpec, WorkflowSpec
+from statemachine_agent.tools import Tool
 
 
 class Ctx(Context):
@@ -31,10 +36,47 @@ def noop(ctx: Ctx) -> None:
     """An action that does nothing."""
 
 
+class Checkable(Protocol):
+    """What the tests use of a broken example: a Workflow, or a spec built by hand."""
+
+    def spec(self) -> WorkflowSpec: ...
+    def analyze(self) -> CheckReport: ...
+    def check(self) -> CheckReport: ...
+
+
+class SpecCase:
+    """A spec built by hand (what ``Workflow`` would refuse to declare), checked like a Workflow."""
+
+    def __init__(self, spec: WorkflowSpec) -> None:
+        self._spec = spec
+
+    def spec(self) -> WorkflowSpec:
+        return self._spec
+
+    def analyze(self) -> CheckReport:
+        return analyze(self._spec)
+
+    def check(self) -> CheckReport:
+        return check(self._spec)
+
+
+def by_hand(*states: StateSpec, transitions: tuple[TransitionSpec, ...] = (), tools: tuple[Any, ...] = (),
+            with_terminals: bool = True) -> SpecCase:
+    """A hand-built spec of ``states`` (plus the two usual terminals)."""
+    terminals = (StateSpec("done", terminal=True, outcome=Outcome.SUCCESS),
+                 StateSpec("failed", terminal=True, outcome=Outcome.FAILURE)) if with_terminals else ()
+    return SpecCase(WorkflowSpec("demo", Ctx, (*states, *terminals), transitions, tools=tools))
+
+
+def search(q: str) -> list[str]:
+    """A tool."""
+    return [q]
+
+
 def unknown_state() -> Workflow[Ctx]:
     wf = base()
     wf.add_state("plan", noop, initial=True)
-    wf.transition("plan", "dne")
+    wf.transition("plan", "dne", guard=guard(lambda c: c.attempts > 0, name="retrying"))
     wf.transition("plan", "done", default=True)
     return wf
 
@@ -125,8 +167,10 @@ def unreachable_state() -> Workflow[Ctx]:
 def trap_state() -> Workflow[Ctx]:
     wf = base()
     wf.add_state("plan", noop, initial=True)
-    wf.add_state("stuck", noop, on_no_exit="error")
+    wf.add_state("stuck", noop)
+    wf.add_state("sink", noop)  # no exit at all: reported as no-exit, and 'stuck' leads only there
     wf.transition("plan", "stuck", guard=guard(lambda c: c.attempts > 0, name="retrying"))
+    wf.transition("stuck", "sink")
     wf.transition("plan", "done", default=True)
     return wf
 
@@ -225,7 +269,143 @@ def context_model() -> Workflow[Loose]:
     return wf
 
 
-BROKEN: dict[str, Callable[[], Workflow[object]]] = {  # type: ignore[dict-item]
+def bad_state() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True), "not a state",  # type: ignore[arg-type]
+                   transitions=(TransitionSpec("plan", "done"),))
+
+
+def bad_transition() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True),
+                   transitions=(TransitionSpec("plan", "done"), "not a transition"))  # type: ignore[arg-type]
+
+
+def bad_name() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True)
+    wf.transition("plan", "done", name="plan to done")
+    return wf
+
+
+def duplicate_name() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True)
+    wf.transition("plan", "done", guard=guard(lambda c: c.attempts == 0, name="fresh"), name="go")
+    wf.transition("plan", "failed", default=True, name="go")
+    return wf
+
+
+def bad_field() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True, reads=["question"], optional_reads=["question"])
+    wf.transition("plan", "done")
+    return wf
+
+
+def bad_option() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True, on_no_exit="bogus")
+    wf.transition("plan", "done")
+    return wf
+
+
+def bad_tool() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True), transitions=(TransitionSpec("plan", "done"),),
+                   tools=("search",))
+
+
+def duplicate_tool() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True), transitions=(TransitionSpec("plan", "done"),),
+                   tools=(Tool(search), Tool(search)))
+
+
+def unknown_tool() -> Workflow[Ctx]:
+    wf = base()
+    wf.tool(search)
+
+    async def plan(ctx: Ctx, tools: Any) -> None:
+        """Declares a tool that is not registered."""
+
+    wf.add_state("plan", plan, initial=True, tools=["serch"])
+    wf.transition("plan", "done")
+    return wf
+
+
+def undeclared_tool() -> Workflow[Ctx]:
+    wf = base()
+    wf.tool(search)
+
+    async def plan(ctx: Ctx, tools: Any) -> None:
+        """Calls a tool its state does not declare."""
+        await tools.call("search", "q")
+
+    wf.add_state("plan", plan, initial=True)
+    wf.transition("plan", "done")
+    return wf
+
+
+def foreign_state() -> Checkable:
+    other = base("other")
+    x = other.add_state("x", noop, initial=True)
+    wf = base("this")
+    wf.add_state("plan", noop, initial=True)
+    wf.transition("plan", "done")
+    try:
+        wf.transition(x, "done")
+    except DefinitionError as err:  # a Workflow that raises at once: report it like a collected one
+        return SpecCase(dataclasses.replace(wf.spec(), problems=err.problems))
+    return wf
+
+
+def initial_terminal() -> SpecCase:
+    return by_hand(StateSpec("start", terminal=True, initial=True, outcome=Outcome.SUCCESS),
+                   StateSpec("failed", terminal=True, outcome=Outcome.FAILURE), with_terminals=False)
+
+
+def no_terminal() -> Workflow[Ctx]:
+    wf = Workflow("demo", Ctx)
+    wf.add_state("plan", noop, initial=True, on_no_exit="fail")
+    return wf
+
+
+def terminal_action() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True),
+                   StateSpec("done", noop, terminal=True, outcome=Outcome.SUCCESS),
+                   StateSpec("failed", terminal=True, outcome=Outcome.FAILURE),
+                   transitions=(TransitionSpec("plan", "done"),), with_terminals=False)
+
+
+def terminal_decision() -> SpecCase:
+    return by_hand(StateSpec("plan", noop, initial=True),
+                   StateSpec("done", terminal=True, decision=True, outcome=Outcome.SUCCESS),
+                   StateSpec("failed", terminal=True, outcome=Outcome.FAILURE),
+                   transitions=(TransitionSpec("plan", "done"),), with_terminals=False)
+
+
+def terminal_outcome() -> Workflow[Ctx]:
+    wf = Workflow("demo", Ctx)
+    wf.add_state("plan", noop, initial=True)
+    wf.terminal("done", outcome="meh")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("plan", "done")
+    return wf
+
+
+def guarded_default() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True, on_no_exit="fail")
+    wf.transition("plan", "done", default=True, guard=guard(lambda c: c.attempts == 0, name="fresh"))
+    return wf
+
+
+def duplicate_error_route() -> Workflow[Ctx]:
+    wf = base()
+    wf.add_state("plan", noop, initial=True)
+    wf.transition("plan", "done")
+    wf.on_error("plan", ValueError, "failed").on_error("plan", ValueError, "done")
+    return wf
+
+
+BROKEN: dict[str, Callable[[], Checkable]] = {
     "unknown-state": unknown_state,
     "duplicate-state": duplicate_state,
     "no-initial": no_initial,
@@ -246,5 +426,23 @@ BROKEN: dict[str, Callable[[], Workflow[object]]] = {  # type: ignore[dict-item]
     "missing-description": missing_description,
     "no-failure-terminal": no_failure_terminal,
     "context-model": context_model,
+    "bad-state": bad_state,
+    "bad-transition": bad_transition,
+    "bad-name": bad_name,
+    "duplicate-name": duplicate_name,
+    "bad-field": bad_field,
+    "bad-option": bad_option,
+    "bad-tool": bad_tool,
+    "duplicate-tool": duplicate_tool,
+    "unknown-tool": unknown_tool,
+    "undeclared-tool": undeclared_tool,
+    "foreign-state": foreign_state,
+    "initial-terminal": initial_terminal,
+    "no-terminal": no_terminal,
+    "terminal-action": terminal_action,
+    "terminal-decision": terminal_decision,
+    "terminal-outcome": terminal_outcome,
+    "guarded-default": guarded_default,
+    "duplicate-error-route": duplicate_error_route,
 }
 """Each rule's code, and a workflow that breaks exactly that rule (and maybe its consequences)."""

@@ -1,0 +1,1103 @@
+"""The checker's rules: one function per rule, each yielding problems from one shared analysis.
+
+:func:`build` reads the spec once into an :class:`Analysis` (states by name, the edges, their
+indexes, reachability); then each ``_check_*`` function yields the :class:`Problem`\\ s of one rule.
+A few rules also store a verdict on the analysis (traps, unbounded cycles, unset reads) for the
+report. Nothing here raises on a malformed spec: odd values are problems, never crashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import types
+import typing
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._graph import bfs_edges, edge_path, reachable, strongly_connected_components, topological_order
+from .context import is_unset
+from .errors import Problem
+from .guards import Guard
+from .spec import (
+    TRANSITION_NAME,
+    ErrorTransitionSpec,
+    NoExit,
+    Outcome,
+    StateSpec,
+    TransitionSpec,
+    WorkflowSpec,
+)
+from .tools import declared_tool_calls
+
+# Exceptions that must propagate: routing them would swallow cancellation or interruption.
+_UNROUTABLE: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+Rule = Callable[["Analysis"], Iterable[Problem]]
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """An edge of the checked graph: a declared transition, an error transition, or an implicit fail."""
+
+    source: str
+    target: str
+    bound: int | None
+    kind: str
+    """``transition``, ``error`` (the action's writes are not applied) or ``no-exit`` (implicit fail)."""
+    label: str = ""
+    """The transition's name (``source->(no exit)`` for an implicit fail)."""
+
+
+# --- small helpers ---------------------------------------------------------------------------------
+
+
+def _q(names: Iterable[object], conj: str = "or") -> str:
+    items = [repr(n) for n in names]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + f" {conj} " + items[-1]
+
+
+def _suggest_name(name: object, known: Sequence[str]) -> str | None:
+    if not isinstance(name, str) or not known:
+        return None
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
+
+
+def _suggest(name: object, known: Iterable[str]) -> str:
+    close = _suggest_name(name, sorted(known))
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _is_count(value: object) -> typing.TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _attr(obj: object, name: str) -> Any:
+    """``getattr`` that treats a raising attribute as missing."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _items(value: object) -> tuple[Any, ...]:
+    """The entries of a declared tuple or list; nothing when it is something else."""
+    return tuple(value) if isinstance(value, (tuple, list)) else ()
+
+
+def _names_in(fs: object) -> frozenset[str]:
+    """The string entries of a declared collection of names; nothing when it is malformed."""
+    if not isinstance(fs, (tuple, list, set, frozenset)):
+        return frozenset()
+    return frozenset(f for f in fs if isinstance(f, str))
+
+
+def _is_name_list(fs: object) -> bool:
+    return isinstance(fs, (tuple, list, set, frozenset)) and all(isinstance(f, str) for f in fs)
+
+
+_CAPACITY: dict[Any, tuple[int, int] | None] = {}
+
+
+def _positional_capacity(fn: Callable[..., Any]) -> tuple[int, int] | None:
+    """(required, maximum) positional arguments ``fn`` takes; maximum -1 means ``*args``."""
+    try:
+        return _CAPACITY[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None  # builtins without a signature: give them the benefit of the doubt
+    required = maximum = 0
+    cap: tuple[int, int] | None = None
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            maximum += 1
+            if p.default is p.empty:
+                required += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            maximum = -1
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            cap = (99, 99)  # a required keyword-only argument can never be supplied
+            break
+    cap = cap or (required, maximum)
+    try:
+        if len(_CAPACITY) < 4096:
+            _CAPACITY[fn] = cap
+    except TypeError:
+        pass  # unhashable callables are simply not cached
+    return cap
+
+
+def _takes(fn: Callable[..., Any], n: int) -> bool:
+    """Whether ``fn`` can be called with exactly ``n`` positional arguments."""
+    cap = _positional_capacity(fn)
+    if cap is None:
+        return True
+    required, maximum = cap
+    return required <= n and (maximum == -1 or maximum >= n)
+
+
+def takes_tools(fn: Callable[..., Any]) -> bool:
+    """Whether an action wants the tools handle: it takes a second positional parameter."""
+    cap = _positional_capacity(fn)
+    return cap is not None and (cap[1] == -1 or cap[1] >= 2) and cap[0] <= 2
+
+
+def _allows_none(annotation: Any) -> bool:
+    if annotation is Any or annotation is None or annotation is type(None):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _allows_none(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_allows_none(a) for a in typing.get_args(annotation))
+    return False
+
+
+def fields_set_at_start(model: type[BaseModel]) -> frozenset[str]:
+    """Fields that hold a usable value before any action runs.
+
+    A required field whose type excludes ``None`` (the caller must supply it), or a field whose
+    default is neither ``None`` nor :data:`~statemachine_agent.context.UNSET` (or comes from a factory).
+    """
+    out = set()
+    for name, info in model.model_fields.items():
+        if info.is_required():
+            if not _allows_none(info.annotation):
+                out.add(name)
+        elif info.default_factory is not None or (info.default is not None and not is_unset(info.default)):
+            out.add(name)
+    return frozenset(out)
+
+
+def _tname(t: object) -> str:
+    """How messages name a transition: ``transition 'name' (a->b)``."""
+    name = _attr(t, "name")
+    src, tgt = _attr(t, "source"), _attr(t, "target")
+    if isinstance(t, ErrorTransitionSpec):
+        err = getattr(t.error, "__name__", repr(t.error))
+        arrow, kind = f"{src}-[{err}]->{tgt}", "error transition"
+    else:
+        arrow, kind = f"{src}->{tgt}", "transition"
+    if isinstance(name, str) and name:
+        return f"{kind} {name!r} ({arrow})"
+    return f"{kind} {arrow}"
+
+
+def _subject(t: object) -> str:
+    name = _attr(t, "name")
+    return name if isinstance(name, str) and name else f"{_attr(t, 'source')}->{_attr(t, 'target')}"
+
+
+def _fmt_edges(start: str, path: Sequence[Edge]) -> str:
+    """``a -> b -[error]-> c``; very long paths keep their ends."""
+    nodes = [start, *(e.target for e in path)]
+    arrows = [" -[error]-> " if e.kind == "error" else " -> " for e in path]
+    if len(nodes) > 12:
+        head = "".join(n + a for n, a in zip(nodes[:4], arrows[:4], strict=True))
+        tail = "".join(a + n for a, n in zip(arrows[-4:], nodes[-4:], strict=True))
+        return f"{head}... ({len(nodes) - 8} more states) ...{tail}"
+    return nodes[0] + "".join(a + n for a, n in zip(arrows, nodes[1:], strict=True))
+
+
+# --- the shared analysis ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Analysis:
+    """Everything the rules share, read from the spec once."""
+
+    spec: WorkflowSpec
+    model: Any = None
+    model_ok: bool = False
+    model_name: str = ""
+    fields: frozenset[str] = frozenset()
+    tool_names: set[str] = field(default_factory=set)
+    tools_known: bool = True
+    """Every registered tool has a name, so an unregistered name is surely unknown."""
+    names: list[str] = field(default_factory=list)
+    """Well-formed states, first declaration of each name, in declaration order."""
+    states: dict[str, StateSpec] = field(default_factory=dict)
+    initial: str | None = None
+    terminals: list[str] = field(default_factory=list)
+    failure_terminal: str | None = None
+    reads_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    writes_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    optional_reads_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    optional_writes_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    visit_bound: dict[str, int | None] = field(default_factory=dict)
+    transitions: list[TransitionSpec] = field(default_factory=list)
+    """Well-formed transitions (of any endpoints)."""
+    exits: dict[str, list[TransitionSpec]] = field(default_factory=lambda: defaultdict(list))
+    """The declared exits of each non-terminal state, by order; a mistyped target still counts."""
+    routes: list[ErrorTransitionSpec] = field(default_factory=list)
+    """Error transitions that became edges."""
+    edges: list[Edge] = field(default_factory=list)
+    out: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
+    into: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
+    dangling: set[str] = field(default_factory=set)
+    """States with an exit to an unknown state: where that exit leads is unknown, not nowhere."""
+    meant: set[str] = field(default_factory=set)
+    """States a mistyped transition probably meant (its target, or the closest known name)."""
+    reach: set[str] = field(default_factory=set)
+    unreachable: list[str] = field(default_factory=list)
+    traps: set[str] = field(default_factory=set)
+    unbounded: list[frozenset[str]] = field(default_factory=list)
+    unset: set[tuple[str, str]] = field(default_factory=set)
+
+    def known(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.states
+
+    def terminal(self, name: str) -> bool:
+        return bool(self.states[name].terminal)
+
+
+def _good_state_name(name: object) -> bool:
+    return isinstance(name, str) and bool(name.strip())
+
+
+def _routable(error: object) -> bool:
+    return (isinstance(error, type) and issubclass(error, Exception)
+            and not issubclass(error, _UNROUTABLE))
+
+
+def build(spec: WorkflowSpec) -> Analysis:
+    """Read ``spec`` into the shared analysis: states, edges, indexes and reachability."""
+    a = Analysis(spec)
+    model = _attr(spec, "context")
+    a.model = model
+    a.model_ok = isinstance(model, type) and issubclass(model, BaseModel)
+    if a.model_ok:
+        a.fields = frozenset(model.model_fields)
+        a.model_name = model.__name__
+    for tool in _items(_attr(spec, "tools")):
+        name = _attr(tool, "name")
+        if isinstance(name, str):
+            a.tool_names.add(name)
+        else:
+            a.tools_known = False
+
+    for s in _items(_attr(spec, "states")):
+        if isinstance(s, StateSpec) and _good_state_name(s.name) and s.name not in a.states:
+            a.states[s.name] = s
+            a.names.append(s.name)
+    initials = [n for n in a.names if a.states[n].initial]
+    a.initial = initials[0] if len(initials) == 1 else None
+    a.terminals = [n for n in a.names if a.states[n].terminal]
+    failures = [n for n in a.terminals if a.states[n].outcome is Outcome.FAILURE]
+    a.failure_terminal = failures[0] if failures else None
+    for n in a.names:
+        s = a.states[n]
+        a.reads_of[n] = _names_in(s.reads)
+        a.writes_of[n] = _names_in(s.writes)
+        a.optional_reads_of[n] = _names_in(s.optional_reads)
+        a.optional_writes_of[n] = _names_in(s.optional_writes)
+        # A malformed bound is reported by its rule and counts as no bound.
+        a.visit_bound[n] = s.max_visits if _is_count(s.max_visits) else None
+
+    known_names = list(a.names)
+    for t in _items(_attr(spec, "transitions")):
+        if not isinstance(t, TransitionSpec) or isinstance(t.order, bool) or not isinstance(t.order, int):
+            continue
+        a.transitions.append(t)
+        src_ok, tgt_ok = a.known(t.source), a.known(t.target)
+        if src_ok and not a.terminal(t.source):
+            a.exits[t.source].append(t)
+            if tgt_ok:
+                a.edges.append(Edge(t.source, t.target, t.max_traversals if _is_count(t.max_traversals)
+                                    else None, "transition", t.name if isinstance(t.name, str) else ""))
+        _note_mistyped(a, t.source, t.target, known_names)
+    for src in a.exits:
+        a.exits[src].sort(key=lambda t: t.order)
+
+    seen_routes: set[tuple[str, type[BaseException]]] = set()
+    for et in _items(_attr(spec, "error_transitions")):
+        if not isinstance(et, ErrorTransitionSpec):
+            continue
+        src_ok, tgt_ok = a.known(et.source), a.known(et.target)
+        _note_mistyped(a, et.source, et.target, known_names)
+        if not (src_ok and tgt_ok and _routable(et.error)) or a.terminal(et.source):
+            continue
+        key = (et.source, et.error)
+        if key in seen_routes:
+            continue
+        seen_routes.add(key)
+        a.routes.append(et)
+        a.edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
+                            else None, "error", et.name if isinstance(et.name, str) else ""))
+
+    if a.failure_terminal is not None:
+        for n in a.names:
+            s = a.states[n]
+            if not s.terminal and s.on_no_exit is NoExit.FAIL and not _exhaustive(a.exits.get(n, [])):
+                a.edges.append(Edge(n, a.failure_terminal, None, "no-exit", f"{n}->(no exit)"))
+
+    for e in a.edges:
+        a.out[e.source].append(e)
+        a.into[e.target].append(e)
+    if a.initial is not None:
+        succ = {v: [e.target for e in es] for v, es in a.out.items()}
+        a.reach = reachable([a.initial], succ)
+        if a.failure_terminal is not None:
+            a.reach.add(a.failure_terminal)  # every run can end there: budgets, unrouted errors
+        a.unreachable = [n for n in a.names if n not in a.reach]
+    return a
+
+
+def _note_mistyped(a: Analysis, source: object, target: object, known: Sequence[str]) -> None:
+    """Remember what a transition with an unknown endpoint probably meant, to spare follow-on problems."""
+    src_ok, tgt_ok = a.known(source), a.known(target)
+    if src_ok and not tgt_ok:
+        a.dangling.add(typing.cast(str, source))
+        guess = _suggest_name(target, known)
+        if guess is not None:
+            a.meant.add(guess)
+    elif tgt_ok and not src_ok:
+        a.meant.add(typing.cast(str, target))
+        guess = _suggest_name(source, known)
+        if guess is not None:
+            a.dangling.add(guess)
+
+
+def _exhaustive(outs: Sequence[TransitionSpec]) -> bool:
+    return any(t.guard is None for t in outs)
+
+
+# --- declarations ----------------------------------------------------------------------------------
+
+
+def _check_declaration_problems(a: Analysis) -> Iterator[Problem]:
+    """Problems the Workflow collected while declaring (a bad guard, a foreign state, a bad option)."""
+    found = _attr(a.spec, "problems")
+    if found is None or found == ():
+        return
+    if not isinstance(found, (tuple, list)):
+        yield Problem("bad-option", f"the spec's problems are {found!r}: give a tuple of Problem")
+        return
+    for p in found:
+        if isinstance(p, Problem):
+            yield p
+        else:
+            yield Problem("bad-option", f"the spec's problems hold {p!r}, which is not a Problem")
+
+
+def _check_context(a: Analysis) -> Iterator[Problem]:
+    """The context is a pydantic model that validates on assignment."""
+    model = a.model
+    if not a.model_ok:
+        yield Problem("context-model", f"the context {model!r} is not a pydantic model: declare it as a "
+                      "subclass of pydantic.BaseModel")
+    elif not model.model_config.get("validate_assignment", False):
+        yield Problem("context-model", f"context model {model.__name__} does not validate on assignment, "
+                      "so an action could store a wrong type unnoticed: set model_config = "
+                      "ConfigDict(validate_assignment=True) or subclass statemachine_agent.Context")
+
+
+def _check_tools(a: Analysis) -> Iterator[Problem]:
+    """Registered tools are Tools, uniquely named, well configured, and fall back to known tools."""
+    tools = _items(_attr(a.spec, "tools"))
+    seen: set[str] = set()
+    reported: set[str] = set()
+    for tool in tools:
+        name = _attr(tool, "name")
+        if not isinstance(name, str):
+            yield Problem("bad-tool", f"{tool!r} is not a Tool: register tools with workflow.tool()")
+            continue
+        if name in seen and name not in reported:
+            reported.add(name)
+            yield Problem("duplicate-tool", f"a tool named {name!r} is registered twice: rename one of them",
+                          name)
+        seen.add(name)
+        yield from _tool_definition_problems(tool, name)
+        fallback = _attr(tool, "fallback")
+        if fallback is not None and (not isinstance(fallback, str) or fallback not in a.tool_names):
+            yield Problem("unknown-tool", f"tool {name!r} falls back to {fallback!r}, which is not a "
+                          f"registered tool{_suggest(fallback, a.tool_names)}", name)
+
+
+def _tool_definition_problems(tool: object, name: str) -> Iterator[Problem]:
+    """What the tool itself says is wrong with its options (``definition_problems()``)."""
+    method = _attr(tool, "definition_problems")
+    if not callable(method):
+        return
+    try:
+        found = list(method())
+    except Exception as exc:
+        yield Problem("bad-tool", f"tool {name!r}: definition_problems() raised {type(exc).__name__}: "
+                      f"{exc}", name)
+        return
+    for p in found:
+        if isinstance(p, Problem):
+            yield p
+        else:
+            yield Problem("bad-tool", f"tool {name!r}: definition_problems() gave {p!r}, which is not a "
+                          "Problem", name)
+
+
+def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
+    """Every state is a StateSpec with a non-empty string name, declared once."""
+    seen: set[str] = set()
+    for s in _items(_attr(a.spec, "states")):
+        if not isinstance(s, StateSpec):
+            yield Problem("bad-state", f"{s!r} is not a state declaration (StateSpec)")
+        elif not _good_state_name(s.name):
+            yield Problem("bad-name", f"state name {s.name!r} must be a non-empty string", str(s.name))
+        elif s.name in seen:
+            yield Problem("duplicate-state", f"state {s.name!r} is declared more than once: rename one of "
+                          "them", s.name)
+        else:
+            seen.add(s.name)
+
+
+def _check_initial(a: Analysis) -> Iterator[Problem]:
+    """Exactly one initial state."""
+    initials = [n for n in a.names if a.states[n].initial]
+    if not initials:
+        yield Problem("no-initial", "no initial state: mark exactly one state with initial=True")
+    elif len(initials) > 1:
+        yield Problem("several-initial", f"several initial states ({_q(initials, 'and')}): keep "
+                      "initial=True on exactly one")
+
+
+def _check_terminals(a: Analysis) -> Iterator[Problem]:
+    """At least one terminal state, and one with outcome failure."""
+    if not a.terminals:
+        yield Problem("no-terminal", "no terminal state: declare at least one, e.g. terminal('done'), and "
+                      "one for failures, e.g. terminal('failed', outcome='failure')")
+    elif a.failure_terminal is None:
+        yield Problem("no-failure-terminal", "no terminal state with outcome 'failure': declare one, e.g. "
+                      "terminal('failed', outcome='failure'); runs that exhaust a budget or hit an "
+                      "unrouted error end there")
+
+
+def _check_terminal_states(a: Analysis) -> Iterator[Problem]:
+    """Terminals run nothing: no action, no decision, no reads or writes, a valid outcome."""
+    for n in a.terminals:
+        s = a.states[n]
+        if s.initial:
+            yield Problem("initial-terminal", f"initial state {n!r} is terminal, so no run does anything", n)
+        if not isinstance(s.outcome, Outcome):
+            yield Problem("terminal-outcome", f"terminal state {n!r} has outcome {s.outcome!r}: use "
+                          "'success' or 'failure'", n)
+        if s.action is not None:
+            yield Problem("terminal-action", f"terminal state {n!r} has an action, which would never run: "
+                          "move it to the state before", n)
+        if s.decision:
+            yield Problem("terminal-decision", f"terminal state {n!r} cannot be a decision state", n)
+        if (a.reads_of[n] or a.writes_of[n] or a.optional_reads_of[n] or a.optional_writes_of[n]):
+            yield Problem("terminal-action", f"terminal state {n!r} declares reads or writes but runs no "
+                          "action", n)
+
+
+def _check_actions(a: Analysis) -> Iterator[Problem]:
+    """Non-terminal states have an action callable with the context (and the tools handle)."""
+    for n in a.names:
+        s = a.states[n]
+        if s.terminal:
+            continue
+        if s.outcome is not None:
+            yield Problem("terminal-outcome", f"state {n!r} has an outcome but is not terminal: declare it "
+                          "with terminal()", n)
+        if not callable(s.action):
+            yield Problem("bad-action", f"state {n!r} has action {s.action!r}, which is not callable: give a "
+                          "function that takes the context", n)
+        elif not (_takes(s.action, 1) or _takes(s.action, 2)):
+            yield Problem("bad-action", f"the action of state {n!r} cannot be called with the context (and "
+                          "the tools handle): give it the signature (ctx) or (ctx, tools)", n)
+        else:
+            yield from _state_tools(a, s)
+
+
+def _state_tools(a: Analysis, s: StateSpec) -> Iterator[Problem]:
+    """A state's tools exist, its action can take the handle, and it calls only what it declares."""
+    n, action = s.name, s.action
+    assert action is not None
+    if not _is_name_list(s.tools) or isinstance(s.tools, (set, frozenset)):
+        yield Problem("bad-field", f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
+    declared = tuple(sorted(_names_in(s.tools)))
+    for t in declared:
+        if a.tools_known and t not in a.tool_names:
+            yield Problem("unknown-tool", f"state {n!r} declares tool {t!r}, which is not registered"
+                          f"{_suggest(t, a.tool_names)}: register it with @workflow.tool", n)
+    if s.tool_deadline is not None and not (
+        isinstance(s.tool_deadline, (int, float)) and not isinstance(s.tool_deadline, bool)
+        and s.tool_deadline > 0
+    ):
+        yield Problem("bad-option", f"state {n!r} has tool_deadline={s.tool_deadline!r}: give a positive "
+                      "number of seconds", n)
+    wants = takes_tools(action)
+    if declared and not wants:
+        yield Problem("bad-action", f"state {n!r} declares tools but its action takes no tools handle: give "
+                      "it the signature async def (ctx, tools)", n)
+    if declared and wants and not inspect.iscoroutinefunction(action):
+        yield Problem("bad-action", f"state {n!r} calls tools, which are awaited: make its action async def",
+                      n)
+    if wants:
+        used = declared_tool_calls(action)
+        for t in sorted((used or set()) - set(declared)):
+            yield Problem("undeclared-tool", f"the action of state {n!r} calls tool {t!r} but the state does "
+                          f"not declare it: add {t!r} to tools=[...]", n)
+
+
+def _check_state_options(a: Analysis) -> Iterator[Problem]:
+    """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail'."""
+    for n in a.names:
+        s = a.states[n]
+        if s.max_visits is not None and not _is_count(s.max_visits):
+            yield Problem("bad-bound", f"state {n!r} has max_visits={s.max_visits!r}: use a whole number of "
+                          "at least 1", n)
+        if not isinstance(s.on_no_exit, NoExit):
+            yield Problem("bad-option", f"state {n!r} has on_no_exit={s.on_no_exit!r}: use 'error' or "
+                          "'fail'", n)
+
+
+def _check_fields(a: Analysis) -> Iterator[Problem]:
+    """reads, writes, optional_reads and optional_writes are lists of known fields, without overlap."""
+    for n in a.names:
+        s = a.states[n]
+        for kind in ("reads", "writes", "optional_reads", "optional_writes"):
+            fs = getattr(s, kind)
+            if not _is_name_list(fs):
+                yield Problem("bad-field", f"state {n!r} {kind} {fs!r}: give a list of field names", n)
+                continue
+            if not a.model_ok:
+                continue
+            for f in fs:
+                if f in a.fields:
+                    continue
+                hint = _suggest(f, a.fields)
+                if kind in ("reads", "writes"):
+                    yield Problem("unknown-field", f"state {n!r} {kind} {f!r}, which is not a field of "
+                                  f"{a.model_name}{hint}", n)
+                else:
+                    yield Problem("unknown-field", f"state {n!r} lists {f!r} in {kind}, but {a.model_name} "
+                                  f"has no such field{hint}", n)
+        for f in sorted(a.writes_of[n] & a.optional_writes_of[n]):
+            yield Problem("bad-field", f"state {n!r} lists {f!r} in both writes and optional_writes: keep it "
+                          "in writes if every successful visit writes it, else in optional_writes only", n)
+        for f in sorted(a.reads_of[n] & a.optional_reads_of[n]):
+            yield Problem("bad-field", f"state {n!r} lists {f!r} in both reads and optional_reads: keep it "
+                          "in optional_reads if the state handles it unset, else in reads only", n)
+
+
+def _check_max_steps(a: Analysis) -> Iterator[Problem]:
+    """A workflow-wide ``max_steps`` is a count."""
+    max_steps = _attr(a.spec, "max_steps")
+    if max_steps is not None and not _is_count(max_steps):
+        yield Problem("bad-bound", f"max_steps={max_steps!r}: use a whole number of at least 1")
+
+
+# --- transitions -----------------------------------------------------------------------------------
+
+
+def _unknown_endpoint(a: Analysis, t: object, what: str, name: object) -> Iterator[Problem]:
+    if not a.known(name):
+        yield Problem("unknown-state", f"{_tname(t)} has unknown {what} state {name!r}"
+                      f"{_suggest(name, a.names)}", _subject(t))
+
+
+def _check_transitions(a: Analysis) -> Iterator[Problem]:
+    """Transitions are well formed: known endpoints, counts, callable guards, no exit from a terminal."""
+    for t in _items(_attr(a.spec, "transitions")):
+        if not isinstance(t, TransitionSpec):
+            yield Problem("bad-transition", f"{t!r} is not a transition declaration (TransitionSpec)")
+            continue
+        label = _tname(t)
+        if isinstance(t.order, bool) or not isinstance(t.order, int):
+            yield Problem("bad-transition", f"{label} has order={t.order!r}: use a whole number (declare "
+                          "transitions with workflow.transition())", _subject(t))
+            continue
+        yield from _unknown_endpoint(a, t, "source", t.source)
+        yield from _unknown_endpoint(a, t, "target", t.target)
+        if t.max_traversals is not None and not _is_count(t.max_traversals):
+            yield Problem("bad-bound", f"{label} has max_traversals={t.max_traversals!r}: use a whole number "
+                          "of at least 1", _subject(t))
+        yield from _guard_problems(a, t, label)
+        if a.known(t.source) and a.known(t.target) and a.terminal(t.source):
+            yield Problem("terminal-exit", f"terminal state {t.source!r} has an outgoing transition to "
+                          f"{t.target!r}: a run ends on entering a terminal; remove the transition or make "
+                          "the state non-terminal", t.source)
+
+
+def _guard_problems(a: Analysis, t: TransitionSpec, label: str) -> Iterator[Problem]:
+    if t.guard is None:
+        return
+    if not isinstance(t.guard, Guard):
+        yield Problem("bad-guard", f"{label} has guard {t.guard!r}, which is not a Guard", _subject(t))
+    else:
+        for leaf in t.guard.leaves():
+            if not callable(leaf.fn) or not _takes(leaf.fn, 1):
+                yield Problem("bad-guard", f"guard {leaf.name!r} on {label} cannot be called with the "
+                              "context as its only argument: give it the signature (ctx) -> bool",
+                              _subject(t))
+        if a.model_ok:
+            for f in sorted(_names_in(t.guard.reads) - a.fields):
+                yield Problem("unknown-field", f"guard {t.guard.name!r} on {label} reads {f!r}, which is not "
+                              f"a field of {a.model_name}{_suggest(f, a.fields)}", _subject(t))
+    if t.default:
+        yield Problem("guarded-default", f"{label} is the default (else) exit but has guard "
+                      f"{getattr(t.guard, 'name', t.guard)!r}: drop the guard or default=True", _subject(t))
+
+
+def _check_error_transitions(a: Analysis) -> Iterator[Problem]:
+    """Error transitions route subclasses of Exception between known states, once per source and type."""
+    seen: dict[tuple[str, type[BaseException]], str] = {}
+    for et in _items(_attr(a.spec, "error_transitions")):
+        if not isinstance(et, ErrorTransitionSpec):
+            yield Problem("bad-transition", f"{et!r} is not an error transition declaration "
+                          "(ErrorTransitionSpec)")
+            continue
+        label = _tname(et)
+        err_name = getattr(et.error, "__name__", repr(et.error))
+        yield from _unknown_endpoint(a, et, "source", et.source)
+        yield from _unknown_endpoint(a, et, "target", et.target)
+        ok = a.known(et.source) and a.known(et.target)
+        if not (isinstance(et.error, type) and issubclass(et.error, BaseException)):
+            yield Problem("bad-error-type", f"{label} routes {et.error!r}, which is not an exception class: "
+                          "give a subclass of Exception", _subject(et))
+            ok = False
+        elif not _routable(et.error):
+            yield Problem("bad-error-type", f"{label} routes {err_name}, which must always propagate "
+                          "(cancellation and interruption are never routed): route a subclass of "
+                          "Exception instead", _subject(et))
+            ok = False
+        if et.max_traversals is not None and not _is_count(et.max_traversals):
+            yield Problem("bad-bound", f"{label} has max_traversals={et.max_traversals!r}: use a whole "
+                          "number of at least 1", _subject(et))
+        if not ok:
+            continue
+        if a.terminal(et.source):
+            yield Problem("terminal-exit", f"terminal state {et.source!r} has an error transition: "
+                          "terminals run no action", et.source)
+            continue
+        key = (et.source, et.error)
+        if key in seen:
+            yield Problem("duplicate-error-route", f"state {et.source!r} routes {err_name} twice (to "
+                          f"{seen[key]!r} and {et.target!r}); the second never fires: keep one",
+                          _subject(et))
+            continue
+        seen[key] = et.target
+
+
+def _check_transition_names(a: Analysis) -> Iterator[Problem]:
+    """Transition names are valid LLM function names, unique across transitions and error routes."""
+    by_name: dict[str, list[object]] = defaultdict(list)
+    everything = [*_items(_attr(a.spec, "transitions")), *_items(_attr(a.spec, "error_transitions"))]
+    for t in everything:
+        if not isinstance(t, (TransitionSpec, ErrorTransitionSpec)):
+            continue
+        name = t.name
+        if not isinstance(name, str) or not TRANSITION_NAME.fullmatch(name):
+            where = f"{t.source}-[{getattr(t.error, '__name__', t.error)}]->{t.target}" \
+                if isinstance(t, ErrorTransitionSpec) else f"{t.source}->{t.target}"
+            kind = "error transition" if isinstance(t, ErrorTransitionSpec) else "transition"
+            yield Problem("bad-name", f"{kind} {where} has name {name!r}: use 1 to 64 letters, digits, '_' "
+                          "and '-' (policies see it as an LLM function name)",
+                          name if isinstance(name, str) else where)
+            continue
+        by_name[name].append(t)
+    for name, ts in by_name.items():
+        if len(ts) > 1:
+            arrows = [_tname(t).split(" (", 1)[1].rstrip(")") for t in ts]
+            yield Problem("duplicate-name", f"{len(ts)} transitions are named {name!r} ({', '.join(arrows)}):"
+                          " give each a unique name=...", name)
+
+
+def _check_exits(a: Analysis) -> Iterator[Problem]:
+    """Exits: no dead ones, described in decision states, and always one way out."""
+    for n in a.names:
+        s = a.states[n]
+        if s.terminal:
+            continue
+        outs = a.exits.get(n, [])
+        yield from _dead_exits(n, s, outs)
+        if s.decision:
+            for t in outs:
+                if not (isinstance(t.description, str) and t.description.strip()):
+                    yield Problem("missing-description", f"{_tname(t)} leaves decision state {n!r} without a "
+                                  "description: add description=... (the policy reads it to choose)",
+                                  _subject(t))
+        if s.on_no_exit is NoExit.FAIL:
+            continue  # explicit: no enabled exit ends the run in failure
+        if not outs:
+            if n in a.dangling:
+                continue  # an exit was declared from a mistyped source: reported as unknown-state
+            yield Problem("no-exit", f"state {n!r} has no exits: add a transition from it, or "
+                          "on_no_exit='fail' if it should always end the run in failure", n)
+        elif not _exhaustive(outs):
+            yield Problem("no-exit", f"every exit of state {n!r} is guarded and none is a default, so a run "
+                          "can find no way out: add default=True to a fallback transition, or "
+                          "on_no_exit='fail' to end the run in the failure terminal then", n)
+
+
+def _dead_exits(n: str, s: StateSpec, outs: Sequence[TransitionSpec]) -> Iterator[Problem]:
+    defaults = [t for t in outs if t.default]
+    if len(defaults) > 1:
+        yield Problem("dead-transition", f"state {n!r} has {len(defaults)} default exits "
+                      f"({_q((t.name for t in defaults), 'and')}); only the first can ever fire: keep one", n)
+    if s.decision:
+        return  # the policy picks among all enabled exits
+    blocker = next((t for t in outs if t.guard is None and not t.default), None)
+    if blocker is None:
+        return
+    dead = [t for t in outs if t is not blocker and (t.order > blocker.order or t.default)]
+    if dead:
+        yield Problem("dead-transition", f"state {n!r}: the unguarded transition {blocker.name!r} to "
+                      f"{blocker.target!r} always fires, so its exits {_q(t.name for t in dead)} never can: "
+                      "guard it, move it last as default=True, or remove the dead ones", n)
+
+
+# --- the graph -------------------------------------------------------------------------------------
+
+
+def _check_reachability(a: Analysis) -> Iterator[Problem]:
+    """Every state can be entered from the initial state."""
+    if a.initial is None or not a.unreachable or a.terminal(a.initial):
+        return  # an initial terminal (reported as such) reaches nothing
+    # A state a mistyped transition meant to reach is not reported: fixing the typo reaches it.
+    meant = reachable(a.meant, {v: [e.target for e in es] for v, es in a.out.items()}) if a.meant else set()
+    for n in a.unreachable:
+        if n not in meant:
+            yield Problem("unreachable-state", f"state {n!r} cannot be reached from the initial state "
+                          f"{a.initial!r}: add a transition into it, or remove it", n)
+
+
+def _check_traps(a: Analysis) -> Iterator[Problem]:
+    """From every reachable state some terminal state can be reached."""
+    pred = {v: [e.source for e in es] for v, es in a.into.items()}
+    can_finish = reachable(a.terminals, pred)
+    a.traps = {n for n in a.reach if n not in can_finish}
+    if not a.traps or not a.terminals:
+        return  # with no terminal at all, no-terminal says it all
+    # A state whose exit has an unknown target may well finish once the typo is fixed.
+    excused = reachable(a.dangling, pred) if a.dangling else set()
+    trap_succ = {n: [e.target for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
+    for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_succ):
+        head = min(comp)
+        if head in excused:
+            continue
+        members = set(comp)
+        if len(comp) == 1 and head in trap_succ[head]:
+            yield Problem("trap-cycle", f"state {head!r} loops on itself with no way out to a terminal "
+                          "state: add an exit from it to a terminal state", head)
+        elif len(comp) > 1:
+            cycle = _cycle(a, head, _within(members))
+            yield Problem("trap-cycle", f"states {_q(sorted(comp), 'and')} form a trap: the cycle "
+                          f"{_fmt_edges(head, cycle)} has no way out to a terminal state: add an exit to a "
+                          "terminal from one of them", head)
+        elif a.out.get(head):  # a state with no exit at all is reported by no-exit
+            yield Problem("trap-state", f"state {head!r} leads to no terminal state: add a transition from "
+                          "it to one (or to a state that reaches one)", head)
+
+
+def _both(f: Callable[[Edge], bool], g: Callable[[Edge], bool]) -> Callable[[Edge], bool]:
+    return lambda e: f(e) and g(e)
+
+
+def _within(members: set[str]) -> Callable[[Edge], bool]:
+    return lambda e: e.target in members
+
+
+def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
+    """A shortest cycle through ``head`` along the edges ``keep`` accepts."""
+    via = bfs_edges(head, lambda v: (e for e in a.out.get(v, ()) if keep(e)), lambda e: e.target)
+    depth = {v: i for i, v in enumerate(via)}  # breadth-first order: shallower first
+    back = min((e for e in a.into.get(head, ()) if keep(e) and e.source in via),
+               key=lambda e: depth[e.source])
+    return [*edge_path(via, back.source, lambda x: x.source), back]
+
+
+def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
+    """Every cycle passes a bounded state or a bounded transition."""
+    free = [n for n in a.names if n in a.reach and not a.terminal(n) and a.visit_bound[n] is None]
+    free_set = set(free)
+
+    def is_free(e: Edge) -> bool:
+        return e.bound is None and e.source in free_set and e.target in free_set
+
+    free_succ = {v: [e.target for e in a.out.get(v, ()) if is_free(e)] for v in free}
+    for comp in strongly_connected_components(free, free_succ):
+        head = min(comp)
+        if len(comp) == 1 and head not in free_succ[head]:
+            continue
+        a.unbounded.append(frozenset(comp))
+        members = set(comp)
+        if len(comp) == 1:
+            loops = [e.label for e in a.out[head] if is_free(e) and e.target == head]
+            yield Problem("unbounded-cycle", f"state {head!r} loops on itself with no bound, so a run could "
+                          f"loop forever: give it max_visits=N or its transition {_q(loops)} "
+                          "max_traversals=N", head)
+            continue
+        cycle = _cycle(a, head, _both(is_free, _within(members)))
+        yield Problem("unbounded-cycle", f"the cycle {_fmt_edges(head, cycle)} has no bound, so a run could "
+                      f"loop forever: give one of its states max_visits=N (e.g. {head!r}) or one of its "
+                      "transitions max_traversals=N", head)
+
+
+# --- the context: definite assignment --------------------------------------------------------------
+
+
+def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
+    """Every field read is written on every path to the reader (a must-analysis over bitsets)."""
+    if not a.model_ok or a.initial is None:
+        return
+    at_start = fields_set_at_start(a.model)
+    bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
+
+    def mask(fs: Iterable[str]) -> int:
+        m = 0
+        for f in fs:
+            m |= bit.get(f, 0)
+        return m
+
+    written = {n: mask(a.writes_of[n]) for n in a.names}
+    into = _definitely_set(a, mask(at_start), written)
+
+    readers: list[tuple[str, str, TransitionSpec | None]] = []  # (state, field, guarded transition)
+    for n in a.names:
+        if n not in into or a.terminal(n):
+            continue
+        have = into[n]
+        for f in sorted((a.reads_of[n] - a.optional_reads_of[n]) & a.fields):
+            if not have & bit[f]:
+                readers.append((n, f, None))
+    for t in a.transitions:
+        if (not isinstance(t.guard, Guard) or not a.known(t.source) or not a.known(t.target)
+                or t.source not in into or a.terminal(t.source)):
+            continue
+        have = into[t.source] | written[t.source]
+        for f in sorted((_names_in(t.guard.reads) & a.fields) - at_start):
+            if not have & bit[f]:
+                readers.append((t.source, f, t))
+    if not readers:
+        return
+
+    witnesses: dict[str, dict[str, Edge | None]] = {}
+    for state, f, guarded_by in readers:
+        a.unset.add((state, f))
+        if f not in witnesses:
+            # One shortest-path tree per field, over the edges that leave it unwritten.
+            witnesses[f] = bfs_edges(a.initial, _unwritten(a, f), lambda e: e.target)
+        path = edge_path(witnesses[f], state, lambda e: e.source)
+        if guarded_by is None:
+            yield Problem("unset-read", _unset_message(a, f"state {state!r}", state, f, path), state)
+        else:
+            t = guarded_by
+            step = Edge(t.source, t.target, None, "transition", t.name)
+            reader = f"guard {getattr(t.guard, 'name', t.guard)!r} on {_tname(t)}"
+            yield Problem("unset-read", _unset_message(a, reader, None, f, [*path, step]), _subject(t))
+
+
+def _unwritten(a: Analysis, f: str) -> Callable[[str], Iterator[Edge]]:
+    """The edges out of a state along which ``f`` stays unwritten."""
+    def out(v: str) -> Iterator[Edge]:
+        written = f in a.writes_of[v]
+        return (e for e in a.out.get(v, ()) if e.kind == "error" or not written)
+    return out
+
+
+def _definitely_set(a: Analysis, at_start: int, written: dict[str, int]) -> dict[str, int]:
+    """For each reachable state, the fields (as a bitset) written on every path into it.
+
+    A worklist over the edges: a state's set only shrinks, at most once per field, so the work is
+    linear in the edges times the fields. An error edge carries no writes of its source.
+    """
+    assert a.initial is not None
+    into: dict[str, int] = {a.initial: at_start}
+    todo = deque([a.initial])
+    queued = {a.initial}
+    while todo:
+        u = todo.popleft()
+        queued.discard(u)
+        have = into[u]
+        carried = have | written[u]
+        for e in a.out.get(u, ()):
+            v = e.target
+            if v == a.initial:
+                continue  # the empty path: only what is set at the start
+            value = have if e.kind == "error" else carried
+            old = into.get(v)
+            new = value if old is None else old & value
+            if new != old:
+                into[v] = new
+                if v not in queued:
+                    queued.add(v)
+                    todo.append(v)
+    return into
+
+
+def _unset_message(a: Analysis, reader: str, state: str | None, f: str, path: list[Edge]) -> str:
+    """What reads ``f`` unset, along which path, and the fixes that make sense for the field."""
+    start = typing.cast(str, a.initial)
+    info = a.model.model_fields[f]
+    unset_default = not info.is_required() and is_unset(info.default)
+    none_ok = _allows_none(info.annotation)
+    discarded = [e.source for e in path if e.kind == "error" and f in a.writes_of[e.source]]
+    before = [start, *(e.target for e in path)][:-1]
+    candidates = list(dict.fromkeys(p for p in before if f not in a.writes_of[p]))
+    fixes = []
+    if candidates:
+        shown = _q(candidates) if len(candidates) <= 6 else f"one of the {len(candidates)} states on it"
+        fixes.append(f"write it in {shown}")
+    if not unset_default or not candidates:
+        if info.is_required():
+            fixes.append("make its type exclude None so the caller must supply it")
+        else:
+            fixes += ["give it a default", "make it a required input"]
+    if state is not None and not unset_default and (none_ok or not info.is_required()):
+        fixes.append(f"declare it in optional_reads=[{f!r}] of state {state!r} if the state handles None")
+    joined = fixes[0] if len(fixes) == 1 else f"{', '.join(fixes[:-1])}, or {fixes[-1]}"
+    note = (f" (an error transition discards the writes of {_q(discarded, 'and')}: route that error "
+            "elsewhere, or write the field before the error can happen)") if discarded else ""
+    if not path:
+        return (f"{reader} reads {f!r}, which has no value when a run starts ({start!r} is the initial "
+                f"state): {joined}")
+    return f"{reader} reads {f!r}, but the path {_fmt_edges(start, path)} never writes it{note}: {joined}"
+
+
+RULES: tuple[Rule, ...] = (
+    _check_declaration_problems,
+    _check_context,
+    _check_tools,
+    _check_state_declarations,
+    _check_initial,
+    _check_terminals,
+    _check_terminal_states,
+    _check_actions,
+    _check_state_options,
+    _check_fields,
+    _check_max_steps,
+    _check_transitions,
+    _check_error_transitions,
+    _check_transition_names,
+    _check_exits,
+    _check_reachability,
+    _check_traps,
+    _check_unbounded_cycles,
+    _check_unset_reads,
+)
+"""Every rule, in the order their problems are reported."""
+
+
+# --- the worst-case number of steps ----------------------------------------------------------------
+
+_EXACT_PAIRS = 16
+"""Entry and exit combinations a loop is weighed for one by one; beyond, one merged (coarser) weighing."""
+
+
+def worst_case_steps(a: Analysis) -> int:
+    """A sound upper bound on the actions any run executes.
+
+    A run passes through the strongly connected components of the graph in topological order,
+    entering each at most once, so the bound is the heaviest chain of components. A component
+    without a loop weighs one step. A looping one is weighed per entry state and per way of
+    ending there (stopping inside, or leaving from a given exit state), by visit caps tightened
+    with flow conservation; see :func:`_loop_weight`.
+    """
+    assert a.initial is not None
+    nodes = [n for n in a.names if n in a.reach]
+    succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
+    comps = strongly_connected_components(nodes, succ)  # sinks first
+    comp_of = {v: i for i, comp in enumerate(comps) for v in comp}
+    dist = [0] * len(comps)
+    for i, comp in enumerate(comps):
+        if a.terminal(comp[0]):
+            continue
+        if len(comp) == 1 and comp[0] not in succ[comp[0]]:
+            dist[i] = 1 + max((dist[comp_of[w]] for w in succ[comp[0]]), default=0)
+            continue
+        members = set(comp)
+        inner_in: dict[str, list[Edge]] = defaultdict(list)
+        inner_out: dict[str, list[Edge]] = defaultdict(list)
+        after: dict[str, int] = {}  # exit state -> heaviest chain after leaving from it
+        entries = [a.initial] if a.initial in members else []
+        for v in comp:
+            for e in a.out.get(v, ()):
+                if e.target in members:
+                    inner_out[v].append(e)
+                    inner_in[e.target].append(e)
+                elif e.target in comp_of:
+                    after[v] = max(after.get(v, 0), dist[comp_of[e.target]])
+            if v != a.initial and any(e.source not in members and e.source in comp_of
+                                      for e in a.into.get(v, ())):
+                entries.append(v)
+        after = {v: rest for v, rest in after.items() if rest > 0}  # else stopping inside weighs more
+        weigh = _LoopWeigher(a, comp, inner_in, inner_out)
+        if len(entries) * (1 + len(after)) <= _EXACT_PAIRS:
+            best = 0
+            for x in entries:
+                best = max(best, weigh(frozenset([x]), None))
+                for y, rest in after.items():
+                    best = max(best, weigh(frozenset([x]), y) + rest)
+            dist[i] = best
+        else:
+            dist[i] = weigh(frozenset(entries), None) + max(after.values(), default=0)
+    return dist[comp_of[a.initial]]
+
+
+class _LoopWeigher:
+    """Weighs one looping component: the most visits of its states a run can make inside it."""
+
+    def __init__(self, a: Analysis, comp: list[str], inner_in: dict[str, list[Edge]],
+                 inner_out: dict[str, list[Edge]]) -> None:
+        self.comp = comp
+        self.bound = {v: a.visit_bound[v] for v in comp}
+        self.inner_in = inner_in
+        self.inner_out = inner_out
+        free = [v for v in comp if self.bound[v] is None]
+        free_succ = {v: [e.target for e in inner_out[v] if e.bound is None and self.bound[e.target] is None]
+                     for v in free}
+        order = topological_order(free, free_succ)
+        assert order is not None, "unbounded cycles are rejected before the bound is computed"
+        self.order = order
+
+    def __call__(self, entries: frozenset[str], last: str | None) -> int:
+        """Caps on each state's visits, entering at ``entries``, ending at ``last`` (``None``: anywhere).
+
+        Sound because every run satisfies what is tightened here: a state's visits are its entries
+        (one if it is the run's entry state) plus the inner edges taken into it, and its exits (one
+        if the run ends or leaves there) plus the inner edges taken out of it; an edge is taken at
+        most its ``max_traversals``, at most as often as its source is visited (less one if the run
+        leaves from there) and as its target (less one if the run entered there). With several
+        entries at once (a coarse weighing) the "less one"s are dropped.
+        """
+        single = len(entries) == 1
+        cap: dict[str, int] = {v: b for v, b in self.bound.items() if b is not None}
+
+        def through(e: Edge) -> int:
+            c = min(cap[e.source] - (e.source == last), cap[e.target] - (single and e.target in entries))
+            return max(0, c if e.bound is None else min(e.bound, c))
+
+        for v in self.order:  # the free states, in topological order of the free edges
+            total = int(v in entries)
+            for e in self.inner_in[v]:
+                total += e.bound if e.bound is not None else cap[e.source]
+            cap[v] = total
+        todo = deque(self.comp)
+        queued = set(self.comp)
+        budget = 64 * len(self.comp)
+        while todo and budget > 0:
+            budget -= 1
+            v = todo.popleft()
+            queued.discard(v)
+            inflow = (v in entries) + sum(through(e) for e in self.inner_in[v])
+            outflow = (last is None or v == last) + sum(through(e) for e in self.inner_out[v])
+            new = min(cap[v], inflow, outflow)
+            if new < cap[v]:
+                cap[v] = new
+                for w in itertools.chain((e.source for e in self.inner_in[v]),
+                                         (e.target for e in self.inner_out[v])):
+                    if w not in queued:
+                        queued.add(w)
+                        todo.append(w)
+        return sum(cap.values())
