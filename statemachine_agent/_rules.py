@@ -568,7 +568,8 @@ def _check_fields(a: Analysis) -> Iterator[Problem]:
         for kind in ("reads", "writes", "optional_reads", "optional_writes"):
             fs = getattr(s, kind)
             if not _is_name_list(fs):
-                yield Problem("bad-field", f"state {n!r} {kind} {fs!r}: give a list of field names", n)
+                hint = f", e.g. {kind}=[{fs!r}]" if isinstance(fs, str) else ""
+                yield Problem("bad-field", f"state {n!r} {kind} {fs!r}: give a list of field names{hint}", n)
                 continue
             if not a.model_ok:
                 continue
@@ -600,8 +601,16 @@ def _check_max_steps(a: Analysis) -> Iterator[Problem]:
 # --- transitions -----------------------------------------------------------------------------------
 
 
+def _foreign(a: Analysis) -> set[str]:
+    """Names of states of other workflows used here: reported once, as foreign-state."""
+    found = _attr(a.spec, "problems")
+    if not isinstance(found, (tuple, list)):
+        return set()
+    return {p.subject for p in found if isinstance(p, Problem) and p.code == "foreign-state"}
+
+
 def _unknown_endpoint(a: Analysis, t: object, what: str, name: object) -> Iterator[Problem]:
-    if not a.known(name):
+    if not a.known(name) and not (isinstance(name, str) and name in _foreign(a)):
         yield Problem("unknown-state", f"{_tname(t)} has unknown {what} state {name!r}"
                       f"{_suggest(name, a.names)}", _subject(t))
 

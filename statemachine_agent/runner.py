@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeGuard, TypeVar
 from pydantic import BaseModel
 
 from ._plan import ErrorExit, Exit, Plan, Token
-from ._views import SCALARS, ContextView, ReadOnlyContext, is_scalar
+from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
 from .context import is_unset
 from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed

@@ -39,8 +39,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
 from pydantic import BaseModel, ValidationError
 
 from .clock import FakeClock
-from .context import is_unset
 from .compile import CompiledWorkflow, compile_spec
+from .context import is_unset
 from .diagrams import RunOverlay, to_dot
 from .errors import ContextAccessError, RunError, ToolTimeout
 from .guards import Guard
@@ -503,6 +503,7 @@ def check_workflow(
     max_examples: int = 100,
     save_failure: str | Path | None = None,
     print_coverage: bool = True,
+    derandomize: bool = False,
 ) -> KitReport:
     """Explore the workflow with Hypothesis and check every built-in and user invariant.
 
@@ -512,6 +513,8 @@ def check_workflow(
     own (synchronous) policy instead of generated answers: any answer it gives that is not an enabled
     transition is a failure. A failure raises
     ``AssertionError`` with the shrunk story, also written as JSON to ``save_failure`` when given.
+    ``derandomize=True`` draws the same examples on every run (Hypothesis' setting of that name):
+    for a CI that must not depend on luck, at the price of exploring less over time.
     """
     compiled = _compiled(workflow)
     strategy = contexts_from if contexts_from is not None else contexts(compiled.context_type)
@@ -519,7 +522,7 @@ def check_workflow(
     coverage = Coverage()
     last_story: list[Story] = []
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(context=strategy, data=st.data())
     def explore(context: Any, data: st.DataObject) -> None:

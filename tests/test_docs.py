@@ -45,13 +45,13 @@ def test_readme_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_readme_error_message_is_real() -> None:
     """The DefinitionError quoted in the README is what the checker says for that mistake."""
-    from statemachine_agent import Context, Workflow
+    from statemachine_agent import UNSET, Context, Workflow
 
     class Research(Context):
         question: str
-        query: str | None = None
-        hits: list[str] | None = None
-        answer: str | None = None
+        query: str = UNSET
+        hits: list[str] = UNSET
+        answer: str = UNSET
 
     wf = Workflow("research", Research)
     wf.add_state("plan", lambda c: None, initial=True, reads=["question"], writes=["query"])
