@@ -711,9 +711,7 @@ def test_sync_tool_keeps_its_slot_until_its_thread_ends() -> None:
 
     tools = handle(Tool(slow, concurrency=1, timeout=1), clock=clock)
 
-    async def main() -> list[Any]:
-        task = asyncio.create_task(tools.gather(*(tools.call("slow") for _ in range(3)),
-                                                failures="collect"))
+    async def drive() -> None:
         for i in range(3):
             await asyncio.to_thread(entered.acquire)  # call i's thread is in the tool
             clock.advance(2)  # call i times out; its thread is abandoned, still running
@@ -721,7 +719,11 @@ def test_sync_tool_keeps_its_slot_until_its_thread_ends() -> None:
                 await asyncio.sleep(0)
             assert started == i + 1  # the next call waits for the slot the thread still holds
             release[i].set()
-        return await task
+
+    async def main() -> list[Any]:
+        out, _ = await asyncio.gather(tools.gather(*(tools.call("slow") for _ in range(3)),
+                                                   failures="collect"), drive())
+        return list(out)
 
     out = asyncio.run(main())
     assert all(isinstance(r, ToolFailed) and isinstance(r.last, ToolTimeout) for r in out)
