@@ -4,7 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp
 
-.PHONY: demo test lint typecheck unit diagrams check bench graphviz venv clean
+# Installer chatter (pip notices, build output) goes to $(VENV)/install.log, shown only on failure:
+# the first thing `make demo` prints is the agent's answer.
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
+export PIP_NO_WARN_SCRIPT_LOCATION := 1
+
+.PHONY: demo test test-busy lint typecheck unit diagrams check bench graphviz venv clean
 
 # A fresh Debian may lack venv (python3-venv) or Graphviz's dot: install them when we can
 # (root with apt), else say exactly what is missing.
@@ -19,10 +24,13 @@ $(BIN)/python:
 	    apt-get update -qq && { apt-get install -y -qq python$$v-venv || apt-get install -y -qq python3-venv; } \
 	      && $(PYTHON) -m venv $(VENV); \
 	  else echo "python's venv module is missing: install it (Debian: apt-get install python3-venv)"; exit 1; fi; }
-	$(BIN)/python -m pip install -q --upgrade pip
 
+# pyproject.toml roots the flat layout at "." (package-dir), so this editable install is a plain
+# path .pth that mypy and IDEs follow.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(PIP) install -q -e '.[dev]' > $(VENV)/install.log 2>&1 || { \
+	  cat $(VENV)/install.log; echo "installing into $(VENV) failed: the log is above (and in $(VENV)/install.log)"; \
+	  exit 1; }
 	@touch $@
 
 venv: $(STAMP)
@@ -38,7 +46,7 @@ graphviz:
 	  fi; }
 
 demo: $(STAMP) graphviz
-	$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?"
+	@$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?"
 
 diagrams: $(STAMP) graphviz
 	$(BIN)/python -m statemachine_agent.examples --diagrams diagrams
@@ -55,9 +63,13 @@ unit: $(STAMP) graphviz
 
 test: lint unit
 
+# The suite beside two busy-looping processes: no test's outcome may depend on the machine's speed.
+test-busy: $(STAMP) graphviz
+	$(BIN)/python benchmarks/busy.py --busy 2
+
+# Every benchmarks/bench_*.py, in name order; stops at the first that fails.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_runner.py
-	$(BIN)/python benchmarks/bench_tools.py
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

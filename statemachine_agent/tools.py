@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import functools
 import inspect
 import itertools
-import textwrap
 import time
 import typing
-import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_base,
-    retry_if_exception,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, retry_base
 
+from ._tooldef import _MISSING as _MISSING  # noqa: PLC0414  (re-exported for the runner and workflow)
+from ._tooldef import Retry, RetrySpec, Tool, ToolRegistry, _as_retrying, declared_tool_calls
+from ._tooldef import _positive as _positive  # noqa: PLC0414
 from .clock import Clock, SystemClock
 from .errors import (
     GatherFailed,
     ToolArgumentError,
     ToolFailed,
-    ToolResultError,
     ToolTimeout,
     UndeclaredTool,
     UnknownTool,
@@ -41,9 +30,8 @@ from .events import ToolAttemptFailed, ToolCallFailed, ToolCallFinished, ToolCal
 if TYPE_CHECKING:
     from .runner import Run
 
-__all__ = ["Retry", "Tool", "ToolRegistry", "Tools"]
+__all__ = ["Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
 
-_MISSING: Any = object()
 _call_ids = itertools.count(1)
 
 
@@ -68,256 +56,6 @@ class _NotNeverRetried(retry_base):
 
 
 _RETRYABLE = _NotNeverRetried()
-# tenacity 9 renamed wait_exponential_jitter's first wait from `initial` to `multiplier`.
-_FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters
-               else "initial")
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """A retry policy, built on tenacity's strategies.
-
-    The simple knobs make ``stop_after_attempt(attempts)`` with ``wait_exponential_jitter``;
-    pass tenacity strategies as ``stop=``, ``wait=``, ``retry=`` to use your own (they compose:
-    ``stop=stop_after_attempt(5) | stop_after_delay(10)``). Whatever you pass, cancellation,
-    interruption, bad arguments and the state's deadline are never retried.
-    """
-
-    attempts: int = 3
-    """Attempts in all, the first included."""
-    backoff: float = 0.1
-    """First wait, in seconds; it doubles each time."""
-    max_delay: float = 5.0
-    """Cap on one wait, in seconds."""
-    jitter: float = 0.1
-    """Random extra wait, up to this many seconds."""
-    on: tuple[type[BaseException], ...] = (Exception,)
-    """Exception types that are retried."""
-    never: tuple[type[BaseException], ...] = ()
-    """Exception types that are never retried, even when listed in ``on``."""
-    stop: Any = None
-    """A tenacity stop strategy, replacing ``attempts``."""
-    wait: Any = None
-    """A tenacity wait strategy, replacing ``backoff``/``max_delay``/``jitter``."""
-    retry: Any = None
-    """A tenacity retry strategy, replacing ``on``/``never``."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError(f"Retry(attempts={self.attempts!r}): give a whole number of at least 1")
-        for name in ("backoff", "max_delay", "jitter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Retry({name}={value!r}): give a number of seconds >= 0")
-
-    def build(self) -> AsyncRetrying:
-        """The tenacity ``AsyncRetrying`` this policy stands for."""
-        retry = self.retry
-        if retry is None:
-            retry = retry_if_exception_type(self.on)
-            if self.never:
-                never = self.never
-                retry = retry & retry_if_exception(lambda e: not isinstance(e, never))
-        return AsyncRetrying(
-            stop=self.stop or stop_after_attempt(self.attempts),
-            wait=self.wait or wait_exponential_jitter(**{_FIRST_WAIT: self.backoff}, max=self.max_delay,
-                                                      jitter=self.jitter),
-            retry=retry,
-            reraise=True,
-        )
-
-
-RetrySpec = Retry | AsyncRetrying | int | None
-
-
-def _as_retrying(value: RetrySpec, where: str) -> AsyncRetrying | None:
-    if value is None:
-        return None
-    if isinstance(value, AsyncRetrying):
-        return value  # the user's own: passed through, with our never-retry rule added per call
-    if isinstance(value, Retry):
-        return value.build()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return Retry(attempts=value).build()
-    raise TypeError(f"{where}: retry={value!r}; give Retry(...), a tenacity AsyncRetrying, a number of "
-                    "attempts, or None")
-
-
-def _positive(value: object, what: str) -> None:
-    """Refuse anything but a positive number (NaN fails ``> 0`` too); ``None`` means no limit."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{what}={value!r}: give a positive number")
-
-
-class Tool:
-    """A sync or async callable with typed parameters and a typed result, ready to be called safely."""
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        *,
-        name: str | None = None,
-        description: str = "",
-        timeout: float | None = None,
-        retry: RetrySpec = None,
-        concurrency: int | None = None,
-        rate_limit: float | None = None,
-        fallback: str | None = None,
-        fallback_value: Any = _MISSING,
-    ) -> None:
-        if not callable(fn):
-            raise TypeError(f"a tool must be a callable, got {fn!r}")
-        self.fn = fn
-        self.name: str = name or str(getattr(fn, "__name__", ""))
-        """The tool's name, used by ``tools.call(name, ...)``."""
-        if not self.name or not isinstance(self.name, str):
-            raise TypeError(f"cannot name a tool after {fn!r}: pass name='...'")
-        self.description: str = description or inspect.getdoc(fn) or ""
-        _positive(timeout, f"tool {self.name!r}: timeout")
-        _positive(rate_limit, f"tool {self.name!r}: rate_limit")
-        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
-                                        or concurrency < 1):
-            raise ValueError(f"tool {self.name!r}: concurrency={concurrency!r}: give a whole number >= 1")
-        if fallback is not None and not isinstance(fallback, str):
-            raise TypeError(f"tool {self.name!r}: fallback={fallback!r}; give the name of another tool "
-                            "(or fallback_value=... for a fixed answer)")
-        if fallback is not None and fallback_value is not _MISSING:
-            raise TypeError(f"tool {self.name!r}: give fallback (a tool) or fallback_value, not both")
-        self.timeout = timeout
-        """Seconds one attempt may take; ``None`` for no limit."""
-        self.retrying = _as_retrying(retry, f"tool {self.name!r}")
-        """The tenacity policy; ``None`` means one attempt."""
-        self.own_retrying = isinstance(retry, AsyncRetrying)
-        """A user's own AsyncRetrying is used as it is (every attempt through it, results included);
-        ours retry on exceptions only, so a first attempt that succeeds can skip tenacity."""
-        self.concurrency = concurrency
-        """At most this many calls of this tool run at once (per event loop)."""
-        self.rate_limit = rate_limit
-        """At most this many calls start per second (per event loop)."""
-        self.fallback = fallback
-        """Another tool answering (with the same arguments) when this one fails for good."""
-        self.fallback_value = fallback_value
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self._signature = inspect.signature(fn)
-        self.args_model = _args_model(fn, self.name, self._signature)
-        """The pydantic model of the arguments."""
-        hints = typing.get_type_hints(fn, include_extras=True)
-        ret = hints.get("return", _MISSING)
-        self._result: TypeAdapter[Any] | None = None if ret is _MISSING or ret is Any else TypeAdapter(ret)
-        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Limits] = \
-            weakref.WeakKeyDictionary()
-
-    @property
-    def has_fallback(self) -> bool:
-        """Whether a fallback answers when the tool fails for good."""
-        return self.fallback is not None or self.fallback_value is not _MISSING
-
-    def schema(self) -> dict[str, Any]:
-        """The tool as an LLM function-calling entry: name, description, JSON schema of the arguments."""
-        params = self.args_model.model_json_schema()
-        params.pop("title", None)
-        return {"name": self.name, "description": self.description, "parameters": params}
-
-    def validate_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The validated keyword arguments, or :class:`ToolArgumentError` naming tool and fields."""
-        if args:
-            try:
-                kwargs = self._signature.bind_partial(*args, **kwargs).arguments
-            except TypeError as exc:
-                raise ToolArgumentError(self.name, (), f"tool {self.name!r}: {exc}") from None
-        try:
-            model = self.args_model.model_validate(kwargs)
-        except ValidationError as exc:
-            fields = tuple(str(e["loc"][0]) if e["loc"] else "" for e in exc.errors())
-            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(arguments)'}: {e['msg']}"
-                               for e in exc.errors())
-            raise ToolArgumentError(self.name, fields,
-                                    f"tool {self.name!r} got bad arguments: {detail}") from None
-        return dict(model.__dict__)
-
-    def validate_result(self, value: Any) -> Any:
-        """The validated result, or :class:`ToolResultError`."""
-        if self._result is None:
-            return value
-        try:
-            return self._result.validate_python(value)
-        except ValidationError as exc:
-            raise ToolResultError(self.name, f"tool {self.name!r} returned {type(value).__name__} "
-                                  f"{value!r:.80}, which does not fit its result type: "
-                                  f"{exc.errors()[0]['msg']}") from None
-
-    def limits(self, loop: asyncio.AbstractEventLoop) -> _Limits:
-        """This tool's semaphore and rate slot on ``loop`` (asyncio primitives belong to one loop)."""
-        lim = self._limits.get(loop)
-        if lim is None:
-            lim = self._limits[loop] = _Limits(
-                asyncio.Semaphore(self.concurrency) if self.concurrency else None)
-        return lim
-
-    def __repr__(self) -> str:
-        return f"<Tool {self.name!r}>"
-
-
-class _Limits:
-    __slots__ = ("next_slot", "semaphore")
-
-    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
-        self.semaphore = semaphore
-        self.next_slot = 0.0
-
-
-def _args_model(fn: Callable[..., Any], name: str, sig: inspect.Signature) -> type[BaseModel]:
-    hints = typing.get_type_hints(fn, include_extras=True)
-    fields: dict[str, Any] = {}
-    for p in sig.parameters.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise TypeError(f"tool {name!r}: *{p.name} parameters cannot be validated; name each "
-                            "parameter and give it a type")
-        if p.kind is p.POSITIONAL_ONLY:
-            raise TypeError(f"tool {name!r}: parameter {p.name!r} is positional-only, but tools are called "
-                            "with keyword arguments: drop the '/' from its signature")
-        fields[p.name] = (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
-    model: type[BaseModel] = create_model(
-        f"{name}_arguments",
-        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-        **fields,
-    )
-    return model
-
-
-class ToolRegistry:
-    """The tools of one workflow, by name."""
-
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
-        for t in tools:
-            self.add(t)
-
-    def add(self, tool: Tool) -> Tool:
-        """Register ``tool``; a second tool of the same name is an error."""
-        if tool.name in self._tools:
-            raise ValueError(f"a tool named {tool.name!r} is already registered: rename one of them")
-        self._tools[tool.name] = tool
-        return tool
-
-    def get(self, name: str) -> Tool | None:
-        """The tool called ``name``, if any."""
-        return self._tools.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
-
-    def __iter__(self) -> typing.Iterator[Tool]:
-        return iter(self._tools.values())
-
-    def __len__(self) -> int:
-        return len(self._tools)
-
-    def names(self) -> list[str]:
-        """Every registered name, in registration order."""
-        return list(self._tools)
 
 
 class Tools:
@@ -325,6 +63,13 @@ class Tools:
 
     ``await tools.call("search", query="...")`` for one call; ``await tools.gather(tools.call(...),
     tools.call(...))`` for several at once, results in call order.
+
+    Every wait and limit goes through ``clock`` (default: the real one): each attempt's timeout
+    (``clock.timeout_at``), the state's deadline, retry backoff and rate-limit waits
+    (``clock.sleep``). ``deadline`` is an instant on that clock's scale, ``clock.now() +
+    tool_deadline``, by which every call made through this handle must end (``None``: none). A
+    sync tool runs in a worker thread; when its time runs out the thread is abandoned, not
+    killed (Python cannot stop a thread), and keeps its concurrency slot until it really ends.
     """
 
     __slots__ = ("_allowed", "_clock", "_deadline", "_registry", "_retry", "_run", "_state", "_step",
@@ -360,7 +105,7 @@ class Tools:
 
     def schemas(self) -> list[dict[str, Any]]:
         """JSON schemas of the callable tools, for LLM function calling."""
-        return [t.schema() for t in self._registry if t.name in self._allowed]
+        return [t.schema() for t in self._registry.unique() if t.name in self._allowed]
 
     def _tool(self, name: str) -> Tool:
         tool = self._registry.get(name)
@@ -370,6 +115,7 @@ class Tools:
         if name not in self._allowed:
             raise UndeclaredTool(name, f"state {self._state!r} called tool {name!r}, which it does not "
                                        f"declare: add {name!r} to tools=[...] of state {self._state!r}")
+        tool.refuse_if_broken()
         return tool
 
     async def call(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -380,7 +126,7 @@ class Tools:
         if deadline is None:
             return await self._call(tool, arguments)
         # The state's deadline bounds the whole call: attempts, backoff waits and rate-limit waits.
-        cm = asyncio.timeout_at(deadline)
+        cm = self._clock.timeout_at(deadline)
         try:
             async with cm:
                 return await self._call(tool, arguments)
@@ -415,37 +161,35 @@ class Tools:
         return result
 
     async def _attempt(self, tool: Tool, arguments: dict[str, Any]) -> Any:
-        limit = tool.timeout if self._timeout is _MISSING else self._timeout
-        deadline = self._deadline
-        scope = "call"
-        if deadline is not None:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise ToolTimeout(tool.name, 0.0, "state")
-            if limit is None or remaining < limit:
-                limit, scope = remaining, "state"
+        clock = self._clock
         lim = tool.limits(asyncio.get_running_loop()) if tool.concurrency or tool.rate_limit else None
-        if lim is not None and tool.rate_limit:
-            now = self._clock.now()
-            slot = max(now, lim.next_slot)
-            lim.next_slot = slot + 1.0 / tool.rate_limit
-            if slot > now:
-                await self._clock.sleep(slot - now)
         semaphore = lim.semaphore if lim is not None else None
         if semaphore is not None:
             await semaphore.acquire()  # waiting for a slot does not use up the attempt's timeout
         handoff = [False]
         try:
-            if limit is None:
+            if lim is not None and tool.rate_limit:
+                await lim.start(clock)  # nor does waiting for the rate limit (the deadline still holds)
+            limit = tool.timeout if self._timeout is _MISSING else self._timeout
+            deadline = self._deadline
+            if limit is None and deadline is None:
                 return tool.validate_result(await self._invoke(tool, arguments, semaphore, handoff))
+            now = clock.now()
+            when, scope, seconds = (None, "call", 0.0) if limit is None else (now + limit, "call", limit)
+            if deadline is not None:
+                if deadline <= now:
+                    raise ToolTimeout(tool.name, 0.0, "state")
+                if when is None or deadline < when:
+                    when, scope, seconds = deadline, "state", deadline - now
+            cm = clock.timeout_at(when)
             try:
-                async with asyncio.timeout(limit):
+                async with cm:
                     try:
                         value = await self._invoke(tool, arguments, semaphore, handoff)
                     except TimeoutError as own:  # the tool's own, not ours: see the runner
                         raise _OwnTimeout from own
             except TimeoutError:
-                raise ToolTimeout(tool.name, limit if scope == "call" else max(limit, 0.0), scope) from None
+                raise ToolTimeout(tool.name, seconds, scope) from None
             except _OwnTimeout as wrapped:
                 raise typing.cast(BaseException, wrapped.__cause__) from None
             return tool.validate_result(value)
@@ -571,31 +315,3 @@ class _OwnTimeout(Exception):
 
 
 _SYSTEM_CLOCK = SystemClock()
-
-
-def declared_tool_calls(action: Callable[..., Any]) -> set[str] | None:
-    """Tool names an action calls as ``<handle>.call("name", ...)``, read from its source.
-
-    ``None`` when the source is not available (a builtin, a lambda in a REPL). Used by the checker
-    to catch a state that calls a tool it did not declare before the first run.
-    """
-    try:
-        source = textwrap.dedent(inspect.getsource(action))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError):
-        return None
-    fn = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
-    if fn is None or len(fn.args.args) < 2:
-        return None
-    handle = fn.args.args[1].arg
-    found: set[str] = set()
-    for node in ast.walk(fn):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "call" and node.args and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)):
-            base = node.func.value
-            while isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute):
-                base = base.func.value  # tools.options(...).call("x")
-            if isinstance(base, ast.Name) and base.id == handle:
-                found.add(node.args[0].value)
-    return found

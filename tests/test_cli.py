@@ -97,7 +97,7 @@ def test_run_input_from_file_and_failure_exit_code(tmp_path: Path,
 def test_run_rejects_bad_policy(capsys: pytest.CaptureFixture[str]) -> None:
     """An unknown --policy exits 2 naming the accepted ones."""
     assert main(["run", EXAMPLE, "--input", '{"question": "x"}', "--policy", "llm"]) == 2
-    assert "use 'first' or 'random[:SEED]'" in capsys.readouterr().err
+    assert "use 'first', 'random[:SEED]' or MODULE:OBJECT" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".dot", ".mmd", ".svg", ".png"])

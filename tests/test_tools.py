@@ -180,21 +180,44 @@ def test_gather_collect_returns_each_result_or_error() -> None:
 def test_timeout_raises_tool_timeout_and_leaves_nothing_running() -> None:
     """A call past its timeout fails with a ToolTimeout attempt, and nothing keeps running."""
     stopped = asyncio.Event()
+    clock = FakeClock()
 
     async def hang() -> None:
         try:
-            await asyncio.sleep(3600)
+            await clock.sleep(3600)
         finally:
             stopped.set()
 
     async def main() -> None:
         with pytest.raises(ToolFailed, match=r"its timeout of 0\.02 s passed") as info:
-            await handle(Tool(hang, timeout=0.02)).call("hang")
+            await handle(Tool(hang, timeout=0.02), clock=clock).call("hang")
         assert isinstance(info.value.last, ToolTimeout)
         assert info.value.last.scope == "call"
         assert stopped.is_set()
 
     asyncio.run(main())
+
+
+def test_tool_timeouts_follow_the_handles_clock() -> None:
+    """A tool's timeout and the state's deadline are measured on the handle's clock, not the
+    loop's: real time passing (a busy machine) fires neither; fake time passing fires them."""
+    clock = FakeClock(start=50.0)
+
+    async def real_wait() -> str:
+        await asyncio.sleep(0.05)  # real time passes, fake time does not
+        return "done"
+
+    async def fake_wait() -> str:
+        await clock.sleep(0.002)
+        return "late"
+
+    tools = handle(Tool(real_wait, timeout=0.001), Tool(fake_wait, timeout=0.001), clock=clock,
+                   deadline=clock.now() + 0.01)
+    assert asyncio.run(tools.call("real_wait")) == "done"
+    with pytest.raises(ToolFailed) as info:
+        asyncio.run(tools.call("fake_wait"))
+    assert isinstance(info.value.last, ToolTimeout)
+    assert info.value.last.scope == "call"
 
 
 def test_tools_own_timeout_error_is_not_ours() -> None:
@@ -290,14 +313,16 @@ def test_state_deadline_is_never_retried() -> None:
     """A call cut by the state's tool deadline raises ToolTimeout(scope='state'), not retried."""
     attempts = 0
 
+    clock = FakeClock(start=100.0)
+
     async def slow() -> None:
         nonlocal attempts
         attempts += 1
-        await asyncio.sleep(3600)
+        await clock.sleep(3600)
 
     async def main() -> None:
-        deadline = asyncio.get_running_loop().time() + 0.03
-        tools = handle(Tool(slow, retry=5, timeout=10), clock=FakeClock(), deadline=deadline)
+        deadline = clock.now() + 0.03  # the deadline is on the clock's scale
+        tools = handle(Tool(slow, retry=5, timeout=10), clock=clock, deadline=deadline)
         with pytest.raises(ToolTimeout) as info:
             await tools.call("slow")
         assert info.value.scope == "state"
@@ -333,7 +358,8 @@ def test_concurrency_limit() -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.01)
+        for _ in range(3):
+            await asyncio.sleep(0)
         running -= 1
 
     tools = handle(Tool(busy, concurrency=3))
@@ -341,22 +367,26 @@ def test_concurrency_limit() -> None:
     assert peak == 3
 
 
-def test_rate_limit_spaces_calls_on_the_clock() -> None:
-    """A rate limit spaces call starts by 1/rate seconds of the (fake) clock."""
+def test_rate_limit_never_fits_rate_plus_one_starts_into_a_second() -> None:
+    """At rate 20, 21 calls made at once: 20 start at once, the 21st strictly after 1 s of the
+    (fake) clock, so no closed 1-second window holds 21 starts (a 1/rate schedule put them at
+    0, 0.05, ..., 1.0)."""
     clock = FakeClock()
     starts: list[float] = []
 
     async def ping() -> None:
         starts.append(clock.now())
 
-    tools = handle(Tool(ping, rate_limit=4), clock=clock)
+    tools = handle(Tool(ping, rate_limit=20), clock=clock)
 
     async def main() -> None:
-        for _ in range(4):
+        for _ in range(21):
             await tools.call("ping")
 
     asyncio.run(main())
-    assert starts == [0.0, 0.25, 0.5, 0.75]
+    assert starts[:20] == [0.0] * 20
+    assert starts[20] > 1.0
+    assert starts[20] - 1.0 < 1e-9  # and no later than needed
 
 
 @settings(max_examples=60, deadline=None)
@@ -401,13 +431,14 @@ def test_retry_property(outcomes: list[str], attempts: int) -> None:
 # --- in a workflow ----------------------------------------------------------------------------
 
 class _Flaky(BaseHTTPRequestHandler):
-    """A loopback HTTP API: /flaky answers 503 twice then 200; /slow takes 2 s."""
+    """A loopback HTTP API: /flaky answers 503 twice then 200; /slow answers after the test."""
 
     hits = 0
+    release = threading.Event()
 
     def do_GET(self) -> None:
         if self.path == "/slow":
-            time.sleep(2)
+            type(self).release.wait(10)  # answers only once the test is over
         if self.path == "/flaky":
             type(self).hits += 1
             if type(self).hits <= 2:
@@ -428,19 +459,21 @@ class _Flaky(BaseHTTPRequestHandler):
 def api() -> Iterator[str]:
     """A real HTTP server on 127.0.0.1, stopped after the test."""
     _Flaky.hits = 0
+    _Flaky.release = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    _Flaky.release.set()
     server.shutdown()
     server.server_close()
 
 
-def http_workflow(base: str) -> Workflow[Ctx]:
+def http_workflow(base: str, timeout: float = 0.5) -> Workflow[Ctx]:
     """fetch calls a real HTTP tool; ToolTimeout and ToolFailed route to their own terminals."""
     wf = Workflow("http", Ctx)
 
-    @wf.tool(timeout=0.5, retry=Retry(attempts=3, backoff=0.01, jitter=0, on=(urllib.error.HTTPError,)))
+    @wf.tool(timeout=timeout, retry=Retry(attempts=3, backoff=0.01, jitter=0, on=(urllib.error.HTTPError,)))
     def get(path: str) -> str:
         """GET a path of the API (sync: runs in a worker thread)."""
         with urllib.request.urlopen(base + path, timeout=5) as response:
@@ -472,10 +505,13 @@ def test_http_tool_retries_through_503s(api: str) -> None:
 
 
 def test_http_tool_timeout_routes(api: str) -> None:
-    """A slow API times out each attempt; the failure routes by the timeout's type."""
+    """A slow API times out each attempt; the failure routes by the timeout's type.
+
+    The server answers only after the test, so the real clock's short timeouts always fire first,
+    however busy the machine (a fake clock would never move while the thread waits)."""
     events: list[Event] = []
-    result = http_workflow(api).compile().run_sync(Ctx(query="/slow"), hooks=[events.append],
-                                                   clock=FakeClock())
+    result = http_workflow(api, timeout=0.05).compile().run_sync(Ctx(query="/slow"),
+                                                                 hooks=[events.append])
     assert result.terminal == "too_slow"  # routed by its cause, a ToolTimeout
     assert isinstance(result.path[0].error, ToolFailed)
     assert all(isinstance(e, ToolTimeout) for e in result.path[0].error.errors)
@@ -525,22 +561,88 @@ def test_checker_knows_tools() -> None:
             "signature async def (ctx, tools)") in messages
 
 
-def test_tool_declaration_errors() -> None:
-    """Bad tool options are rejected when the tool is declared."""
-    with pytest.raises(ValueError, match="timeout=0: give a positive number"):
-        Tool(add, timeout=0)
-    with pytest.raises(TypeError, match="give Retry"):
-        Tool(add, retry="yes")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="not both"):
-        Tool(add, fallback="x", fallback_value=1)
+def test_tool_declaration_errors_are_recorded_not_raised() -> None:
+    """Bad tool options are recorded as problems (for the checker's one DefinitionError), naming
+    the tool and the option and saying what to give; nothing raises at declaration."""
 
     def varargs(*a: int) -> int:
         return 0
 
-    with pytest.raises(TypeError, match=r"\*a parameters cannot be validated"):
-        Tool(varargs)
-    with pytest.raises(ValueError, match="already registered"):
-        ToolRegistry([Tool(add), Tool(add)])
+    def posonly(a: int, /) -> int:
+        return a
+
+    cases: list[tuple[Tool, str, str]] = [
+        (Tool(add, name="search", timeout=0), "bad-option",
+         "tool 'search': timeout=0 must be a positive number of seconds"),
+        (Tool(add, timeout=float("nan")), "bad-option", "tool 'add': timeout=nan must be a positive"),
+        (Tool(add, rate_limit=-1), "bad-option",
+         "rate_limit=-1 must be a positive number of calls per second"),
+        (Tool(add, concurrency=0), "bad-option", "concurrency=0 must be a whole number"),
+        (Tool(add, retry="yes"), "bad-option",  # type: ignore[arg-type]
+         "retry='yes' must be Retry(...), a tenacity AsyncRetrying, a number of attempts, or None"),
+        (Tool(add, retry=0), "bad-option", "tool 'add': retry=0 must be a number of attempts of at least 1"),
+        (Tool(add, retry=Retry(attempts=0)), "bad-option",
+         "tool 'add': retry attempts=0 must be a whole number of at least 1"),
+        (Tool(add, fallback="x", fallback_value=1), "bad-option", "not both"),
+        (Tool(add, fallback=3), "bad-option", "fallback=3 must be the name of another tool"),  # type: ignore[arg-type]
+        (Tool(varargs), "bad-tool", "*a parameters cannot be validated"),
+        (Tool(posonly), "bad-tool", "positional-only"),
+        (Tool(42, name="answer"), "bad-tool", "tool 'answer': 42 is not callable"),  # type: ignore[arg-type]
+    ]
+    for tool, code, message in cases:
+        problems = tool.definition_problems()
+        assert len(problems) == 1, (tool, problems)
+        assert problems[0].code == code
+        assert message in problems[0].message, problems[0].message
+        assert problems[0].subject == tool.name
+    assert Tool(add, timeout=1, retry=Retry(attempts=2), rate_limit=0.5).definition_problems() == []
+    with pytest.raises(TypeError, match="pass name="):
+        Tool(42)  # type: ignore[arg-type]  # nothing to call it by: cannot even be described
+
+
+def test_retry_definition_problems() -> None:
+    """Retry records each bad knob; build() refuses a policy that has any."""
+    policy = Retry(attempts=0, backoff=-1, max_delay=float("inf"), jitter="x",  # type: ignore[arg-type]
+                   on=ValueError, stop=5)  # type: ignore[arg-type]
+    messages = [p.message for p in policy.definition_problems()]
+    assert messages == [
+        "Retry: retry attempts=0 must be a whole number of at least 1 (1: no retries)",
+        "Retry: retry backoff=-1 must be a finite number of seconds >= 0",
+        "Retry: retry max_delay=inf must be a finite number of seconds >= 0",
+        "Retry: retry jitter='x' must be a finite number of seconds >= 0",
+        "Retry: retry on=<class 'ValueError'> must be a tuple of exception classes, e.g. (ConnectionError,)",
+        "Retry: retry stop=5 must be a tenacity stop strategy (e.g. tenacity.stop_...) or None",
+    ]
+    assert all(p.code == "bad-option" for p in policy.definition_problems())
+    assert Retry().definition_problems() == []
+    with pytest.raises(ValueError, match="attempts=0"):
+        policy.build()
+
+
+def test_calling_a_broken_tool_lists_its_problems() -> None:
+    """Outside a checked workflow, calling a tool with definition problems raises ValueError."""
+    tools = handle(Tool(add, timeout=0, concurrency=0))
+    with pytest.raises(ValueError, match="tool 'add' cannot be called") as info:
+        asyncio.run(tools.call("add", a=1))
+    assert "timeout=0" in str(info.value)
+    assert "concurrency=0" in str(info.value)
+
+
+def test_duplicate_tool_names_are_kept_for_the_checker() -> None:
+    """Registering a second tool of a name does not raise: get() answers the first, iteration
+    shows both (the checker reports duplicate-tool)."""
+
+    async def other(a: int) -> int:
+        return -a
+
+    first, second = Tool(add), Tool(other, name="add")
+    registry = ToolRegistry([first, second])
+    assert registry.get("add") is first
+    assert list(registry) == [first, second]
+    assert registry.names() == ["add"]
+    assert registry.duplicates() == [second]
+    assert asyncio.run(Tools(registry, frozenset({"add"})).call("add", a=1)) == 2
+    assert [s["name"] for s in Tools(registry, frozenset({"add"})).schemas()] == ["add"]
 
 
 # --- regressions found in review --------------------------------------------------------------
@@ -555,20 +657,19 @@ def test_state_deadline_bounds_rate_limit_and_backoff_waits() -> None:
         raise ConnectionError("down")
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        tools = handle(Tool(ping, rate_limit=1), deadline=loop.time() + 0.2)
-        t0 = time.perf_counter()
+        clock = FakeClock()
+        tools = handle(Tool(ping, rate_limit=1), clock=clock, deadline=clock.now() + 0.2)
         with pytest.raises(GatherFailed) as info:
             await tools.gather(*(tools.call("ping") for _ in range(3)))
-        assert time.perf_counter() - t0 < 1.0
         assert any(isinstance(e, ToolTimeout) and e.scope == "state" for e in info.value.errors)
-        slow_retry = handle(Tool(down, retry=Retry(attempts=5, backoff=1, jitter=0)),
-                            deadline=loop.time() + 0.2)
-        t0 = time.perf_counter()
+        assert clock.now() < 2.5  # cut in the first rate-limit wait, not after both
+        clock = FakeClock()
+        slow_retry = handle(Tool(down, retry=Retry(attempts=5, backoff=1, jitter=0)), clock=clock,
+                            deadline=clock.now() + 0.2)
         with pytest.raises(ToolTimeout) as timeout:
             await slow_retry.call("down")
         assert timeout.value.scope == "state"
-        assert time.perf_counter() - t0 < 0.9
+        assert clock.sleeps == [1]  # the first backoff wait crossed the deadline
 
     asyncio.run(main())
 
@@ -590,33 +691,43 @@ def test_users_own_async_retrying_is_used_as_it_is() -> None:
 
 def test_sync_tool_keeps_its_slot_until_its_thread_ends() -> None:
     """concurrency=1 holds for sync tools even when calls time out and threads are abandoned."""
-    running = peak = 0
+    running = peak = started = 0
     lock = threading.Lock()
+    entered = threading.Semaphore(0)
+    release = [threading.Event() for _ in range(3)]
+    clock = FakeClock()
 
     def slow() -> None:
-        nonlocal running, peak
+        nonlocal running, peak, started
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.1)
+            mine = started
+            started += 1
+        entered.release()
+        release[mine].wait(10)
         with lock:
             running -= 1
 
-    tools = handle(Tool(slow, concurrency=1, timeout=0.02))
-    out = asyncio.run(tools.gather(*(tools.call("slow") for _ in range(3)), failures="collect"))
-    assert all(isinstance(r, ToolFailed) for r in out)
-    time.sleep(0.35)
+    tools = handle(Tool(slow, concurrency=1, timeout=1), clock=clock)
+
+    async def drive() -> None:
+        for i in range(3):
+            await asyncio.to_thread(entered.acquire)  # call i's thread is in the tool
+            clock.advance(2)  # call i times out; its thread is abandoned, still running
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert started == i + 1  # the next call waits for the slot the thread still holds
+            release[i].set()
+
+    async def main() -> list[Any]:
+        out, _ = await asyncio.gather(tools.gather(*(tools.call("slow") for _ in range(3)),
+                                                   failures="collect"), drive())
+        return list(out)
+
+    out = asyncio.run(main())
+    assert all(isinstance(r, ToolFailed) and isinstance(r.last, ToolTimeout) for r in out)
     assert peak == 1
-
-
-def test_positional_only_parameters_are_refused() -> None:
-    """Tools are called with keywords, so a positional-only parameter is refused at declaration."""
-
-    def f(a: int, /) -> int:
-        return a
-
-    with pytest.raises(TypeError, match="positional-only"):
-        Tool(f)
 
 
 def test_failed_gather_routes_by_its_members_cause() -> None:

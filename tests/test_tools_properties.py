@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
+import itertools
+import math
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -19,10 +24,15 @@ OUTCOMES = st.sampled_from(["ok", "conn", "value", "hang", "slow"])
 
 
 class Plan:
-    """A scripted tool: each attempt does what the plan says next (then succeeds)."""
+    """A scripted tool: each attempt does what the plan says next (then succeeds).
 
-    def __init__(self, steps: list[str], name: str = "t") -> None:
+    Time is fake: a hang moves the clock an hour on and waits forever, a slow attempt moves it a
+    tenth of the timeout on. Only the clock decides what times out, never the machine's speed.
+    """
+
+    def __init__(self, steps: list[str], clock: FakeClock, name: str = "t") -> None:
         self.steps = steps
+        self.clock = clock
         self.name = name
         self.made = 0
 
@@ -34,9 +44,11 @@ class Plan:
         if kind == "value":
             raise ValueError(self.made)
         if kind == "hang":
-            await asyncio.sleep(3600)
+            self.clock.advance(3600)
+            await asyncio.Event().wait()
         if kind == "slow":
-            await asyncio.sleep(TIMEOUT / 10)
+            self.clock.advance(TIMEOUT / 10)
+            await asyncio.sleep(0)
         return f"{self.name} ok after {self.made}"
 
 
@@ -73,8 +85,8 @@ def test_one_call_follows_its_plan(steps: list[str], attempts: int, backoff: flo
                                    cap: float) -> None:
     """Attempt counts are exact, each backoff is within the policy's bounds, non-retryable errors
     are not retried, and no task outlives the call."""
-    plan = Plan(steps)
     clock = FakeClock()
+    plan = Plan(steps, clock)
     tool = tool_for(plan, "t", attempts, backoff=backoff, jitter=jitter, cap=cap)
     tools = Tools(ToolRegistry([tool]), frozenset({"t"}), clock=clock)
 
@@ -109,10 +121,11 @@ def test_one_call_follows_its_plan(steps: list[str], attempts: int, backoff: flo
 def test_gather_modes(plans: list[list[str]], attempts: int, mode: str) -> None:
     """collect returns every outcome in call order; fail_fast raises one GatherFailed when any call
     fails for good; either way no task is left running."""
-    runs = [Plan(p, f"t{i}") for i, p in enumerate(plans)]
+    clock = FakeClock()
+    runs = [Plan(p, clock, f"t{i}") for i, p in enumerate(plans)]
     registry = ToolRegistry([tool_for(p, f"t{i}", attempts, backoff=0.1, jitter=0.0, cap=1.0)
                              for i, p in enumerate(runs)])
-    tools = Tools(registry, frozenset(registry.names()), clock=FakeClock())
+    tools = Tools(registry, frozenset(registry.names()), clock=clock)
     outcomes = [expected_attempts(p, attempts) for p in plans]
     any_fails = any(kind not in ("ok", "slow") for _, kind in outcomes)
 
@@ -206,3 +219,84 @@ def test_cancelling_the_run_leaves_no_task(kind: str) -> None:
         assert others() == []
 
     asyncio.run(main())
+
+
+class SchedulingClock(FakeClock):
+    """Virtual time for concurrent sleepers: time jumps to the earliest sleeper's wake-up only
+    once every task has run as far as it can (a discrete-event clock, unlike FakeClock's sleeps
+    that each move time on at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.time + max(0.0, seconds), self._seq, future))
+        await future
+
+    async def drive(self, work: Awaitable[Any]) -> Any:
+        """Run ``work`` to its end, moving time from one wake-up to the next."""
+        task = asyncio.ensure_future(work)
+        while True:
+            for _ in range(50):
+                await asyncio.sleep(0)
+            if task.done():
+                return task.result()
+            assert self._sleepers, "nothing left to wake: the calls are stuck"
+            when, _, future = heapq.heappop(self._sleepers)
+            self.time = max(self.time, when)
+            self.advance(0.0)
+            future.set_result(None)
+
+
+def window_counts(starts: list[float], width: float) -> int:
+    """The most starts any closed window [t, t + width] holds."""
+    ordered = sorted(starts)
+    return max((bisect.bisect_right(ordered, s + width) - i for i, s in enumerate(ordered)), default=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rate=st.one_of(st.integers(1, 25), st.floats(0.2, 25.0)),
+       gaps=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 1.5)), max_size=50))
+def test_rate_limit_is_a_sliding_window(rate: float, gaps: list[float]) -> None:
+    """For any rate and any pattern of arrivals, no closed window of one second holds more than
+    ``rate`` starts (one start per 1/rate s below a rate of 1), and a call that waited started as
+    soon as the window allowed: just before it, the window was full."""
+    clock = SchedulingClock()
+    tools_ = Tools(ToolRegistry([Tool(lambda_ping(clock), name="ping", rate_limit=rate)]),
+                   frozenset({"ping"}), clock=clock)
+    arrivals = list(itertools.accumulate(gaps))
+    starts: list[float] = []
+
+    async def one(at: float) -> None:
+        await clock.sleep(at)
+        starts.append(await tools_.call("ping"))
+
+    async def main() -> None:
+        await clock.drive(asyncio.gather(*(one(at) for at in arrivals)))
+
+    asyncio.run(main())
+    assert len(starts) == len(arrivals)
+    capacity, width = (math.floor(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
+    assert window_counts(starts, 1.0) <= max(rate, 1)
+    assert window_counts(starts, width) <= capacity
+    by_arrival = sorted(arrivals)
+    for start in starts:
+        # Each start is either some call's arrival or the first instant a full window opened.
+        if any(abs(start - at) < 1e-9 for at in by_arrival):
+            continue
+        before = [s for s in starts if start - width - 1e-9 <= s < start]
+        assert len(before) >= capacity, (start, before)
+
+
+def lambda_ping(clock: FakeClock) -> Any:
+    """A tool answering the instant it started, on ``clock``."""
+
+    async def ping() -> float:
+        return clock.now()
+
+    return ping

@@ -1,7 +1,8 @@
 """The article's agent, for real: plan -> search -> summarize -> done, with a bounded refine loop.
 
 Search runs SQLite FTS5 over a local corpus of Markdown pages (by default the project's own
-``docs/``); the summary is extractive and deterministic. Nothing is faked and nothing goes online.
+``docs/``, shipped in the package as ``examples/corpus/``); the summary is extractive and
+deterministic. Nothing is faked and nothing goes online.
 
 Run it: ``python -m statemachine_agent.examples.research "How does the checker bound loops?"``
 """
@@ -22,7 +23,7 @@ from statemachine_agent import UNSET, Context, Workflow
 from statemachine_agent.diagrams import write_diagrams
 from statemachine_agent.tools import Retry, Tools
 
-__all__ = ["Corpus", "Hit", "ResearchContext", "SearchUnavailable", "build", "workflow"]
+__all__ = ["CORPUS", "Corpus", "Hit", "ResearchContext", "SearchUnavailable", "build", "workflow"]
 
 _STOPWORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i",
@@ -129,15 +130,20 @@ class ResearchContext(Context):
     sources: list[str] = Field(default_factory=list)
 
 
+CORPUS = Path(__file__).resolve().parent / "corpus"
+"""The default corpus: the project's docs/ pages (a symlink in a source checkout, real files in
+an installed wheel)."""
+
+
 def _default_corpus() -> Path:
     env = os.environ.get("STATEMACHINE_AGENT_CORPUS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "docs"
+    return CORPUS
 
 
 def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext]:
-    """The research workflow over ``corpus`` (default: the project's ``docs/``)."""
+    """The research workflow over ``corpus`` (default: :data:`CORPUS`, the project's docs)."""
     pages = corpus if isinstance(corpus, Corpus) else Corpus(corpus or _default_corpus())
     wf = Workflow("research", ResearchContext)
 
@@ -198,7 +204,7 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
 
 
 workflow = build()
-"""The example over the project's own docs/ (what ``statemachine-agent run`` and ``check`` load)."""
+"""The example over the shipped docs corpus (what ``statemachine-agent run`` and ``check`` load)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m statemachine_agent.examples.research",
                                      description=main.__doc__)
     parser.add_argument("question", help="what to ask")
-    parser.add_argument("--corpus", help="folder of Markdown pages (default: the project's docs/)")
+    parser.add_argument("--corpus", help="folder of Markdown pages (default: the project's docs, "
+                        "shipped with the package)")
     parser.add_argument("--diagrams", default="diagrams", help="where to write the workflow's diagrams")
     args = parser.parse_args(argv)
     compiled = (build(args.corpus) if args.corpus else workflow).compile()
