@@ -129,7 +129,7 @@ def _read_input(raw: str | None) -> dict[str, Any]:
     return data
 
 
-def _policy(name: str) -> Policy:
+def _policy(name: str) -> Policy[Any]:
     """``first``, ``random[:SEED]``, or ``MODULE:OBJECT`` naming a policy callable itself (called
     with each :class:`~.policies.Decision`; for a policy built by a factory, name the built one)."""
     if name == "first":
@@ -146,7 +146,7 @@ def _policy(name: str) -> Policy:
             raise UsageError(f"--policy {name!r} is a {type(obj).__name__}, not a policy: name a callable "
                              "taking a Decision and returning an Option or a transition name (for a "
                              "class or factory, name an instance it built)")
-        return typing.cast(Policy, obj)
+        return typing.cast("Policy[Any]", obj)
     raise UsageError(f"unknown --policy {name!r}: use 'first', 'random[:SEED]' or MODULE:OBJECT naming "
                      "a policy callable")
 
