@@ -10,19 +10,34 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import graphviz
 
 from .errors import StateMachineAgentError
-from .spec import Outcome
+from .spec import Outcome, WorkflowSpec
 
 if TYPE_CHECKING:
-    from .compile import CompiledWorkflow
     from .result import RunResult
 
 __all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "RunOverlay", "extract", "render", "to_dot",
            "to_mermaid", "to_svg", "write_diagrams"]
+
+
+class Drawable(Protocol):
+    """What a diagram needs of a compiled workflow (a ``CompiledWorkflow`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> WorkflowSpec: ...
+
+    @property
+    def max_steps(self) -> int: ...
+
+    @property
+    def failure_terminal(self) -> str: ...
 
 
 class GraphvizMissing(StateMachineAgentError, RuntimeError):
@@ -101,7 +116,7 @@ class RunOverlay:
                    dict(taken), errors)
 
 
-def extract(workflow: CompiledWorkflow[Any], run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None
+def extract(workflow: Drawable, run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None
             ) -> tuple[list[DiagramNode], list[DiagramEdge]]:
     """The workflow (and optionally a run over it) as plain nodes and edges, in spec order."""
     spec = workflow.spec
@@ -176,7 +191,7 @@ def _dot_id(name: str) -> str:
 _OUTCOME_COLOUR = {Outcome.SUCCESS.value: "#2e7d32", Outcome.FAILURE.value: "#c62828"}
 
 
-def to_dot(workflow: CompiledWorkflow[Any],
+def to_dot(workflow: Drawable,
            run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None, *,
            rankdir: str | None = None) -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the workflow, with ``run`` (a result or a recorded one) laid over it.
@@ -250,7 +265,7 @@ def _mermaid_label(text: str) -> str:
     return "".join(_MERMAID_ESCAPES.get(c, c) for c in text).strip()
 
 
-def to_mermaid(workflow: CompiledWorkflow[Any]) -> str:
+def to_mermaid(workflow: Drawable) -> str:
     """The workflow as Mermaid ``stateDiagram-v2`` text (for GitHub and docs).
 
     States keep their names as ids when Mermaid allows it; others get ids ``s0``, ``s1``... and
@@ -320,7 +335,7 @@ def jupyter_bundle(graph: graphviz.Digraph | None, text: str) -> dict[str, str]:
     return bundle
 
 
-def write_diagrams(workflow: CompiledWorkflow[Any], directory: str | Path,
+def write_diagrams(workflow: Drawable, directory: str | Path,
                    run: RunResult[Any] | None = None) -> Iterable[Path]:
     """Write ``NAME.dot`` and ``NAME.mmd`` (and ``NAME.svg`` when ``dot`` is installed), plus
     ``NAME.run.dot``/``.svg`` for ``run``; return the paths written."""

@@ -12,11 +12,11 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeGuard, TypeVar
+from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from ._plan import ErrorExit, Exit, Plan, Token
+from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
 from .context import is_unset
@@ -36,9 +36,6 @@ from .policies import Decision, Option, Policy, first_enabled, resolve, safe_rep
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
 from .tools import Tools, _positive
-
-if TYPE_CHECKING:
-    from .compile import CompiledWorkflow
 
 __all__ = ["MissingWrite", "Run", "RunOptions", "run_blocking"]
 
@@ -98,7 +95,7 @@ class Run(Generic[C]):
                  "max_policy_attempts", "max_steps", "path", "policy", "raise_errors", "result", "run_id",
                  "timeout", "traversals", "visits", "workflow")
 
-    def __init__(self, workflow: CompiledWorkflow[C], context: C | dict[str, Any],
+    def __init__(self, workflow: Program[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
