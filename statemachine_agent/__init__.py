@@ -6,34 +6,74 @@ import logging
 
 from ._views import thaw
 from .check import CheckReport
+from .clock import Clock, FakeClock, SystemClock
 from .compile import CompiledWorkflow
 from .context import UNSET, Context, is_unset
-from .errors import ContextAccessError, DefinitionError, Problem, RunError, StateMachineAgentError
+from .errors import (
+    ContextAccessError,
+    DefinitionError,
+    GatherFailed,
+    Problem,
+    RunError,
+    StateMachineAgentError,
+    ToolArgumentError,
+    ToolError,
+    ToolFailed,
+    ToolResultError,
+    ToolTimeout,
+    UndeclaredTool,
+    UnknownTool,
+)
+from .events import Budget, Event, Hook
 from .guards import Guard, guard
 from .policies import Decision, Option, Policy, first_enabled, scripted, seeded_random
-from .result import RunResult, Step, result_of
+from .result import RunResult, Step, StepKind, result_of
+from .runner import MissingWrite, Run, RunOptions
 from .spec import NoExit, Outcome, WorkflowSpec
-from .workflow import StateRef, Workflow
+from .tools import Retry, Tool, Tools
+from .workflow import Action, StateRef, Workflow
 
 __all__ = [
     "UNSET",
+    "Action",
+    "Budget",
     "CheckReport",
+    "Clock",
     "CompiledWorkflow",
     "Context",
     "ContextAccessError",
     "Decision",
     "DefinitionError",
+    "Event",
+    "FakeClock",
+    "GatherFailed",
     "Guard",
+    "Hook",
+    "MissingWrite",
     "NoExit",
     "Option",
     "Outcome",
     "Policy",
     "Problem",
+    "Retry",
+    "Run",
     "RunError",
+    "RunOptions",
     "RunResult",
     "StateMachineAgentError",
     "StateRef",
     "Step",
+    "StepKind",
+    "SystemClock",
+    "Tool",
+    "ToolArgumentError",
+    "ToolError",
+    "ToolFailed",
+    "ToolResultError",
+    "ToolTimeout",
+    "Tools",
+    "UndeclaredTool",
+    "UnknownTool",
     "Workflow",
     "WorkflowSpec",
     "first_enabled",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .result import StepKind
 
 if TYPE_CHECKING:
     from .result import RunResult
 
 __all__ = [
+    "Budget",
     "BudgetExhausted",
     "ErrorRouted",
     "Event",
@@ -24,6 +28,15 @@ __all__ = [
     "ToolCallStarted",
     "TransitionTaken",
 ]
+
+
+class Budget(enum.StrEnum):
+    """A budget a run can exhaust (it then ends in the failure terminal)."""
+
+    MAX_STEPS = "max_steps"
+    MAX_VISITS = "max_visits"
+    MAX_TRAVERSALS = "max_traversals"
+    DEADLINE = "deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +74,8 @@ class TransitionTaken(Event):
     source: str
     target: str
     transition: str
-    kind: str
-    """``transition``, ``error`` (routed error) or ``fail`` (to the failure terminal)."""
+    kind: StepKind
+    """How the step left its state."""
     duration: float
     """Seconds spent in the step, action and choice included."""
 
@@ -94,8 +107,7 @@ class BudgetExhausted(Event):
 
     step: int
     state: str
-    budget: str
-    """``max_steps``, ``max_visits``, ``max_traversals`` or ``deadline``."""
+    budget: Budget
     reason: str
 
 

@@ -22,6 +22,7 @@ from .clock import Clock, SystemClock
 from .context import is_unset
 from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed
 from .events import (
+    Budget,
     BudgetExhausted,
     ErrorRouted,
     Event,
@@ -72,7 +73,7 @@ class MissingWrite(ContextAccessError):
 class _Failed(Exception):
     """Internal: the step ends in the failure terminal for ``reason``."""
 
-    def __init__(self, reason: str, budget: str | None = None) -> None:
+    def __init__(self, reason: str, budget: Budget | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.budget = budget
@@ -224,15 +225,15 @@ class Run(Generic[C]):
         # visit budget is usually the real cause, and naming it says which loop to look at.
         if plan.max_visits is not None and visits >= plan.max_visits:
             return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
-                                    budget="max_visits", ran=False)
+                                    budget=Budget.MAX_VISITS, ran=False)
         if self.actions_run >= self.max_steps:
             return await self._fail(plan, index, t0,
                                     f"max_steps of {self.max_steps} reached before state {name!r}",
-                                    budget="max_steps", ran=False)
+                                    budget=Budget.MAX_STEPS, ran=False)
         deadline = self._deadline
         if deadline is not None and self.clock.now() >= deadline:
             return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
-                                    f"{name!r}", budget="deadline", ran=False)
+                                    f"{name!r}", budget=Budget.DEADLINE, ran=False)
         self.visits[name] = visits + 1
         self.actions_run += 1
         view = ContextView(self.context, plan, self._written, self._fields, self._owned)
@@ -252,7 +253,7 @@ class Run(Generic[C]):
                     if not scope.expired():
                         raise
                     raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
-                                  budget="deadline") from None
+                                  budget=Budget.DEADLINE) from None
             elif plan.decision or plan.takes_tools or self.hooks:
                 chosen = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
@@ -287,7 +288,7 @@ class Run(Generic[C]):
         if bound is not None and self.traversals[chosen.key] >= bound:
             view._sa_rollback()
             return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
-                                    budget="max_traversals")
+                                    budget=Budget.MAX_TRAVERSALS)
         # The step succeeded: its writes stand; now move.
         dirty = view._sa_dirty
         if dirty:
@@ -395,7 +396,7 @@ class Run(Generic[C]):
         bound = route.bound
         if bound is not None and self.traversals[route.key] >= bound:
             return await self._fail(plan, index, t0, f"traversals of {route.spec.name!r} reached {bound}",
-                                    budget="max_traversals", error=exc)
+                                    budget=Budget.MAX_TRAVERSALS, error=exc)
         target = route.spec.target
         self._machine.events[route.spec.name].trigger(self._token)
         self.traversals[route.key] += 1
@@ -407,7 +408,7 @@ class Run(Generic[C]):
         await self._after(step)
         return step
 
-    async def _fail(self, plan: Plan, index: int, t0: float, reason: str, *, budget: str | None = None,
+    async def _fail(self, plan: Plan, index: int, t0: float, reason: str, *, budget: Budget | None = None,
                     error: Exception | None = None, ran: bool = True, loud: bool = False) -> Step:
         wf = self.workflow
         target = wf.failure_terminal
