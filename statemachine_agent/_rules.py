@@ -999,50 +999,48 @@ def worst_case_steps(a: Analysis) -> int:
     """A sound upper bound on the actions any run executes.
 
     A run passes through the strongly connected components of the graph in topological order,
-    entering each at most once, so the bound is the heaviest chain of components. A component
-    without a loop weighs one step. A looping one is weighed per entry state and per way of
-    ending there (stopping inside, or leaving from a given exit state), by visit caps tightened
-    with flow conservation; see :func:`_loop_weight`.
+    entering each at most once, so the bound is the heaviest chain of components, computed per
+    state a run may enter a component by (``most[v]``: the most steps of a run from entering
+    ``v``). A component without a loop weighs one step. A looping one is weighed per entry state
+    and per way of ending there (stopping inside, or leaving from a given exit state), by visit
+    caps tightened with flow conservation; see :class:`_LoopWeigher`.
     """
     assert a.initial is not None
     nodes = [n for n in a.names if n in a.reach]
     succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
-    comps = strongly_connected_components(nodes, succ)  # sinks first
-    comp_of = {v: i for i, comp in enumerate(comps) for v in comp}
-    dist = [0] * len(comps)
-    for i, comp in enumerate(comps):
+    most: dict[str, int] = {}
+    for comp in strongly_connected_components(nodes, succ):  # sinks first
         if a.terminal(comp[0]):
+            most[comp[0]] = 0
             continue
         if len(comp) == 1 and comp[0] not in succ[comp[0]]:
-            dist[i] = 1 + max((dist[comp_of[w]] for w in succ[comp[0]]), default=0)
+            most[comp[0]] = 1 + max((most[w] for w in succ[comp[0]]), default=0)
             continue
         members = set(comp)
         inner_in: dict[str, list[Edge]] = defaultdict(list)
         inner_out: dict[str, list[Edge]] = defaultdict(list)
-        after: dict[str, int] = {}  # exit state -> heaviest chain after leaving from it
+        after: dict[str, int] = {}  # exit state -> most steps after leaving from it
         entries = [a.initial] if a.initial in members else []
         for v in comp:
             for e in a.out.get(v, ()):
                 if e.target in members:
                     inner_out[v].append(e)
                     inner_in[e.target].append(e)
-                elif e.target in comp_of:
-                    after[v] = max(after.get(v, 0), dist[comp_of[e.target]])
-            if v != a.initial and any(e.source not in members and e.source in comp_of
+                elif e.target in most:
+                    after[v] = max(after.get(v, 0), most[e.target])
+            if v != a.initial and any(e.source not in members and e.source in a.reach
                                       for e in a.into.get(v, ())):
                 entries.append(v)
         after = {v: rest for v, rest in after.items() if rest > 0}  # else stopping inside weighs more
         weigh = _LoopWeigher(a, comp, inner_in, inner_out)
         if len(entries) * (1 + len(after)) <= _EXACT_PAIRS:
-            best = 0
             for x in entries:
-                best = max(best, weigh(frozenset([x]), None))
-                for y, rest in after.items():
-                    best = max(best, weigh(frozenset([x]), y) + rest)
-            dist[i] = best
+                one = frozenset([x])
+                most[x] = max([weigh(one, None), *(weigh(one, y) + rest for y, rest in after.items())])
         else:
-            dist[i] = weigh(frozenset(entries), None) + max(after.values(), default=0)
-    return dist[comp_of[a.initial]]
+            coarse = weigh(frozenset(entries), None) + max(after.values(), default=0)
+            most.update(dict.fromkeys(entries, coarse))
+    return most[a.initial]
 
 
 class _LoopWeigher:
