@@ -93,8 +93,13 @@ def _items(value: object) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else ()
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _names_in(fs: object) -> frozenset[str]:
     """The string entries of a declared collection of names; nothing when it is malformed."""
+    if type(fs) is tuple and not fs:
+        return _NONE
     if not isinstance(fs, (tuple, list, set, frozenset)):
         return frozenset()
     return frozenset(f for f in fs if isinstance(f, str))
@@ -240,8 +245,6 @@ class Analysis:
     """Well-formed transitions (of any endpoints)."""
     exits: dict[str, list[TransitionSpec]] = field(default_factory=lambda: defaultdict(list))
     """The declared exits of each non-terminal state, by order; a mistyped target still counts."""
-    routes: list[ErrorTransitionSpec] = field(default_factory=list)
-    """Error transitions that became edges."""
     edges: list[Edge] = field(default_factory=list)
     out: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
     into: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
@@ -332,7 +335,6 @@ def build(spec: WorkflowSpec) -> Analysis:
         if key in seen_routes:
             continue
         seen_routes.add(key)
-        a.routes.append(et)
         a.edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
                             else None, "error", et.name if isinstance(et.name, str) else ""))
 
