@@ -381,7 +381,7 @@ def _exhaustive(outs: Sequence[TransitionSpec]) -> bool:
 def _check_declaration_problems(a: Analysis) -> Iterator[Problem]:
     """Problems the Workflow collected while declaring (a bad guard, a foreign state, a bad option)."""
     found = _attr(a.spec, "problems")
-    if found is None or found == ():
+    if found is None or (type(found) is tuple and not found):
         return
     if not isinstance(found, (tuple, list)):
         yield Problem("bad-option", f"the spec's problems are {found!r}: give a tuple of Problem")
@@ -1060,6 +1060,28 @@ class _LoopWeigher:
         order = topological_order(free, free_succ)
         assert order is not None, "unbounded cycles are rejected before the bound is computed"
         self.order = order
+        self.segments, self.most_free = self._by_segments(free_succ)
+
+    def _by_segments(self, free_succ: dict[str, list[str]]) -> tuple[int, int]:
+        """A bound for the whole component, whatever the entry and the end, from its bounded parts.
+
+        Cut a run inside the component before each visit of a bounded state and before each step
+        along a bounded edge into a free state: what lies between two cuts is a path through free
+        states and free edges (which form no cycle), after the bounded state that began it, if any.
+        So the visits are at most ``S * (1 + L) + E * L``, plus ``L`` when the run enters at a free
+        state (the stretch before the first cut), with ``S`` the bounded states' caps summed, ``E``
+        those bounded edges' caps summed and ``L`` the most free states on a free path. Tighter than
+        the per-state caps where many loops share one bounded state (a hub). Returns the sum
+        without the entry's stretch, and ``L``.
+        """
+        longest: dict[str, int] = {}
+        for v in reversed(self.order):
+            longest[v] = 1 + max((longest[w] for w in free_succ[v]), default=0)
+        most_free = max(longest.values(), default=0)
+        states = sum(b for b in self.bound.values() if b is not None)
+        edges = sum(e.bound for es in self.inner_out.values() for e in es
+                    if e.bound is not None and self.bound[e.target] is None)
+        return states * (1 + most_free) + edges * most_free, most_free
 
     def __call__(self, entries: frozenset[str], last: str | None) -> int:
         """Caps on each state's visits, entering at ``entries``, ending at ``last`` (``None``: anywhere).
@@ -1100,4 +1122,5 @@ class _LoopWeigher:
                     if w not in queued:
                         queued.add(w)
                         todo.append(w)
-        return sum(cap.values())
+        free_entry = any(self.bound[x] is None for x in entries)
+        return min(sum(cap.values()), self.segments + self.most_free * free_entry)

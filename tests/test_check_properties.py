@@ -515,6 +515,26 @@ def test_bound_is_exact_for_a_single_cycle(spec: WorkflowSpec) -> None:
     assert report.worst_case_steps == model.longest(must_finish=False)
 
 
+def _hub(visits: int, spokes: int) -> WorkflowSpec:
+    """``hub`` (max_visits) dispatches to ``spokes`` unbounded states that all come back to it."""
+    names = [f"t{i}" for i in range(spokes)]
+    return WorkflowSpec("hub", Ctx, (
+        StateSpec("hub", noop, initial=True, max_visits=visits), *(StateSpec(n, noop) for n in names),
+        StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+        StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE),
+    ), (*(TransitionSpec("hub", n, guard=true_guard(), order=i) for i, n in enumerate(names)),
+        TransitionSpec("hub", SUCCESS_T, default=True, order=spokes),
+        *(TransitionSpec(n, "hub") for n in names)))
+
+
+@PROPS
+@given(st.integers(1, 3), st.integers(1, 4))
+def test_bound_of_a_hub_is_not_a_sum_over_its_spokes(visits: int, spokes: int) -> None:
+    """Many loops through one capped hub: the bound is the longest run, 2 * max_visits, not a sum."""
+    spec = _hub(visits, spokes)
+    assert analyze(spec).worst_case_steps == model_of(spec).longest(must_finish=False) == 2 * visits
+
+
 @PROPS
 @given(st.integers(1, 4), st.integers(1, 4), st.booleans())
 def test_bound_is_exact_for_ping_pong(there: int, back: int, lead_in: bool) -> None:
