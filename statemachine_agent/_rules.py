@@ -93,8 +93,13 @@ def _items(value: object) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else ()
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _names_in(fs: object) -> frozenset[str]:
     """The string entries of a declared collection of names; nothing when it is malformed."""
+    if type(fs) is tuple and not fs:
+        return _NONE
     if not isinstance(fs, (tuple, list, set, frozenset)):
         return frozenset()
     return frozenset(f for f in fs if isinstance(f, str))
@@ -240,8 +245,6 @@ class Analysis:
     """Well-formed transitions (of any endpoints)."""
     exits: dict[str, list[TransitionSpec]] = field(default_factory=lambda: defaultdict(list))
     """The declared exits of each non-terminal state, by order; a mistyped target still counts."""
-    routes: list[ErrorTransitionSpec] = field(default_factory=list)
-    """Error transitions that became edges."""
     edges: list[Edge] = field(default_factory=list)
     out: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
     into: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
@@ -332,7 +335,6 @@ def build(spec: WorkflowSpec) -> Analysis:
         if key in seen_routes:
             continue
         seen_routes.add(key)
-        a.routes.append(et)
         a.edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
                             else None, "error", et.name if isinstance(et.name, str) else ""))
 
@@ -379,7 +381,7 @@ def _exhaustive(outs: Sequence[TransitionSpec]) -> bool:
 def _check_declaration_problems(a: Analysis) -> Iterator[Problem]:
     """Problems the Workflow collected while declaring (a bad guard, a foreign state, a bad option)."""
     found = _attr(a.spec, "problems")
-    if found is None or found == ():
+    if found is None or (type(found) is tuple and not found):
         return
     if not isinstance(found, (tuple, list)):
         yield Problem("bad-option", f"the spec's problems are {found!r}: give a tuple of Problem")
@@ -1008,50 +1010,48 @@ def worst_case_steps(a: Analysis) -> int:
     """A sound upper bound on the actions any run executes.
 
     A run passes through the strongly connected components of the graph in topological order,
-    entering each at most once, so the bound is the heaviest chain of components. A component
-    without a loop weighs one step. A looping one is weighed per entry state and per way of
-    ending there (stopping inside, or leaving from a given exit state), by visit caps tightened
-    with flow conservation; see :func:`_loop_weight`.
+    entering each at most once, so the bound is the heaviest chain of components, computed per
+    state a run may enter a component by (``most[v]``: the most steps of a run from entering
+    ``v``). A component without a loop weighs one step. A looping one is weighed per entry state
+    and per way of ending there (stopping inside, or leaving from a given exit state), by visit
+    caps tightened with flow conservation; see :class:`_LoopWeigher`.
     """
     assert a.initial is not None
     nodes = [n for n in a.names if n in a.reach]
     succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
-    comps = strongly_connected_components(nodes, succ)  # sinks first
-    comp_of = {v: i for i, comp in enumerate(comps) for v in comp}
-    dist = [0] * len(comps)
-    for i, comp in enumerate(comps):
+    most: dict[str, int] = {}
+    for comp in strongly_connected_components(nodes, succ):  # sinks first
         if a.terminal(comp[0]):
+            most[comp[0]] = 0
             continue
         if len(comp) == 1 and comp[0] not in succ[comp[0]]:
-            dist[i] = 1 + max((dist[comp_of[w]] for w in succ[comp[0]]), default=0)
+            most[comp[0]] = 1 + max((most[w] for w in succ[comp[0]]), default=0)
             continue
         members = set(comp)
         inner_in: dict[str, list[Edge]] = defaultdict(list)
         inner_out: dict[str, list[Edge]] = defaultdict(list)
-        after: dict[str, int] = {}  # exit state -> heaviest chain after leaving from it
+        after: dict[str, int] = {}  # exit state -> most steps after leaving from it
         entries = [a.initial] if a.initial in members else []
         for v in comp:
             for e in a.out.get(v, ()):
                 if e.target in members:
                     inner_out[v].append(e)
                     inner_in[e.target].append(e)
-                elif e.target in comp_of:
-                    after[v] = max(after.get(v, 0), dist[comp_of[e.target]])
-            if v != a.initial and any(e.source not in members and e.source in comp_of
+                elif e.target in most:
+                    after[v] = max(after.get(v, 0), most[e.target])
+            if v != a.initial and any(e.source not in members and e.source in a.reach
                                       for e in a.into.get(v, ())):
                 entries.append(v)
         after = {v: rest for v, rest in after.items() if rest > 0}  # else stopping inside weighs more
         weigh = _LoopWeigher(a, comp, inner_in, inner_out)
         if len(entries) * (1 + len(after)) <= _EXACT_PAIRS:
-            best = 0
             for x in entries:
-                best = max(best, weigh(frozenset([x]), None))
-                for y, rest in after.items():
-                    best = max(best, weigh(frozenset([x]), y) + rest)
-            dist[i] = best
+                one = frozenset([x])
+                most[x] = max([weigh(one, None), *(weigh(one, y) + rest for y, rest in after.items())])
         else:
-            dist[i] = weigh(frozenset(entries), None) + max(after.values(), default=0)
-    return dist[comp_of[a.initial]]
+            coarse = weigh(frozenset(entries), None) + max(after.values(), default=0)
+            most.update(dict.fromkeys(entries, coarse))
+    return most[a.initial]
 
 
 class _LoopWeigher:
@@ -1069,6 +1069,28 @@ class _LoopWeigher:
         order = topological_order(free, free_succ)
         assert order is not None, "unbounded cycles are rejected before the bound is computed"
         self.order = order
+        self.segments, self.most_free = self._by_segments(free_succ)
+
+    def _by_segments(self, free_succ: dict[str, list[str]]) -> tuple[int, int]:
+        """A bound for the whole component, whatever the entry and the end, from its bounded parts.
+
+        Cut a run inside the component before each visit of a bounded state and before each step
+        along a bounded edge into a free state: what lies between two cuts is a path through free
+        states and free edges (which form no cycle), after the bounded state that began it, if any.
+        So the visits are at most ``S * (1 + L) + E * L``, plus ``L`` when the run enters at a free
+        state (the stretch before the first cut), with ``S`` the bounded states' caps summed, ``E``
+        those bounded edges' caps summed and ``L`` the most free states on a free path. Tighter than
+        the per-state caps where many loops share one bounded state (a hub). Returns the sum
+        without the entry's stretch, and ``L``.
+        """
+        longest: dict[str, int] = {}
+        for v in reversed(self.order):
+            longest[v] = 1 + max((longest[w] for w in free_succ[v]), default=0)
+        most_free = max(longest.values(), default=0)
+        states = sum(b for b in self.bound.values() if b is not None)
+        edges = sum(e.bound for es in self.inner_out.values() for e in es
+                    if e.bound is not None and self.bound[e.target] is None)
+        return states * (1 + most_free) + edges * most_free, most_free
 
     def __call__(self, entries: frozenset[str], last: str | None) -> int:
         """Caps on each state's visits, entering at ``entries``, ending at ``last`` (``None``: anywhere).
@@ -1109,4 +1131,5 @@ class _LoopWeigher:
                     if w not in queued:
                         queued.add(w)
                         todo.append(w)
-        return sum(cap.values())
+        free_entry = any(self.bound[x] is None for x in entries)
+        return min(sum(cap.values()), self.segments + self.most_free * free_entry)

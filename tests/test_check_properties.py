@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from statemachine_agent.check import CheckReport, analyze, check, fields_set_at_start
 from statemachine_agent.context import Context
-from statemachine_agent.errors import DefinitionError
+from statemachine_agent.errors import DefinitionError, Problem
 from statemachine_agent.guards import Guard
 from statemachine_agent.spec import (
     ErrorTransitionSpec,
@@ -117,8 +117,11 @@ def specs(draw: st.DrawFn, *, max_states: int = 4, max_exits: int = 3, max_error
             errors.append(ErrorTransitionSpec(n, exc, draw(st.sampled_from(names)),
                                               max_traversals=draw(bounds), order=j))
         on_no_exit = NoExit.FAIL if mode == "fail" else draw(st.sampled_from(NoExit))
+        reads, writes = draw(field_tuples), draw(field_tuples)
         states.append(StateSpec(
-            n, action=lambda ctx: None, reads=draw(field_tuples), writes=draw(field_tuples),
+            n, action=lambda ctx: None, reads=reads, writes=writes,
+            optional_reads=draw(field_tuples.map(lambda fs, r=reads: tuple(f for f in fs if f not in r))),
+            optional_writes=draw(field_tuples.map(lambda fs, w=writes: tuple(f for f in fs if f not in w))),
             initial=n == initial, max_visits=draw(bounds), on_no_exit=on_no_exit,
         ))
     max_steps = draw(st.none() | st.integers(1, 12)) if with_max_steps else None
@@ -263,7 +266,12 @@ class Model:
         return into
 
     def writes(self, v: str) -> frozenset[str]:
+        """Fields written on every successful visit; ``optional_writes`` may not be, so they do not count."""
         return frozenset(self.states[v].writes)
+
+    def reads(self, v: str) -> frozenset[str]:
+        """Fields read that must be set; ``optional_reads`` need not be."""
+        return frozenset(self.states[v].reads) - frozenset(self.states[v].optional_reads)
 
     def unwritten_path_exists(self, field: str, target: str) -> bool:
         """Enumerate simple paths from the initial state to ``target``; is one free of ``field``?"""
@@ -418,6 +426,139 @@ def test_worst_case_steps_is_exact_without_cycles(spec: WorkflowSpec) -> None:
         assert report.worst_case_steps == model.longest(must_finish=True)
 
 
+def _retry_via_rewrite(visits: int, routes: int | None, rewrites: int | None) -> WorkflowSpec:
+    """``fetch`` (max_visits) routes ConnectionError to ``rewrite``, back to ``fetch``; or ``summarize``."""
+    return WorkflowSpec("retry", Ctx, (
+        StateSpec("fetch", noop, initial=True, max_visits=visits),
+        StateSpec("rewrite", noop, max_visits=rewrites),
+        StateSpec("summarize", noop),
+        StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+        StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE),
+    ), (TransitionSpec("fetch", "summarize"), TransitionSpec("rewrite", "fetch"),
+        TransitionSpec("summarize", SUCCESS_T)),
+        (ErrorTransitionSpec("fetch", ConnectionError, "rewrite", max_traversals=routes),))
+
+
+def _ping_pong(there: int, back: int, lead_in: bool) -> WorkflowSpec:
+    """``a -> b`` and ``b -> a`` with max_traversals each, the way out ``b -> c -> ok``."""
+    states = [StateSpec("a", noop, initial=not lead_in), StateSpec("b", noop), StateSpec("c", noop),
+              StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+              StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE)]
+    transitions = [TransitionSpec("a", "b", max_traversals=there),
+                   TransitionSpec("b", "a", guard=true_guard(), max_traversals=back, order=0),
+                   TransitionSpec("b", "c", default=True, order=1), TransitionSpec("c", SUCCESS_T)]
+    if lead_in:
+        states.append(StateSpec("start", noop, initial=True))
+        transitions.append(TransitionSpec("start", "a"))
+    return WorkflowSpec("ping-pong", Ctx, tuple(states), tuple(transitions))
+
+
+def test_bound_of_the_issue_examples() -> None:
+    """The two shapes of the issue: fetch/rewrite with max_visits=3 runs 6 steps, ping-pong 5."""
+    assert analyze(_retry_via_rewrite(3, None, None)).worst_case_steps == 6
+    assert model_of(_retry_via_rewrite(3, None, None)).longest(must_finish=False) == 6
+    assert analyze(_ping_pong(2, 2, lead_in=False)).worst_case_steps == 5
+    assert model_of(_ping_pong(2, 2, lead_in=False)).longest(must_finish=False) == 5
+
+
+@PROPS
+@given(st.integers(1, 4), bounds, bounds)
+def test_bound_is_exact_for_a_retry_through_a_rewrite(visits: int, routes: int | None,
+                                                      rewrites: int | None) -> None:
+    """The fetch/rewrite loop's bound is the longest run, whatever its bounds."""
+    spec = _retry_via_rewrite(visits, routes, rewrites)
+    assert analyze(spec).worst_case_steps == model_of(spec).longest(must_finish=False)
+
+
+@st.composite
+def rings(draw: st.DrawFn) -> WorkflowSpec:
+    """One loop that is a single cycle of 1 to 4 states, any bounds, left from any of them.
+
+    Ways out go to a terminal or to one more step first; the run enters the ring at the start, or
+    after a lead-in step choosing one of up to three entry states.
+    """
+    size = draw(st.integers(1, 4))
+    ring = [f"r{i}" for i in range(size)]
+    leaving = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    if not any(leaving):
+        leaving[0] = True
+    entries = draw(st.lists(st.sampled_from(ring), min_size=1, max_size=3, unique=True))
+    lead_in = draw(st.booleans())
+    states = [StateSpec(n, noop, initial=n == entries[0] and not lead_in, max_visits=draw(bounds))
+              for n in ring]
+    states += [StateSpec("tail", noop), StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+               StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE)]
+    transitions = [TransitionSpec("tail", SUCCESS_T)]
+    for i, n in enumerate(ring):
+        around = TransitionSpec(n, ring[(i + 1) % size], max_traversals=draw(bounds))
+        if leaving[i]:
+            transitions += [dataclasses.replace(around, guard=true_guard()),
+                            TransitionSpec(n, draw(st.sampled_from(["tail", SUCCESS_T])), default=True,
+                                           order=1)]
+        else:
+            transitions.append(around)
+    if lead_in:
+        states.append(StateSpec("start", noop, initial=True))
+        transitions += [TransitionSpec("start", n, guard=true_guard() if i < len(entries) - 1 else None,
+                                       order=i) for i, n in enumerate(entries)]
+    return WorkflowSpec("ring", Ctx, tuple(states), tuple(transitions))
+
+
+@MORE_PROPS
+@given(rings())
+def test_bound_is_exact_for_a_single_cycle(spec: WorkflowSpec) -> None:
+    """A loop that is one cycle, whatever its bounds and ways out: the bound is the longest run."""
+    report, model = analyze(spec), model_of(spec)
+    if model.unbounded_cycle_states():
+        assert report.worst_case_steps is None
+        return
+    assert report.worst_case_steps == model.longest(must_finish=False)
+
+
+def _hub(visits: int, spokes: int) -> WorkflowSpec:
+    """``hub`` (max_visits) dispatches to ``spokes`` unbounded states that all come back to it."""
+    names = [f"t{i}" for i in range(spokes)]
+    return WorkflowSpec("hub", Ctx, (
+        StateSpec("hub", noop, initial=True, max_visits=visits), *(StateSpec(n, noop) for n in names),
+        StateSpec(SUCCESS_T, terminal=True, outcome=Outcome.SUCCESS),
+        StateSpec(FAILURE_T, terminal=True, outcome=Outcome.FAILURE),
+    ), (*(TransitionSpec("hub", n, guard=true_guard(), order=i) for i, n in enumerate(names)),
+        TransitionSpec("hub", SUCCESS_T, default=True, order=spokes),
+        *(TransitionSpec(n, "hub") for n in names)))
+
+
+@PROPS
+@given(st.integers(1, 3), st.integers(1, 4))
+def test_bound_of_a_hub_is_not_a_sum_over_its_spokes(visits: int, spokes: int) -> None:
+    """Many loops through one capped hub: the bound is the longest run, 2 * max_visits, not a sum."""
+    spec = _hub(visits, spokes)
+    assert analyze(spec).worst_case_steps == model_of(spec).longest(must_finish=False) == 2 * visits
+
+
+@PROPS
+@given(st.integers(1, 4), st.integers(1, 4), st.booleans())
+def test_bound_is_exact_for_ping_pong(there: int, back: int, lead_in: bool) -> None:
+    """Two states taking turns over capped transitions, left from the second: the bound is the longest run."""
+    spec = _ping_pong(there, back, lead_in)
+    assert analyze(spec).worst_case_steps == model_of(spec).longest(must_finish=False)
+
+
+@PROPS
+@given(small_specs)
+def test_bound_is_exact_for_self_loops_only(spec: WorkflowSpec) -> None:
+    """When every cycle is a state looping on itself, the bound is the longest run."""
+    model = model_of(spec)
+    if model.unbounded_cycle_states():
+        return
+    reach = model.reachable()
+    for v in reach:
+        after = model.closure([e.target for e in model.out(v) if e.target != v],
+                              lambda u: [e.target for e in model.out(u)])
+        if v in after:
+            return  # a cycle through other states
+    assert analyze(spec).worst_case_steps == model.longest(must_finish=False)
+
+
 @PROPS
 @given(specs(with_max_steps=True))
 def test_max_steps_caps_the_graph_bound(spec: WorkflowSpec) -> None:
@@ -443,14 +584,14 @@ def test_unset_reads_match_brute_force(spec: WorkflowSpec) -> None:
     reach = model.reachable()
     live = [v for v in reach if not model.terminal(v)]
     into = model.definitely_set()
-    expected = {(v, f) for v in live for f in model.states[v].reads if f not in into[v]}
+    expected = {(v, f) for v in live for f in model.reads(v) if f not in into[v]}
     # A guard runs after its source's action succeeded, so the source's own writes count.
     expected |= {
         (v, f) for v, f in model.guard_reads()
         if v in reach and f not in into[v] | model.writes(v)
     }
     # The fixpoint agrees with plain path enumeration.
-    by_paths = {(v, f) for v in live for f in model.states[v].reads if model.unwritten_path_exists(f, v)}
+    by_paths = {(v, f) for v in live for f in model.reads(v) if model.unwritten_path_exists(f, v)}
     by_paths |= {
         (v, f) for v, f in model.guard_reads()
         if v in reach and f not in model.writes(v) and model.unwritten_path_exists(f, v)
@@ -458,6 +599,33 @@ def test_unset_reads_match_brute_force(spec: WorkflowSpec) -> None:
     assert expected == by_paths
     assert report.unset_reads == expected
     assert ("unset-read" in codes(report)) == bool(expected)
+
+
+@PROPS
+@given(specs())
+def test_optional_writes_count_as_not_written(spec: WorkflowSpec) -> None:
+    """With every write made optional, each required read of a field not set at the start is unset."""
+    optional = dataclasses.replace(spec, states=tuple(
+        dataclasses.replace(s, writes=(), optional_writes=(*s.writes, *s.optional_writes))
+        if not s.terminal else s for s in spec.states))
+    report, model = analyze(optional), model_of(optional)
+    reach = model.reachable()
+    reads = {(v, f) for v in reach if not model.terminal(v) for f in model.reads(v) if f not in SET_AT_START}
+    reads |= {(v, f) for v, f in model.guard_reads() if v in reach and f not in SET_AT_START}
+    assert report.unset_reads == reads
+
+
+@PROPS
+@given(specs())
+def test_optional_reads_are_never_unset_reads(spec: WorkflowSpec) -> None:
+    """Moving every read to optional_reads leaves only the guards' reads to check."""
+    optional = dataclasses.replace(spec, states=tuple(
+        dataclasses.replace(s, reads=(), optional_reads=(*s.reads, *s.optional_reads))
+        if not s.terminal else s for s in spec.states))
+    report = analyze(optional)
+    guarded = {v for v, _ in model_of(optional).guard_reads()}
+    assert {v for v, _ in report.unset_reads} <= guarded
+    assert "bad-field" not in codes(report)
 
 
 # --- malformed specs -----------------------------------------------------------------------------
@@ -559,7 +727,7 @@ def _unbounded_cycle(d: Draft, v: str, which: int) -> set[str]:
 
 
 def _unset_read(d: Draft, v: str, which: int) -> set[str]:
-    d.modify(d.initial, reads=("a",))
+    d.modify(d.initial, reads=("a",), optional_reads=())
     return {"unset-read"}
 
 
@@ -644,6 +812,30 @@ WEIRD_GUARDS: list[Any] = [None, true_guard(), true_guard(("a", "zzz")), Guard(l
                            always, "guard"]
 
 
+WEIRD_TRANSITION_NAMES: list[Any] = ["", "go", "go", "a b", "x" * 65, 3, None, ("go",)]
+
+
+class _OddTool:
+    """A tool-like object whose ``definition_problems`` misbehaves in one of several ways."""
+
+    def __init__(self, name: Any, answer: Any) -> None:
+        self.name = name
+        self.answer = answer
+        self.fallback = "nope" if name == "b" else None
+
+    def definition_problems(self) -> Any:
+        if self.answer == "raise":
+            raise ValueError("broken tool")
+        return self.answer
+
+
+WEIRD_TOOLS: list[Any] = [
+    "a string", None, _OddTool("a", ()), _OddTool("a", "raise"), _OddTool("b", [Problem("bad-option", "x")]),
+    _OddTool("c", ["junk", None]), _OddTool(None, ()), _OddTool("d", 42),
+]
+WEIRD_PROBLEMS: list[Any] = [(), None, "junk", (Problem("foreign-state", "x", "s0"),), ("junk", 3), [None]]
+
+
 @st.composite
 def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
     """A spec whose every attribute may be wrong, in type or in value."""
@@ -654,6 +846,8 @@ def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
         action=st.sampled_from(WEIRD_ACTIONS),
         reads=st.sampled_from(WEIRD_FIELDS),
         writes=st.sampled_from(WEIRD_FIELDS),
+        optional_reads=st.sampled_from(WEIRD_FIELDS),
+        optional_writes=st.sampled_from(WEIRD_FIELDS),
         initial=st.booleans(),
         terminal=st.booleans(),
         outcome=st.sampled_from([None, Outcome.SUCCESS, Outcome.FAILURE, "success", "meh"]),
@@ -670,6 +864,7 @@ def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
         max_traversals=st.sampled_from(WEIRD_BOUNDS),
         description=st.sampled_from(["", "go", None]),
         order=st.integers(-1, 3),
+        name=st.sampled_from(WEIRD_TRANSITION_NAMES),
     ), max_size=8))
     errors = draw(st.lists(st.builds(
         ErrorTransitionSpec,
@@ -678,6 +873,7 @@ def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
         target=names,
         max_traversals=st.sampled_from(WEIRD_BOUNDS),
         order=st.integers(0, 2),
+        name=st.sampled_from(WEIRD_TRANSITION_NAMES),
     ), max_size=4))
     return WorkflowSpec(
         draw(st.sampled_from(["chaos", "", None])),
@@ -686,6 +882,8 @@ def chaotic_specs(draw: st.DrawFn) -> WorkflowSpec:
         tuple(transitions),
         tuple(errors),
         max_steps=draw(st.sampled_from(WEIRD_BOUNDS)),
+        tools=tuple(draw(st.lists(st.sampled_from(WEIRD_TOOLS), max_size=3))),
+        problems=draw(st.sampled_from(WEIRD_PROBLEMS)),
     )
 
 
