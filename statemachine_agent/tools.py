@@ -207,6 +207,7 @@ class Tools:
         # its concurrency slot is released only when the thread really ends.
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, functools.partial(tool.fn, **arguments))
+        future.add_done_callback(_consume)  # an abandoned thread's late error is nobody's to report
         if semaphore is not None:
             future.add_done_callback(lambda _: semaphore.release())
             handoff[0] = True
@@ -308,6 +309,13 @@ class Tools:
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Mark a worker thread's outcome as seen, so asyncio does not log "exception was never
+    retrieved" for a thread abandoned after its call timed out."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _OwnTimeout(Exception):
