@@ -78,3 +78,13 @@ def test_demo_main_prints_answer_and_writes_diagrams(tmp_path: Path,
     assert "path:     plan -> search -> summarize -> done" in out
     names = {p.name for p in tmp_path.iterdir()}
     assert {"research.dot", "research.mmd", "research.svg", "research.run.dot", "research.run.svg"} <= names
+
+
+def test_default_corpus_is_the_docs_shipped_in_the_package() -> None:
+    """By default the example searches examples/corpus inside the package (shipped in the wheel
+    as package data), whose pages are the project's docs, page for page."""
+    assert research.CORPUS.name == "corpus"
+    assert research.CORPUS.parent == Path(research.__file__).resolve().parent
+    shipped = {p.name: p.read_text(encoding="utf-8") for p in research.CORPUS.glob("*.md")}
+    assert shipped
+    assert shipped == {p.name: p.read_text(encoding="utf-8") for p in DOCS.glob("*.md")}

@@ -431,14 +431,16 @@ def test_retry_property(outcomes: list[str], attempts: int) -> None:
 # --- in a workflow ----------------------------------------------------------------------------
 
 class _Flaky(BaseHTTPRequestHandler):
-    """A loopback HTTP API: /flaky answers 503 twice then 200; /slow answers after the test."""
+    """A loopback HTTP API: /flaky answers 503 twice then 200; /slow never answers."""
 
     hits = 0
     release = threading.Event()
 
     def do_GET(self) -> None:
         if self.path == "/slow":
-            type(self).release.wait(10)  # answers only once the test is over
+            type(self).release.wait(10)  # never answers: the client gave up long before
+            self.close_connection = True
+            return
         if self.path == "/flaky":
             type(self).hits += 1
             if type(self).hits <= 2:
@@ -469,14 +471,14 @@ def api() -> Iterator[str]:
     server.server_close()
 
 
-def http_workflow(base: str, timeout: float = 0.5) -> Workflow[Ctx]:
+def http_workflow(base: str, timeout: float = 0.5, client_timeout: float = 5) -> Workflow[Ctx]:
     """fetch calls a real HTTP tool; ToolTimeout and ToolFailed route to their own terminals."""
     wf = Workflow("http", Ctx)
 
     @wf.tool(timeout=timeout, retry=Retry(attempts=3, backoff=0.01, jitter=0, on=(urllib.error.HTTPError,)))
     def get(path: str) -> str:
         """GET a path of the API (sync: runs in a worker thread)."""
-        with urllib.request.urlopen(base + path, timeout=5) as response:
+        with urllib.request.urlopen(base + path, timeout=client_timeout) as response:
             return str(response.read().decode())
 
     @wf.state(initial=True, reads=["query"], writes=["out"], tools=["get"])
@@ -507,11 +509,12 @@ def test_http_tool_retries_through_503s(api: str) -> None:
 def test_http_tool_timeout_routes(api: str) -> None:
     """A slow API times out each attempt; the failure routes by the timeout's type.
 
-    The server answers only after the test, so the real clock's short timeouts always fire first,
-    however busy the machine (a fake clock would never move while the thread waits)."""
+    The server never answers, so the real clock's short timeouts always fire first, however busy
+    the machine (a fake clock would never move while the thread waits). The abandoned threads
+    give up after their own 0.3 s socket timeout (run_sync waits for them as it returns)."""
     events: list[Event] = []
-    result = http_workflow(api, timeout=0.05).compile().run_sync(Ctx(query="/slow"),
-                                                                 hooks=[events.append])
+    result = http_workflow(api, timeout=0.05, client_timeout=0.3).compile().run_sync(
+        Ctx(query="/slow"), hooks=[events.append])
     assert result.terminal == "too_slow"  # routed by its cause, a ToolTimeout
     assert isinstance(result.path[0].error, ToolFailed)
     assert all(isinstance(e, ToolTimeout) for e in result.path[0].error.errors)

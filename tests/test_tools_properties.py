@@ -270,27 +270,26 @@ def test_rate_limit_is_a_sliding_window(rate: float, gaps: list[float]) -> None:
     tools_ = Tools(ToolRegistry([Tool(lambda_ping(clock), name="ping", rate_limit=rate)]),
                    frozenset({"ping"}), clock=clock)
     arrivals = list(itertools.accumulate(gaps))
-    starts: list[float] = []
+    calls: list[tuple[float, float]] = []  # (arrival, start) of each call
 
     async def one(at: float) -> None:
         await clock.sleep(at)
-        starts.append(await tools_.call("ping"))
+        calls.append((at, await tools_.call("ping")))
 
     async def main() -> None:
         await clock.drive(asyncio.gather(*(one(at) for at in arrivals)))
 
     asyncio.run(main())
-    assert len(starts) == len(arrivals)
+    assert len(calls) == len(arrivals)
+    starts = [start for _, start in calls]
     capacity, width = (math.floor(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
     assert window_counts(starts, 1.0) <= max(rate, 1)
     assert window_counts(starts, width) <= capacity
-    by_arrival = sorted(arrivals)
-    for start in starts:
-        # Each start is either some call's arrival or the first instant a full window opened.
-        if any(abs(start - at) < 1e-9 for at in by_arrival):
-            continue
-        before = [s for s in starts if start - width - 1e-9 <= s < start]
-        assert len(before) >= capacity, (start, before)
+    for at, start in calls:
+        assert start >= at
+        if start > at + 1e-9:  # it waited: just before it started, the window was full
+            before = [s for s in starts if start - width - 1e-9 <= s < start]
+            assert len(before) >= capacity, (at, start, before)
 
 
 def lambda_ping(clock: FakeClock) -> Any:
