@@ -172,6 +172,11 @@ class Run(Generic[C]):
         self._clock0 = (time.time(), time.perf_counter())
 
     @property
+    def workflow_name(self) -> str:
+        """The name of the workflow this run belongs to."""
+        return self.workflow.name
+
+    @property
     def state(self) -> str:
         """The current state, as the workflow's ``transitions`` machine holds it for this run."""
         return self._token.state

@@ -9,7 +9,7 @@ import itertools
 import time
 import typing
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from tenacity import RetryCallState, retry_base
 
@@ -25,10 +25,23 @@ from .errors import (
     UndeclaredTool,
     UnknownTool,
 )
-from .events import ToolAttemptFailed, ToolCallFailed, ToolCallFinished, ToolCallStarted
+from .events import Event, ToolAttemptFailed, ToolCallFailed, ToolCallFinished, ToolCallStarted
 
-if TYPE_CHECKING:
-    from .runner import Run
+
+class Emitter(Protocol):
+    """What a tools handle needs of its run to report tool events (a ``Run`` is one); the runner
+    sits above this module, so it is named by what it does, not imported."""
+
+    @property
+    def hooks(self) -> tuple[Any, ...]: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def workflow_name(self) -> str: ...
+
+    async def _emit(self, event: Event) -> None: ...
 
 __all__ = ["Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
 
@@ -76,7 +89,7 @@ class Tools:
                  "_timeout")
 
     def __init__(self, registry: ToolRegistry, allowed: frozenset[str], *, clock: Clock | None = None,
-                 deadline: float | None = None, run: Run[Any] | None = None, state: str = "",
+                 deadline: float | None = None, run: Emitter | None = None, state: str = "",
                  step: int = 0, timeout: float | None = _MISSING, retry: Any = _MISSING) -> None:
         self._registry = registry
         self._allowed = allowed
@@ -283,7 +296,7 @@ class Tools:
     async def _emit(self, kind: type[Any], *fields: Any) -> None:
         run = self._run
         assert run is not None
-        await run._emit(kind(run.run_id, run.workflow.name, self._step, self._state, *fields))
+        await run._emit(kind(run.run_id, run.workflow_name, self._step, self._state, *fields))
 
     async def gather(self, *calls: Awaitable[Any],
                      failures: Literal["fail_fast", "collect"] = "fail_fast") -> list[Any]:
