@@ -14,7 +14,7 @@ What is measured
    * raw ``transitions.Machine`` triggers: one shared machine with ``auto_transitions=False``, a model
      object, the guard as a ``conditions`` callback, one trigger per step (the ``transitions``
      logger muted to WARNING, as the runner does);
-   * the runner via ``compiled.run_sync(ctx)`` (one ``asyncio.run`` per run, loop setup included);
+   * the runner via ``compiled.run_sync(ctx)`` (its per-thread event loop reused between runs);
    * the runner via ``await compiled.run(ctx)`` inside one already-running event loop;
    * the same with a no-op hook attached, so every event is built and delivered.
 

@@ -102,29 +102,34 @@ class Run(Generic[C]):
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
                  clock: Clock | None = None) -> None:
         model = workflow.context_type
-        if isinstance(context, dict):
-            context = model.model_validate(context)
-        elif not isinstance(context, model):
-            raise TypeError(
-                f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
-                f"pass {model.__name__}(...) or a dict of its fields"
-            )
+        if type(context) is not model:  # the common case skips every check below
+            if isinstance(context, dict):
+                context = model.model_validate(context)
+            elif not isinstance(context, model):
+                raise TypeError(
+                    f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
+                    f"pass {model.__name__}(...) or a dict of its fields"
+                )
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                       or max_steps < 1):
             raise ValueError(f"max_steps={max_steps!r}: give a whole number of at least 1")
-        _positive(timeout, "timeout")
-        if isinstance(max_policy_attempts, bool) or not isinstance(max_policy_attempts, int) \
-                or max_policy_attempts < 1:
+        if timeout is not None:
+            _positive(timeout, "timeout")
+        if max_policy_attempts != 3 and (isinstance(max_policy_attempts, bool)
+                                         or not isinstance(max_policy_attempts, int)
+                                         or max_policy_attempts < 1):
             raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
         if policy is not None and not callable(policy):
-            raise TypeError(f"policy={policy!r} is not callable: give a function of a Decision")
-        if isinstance(hooks, (str, bytes)) or not isinstance(hooks, collections.abc.Iterable):
-            raise TypeError(f"hooks={safe_repr(hooks)}: give a list of callables taking an Event")
-        own_hooks = tuple(hooks)
-        for h in own_hooks:
-            if not callable(h):
-                raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable taking "
-                                "an Event")
+            raise TypeError(f"policy={safe_repr(policy)} is not callable: give a function of a Decision")
+        own_hooks: tuple[Hook, ...] = ()
+        if type(hooks) is not tuple or hooks:  # not the default (): check what was given
+            if isinstance(hooks, (str, bytes)) or not isinstance(hooks, collections.abc.Iterable):
+                raise TypeError(f"hooks={safe_repr(hooks)}: give a list of callables taking an Event")
+            own_hooks = tuple(hooks)
+            for h in own_hooks:
+                if not callable(h):
+                    raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable "
+                                    "taking an Event")
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock={safe_repr(clock)} has no now(), async sleep() and timeout_at(): "
                             "give a statemachine_agent.clock.Clock such as FakeClock()")
@@ -135,11 +140,12 @@ class Run(Generic[C]):
         # the caller's input until the run writes them (a write in place copies the field first);
         # the result gets copies of the ones it never wrote (see _finish), so nothing the caller
         # holds is ever changed and the result shares nothing with it.
-        base = context.model_copy()
+        base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
         self.policy: Policy[C] = policy or first_enabled
-        self.hooks: tuple[Hook, ...] = (*workflow.hooks, *own_hooks)
+        wf_hooks = workflow.hooks
+        self.hooks: tuple[Hook, ...] = (*wf_hooks, *own_hooks) if wf_hooks else own_hooks
         self.max_steps: int = max_steps if max_steps is not None else workflow.max_steps
         self.timeout = timeout
         self.max_policy_attempts = max_policy_attempts
