@@ -283,7 +283,11 @@ class Run(Generic[C]):
             view._sa_rollback()
             view._sa_close()
             if not isinstance(exc, Exception):
-                raise  # cancellation and interruption are never routed
+                # Cancellation and interruption are never routed. The step did not happen: its
+                # writes are undone above and its visit is not counted, so the run can go on.
+                self.visits[name] = visits
+                self.actions_run -= 1
+                raise
             if isinstance(exc, _Failed):
                 return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
             if isinstance(exc, ContextAccessError):
@@ -323,7 +327,11 @@ class Run(Generic[C]):
             self._deadline = self.clock.now() + self.timeout
         if self.hooks:
             wf = self.workflow
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, self.context.model_copy(deep=True),
+            try:
+                start = self.context.model_copy(deep=True)
+            except Exception:  # a value that cannot be copied: the event gets a shallow copy
+                start = self.context.model_copy()
+            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, start,
                                         self.max_steps))
 
     def _wall(self, t: float) -> float:
@@ -475,7 +483,13 @@ class Run(Generic[C]):
         owned = self._owned
         for name, value in d.items():
             if name not in owned and not is_scalar(value):
-                d[name] = copy.deepcopy(value)
+                try:
+                    d[name] = copy.deepcopy(value)
+                except Exception as exc:  # a value that cannot be copied (too deep, hostile): shared
+                    log.warning("%s: run %s could not copy %r for its result (%s: %s); the result shares "
+                                "it with the input", self.workflow.name, self.run_id, name,
+                                type(exc).__name__, safe_repr(exc, str),
+                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
 
     async def _emit(self, event: Event) -> None:
         deadline = self._deadline

@@ -602,3 +602,73 @@ def test_nested_models_in_a_writable_list_roll_back() -> None:
     wf.on_error("act", OSError, "failed")
     result = wf.compile().run_sync(Chat(history=[Msg(role="user", content="q")]))
     assert [m.content for m in result.context.history] == ["q"]
+
+
+# --- cancellation at every await ----------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12))
+def test_cancelling_a_step_at_any_await_leaves_the_run_whole(cancel_after: int) -> None:
+    """Cancel a step after any number of loop turns: its writes (assigned or in place) are undone,
+    its visit is not counted, nothing is left running, and the run then completes normally."""
+    async def act(ctx: Items) -> None:
+        for i in range(4):
+            ctx.items.append(i)
+            await asyncio.sleep(0)
+            ctx.notes[str(i)] = [i]
+            await asyncio.sleep(0)
+        ctx.answer = "done"
+
+    wf = one_state(act, writes=["answer"], optional_writes=["items", "notes"]).compile()
+
+    async def main() -> None:
+        run = wf.start(Items(items=[9]))
+        task = asyncio.ensure_future(run.step())
+        for _ in range(cancel_after):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            assert run.context.items == [9] and run.context.notes == {} and run.context.answer is None
+            assert run.visits.get("act", 0) == 0 and run.actions_run == 0 and run.path == []
+        else:  # the step finished before the cancellation arrived
+            assert run.result is not None
+        if run.result is None:
+            result = await run.run_to_end()
+            assert result.context.items == [9, 0, 1, 2, 3] and result.context.answer == "done"
+            assert result.steps == 1
+
+    asyncio.run(main())
+
+
+class Anything(Context):
+    value: Any = None
+    answer: str | None = None
+
+
+class Uncopyable:
+    """A value whose copy and repr raise."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        raise RuntimeError("no copies")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_values_that_cannot_be_copied_or_shown_do_not_break_a_run() -> None:
+    """A context value whose deepcopy and repr raise, or nested 30,000 deep, still gives a result
+    (the value is then shared with the input), and hooks still see the run start."""
+    deep: list[Any] = []
+    for _ in range(30_000):
+        deep = [deep]
+    seen: list[str] = []
+    for value in (Uncopyable(), deep):
+        wf: Workflow[Anything] = Workflow("odd", Anything)
+        wf.add_state("act", lambda ctx: setattr(ctx, "answer", "ok"), initial=True, writes=["answer"])
+        wf.terminal("done")
+        wf.terminal("failed", outcome="failure")
+        wf.transition("act", "done")
+        result = wf.compile().run_sync(Anything(value=value), hooks=[lambda e: seen.append(type(e).__name__)])
+        assert result.terminal == "done" and result.context.value is value
+    assert seen.count("RunStarted") == 2
