@@ -21,7 +21,7 @@ from statemachine_agent.spec import Outcome, StateSpec, TransitionSpec, Workflow
 
 LIMIT = 12.0
 SIZES = (500, 5000)
-RUNS = 9
+RUNS = 15
 
 
 class Ctx(Context):
