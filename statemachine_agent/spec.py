@@ -130,6 +130,9 @@ class WorkflowSpec:
     """Problems found while declaring (a malformed guard or tool option, a foreign state): the
     checker reports them with every other problem."""
     _by_name: Mapping[str, StateSpec] = field(default_factory=dict, repr=False, compare=False)
+    _exits: dict[object, list[Any]] | None = field(default=None, init=False, repr=False, compare=False)
+    _error_exits: dict[object, list[Any]] | None = field(default=None, init=False, repr=False,
+                                                         compare=False)
 
     def __post_init__(self) -> None:
         _name_transitions(self)
@@ -154,14 +157,25 @@ class WorkflowSpec:
         return name in self._by_name
 
     def exits(self, name: str) -> tuple[TransitionSpec, ...]:
-        """The transitions leaving ``name``, in order."""
-        return tuple(sorted((t for t in self.transitions if t.source == name), key=lambda t: t.order))
+        """The transitions leaving ``name``, in order (indexed once: linear over all states)."""
+        return self._out(name, self.transitions, "_exits")
 
     def error_exits(self, name: str) -> tuple[ErrorTransitionSpec, ...]:
         """The error transitions leaving ``name``, in declaration order."""
-        return tuple(
-            sorted((t for t in self.error_transitions if t.source == name), key=lambda t: t.order)
-        )
+        return self._out(name, self.error_transitions, "_error_exits")
+
+    def _out(self, name: str, items: tuple[Any, ...], slot: str) -> tuple[Any, ...]:
+        index: dict[object, list[Any]] | None = getattr(self, slot)
+        if index is None:
+            index = {}
+            for t in items:
+                source = getattr(t, "source", None)
+                if isinstance(source, str):
+                    index.setdefault(source, []).append(t)
+            for group in index.values():
+                group.sort(key=lambda t: t.order if isinstance(t.order, int) else 0)
+            object.__setattr__(self, slot, index)
+        return tuple(index.get(name, ()))
 
 
 _INVALID = re.compile(r"[^A-Za-z0-9_-]+")
