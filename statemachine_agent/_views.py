@@ -189,9 +189,8 @@ class _Proxy:
         return thaw(self)
 
 
-# --- read-only views --------------------------------------------------------------------------
-class FrozenTuple(_Proxy, Sequence[Any]):
-    """A tuple whose nested values are frozen on access."""
+class _SequenceReads(_Proxy):
+    """What frozen and tracked sequences read alike: items wrapped on access, slices plain."""
 
     __slots__ = ()
 
@@ -213,11 +212,38 @@ class FrozenTuple(_Proxy, Sequence[Any]):
     def __contains__(self, value: object) -> bool:
         return _plain(value) in self._sa_target
 
+    def index(self, value: Any, *args: Any) -> int:
+        found: int = self._sa_target.index(_plain(value), *args)
+        return found
+
+    def count(self, value: Any) -> int:
+        found: int = self._sa_target.count(_plain(value))
+        return found
+
+
+class _ListAdd:
+    """``+`` on a list view gives a plain list, sharing nothing with the context."""
+
+    __slots__ = ()
+
+    def __add__(self, other: Any) -> list[Any]:
+        return [*thaw(self), *thaw(other)]
+
+    def __radd__(self, other: Any) -> list[Any]:
+        return [*thaw(other), *thaw(self)]
+
+
+# --- read-only views --------------------------------------------------------------------------
+class FrozenTuple(_SequenceReads, Sequence[Any]):
+    """A tuple whose nested values are frozen on access."""
+
+    __slots__ = ()
+
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(self._sa_target)
 
 
-class FrozenList(FrozenTuple):
+class FrozenList(_ListAdd, FrozenTuple):
     """A list that can be read, not changed: every mutating call raises."""
 
     __slots__ = ()
@@ -231,11 +257,6 @@ class FrozenList(FrozenTuple):
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
-    def __add__(self, other: Any) -> list[Any]:
-        return [*thaw(self), *thaw(other)]
-
-    def __radd__(self, other: Any) -> list[Any]:
-        return [*thaw(other), *thaw(self)]
 
 
 class FrozenDict(_Proxy, Mapping[Any, Any]):
@@ -325,28 +346,10 @@ def _truncate(target: list[Any], n: int) -> None:
     del target[n:]
 
 
-class TrackedList(_Proxy, MutableSequence[Any]):
+class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
     """A list whose changes go to the context's list, each with an undo record."""
 
     __slots__ = ()
-
-    def __getitem__(self, index: Any) -> Any:
-        self._sa_origin.check()
-        if isinstance(index, slice):
-            return thaw(self._sa_target[index])
-        return wrap(self._sa_target[index], self._sa_origin)
-
-    def __len__(self) -> int:
-        return len(self._sa_target)
-
-    def __iter__(self) -> Iterator[Any]:
-        origin = self._sa_origin
-        origin.check()
-        for x in self._sa_target:
-            yield wrap(x, origin)
-
-    def __contains__(self, value: object) -> bool:
-        return _plain(value) in self._sa_target
 
     def __setitem__(self, index: Any, value: Any) -> None:
         t = self._sa_target
@@ -386,7 +389,7 @@ class TrackedList(_Proxy, MutableSequence[Any]):
         self._sa_origin.log(_truncate, t, len(t))
         t.extend(items)
 
-    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc]
+    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc, override]
         self.extend(values)
         return self
 
@@ -420,19 +423,6 @@ class TrackedList(_Proxy, MutableSequence[Any]):
         self._whole(list.__imul__, n)
         return self
 
-    def index(self, value: Any, *args: Any) -> int:
-        found: int = self._sa_target.index(_plain(value), *args)
-        return found
-
-    def count(self, value: Any) -> int:
-        found: int = self._sa_target.count(_plain(value))
-        return found
-
-    def __add__(self, other: Any) -> list[Any]:
-        return [*thaw(self), *thaw(other)]
-
-    def __radd__(self, other: Any) -> list[Any]:
-        return [*thaw(other), *thaw(self)]
 
 
 def _restore_key(target: dict[Any, Any], key: Any, existed: bool, old: Any) -> None:
