@@ -259,8 +259,8 @@ class FrozenList(_ListAdd, FrozenTuple):
 
 
 
-class FrozenDict(_Proxy, Mapping[Any, Any]):
-    """A dict that can be read, not changed."""
+class _MappingReads(_Proxy):
+    """What frozen and tracked dicts read alike: values wrapped on access."""
 
     __slots__ = ()
 
@@ -276,6 +276,12 @@ class FrozenDict(_Proxy, Mapping[Any, Any]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._sa_target
+
+
+class FrozenDict(_MappingReads, Mapping[Any, Any]):
+    """A dict that can be read, not changed."""
+
+    __slots__ = ()
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise self._sa_origin.refuse("change")
@@ -437,23 +443,10 @@ def _restore_dict(target: dict[Any, Any], saved: dict[Any, Any]) -> None:
     target.update(saved)
 
 
-class TrackedDict(_Proxy, MutableMapping[Any, Any]):
+class TrackedDict(_MappingReads, MutableMapping[Any, Any]):
     """A dict whose changes go to the context's dict, each with an undo record."""
 
     __slots__ = ()
-
-    def __getitem__(self, key: Any) -> Any:
-        self._sa_origin.check()
-        return wrap(self._sa_target[key], self._sa_origin)
-
-    def __len__(self) -> int:
-        return len(self._sa_target)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._sa_target)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._sa_target
 
     def __setitem__(self, key: Any, value: Any) -> None:
         t = self._sa_target
