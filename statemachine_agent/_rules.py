@@ -21,8 +21,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._graph import bfs_edges, edge_path, reachable, strongly_connected_components, topological_order
+from ._tooldef import Effect
 from .context import is_unset
-from .errors import Problem
+from .errors import EffectOutcomeUnknown, Problem
 from .guards import Guard
 from .spec import (
     TRANSITION_NAME,
@@ -700,6 +701,30 @@ def _check_error_transitions(a: Analysis) -> Iterator[Problem]:
         seen[key] = et.target
 
 
+def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
+    """A state that calls an ``at_most_once`` tool routes EffectOutcomeUnknown (or the tool reconciles):
+    after a crash such a call is never run again, and the run must have somewhere to go."""
+    tools = {_attr(t, "name"): t for t in _items(_attr(a.spec, "tools"))}
+    routes: dict[str, list[type[BaseException]]] = defaultdict(list)
+    for et in _items(_attr(a.spec, "error_transitions")):
+        if isinstance(et, ErrorTransitionSpec) and isinstance(et.error, type):
+            routes[et.source].append(et.error)
+    for n in a.names:
+        s = a.states[n]
+        if s.terminal or not _is_name_list(s.tools):
+            continue
+        if any(issubclass(EffectOutcomeUnknown, e) for e in routes[n]):
+            continue
+        for t in sorted(_names_in(s.tools)):
+            tool = tools.get(t)
+            if _attr(tool, "effect") is Effect.AT_MOST_ONCE and _attr(tool, "reconcile") is None:
+                yield Problem("unrouted-unknown-outcome", f"state {n!r} calls tool {t!r} (effect "
+                              "'at_most_once'): a call a crash interrupts is never run again and raises "
+                              f"EffectOutcomeUnknown, which no error transition of {n!r} routes: add "
+                              f"on_error({n!r}, EffectOutcomeUnknown, ...), or give the tool reconcile= to look "
+                              "the outcome up", n)
+
+
 def _check_transition_names(a: Analysis) -> Iterator[Problem]:
     """Transition names are valid LLM function names, unique across transitions and error routes."""
     by_name: dict[str, list[object]] = defaultdict(list)
@@ -917,16 +942,19 @@ def _unwritten(a: Analysis, f: str) -> Callable[[str], Iterator[Edge]]:
     return out
 
 
-def _definitely_set(a: Analysis, at_start: int, written: dict[str, int]) -> dict[str, int]:
+def _definitely_set(a: Analysis, at_start: int, written: dict[str, int],
+                    start: str | None = None) -> dict[str, int]:
     """For each reachable state, the fields (as a bitset) written on every path into it.
 
     A worklist over the edges: a state's set only shrinks, at most once per field, so the work is
-    linear in the edges times the fields. An error edge carries no writes of its source.
+    linear in the edges times the fields. An error edge carries no writes of its source. ``start``
+    (default: the initial state) is where the walk begins, with ``at_start`` written.
     """
-    assert a.initial is not None
-    into: dict[str, int] = {a.initial: at_start}
-    todo = deque([a.initial])
-    queued = {a.initial}
+    first = start if start is not None else a.initial
+    assert first is not None
+    into: dict[str, int] = {first: at_start}
+    todo = deque([first])
+    queued = {first}
     while todo:
         u = todo.popleft()
         queued.discard(u)
@@ -934,7 +962,7 @@ def _definitely_set(a: Analysis, at_start: int, written: dict[str, int]) -> dict
         carried = have | written[u]
         for e in a.out.get(u, ()):
             v = e.target
-            if v == a.initial:
+            if v == first:
                 continue  # the empty path: only what is set at the start
             value = have if e.kind == "error" else carried
             old = into.get(v)
@@ -996,6 +1024,7 @@ RULES: tuple[Rule, ...] = (
     _check_traps,
     _check_unbounded_cycles,
     _check_unset_reads,
+    _check_unknown_outcomes,
 )
 """Every rule, in the order their problems are reported."""
 
@@ -1133,3 +1162,23 @@ class _LoopWeigher:
                         todo.append(w)
         free_entry = any(self.bound[x] is None for x in entries)
         return min(sum(cap.values()), self.segments + self.most_free * free_entry)
+
+
+def unset_reads_from(spec: WorkflowSpec, state: str, written: Iterable[str]) -> list[tuple[str, str]]:
+    """``(state, field)``: the reads a run resumed in ``state`` with ``written`` set may make of
+    fields no step wrote first. The checker's unset-read analysis, started from a stored run's
+    state instead of the initial one: what resuming under a changed workflow must not break."""
+    a = build(spec)
+    if not a.model_ok or state not in a.states:
+        return []
+    bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
+
+    def mask(fs: Iterable[str]) -> int:
+        m = 0
+        for f in fs:
+            m |= bit.get(f, 0)
+        return m
+
+    into = _definitely_set(a, mask(written), {n: mask(a.writes_of[n]) for n in a.names}, start=state)
+    return [(n, f) for n in a.names if n in into and not a.terminal(n)
+            for f in sorted((a.reads_of[n] - a.optional_reads_of[n]) & a.fields) if not into[n] & bit[f]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import collections
+import enum
 import inspect
 import math
 import textwrap
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -32,7 +34,29 @@ from tenacity import (
 from .clock import Clock
 from .errors import Problem, ToolArgumentError, ToolResultError
 
-__all__ = ["Retry", "RetrySpec", "Tool", "ToolRegistry", "declared_tool_calls"]
+__all__ = ["Effect", "Retry", "RetrySpec", "Tool", "ToolRegistry", "declared_tool_calls"]
+
+
+class Effect(enum.StrEnum):
+    """What calling a tool does to the world, which decides what a durable run may do after a crash.
+
+    A completed call is journaled and never run again for its run, whatever its effect; the
+    effect says what happens to a call a crash interrupted.
+    """
+
+    READ = "read"
+    """No effect (a search, a lookup): an interrupted call is simply run again."""
+    IDEMPOTENT = "idempotent"
+    """An effect the remote side deduplicates: the tool takes ``idempotency_key: str`` (stable for
+    the call: ``run/step/call``) and an interrupted call is run again with the same key."""
+    AT_MOST_ONCE = "at_most_once"
+    """An effect that must not happen twice: an intent is committed before the call, and an
+    interrupted call is never run again: it raises :class:`~.errors.EffectOutcomeUnknown` (which a
+    state must route), or ``reconcile=`` looks its outcome up."""
+
+
+KEY_PARAMETER = "idempotency_key"
+"""A tool parameter of this name receives the call's stable key; callers never pass it."""
 
 _MISSING: Any = object()
 
@@ -192,6 +216,8 @@ class Tool:
         rate_limit: float | None = None,
         fallback: str | None = None,
         fallback_value: Any = _MISSING,
+        effect: Effect | str = Effect.READ,
+        reconcile: Callable[..., Any] | None = None,
     ) -> None:
         self.fn = fn
         self.name: str = name or str(getattr(fn, "__name__", ""))
@@ -217,6 +243,19 @@ class Tool:
         if fallback is not None and fallback_value is not _MISSING:
             problems.append(Problem("bad-option", f"{who}give fallback= (a tool) or fallback_value= (an "
                                     "answer), not both", self.name))
+        try:
+            self.effect: Effect = Effect(effect)
+            """What a call does to the world (see :class:`Effect`)."""
+        except ValueError:
+            bad("effect", effect, "must be 'read', 'idempotent' or 'at_most_once' (statemachine_agent.Effect)")
+            self.effect = Effect.READ
+        if reconcile is not None and not callable(reconcile):
+            bad("reconcile", reconcile, "must be a function (arguments: dict, key: str) returning the call's "
+                "result, or raising")
+        elif reconcile is not None and self.effect is not Effect.AT_MOST_ONCE:
+            bad("reconcile", reconcile, "is only for effect='at_most_once' tools (others are run again)")
+        self.reconcile = reconcile
+        """Looks up the outcome of an interrupted at_most_once call: ``(arguments, key) -> result``."""
         retry_problems = _retry_problems(retry, who)
         problems += [Problem(p.code, p.message, self.name) for p in retry_problems]
         if not isinstance(description, str):
@@ -243,11 +282,17 @@ class Tool:
         self.args_model: type[BaseModel] = create_model(f"{self.name}_arguments")
         """The pydantic model of the arguments."""
         self._signature = inspect.Signature()
+        self.takes_key = False
+        """The tool has an ``idempotency_key`` parameter, filled with the call's stable key."""
         if not callable(fn):
             problems.append(Problem("bad-tool", f"{who}{fn!r} is not callable: give a function (sync or "
                                     "async) with typed parameters", self.name))
         else:
             self._read_signature(fn, who, problems)
+        if self.effect is Effect.IDEMPOTENT and callable(fn) and not self.takes_key:
+            problems.append(Problem("bad-tool", f"{who}effect='idempotent' but it takes no {KEY_PARAMETER} "
+                                    f"parameter: add `{KEY_PARAMETER}: str` and pass it to the remote API, so "
+                                    "a call run again after a crash is recognised", self.name))
         self._problems = tuple(problems)
         self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Limits] = \
             weakref.WeakKeyDictionary()
@@ -264,6 +309,7 @@ class Tool:
             problems.append(Problem("bad-tool", f"{who}a type hint does not resolve ({exc}): import or "
                                     "define that name at module level", self.name))
             return
+        self.takes_key = KEY_PARAMETER in self._signature.parameters
         try:
             self.args_model = _args_model(self.name, self._signature, hints)
         except TypeError as exc:
@@ -331,6 +377,29 @@ class Tool:
                                   f"{value!r:.80}, which does not fit its result type: "
                                   f"{exc.errors()[0]['msg']}") from None
 
+    def dump_result(self, value: Any) -> Any:
+        """The result as JSON data, for the journal (``TypeError`` when it has no JSON form)."""
+        try:
+            if self._result is not None:
+                return self._result.dump_python(value, mode="json")
+            return to_jsonable_python(value)
+        except (PydanticSerializationError, ValueError, TypeError) as exc:
+            raise TypeError(f"tool {self.name!r} returned {type(value).__name__}, which cannot be journaled as "
+                            f"JSON ({exc}): annotate its result with a pydantic-serializable type") from None
+
+    def load_result(self, data: Any) -> Any:
+        """A journaled result back as the tool's result type."""
+        if self._result is None:
+            return data
+        return self._result.validate_python(data)
+
+    def dump_arguments(self, arguments: dict[str, Any]) -> Any:
+        """The arguments as JSON data, for the journal (their ``repr`` when they have no JSON form)."""
+        try:
+            return to_jsonable_python(arguments)
+        except (PydanticSerializationError, ValueError, TypeError):
+            return {k: repr(v)[:200] for k, v in arguments.items()}
+
     def limits(self, loop: asyncio.AbstractEventLoop) -> _Limits:
         """This tool's semaphore and rate window on ``loop`` (asyncio primitives belong to one loop).
 
@@ -385,6 +454,8 @@ class _Limits:
 def _args_model(name: str, sig: inspect.Signature, hints: dict[str, Any]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in sig.parameters.values():
+        if p.name == KEY_PARAMETER:
+            continue  # filled by the runner with the call's key, never by a caller
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(f"tool {name!r}: *{p.name} parameters cannot be validated; name each "
                             "parameter and give it a type")

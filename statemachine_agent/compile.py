@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
 
+from ._durable import ResumePoint, reopen
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
-from .runner import Run, RunOptions, run_blocking
+from .runner import ResumeOptions, Run, RunOptions, run_blocking
 from .spec import WorkflowSpec
+from .stores._base import Store
+from .stores._records import RunRecord
 from .tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -83,6 +86,40 @@ class CompiledWorkflow(Generic[C]):
     def start(self, context: C | dict[str, Any], **options: Unpack[RunOptions[C]]) -> Run[C]:
         """A :class:`~.runner.Run` not yet started: ``async for step in run`` then ``run.result``."""
         return Run(self, context, **options)
+
+    # --- durable runs (see _durable.py and stores/) ---------------------------------------------
+    async def resume(self, run_id: str, *, store: Store, migrate: Callable[[ResumePoint], ResumePoint] | None = None,
+                     **options: Unpack[ResumeOptions[C]]) -> RunResult[C]:
+        """Continue a stored run at its first uncommitted step, until a terminal state.
+
+        A run that already ended returns its stored result. Under a workflow that changed since the
+        run was stored, the run must still fit it (its state exists, its context validates, no
+        read of an unwritten field lies ahead, its counters fit the bounds): otherwise
+        :class:`~.errors.IncompatibleRun` lists why, unless ``migrate`` adapts the stored run.
+        """
+        run = await self.reopen(run_id, store=store, migrate=migrate, **options)
+        if run.result is not None:
+            return run.result
+        return await run.run_to_end()
+
+    def resume_sync(self, run_id: str, *, store: Store,
+                    migrate: Callable[[ResumePoint], ResumePoint] | None = None,
+                    **options: Unpack[ResumeOptions[C]]) -> RunResult[C]:
+        """:meth:`resume` from synchronous code."""
+        return run_blocking(self.resume(run_id, store=store, migrate=migrate, **options))
+
+    async def reopen(self, run_id: str, *, store: Store,
+                     migrate: Callable[[ResumePoint], ResumePoint] | None = None,
+                     **options: Unpack[ResumeOptions[C]]) -> Run[C]:
+        """Claim a stored run and return it as a :class:`~.runner.Run` to drive step by step
+        (``run.result`` is already set when the stored run had ended)."""
+        return await reopen(self, run_id, store, migrate, dict(options))
+
+    def runs(self, store: Store) -> list[RunRecord]:
+        """This workflow's runs in ``store``, most recently updated first."""
+        if not isinstance(store, Store):
+            raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+        return store.list_runs(self.name).result()
 
     # --- diagrams (see diagrams.py) -------------------------------------------------------------
     def diagram(self, run: RunResult[Any] | dict[str, Any] | None = None, *,

@@ -8,10 +8,18 @@ from dataclasses import dataclass
 __all__ = [
     "ContextAccessError",
     "DefinitionError",
+    "EffectOutcomeUnknown",
     "GatherFailed",
+    "IncompatibleRun",
     "Problem",
+    "RecordedError",
     "RunError",
+    "RunExists",
+    "RunFenced",
+    "RunNotFound",
     "StateMachineAgentError",
+    "StoreCorrupted",
+    "StoreError",
     "ToolArgumentError",
     "ToolError",
     "ToolFailed",
@@ -170,3 +178,110 @@ class GatherFailed(ToolFailed):
     def __init__(self, errors: tuple[BaseException, ...]) -> None:
         names = ", ".join(f"{type(e).__name__}: {e}" for e in errors)
         super().__init__("gather", errors, f"{len(errors)} of the gathered tool calls failed: {names}")
+
+
+class EffectOutcomeUnknown(ToolError):
+    """An ``at_most_once`` tool call was interrupted (a crash, a kill) after its intent was
+    committed and before its outcome was: it may or may not have had its effect, so it is never
+    run again. Route it with an error transition, or give the tool ``reconcile=``."""
+
+    key: str
+    """The call's stable key (``run/step/call``), as the tool received it."""
+
+    def __init__(self, tool: str, key: str, message: str | None = None) -> None:
+        super().__init__(tool, message or (
+            f"tool {tool!r} (effect at_most_once) was interrupted after its intent was committed, so its "
+            f"outcome is unknown; call {key} is never run again: route EffectOutcomeUnknown with an error "
+            "transition, or give the tool reconcile= to look the outcome up"))
+        self.key = key
+
+
+# --- durable runs ------------------------------------------------------------------------------
+class StoreError(RunError):
+    """A store cannot do what was asked: the database is unreadable, locked, or of another kind."""
+
+
+class StoreCorrupted(StoreError):
+    """What the store holds fails its checks (a bad checksum, JSON or model): nothing is loaded."""
+
+
+class RunNotFound(StoreError, LookupError):
+    """No run of that id is in the store."""
+
+    run_id: str
+
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message or f"no run {run_id!r} in the store: list them with compiled.runs(store) "
+                         "or `statemachine-agent runs list --store FILE`")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, str(self)))
+
+
+class RunExists(StoreError):
+    """A new run was given the id of a run already in the store."""
+
+    run_id: str
+
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message or f"run {run_id!r} is already in the store: continue it with "
+                         "compiled.resume(run_id, store=store), or give the new run another run_id")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, str(self)))
+
+
+class RunFenced(StoreError):
+    """Another worker claimed the run (a later epoch) or committed this step first: this worker
+    stops without committing anything more."""
+
+    run_id: str
+    step: int
+
+    def __init__(self, run_id: str, step: int, message: str | None = None) -> None:
+        self.run_id = run_id
+        self.step = step
+        super().__init__(message or f"run {run_id!r}: step {step} was not committed because another worker "
+                         "owns the run now (it resumed it, or committed that step first); this worker stops")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.step, str(self)))
+
+
+class IncompatibleRun(StoreError):
+    """A stored run cannot continue under the current workflow; every reason is listed.
+
+    Pass ``migrate=`` to ``resume`` to adapt the stored run, or resume it with the workflow that
+    started it.
+    """
+
+    run_id: str
+    problems: tuple[Problem, ...]
+
+    def __init__(self, run_id: str, problems: Sequence[Problem]) -> None:
+        self.run_id = run_id
+        self.problems = tuple(problems)
+        lines = [f"run {run_id!r} cannot resume under this workflow ({len(self.problems)} "
+                 f"problem{'s' if len(self.problems) != 1 else ''}); pass migrate= to adapt it, or resume it "
+                 "with the workflow that started it:"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.problems))
+
+
+class RecordedError(RunError):
+    """An exception as a store recorded it (its type's name and message): what a loaded step's
+    ``error`` is, since stored runs hold JSON, never pickled objects."""
+
+    type_name: str
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, str(self)))

@@ -37,6 +37,8 @@ class Budget(enum.StrEnum):
     MAX_VISITS = "max_visits"
     MAX_TRAVERSALS = "max_traversals"
     DEADLINE = "deadline"
+    MAX_STEP_RESTARTS = "max_step_restarts"
+    """A durable run's step was resumed after crashes more times than allowed."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
+from ._durable import _NO_DELTA, Durable, dump_fields
 from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
@@ -36,9 +37,10 @@ from .events import (
 from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
+from .stores._base import Store
 from .tools import Tools, _positive
 
-__all__ = ["MissingWrite", "Run", "RunOptions", "run_blocking"]
+__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions", "run_blocking"]
 
 log = logging.getLogger("statemachine_agent")
 
@@ -46,8 +48,8 @@ C = TypeVar("C", bound=BaseModel)
 T = TypeVar("T")
 
 
-class RunOptions(TypedDict, Generic[C], total=False):
-    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
+class ResumeOptions(TypedDict, Generic[C], total=False):
+    """The options of a run that ``resume`` takes too (all but the run's id and store)."""
 
     policy: Policy[C] | None
     """Picks among the enabled transitions in decision states (default: the first enabled)."""
@@ -61,9 +63,19 @@ class RunOptions(TypedDict, Generic[C], total=False):
     """How many answers a policy may give per decision before the run fails (default 3)."""
     raise_errors: bool
     """Re-raise an exception no error transition routes, after recording the run (default True)."""
-    run_id: str | None
     clock: Clock | None
     """Where timeouts, retries and rate limits read the time (default: the system clock)."""
+    max_step_restarts: int
+    """With a store: how many times a step may be resumed after crashes before the run fails (3)."""
+
+
+class RunOptions(ResumeOptions[C], total=False):
+    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
+
+    run_id: str | None
+    """The run's id (default: random); with a store, the key to resume it by."""
+    store: Store | None
+    """Commit every step there, so the run survives a crash (see docs/durability.md)."""
 
 
 class MissingWrite(ContextAccessError):
@@ -91,16 +103,17 @@ class Run(Generic[C]):
     """
 
     # Slots: thousands of runs may be in flight at once; no per-run __dict__ to allocate and scan.
-    __slots__ = ("__weakref__", "_busy", "_clock0", "_deadline", "_fields", "_machine", "_owned", "_plans",
-                 "_rejected", "_started", "_token", "_written", "actions_run", "clock", "context", "hooks",
-                 "max_policy_attempts", "max_steps", "path", "policy", "raise_errors", "result", "run_id",
+    __slots__ = ("__weakref__", "_broken", "_busy", "_clock0", "_deadline", "_delta", "_doomed", "_fields",
+                 "_journal", "_machine", "_owned", "_plans", "_rejected", "_started", "_store", "_token",
+                 "_written", "actions_run", "clock", "context", "hooks", "max_policy_attempts",
+                 "max_step_restarts", "max_steps", "path", "policy", "raise_errors", "result", "run_id",
                  "timeout", "traversals", "visits", "workflow")
 
     def __init__(self, workflow: Program[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, store: Store | None = None, max_step_restarts: int = 3) -> None:
         model = workflow.context_type
         if type(context) is not model:  # the common case skips every check below
             if isinstance(context, dict):
@@ -133,8 +146,14 @@ class Run(Generic[C]):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock={safe_repr(clock)} has no now(), async sleep() and timeout_at(): "
                             "give a statemachine_agent.clock.Clock such as FakeClock()")
-        if run_id is not None and not isinstance(run_id, str):
-            raise TypeError(f"run_id={safe_repr(run_id)}: give a string")
+        if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
+            raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(f"store={safe_repr(store)}: give a statemachine_agent.stores.Store such as "
+                            "SQLiteStore('runs.db')")
+        if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
+                                       or max_step_restarts < 0):
+            raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first);
@@ -176,6 +195,13 @@ class Run(Generic[C]):
         self._busy = False
         self._rejected: list[str] = []
         self._clock0 = (time.time(), time.perf_counter())
+        self._store = store
+        self._journal: Durable | None = None
+        """The run's link to its store, once it is in it."""
+        self._delta = _NO_DELTA
+        self._doomed: str | None = None
+        self._broken: str | None = None
+        self.max_step_restarts = max_step_restarts
 
     @property
     def workflow_name(self) -> str:
@@ -225,7 +251,13 @@ class Run(Generic[C]):
 
     async def _step(self) -> Step:
         if not self._started:
+            if self._broken is not None:
+                raise RunError(self._broken)
             await self._start()
+            if self._doomed is not None:
+                plan = self._plans[self._token.state]
+                return await self._fail(plan, len(self.path), time.perf_counter(), self._doomed,
+                                        budget=Budget.MAX_STEP_RESTARTS, ran=False)
         plan = self._plans[self._token.state]
         index = len(self.path)
         t0 = time.perf_counter()
@@ -306,6 +338,12 @@ class Run(Generic[C]):
                                     budget=Budget.MAX_TRAVERSALS)
         # The step succeeded: its writes stand; now move.
         dirty = view._sa_dirty
+        if self._journal is not None:
+            try:
+                self._delta = dump_fields(self.context, dirty or ())
+            except TypeError as exc:
+                view._sa_rollback()
+                return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
         if dirty:
             self._written.update(dirty)
             self._owned.update(dirty)
@@ -316,12 +354,15 @@ class Run(Generic[C]):
                     time.perf_counter() - t0, None, tuple(self._rejected), True,
                     tuple(dirty) if dirty else ())
         self.path.append(step)
-        if self.hooks or log.isEnabledFor(logging.DEBUG) or self._plans[target].terminal:
+        if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
+                self._plans[target].terminal:
             await self._after(step)
         return step
 
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
+        if self._store is not None and self._journal is None:
+            self._journal = await Durable.create(self, self._store)  # RunExists: nothing started
         self._started = True
         if self.timeout is not None:
             self._deadline = self.clock.now() + self.timeout
@@ -448,8 +489,17 @@ class Run(Generic[C]):
 
     async def _after(self, step: Step, *, reason: str | None = None,
                      error: BaseException | None = None) -> None:
-        """Log and report a recorded step; end the run when it entered a terminal state."""
+        """Commit (with a store), log and report a recorded step; end the run when it entered a
+        terminal state."""
         wf = self.workflow
+        plan = self._plans[step.target]
+        outcome = plan.outcome or Outcome.FAILURE
+        if plan.terminal and outcome is Outcome.FAILURE and reason is None:
+            reason = (f"state {step.state!r} raised {type(step.error).__name__}: "
+                      f"{safe_repr(step.error, str)}; routed to {step.target!r}" if step.error is not None
+                      else f"reached failure terminal {step.target!r} from {step.state!r}")
+        if self._journal is not None:
+            await self._commit(step, reason)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: step %d %s -> %s", wf.name, step.number, step.state, step.target,
                       extra={"workflow": wf.name, "run_id": self.run_id, "step": step.number,
@@ -458,14 +508,8 @@ class Run(Generic[C]):
         if self.hooks:
             await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
                                              step.transition, step.kind, step.duration))
-        plan = self._plans[step.target]
         if not plan.terminal:
             return
-        outcome = plan.outcome or Outcome.FAILURE
-        if outcome is Outcome.FAILURE and reason is None:
-            reason = (f"state {step.state!r} raised {type(step.error).__name__}: "
-                      f"{safe_repr(step.error, str)}; routed to {step.target!r}" if step.error is not None
-                      else f"reached failure terminal {step.target!r} from {step.state!r}")
         self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
                                 tuple(self.path), reason, error, wf)
@@ -475,6 +519,20 @@ class Run(Generic[C]):
                         extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
         if self.hooks:
             await self._emit(RunFinished(self.run_id, wf.name, self.result))
+
+    async def _commit(self, step: Step, reason: str | None) -> None:
+        journal = self._journal
+        assert journal is not None
+        try:
+            await journal.commit(self, step, reason)
+        except BaseException as exc:
+            # The step was taken in memory but may not be in the store: this object can no longer
+            # say where the run is. Whatever the store holds is the truth: resume from it.
+            self._broken = (f"run {self.run_id!r} stopped while committing step {step.number} "
+                            f"({type(exc).__name__}); continue it from the store: "
+                            f"await compiled.resume({self.run_id!r}, store=store)")
+            self._started = False  # the next step() raises the above
+            raise
 
     def _finish(self) -> None:
         """Give the result its own copy of every mutable value the run never wrote (those are still

@@ -14,7 +14,16 @@ from typing import Any, Literal, Protocol
 from tenacity import RetryCallState, retry_base
 
 from ._tooldef import _MISSING as _MISSING  # noqa: PLC0414  (re-exported for the runner and workflow)
-from ._tooldef import Retry, RetrySpec, Tool, ToolRegistry, _as_retrying, declared_tool_calls
+from ._tooldef import (
+    KEY_PARAMETER,
+    Effect,
+    Retry,
+    RetrySpec,
+    Tool,
+    ToolRegistry,
+    _as_retrying,
+    declared_tool_calls,
+)
 from ._tooldef import _positive as _positive  # noqa: PLC0414
 from .clock import Clock, SystemClock
 from .errors import (
@@ -41,9 +50,19 @@ class Emitter(Protocol):
     @property
     def workflow_name(self) -> str: ...
 
+    @property
+    def _journal(self) -> Journal | None: ...
+
     async def _emit(self, event: Event) -> None: ...
 
-__all__ = ["Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
+
+class Journal(Protocol):
+    """What a tools handle needs of a durable run: calls go through its journal (see _durable.py)."""
+
+    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
+                   arguments: dict[str, Any], run_id: str) -> Any: ...
+
+__all__ = ["Effect", "Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
 
 _call_ids = itertools.count(1)
 
@@ -85,13 +104,17 @@ class Tools:
     killed (Python cannot stop a thread), and keeps its concurrency slot until it really ends.
     """
 
-    __slots__ = ("_allowed", "_clock", "_deadline", "_registry", "_retry", "_run", "_state", "_step",
+    __slots__ = ("_allowed", "_calls", "_clock", "_deadline", "_registry", "_retry", "_run", "_state", "_step",
                  "_timeout")
 
     def __init__(self, registry: ToolRegistry, allowed: frozenset[str], *, clock: Clock | None = None,
                  deadline: float | None = None, run: Emitter | None = None, state: str = "",
-                 step: int = 0, timeout: float | None = _MISSING, retry: Any = _MISSING) -> None:
+                 step: int = 0, timeout: float | None = _MISSING, retry: Any = _MISSING,
+                 _calls: list[int] | None = None) -> None:
         self._registry = registry
+        self._calls = _calls if _calls is not None else [0]
+        """How many calls the step made through this handle and those derived from it: the next
+        call's index, part of its stable key."""
         self._allowed = allowed
         self._clock = clock or _SYSTEM_CLOCK
         self._deadline = deadline
@@ -109,7 +132,7 @@ class Tools:
         return Tools(self._registry, self._allowed, clock=self._clock, deadline=self._deadline, run=self._run,
                      state=self._state, step=self._step,
                      timeout=self._timeout if timeout is _MISSING else timeout,
-                     retry=self._retry if retrying is _MISSING else retrying)
+                     retry=self._retry if retrying is _MISSING else retrying, _calls=self._calls)
 
     @property
     def names(self) -> list[str]:
@@ -135,6 +158,25 @@ class Tools:
         """Call a tool: validate the arguments, run it (bounded, retried), validate the result."""
         tool = self._tool(name)
         arguments = tool.validate_args(args, kwargs)
+        # The call's index is taken before any await, so calls started together (gather) are
+        # numbered in the order they were made, the same on every run of the same code.
+        index = self._calls[0]
+        self._calls[0] = index + 1
+        run = self._run
+        journal = run._journal if run is not None else None
+        if journal is None and not tool.takes_key:
+            return await self._run_call(tool, arguments)
+        run_id = run.run_id if run is not None else "-"
+        key = f"{run_id}/{self._step}/{index}"
+        if tool.takes_key:
+            arguments[KEY_PARAMETER] = key
+        if journal is None:
+            return await self._run_call(tool, arguments)
+        return await journal.call(self, tool, step=self._step, index=index, key=key, arguments=arguments,
+                                  run_id=run_id)
+
+    async def _run_call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
+        """The call itself, within the state's deadline (the journal decides whether to make it)."""
         deadline = self._deadline
         if deadline is None:
             return await self._call(tool, arguments)
@@ -281,9 +323,14 @@ class Tools:
             fallback = self._registry.get(tool.fallback)
             assert fallback is not None, "the checker proves fallbacks exist"
             try:
-                return (await Tools(self._registry, frozenset({fallback.name}), clock=self._clock,
-                                    deadline=self._deadline, run=self._run, state=self._state,
-                                    step=self._step).call(fallback.name, **arguments)), len(errors) + 1, True
+                # Part of this call (journaled with it), not a call of its own: no index of its own.
+                handle = Tools(self._registry, frozenset({fallback.name}), clock=self._clock,
+                               deadline=self._deadline, run=self._run, state=self._state, step=self._step)
+                fb = handle._tool(fallback.name)
+                fb_args = fb.validate_args((), {k: v for k, v in arguments.items() if k != KEY_PARAMETER})
+                if fb.takes_key and KEY_PARAMETER in arguments:
+                    fb_args[KEY_PARAMETER] = arguments[KEY_PARAMETER]
+                return await handle._run_call(fb, fb_args), len(errors) + 1, True
             except ToolFailed as failed:
                 errors.extend(failed.errors)
         elif tool.fallback_value is not _MISSING:

@@ -13,7 +13,7 @@ from .compile import CompiledWorkflow, compile_spec
 from .errors import Problem
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
-from .tools import _MISSING, RetrySpec, Tool, ToolRegistry
+from .tools import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from .tools import Tools
@@ -234,6 +234,8 @@ class Workflow(Generic[C]):
         rate_limit: float | None = None,
         fallback: str | None = None,
         fallback_value: Any = _MISSING,
+        effect: Effect | str = Effect.READ,
+        reconcile: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Tool]: ...
 
     def tool(
@@ -249,13 +251,21 @@ class Workflow(Generic[C]):
         rate_limit: float | None = None,
         fallback: str | None = None,
         fallback_value: Any = _MISSING,
+        effect: Effect | str = Effect.READ,
+        reconcile: Callable[..., Any] | None = None,
     ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-        """Register a tool (a sync or async function with typed parameters), bare or with options."""
+        """Register a tool (a sync or async function with typed parameters), bare or with options.
+
+        ``effect`` says what a call does to the world, and so what a durable run may do with a call
+        a crash interrupted: ``"read"`` (run it again), ``"idempotent"`` (run it again with the same
+        ``idempotency_key``) or ``"at_most_once"`` (never again: ``EffectOutcomeUnknown``, or
+        ``reconcile(arguments, key)`` looks the outcome up). See docs/durability.md.
+        """
 
         def decorate(f: Callable[..., Any]) -> Tool:
             return self.add_tool(Tool(f, name=name, description=description, timeout=timeout, retry=retry,
                                       concurrency=concurrency, rate_limit=rate_limit, fallback=fallback,
-                                      fallback_value=fallback_value))
+                                      fallback_value=fallback_value, effect=effect, reconcile=reconcile))
 
         if fn is not None:
             return decorate(fn)

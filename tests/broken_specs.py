@@ -343,6 +343,24 @@ def undeclared_tool() -> Workflow[Ctx]:
     return wf
 
 
+def unrouted_unknown_outcome() -> Workflow[Ctx]:
+    wf = base()
+
+    def charge(amount: int) -> str:
+        """Charges a card: must never happen twice."""
+        return f"charged {amount}"
+
+    wf.tool(charge, effect="at_most_once")
+
+    async def pay(ctx: Ctx, tools: Any) -> None:
+        """Calls an at_most_once tool, with no route for a crash-interrupted call."""
+        await tools.call("charge", amount=1)
+
+    wf.add_state("pay", pay, initial=True, tools=["charge"])
+    wf.transition("pay", "done")
+    return wf
+
+
 def foreign_state() -> Checkable:
     other = base("other")
     x = other.add_state("x", noop, initial=True)
@@ -436,6 +454,7 @@ BROKEN: dict[str, Callable[[], Checkable]] = {
     "duplicate-tool": duplicate_tool,
     "unknown-tool": unknown_tool,
     "undeclared-tool": undeclared_tool,
+    "unrouted-unknown-outcome": unrouted_unknown_outcome,
     "foreign-state": foreign_state,
     "initial-terminal": initial_terminal,
     "no-terminal": no_terminal,

@@ -1,0 +1,411 @@
+"""A durable run's link to its store: step commits, the tool-call journal, and resuming.
+
+The runner calls in here only when a run has a store, so runs without one pay nothing. What is
+written (see ``stores/_records.py`` for the shapes):
+
+* ``create``: the run's record and its starting context (snapshot 0), before the first step;
+* one ``commit`` per step, after the step chose its move and before anything else sees it (events,
+  the next step): the step row with the **delta** (only the fields it wrote), the run's new record
+  (state, counters, written fields) fenced on ``(epoch, next_step)``, a snapshot every K steps and
+  at the end, and the journal rows of ``read`` tool calls made in the step;
+* ``record_call`` for ``idempotent`` and ``at_most_once`` calls, committed at once: an intent
+  before an at_most_once call runs, and every such call's outcome as soon as it is known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from ._plan import Program
+from ._rules import unset_reads_from
+from ._tooldef import KEY_PARAMETER, Effect, Tool
+from .context import is_unset
+from .errors import EffectOutcomeUnknown, IncompatibleRun, Problem, RecordedError, RunError, ToolResultError
+from .result import RunResult, Step, StepKind
+from .spec import Outcome, WorkflowSpec
+from .stores._base import Store
+from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
+
+if TYPE_CHECKING:
+    from .runner import Run
+    from .tools import Tools
+
+__all__ = ["Durable", "ResumePoint", "fingerprint"]
+
+
+class ResumePoint(BaseModel):
+    """A stored run as ``resume(..., migrate=)`` sees it: change what the new workflow needs and
+    return it (``point.model_copy(update={...})``). Checked again after the migration."""
+
+    run_id: str
+    state: str
+    context: dict[str, Any]
+    """The context's JSON."""
+    written: list[str]
+    visits: dict[str, int]
+    traversals: dict[str, int]
+    actions_run: int
+
+
+def fingerprint(spec: WorkflowSpec) -> str:
+    """A hash of what a stored run depends on: states, their declarations, transitions, tools and
+    the context's schema. Equal fingerprints resume without further checks."""
+    def names(value: Any) -> list[str]:
+        return sorted(str(v) for v in value) if isinstance(value, (list, tuple, set, frozenset)) else []
+
+    try:
+        schema: Any = spec.context.model_json_schema()
+    except Exception:  # a model pydantic cannot describe: its field names and annotations instead
+        schema = {n: repr(f.annotation) for n, f in spec.context.model_fields.items()}
+    data = {
+        "states": [[s.name, bool(s.initial), bool(s.terminal), str(s.outcome), names(s.reads), names(s.writes),
+                    names(s.tools), s.max_visits, bool(s.decision)] for s in spec.states],
+        "transitions": [[t.name, t.source, t.target, t.max_traversals] for t in spec.transitions],
+        "errors": [[t.name, t.source, t.target, t.error.__name__, t.max_traversals]
+                   for t in spec.error_transitions],
+        "tools": sorted([t.name, str(t.effect)] for t in spec.tools),
+        "context": schema,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:32]
+
+
+def dump_fields(context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
+    """The JSON of ``fields`` of ``context``, and those of them that are UNSET.
+
+    ``TypeError`` naming the field when a value has no JSON form (then nothing may be committed).
+    """
+    d = context.__dict__
+    unset = [f for f in fields if is_unset(d.get(f))]
+    try:
+        data = context.model_dump(mode="json", include=set(fields), warnings="error")
+    except Exception as exc:
+        bad = _first_unserializable(context, fields)
+        raise TypeError(f"field {bad!r} of {type(context).__name__} holds a value that cannot be stored as JSON "
+                        f"({type(exc).__name__}: {str(exc)[:200]}): give the field a pydantic-serializable type"
+                        ) from None
+    return data, unset
+
+
+def _first_unserializable(context: BaseModel, fields: Any) -> str:
+    for f in sorted(fields):
+        try:
+            context.model_dump(mode="json", include={f}, warnings="error")
+        except Exception:
+            return str(f)
+    return "?"
+
+
+class Durable:
+    """One run's link to its store, for as long as this process holds the run (one epoch)."""
+
+    __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
+                 "recorded", "run_id", "store")
+
+    def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
+                 initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
+                 parent: str | None = None, parent_step: int | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.epoch = epoch
+        self.fingerprint = fingerprint
+        self.created_at = created_at
+        self.initial_written = initial_written
+        self.recorded = recorded or {}
+        """Journal rows of the step being re-run after a resume, by (step, call)."""
+        self.pending: list[dict[str, Any]] = []
+        """Outcomes of read calls, committed with their step."""
+        self.parent = parent
+        self.parent_step = parent_step
+
+    # --- the run's record ------------------------------------------------------------------------
+    def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
+               terminal: str | None = None, outcome: str | None = None, reason: str | None = None
+               ) -> dict[str, Any]:
+        names = run.workflow.edge_names
+        return {
+            "run_id": run.run_id, "workflow": run.workflow.name, "fingerprint": self.fingerprint,
+            "status": str(status), "state": state, "next_step": next_step, "epoch": self.epoch,
+            "counters": {"actions_run": run.actions_run, "visits": dict(run.visits),
+                         "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
+            "written": sorted(run._written), "initial_written": self.initial_written,
+            "max_steps": run.max_steps, "restarts": 0, "created_at": self.created_at,
+            "updated_at": time.time(), "terminal": terminal, "outcome": outcome, "reason": reason,
+            "parent": self.parent, "parent_step": self.parent_step, "wait": None,
+        }
+
+    @classmethod
+    async def create(cls, run: Run[Any], store: Store) -> Durable:
+        """Insert ``run`` (not started yet) into ``store``: ``RunExists`` if its id is taken."""
+        wf = run.workflow
+        spec = getattr(wf, "spec", None)
+        fp = fingerprint(spec) if isinstance(spec, WorkflowSpec) else ""
+        durable = cls(store, run.run_id, 1, fp, created_at=time.time(), initial_written=sorted(run._written))
+        try:
+            context, _ = dump_fields(run.context, run.context.__dict__.keys())
+        except TypeError as exc:
+            raise TypeError(f"run {run.run_id!r} cannot be stored: {exc}") from None
+        rec = durable.record(run, status=RunStatus.RUNNING, state=run.state, next_step=0)
+        await asyncio.wrap_future(store.create(rec, context))
+        return durable
+
+    async def commit(self, run: Run[Any], step: Step, reason: str | None) -> None:
+        """Commit ``step`` (already taken in memory, its delta in ``run._delta``); ``RunFenced`` if
+        another worker owns the run (then nothing is written)."""
+        terminal = run._plans[step.target].terminal
+        outcome = None
+        if terminal:
+            outcome = str(run._plans[step.target].outcome or Outcome.FAILURE)
+        else:
+            reason = None
+        delta, unset = run._delta
+        run._delta = _NO_DELTA
+        status = RunStatus.DONE if terminal else RunStatus.RUNNING
+        rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
+                          terminal=step.target if terminal else None, outcome=outcome, reason=reason)
+        snapshot = None
+        if terminal or (step.number + 1) % self.store.snapshot_every == 0:
+            try:
+                snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
+            except TypeError:
+                snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
+        error = step.error
+        commit = {
+            "epoch": self.epoch, "run": rec,
+            "step": {"number": step.number, "state": step.state, "target": step.target,
+                     "transition": step.transition, "kind": str(step.kind), "started_at": step.started_at,
+                     "duration": step.duration,
+                     "error": None if error is None else _describe(error),
+                     "error_type": None if error is None else type(error).__name__,
+                     "rejected": list(step.rejected), "ran": step.ran, "writes": list(step.writes),
+                     "delta": delta, "unset": unset},
+            "snapshot": snapshot, "calls": self.pending,
+        }
+        self.pending = []
+        self.recorded = {}
+        await asyncio.wrap_future(self.store.commit(commit))
+
+    # --- the journal -----------------------------------------------------------------------------
+    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
+                   arguments: dict[str, Any], run_id: str) -> Any:
+        """Make a tool call through the journal: a completed call returns its recorded result."""
+        rec = self.recorded.get((step, index))
+        effect = tool.effect
+        if rec is not None:
+            if rec.tool != tool.name:
+                raise RunError(f"run {run_id!r} step {step}: call {index} was to tool {rec.tool!r} before the "
+                               f"crash, and is to {tool.name!r} now: the state's code is not deterministic in "
+                               "the order of its tool calls, so the journal cannot be followed")
+            if rec.status is CallStatus.DONE:
+                try:
+                    return tool.load_result(rec.result)
+                except ValidationError as exc:
+                    raise ToolResultError(tool.name, f"tool {tool.name!r}: the journaled result of call {key} "
+                                          f"no longer fits its result type ({exc.errors()[0]['msg']})") from None
+            if effect is Effect.AT_MOST_ONCE:
+                return await self._reconcile(tool, key, arguments, step, index)
+        row = {"step": step, "call": index, "tool": tool.name, "effect": str(effect), "key": key,
+               "arguments": tool.dump_arguments({k: v for k, v in arguments.items() if k != KEY_PARAMETER}),
+               "result": None, "error": None, "at": time.time()}
+        if effect is Effect.AT_MOST_ONCE:
+            await self._write({**row, "status": str(CallStatus.INTENT)})
+        try:
+            result = await tools._run_call(tool, arguments)
+        except Exception as exc:
+            if effect is not Effect.READ:
+                await self._write({**row, "status": str(CallStatus.FAILED), "error": _describe(exc),
+                                   "at": time.time()})
+            raise
+        try:
+            data = tool.dump_result(result)
+        except TypeError as exc:
+            raise ToolResultError(tool.name, str(exc)) from None
+        done = {**row, "status": str(CallStatus.DONE), "result": data, "at": time.time()}
+        if effect is Effect.READ:
+            self.pending.append(done)
+        else:
+            await self._write(done)
+        return result
+
+    async def _reconcile(self, tool: Tool, key: str, arguments: dict[str, Any], step: int, index: int) -> Any:
+        if tool.reconcile is None:
+            raise EffectOutcomeUnknown(tool.name, key)
+        plain = {k: v for k, v in arguments.items() if k != KEY_PARAMETER}
+        out = tool.reconcile(plain, key)
+        if inspect.isawaitable(out):
+            out = await out
+        result = tool.validate_result(out)
+        await self._write({"step": step, "call": index, "tool": tool.name, "effect": str(tool.effect),
+                           "key": key, "arguments": tool.dump_arguments(plain), "status": str(CallStatus.DONE),
+                           "result": tool.dump_result(result), "error": None, "at": time.time()})
+        return result
+
+    async def _write(self, row: dict[str, Any]) -> None:
+        await asyncio.wrap_future(self.store.record_call(self.run_id, self.epoch, row))
+
+
+_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"[:2000]
+    except Exception:
+        return f"{type(error).__name__}: <unprintable>"
+
+
+# --- resuming ------------------------------------------------------------------------------------
+def recorded_step(s: Any) -> Step:
+    """A stored step row back as a :class:`Step` (its error as a :class:`RecordedError`)."""
+    error = None if s.error is None else RecordedError(s.error_type or "Exception", s.error)
+    return Step(s.number, s.state, s.target, s.transition, StepKind(s.kind), s.started_at, s.duration, error,
+                tuple(s.rejected), s.ran, tuple(s.writes))
+
+
+def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str
+                  ) -> tuple[BaseModel | None, list[Problem]]:
+    """Whether ``point`` can continue under ``workflow``: the context validated, or the problems."""
+    spec = getattr(workflow, "spec", None)
+    problems: list[Problem] = []
+    plans = workflow.plans
+    plan = plans.get(point.state)
+    if plan is None:
+        problems.append(Problem("resume-unknown-state", f"the run is stored in state {point.state!r}, which "
+                                "this workflow does not have", point.state))
+    elif plan.terminal:
+        problems.append(Problem("resume-unknown-state", f"the run is stored in state {point.state!r}, which is "
+                                "terminal in this workflow", point.state))
+    context: BaseModel | None = None
+    try:
+        context = workflow.context_type.model_validate(point.context)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(context)'}: {e['msg']}" for e in exc.errors()[:5])
+        problems.append(Problem("resume-bad-context", f"the stored context does not validate against "
+                                f"{workflow.context_type.__name__}: {detail}"))
+    unknown_fields = sorted(set(point.written) - set(workflow.context_type.model_fields))
+    if unknown_fields:
+        problems.append(Problem("resume-bad-context", f"the stored run wrote fields {unknown_fields} that "
+                                f"{workflow.context_type.__name__} no longer has"))
+    if (isinstance(spec, WorkflowSpec) and plan is not None and not plan.terminal
+            and fingerprint(spec) != stored_fingerprint):
+        for reader, f in unset_reads_from(spec, point.state, point.written):
+            where = "there" if reader == point.state else f"in state {reader!r}, reachable from it,"
+            problems.append(Problem("resume-unset-read", f"the run is stored in state {point.state!r} "
+                                    f"without field {f!r} written, and this workflow reads it {where} before "
+                                    "any state writes it", reader))
+    edges = set(workflow.edge_names)
+    for name in sorted(set(point.traversals) - edges):
+        problems.append(Problem("resume-counters", f"the stored run took transition {name!r} "
+                                f"{point.traversals[name]} time(s), which this workflow does not have", name))
+    for name in sorted(set(point.visits) - set(plans)):
+        problems.append(Problem("resume-counters", f"the stored run visited state {name!r}, which this "
+                                "workflow does not have", name))
+    for name, n in point.traversals.items():
+        exit_bound = _bound_of(workflow, name)
+        if exit_bound is not None and n > exit_bound:
+            problems.append(Problem("resume-counters", f"the stored run took {name!r} {n} times, over its bound "
+                                    f"of {exit_bound} in this workflow", name))
+    if point.actions_run > workflow.max_steps:
+        problems.append(Problem("resume-counters", f"the stored run ran {point.actions_run} steps, over this "
+                                f"workflow's bound of {workflow.max_steps}"))
+    return (context if not problems else None), problems
+
+
+def _bound_of(workflow: Program[Any], name: str) -> int | None:
+    for plan in workflow.plans.values():
+        for x in plan.exits:
+            if x.name == name:
+                return x.bound
+        for e in plan.errors:
+            if e.spec.name == name:
+                return e.bound
+    return None
+
+
+def point_of(stored: StoredRun) -> ResumePoint:
+    r = stored.run
+    return ResumePoint(run_id=r.run_id, state=r.state, context=stored.context, written=list(r.written),
+                       visits=dict(r.counters.visits), traversals=dict(r.counters.traversals),
+                       actions_run=r.counters.actions_run)
+
+
+def migrate_point(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> ResumePoint:
+    out = migrate(point.model_copy(deep=True))
+    if isinstance(out, ResumePoint):
+        return out
+    raise TypeError(f"migrate= returned {type(out).__name__}: return the ResumePoint it was given, changed "
+                    "(point.model_copy(update={...}))")
+
+
+def stored_result(workflow: Program[Any], stored: StoredRun) -> RunResult[Any]:
+    """The result of a run that ended, from the store."""
+    r = stored.run
+    context = workflow.context_type.model_validate(stored.context)
+    path = tuple(recorded_step(s) for s in stored.steps)
+    last_error = path[-1].error if path else None
+    return RunResult(r.workflow, r.run_id, r.terminal or r.state, Outcome(r.outcome or "failure"), context, path,
+                     r.reason, last_error, workflow)
+
+
+async def reopen(workflow: Program[Any], run_id: str, store: Store,
+                 migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any]) -> Run[Any]:
+    """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``)."""
+    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    if migrate is not None and not callable(migrate):
+        raise TypeError(f"migrate={migrate!r}: give a function taking and returning a ResumePoint")
+    for option in ("run_id", "store"):
+        if option in options:
+            raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
+    stored = await asyncio.wrap_future(store.load(run_id))
+    if stored.run.workflow != workflow.name:
+        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    if stored.run.status is RunStatus.DONE:
+        result = stored_result(workflow, stored)
+        done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
+        done.path = list(result.path)
+        done.result = result
+        return done
+    point = point_of(stored)
+    context, problems = compatibility(workflow, point, stored.run.fingerprint)
+    if problems and migrate is not None:
+        point = migrate_point(point, migrate)
+        context, problems = compatibility(workflow, point, "")
+    if problems or context is None:
+        raise IncompatibleRun(run_id, problems)
+    # Claimed only once it is known to fit: a refused resume leaves the run as it was.
+    stored = await asyncio.wrap_future(store.claim(run_id))
+    if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
+        return await reopen(workflow, run_id, store, migrate, options)
+    options.setdefault("max_steps", stored.run.max_steps)
+    run: Run[Any] = Run(workflow, context, run_id=run_id, store=store, **options)
+    run.path = [recorded_step(s) for s in stored.steps]
+    run.actions_run = point.actions_run
+    run.visits = dict(point.visits)
+    for i, name in enumerate(workflow.edge_names):
+        run.traversals[i] = point.traversals.get(name, 0)  # in place: the run's token holds this list
+    run._written = set(point.written)
+    run._owned = set(workflow.field_names)  # the context was just built from JSON: nobody else has it
+    run._token.state = point.state
+    spec = getattr(workflow, "spec", None)
+    n = stored.run.next_step
+    run._journal = Durable(
+        store, run_id, stored.run.epoch,
+        fingerprint(spec) if isinstance(spec, WorkflowSpec) else stored.run.fingerprint,
+        created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
+        recorded={(c.step, c.call): c for c in stored.calls if c.step == n},
+        parent=stored.run.parent, parent_step=stored.run.parent_step)
+    if stored.run.restarts > run.max_step_restarts:
+        run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
+                       f"over max_step_restarts={run.max_step_restarts}")
+    return run

@@ -1,0 +1,76 @@
+"""The store interface: what a durable run needs of a database.
+
+Every method returns a ``concurrent.futures.Future``: the runner awaits it
+(``asyncio.wrap_future``) without blocking its event loop, and synchronous code (the CLI,
+``compiled.runs``) calls ``.result()``. A store does its writes in program order on one
+connection; :class:`~.SQLiteStore` is the reference, and
+:mod:`statemachine_agent.stores.conformance` is the suite any store must pass.
+"""
+
+from __future__ import annotations
+
+import abc
+from concurrent.futures import Future
+from typing import Any
+
+from ._records import RunRecord, StoredRun
+
+__all__ = ["Store"]
+
+
+class Store(abc.ABC):
+    """Where durable runs are committed. Records are JSON; the writer passes plain dicts shaped
+    like :mod:`~._records`' models, and everything read back is validated by them."""
+
+    snapshot_every: int = 50
+    """A full snapshot of the context every this many steps (and at waits and at the end);
+    between them a step stores only the fields it wrote."""
+
+    @abc.abstractmethod
+    def create(self, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+        """Insert a new run (``RunExists`` if its id is taken) with its starting context."""
+
+    @abc.abstractmethod
+    def claim(self, run_id: str) -> Future[StoredRun]:
+        """Take the run over: raise its epoch (older epochs can no longer commit) and load it.
+
+        A run still running counts one more restart of its next step; a finished run is loaded
+        without a claim. ``RunNotFound`` if there is no such run.
+        """
+
+    @abc.abstractmethod
+    def commit(self, commit: dict[str, Any]) -> Future[None]:
+        """Commit one step, atomically: its row, the run's new record, an optional snapshot, the
+        journal rows riding along and an inbox event consumed. ``RunFenced`` when the run's epoch
+        or next step is no longer the one given (then nothing is written)."""
+
+    @abc.abstractmethod
+    def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
+        """Commit one journal row (an intent, or an outcome) now; fenced like :meth:`commit`."""
+
+    @abc.abstractmethod
+    def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
+        """The run as stored, its context rebuilt before step ``at_step`` (default: the next)."""
+
+    @abc.abstractmethod
+    def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
+        """Every run (of ``workflow``), newest first."""
+
+    @abc.abstractmethod
+    def deliver(self, run_id: str, event: str, payload: Any) -> Future[int]:
+        """Put an event in the run's inbox (committed); its sequence number."""
+
+    @abc.abstractmethod
+    def fork(self, source: str, at_step: int, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+        """Create ``run`` from ``source`` before step ``at_step``: the steps and journal rows before
+        that point are copied to it, and ``context`` is its snapshot there."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Finish what was submitted and release the database."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
