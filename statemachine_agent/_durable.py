@@ -15,10 +15,14 @@ written (see ``stores/_records.py`` for the shapes):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import json
+import math
+import os
 import time
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from ._plan import Program
 from ._rules import unset_reads_from
 from ._tooldef import KEY_PARAMETER, Effect, Tool
+from .clock import SystemClock
 from .context import is_unset
 from .errors import EffectOutcomeUnknown, IncompatibleRun, Problem, RecordedError, RunError, ToolResultError
 from .result import RunResult, Step, StepKind
@@ -127,8 +132,8 @@ class Durable:
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
-               terminal: str | None = None, outcome: str | None = None, reason: str | None = None
-               ) -> dict[str, Any]:
+               terminal: str | None = None, outcome: str | None = None, reason: str | None = None,
+               wait: dict[str, Any] | None = None) -> dict[str, Any]:
         names = run.workflow.edge_names
         return {
             "run_id": run.run_id, "workflow": run.workflow.name, "fingerprint": self.fingerprint,
@@ -138,7 +143,7 @@ class Durable:
             "written": sorted(run._written), "initial_written": self.initial_written,
             "max_steps": run.max_steps, "restarts": 0, "created_at": self.created_at,
             "updated_at": time.time(), "terminal": terminal, "outcome": outcome, "reason": reason,
-            "parent": self.parent, "parent_step": self.parent_step, "wait": None,
+            "parent": self.parent, "parent_step": self.parent_step, "wait": wait,
         }
 
     @classmethod
@@ -186,11 +191,20 @@ class Durable:
                      "error_type": None if error is None else type(error).__name__,
                      "rejected": list(step.rejected), "ran": step.ran, "writes": list(step.writes),
                      "delta": delta, "unset": unset},
-            "snapshot": snapshot, "calls": self.pending,
+            "snapshot": snapshot, "calls": self.pending, "consume": run._consume,
         }
+        run._consume = None
         self.pending = []
         self.recorded = {}
         await asyncio.wrap_future(self.store.commit(commit))
+
+    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None) -> None:
+        """Commit the run as waiting in ``state`` for ``event``, with a snapshot."""
+        rec = self.record(run, status=RunStatus.WAITING, state=state, next_step=len(run.path),
+                          wait={"state": state, "event": event, "deadline": deadline})
+        # Every value in the context came from the start or a step's delta, both stored as JSON.
+        snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
+        await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
 
     # --- the journal -----------------------------------------------------------------------------
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
@@ -355,8 +369,12 @@ def stored_result(workflow: Program[Any], stored: StoredRun) -> RunResult[Any]:
 
 
 async def reopen(workflow: Program[Any], run_id: str, store: Store,
-                 migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any]) -> Run[Any]:
-    """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``)."""
+                 migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
+                 fresh: bool = False) -> Run[Any]:
+    """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``).
+
+    ``fresh``: the run was just created by this process (a fork) and holds epoch 1: no claim.
+    """
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
     if not isinstance(store, Store):
@@ -376,6 +394,21 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
         done.path = list(result.path)
         done.result = result
         return done
+    wait = stored.run.wait
+    if stored.run.status is RunStatus.WAITING and wait is not None:
+        clock = options.get("clock")
+        wall = getattr(clock, "wall", None)
+        now = float(wall()) if callable(wall) else time.time()
+        ready = (any(e.event == wait.event and e.consumed_step is None for e in stored.inbox)
+                 or (wait.deadline is not None and now >= wait.deadline))
+        if not ready:  # nothing to do yet: the run stays as it is, unclaimed
+            context_now = workflow.context_type.model_validate(stored.context)
+            paused: Run[Any] = Run(workflow, context_now, run_id=run_id, **options)
+            paused.path = [recorded_step(s) for s in stored.steps]
+            paused.result = RunResult(workflow.name, run_id, wait.state, Outcome.WAITING, context_now,
+                                      tuple(paused.path), f"waiting in {wait.state!r} for event {wait.event!r}",
+                                      None, workflow, wait.event)
+            return paused
     point = point_of(stored)
     context, problems = compatibility(workflow, point, stored.run.fingerprint)
     if problems and migrate is not None:
@@ -384,7 +417,8 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
     if problems or context is None:
         raise IncompatibleRun(run_id, problems)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
-    stored = await asyncio.wrap_future(store.claim(run_id))
+    if not fresh:
+        stored = await asyncio.wrap_future(store.claim(run_id))
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
     options.setdefault("max_steps", stored.run.max_steps)
@@ -397,6 +431,9 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
     run._written = set(point.written)
     run._owned = set(workflow.field_names)  # the context was just built from JSON: nobody else has it
     run._token.state = point.state
+    run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox if e.consumed_step is None]
+    if stored.run.wait is not None and stored.run.wait.state == point.state:
+        run._wait_deadline = stored.run.wait.deadline
     spec = getattr(workflow, "spec", None)
     n = stored.run.next_step
     run._journal = Durable(
@@ -409,3 +446,244 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
         run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
                        f"over max_step_restarts={run.max_step_restarts}")
     return run
+
+
+# --- delivering, forking, replaying -------------------------------------------------------------
+def _wait_for(workflow: Program[Any], event: object) -> Any:
+    waits = {p.wait.event: p.wait for p in workflow.plans.values() if p.wait is not None}
+    wait = waits.get(event) if isinstance(event, str) else None
+    if wait is None:
+        known = ", ".join(repr(e) for e in sorted(waits)) or "none"
+        raise ValueError(f"workflow {workflow.name!r} waits for no event {event!r}; its events: {known}")
+    return wait
+
+
+async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any, *, store: Store,
+                  options: dict[str, Any]) -> RunResult[Any] | None:
+    """Commit ``event`` to the run's inbox; continue the run if it waits for it (see ``compiled.deliver``)."""
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    wait = _wait_for(workflow, event)
+    data = wait.payload.model_validate(payload).model_dump(mode="json")  # ValidationError: nothing written
+    stored = await asyncio.wrap_future(store.load(run_id))
+    if stored.run.workflow != workflow.name:
+        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    await asyncio.wrap_future(store.deliver(run_id, event, data))
+    stored = await asyncio.wrap_future(store.load(run_id))
+    if stored.run.status is RunStatus.WAITING and stored.run.wait is not None and stored.run.wait.event == event:
+        run = await reopen(workflow, run_id, store, None, options)
+        return run.result if run.result is not None else await run.run_to_end()
+    return None  # the run is running elsewhere (or crashed): it takes the event when it reaches the wait
+
+
+async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict[str, Any] | None, store: Store,
+               new_run_id: str | None, options: dict[str, Any]) -> RunResult[Any]:
+    """Start a new run from ``run_id`` before step ``at_step`` (see ``compiled.fork``)."""
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    if patch is not None and not isinstance(patch, dict):
+        raise TypeError(f"patch={patch!r}: give a dict of context fields to change")
+    if isinstance(at_step, bool) or not isinstance(at_step, int):
+        raise TypeError(f"at_step={at_step!r}: give a step number")
+    stored = await asyncio.wrap_future(store.load(run_id, at_step=at_step))
+    src = stored.run
+    if src.workflow != workflow.name:
+        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+                                               f"{src.workflow!r}, not {workflow.name!r}")])
+    steps = stored.steps[:at_step]
+    state = stored.steps[at_step].state if at_step < len(stored.steps) else src.state
+    context = dict(stored.context)
+    unknown = sorted(set(patch or {}) - set(workflow.field_names))
+    if unknown:
+        raise ValueError(f"patch names fields {unknown} that {workflow.context_type.__name__} does not have")
+    written = set(src.initial_written)
+    visits: dict[str, int] = {}
+    traversals: dict[str, int] = {}
+    for s in steps:
+        if s.ran:
+            visits[s.state] = visits.get(s.state, 0) + 1
+        if s.kind != "fail":
+            traversals[s.transition] = traversals.get(s.transition, 0) + 1
+        if s.kind == "transition":
+            written.update(s.writes)
+    if patch:
+        model = workflow.context_type
+        merged = {**model.model_validate(context).__dict__, **patch}
+        validated = model.model_validate(merged)  # ValidationError names the bad field
+        patched, _ = dump_fields(validated, patch.keys())
+        context.update(patched)
+        written.update(patch)
+    point = ResumePoint(run_id=new_run_id or "", state=state, context=context, written=sorted(written),
+                        visits=visits, traversals=traversals, actions_run=sum(1 for s in steps if s.ran))
+    _, problems = compatibility(workflow, point, "")  # a full check: the patch may unset what is read
+    if problems:
+        raise IncompatibleRun(run_id, problems)
+    new_id = new_run_id or f"{run_id}~{at_step}~{os.urandom(3).hex()}"
+    spec = getattr(workflow, "spec", None)
+    rec = {
+        "run_id": new_id, "workflow": workflow.name,
+        "fingerprint": fingerprint(spec) if isinstance(spec, WorkflowSpec) else src.fingerprint,
+        "status": str(RunStatus.RUNNING), "state": state, "next_step": at_step, "epoch": 1,
+        "counters": {"actions_run": point.actions_run, "visits": visits, "traversals": traversals},
+        "written": sorted(written), "initial_written": list(src.initial_written), "max_steps": src.max_steps,
+        "restarts": 0, "created_at": time.time(), "updated_at": time.time(), "terminal": None, "outcome": None,
+        "reason": None, "parent": run_id, "parent_step": at_step, "wait": None,
+    }
+    await asyncio.wrap_future(store.fork(run_id, at_step, rec, context))
+    run = await reopen(workflow, new_id, store, None, options, fresh=True)
+    return run.result if run.result is not None else await run.run_to_end()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What ``compiled.replay`` found: the recorded run followed by the current code, step by step,
+    with every policy answer and tool result taken from the record (no tool, model or person is
+    called), up to the first step where the code now does something else."""
+
+    run_id: str
+    matched: int
+    """Steps replayed that did what the record says."""
+    recorded: int
+    """Steps in the record."""
+    diverged_at: int | None = None
+    """The first step that differs, or ``None``."""
+    expected: dict[str, Any] | None = None
+    """That step as recorded."""
+    got: dict[str, Any] | None = None
+    """That step as the current code takes it."""
+    reason: str = ""
+    calls_replayed: int = 0
+    """Tool calls answered from the journal."""
+
+    @property
+    def ok(self) -> bool:
+        """The current code took every recorded step the same way."""
+        return self.diverged_at is None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (f"run {self.run_id!r}: {self.matched} of {self.recorded} recorded steps replayed the same "
+                    f"({self.calls_replayed} tool calls from the journal)")
+        return (f"run {self.run_id!r} diverges at step {self.diverged_at}: {self.reason} "
+                f"(recorded: {self.expected}; now: {self.got})")
+
+
+class _Stop(BaseException):
+    """Ends a replay: never routed by the runner, never caught by user code that catches Exception."""
+
+    def __init__(self, reason: str = "", expected: dict[str, Any] | None = None,
+                 got: dict[str, Any] | None = None, step: int = 0) -> None:
+        super().__init__(reason)
+        self.reason, self.expected, self.got, self.step = reason, expected, got, step
+
+
+class _Replay(Durable):
+    """A journal that answers from a record and compares each step with it, writing nothing."""
+
+    __slots__ = ("calls", "replayed", "steps")
+
+    def __init__(self, stored: StoredRun) -> None:
+        super().__init__(typing.cast(Store, None), stored.run.run_id, 0, "", created_at=0.0, initial_written=[])
+        self.steps = stored.steps
+        self.calls = {(c.step, c.call): c for c in stored.calls}
+        self.replayed = 0
+
+    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
+                   arguments: dict[str, Any], run_id: str) -> Any:
+        rec = self.calls.get((step, index))
+        if rec is None or rec.tool != tool.name or rec.status is not CallStatus.DONE:
+            raise _Stop(f"call {index} of step {step} is to tool {tool.name!r}, which the journal does not answer",
+                        None if rec is None else {"tool": rec.tool, "status": str(rec.status)},
+                        {"tool": tool.name}, step)
+        self.replayed += 1
+        return tool.load_result(rec.result)
+
+    async def commit(self, run: Run[Any], step: Step, reason: str | None) -> None:
+        delta, _ = run._delta
+        run._delta = _NO_DELTA
+        run._consume = None
+        rec = self.steps[step.number] if step.number < len(self.steps) else None
+        got = {"state": step.state, "target": step.target, "transition": step.transition, "kind": str(step.kind),
+               "writes": sorted(step.writes), "delta": delta,
+               "error_type": None if step.error is None else type(step.error).__name__}
+        if rec is None:
+            raise _Stop("the record ends before this step", None, got, step.number)
+        expected = {"state": rec.state, "target": rec.target, "transition": rec.transition, "kind": rec.kind,
+                    "writes": sorted(rec.writes), "delta": rec.delta, "error_type": rec.error_type}
+        if got != expected:
+            what = next(k for k in expected if expected[k] != got[k])
+            raise _Stop(f"its {what} differs", expected, got, step.number)
+        if step.number + 1 == len(self.steps):
+            raise _Stop()  # every recorded step matched
+
+    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None) -> None:
+        return None
+
+
+class _ReplayClock(SystemClock):
+    """Wall time for wait states only: past a wait's deadline exactly when the record timed out."""
+
+    def __init__(self, steps: list[Any], run: list[Any]) -> None:
+        self._steps, self._run = steps, run
+
+    def wall(self) -> float:
+        i = len(self._run[0].path) if self._run else 0
+        timed_out = i < len(self._steps) and self._steps[i].error_type == "WaitTimedOut"
+        return math.inf if timed_out else 0.0
+
+
+async def replay(workflow: Program[Any], run_id: str, store: Store, options: dict[str, Any]) -> ReplayReport:
+    """Follow a recorded run with the current code (see ``compiled.replay``)."""
+    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    stored = await asyncio.wrap_future(store.load(run_id))
+    if stored.run.workflow != workflow.name:
+        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    at = stored.run.parent_step or 0
+    start = await asyncio.wrap_future(store.load(run_id, at_step=at))
+    steps = stored.steps
+    if at >= len(steps):
+        return ReplayReport(run_id, 0, len(steps) - at)
+    holder: list[Run[Any]] = []
+
+    def policy(decision: Any) -> str:
+        i = len(holder[0].path)
+        return steps[i].transition if i < len(steps) else ""
+
+    context = workflow.context_type.model_validate(start.context)
+    run: Run[Any] = Run(workflow, context, run_id=run_id, policy=policy, raise_errors=False,
+                        clock=_ReplayClock(steps, holder), max_steps=stored.run.max_steps,
+                        hooks=options.get("hooks", ()))
+    holder.append(run)
+    before = steps[:at]
+    run.path = [recorded_step(s) for s in before]
+    written = set(stored.run.initial_written)
+    for s in before:
+        if s.ran:
+            run.visits[s.state] = run.visits.get(s.state, 0) + 1
+            run.actions_run += 1
+        if s.kind != "fail" and s.transition in workflow.edge_names:
+            run.traversals[workflow.edge_names.index(s.transition)] += 1
+        if s.kind == "transition":
+            written.update(s.writes)
+    if at:
+        run._written = written
+        run._owned = set(workflow.field_names)
+    run._token.state = steps[at].state
+    run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox]
+    journal = _Replay(stored)
+    run._journal = journal
+    try:
+        await run.run_to_end()
+    except _Stop as stop:
+        if not stop.reason:
+            return ReplayReport(run_id, len(steps) - at, len(steps) - at, calls_replayed=journal.replayed)
+        return ReplayReport(run_id, stop.step - at, len(steps) - at, stop.step, stop.expected, stop.got,
+                            stop.reason, journal.replayed)
+    n = len(run.path)
+    return ReplayReport(run_id, n - at, len(steps) - at, n, None, None,
+                        "the run ended before the record does", journal.replayed)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from transitions import Machine, MachineError
 from transitions.core import Event
 
-from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
+from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from ._tooldef import ToolRegistry
@@ -157,6 +157,14 @@ class Plan:
     tool_deadline: float | None
     next_trigger: str
     """The ``transitions`` trigger that takes the first enabled exit."""
+    wait: WaitSpec | None
+    """Set on wait states: what they wait for."""
+    wait_field: str | None
+    """The field a wait state's payload goes to."""
+    slow: bool
+    """The step needs more than the inline path: a decision, tools or a wait."""
+    stops: bool
+    """Entering the state may end (terminal) or pause (wait) the run."""
 
 
 def passes_tools(action: Callable[..., Any], declares_tools: bool) -> bool:
@@ -190,6 +198,7 @@ def build_plans(spec: WorkflowSpec) -> tuple[dict[str, Plan], list[str]]:
         action = s.action
         writes = frozenset(s.writes)
         write_set = writes | frozenset(s.optional_writes)
+        takes = action is not None and passes_tools(action, bool(s.tools))
         plans[s.name] = Plan(
             spec=s,
             name=s.name,
@@ -208,10 +217,14 @@ def build_plans(spec: WorkflowSpec) -> tuple[dict[str, Plan], list[str]]:
             fail_on_no_exit=s.on_no_exit is NoExit.FAIL,
             terminal=s.terminal,
             outcome=s.outcome,
-            takes_tools=action is not None and passes_tools(action, bool(s.tools)),
+            takes_tools=takes,
             tools=frozenset(s.tools),
             tool_deadline=s.tool_deadline,
             next_trigger=f"@next:{s.name}",
+            wait=s.wait,
+            wait_field=next(iter(s.writes), None) if s.wait is not None else None,
+            slow=s.decision or takes or s.wait is not None,
+            stops=s.terminal or s.wait is not None,
         )
     return plans, edge_names
 

@@ -489,7 +489,7 @@ def _check_terminal_states(a: Analysis) -> Iterator[Problem]:
         s = a.states[n]
         if s.initial:
             yield Problem("initial-terminal", f"initial state {n!r} is terminal, so no run does anything", n)
-        if not isinstance(s.outcome, Outcome):
+        if not isinstance(s.outcome, Outcome) or s.outcome is Outcome.WAITING:
             yield Problem("terminal-outcome", f"terminal state {n!r} has outcome {s.outcome!r}: use "
                           "'success' or 'failure'", n)
         if s.action is not None:
@@ -723,6 +723,36 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
                               f"EffectOutcomeUnknown, which no error transition of {n!r} routes: add "
                               f"on_error({n!r}, EffectOutcomeUnknown, ...), or give the tool reconcile= to look "
                               "the outcome up", n)
+
+
+def _check_waits(a: Analysis) -> Iterator[Problem]:
+    """A wait state names its event, a pydantic payload model, the one field the payload goes to,
+    and a positive timeout together with where to go when it passes."""
+    for n in a.names:
+        w = a.states[n].wait
+        if w is None:
+            continue
+        s = a.states[n]
+        if not isinstance(w.event, str) or not w.event.strip():
+            yield Problem("bad-wait", f"wait state {n!r} has event={w.event!r}: give the event's name, a "
+                          "non-empty string", n)
+        if not (isinstance(w.payload, type) and issubclass(w.payload, BaseModel)):
+            yield Problem("bad-wait", f"wait state {n!r} has payload={w.payload!r}: give a pydantic model class "
+                          "(the delivered payload is validated by it)", n)
+        if not _is_name_list(s.writes) or len(_names_in(s.writes)) != 1:
+            yield Problem("bad-wait", f"wait state {n!r} has writes={s.writes!r}: name exactly one field, which "
+                          "receives the payload", n)
+        if w.timeout is not None and not (isinstance(w.timeout, (int, float)) and not isinstance(w.timeout, bool)
+                                          and 0 < w.timeout < float("inf")):
+            yield Problem("bad-wait", f"wait state {n!r} has timeout={w.timeout!r}: give a positive number of "
+                          "seconds, or None to wait for ever", n)
+        if (w.timeout is None) != (w.on_timeout is None):
+            yield Problem("bad-wait", f"wait state {n!r} has "
+                          + ("a timeout but no on_timeout=: say where the run goes when it passes"
+                             if w.on_timeout is None else "on_timeout= but no timeout=: give both, or neither"), n)
+        if s.decision or s.tools:
+            yield Problem("bad-wait", f"wait state {n!r} cannot be a decision state or call tools: it only "
+                          "receives its event; decide in the state after it", n)
 
 
 def _check_transition_names(a: Analysis) -> Iterator[Problem]:
@@ -1025,6 +1055,7 @@ RULES: tuple[Rule, ...] = (
     _check_unbounded_cycles,
     _check_unset_reads,
     _check_unknown_outcomes,
+    _check_waits,
 )
 """Every rule, in the order their problems are reported."""
 

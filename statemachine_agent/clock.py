@@ -45,6 +45,10 @@ class SystemClock:
     def now(self) -> float:
         return time.monotonic()
 
+    def wall(self) -> float:
+        """Seconds since the epoch: what a wait's deadline is stored in, to outlive the process."""
+        return time.time()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
@@ -72,6 +76,10 @@ class FakeClock:
         self._order = itertools.count()
 
     def now(self) -> float:
+        return self.time
+
+    def wall(self) -> float:
+        """The test's time stands for wall-clock time too (a stored wait's deadline)."""
         return self.time
 
     async def sleep(self, seconds: float) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
 
-from ._durable import ResumePoint, reopen
+from ._durable import ReplayReport, ResumePoint, deliver, fork, reopen, replay
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
@@ -114,6 +114,50 @@ class CompiledWorkflow(Generic[C]):
         """Claim a stored run and return it as a :class:`~.runner.Run` to drive step by step
         (``run.result`` is already set when the stored run had ended)."""
         return await reopen(self, run_id, store, migrate, dict(options))
+
+    async def deliver(self, run_id: str, event: str, payload: Any, *, store: Store,
+                      **options: Unpack[ResumeOptions[C]]) -> RunResult[C] | None:
+        """Deliver ``event`` to a stored run: validated by the wait's payload model and committed to
+        the run's inbox, where the wait state consumes it exactly once, in its step's commit.
+
+        A run waiting for it continues here, until it ends or waits again: its result. A run not
+        waiting for it yet (running elsewhere, or crashed) takes it when it reaches the wait:
+        ``None``. An unknown event or a payload that does not validate raises and stores nothing.
+        """
+        return await deliver(self, run_id, event, payload, store=store, options=dict(options))
+
+    def deliver_sync(self, run_id: str, event: str, payload: Any, *, store: Store,
+                     **options: Unpack[ResumeOptions[C]]) -> RunResult[C] | None:
+        """:meth:`deliver` from synchronous code."""
+        return run_blocking(self.deliver(run_id, event, payload, store=store, **options))
+
+    async def fork(self, run_id: str, *, at_step: int, store: Store, patch: dict[str, Any] | None = None,
+                   new_run_id: str | None = None, **options: Unpack[ResumeOptions[C]]) -> RunResult[C]:
+        """Start a new run from stored run ``run_id`` as it was before step ``at_step``, with ``patch``
+        applied to its context, and run it. Steps and journal rows before that point are copied
+        to the new run (a journaled tool call before it is never made again).
+
+        The patched context is validated by the model, and the checker's unset-read analysis runs
+        from the fork's state: :class:`~.errors.IncompatibleRun` when something ahead would read
+        a field nothing wrote.
+        """
+        return await fork(self, run_id, at_step=at_step, patch=patch, store=store, new_run_id=new_run_id,
+                          options=dict(options))
+
+    def fork_sync(self, run_id: str, *, at_step: int, store: Store, patch: dict[str, Any] | None = None,
+                  new_run_id: str | None = None, **options: Unpack[ResumeOptions[C]]) -> RunResult[C]:
+        """:meth:`fork` from synchronous code."""
+        return run_blocking(self.fork(run_id, at_step=at_step, store=store, patch=patch, new_run_id=new_run_id,
+                                      **options))
+
+    async def replay(self, run_id: str, *, store: Store) -> ReplayReport:
+        """Follow a recorded run with the current code, every policy answer and tool result taken
+        from the record (nothing external is called), and report the first step that differs."""
+        return await replay(self, run_id, store, {})
+
+    def replay_sync(self, run_id: str, *, store: Store) -> ReplayReport:
+        """:meth:`replay` from synchronous code."""
+        return run_blocking(self.replay(run_id, store=store))
 
     def runs(self, store: Store) -> list[RunRecord]:
         """This workflow's runs in ``store``, most recently updated first."""

@@ -27,6 +27,7 @@ __all__ = [
     "ToolTimeout",
     "UndeclaredTool",
     "UnknownTool",
+    "WaitTimedOut",
 ]
 
 
@@ -285,3 +286,19 @@ class RecordedError(RunError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, str(self)))
+
+
+class WaitTimedOut(RunError):
+    """A wait state's timeout passed before its event was delivered: routed to its ``on_timeout``
+    state by the transition ``wait()`` declares (``<state>_timeout``)."""
+
+    state: str
+    event: str
+
+    def __init__(self, state: str, event: str, message: str | None = None) -> None:
+        self.state = state
+        self.event = event
+        super().__init__(message or f"state {state!r} waited for event {event!r} past its timeout")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.state, self.event, str(self)))

@@ -21,6 +21,7 @@ __all__ = [
     "PolicyChoiceRejected",
     "RunFinished",
     "RunStarted",
+    "RunWaiting",
     "StepStarted",
     "ToolAttemptFailed",
     "ToolCallFailed",
@@ -118,6 +119,16 @@ class RunFinished(Event):
     """The run entered a terminal state."""
 
     result: RunResult[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunWaiting(Event):
+    """The run paused in a wait state until its event is delivered (or its deadline passes)."""
+
+    state: str
+    event: str
+    deadline: float | None
+    """Wall-clock seconds since the epoch (on the run's clock) when the timeout is taken."""
 
 
 @dataclass(frozen=True, slots=True)

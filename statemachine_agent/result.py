@@ -85,6 +85,9 @@ class RunResult(Generic[C]):
     """The unrouted exception that ended the run, if any."""
     compiled: Any = field(default=None, repr=False, compare=False)
     """The compiled workflow that ran (for ``diagram()``)."""
+    waiting: str | None = None
+    """The event a paused run waits for (``outcome`` is ``WAITING``, ``terminal`` the wait state);
+    ``None`` once the run has ended."""
 
     def diagram(self, *, rankdir: str | None = None) -> Any:
         """The workflow's ``graphviz.Digraph`` with this run laid over it."""
@@ -129,6 +132,7 @@ class RunResult(Generic[C]):
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
             "context": dump(mode="json") if callable(dump) else ctx,
             "path": [s.to_dict() for s in self.path],
+            "waiting": self.waiting,
         }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import collections.abc
 import contextlib
 import copy
+import itertools
 import logging
 import os
 import threading
@@ -21,7 +22,7 @@ from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
 from .context import is_unset
-from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed
+from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
 from .events import (
     Budget,
     BudgetExhausted,
@@ -31,6 +32,7 @@ from .events import (
     PolicyChoiceRejected,
     RunFinished,
     RunStarted,
+    RunWaiting,
     StepStarted,
     TransitionTaken,
 )
@@ -103,11 +105,44 @@ class Run(Generic[C]):
     """
 
     # Slots: thousands of runs may be in flight at once; no per-run __dict__ to allocate and scan.
-    __slots__ = ("__weakref__", "_broken", "_busy", "_clock0", "_deadline", "_delta", "_doomed", "_fields",
-                 "_journal", "_machine", "_owned", "_plans", "_rejected", "_started", "_store", "_token",
-                 "_written", "actions_run", "clock", "context", "hooks", "max_policy_attempts",
-                 "max_step_restarts", "max_steps", "path", "policy", "raise_errors", "result", "run_id",
-                 "timeout", "traversals", "visits", "workflow")
+    __slots__ = (
+        "__weakref__",
+        "_broken",
+        "_busy",
+        "_clock0",
+        "_consume",
+        "_deadline",
+        "_delta",
+        "_doomed",
+        "_fields",
+        "_inbox",
+        "_journal",
+        "_machine",
+        "_owned",
+        "_plans",
+        "_rejected",
+        "_started",
+        "_store",
+        "_token",
+        "_wait_deadline",
+        "_written",
+        "actions_run",
+        "clock",
+        "context",
+        "hooks",
+        "max_policy_attempts",
+        "max_step_restarts",
+        "max_steps",
+        "path",
+        "policy",
+        "raise_errors",
+        "result",
+        "run_id",
+        "timeout",
+        "traversals",
+        "visits",
+        "workflow",
+    )
 
     def __init__(self, workflow: Program[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
@@ -201,6 +236,12 @@ class Run(Generic[C]):
         self._delta = _NO_DELTA
         self._doomed: str | None = None
         self._broken: str | None = None
+        self._inbox: list[tuple[int, str, Any]] = []
+        """Events delivered and not yet consumed: (seq, event, payload)."""
+        self._consume: int | None = None
+        """The inbox event the current step consumed (committed with it)."""
+        self._wait_deadline: float | None = None
+        """When the current wait state's timeout passes (wall clock, on the run's clock)."""
         self.max_step_restarts = max_step_restarts
 
     @property
@@ -221,6 +262,12 @@ class Run(Generic[C]):
                            "the next one (one step at a time per run)")
         self._busy = True
         try:
+            if not self._started and self.result is None:
+                if self._broken is not None:
+                    raise RunError(self._broken)
+                await self._start()
+                if self._doomed is not None and self.result is None:
+                    await self._fail_doomed()
             while self.result is None:
                 await self._step()  # one coroutine per step, not two: this is the hot path
         finally:
@@ -242,6 +289,10 @@ class Run(Generic[C]):
             raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
                            "the next one (one step at a time per run)")
         if self.result is not None:
+            if self.result.waiting is not None:
+                raise RunError(f"run {self.run_id} is waiting in {self.result.terminal!r} for event "
+                               f"{self.result.waiting!r}: deliver it (run.deliver(...), or compiled.deliver(..., "
+                               "store=store) for a stored run)")
             raise RunError(f"run {self.run_id} has already ended in {self.result.terminal!r}")
         self._busy = True
         try:
@@ -254,10 +305,10 @@ class Run(Generic[C]):
             if self._broken is not None:
                 raise RunError(self._broken)
             await self._start()
+            if self.result is not None:  # an initial wait state with nothing delivered yet
+                raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
             if self._doomed is not None:
-                plan = self._plans[self._token.state]
-                return await self._fail(plan, len(self.path), time.perf_counter(), self._doomed,
-                                        budget=Budget.MAX_STEP_RESTARTS, ran=False)
+                return await self._fail_doomed()
         plan = self._plans[self._token.state]
         index = len(self.path)
         t0 = time.perf_counter()
@@ -297,7 +348,7 @@ class Run(Generic[C]):
                         raise
                     raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
                                   budget=Budget.DEADLINE) from None
-            elif plan.decision or plan.takes_tools or self.hooks:
+            elif plan.slow or self.hooks:
                 chosen = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
                 out = plan.action(view)  # type: ignore[misc]
@@ -355,7 +406,7 @@ class Run(Generic[C]):
                     tuple(dirty) if dirty else ())
         self.path.append(step)
         if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
-                self._plans[target].terminal:
+                self._plans[target].stops:
             await self._after(step)
         return step
 
@@ -366,6 +417,9 @@ class Run(Generic[C]):
         self._started = True
         if self.timeout is not None:
             self._deadline = self.clock.now() + self.timeout
+        first = self._plans[self._token.state]
+        if first.wait is not None and not self._ready(first):
+            await self._suspend(first)
         if self.hooks:
             wf = self.workflow
             try:
@@ -397,6 +451,9 @@ class Run(Generic[C]):
                                          self.visits[plan.name]))
         action = plan.action
         assert action is not None
+        if plan.wait is not None:
+            self._receive(plan, view)
+            action = _NOTHING
         if plan.takes_tools:
             deadline = None if plan.tool_deadline is None else self.clock.now() + plan.tool_deadline
             out = action(view, Tools(self.workflow.tools, plan.tools, clock=self.clock, deadline=deadline,
@@ -509,6 +566,8 @@ class Run(Generic[C]):
             await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
                                              step.transition, step.kind, step.duration))
         if not plan.terminal:
+            if plan.wait is not None and not self._ready(plan):
+                await self._suspend(plan)
             return
         self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
@@ -519,6 +578,79 @@ class Run(Generic[C]):
                         extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
         if self.hooks:
             await self._emit(RunFinished(self.run_id, wf.name, self.result))
+
+    async def _fail_doomed(self) -> Step:
+        reason = self._doomed
+        assert reason is not None
+        self._doomed = None
+        plan = self._plans[self._token.state]
+        return await self._fail(plan, len(self.path), time.perf_counter(), reason, budget=Budget.MAX_STEP_RESTARTS,
+                                ran=False)
+
+    # --- waits ---------------------------------------------------------------------------------------
+    def _wall_now(self) -> float:
+        wall = getattr(self.clock, "wall", None)
+        return float(wall()) if callable(wall) else time.time()
+
+    def _ready(self, plan: Plan) -> bool:
+        """Whether a wait state can run now: its event is in the inbox, or its timeout passed."""
+        wait = plan.wait
+        assert wait is not None
+        if any(event == wait.event for _, event, _ in self._inbox):
+            return True
+        if wait.timeout is None:
+            return False
+        if self._wait_deadline is None:  # the run just entered the state: its timeout starts now
+            self._wait_deadline = self._wall_now() + wait.timeout
+        return self._wall_now() >= self._wait_deadline
+
+    async def _suspend(self, plan: Plan) -> None:
+        wait = plan.wait
+        assert wait is not None
+        if self._journal is not None:
+            await self._journal.suspend(self, plan.name, wait.event, self._wait_deadline)
+        self.result = RunResult(self.workflow.name, self.run_id, plan.name, Outcome.WAITING, self.context,
+                                tuple(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
+                                self.workflow, wait.event)
+        if self.hooks:
+            await self._emit(RunWaiting(self.run_id, self.workflow.name, plan.name, wait.event,
+                                        self._wait_deadline))
+
+    def _receive(self, plan: Plan, view: ContextView) -> None:
+        """A wait state's action: write the first delivered payload of its event, or time out."""
+        wait = plan.wait
+        assert wait is not None
+        assert plan.wait_field is not None
+        for i, (seq, event, payload) in enumerate(self._inbox):
+            if event == wait.event:
+                value = wait.payload.model_validate(payload)
+                setattr(view, plan.wait_field, value)
+                del self._inbox[i]
+                self._consume = seq
+                self._wait_deadline = None
+                return
+        self._wait_deadline = None
+        raise WaitTimedOut(plan.name, wait.event)
+
+    def deliver(self, event: str, payload: Any) -> None:
+        """Deliver ``event`` to this run (in memory; for a stored run use ``compiled.deliver``).
+
+        It waits in the run's inbox until the run's wait state for it consumes it, exactly once; a
+        run paused for it continues on the next ``run_to_end()``.
+        """
+        if self._journal is not None:
+            raise RunError(f"run {self.run_id!r} is stored: deliver with compiled.deliver({self.run_id!r}, "
+                           f"{event!r}, payload, store=store), so the event is committed")
+        waits = {p.wait.event: p.wait for p in self._plans.values() if p.wait is not None}
+        wait = waits.get(event) if isinstance(event, str) else None
+        if wait is None:
+            known = ", ".join(repr(e) for e in sorted(waits)) or "none"
+            raise ValueError(f"workflow {self.workflow.name!r} waits for no event {event!r}; its events: {known}")
+        value = wait.payload.model_validate(payload)
+        self._inbox.append((next(_local_seq), event, value))
+        result = self.result
+        if result is not None and result.waiting == event:
+            self.result = None
 
     async def _commit(self, step: Step, reason: str | None) -> None:
         journal = self._journal
@@ -573,6 +705,13 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_local_seq = itertools.count(1)  # in-memory inbox events (a store numbers its own)
+
+
+def _NOTHING(*_: Any) -> None:
+    return None
+
+
 _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy makes its own list
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()

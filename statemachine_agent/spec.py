@@ -19,6 +19,7 @@ __all__ = [
     "Outcome",
     "StateSpec",
     "TransitionSpec",
+    "WaitSpec",
     "WorkflowSpec",
 ]
 
@@ -32,6 +33,8 @@ class Outcome(enum.StrEnum):
 
     SUCCESS = "success"
     FAILURE = "failure"
+    WAITING = "waiting"
+    """Not a terminal's: a durable run paused in a wait state (``RunResult.waiting`` names the event)."""
 
 
 class NoExit(enum.StrEnum):
@@ -41,6 +44,19 @@ class NoExit(enum.StrEnum):
     """The checker demands a default exit (the safe choice: nothing is left implicit)."""
     FAIL = "fail"
     """The run goes to the workflow's failure terminal; the spec says so explicitly."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """What a wait state waits for: an event, its payload's model, and how long."""
+
+    event: str
+    payload: Any
+    """A pydantic model class; the delivered payload is validated by it."""
+    timeout: float | None = None
+    """Seconds (on the run's clock) before the timeout transition is taken; ``None``: no limit."""
+    on_timeout: str | None = None
+    """Where the run goes when the timeout passes first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +91,8 @@ class StateSpec:
     """Tools the action may call through its ``tools`` handle."""
     tool_deadline: float | None = None
     """Seconds all tool calls of one visit may take together; a call past it is never retried."""
+    wait: WaitSpec | None = None
+    """Set on wait states: the run pauses here until its event is delivered (or the timeout)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from .check import CheckReport, analyze, check
 from .compile import CompiledWorkflow, compile_spec
-from .errors import Problem
+from .errors import Problem, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
-from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WorkflowSpec
+from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 from .tools import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ def _enum(kind: type[Outcome] | type[NoExit], value: Any) -> Any:
         return kind(value)
     except ValueError:
         return value  # the checker reports it, with every other problem
+
+
+def _await_event(ctx: Any) -> None:
+    """A wait state's action: the runner writes the delivered payload itself (see runner.py)."""
 
 
 class Workflow(Generic[C]):
@@ -207,6 +211,39 @@ class Workflow(Generic[C]):
             )
         )
         return StateRef(name, self, action)
+
+    def wait(self, name: str, *, event: str, payload: type[BaseModel], writes: Iterable[str],
+             timeout: float | None = None, on_timeout: StateRef[C] | str | None = None, initial: bool = False,
+             reads: Iterable[str] = (), description: str = "", max_visits: int | None = None) -> StateRef[C]:
+        """Declare a wait state: the run pauses here until ``event`` is delivered, then writes its
+        payload (validated by ``payload``) to the one field in ``writes`` and leaves by the
+        transitions declared from it, like any state.
+
+        With a store the paused run is committed and the process may exit; ``compiled.deliver(run_id,
+        event, payload, store=store)`` continues it, in any process. The code before the wait never
+        runs again. ``timeout`` seconds after the run entered the state, if no event came, the run
+        goes to ``on_timeout`` instead, along the error transition ``<name>_timeout`` (it routes
+        :class:`~.errors.WaitTimedOut`), which the checker's bound counts like any other.
+        """
+        self._states.append(
+            StateSpec(
+                name=name,
+                action=_await_event,
+                reads=_field_names(reads),
+                writes=_field_names(writes),
+                initial=initial,
+                max_visits=max_visits,
+                description=description,
+                wait=WaitSpec(event, payload, timeout, None if on_timeout is None else
+                              self._name(on_timeout, "on_timeout")),
+            )
+        )
+        if on_timeout is not None:
+            dst = self._name(on_timeout, "on_timeout")
+            order = self._error_exits[name]
+            self._error_exits[name] += 1
+            self._errors.append(ErrorTransitionSpec(name, WaitTimedOut, dst, None, order, f"{name}_timeout"))
+        return StateRef(name, self, _await_event)
 
     def terminal(self, name: str, *, outcome: Outcome | str = Outcome.SUCCESS,
                  description: str = "") -> StateRef[C]:

@@ -361,6 +361,17 @@ def unrouted_unknown_outcome() -> Workflow[Ctx]:
     return wf
 
 
+class Approval(BaseModel):
+    ok: bool
+
+
+def bad_wait() -> Workflow[Ctx]:
+    wf = base()
+    wf.wait("plan", event="approval", payload=Approval, writes=["question"], timeout=3600.0, initial=True)
+    wf.transition("plan", "done")
+    return wf
+
+
 def foreign_state() -> Checkable:
     other = base("other")
     x = other.add_state("x", noop, initial=True)
@@ -455,6 +466,7 @@ BROKEN: dict[str, Callable[[], Checkable]] = {
     "unknown-tool": unknown_tool,
     "undeclared-tool": undeclared_tool,
     "unrouted-unknown-outcome": unrouted_unknown_outcome,
+    "bad-wait": bad_wait,
     "foreign-state": foreign_state,
     "initial-terminal": initial_terminal,
     "no-terminal": no_terminal,

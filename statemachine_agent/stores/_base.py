@@ -45,6 +45,11 @@ class Store(abc.ABC):
         or next step is no longer the one given (then nothing is written)."""
 
     @abc.abstractmethod
+    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[None]:
+        """Commit the run as waiting (its record, with ``wait`` set, and a snapshot at its next
+        step); fenced like :meth:`commit`."""
+
+    @abc.abstractmethod
     def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
         """Commit one journal row (an intent, or an outcome) now; fenced like :meth:`commit`."""
 

@@ -309,6 +309,22 @@ class SQLiteStore(Store):
 
         return self._submit(op)
 
+    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[None]:
+        run_text, snap_text = _dumps(run), _dumps(snapshot)
+        run_id, number = run["run_id"], run["next_step"]
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE sma_runs SET status=?, updated_at=?, record=?, crc=? "
+                "WHERE run_id=? AND epoch=? AND next_step=?",
+                (run["status"], run["updated_at"], run_text, _crc(run_text), run_id, epoch, number))
+            if cur.rowcount != 1:
+                raise RunFenced(run_id, number)
+            conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
+                         (run_id, number, snap_text, _crc(snap_text)))
+
+        return self._submit(op)
+
     def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
         text = _dumps(call)
 
@@ -445,9 +461,11 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
     calls = [_parse(CallRecord, text, crc, f"run {run_id!r} journal row {s}/{c}")
              for s, c, text, crc in conn.execute(
                  "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call", (run_id,))]
-    inbox = [_parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq}")
-             for seq, text, crc in conn.execute(
-                 "SELECT seq, record, crc FROM sma_inbox WHERE run_id=? ORDER BY seq", (run_id,))]
+    # The record is written once, at delivery; the consuming step is the column, set in its commit.
+    inbox = [_parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq}").model_copy(
+                 update={"consumed_step": consumed})
+             for seq, text, crc, consumed in conn.execute(
+                 "SELECT seq, record, crc, consumed_step FROM sma_inbox WHERE run_id=? ORDER BY seq", (run_id,))]
     snap = conn.execute("SELECT step, context, crc FROM sma_snapshots WHERE run_id=? AND step<=? "
                         "ORDER BY step DESC LIMIT 1", (run_id, at)).fetchone()
     if snap is None:
