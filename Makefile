@@ -46,7 +46,7 @@ graphviz:
 	  fi; }
 
 demo: $(STAMP) graphviz
-	@$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?"
+	@$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?" --store runs.db
 
 diagrams: $(STAMP) graphviz
 	$(BIN)/python -m statemachine_agent.examples --diagrams diagrams

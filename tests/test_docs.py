@@ -89,3 +89,14 @@ def test_testing_page_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.
     assert "5: backoff --backoff_to_gave_up--> gave_up  writes attempts=3" in message
     assert "5: backoff --backoff_to_gave_up--> gave_up  writes attempts=3" in page
     assert (tmp_path / "retrying-story.json").exists()
+
+
+def test_durability_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/durability.md's example pauses at the wait, continues on delivery and charges once."""
+    page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")
+    [code] = _python_blocks(page)
+    exec(compile(code, "docs/durability.md", "exec"), {"__name__": "durability_doc"})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["waiting approval", "done charged 42", "['order-42']"]
+    for line in out:  # the page shows each printed line in a comment
+        assert f"# {line}" in page

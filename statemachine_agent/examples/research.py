@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from statemachine_agent import UNSET, Context, Workflow
 from statemachine_agent.diagrams import write_diagrams
+from statemachine_agent.stores import SQLiteStore
 from statemachine_agent.tools import Retry, Tools
 
 __all__ = ["CORPUS", "Corpus", "Hit", "ResearchContext", "SearchUnavailable", "build", "workflow"]
@@ -215,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", help="folder of Markdown pages (default: the project's docs, "
                         "shipped with the package)")
     parser.add_argument("--diagrams", default="diagrams", help="where to write the workflow's diagrams")
+    parser.add_argument("--store", help="an SQLite file to commit the run's every step to (see docs/durability.md)")
     args = parser.parse_args(argv)
     compiled = (build(args.corpus) if args.corpus else workflow).compile()
-    result = compiled.run_sync(ResearchContext(question=args.question))
+    store = SQLiteStore(args.store) if args.store else None
+    run_id = f"research-{os.urandom(3).hex()}"
+    try:
+        result = compiled.run_sync(ResearchContext(question=args.question), store=store, run_id=run_id)
+    finally:
+        if store is not None:
+            store.close()
     print(f"question: {args.question}")
     if result.ok:
         print(f"answer:   {result.context.answer}")
@@ -227,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"path:     {' -> '.join(result.states)}  ({result.steps} steps, bound {compiled.max_steps})")
     for path in write_diagrams(compiled, args.diagrams, run=result):
         print(f"diagram:  {path}")
+    if store is not None:
+        target = "statemachine_agent.examples.research:workflow"
+        print(f"stored:   run {run_id} in {args.store}, every step committed; look at it and resume it with")
+        print(f"          statemachine-agent runs show {run_id} --store {args.store}")
+        print(f"          statemachine-agent runs resume {target} {run_id} --store {args.store}")
     return 0 if result.ok else 1
 
 
