@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from pydantic import Field
 
 from statemachine_agent import Context, Workflow
-from statemachine_agent.errors import RunExists
 from statemachine_agent.stores import MemoryStore, RunStatus
 
 
@@ -63,12 +62,9 @@ def test_cancelling_a_durable_run_at_any_await_then_resuming_ends_like_a_clean_r
                 await task
             except asyncio.CancelledError:
                 pass
-            except RunExists:  # pragma: no cover - never: the id is fresh
-                raise
-            try:
+            if any(r.run_id == "r" for r in compiled.runs(store)):
                 result = await compiled.resume("r", store=store)
-            except Exception as exc:  # the run was never created: nothing to resume
-                assert "no run 'r'" in str(exc)
+            else:  # cancelled before the run was created: nothing to resume
                 result = await compiled.run(Ctx(), store=store, run_id="r")
             assert result.terminal == "done"
             assert result.context.seen == [0, 10, 20, 30]
@@ -100,7 +96,7 @@ def test_a_context_with_no_json_form_is_refused_before_anything_is_stored() -> N
     """A value that cannot be stored as JSON: a clear TypeError naming the field; the store stays empty."""
     compiled = make([])
     with MemoryStore() as store:
-        with pytest.raises(TypeError, match="'blob'.*JSON"):
+        with pytest.raises(TypeError, match=r"'blob'.*JSON"):
             compiled.run_sync(Ctx(blob=object()), store=store, run_id="r")
         assert compiled.runs(store) == []
 
