@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -58,10 +59,8 @@ def test_cancelling_a_durable_run_at_any_await_then_resuming_ends_like_a_clean_r
                     break
                 await asyncio.sleep(0)
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
             if any(r.run_id == "r" for r in compiled.runs(store)):
                 result = await compiled.resume("r", store=store)
             else:  # cancelled before the run was created: nothing to resume
