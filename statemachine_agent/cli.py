@@ -111,7 +111,7 @@ def _read_input(raw: str | None, option: str = "--input", *, example: str = '{"q
     text, where = raw, option
     if raw.startswith("@"):
         path = Path(raw[1:])
-        where = f"{option} file {str(path)!r}" if option != "--input" else f"input file {str(path)!r}"
+        where = f"{'input' if option == '--input' else option} file {str(path)!r}"
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -598,7 +598,8 @@ def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statemachine-agent", description="Check, run and draw "
-                                     "statemachine-agent workflows named as MODULE:OBJECT.")
+                                     "statemachine-agent workflows named as MODULE:OBJECT, and list, show, "
+                                     "resume, deliver to and fork the durable runs of a store.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="check a workflow; print its worst-case step bound (exit 1 on problems)")
