@@ -432,7 +432,7 @@ def _show_lines(stored: StoredRun) -> list[str]:
         if not s.ran:
             line += ", action not run"
         if s.writes:
-            line += f", writes {', '.join(_name(w) for w in s.writes)}"
+            line += f", writes {', '.join(_name(w) for w in sorted(s.writes))}"
         lines.append(line)
         if s.error:
             lines.append(f"       error: {_cut(s.error, 200)}")
