@@ -1,4 +1,5 @@
-"""The ``statemachine-agent`` command: check, run and draw workflows named as ``MODULE:OBJECT``."""
+"""The ``statemachine-agent`` command: check, run and draw workflows named as ``MODULE:OBJECT``, and
+list, show, resume, deliver to and fork the durable runs of a store (``runs ... --store FILE``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import importlib
 import json
 import math
 import os
+import shlex
+import sqlite3
 import sys
 import traceback
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,11 @@ from pydantic import ValidationError
 from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
 from .diagrams import GraphvizMissing, render, to_dot, to_mermaid
-from .errors import DefinitionError
+from .errors import DefinitionError, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
 from .spec import WorkflowSpec
+from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
 from .workflow import Workflow
 
 __all__ = ["main"]
@@ -98,13 +103,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_input(raw: str | None) -> dict[str, Any]:
+def _read_input(raw: str | None, option: str = "--input", *, example: str = '{"question": "..."}',
+                what: str = "context fields") -> dict[str, Any]:
+    """The JSON object given to ``option`` (inline, or ``@FILE``); ``{}`` when it is not given."""
     if raw is None:
         return {}
-    text, where = raw, "--input"
+    text, where = raw, option
     if raw.startswith("@"):
         path = Path(raw[1:])
-        where = f"input file {str(path)!r}"
+        where = f"{'input' if option == '--input' else option} file {str(path)!r}"
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
@@ -118,14 +125,14 @@ def _read_input(raw: str | None) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-                         """give an object such as '{"question": "..."}' or @file.json""") from exc
+                         f"give an object such as '{example}' or @file.json") from exc
     except RecursionError as exc:
-        raise UsageError(f"{where} nests too deeply for Python's JSON reader: flatten it (context "
-                         "fields rarely need more than a few levels)") from exc
+        raise UsageError(f"{where} nests too deeply for Python's JSON reader: flatten it ({what} rarely "
+                         "need more than a few levels)") from exc
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise UsageError(f"{where} cannot be read as JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise UsageError(f"--input must be a JSON object of context fields, got {type(data).__name__}")
+        raise UsageError(f"{option} must be a JSON object of {what}, got {type(data).__name__}")
     return data
 
 
@@ -221,10 +228,15 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot tell the format from {out.name!r}: use a .dot, .svg, .png, .pdf or .mmd "
                          "name, or --format")
     run = None
-    if args.run:
-        if fmt == "mermaid":
-            raise UsageError("--run draws a run over the workflow in DOT, SVG, PNG or PDF; Mermaid has no "
-                             "highlighting: drop --run or pick another format")
+    if args.store is not None and not args.run:
+        raise UsageError("--store names where the run given by --run RUN_ID is stored: give --run too, or "
+                         "drop --store")
+    if args.run and fmt == "mermaid":
+        raise UsageError("--run draws a run over the workflow in DOT, SVG, PNG or PDF; Mermaid has no "
+                         "highlighting: drop --run or pick another format")
+    if args.run and args.store is not None:
+        run = _stored_run_drawing(compiled, args.run, args.store)
+    elif args.run:
         try:
             run = json.loads(Path(args.run).read_text(encoding="utf-8"))
         except OSError as exc:
@@ -256,9 +268,338 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- stored runs -----------------------------------------------------------------------------------
+def _open_store(raw: str) -> SQLiteStore:
+    """The store at ``raw``, which must exist: a command never creates an empty store by mistake."""
+    if not raw:
+        raise UsageError("--store '': give the file the runs were stored in, e.g. --store runs.db")
+    path = Path(raw)
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
+    if not exists:
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"no store at {raw!r}: folder {str(parent)!r} does not exist")
+        raise UsageError(f"no store at {raw!r}: give the file a durable run was stored in "
+                         "(SQLiteStore(path), run(ctx, store=...))")
+    if is_dir:
+        raise UsageError(f"no store at {raw!r}: it is a folder; give the store's file, e.g. {raw}/runs.db")
+    _refuse_what_is_no_store(path, raw)
+    try:
+        return SQLiteStore(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
+
+
+def _refuse_what_is_no_store(path: Path, raw: str) -> None:
+    """Refuse an empty file, or an SQLite database without a store's tables, before SQLiteStore would
+    make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
+    anything this look cannot read is left to SQLiteStore to explain."""
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    except (sqlite3.Error, ValueError, OSError):
+        return
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error:
+        return
+    finally:
+        conn.close()
+    if "sma_meta" not in tables:
+        what = "the file is empty" if not tables else f"it is an SQLite database of another program (tables: " \
+            f"{', '.join(sorted(tables)[:5])})"
+        raise UsageError(f"no store at {raw!r}: {what}; give the file a durable run was stored in")
+
+
+def _run_id(raw: str) -> str:
+    if not raw:
+        raise UsageError("the run id is empty: list the runs with `statemachine-agent runs list --store FILE`")
+    return raw
+
+
+def _load(store: Store, run_id: str) -> StoredRun:
+    return store.load(_run_id(run_id)).result()
+
+
+def _when(ts: float | None) -> str:
+    """A wall-clock time as ISO 8601 in UTC, to the second."""
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return repr(ts)
+
+
+def _name(text: str) -> str:
+    """A name as it can be read on one line: as it is, or quoted when it has odd characters."""
+    return text if text and text.isprintable() and text.strip() == text and " " not in text \
+        else json.dumps(text, ensure_ascii=False)
+
+
+def _brief(value: Any, width: int = 80) -> str:
+    """``value`` as one line of JSON, cut at ``width`` characters."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _cut(text: str, width: int = 200) -> str:
+    """A message on one line, cut at ``width`` characters."""
+    text = text if text.isprintable() else json.dumps(text, ensure_ascii=False)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _where(r: RunRecord) -> str:
+    """The state a stored run is in, or the terminal it ended in (with its outcome)."""
+    if r.status is RunStatus.DONE:
+        return f"{_name(r.terminal or r.state)} ({r.outcome or 'failure'})"
+    return _name(r.state)
+
+
+def _command(*parts: str) -> str:
+    return " ".join(["statemachine-agent", *(p if p == "MODULE:OBJECT" else shlex.quote(p) for p in parts)])
+
+
+def _resume_hint(r: RunRecord, store: str) -> str | None:
+    if r.status is RunStatus.DONE:
+        return None
+    if r.status is RunStatus.WAITING and r.wait is not None:
+        return (f"{_command('runs', 'deliver', 'MODULE:OBJECT', r.run_id, r.wait.event, '--store', store)}"
+                f" (or: {_command('runs', 'resume', 'MODULE:OBJECT', r.run_id, '--store', store)})")
+    return _command("runs", "resume", "MODULE:OBJECT", r.run_id, "--store", store)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        records = store.list_runs(args.workflow).result()
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return 0
+    if not records:
+        of = f" of workflow {args.workflow!r}" if args.workflow is not None else ""
+        print(f"no runs{of} in the store {args.store!r}")
+        return 0
+    rows = [("RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "UPDATED (UTC)")]
+    rows += [(_name(r.run_id), _name(r.workflow), str(r.status), _where(r), str(r.next_step), _when(r.updated_at))
+             for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        stored = _load(store, args.run_id)
+    r = stored.run
+    hint = _resume_hint(r, args.store)
+    if args.json:
+        print(json.dumps({**stored.model_dump(mode="json"), "resume": hint}, indent=2, default=str))
+        return 0
+    for line in _show_lines(stored):
+        print(line)
+    if hint is not None:
+        print(f"resume it: {hint}")
+    return 0
+
+
+def _show_lines(stored: StoredRun) -> list[str]:
+    r = stored.run
+    n = r.next_step
+    lines = [f"run {_name(r.run_id)} of workflow {_name(r.workflow)}"]
+    if r.status is RunStatus.DONE:
+        lines.append(f"status:   done: ended in {_where(r)}")
+    elif r.status is RunStatus.WAITING:
+        lines.append(f"status:   waiting in state {_name(r.state)}")
+    else:
+        lines.append(f"status:   running: next step {n} is in state {_name(r.state)} (a worker runs it, or it "
+                     "stopped in a crash)")
+    if r.reason:
+        lines.append(f"reason:   {_cut(r.reason, 300)}")
+    steps = f"steps:    {n} committed, {r.counters.actions_run} actions run (budget {r.max_steps}); epoch {r.epoch}"
+    if r.status is not RunStatus.DONE:
+        steps += f", step {n} resumed {r.restarts} time{'s' if r.restarts != 1 else ''} after crashes"
+    lines.append(steps)
+    lines.append(f"created:  {_when(r.created_at)}   updated: {_when(r.updated_at)}")
+    if r.parent is not None:
+        lines.append(f"forked:   from run {_name(r.parent)} at step {r.parent_step}")
+    lines.append(f"context:  {_brief(stored.context, 200)}")
+    lines.append(f"path ({len(stored.steps)} step{'s' if len(stored.steps) != 1 else ''}):")
+    for s in stored.steps:
+        line = f"  {s.number:>3}  {_name(s.state)} -> {_name(s.target)} via {_name(s.transition)} ({s.kind})"
+        if not s.ran:
+            line += ", action not run"
+        if s.writes:
+            line += f", writes {', '.join(_name(w) for w in sorted(s.writes))}"
+        lines.append(line)
+        if s.error:
+            lines.append(f"       error: {_cut(s.error, 200)}")
+    if not stored.steps:
+        lines.append("  (none committed)")
+    lines.append("waits:")
+    if r.wait is None:
+        lines.append("  waiting for: nothing")
+    else:
+        deadline = f", deadline {_when(r.wait.deadline)}" if r.wait.deadline is not None else ", no deadline"
+        lines.append(f"  waiting for: event {_name(r.wait.event)} in state {_name(r.wait.state)}{deadline}")
+    if not stored.inbox:
+        lines.append("  inbox: empty")
+    for e in stored.inbox:
+        consumed = f"consumed at step {e.consumed_step}" if e.consumed_step is not None else "not consumed yet"
+        lines.append(f"  inbox #{e.seq}  {_name(e.event)}  delivered {_when(e.at)}, {consumed}  "
+                     f"payload {_brief(e.payload, 60)}")
+    lines.append(f"journal ({len(stored.calls)} call{'s' if len(stored.calls) != 1 else ''}):")
+    for c in stored.calls:
+        outcome = f"error {_brief(c.error, 80)}" if c.error is not None else f"result {_brief(c.result, 60)}"
+        pending = "  (step not committed: resuming it reuses this)" if c.step >= n else ""
+        lines.append(f"  {c.step:>3}/{c.call}  {_name(c.tool)}  {c.effect}  {c.status}  key {_name(c.key)}  "
+                     f"arguments {_brief(c.arguments, 60)}  {outcome}{pending}")
+    if not stored.calls:
+        lines.append("  (no tool calls)")
+    return lines
+
+
+def _compiled(target: str) -> CompiledWorkflow[Any]:
+    return compile_spec(load_spec(target))
+
+
+def _library_method(compiled: CompiledWorkflow[Any], name: str, what: str) -> Callable[..., Any]:
+    method = getattr(compiled, name, None)
+    if not callable(method):
+        raise UsageError(f"this version of the library has no {what} (CompiledWorkflow.{name}; statemachine-agent "
+                         f"{_version()}): upgrade statemachine-agent to {what} from the command line")
+    return typing.cast("Callable[..., Any]", method)
+
+
+def _drive(compiled: CompiledWorkflow[Any], store: Store, store_path: str, call: Callable[[], Any],
+           as_json: bool) -> int:
+    """Run ``call`` (a resume, a delivery or a fork) and print where the run got to, like ``run``."""
+    try:
+        result = call()
+    except StoreError:
+        raise
+    except Exception as exc:
+        ended = result_of(exc)
+        if ended is None:
+            if isinstance(exc, (TypeError, ValueError)):  # the library refused the arguments
+                raise UsageError(str(exc)) from exc
+            raise
+        _print_result(ended, compiled, as_json)
+        if not as_json:
+            print(f"error:    {type(exc).__name__}: {exc}")
+        print(_user_traceback(exc), file=sys.stderr, end="")
+        return 1
+    run_id = getattr(result, "run_id", None)
+    record = None
+    if isinstance(run_id, str) and run_id:
+        try:
+            record = store.load(run_id).result().run
+        except (StoreError, ValueError, TypeError):
+            record = None
+    if record is not None and record.status is not RunStatus.DONE:
+        return _print_unfinished(result, record, store_path, as_json)
+    _print_result(result, compiled, as_json)
+    return 0 if result.ok else 1
+
+
+def _print_unfinished(result: Any, r: RunRecord, store_path: str, as_json: bool) -> int:
+    """A run that stopped without ending: it waits for an event (or its timeout)."""
+    wait = r.wait.model_dump(mode="json") if r.wait is not None else None
+    if as_json:
+        try:
+            data = result.to_dict()
+        except Exception:
+            data = {"workflow": r.workflow, "run_id": r.run_id}
+        print(json.dumps({**data, "status": str(r.status), "state": r.state, "wait": wait}, indent=2, default=str))
+        return 0
+    if r.wait is not None:
+        deadline = f" (deadline {_when(r.wait.deadline)})" if r.wait.deadline is not None else " (no deadline)"
+        print(f"waiting:  run {_name(r.run_id)} waits in state {_name(r.wait.state)} for event "
+              f"{_name(r.wait.event)}{deadline}")
+    else:
+        print(f"{r.status}:  run {_name(r.run_id)} stopped in state {_name(r.state)} without ending")
+    print(f"steps:    {r.next_step} committed")
+    hint = _resume_hint(r, store_path)
+    if hint is not None:
+        print(f"next:     {hint}")
+    return 0
+
+
+def _resume_options(args: argparse.Namespace) -> dict[str, Any]:
+    _positive_option(args.max_steps, "--max-steps", "a whole number of steps of at least 1")
+    _positive_option(args.timeout, "--timeout", "a positive, finite number of seconds")
+    options: dict[str, Any] = {}
+    if args.max_steps is not None:
+        options["max_steps"] = args.max_steps
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    return options
+
+
+def cmd_runs_resume(args: argparse.Namespace) -> int:
+    options = _resume_options(args)
+    run_id = _run_id(args.run_id)
+    compiled = _compiled(args.target)
+    with _open_store(args.store) as store:
+        return _drive(compiled, store, args.store,
+                      lambda: compiled.resume_sync(run_id, store=store, **options), args.json)
+
+
+def cmd_runs_deliver(args: argparse.Namespace) -> int:
+    run_id = _run_id(args.run_id)
+    if not args.event:
+        raise UsageError("the event's name is empty: give the event the run waits for (see `runs show`)")
+    payload = _read_input(args.payload, "--payload", example='{"approved": true}', what="the event's fields")
+    compiled = _compiled(args.target)
+    deliver = _library_method(compiled, "deliver_sync", "deliver")
+    with _open_store(args.store) as store:
+        return _drive(compiled, store, args.store,
+                      lambda: deliver(run_id, args.event, payload, store=store), args.json)
+
+
+def cmd_runs_fork(args: argparse.Namespace) -> int:
+    run_id = _run_id(args.run_id)
+    if args.at_step < 0:
+        raise UsageError(f"--at-step {args.at_step}: give a step number from 0 (see `runs show` for the path)")
+    patch = _read_input(args.patch, "--patch", example='{"n": 1}', what="context fields") \
+        if args.patch is not None else None
+    if args.new_id is not None and not args.new_id:
+        raise UsageError("--new-id '': give the fork a non-empty id, or drop --new-id for a random one")
+    compiled = _compiled(args.target)
+    fork = _library_method(compiled, "fork_sync", "fork")
+    with _open_store(args.store) as store:
+        return _drive(compiled, store, args.store,
+                      lambda: fork(run_id, at_step=args.at_step, patch=patch, store=store, new_run_id=args.new_id),
+                      args.json)
+
+
+def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path: str) -> dict[str, Any]:
+    """A stored run as the recorded-run dict (``RunResult.to_dict()``'s shape) that diagrams draw; a
+    run that has not ended is drawn up to the state it is in, with its status as the outcome."""
+    with _open_store(store_path) as store:
+        stored = _load(store, run_id)
+    r = stored.run
+    if r.workflow != compiled.name:
+        raise UsageError(f"--run {run_id!r} is a run of workflow {r.workflow!r}, not {compiled.name!r}: draw it "
+                         "over the workflow that made it")
+    done = r.status is RunStatus.DONE
+    return {
+        "workflow": r.workflow, "run_id": r.run_id,
+        "terminal": (r.terminal or r.state) if done else r.state,
+        "outcome": (r.outcome or "failure") if done else str(r.status),
+        "steps": sum(1 for s in stored.steps if s.ran), "reason": r.reason,
+        "path": [{"number": s.number, "state": s.state, "target": s.target, "transition": s.transition,
+                  "kind": s.kind, "ran": s.ran, "error": s.error, "writes": list(s.writes)} for s in stored.steps],
+    }
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="statemachine-agent", description="Check, run and draw "
-                                     "statemachine-agent workflows named as MODULE:OBJECT.")
+                                     "statemachine-agent workflows named as MODULE:OBJECT, and list, show, "
+                                     "resume, deliver to and fork the durable runs of a store.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="check a workflow; print its worst-case step bound (exit 1 on problems)")
@@ -277,11 +618,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
     p.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format")
     p.add_argument("--format", choices=sorted(set(_FORMATS.values())), help="override the format")
-    p.add_argument("--run", help="a recorded run (JSON from `run --json`) to draw over the workflow")
+    p.add_argument("--run", help="a recorded run to draw over the workflow: a JSON file from `run --json`, or "
+                   "with --store the id of a stored run")
+    p.add_argument("--store", help="with --run RUN_ID: the store file (SQLiteStore) the run is in")
     p.add_argument("--rankdir", choices=["LR", "TB"], help="left to right or top to bottom (default: "
                    "left to right up to 12 states)")
     p.set_defaults(func=cmd_diagram)
+    _add_runs(sub)
     return parser
+
+
+def _add_runs(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="list, show, resume, deliver to and fork the durable runs of a store",
+                          description="The durable runs of a store (SQLiteStore file): list and show read its "
+                          "records only; resume, deliver and fork need the workflow as MODULE:OBJECT.")
+    rsub = runs.add_subparsers(dest="runs_command", required=True)
+
+    def store_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", required=True, help="the store's file (SQLiteStore), e.g. runs.db")
+        p.add_argument("--json", action="store_true", help="print it as JSON")
+
+    p = rsub.add_parser("list", help="one line per run, most recently updated first")
+    store_option(p)
+    p.add_argument("--workflow", help="only the runs of this workflow (by name)")
+    p.set_defaults(func=cmd_runs_list)
+    p = rsub.add_parser("show", help="a run's record, path, waits and tool-call journal (no workflow code needed)")
+    p.add_argument("run_id", help="the run's id (see `runs list`)")
+    store_option(p)
+    p.set_defaults(func=cmd_runs_show)
+    p = rsub.add_parser("resume", help="continue a stored run until it ends (exit 1 on a failure outcome)")
+    p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
+    p.add_argument("run_id", help="the run's id (see `runs list`)")
+    store_option(p)
+    p.add_argument("--max-steps", type=int, help="step budget (default: the one the run was started with)")
+    p.add_argument("--timeout", type=float, help="wall-clock deadline in seconds")
+    p.set_defaults(func=cmd_runs_resume)
+    p = rsub.add_parser("deliver", help="deliver an event to a waiting run and continue it")
+    p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
+    p.add_argument("run_id", help="the run's id (see `runs list`)")
+    p.add_argument("event", help="the event's name (see `runs show`)")
+    p.add_argument("--payload", help="the event's payload as a JSON object, or @FILE.json")
+    store_option(p)
+    p.set_defaults(func=cmd_runs_deliver)
+    p = rsub.add_parser("fork", help="start a new run from a stored run's state before a step, maybe patched")
+    p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
+    p.add_argument("run_id", help="the run's id (see `runs list`)")
+    p.add_argument("--at-step", type=int, required=True, help="fork before this step (0 = from the start)")
+    p.add_argument("--patch", help="context fields to change at the fork, as a JSON object or @FILE.json")
+    p.add_argument("--new-id", help="the new run's id (default: a random one)")
+    store_option(p)
+    p.set_defaults(func=cmd_runs_fork)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,6 +681,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefinitionError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except StoreError as exc:  # an unknown run, a damaged file, another workflow's run: bad input
+        print(f"statemachine-agent: {exc}", file=sys.stderr)
+        return 2
     except GraphvizMissing as exc:
         print(f"statemachine-agent: {exc}", file=sys.stderr)
         return 2
