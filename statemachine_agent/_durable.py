@@ -278,7 +278,11 @@ def _describe(error: BaseException) -> str:
 # --- resuming ------------------------------------------------------------------------------------
 def recorded_step(s: Any) -> Step:
     """A stored step row back as a :class:`Step` (its error as a :class:`RecordedError`)."""
-    error = None if s.error is None else RecordedError(s.error_type or "Exception", s.error)
+    name = s.error_type or "Exception"
+    text = s.error
+    if text is not None and text.startswith(f"{name}: "):
+        text = text[len(name) + 2:]  # the record holds "Type: message"; the type is kept apart
+    error = None if text is None else RecordedError(name, text)
     return Step(s.number, s.state, s.target, s.transition, StepKind(s.kind), s.started_at, s.duration, error,
                 tuple(s.rejected), s.ran, tuple(s.writes))
 
@@ -363,7 +367,8 @@ def stored_result(workflow: Program[Any], stored: StoredRun) -> RunResult[Any]:
     r = stored.run
     context = workflow.context_type.model_validate(stored.context)
     path = tuple(recorded_step(s) for s in stored.steps)
-    last_error = path[-1].error if path else None
+    # Like a fresh result: only an error no transition routed is the run's error.
+    last_error = path[-1].error if path and path[-1].kind is StepKind.FAIL else None
     return RunResult(r.workflow, r.run_id, r.terminal or r.state, Outcome(r.outcome or "failure"), context, path,
                      r.reason, last_error, workflow)
 

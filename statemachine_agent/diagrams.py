@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import graphviz
 
-from .errors import StateMachineAgentError
+from .errors import StateMachineAgentError, error_name
 from .spec import Outcome, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class RunOverlay:
                 raise ValueError(f"not a recorded run (as written by RunResult.to_dict()): missing or bad "
                                  f"{exc}") from None
         else:
-            path = [(p.state, p.transition, p.kind, p.ran, type(p.error).__name__ if p.error else None)
+            path = [(p.state, p.transition, p.kind, p.ran, error_name(p.error) if p.error else None)
                     for p in run.path]
             terminal, outcome, run_id, reason = run.terminal, run.outcome.value, run.run_id, run.reason
         visits: Counter[str] = Counter()

@@ -28,6 +28,8 @@ __all__ = [
     "UndeclaredTool",
     "UnknownTool",
     "WaitTimedOut",
+    "describe_error",
+    "error_name",
 ]
 
 
@@ -286,6 +288,16 @@ class RecordedError(RunError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, str(self)))
+
+
+def error_name(error: BaseException) -> str:
+    """The name of an exception's type: the original's for a :class:`RecordedError`."""
+    return error.type_name if isinstance(error, RecordedError) else type(error).__name__
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message``, as a step's record shows it (the original type for a recorded error)."""
+    return f"{error_name(error)}: {error}"
 
 
 class WaitTimedOut(RunError):

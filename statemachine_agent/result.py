@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from .errors import describe_error
 from .spec import Outcome
 
 __all__ = ["RunResult", "Step", "StepKind", "result_of"]
@@ -61,7 +62,7 @@ class Step(NamedTuple):
             "kind": self.kind,
             "started_at": self.started_at,
             "duration": self.duration,
-            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "error": None if self.error is None else describe_error(self.error),
             "rejected": list(self.rejected),
             "ran": self.ran,
             "writes": list(self.writes),
@@ -129,7 +130,7 @@ class RunResult(Generic[C]):
             "outcome": self.outcome.value,
             "steps": self.steps,
             "reason": self.reason,
-            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+            "error": None if self.error is None else describe_error(self.error),
             "context": dump(mode="json") if callable(dump) else ctx,
             "path": [s.to_dict() for s in self.path],
             "waiting": self.waiting,

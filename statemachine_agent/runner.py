@@ -403,7 +403,7 @@ class Run(Generic[C]):
         target = chosen.target
         step = Step(index, name, target, chosen.name, StepKind.TRANSITION, self._wall(t0),
                     time.perf_counter() - t0, None, tuple(self._rejected), True,
-                    tuple(dirty) if dirty else ())
+                    tuple(sorted(dirty)) if dirty else ())
         self.path.append(step)
         if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
                 self._plans[target].stops:

@@ -385,6 +385,9 @@ class SQLiteStore(Store):
                          "WHERE run_id=? AND number<?", (new, source, at_step))
             conn.execute("INSERT INTO sma_journal SELECT ?, step, call, record, crc FROM sma_journal "
                          "WHERE run_id=? AND step<?", (new, source, at_step))
+            # Earlier snapshots too: the fork loads (and forks again) before any step it holds.
+            conn.execute("INSERT INTO sma_snapshots SELECT ?, step, context, crc FROM sma_snapshots "
+                         "WHERE run_id=? AND step<?", (new, source, at_step))
             conn.execute("INSERT INTO sma_snapshots VALUES (?, ?, ?, ?)", (new, at_step, ctx_text, _crc(ctx_text)))
 
         return self._submit(op)
