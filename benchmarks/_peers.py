@@ -9,22 +9,24 @@ history is set at the start and never written by a step); node/action ``work`` a
 and writes ``note``, looping back to itself while ``counter < steps``, then the run ends.
 
 Durability, made equal to ours (WAL, ``PRAGMA synchronous=FULL``, each step's commit on disk before
-the next step starts) and checked at run time by ``bench_durable.py`` (section 0):
+the next step starts) and checked at run time by ``bench_durable.py`` (section 0). Line numbers are
+those of the pinned versions (langgraph 1.2.22, langgraph-checkpoint-sqlite 3.1.2, apache-burr 0.43.0):
 
 * LangGraph: ``SqliteSaver.setup()`` sets ``PRAGMA journal_mode=WAL`` and nothing else
-  (langgraph/checkpoint/sqlite/__init__.py, ``setup``; aio.py, ``AsyncSqliteSaver.setup``), so
+  (langgraph/checkpoint/sqlite/__init__.py:146; aio.py:323 for ``AsyncSqliteSaver``), so
   ``synchronous`` is SQLite's compile-time default (FULL in most builds, not all): we open the
   connection ourselves and set ``PRAGMA synchronous=FULL`` on it. Each ``put``/``put_writes``
-  commits (``SqliteSaver.cursor`` commits on exit; ``aput``/``aput_writes`` call
-  ``conn.commit()``). LangGraph's default ``durability`` is ``"async"`` (the checkpoint is written
-  while the next step runs: langgraph/pregel/main.py, ``stream``/``astream``); we pass
-  ``durability="sync"``, under which the loop waits for ``_put_checkpoint_fut`` after each
-  superstep before starting the next.
+  commits (``SqliteSaver.cursor`` commits on exit, __init__.py:207; ``aput``/``aput_writes``,
+  aio.py:567 and 616). LangGraph's default ``durability`` is ``"async"`` (the checkpoint is
+  written while the next step runs: langgraph/pregel/main.py:2715); we pass ``durability="sync"``,
+  under which the loop waits for ``_put_checkpoint_fut`` after each superstep before starting the
+  next (main.py:3104-3105 in ``stream``, 3574-3575 in ``astream``).
 * Burr: ``SQLitePersister``/``AsyncSQLitePersister`` set no pragma at all: SQLite's default rollback
   journal (DELETE) and compile-time ``synchronous``. ``save`` commits once per step
-  (burr/core/persistence.py, ``SQLitePersister.save``; burr/integrations/persisters/b_aiosqlite.py,
-  ``AsyncSQLitePersister.save``), called by the ``post_run_step`` hook that ``Application._step`` /
-  ``_astep`` runs (and awaits) before returning, so before the next step. We pass our own connection
+  (burr/core/persistence.py:587; burr/integrations/persisters/b_aiosqlite.py:314), called by
+  ``PersisterHook``/``PersisterHookAsync`` (persistence.py:232, 255) from the ``post_run_step``
+  hook that ``Application._step``/``_astep`` run (and await) before returning (application.py:994,
+  1144), so before the next step. We pass our own connection
   with ``PRAGMA synchronous=FULL`` and, for the comparison, ``journal_mode=WAL`` like the others;
   Burr's default rollback journal (with synchronous=FULL) is measured too, as information.
   Burr's terminal state must be an action that runs: ``run(halt_before=["done"])`` stops after the
