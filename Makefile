@@ -73,3 +73,25 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+
+# The durability benchmark against LangGraph and Burr (benchmarks/bench_durable.py). The peers live
+# only in their own venv, .venv-bench, so they never become dependencies of statemachine-agent;
+# installer chatter goes to .venv-bench/install.log. BENCH_ARGS=--quick for a smoke run.
+BENCH_VENV  ?= .venv-bench
+BENCH_PEERS := 'langgraph==1.2.*' langgraph-checkpoint-sqlite aiosqlite 'apache-burr==0.43.*'
+.PHONY: bench-durable
+bench-durable:
+	@if [ ! -f $(BENCH_VENV)/.stamp ] || [ pyproject.toml -nt $(BENCH_VENV)/.stamp ] \
+	    || [ Makefile -nt $(BENCH_VENV)/.stamp ]; then \
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	    || { echo "bench-durable needs Python >= 3.11: run make PYTHON=python3.11 bench-durable"; exit 1; }; \
+	  [ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV) \
+	    || { echo "python's venv module is missing (Debian: apt-get install python3-venv)"; exit 1; }; \
+	  echo "installing LangGraph and Burr into $(BENCH_VENV) (log: $(BENCH_VENV)/install.log)"; \
+	  $(BENCH_VENV)/bin/python -m pip --disable-pip-version-check --no-input install -q \
+	    $(BENCH_PEERS) -e . > $(BENCH_VENV)/install.log 2>&1 \
+	    || { cat $(BENCH_VENV)/install.log; echo "installing into $(BENCH_VENV) failed: the log is above"; \
+	         exit 1; }; \
+	  touch $(BENCH_VENV)/.stamp; \
+	fi
+	@$(BENCH_VENV)/bin/python benchmarks/bench_durable.py $(BENCH_ARGS)

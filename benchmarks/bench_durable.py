@@ -1,0 +1,834 @@
+"""Durable runs: a checkpointed step against LangGraph and Burr at equal durability, in one process.
+
+Run it: ``make bench-durable`` (it creates ``.venv-bench`` with the peers, LangGraph 1.2 and Burr
+0.43, which never become dependencies of statemachine-agent), or
+``.venv-bench/bin/python benchmarks/bench_durable.py [--quick] [--dir DIR] [--keep]``. About three
+minutes on 2 cores; ``--quick`` for a smoke run of a few seconds per section. Without the peers (as
+under ``make bench``) or without ``statemachine_agent.stores``, the missing systems are skipped
+with a printed line, never replaced by a number.
+
+The workflow (the same for every system)
+----------------------------------------
+A state/context of ``counter: int``, ``note: str`` and ``history: list[dict]`` (1,000 chat messages
+of about 100 characters, made at the start and never written by a step). ``work`` adds 1 to
+``counter`` and sets ``note = f"step {counter}"``, looping back to itself while ``counter < 20``,
+then the run ends in ``done``: 20 checkpointed steps per run. Ours is :func:`ours_workflow`;
+LangGraph's and Burr's are in ``benchmarks/_peers.py``.
+
+Equal durability
+----------------
+Every system writes to SQLite in WAL mode with ``PRAGMA synchronous=FULL`` (so a COMMIT returns
+after its fsync) and commits each step before the next step starts:
+
+* **LangGraph** (``SqliteSaver`` / ``AsyncSqliteSaver``): its ``setup()`` sets WAL and leaves
+  ``synchronous`` at SQLite's compile-time default; we hand it a connection on which we set
+  ``synchronous=FULL``. Its default ``durability`` is ``"async"`` (the checkpoint is written while
+  the next step runs); we pass ``durability="sync"``, under which it waits for each superstep's
+  checkpoint before the next.
+* **Burr** (``SQLitePersister`` / ``AsyncSQLitePersister``): it sets no pragma (SQLite's rollback
+  journal and compile-time ``synchronous``); we hand it a connection with ``journal_mode=WAL`` and
+  ``synchronous=FULL``. Its ``save`` commits once per step from the ``post_run_step`` hook, which
+  the application runs before the next step. Burr's own default, the rollback journal (with
+  ``synchronous=FULL``), is timed too, as information. Burr's terminal must be an action that runs,
+  so runs use ``run(halt_before=["done"])``: the same 20 committed steps as the others.
+* **Ours** (``SQLiteStore``): WAL and ``synchronous=FULL`` are its defaults.
+
+Section 0 checks this at run time: it reads ``journal_mode`` and ``synchronous`` back from each
+system's own connection, counts each peer's commits per step, and, from inside each step, reads
+the database through a second connection to see that the previous step's commit is already there.
+See ``_peers.py`` for where each peer's source does what.
+
+What is measured
+----------------
+1. **The fsync floor**: raw ``sqlite3``, WAL, ``synchronous=FULL``, one small INSERT + COMMIT per
+   step. A lone durable run cannot beat one fsync per step.
+2. **One run alone**, per step: LangGraph ``graph.invoke``, Burr ``app.run``, ours
+   ``compiled.run_sync`` (and ``await compiled.run``), each with the 1,000-message history (and,
+   as information, with 10 messages), as ms/step and as a ratio to the floor. A figure is one
+   run's wall time over its 20 steps, run start included; what is built before a run (contexts,
+   inputs, Burr's ``ApplicationBuilder.build()``) is left out.
+3. **100 concurrent runs** in one event loop, in steps per second: LangGraph ``ainvoke`` on one
+   ``AsyncSqliteSaver`` (100 threads), Burr ``arun`` on one ``AsyncSQLitePersister`` (its async
+   persister; Burr shares one connection between applications), ours ``compiled.run`` on one
+   ``SQLiteStore``, each gathered with ``asyncio.gather``. Targets: at least 5x LangGraph and 2x Burr.
+4. **The overhead of durability**: ours with a store against ours in memory, per step (and the
+   peers with and without their checkpointer, as information). Timed with section 2.
+5. **Storage per step**: bytes the process hands to ``write()`` (``/proc/self/io`` wchar: WAL
+   frames, journals, checkpoints) and bytes the database keeps (its size after
+   ``wal_checkpoint(TRUNCATE)``), with a 10- and a 1,000-message history. Runs of 20 and of 10 steps
+   separate a run's fixed cost (storing its first context) from the cost of one more step: that
+   marginal cost must not grow with the history when no step writes it.
+
+How to read it
+--------------
+Machines are noisy; the ratios are what to compare. Sections 1, 2 and 4 time every variant back to
+back in rotating order, several repeats, and a ratio is the median of the per-repeat ratios (as in
+``bench_runner.py``); section 3 does the same per repeat. Each line prints median (min, max) over
+repeats. The final table lists each figure, its baseline, the ratio and the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _peers.py, when run as a script
+
+import _peers
+from _peers import BURR_MISSING, LANGGRAPH_MISSING, Probe
+
+from statemachine_agent import CompiledWorkflow, Context, Workflow, guard
+
+try:
+    from statemachine_agent.stores import SQLiteStore
+except ImportError as exc:  # the store is being built on main; until then ours is skipped
+    SQLiteStore = None
+    OURS_MISSING: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    OURS_MISSING = None
+
+T = TypeVar("T")
+
+STEPS = 20
+"""Checkpointed steps per run."""
+HISTORY = 1000
+"""Messages in the history of the workflow as the issue states it."""
+SMALL_HISTORY = 10
+"""The short history, for comparison (sections 2 and 5)."""
+MESSAGE_CHARS = 100
+CONCURRENT = 100
+"""Runs gathered at once in section 3."""
+LG_TARGET = 5.0
+"""Section 3 target: ours / LangGraph, steps per second."""
+BURR_TARGET = 2.0
+"""Section 3 target: ours / Burr, steps per second."""
+GROWTH_TARGET = 1.1
+"""Section 5 target: ours' marginal bytes written per step, 1,000 messages over 10."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Sizes and repeats; ``--quick`` shrinks them for a smoke run."""
+
+    lone_repeats: int
+    lone_sample_seconds: float
+    conc_runs: int
+    conc_repeats: int
+    storage_runs: int
+
+
+FULL = Config(lone_repeats=7, lone_sample_seconds=0.3, conc_runs=CONCURRENT, conc_repeats=4, storage_runs=20)
+QUICK = Config(lone_repeats=2, lone_sample_seconds=0.05, conc_runs=20, conc_repeats=1, storage_runs=3)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the final table."""
+
+    figure: str
+    value: str
+    baseline: str
+    ratio: float | None
+    target: str
+    met: bool | None
+
+
+# --- the workflow, ours --------------------------------------------------------------------------------
+
+class Ctx(Context):
+    """The benchmark's context: ``history`` is set at the start and never written by a step."""
+
+    counter: int = 0
+    note: str = ""
+    history: list[dict[str, str]] = Field(default_factory=list)
+
+
+def ours_workflow(steps: int = STEPS, probe: Probe | None = None) -> CompiledWorkflow[Ctx]:
+    """``work`` adds 1 to ``counter`` and writes ``note`` while ``counter < steps``, then ``done``.
+
+    ``probe`` (section 0 only) is called with the counter at the start of each step.
+    """
+    wf = Workflow("bench-durable", Ctx)
+
+    @wf.state(initial=True, reads=["counter"], writes=["counter", "note"])
+    def work(ctx: Ctx) -> None:
+        if probe is not None:
+            probe(ctx.counter)
+        ctx.counter += 1
+        ctx.note = f"step {ctx.counter}"
+
+    done = wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    below = guard(lambda ctx: ctx.counter < steps, name=f"counter < {steps}", reads=["counter"])
+    wf.transition(work, work, guard=below, max_traversals=steps - 1)
+    wf.transition(work, done, default=True)
+    return wf.compile()
+
+
+class Ours:
+    """Ours on a ``SQLiteStore`` at ``path``, or in memory (``path`` None)."""
+
+    name = "ours"
+
+    def __init__(self, path: str | None, steps: int = STEPS, probe: Probe | None = None) -> None:
+        self.steps = steps
+        self.compiled = ours_workflow(steps, probe)
+        self.store: Any = None
+        if path is not None:
+            if SQLiteStore is None:
+                raise RuntimeError(f"statemachine_agent.stores is missing: {OURS_MISSING}")
+            self.store = SQLiteStore(path)
+
+    def prepare(self, history: list[dict[str, str]], start: int, runs: int) -> list[tuple[Ctx, str]]:
+        return [(Ctx(counter=start, history=history), _peers.unique("ours")) for _ in range(runs)]
+
+    def _options(self, run_id: str) -> dict[str, Any]:
+        return {} if self.store is None else {"store": self.store, "run_id": run_id}
+
+    def _check(self, result: Any) -> int:
+        if result.terminal != "done" or result.context.counter != self.steps:
+            raise RuntimeError(f"ours ended in {result.terminal!r} at counter {result.context.counter}")
+        return int(result.context.counter)
+
+    def run(self, item: tuple[Ctx, str]) -> int:
+        ctx, run_id = item
+        return self._check(self.compiled.run_sync(ctx, **self._options(run_id)))
+
+    async def arun(self, item: tuple[Ctx, str]) -> int:
+        ctx, run_id = item
+        return self._check(await self.compiled.run(ctx, **self._options(run_id)))
+
+    def pragmas(self) -> tuple[str, int] | None:
+        """The store's own connection's pragmas, if the store exposes a ``sqlite3.Connection``."""
+        for value in vars(self.store).values() if self.store is not None else ():
+            if isinstance(value, sqlite3.Connection):
+                try:
+                    return _peers.pragmas(value)
+                except sqlite3.Error:
+                    return None
+        return None
+
+    commits = -1
+    """Not counted: the store opens its own connection."""
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+# --- small helpers ------------------------------------------------------------------------------------
+
+def make_history(n: int) -> list[dict[str, str]]:
+    """``n`` chat messages of about ``MESSAGE_CHARS`` characters, alternating user and assistant."""
+    filler = "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt "
+    return [{"role": "user" if i % 2 == 0 else "assistant",
+             "content": f"message {i}: {filler * 2}"[:MESSAGE_CHARS]} for i in range(n)]
+
+
+def median_ratio(values: list[float], baselines: list[float]) -> float:
+    """The median of the per-repeat ratios (each pair was measured back to back)."""
+    return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
+
+
+def spread(values: list[float], scale: float, unit: str, digits: int = 2) -> str:
+    """``median unit (min .., max ..)`` of ``values``, each multiplied by ``scale``."""
+    lo, mid, hi = min(values) * scale, statistics.median(values) * scale, max(values) * scale
+    return f"{mid:.{digits}f} {unit} (min {lo:.{digits}f}, max {hi:.{digits}f})"
+
+
+def rotated(items: list[T], shift: int) -> list[T]:
+    """``items`` rotated left by ``shift``, so no variant always runs first."""
+    k = shift % len(items)
+    return items[k:] + items[:k]
+
+
+def pragma_text(p: tuple[str, int] | None) -> str:
+    if p is None:
+        return "not readable from outside the store"
+    names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+    return f"journal_mode={p[0]}, synchronous={names.get(p[1], p[1])}"
+
+
+def skipped(what: str) -> str | None:
+    """Why ``what`` ("langgraph", "burr", "ours") cannot be measured here, or None."""
+    if what == "langgraph" and LANGGRAPH_MISSING:
+        return f"LangGraph: skipped, not installed here ({LANGGRAPH_MISSING}); run `make bench-durable`"
+    if what == "burr" and BURR_MISSING:
+        return f"Burr: skipped, not installed here ({BURR_MISSING}); run `make bench-durable`"
+    if what == "ours" and OURS_MISSING:
+        return f"ours (SQLiteStore): skipped, statemachine_agent.stores cannot be imported ({OURS_MISSING})"
+    return None
+
+
+class Dirs:
+    """Fresh database paths under one scratch directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.n = 0
+
+    def db(self, label: str) -> str:
+        self.n += 1
+        d = os.path.join(self.root, f"{self.n:03d}-{label}")
+        os.makedirs(d)
+        return os.path.join(d, "bench.db")
+
+
+def committed_digest(path: str) -> str:
+    """A hash of every row the database holds, read through a second, read-only connection."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        h = hashlib.sha256()
+        query = "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+        tables = [r[0] for r in conn.execute(query)]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                h.update(repr(row).encode())
+        return h.hexdigest()
+    finally:
+        conn.close()
+
+
+class VisibilityProbe:
+    """Called at the start of every step: records what another connection sees committed."""
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.digests: list[str] = []
+
+    def __call__(self, counter: int) -> None:
+        self.digests.append(committed_digest(self.path))
+
+    def verdict(self) -> str:
+        pairs = list(zip(self.digests, self.digests[1:], strict=False))
+        seen = sum(a != b for a, b in pairs)
+        if not pairs:
+            return "not observed (the probe never ran)"
+        ok = "yes" if seen == len(pairs) else "NO"
+        return f"{ok}: {seen} of {len(pairs)} steps saw the previous step's commit from another connection"
+
+
+# --- section 0: equal durability, checked ------------------------------------------------------------
+
+def section_durability(dirs: Dirs) -> list[str]:
+    """Pragmas as each system's connection reports them, commits per step, commit-before-next-step."""
+    print("\n== 0. Equal durability, checked (one run each, 10-message history) ==")
+    history = make_history(SMALL_HISTORY)
+    notes: list[str] = []
+    makers: list[tuple[str, str, Callable[[str, Probe], Any]]] = [
+        ("langgraph", "LangGraph SqliteSaver, durability='sync'",
+         lambda p, probe: _peers.LangGraphSync(p, STEPS, probe)),
+        ("burr", "Burr SQLitePersister (our WAL connection)",
+         lambda p, probe: _peers.BurrSync(p, STEPS, probe, journal_mode="wal")),
+        ("burr", "Burr SQLitePersister (its default journal)",
+         lambda p, probe: _peers.BurrSync(p, STEPS, probe, journal_mode=None)),
+        ("ours", "ours SQLiteStore", lambda p, probe: Ours(p, STEPS, probe)),
+    ]
+    for what, label, make in makers:
+        if (why := skipped(what)) is not None:
+            print(f"  {why}")
+            continue
+        probe = VisibilityProbe()
+        path = dirs.db(f"check-{what}")
+        probe.path = path
+        system = make(path, probe)
+        try:
+            before = system.commits
+            counter = system.run(system.prepare(history, 0, 1)[0])
+            assert counter == STEPS, counter
+            commits = system.commits - before if before >= 0 else -1
+            p = system.pragmas()
+        finally:
+            system.close()
+        per_step = f"{commits / STEPS:.2f} commits/step" if commits >= 0 else "commits not counted"
+        print(f"  {label:44} {pragma_text(p)}; {per_step}")
+        print(f"  {'':44} committed before the next step: {probe.verdict()}")
+        if p is not None and p[1] < 2:
+            notes.append(f"{label}: synchronous below FULL")
+    return notes
+
+
+# --- sections 1, 2 and 4: one run alone ----------------------------------------------------------------
+
+@dataclass
+class StepVariant:
+    """One way of running the workflow alone, timed in samples of ``runs`` runs."""
+
+    name: str
+    timer: Callable[[int], float]
+    """Seconds for ``runs`` runs (what is built before a run is left out)."""
+    steps_per_run: int = STEPS
+    runs: int = 1
+    samples: list[float] = field(default_factory=list)
+
+    def calibrate(self, seconds: float) -> None:
+        """Pick ``runs`` so that one sample takes about ``seconds`` (after a warm-up)."""
+        self.timer(2)
+        probe = 3
+        took = self.timer(probe)
+        while took < 0.02:
+            probe *= 4
+            took = self.timer(probe)
+        self.runs = max(2, round(seconds / (took / probe)))
+
+    def sample(self) -> None:
+        gc.collect()
+        self.samples.append(self.timer(self.runs) / (self.runs * self.steps_per_run))
+
+
+def floor_timer(path: str) -> Callable[[int], float]:
+    """Raw sqlite3, WAL, synchronous=FULL: one small INSERT + COMMIT per step."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE steps (run TEXT, step INTEGER, counter INTEGER, note TEXT)")
+
+    def timer(runs: int) -> float:
+        t0 = time.perf_counter()
+        for r in range(runs):
+            for s in range(1, STEPS + 1):
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO steps VALUES (?, ?, ?, ?)", (f"r{r}", s, s, f"step {s}"))
+                conn.execute("COMMIT")
+        return time.perf_counter() - t0
+
+    return timer
+
+
+def sync_timer(system: Any, history: list[dict[str, str]]) -> Callable[[int], float]:
+    def timer(runs: int) -> float:
+        items = system.prepare(history, 0, runs)
+        t0 = time.perf_counter()
+        for item in items:
+            if system.run(item) != STEPS:
+                raise RuntimeError(f"{system.name} did not reach {STEPS}")
+        return time.perf_counter() - t0
+
+    return timer
+
+
+def await_timer(system: Ours, history: list[dict[str, str]],
+                loop: asyncio.AbstractEventLoop) -> Callable[[int], float]:
+    async def many(items: list[tuple[Ctx, str]]) -> float:
+        t0 = time.perf_counter()
+        for item in items:
+            await system.arun(item)
+        return time.perf_counter() - t0
+
+    def timer(runs: int) -> float:
+        return loop.run_until_complete(many(system.prepare(history, 0, runs)))
+
+    return timer
+
+
+FLOOR = "floor: sqlite3 INSERT+COMMIT"
+LG = "LangGraph invoke, SqliteSaver"
+BURR = "Burr run, SQLitePersister"
+BURR_ROLLBACK = "Burr run, rollback journal (default)"
+OURS = "ours run_sync, SQLiteStore"
+OURS_AWAIT = "ours await run, SQLiteStore"
+SMALL = f", {SMALL_HISTORY} msgs"
+LG_MEM = "LangGraph invoke, no checkpointer"
+BURR_MEM = "Burr run, no persister"
+OURS_MEM = "ours run_sync, in memory"
+OURS_AWAIT_MEM = "ours await run, in memory"
+
+
+def section_lone(cfg: Config, dirs: Dirs, loop: asyncio.AbstractEventLoop) -> dict[str, list[float]]:
+    """Time every lone-run variant (sections 1, 2 and 4) in rotating order; print sections 1 and 2."""
+    print(f"\n== 1-2. One run alone: {STEPS} checkpointed steps, {HISTORY}-message history "
+          f"(seconds per step; {cfg.lone_repeats} repeats, rotating order) ==")
+    big, small = make_history(HISTORY), make_history(SMALL_HISTORY)
+    opened: list[Any] = []
+
+    def keep(system: T) -> T:
+        opened.append(system)
+        return system
+
+    variants = [StepVariant(FLOOR, floor_timer(dirs.db("floor")))]
+    if skipped("langgraph") is None:
+        variants += [
+            StepVariant(LG, sync_timer(keep(_peers.LangGraphSync(dirs.db("lg"), STEPS)), big)),
+            StepVariant(LG + SMALL,
+                        sync_timer(keep(_peers.LangGraphSync(dirs.db("lg-small"), STEPS)), small)),
+            StepVariant(LG_MEM, sync_timer(keep(_peers.LangGraphSync(None, STEPS)), big)),
+        ]
+    if skipped("burr") is None:
+        variants += [
+            StepVariant(BURR, sync_timer(keep(_peers.BurrSync(dirs.db("burr"), STEPS)), big)),
+            StepVariant(BURR + SMALL, sync_timer(keep(_peers.BurrSync(dirs.db("burr-small"), STEPS)), small)),
+            StepVariant(BURR_ROLLBACK, sync_timer(
+                keep(_peers.BurrSync(dirs.db("burr-rollback"), STEPS, journal_mode=None)), big)),
+            StepVariant(BURR_MEM, sync_timer(keep(_peers.BurrSync(None, STEPS)), big)),
+        ]
+    if skipped("ours") is None:
+        ours = keep(Ours(dirs.db("ours"), STEPS))
+        variants += [
+            StepVariant(OURS, sync_timer(ours, big)),
+            StepVariant(OURS_AWAIT, await_timer(ours, big, loop)),
+            StepVariant(OURS + SMALL, sync_timer(keep(Ours(dirs.db("ours-small"), STEPS)), small)),
+        ]
+    in_memory = Ours(None, STEPS)
+    variants += [StepVariant(OURS_MEM, sync_timer(in_memory, big)),
+                 StepVariant(OURS_AWAIT_MEM, await_timer(in_memory, big, loop))]
+    try:
+        for v in variants:
+            v.calibrate(cfg.lone_sample_seconds)
+        for r in range(cfg.lone_repeats):
+            for v in rotated(variants, r):
+                v.sample()
+    finally:
+        for system in opened:
+            system.close()
+
+    by = {v.name: v.samples for v in variants}
+    floor = by[FLOOR]
+    print(f"  {'1. ' + FLOOR:44} {spread(floor, 1e3, 'ms/step', 3):40} [{variants[0].runs} runs x {STEPS}]")
+    print(f"     (1 / floor = {1 / statistics.median(floor):,.0f} steps/s: one fsync'd commit per step)")
+    for v in variants[1:]:
+        if v.name in (LG_MEM, BURR_MEM, OURS_MEM, OURS_AWAIT_MEM):
+            continue  # section 4
+        print(f"  {'2. ' + v.name:44} {spread(v.samples, 1e3, 'ms/step', 3):40} "
+              f"{median_ratio(v.samples, floor):6.1f}x floor  [{v.runs} runs]")
+    for why in (skipped("langgraph"), skipped("burr"), skipped("ours")):
+        if why:
+            print(f"  2. {why}")
+    return by
+
+
+def lone_rows(by: dict[str, list[float]]) -> list[Row]:
+    floor = by[FLOOR]
+    fl = f"floor {statistics.median(floor) * 1e3:.3f} ms/step"
+    rows = [Row("1. fsync floor (sqlite3, WAL, FULL)", f"{statistics.median(floor) * 1e3:.3f} ms/step",
+                "-", None, "info", None)]
+    for name in (LG, BURR, BURR_ROLLBACK, OURS, OURS_AWAIT, LG + SMALL, BURR + SMALL, OURS + SMALL):
+        if name in by:
+            rows.append(Row(f"2. {name}", f"{statistics.median(by[name]) * 1e3:.3f} ms/step", fl,
+                            median_ratio(by[name], floor), "info (x floor)", None))
+    for peer in (LG, BURR):
+        if OURS in by and peer in by:
+            name = peer.split()[0]
+            rows.append(Row(f"2. lone run, {name} over ours (speedup)",
+                            f"{name} {statistics.median(by[peer]) * 1e3:.3f} ms/step",
+                            f"ours {statistics.median(by[OURS]) * 1e3:.3f} ms/step",
+                            median_ratio(by[peer], by[OURS]), "info", None))
+    if OURS not in by:
+        rows.append(Row("2. ours lone run", "not measured", "-", None, "info", None))
+    return rows
+
+
+# --- section 4: overhead of durability ---------------------------------------------------------------
+
+def section_overhead(by: dict[str, list[float]]) -> list[Row]:
+    print(f"\n== 4. Overhead of durability: the same lone run with and without its store "
+          f"({HISTORY}-message history, timed with section 2) ==")
+    rows: list[Row] = []
+    pairs = [(OURS, OURS_MEM, True), (OURS_AWAIT, OURS_AWAIT_MEM, True), (LG, LG_MEM, False),
+             (BURR, BURR_MEM, False)]
+    for durable, memory, ours in pairs:  # the peers' pairs are printed, not tabled
+        if memory in by:
+            print(f"  {memory:44} {spread(by[memory], 1e6, 'µs/step', 1)}")
+        if durable not in by or memory not in by:
+            continue
+        extra = (statistics.median(by[durable]) - statistics.median(by[memory])) * 1e3
+        ratio = median_ratio(by[durable], by[memory])
+        print(f"  {durable:44} {extra:+.3f} ms/step over in memory ({ratio:.1f}x)")
+        if ours:
+            rows.append(Row(f"4. durability overhead, {durable.split(',')[0]}", f"+{extra:.3f} ms/step",
+                            f"in memory {statistics.median(by[memory]) * 1e3:.3f} ms/step", ratio, "info",
+                            None))
+    if OURS not in by:
+        print(f"  4. {skipped('ours')}")
+        rows.append(Row("4. durability overhead, ours", "not measured", "-", None, "info", None))
+    return rows
+
+
+# --- section 3: many concurrent runs -----------------------------------------------------------------
+
+async def concurrent_once(kind: str, path: str, history: list[dict[str, str]], n: int) -> tuple[float, float]:
+    """Steps per second of ``n`` gathered runs on one store, and commits per step (-1: not counted)."""
+    system: Any
+    if kind == "langgraph":
+        system = await _peers.LangGraphAsync.open(path, STEPS)
+        items = await system.prepare(history, 0, n)
+        run: Callable[[Any], Awaitable[int]] = system.run
+    elif kind == "burr":
+        system = await _peers.BurrAsync.open(path, STEPS)
+        items = await system.prepare(history, 0, n)
+        run = system.run
+    else:
+        system = Ours(path, STEPS)
+        items = system.prepare(history, 0, n)
+        run = system.arun
+    try:
+        before = system.commits
+        gc.collect()
+        t0 = time.perf_counter()
+        results = await _peers.gather_runs(run, items)
+        wall = time.perf_counter() - t0
+        commits = system.commits - before if before >= 0 else -1
+    finally:
+        closed = system.close()
+        if closed is not None:
+            await closed
+    if any(r != STEPS for r in results):
+        raise RuntimeError(f"{kind}: a run ended at {results}")
+    return n * STEPS / wall, commits / (n * STEPS) if commits >= 0 else -1.0
+
+
+def section_concurrent(cfg: Config, dirs: Dirs, loop: asyncio.AbstractEventLoop,
+                       floor: float) -> list[Row]:
+    n = cfg.conc_runs
+    print(f"\n== 3. {n} concurrent runs in one event loop ({n * STEPS:,} steps, {HISTORY}-message history; "
+          f"steps per second; {cfg.conc_repeats} repeats, rotating order) ==")
+    history = make_history(HISTORY)
+    kinds = [k for k in ("langgraph", "burr", "ours") if skipped(k) is None]
+    for k in ("langgraph", "burr", "ours"):
+        if (why := skipped(k)) is not None:
+            print(f"  {why}")
+    for k in kinds:  # warm up: imports, caches, first connections
+        loop.run_until_complete(concurrent_once(k, dirs.db(f"warm-{k}"), history, min(n, 10)))
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    commits: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(cfg.conc_repeats):
+        for k in rotated(kinds, r):
+            rate, cps = loop.run_until_complete(concurrent_once(k, dirs.db(f"conc-{k}"), history, n))
+            rates[k].append(rate)
+            commits[k].append(cps)
+    label = {"langgraph": "LangGraph ainvoke, AsyncSqliteSaver", "burr": "Burr arun, AsyncSQLitePersister",
+             "ours": "ours await run, SQLiteStore"}
+    for k in kinds:
+        cps = statistics.median(commits[k])
+        how = f"{cps:.2f} commits/step" if cps >= 0 else "commits not counted"
+        print(f"  {label[k]:44} {spread(rates[k], 1, 'steps/s', 0):40} {how}")
+    print(f"  (a lone run at the fsync floor: {1 / floor:,.0f} steps/s; "
+          "above it takes several steps per fsync, i.e. group commit)")
+    if "burr" in commits and 0 <= statistics.median(commits["burr"]) < 1:
+        print("  (Burr: fewer commits than steps because its applications share one aiosqlite connection\n"
+              "   and their INSERTs interleave: a COMMIT carries every pending app's row. Each save still\n"
+              "   awaits a COMMIT issued after its INSERT, so each step is on disk before the next.)")
+    rows: list[Row] = []
+    for peer, target in (("langgraph", LG_TARGET), ("burr", BURR_TARGET)):
+        name = "LangGraph" if peer == "langgraph" else "Burr"
+        if "ours" in rates and peer in rates:
+            ratio = median_ratio(rates["ours"], rates[peer])
+            print(f"  ours / {name}: {ratio:.2f}x (target >= {target:g}x)")
+            rows.append(Row(f"3. {n} concurrent runs, ours vs {name}",
+                            f"{statistics.median(rates['ours']):,.0f} steps/s",
+                            f"{name} {statistics.median(rates[peer]):,.0f} steps/s", ratio,
+                            f">= {target:g}x", ratio >= target))
+        else:
+            rows.append(Row(f"3. {n} concurrent runs, ours vs {name}", "not measured", "-", None,
+                            f">= {target:g}x", None))
+    return rows
+
+
+# --- section 5: storage per step ----------------------------------------------------------------------
+
+def wchar() -> int:
+    """Bytes this process has passed to write() and friends, all its threads (Linux)."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no wchar in /proc/self/io")
+
+
+class WriteProbe:
+    """Called at the start of every step: notes how many bytes the process has written so far."""
+
+    def __init__(self) -> None:
+        self.marks: list[int] = []
+
+    def __call__(self, counter: int) -> None:
+        self.marks.append(wchar())
+
+
+def checkpointed_size(path: str) -> int:
+    """The database's size once its WAL is checkpointed into it and truncated."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return sum(os.path.getsize(p) for p in (path, path + "-wal", path + "-journal") if os.path.exists(p))
+
+
+@dataclass
+class Written:
+    """Bytes written, from the probe's marks: per step (start of a step to start of the next) and
+    per run start (before the run to the start of its first step)."""
+
+    steps: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+
+
+def storage_phase(make: Callable[[str, Probe | None], Any], path: str, history: list[dict[str, str]],
+                  start: int, *, runs: int, written: Written) -> float:
+    """``runs`` runs from ``counter = start`` into a fresh database at ``path``: adds what each step
+    and run start wrote to ``written``; returns the bytes the database keeps per run."""
+    warm = make(path, None)  # creates the schema: not counted
+    try:
+        warm.run(warm.prepare(history, 0, 1)[0])
+    finally:
+        warm.close()
+    size0 = checkpointed_size(path)
+    probe = WriteProbe()
+    system = make(path, probe)
+    try:
+        for item in system.prepare(history, start, runs):
+            probe.marks = []
+            before = wchar()
+            system.run(item)
+            written.starts.append(probe.marks[0] - before)
+            written.steps += [b - a for a, b in zip(probe.marks, probe.marks[1:], strict=False)]
+    finally:
+        system.close()
+    return (checkpointed_size(path) - size0) / runs
+
+
+def section_storage(cfg: Config, dirs: Dirs) -> list[Row]:
+    runs = cfg.storage_runs
+    half = STEPS // 2
+    print(f"\n== 5. Storage per step: {runs} runs of {STEPS} and {runs} of {half} steps per system and "
+          "history length (bytes) ==")
+    try:
+        wchar()
+    except (OSError, RuntimeError) as e:
+        print(f"  not measured: /proc/self/io is not readable here ({e})")
+        return [Row("5. bytes written per step", "not measured", "-", None, "info", None)]
+    systems: list[tuple[str, Callable[[str, Probe | None], Any]]] = []
+    for what, name, make in (
+        ("langgraph", "LangGraph", lambda p, probe: _peers.LangGraphSync(p, STEPS, probe)),
+        ("burr", "Burr", lambda p, probe: _peers.BurrSync(p, STEPS, probe)),
+        ("ours", "ours", lambda p, probe: Ours(p, STEPS, probe)),
+    ):
+        if (why := skipped(what)) is not None:
+            print(f"  {why}")
+        else:
+            systems.append((name, make))
+    print(f"  {'':10} {'':>8} {'written per step':^32}  {'run start':>10}  {'kept':>10}")
+    print(f"  {'system':10} {'history':>8} {'median':>10} {'mean':>10} {'max':>10}  {'median':>10}  "
+          f"{'per step':>10}")
+    median_written: dict[tuple[str, int], float] = {}
+    for name, make in systems:
+        for n in (SMALL_HISTORY, HISTORY):
+            history = make_history(n)
+            written = Written()
+            full = storage_phase(make, dirs.db(f"store-{name}-{n}"), history, 0, runs=runs, written=written)
+            part = storage_phase(make, dirs.db(f"store-{name}-{n}-half"), history, half, runs=runs,
+                                 written=written)
+            kept = (full - part) / (STEPS - half)
+            med = statistics.median(written.steps)
+            median_written[(name, n)] = med
+            mean, top = statistics.fmean(written.steps), max(written.steps)
+            start = statistics.median(written.starts)
+            print(f"  {name:10} {n:>8} {med:>10,.0f} {mean:>10,.0f} {top:>10,.0f}  {start:>10,.0f}  "
+                  f"{kept:>10,.0f}")
+    print("  written: bytes the process passed to write() (/proc/self/io wchar: WAL frames, journals,\n"
+          "  checkpoints), from the start of one step to the start of the next, over every step but each\n"
+          "  run's last; the mean and max include SQLite's automatic WAL checkpoints. run start: from\n"
+          "  before a run to its first step. kept: database growth per step, after\n"
+          f"  wal_checkpoint(TRUNCATE), from runs of {STEPS} against runs of {half} steps (so a run's\n"
+          "  first context is not counted).")
+    rows: list[Row] = []
+    for name, _ in systems:
+        small, big = median_written[(name, SMALL_HISTORY)], median_written[(name, HISTORY)]
+        ratio = big / small if small > 0 else None
+        ours = name == "ours"
+        rows.append(Row(f"5. {name} bytes written/step, {HISTORY} vs {SMALL_HISTORY} msgs",
+                        f"{big:,.0f} B", f"{small:,.0f} B", ratio,
+                        f"<= {GROWTH_TARGET:g}x (no growth)" if ours else "info",
+                        (ratio is not None and ratio <= GROWTH_TARGET) if ours else None))
+    if skipped("ours") is not None:
+        rows.append(Row("5. ours bytes written/step", "not measured", "-", None,
+                        f"<= {GROWTH_TARGET:g}x (no growth)", None))
+    return rows
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+def print_table(rows: list[Row]) -> None:
+    header = ("figure", "value", "baseline", "ratio", "target", "met")
+    cells = [
+        (r.figure, r.value, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}x", r.target,
+         "n/a" if r.met is None else ("yes" if r.met else "NO"))
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+
+    def line(values: tuple[str, ...]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    print("\n== Summary (medians; ratio = median of per-repeat ratios, value / baseline) ==")
+    print(line(header))
+    print(line(tuple("-" * w for w in widths)))
+    for c in cells:
+        print(line(c))
+
+
+def versions() -> str:
+    found = []
+    for dist in ("langgraph", "langgraph-checkpoint-sqlite", "apache-burr", "aiosqlite", "pydantic"):
+        try:
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{dist} absent")
+    return ", ".join(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
+    parser.add_argument("--dir", help="where the databases go (default: a new temporary directory); "
+                        "its file system is what is measured")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    root = tempfile.mkdtemp(prefix="bench-durable-", dir=args.dir)
+    print(f"statemachine-agent durability benchmark ({'quick' if args.quick else 'full'}); "
+          f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {sys.platform}")
+    print(f"  {versions()}")
+    print(f"  databases under {root}")
+    for what in ("langgraph", "burr", "ours"):
+        if (why := skipped(what)) is not None:
+            print(f"  {why}")
+    loop = asyncio.new_event_loop()
+    dirs = Dirs(root)
+    try:
+        notes = section_durability(dirs)
+        by = section_lone(cfg, dirs, loop)
+        rows = lone_rows(by)
+        rows += section_concurrent(cfg, dirs, loop, statistics.median(by[FLOOR]))
+        rows += section_overhead(by)
+        rows += section_storage(cfg, dirs)
+    finally:
+        loop.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print_table(rows)
+    for note in notes:
+        print(f"  WARNING: {note}: that system's figures are not at equal durability")
+    print(f"\n(total {time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
