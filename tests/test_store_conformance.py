@@ -234,5 +234,6 @@ def test_a_store_finalized_at_interpreter_exit_raises_nothing(tmp_path: Path, mo
 
     store = SQLiteStore(tmp_path / "runs.db")
     store.close()
-    monkeypatch.setattr(_sqlite, "contextlib", None)
-    store.__del__()
+    with monkeypatch.context() as patched:  # undone before the store itself is collected
+        patched.setattr(_sqlite, "contextlib", None)
+        store.__del__()
