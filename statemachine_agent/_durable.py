@@ -423,7 +423,19 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
         raise IncompatibleRun(run_id, problems)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if not fresh:
-        stored = await asyncio.wrap_future(store.claim(run_id))
+        claimed = await asyncio.wrap_future(store.claim(run_id))
+        if claimed.run.next_step != stored.run.next_step or claimed.run.status is not stored.run.status:
+            # Another worker committed between the look and the claim: continue from what it left.
+            if claimed.run.status is RunStatus.DONE:
+                return await reopen(workflow, run_id, store, migrate, options)
+            point = point_of(claimed)
+            context, problems = compatibility(workflow, point, claimed.run.fingerprint)
+            if problems and migrate is not None:
+                point = migrate_point(point, migrate)
+                context, problems = compatibility(workflow, point, "")
+            if problems or context is None:
+                raise IncompatibleRun(run_id, problems)
+        stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
     options.setdefault("max_steps", stored.run.max_steps)

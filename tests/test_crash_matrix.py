@@ -585,11 +585,8 @@ def test_two_workers_resuming_at_once_commit_each_step_once(tmp_path: Path, setu
     _, lines = read_effects(tmp_path / "effects.log")
     made = Counter((tool, step) for tool, _, step in lines)  # the call each state makes, by its step
     path = [ref_step(s) for s in image.steps]
-    if path[:-1] != REF.path[:len(path) - 1]:
-        # The known bug (test_a_resume_racing_another_workers_commit_continues_after_that_commit):
-        # the later worker loaded the run before the other's last commit and claimed it after.
-        assert any(n > 1 for n in made.values()), (path, made)
-        pytest.xfail(STALE_REOPEN)
+    # A resume racing another worker's commit continues after that commit (it once re-ran the step).
+    assert path[:-1] == REF.path[:len(path) - 1], (path, made)
     for (tool, step), n in made.items():
         if TOOLS[tool] == "at_most_once":
             assert n == 1, f"G4: send of step {step} ran {n} times"
@@ -613,7 +610,6 @@ class ClaimAfter(SQLiteStore):
         return super().claim(run_id)
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_REOPEN)
 def test_a_resume_racing_another_workers_commit_continues_after_that_commit(tmp_path: Path) -> None:
     """Worker A holds the run and commits step 5 while worker B is inside resume, after its first
     load and before its claim: B must continue at step 6 from the committed state, running no

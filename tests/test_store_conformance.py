@@ -28,30 +28,7 @@ from statemachine_agent.stores import (  # noqa: E402
 )
 from statemachine_agent.stores.conformance import StoreConformance  # noqa: E402
 
-SQLITE_KNOWN_FAILURES = {
-    "test_deep_json_is_stored_exactly_or_refused":
-        "_sqlite.py _parse (line 402) reads step, journal and inbox rows with model_validate_json, whose JSON "
-        "parser stops at nesting depth ~200; writes have no such limit, so a value ~200 deep is committed and "
-        "then its whole run loads as StoreCorrupted",
-    "test_a_consumed_event_records_the_step_that_consumed_it":
-        "_sqlite.py commit (line 304) sets only the sma_inbox.consumed_step column; _load (line 448) builds "
-        "InboxRecord from the record JSON, whose consumed_step stays null",
-    "test_a_fork_rebuilds_the_context_at_every_step_before_the_fork_point":
-        "_sqlite.py fork (lines 368-372) copies steps and journal rows but no snapshot before at_step; "
-        "load(fork, at_step=k<at_step) finds no snapshot and raises StoreCorrupted",
-    "test_a_fork_outside_the_source_steps_is_refused":
-        "_sqlite.py fork (line 361) never checks 0 <= at_step <= the source's next_step; the fork is created "
-        "and then loads as StoreCorrupted (it records steps it does not hold)",
-    "test_a_run_id_that_is_not_a_string_is_refused":
-        "_sqlite.py record_call (line 316) does not check the run id's type like _read_run does; with SQLite's "
-        "TEXT affinity record_call(5, ...) writes to run '5'",
-    "test_an_event_name_that_is_not_a_string_is_refused":
-        "_sqlite.py deliver (lines 343-351) stores any event value; InboxRecord.event is a str, so a run given "
-        "deliver(run, 5, ...) then loads as StoreCorrupted",
-    "test_a_tampered_record_holding_nan_is_corrupted":
-        "_sqlite.py _parse_json (line 413) uses json.loads and _parse (line 402) pydantic's JSON parser, both "
-        "of which accept NaN/Infinity; the writer refuses them (allow_nan=False) but the reader lets them in",
-}
+SQLITE_KNOWN_FAILURES: dict[str, str] = {}
 
 
 class _SQLiteSuite(StoreConformance):
@@ -223,9 +200,6 @@ def test_a_folder_or_a_missing_folder_is_a_store_error(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "missing" / "runs.db")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "_sqlite.py SQLiteStore.__del__ (line 243) uses the module global contextlib, which CPython sets to None "
-    "while finalizing modules: a store collected then prints 'Exception ignored in SQLiteStore.__del__'"))
 def test_a_store_finalized_at_interpreter_exit_raises_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At interpreter exit CPython sets module globals to None before it collects the last objects
     (a store kept by a reference cycle or a framework's cache): SQLiteStore.__del__ must not need them.

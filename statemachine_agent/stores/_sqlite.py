@@ -77,9 +77,32 @@ def _crc(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
+_MAX_DEPTH = 128
+"""Deepest nesting a record may have: pydantic's JSON reader stops near 200 levels, so anything deeper
+would be written and then never load again. Refused on write instead."""
+
+
+def _depth_ok(value: Any) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if d >= _MAX_DEPTH:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
 def _dumps(value: Any) -> str:
     # allow_nan=False: NaN/inf are not JSON, and another store (PostgreSQL's jsonb) would refuse them.
+    if not _depth_ok(value):
+        raise ValueError(f"a value nests deeper than {_MAX_DEPTH} levels, which the store cannot read back: "
+                         "flatten it")
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class SQLiteStore(Store):
@@ -240,8 +263,10 @@ class SQLiteStore(Store):
             self._thread.join()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
+        try:  # noqa: SIM105  (not contextlib: at interpreter exit module globals may already be None)
             self.close()
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
@@ -326,6 +351,8 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
+        if not isinstance(run_id, str) or not run_id:
+            raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
         text = _dumps(call)
 
         def op(conn: sqlite3.Connection) -> None:
@@ -354,6 +381,8 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def deliver(self, run_id: str, event: str, payload: Any) -> Future[int]:
+        if not isinstance(event, str) or not event:
+            raise TypeError(f"event={event!r}: give the event's name, a non-empty string")
         payload_text = _dumps(payload)  # refuses what is not JSON before anything is written
 
         def op(conn: sqlite3.Connection) -> int:
@@ -374,7 +403,10 @@ class SQLiteStore(Store):
         new = run["run_id"]
 
         def op(conn: sqlite3.Connection) -> None:
-            _read_run(conn, source)
+            src = _read_run(conn, source)
+            if isinstance(at_step, bool) or not isinstance(at_step, int) or not 0 <= at_step <= src.next_step:
+                raise ValueError(f"at_step={at_step!r}: run {source!r} has committed steps 0..{src.next_step - 1}; "
+                                 f"fork before one of them, or at {src.next_step}")
             try:
                 conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (new, run["workflow"], run["epoch"], run["next_step"], run["status"],
@@ -418,7 +450,14 @@ def _parse(model: type[M], text: object, crc: object, what: str) -> M:
         raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or "
                              "changed outside statemachine-agent; nothing of it was loaded")
     try:
-        return model.model_validate_json(text)
+        return model.model_validate(json.loads(text, parse_constant=_no_constant))
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            raise StoreCorrupted(f"{what}: the stored record is not JSON ({exc}); nothing of it was loaded") from None
+        raise StoreCorrupted(f"{what}: the stored record does not validate ({exc.error_count()} "
+                             f"error(s), first: {exc.errors()[0]['msg']}); nothing of it was loaded") from None
+    except RecursionError:
+        raise StoreCorrupted(f"{what}: the stored record nests too deeply; nothing of it was loaded") from None
     except ValidationError as exc:
         raise StoreCorrupted(f"{what}: the stored record does not validate ({exc.error_count()} "
                              f"error(s), first: {exc.errors()[0]['msg']}); nothing of it was loaded") from None
@@ -429,8 +468,8 @@ def _parse_json(text: object, crc: object, what: str) -> Any:
         raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or "
                              "changed outside statemachine-agent; nothing of it was loaded")
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         raise StoreCorrupted(f"{what}: the stored record is not JSON; nothing of it was loaded") from None
 
 
