@@ -373,6 +373,29 @@ def stored_result(workflow: Program[Any], stored: StoredRun) -> RunResult[Any]:
                      r.reason, last_error, workflow)
 
 
+def _require_store(store: object) -> None:
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+
+
+def _same_workflow(workflow: Program[Any], run_id: str, stored_workflow: str) -> None:
+    if stored_workflow != workflow.name:
+        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+                                               f"{stored_workflow!r}, not {workflow.name!r}")])
+
+
+def _fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
+         migrate: Callable[[ResumePoint], ResumePoint] | None) -> tuple[ResumePoint, BaseModel]:
+    """``point`` (migrated if it must be and can) with its validated context, or IncompatibleRun."""
+    context, problems = compatibility(workflow, point, stored_fingerprint)
+    if problems and migrate is not None:
+        point = migrate_point(point, migrate)
+        context, problems = compatibility(workflow, point, "")  # a full check of what migrate made
+    if problems or context is None:
+        raise IncompatibleRun(point.run_id, problems)
+    return point, context
+
+
 async def reopen(workflow: Program[Any], run_id: str, store: Store,
                  migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
                  fresh: bool = False) -> Run[Any]:
@@ -382,17 +405,14 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
     """
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
-    if not isinstance(store, Store):
-        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    _require_store(store)
     if migrate is not None and not callable(migrate):
         raise TypeError(f"migrate={migrate!r}: give a function taking and returning a ResumePoint")
     for option in ("run_id", "store"):
         if option in options:
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
     stored = await asyncio.wrap_future(store.load(run_id))
-    if stored.run.workflow != workflow.name:
-        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
-                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    _same_workflow(workflow, run_id, stored.run.workflow)
     if stored.run.status is RunStatus.DONE:
         result = stored_result(workflow, stored)
         done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
@@ -414,13 +434,7 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
                                       tuple(paused.path), f"waiting in {wait.state!r} for event {wait.event!r}",
                                       None, workflow, wait.event)
             return paused
-    point = point_of(stored)
-    context, problems = compatibility(workflow, point, stored.run.fingerprint)
-    if problems and migrate is not None:
-        point = migrate_point(point, migrate)
-        context, problems = compatibility(workflow, point, "")
-    if problems or context is None:
-        raise IncompatibleRun(run_id, problems)
+    point, context = _fit(workflow, point_of(stored), stored.run.fingerprint, migrate)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if not fresh:
         claimed = await asyncio.wrap_future(store.claim(run_id))
@@ -428,13 +442,7 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
-            point = point_of(claimed)
-            context, problems = compatibility(workflow, point, claimed.run.fingerprint)
-            if problems and migrate is not None:
-                point = migrate_point(point, migrate)
-                context, problems = compatibility(workflow, point, "")
-            if problems or context is None:
-                raise IncompatibleRun(run_id, problems)
+            point, context = _fit(workflow, point_of(claimed), claimed.run.fingerprint, migrate)
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
@@ -478,14 +486,11 @@ def _wait_for(workflow: Program[Any], event: object) -> Any:
 async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any, *, store: Store,
                   options: dict[str, Any]) -> RunResult[Any] | None:
     """Commit ``event`` to the run's inbox; continue the run if it waits for it (see ``compiled.deliver``)."""
-    if not isinstance(store, Store):
-        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    _require_store(store)
     wait = _wait_for(workflow, event)
     data = wait.payload.model_validate(payload).model_dump(mode="json")  # ValidationError: nothing written
     stored = await asyncio.wrap_future(store.load(run_id))
-    if stored.run.workflow != workflow.name:
-        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
-                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    _same_workflow(workflow, run_id, stored.run.workflow)
     await asyncio.wrap_future(store.deliver(run_id, event, data))
     stored = await asyncio.wrap_future(store.load(run_id))
     if stored.run.status is RunStatus.WAITING and stored.run.wait is not None and stored.run.wait.event == event:
@@ -497,17 +502,14 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
 async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict[str, Any] | None, store: Store,
                new_run_id: str | None, options: dict[str, Any]) -> RunResult[Any]:
     """Start a new run from ``run_id`` before step ``at_step`` (see ``compiled.fork``)."""
-    if not isinstance(store, Store):
-        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    _require_store(store)
     if patch is not None and not isinstance(patch, dict):
         raise TypeError(f"patch={patch!r}: give a dict of context fields to change")
     if isinstance(at_step, bool) or not isinstance(at_step, int):
         raise TypeError(f"at_step={at_step!r}: give a step number")
     stored = await asyncio.wrap_future(store.load(run_id, at_step=at_step))
     src = stored.run
-    if src.workflow != workflow.name:
-        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
-                                               f"{src.workflow!r}, not {workflow.name!r}")])
+    _same_workflow(workflow, run_id, src.workflow)
     steps = stored.steps[:at_step]
     state = stored.steps[at_step].state if at_step < len(stored.steps) else src.state
     context = dict(stored.context)
@@ -654,12 +656,9 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
     """Follow a recorded run with the current code (see ``compiled.replay``)."""
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
-    if not isinstance(store, Store):
-        raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+    _require_store(store)
     stored = await asyncio.wrap_future(store.load(run_id))
-    if stored.run.workflow != workflow.name:
-        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
-                                               f"{stored.run.workflow!r}, not {workflow.name!r}")])
+    _same_workflow(workflow, run_id, stored.run.workflow)
     at = stored.run.parent_step or 0
     start = await asyncio.wrap_future(store.load(run_id, at_step=at))
     steps = stored.steps

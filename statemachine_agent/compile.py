@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
 
-from ._durable import ReplayReport, ResumePoint, deliver, fork, reopen, replay
+from ._durable import ReplayReport, ResumePoint, _require_store, deliver, fork, reopen, replay
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
@@ -161,8 +161,7 @@ class CompiledWorkflow(Generic[C]):
 
     def runs(self, store: Store) -> list[RunRecord]:
         """This workflow's runs in ``store``, most recently updated first."""
-        if not isinstance(store, Store):
-            raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
+        _require_store(store)
         return store.list_runs(self.name).result()
 
     # --- diagrams (see diagrams.py) -------------------------------------------------------------

@@ -8,7 +8,9 @@ fenced-out commit does not undo the others of its group.
 
 Every record is stored as JSON with a CRC-32 beside it; a row that fails its checksum, its JSON or
 its model raises :class:`~.errors.StoreCorrupted` naming the run and row, and so does a run whose
-steps are not exactly ``0 .. next_step-1``: a damaged file never loads as a shorter run.
+steps are not exactly ``0 .. next_step-1``: a damaged record never loads as a shorter run. (Damage to
+the -wal file is the exception: SQLite's recovery stops at the damaged frame, so the store opens at an
+earlier commit, exact and consistent; tests/test_store_damage.py pins it.)
 """
 
 from __future__ import annotations
