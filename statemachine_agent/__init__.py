@@ -10,9 +10,14 @@ from .clock import Clock, FakeClock, SystemClock
 from .compile import CompiledWorkflow
 from .context import UNSET, Context, is_unset
 from .errors import (
+    BudgetExceeded,
     ContextAccessError,
     DefinitionError,
     GatherFailed,
+    ModelAnswerInvalid,
+    ModelError,
+    ModelRefused,
+    ModelUnavailable,
     Problem,
     RunError,
     StateMachineAgentError,
@@ -26,17 +31,19 @@ from .errors import (
 )
 from .events import Budget, Event, Hook
 from .guards import Guard, guard
-from .policies import Decision, Option, Policy, first_enabled, scripted, seeded_random
+from .policies import Decision, NoChoice, Option, Policy, first_enabled, scripted, seeded_random
 from .result import RunResult, Step, StepKind, result_of
 from .runner import MissingWrite, Run, RunOptions
 from .spec import NoExit, Outcome, WorkflowSpec
 from .tools import Retry, Tool, Tools
+from .usage import ModelCall, Price, Usage
 from .workflow import Action, StateRef, Workflow
 
 __all__ = [
     "UNSET",
     "Action",
     "Budget",
+    "BudgetExceeded",
     "CheckReport",
     "Clock",
     "CompiledWorkflow",
@@ -50,10 +57,17 @@ __all__ = [
     "Guard",
     "Hook",
     "MissingWrite",
+    "ModelAnswerInvalid",
+    "ModelCall",
+    "ModelError",
+    "ModelRefused",
+    "ModelUnavailable",
+    "NoChoice",
     "NoExit",
     "Option",
     "Outcome",
     "Policy",
+    "Price",
     "Problem",
     "Retry",
     "Run",
@@ -74,6 +88,7 @@ __all__ = [
     "Tools",
     "UndeclaredTool",
     "UnknownTool",
+    "Usage",
     "Workflow",
     "WorkflowSpec",
     "first_enabled",

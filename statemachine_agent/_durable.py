@@ -23,7 +23,7 @@ import math
 import os
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,7 @@ from .result import RunResult, Step, StepKind
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
+from .usage import ModelCall, Usage
 
 if TYPE_CHECKING:
     from .runner import Run
@@ -190,7 +191,8 @@ class Durable:
                      "error": None if error is None else _describe(error),
                      "error_type": None if error is None else type(error).__name__,
                      "rejected": list(step.rejected), "ran": step.ran, "writes": list(step.writes),
-                     "delta": delta, "unset": unset},
+                     "delta": delta, "unset": unset,
+                     "model_calls": [c.to_dict() for c in step.model_calls]},
             "snapshot": snapshot, "calls": self.pending, "consume": run._consume,
         }
         run._consume = None
@@ -248,6 +250,18 @@ class Durable:
             await self._write(done)
         return result
 
+    async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
+                   key: str) -> Any:
+        """A journaled read that is not a tool (a model's answer): committed with its step."""
+        rec = self.recorded.get((step, index))
+        if rec is not None and rec.tool == name and rec.status is CallStatus.DONE:
+            return rec.result
+        result = await compute()
+        self.pending.append({"step": step, "call": index, "tool": name, "effect": str(Effect.READ), "key": key,
+                             "arguments": None, "status": str(CallStatus.DONE), "result": result, "error": None,
+                             "at": time.time()})
+        return result
+
     async def _reconcile(self, tool: Tool, key: str, arguments: dict[str, Any], step: int, index: int) -> Any:
         if tool.reconcile is None:
             raise EffectOutcomeUnknown(tool.name, key)
@@ -284,7 +298,7 @@ def recorded_step(s: Any) -> Step:
         text = text[len(name) + 2:]  # the record holds "Type: message"; the type is kept apart
     error = None if text is None else RecordedError(name, text)
     return Step(s.number, s.state, s.target, s.transition, StepKind(s.kind), s.started_at, s.duration, error,
-                tuple(s.rejected), s.ran, tuple(s.writes))
+                tuple(s.rejected), s.ran, tuple(s.writes), tuple(ModelCall.from_dict(c) for c in s.model_calls))
 
 
 def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str
@@ -450,6 +464,8 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
     run: Run[Any] = Run(workflow, context, run_id=run_id, store=store, **options)
     run.path = [recorded_step(s) for s in stored.steps]
     run.actions_run = point.actions_run
+    spent = Usage.of(c for s in run.path for c in s.model_calls)  # the budgets count earlier steps' calls
+    run._spent = [spent.total_tokens, spent.cost or 0.0]
     run.visits = dict(point.visits)
     for i, name in enumerate(workflow.edge_names):
         run.traversals[i] = point.traversals.get(name, 0)  # in place: the run's token holds this list
@@ -617,6 +633,15 @@ class _Replay(Durable):
                         {"tool": tool.name}, step)
         self.replayed += 1
         return tool.load_result(rec.result)
+
+    async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
+                   key: str) -> Any:
+        rec = self.calls.get((step, index))
+        if rec is None or rec.tool != name or rec.status is not CallStatus.DONE:
+            raise _Stop(f"call {index} of step {step} is to {name!r}, which the journal does not answer",
+                        None if rec is None else {"tool": rec.tool, "status": str(rec.status)}, {"tool": name}, step)
+        self.replayed += 1
+        return rec.result
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None) -> None:
         delta, _ = run._delta

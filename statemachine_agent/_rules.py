@@ -552,6 +552,54 @@ def _state_tools(a: Analysis, s: StateSpec) -> Iterator[Problem]:
                           f"not declare it: add {t!r} to tools=[...]", n)
 
 
+MODEL_USE = "__statemachine_agent_llm__"
+"""The attribute an LLM step's action carries (``statemachine_agent.llm.ModelUse``): what it writes,
+which tools its model may call, and the most model calls one visit makes."""
+
+
+def model_use(action: object) -> Any:
+    """What an action declares of its model calls, or ``None`` (plain actions)."""
+    try:
+        return getattr(action, MODEL_USE, None)
+    except Exception:
+        return None
+
+
+def _check_model_use(a: Analysis) -> Iterator[Problem]:
+    """An LLM step writes a field its state declares, and its model may call only the state's tools."""
+    for n in a.names:
+        s = a.states[n]
+        use = model_use(s.action)
+        if use is None:
+            continue
+        writes = _names_in(s.writes) | _names_in(s.optional_writes)
+        if use.write not in writes:
+            yield Problem("bad-llm-step", f"state {n!r} is an LLM step writing {use.write!r}, which the state does "
+                          f"not declare: add {use.write!r} to its writes=[...]", n)
+        for t in use.tools:
+            if t not in _names_in(s.tools):
+                yield Problem("bad-llm-step", f"state {n!r} lets its model call tool {t!r}, which the state does "
+                              f"not declare: add {t!r} to its tools=[...]", n)
+
+
+def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int]:
+    """The most model calls LLM steps can make, and the most decisions (each up to the run's
+    ``max_policy_attempts`` policy calls), in a run of at most ``steps`` steps: each state counts
+    its calls per visit times its visits, which are at most its ``max_visits`` and at most ``steps``."""
+    calls = decisions = 0
+    for n in a.names:
+        if n not in a.reach or a.terminal(n):
+            continue
+        s = a.states[n]
+        visits = min(a.visit_bound[n] or steps, steps)
+        use = model_use(s.action)
+        if use is not None:
+            calls += visits * int(use.calls_per_visit)
+        if s.decision and sum(1 for _ in a.out.get(n, ())) > 1:
+            decisions += visits
+    return calls, decisions
+
+
 def _check_state_options(a: Analysis) -> Iterator[Problem]:
     """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail'."""
     for n in a.names:
@@ -1056,6 +1104,7 @@ RULES: tuple[Rule, ...] = (
     _check_unset_reads,
     _check_unknown_outcomes,
     _check_waits,
+    _check_model_use,
 )
 """Every rule, in the order their problems are reported."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._rules import RULES, Edge, _is_count, build, fields_set_at_start, takes_tools, worst_case_steps
+from ._rules import RULES, Edge, _is_count, build, fields_set_at_start, takes_tools, worst_case_calls, worst_case_steps
 from .errors import DefinitionError, Problem
 from .spec import WorkflowSpec
 
@@ -32,6 +32,11 @@ class CheckReport:
     """``(state, field)`` pairs where the state may read a field no path has written."""
     worst_case_steps: int | None = None
     """An upper bound on the steps (actions run) of any run; ``None`` when some loop is unbounded."""
+    worst_case_model_calls: int | None = None
+    """An upper bound on the model calls of a run's LLM steps (``llm_step``: tool rounds and answers);
+    ``None`` when some loop is unbounded."""
+    worst_case_decisions: int | None = None
+    """An upper bound on the decisions a run asks its policy (each up to ``max_policy_attempts`` asks)."""
     graph_bound: int | None = None
     """The bound from the graph alone, before the workflow-wide ``max_steps`` cap."""
     failure_terminal: str | None = None
@@ -65,6 +70,9 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
     max_steps = getattr(spec, "max_steps", None)
     if worst is not None and _is_count(max_steps):
         worst = min(worst, max_steps)
+    calls = decisions = None
+    if worst is not None:
+        calls, decisions = worst_case_calls(a, worst)
     name = getattr(spec, "name", None)
     return CheckReport(
         workflow=name if isinstance(name, str) else repr(name),
@@ -75,6 +83,8 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         unbounded_cycles=tuple(a.unbounded),
         unset_reads=frozenset(a.unset),
         worst_case_steps=worst,
+        worst_case_model_calls=calls,
+        worst_case_decisions=decisions,
         graph_bound=graph_bound,
         failure_terminal=a.failure_terminal,
         edges=tuple(a.edges),

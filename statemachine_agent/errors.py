@@ -6,11 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "BudgetExceeded",
     "ContextAccessError",
     "DefinitionError",
     "EffectOutcomeUnknown",
     "GatherFailed",
     "IncompatibleRun",
+    "ModelAnswerInvalid",
+    "ModelError",
+    "ModelRefused",
+    "ModelUnavailable",
     "Problem",
     "RecordedError",
     "RunError",
@@ -314,3 +319,44 @@ class WaitTimedOut(RunError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.state, self.event, str(self)))
+
+
+class BudgetExceeded(RunError):
+    """The run's model calls spent its ``token_budget`` or ``cost_budget``: the run ends in the
+    failure terminal with this reason (catching it in an action does not save the run)."""
+
+    budget: str
+    """Which budget: ``token_budget`` or ``cost_budget`` (a :class:`~.events.Budget` value)."""
+
+    def __init__(self, budget: str, message: str) -> None:
+        self.budget = budget
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.budget, str(self)))
+
+
+class ModelError(RunError):
+    """A model call failed; route it with ``wf.on_error(state, ModelError, ...)``."""
+
+    model: str
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.model, str(self)))
+
+
+class ModelUnavailable(ModelError):
+    """The server could not be reached, timed out, or kept failing (429, 5xx) through every retry."""
+
+
+class ModelRefused(ModelError):
+    """The server refused every request form the adapter knows (4xx, or 5xx on each mode)."""
+
+
+class ModelAnswerInvalid(ModelError, ValueError):
+    """An LLM step's answers did not validate against its output type, each fed back, within its
+    ``max_attempts``."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .result import StepKind
+from .usage import ModelCall
 
 if TYPE_CHECKING:
     from .result import RunResult
@@ -18,6 +19,7 @@ __all__ = [
     "ErrorRouted",
     "Event",
     "Hook",
+    "ModelCalled",
     "PolicyChoiceRejected",
     "RunFinished",
     "RunStarted",
@@ -40,6 +42,10 @@ class Budget(enum.StrEnum):
     DEADLINE = "deadline"
     MAX_STEP_RESTARTS = "max_step_restarts"
     """A durable run's step was resumed after crashes more times than allowed."""
+    TOKENS = "token_budget"
+    """The run's model calls used more tokens (input and output) than its ``token_budget``."""
+    COST = "cost_budget"
+    """The run's model calls cost more than its ``cost_budget`` (priced calls only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,15 @@ class TransitionTaken(Event):
     """How the step left its state."""
     duration: float
     """Seconds spent in the step, action and choice included."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCalled(Event):
+    """A model answered a request of this run (a policy's decision, an LLM step, a tool round)."""
+
+    step: int
+    state: str
+    call: ModelCall
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeAlias, TypeVar
 
 __all__ = [
     "Decision",
+    "NoChoice",
     "Option",
     "Policy",
     "first_enabled",
@@ -44,9 +45,28 @@ class Decision(Generic[C]):
     """1 on the first ask; later asks follow rejected answers."""
     rejected: tuple[str, ...]
     """Why the earlier answers were rejected (so an LLM can be told)."""
+    step: int = 0
+    """The step's number in the run."""
+    run_id: str = ""
+    reads: tuple[str, ...] = ()
+    """The fields the state declares it reads: what a model should be shown of the context."""
+    description: str = ""
+    """The state's description."""
+    calls: Any = field(default=None, repr=False, compare=False)
+    """The step's call site, a :class:`~statemachine_agent.tools.Tools` handle with no tools: a policy's
+    model calls go through it (``calls.journaled``, ``calls.record_model_call``), so a durable run
+    journals them and the run counts their usage against its budgets. ``None`` outside a run."""
 
 
-Choice: TypeAlias = Option | str
+@dataclass(frozen=True, slots=True)
+class NoChoice:
+    """A policy's answer that it has no valid choice this time, and why: the runner records the
+    reason as a rejection and asks again (within ``max_policy_attempts``)."""
+
+    reason: str
+
+
+Choice: TypeAlias = Option | str | NoChoice
 """An :class:`Option`, or the name of one, or its target state when that is unambiguous."""
 Policy: TypeAlias = Callable[[Decision[C]], Choice | Awaitable[Choice]]
 """A plain callable (sync or async) from a :class:`Decision` to a choice."""
@@ -115,6 +135,9 @@ def resolve(choice: object, options: Sequence[Option]) -> tuple[Option | None, s
     is never called), and the reason shows the answer through :func:`safe_repr`.
     """
     kind = type(choice)
+    if kind is NoChoice:
+        assert isinstance(choice, NoChoice)
+        return None, safe_repr(choice.reason, str, 2000)
     if kind is Option:
         assert isinstance(choice, Option)
         for o in options:

@@ -8,6 +8,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import describe_error
 from .spec import Outcome
+from .usage import ModelCall, Usage
 
 __all__ = ["RunResult", "Step", "StepKind", "result_of"]
 
@@ -51,6 +52,13 @@ class Step(NamedTuple):
     """Whether the state's action ran (not when a budget stopped the run before it)."""
     writes: tuple[str, ...] = ()
     """The fields the step changed (assigned or changed in place); empty when it failed."""
+    model_calls: tuple[ModelCall, ...] = ()
+    """The model calls the step made (its policy's and its action's), in order."""
+
+    @property
+    def usage(self) -> Usage:
+        """The step's model calls, summed."""
+        return Usage.of(self.model_calls)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record of the step."""
@@ -66,6 +74,7 @@ class Step(NamedTuple):
             "rejected": list(self.rejected),
             "ran": self.ran,
             "writes": list(self.writes),
+            "model_calls": [c.to_dict() for c in self.model_calls],
         }
 
 
@@ -115,6 +124,11 @@ class RunResult(Generic[C]):
         return sum(1 for s in self.path if s.ran)
 
     @property
+    def usage(self) -> Usage:
+        """Every model call of the run, summed (tokens, cost, latency)."""
+        return Usage.of(c for s in self.path for c in s.model_calls)
+
+    @property
     def states(self) -> list[str]:
         """The states the run passed through, the terminal included."""
         return [s.state for s in self.path] + [self.terminal]
@@ -134,6 +148,8 @@ class RunResult(Generic[C]):
             "context": dump(mode="json") if callable(dump) else ctx,
             "path": [s.to_dict() for s in self.path],
             "waiting": self.waiting,
+            "usage": {"calls": (u := self.usage).calls, "input_tokens": u.input_tokens,
+                      "output_tokens": u.output_tokens, "cost": u.cost},
         }
 
 

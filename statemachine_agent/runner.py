@@ -22,13 +22,14 @@ from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock
 from .context import is_unset
-from .errors import ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
+from .errors import BudgetExceeded, ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
 from .events import (
     Budget,
     BudgetExhausted,
     ErrorRouted,
     Event,
     Hook,
+    ModelCalled,
     PolicyChoiceRejected,
     RunFinished,
     RunStarted,
@@ -41,6 +42,7 @@ from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
 from .stores._base import Store
 from .tools import Tools, _positive
+from .usage import ModelCall
 
 __all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions", "run_blocking"]
 
@@ -69,6 +71,10 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
     """Where timeouts, retries and rate limits read the time (default: the system clock)."""
     max_step_restarts: int
     """With a store: how many times a step may be resumed after crashes before the run fails (3)."""
+    token_budget: int | None
+    """Tokens (input and output) the run's model calls may use; past it the run fails (``Budget.TOKENS``)."""
+    cost_budget: float | None
+    """What the run's priced model calls may cost; past it the run fails (``Budget.COST``)."""
 
 
 class RunOptions(ResumeOptions[C], total=False):
@@ -118,10 +124,13 @@ class Run(Generic[C]):
         "_inbox",
         "_journal",
         "_machine",
+        "_model_calls",
         "_owned",
         "_plans",
         "_rejected",
+        "_spent",
         "_started",
+        "_step_calls",
         "_store",
         "_token",
         "_wait_deadline",
@@ -129,6 +138,7 @@ class Run(Generic[C]):
         "actions_run",
         "clock",
         "context",
+        "cost_budget",
         "hooks",
         "max_policy_attempts",
         "max_step_restarts",
@@ -139,6 +149,7 @@ class Run(Generic[C]):
         "result",
         "run_id",
         "timeout",
+        "token_budget",
         "traversals",
         "visits",
         "workflow",
@@ -148,7 +159,8 @@ class Run(Generic[C]):
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
-                 clock: Clock | None = None, store: Store | None = None, max_step_restarts: int = 3) -> None:
+                 clock: Clock | None = None, store: Store | None = None, max_step_restarts: int = 3,
+                 token_budget: int | None = None, cost_budget: float | None = None) -> None:
         model = workflow.context_type
         if type(context) is not model:  # the common case skips every check below
             if isinstance(context, dict):
@@ -189,6 +201,11 @@ class Run(Generic[C]):
         if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
                                        or max_step_restarts < 0):
             raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
+        if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
+                                         or token_budget < 1):
+            raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
+        if cost_budget is not None:
+            _positive(cost_budget, "cost_budget")
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first);
@@ -243,6 +260,16 @@ class Run(Generic[C]):
         self._wait_deadline: float | None = None
         """When the current wait state's timeout passes (wall clock, on the run's clock)."""
         self.max_step_restarts = max_step_restarts
+        self.token_budget = token_budget
+        """Tokens the run's model calls may use (``None``: no limit)."""
+        self.cost_budget = cost_budget
+        """What the run's priced model calls may cost (``None``: no limit)."""
+        self._spent = [0, 0.0]
+        """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
+        self._model_calls: list[ModelCall] = _NO_CALLS
+        """The current step's model calls."""
+        self._step_calls = [0]
+        """The current step's call counter, shared by its action's tools handle and its policy's."""
 
     @property
     def workflow_name(self) -> str:
@@ -314,6 +341,7 @@ class Run(Generic[C]):
         t0 = time.perf_counter()
         name = plan.name
         self._rejected = _NO_REJECTIONS
+        self._model_calls = _NO_CALLS
         visits = self.visits.get(name, 0)
         # The specific budget first: when the default max_steps (the static bound) runs out, a
         # visit budget is usually the real cause, and naming it says which loop to look at.
@@ -328,6 +356,8 @@ class Run(Generic[C]):
         if deadline is not None and self.clock.now() >= deadline:
             return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
                                     f"{name!r}", budget=Budget.DEADLINE, ran=False)
+        if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
+            return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
         self.visits[name] = visits + 1
         self.actions_run += 1
         view = ContextView(self.context, plan, self._written, self._fields, self._owned)
@@ -373,6 +403,8 @@ class Run(Generic[C]):
                 raise
             if isinstance(exc, _Failed):
                 return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
+            if isinstance(exc, BudgetExceeded):
+                return await self._fail(plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget))
             if isinstance(exc, ContextAccessError):
                 return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
             if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
@@ -403,7 +435,7 @@ class Run(Generic[C]):
         target = chosen.target
         step = Step(index, name, target, chosen.name, StepKind.TRANSITION, self._wall(t0),
                     time.perf_counter() - t0, None, tuple(self._rejected), True,
-                    tuple(sorted(dirty)) if dirty else ())
+                    tuple(sorted(dirty)) if dirty else (), tuple(self._model_calls))
         self.path.append(step)
         if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
                 self._plans[target].stops:
@@ -454,14 +486,17 @@ class Run(Generic[C]):
         if plan.wait is not None:
             self._receive(plan, view)
             action = _NOTHING
+        calls = self._step_calls = [0]
         if plan.takes_tools:
             deadline = None if plan.tool_deadline is None else self.clock.now() + plan.tool_deadline
             out = action(view, Tools(self.workflow.tools, plan.tools, clock=self.clock, deadline=deadline,
-                                     run=self, state=plan.name, step=index))
+                                     run=self, state=plan.name, step=index, _calls=calls))
         else:
             out = action(view)
         if out is not None and _awaitable(out):
             await out
+        if self._model_calls and (over := self._over_budget()):  # the action may have caught it
+            raise BudgetExceeded(over[0], over[1])
         if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
             self._missing_write(plan, view)
         token = self._token
@@ -482,12 +517,17 @@ class Run(Generic[C]):
         options = tuple(Option(x.name, x.target, x.spec.description) for x in enabled)
         rejected = self._rejected = []
         readonly: Any = self._token.context
+        site = Tools(self.workflow.tools, _EMPTY, clock=self.clock, run=self, state=plan.name, step=index,
+                     _calls=self._step_calls)
+        reads = tuple(sorted(plan.reads | plan.optional_reads))
         for attempt in range(1, self.max_policy_attempts + 1):
             decision: Decision[C] = Decision(self.workflow.name, plan.name, readonly, options, attempt,
-                                             tuple(rejected))
+                                             tuple(rejected), index, self.run_id, reads, plan.spec.description, site)
             answer: Any = self.policy(decision)  # an exception here is the policy's own error
             if _awaitable(answer):
                 answer = await answer
+            if self._model_calls and (over := self._over_budget()):
+                raise BudgetExceeded(over[0], over[1])
             option, why = resolve(answer, options)
             if option is not None:
                 return enabled[options.index(option)]
@@ -520,7 +560,7 @@ class Run(Generic[C]):
         if self.hooks:
             await self._emit(ErrorRouted(self.run_id, self.workflow.name, index, plan.name, exc, target))
         step = Step(index, plan.name, target, route.spec.name, StepKind.ERROR, self._wall(t0),
-                    time.perf_counter() - t0, exc, tuple(self._rejected))
+                    time.perf_counter() - t0, exc, tuple(self._rejected), True, (), tuple(self._model_calls))
         self.path.append(step)
         await self._after(step)
         return step
@@ -536,7 +576,7 @@ class Run(Generic[C]):
             await self._emit(BudgetExhausted(self.run_id, wf.name, index, plan.name, budget, reason))
         self._machine.events[_FAIL].trigger(self._token)
         step = Step(index, plan.name, target, "fail", StepKind.FAIL, self._wall(t0),
-                    time.perf_counter() - t0, error, tuple(self._rejected), ran)
+                    time.perf_counter() - t0, error, tuple(self._rejected), ran, (), tuple(self._model_calls))
         self.path.append(step)
         await self._after(step, reason=reason, error=error)
         if loud and error is not None and self.raise_errors:
@@ -586,6 +626,42 @@ class Run(Generic[C]):
         plan = self._plans[self._token.state]
         return await self._fail(plan, len(self.path), time.perf_counter(), reason, budget=Budget.MAX_STEP_RESTARTS,
                                 ran=False)
+
+    # --- model calls -----------------------------------------------------------------------------------
+    async def _model_call(self, call: ModelCall, step: int, state: str) -> None:
+        """Record a model call of the current step (see ``Tools.record_model_call``); raise
+        :class:`BudgetExceeded` when it took the run past a budget."""
+        calls = self._model_calls
+        if calls is _NO_CALLS:
+            calls = self._model_calls = []
+        calls.append(call)
+        spent = self._spent
+        spent[0] += call.input_tokens + call.output_tokens
+        if call.cost is not None:
+            spent[1] += call.cost
+        if self.hooks:
+            await self._emit(ModelCalled(self.run_id, self.workflow.name, step, state, call))
+        over = self._over_budget()
+        if over is not None:
+            raise BudgetExceeded(over[0], over[1])
+
+    def _budget_room(self) -> None:
+        """Raise :class:`BudgetExceeded` when no model call fits in the run's budgets any more."""
+        tokens, cost = self._spent
+        if self.token_budget is not None and tokens >= self.token_budget:
+            raise BudgetExceeded(Budget.TOKENS, f"the token budget of {self.token_budget} is spent "
+                                 f"({tokens} used): no further model call is made")
+        if self.cost_budget is not None and cost >= self.cost_budget:
+            raise BudgetExceeded(Budget.COST, f"the cost budget of {self.cost_budget} is spent "
+                                 f"({cost:.6g} used): no further model call is made")
+
+    def _over_budget(self) -> tuple[Budget, str] | None:
+        tokens, cost = self._spent
+        if self.token_budget is not None and tokens > self.token_budget:
+            return Budget.TOKENS, f"model calls used {tokens} tokens, over the token budget of {self.token_budget}"
+        if self.cost_budget is not None and cost > self.cost_budget:
+            return Budget.COST, f"model calls cost {cost:.6g}, over the cost budget of {self.cost_budget}"
+        return None
 
     # --- waits ---------------------------------------------------------------------------------------
     def _wall_now(self) -> float:
@@ -713,6 +789,7 @@ def _NOTHING(*_: Any) -> None:
 
 
 _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy makes its own list
+_NO_CALLS: list[ModelCall] = []  # likewise: _model_call makes the step's own list
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
 

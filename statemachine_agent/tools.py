@@ -8,7 +8,7 @@ import inspect
 import itertools
 import time
 import typing
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from tenacity import RetryCallState, retry_base
@@ -61,6 +61,9 @@ class Journal(Protocol):
 
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any: ...
+
+    async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
+                   key: str) -> Any: ...
 
 __all__ = ["Effect", "Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
 
@@ -339,6 +342,55 @@ class Tools:
         if self._run is not None and self._run.hooks:
             await self._emit(ToolCallFailed, tool.name, call_id, tuple(errors), time.perf_counter() - t0)
         raise error from (errors[-1] if errors else None)
+
+    # --- what the LLM adapter (and any code that talks to a model) needs of the step -------------------
+    @property
+    def clock(self) -> Clock:
+        """The run's clock: where waits (retry backoff) and timeouts of calls made here read the time."""
+        return self._clock
+
+    @property
+    def state(self) -> str:
+        """The state whose step this handle belongs to."""
+        return self._state
+
+    @property
+    def step(self) -> int:
+        """The step's number in the run."""
+        return self._step
+
+    async def journaled(self, name: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """``await compute()``, once: in a durable run its JSON result is journaled like a read
+        tool's (committed with the step), so a replay answers it from the record instead.
+
+        For calls that are not tools but read the world, a model's answer above all: ``name`` says
+        what was called (``model:smollm2``), and a replay refuses an answer recorded under another.
+        The result must be JSON (dicts, lists, strings, numbers, booleans, ``None``).
+        """
+        index = self._calls[0]
+        self._calls[0] = index + 1
+        run = self._run
+        journal = run._journal if run is not None else None
+        if journal is None:
+            return await compute()
+        assert run is not None
+        return await journal.memo(name, compute, step=self._step, index=index,
+                                  key=f"{run.run_id}/{self._step}/{index}")
+
+    def budget_room(self) -> None:
+        """Raise :class:`~.errors.BudgetExceeded` when the run's token or cost budget is already
+        spent, before a model call is made."""
+        check = getattr(self._run, "_budget_room", None)
+        if check is not None:
+            check()
+
+    async def record_model_call(self, call: Any) -> None:
+        """Record a :class:`~statemachine_agent.usage.ModelCall` on the step (its usage counts
+        toward the run's budgets, and hooks get a ``ModelCalled`` event); raises
+        :class:`~.errors.BudgetExceeded` when it took the run past a budget."""
+        record = getattr(self._run, "_model_call", None)
+        if record is not None:
+            await record(call, self._step, self._state)
 
     async def _emit(self, kind: type[Any], *fields: Any) -> None:
         run = self._run

@@ -372,6 +372,16 @@ def bad_wait() -> Workflow[Ctx]:
     return wf
 
 
+def bad_llm_step() -> Workflow[Ctx]:
+    from statemachine_agent.llm import ChatModel, llm_step
+
+    chat = ChatModel(base_url="http://127.0.0.1:9/v1", model="m")
+    wf = base()
+    wf.add_state("plan", llm_step(chat, write="answer", output=str, prompt="Say hi."), initial=True, writes=["query"])
+    wf.transition("plan", "done")
+    return wf
+
+
 def foreign_state() -> Checkable:
     other = base("other")
     x = other.add_state("x", noop, initial=True)
@@ -467,6 +477,7 @@ BROKEN: dict[str, Callable[[], Checkable]] = {
     "undeclared-tool": undeclared_tool,
     "unrouted-unknown-outcome": unrouted_unknown_outcome,
     "bad-wait": bad_wait,
+    "bad-llm-step": bad_llm_step,
     "foreign-state": foreign_state,
     "initial-terminal": initial_terminal,
     "no-terminal": no_terminal,

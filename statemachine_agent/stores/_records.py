@@ -115,6 +115,8 @@ class StepRecord(_Record):
     """The JSON of each field the step wrote (a subset of its declared writes)."""
     unset: list[str] = []
     """Fields the step set back to UNSET."""
+    model_calls: list[dict[str, JsonValue]] = []
+    """The step's model calls (``ModelCall.to_dict()``): what it spent, kept for the run's budgets."""
 
 
 class CallRecord(_Record):
