@@ -585,13 +585,17 @@ def _check_model_use(a: Analysis) -> Iterator[Problem]:
 def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int]:
     """The most model calls LLM steps can make, and the most decisions (each up to the run's
     ``max_policy_attempts`` policy calls), in a run of at most ``steps`` steps: each state counts
-    its calls per visit times its visits, which are at most its ``max_visits`` and at most ``steps``."""
+    its calls per visit times its visits: one outside loops, else at most its ``max_visits`` and ``steps``."""
     calls = decisions = 0
-    for n in a.names:
-        if n not in a.reach or a.terminal(n):
+    nodes = [n for n in a.names if n in a.reach]
+    succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
+    looping = {v for comp in strongly_connected_components(nodes, succ) for v in comp
+               if len(comp) > 1 or comp[0] in succ[comp[0]]}
+    for n in nodes:
+        if a.terminal(n):
             continue
         s = a.states[n]
-        visits = min(a.visit_bound[n] or steps, steps)
+        visits = min(a.visit_bound[n] or steps, steps) if n in looping else 1  # no loop: one visit at most
         use = model_use(s.action)
         if use is not None:
             calls += visits * int(use.calls_per_visit)

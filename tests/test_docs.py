@@ -100,3 +100,27 @@ def test_durability_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str
     assert out == ["waiting approval", "done charged 42", "['order-42']"]
     for line in out:  # the page shows each printed line in a comment
         assert f"# {line}" in page
+
+
+def test_llm_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/llm.md's example decides and writes through a real HTTP server and prints what it shows."""
+    page = (ROOT / "docs" / "llm.md").read_text(encoding="utf-8")
+    [code] = _python_blocks(page)
+    exec(compile(code, "docs/llm.md", "exec"), {"__name__": "llm_doc"})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["2 1", "merged 1", "2 216 0.0000234", "['named_tool']"]
+    for line in out:  # the page shows each printed line in a comment
+        assert f"# {line}" in page
+
+
+def test_llm_page_server_table_is_the_profiles() -> None:
+    """The table of servers in docs/llm.md is PROFILES, row for row."""
+    from statemachine_agent.llm import PROFILES
+
+    page = (ROOT / "docs" / "llm.md").read_text(encoding="utf-8")
+    for kind, profile in PROFILES.items():
+        tried = ", ".join(profile.modes)
+        if profile.decision_modes:
+            tried = f"decisions: {', '.join(profile.decision_modes)}; steps: {tried}"
+        enforced = ", ".join(sorted(profile.enforced)) or "(none known)"
+        assert f"| `{kind}` | {tried} | {enforced} |" in page
