@@ -54,3 +54,8 @@ def test_the_readme_example_type_checks_under_strict(tmp_path: Path) -> None:
     path = tmp_path / "readme_example.py"
     path.write_text("DOCS: list[str] = []\n" + code, encoding="utf-8")
     assert mypy(path) == []
+
+
+def test_the_llm_api_type_checks_under_strict() -> None:
+    """An LLM policy and an LLM step in a typed workflow, budgets and usage read back: no error."""
+    assert mypy(HERE / "llm_api.py") == []
