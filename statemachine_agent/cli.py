@@ -405,6 +405,24 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(calls: list[dict[str, Any]]) -> str:
+    """Model calls summed for a person: what a stored step's records say, whatever is in them."""
+
+    def number(c: dict[str, Any], key: str) -> float:
+        v = c.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else 0
+
+    tokens_in = int(sum(number(c, "input_tokens") for c in calls))
+    tokens_out = int(sum(number(c, "output_tokens") for c in calls))
+    priced = [c for c in calls if c.get("cost") is not None]
+    models = sorted({_name(str(c.get("model", "?"))) for c in calls})
+    text = (f"{len(calls)} call{'s' if len(calls) != 1 else ''} to {', '.join(models)}, {tokens_in} tokens in, "
+            f"{tokens_out} out, {sum(number(c, 'latency') for c in calls):.2f} s")
+    if priced:
+        text += f", cost {sum(number(c, 'cost') for c in priced):.6g}"
+    return text
+
+
 def _show_lines(stored: StoredRun) -> list[str]:
     r = stored.run
     n = r.next_step
@@ -436,8 +454,13 @@ def _show_lines(stored: StoredRun) -> list[str]:
         lines.append(line)
         if s.error:
             lines.append(f"       error: {_cut(s.error, 200)}")
+        if s.model_calls:
+            lines.append(f"       models: {_usage(s.model_calls)}")
     if not stored.steps:
         lines.append("  (none committed)")
+    every = [c for s in stored.steps for c in s.model_calls]
+    if every:
+        lines.append(f"models:   {_usage(every)}")
     lines.append("waits:")
     if r.wait is None:
         lines.append("  waiting for: nothing")
