@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from statemachine_agent import UNSET, Budget, Context, Workflow
 from statemachine_agent.clock import FakeClock
-from statemachine_agent.errors import ModelError, ModelRefused, ModelUnavailable
+from statemachine_agent.errors import ModelAnswerInvalid, ModelError, ModelRefused, ModelUnavailable
 from statemachine_agent.llm import ChatModel, LLMPolicy, Mode, Price, ServerKind, llm_step
 from statemachine_agent.llm.testing import (
     FakeOpenAIServer,
@@ -528,3 +528,203 @@ def test_no_key_in_the_environment_sends_no_authorization_header(monkeypatch: py
     monkeypatch.delenv("SMA_NO_SUCH_KEY", raising=False)
     _, requests, _, _ = decide([VALID], chat={"api_key_env": "SMA_NO_SUCH_KEY"})
     assert "authorization" not in requests[0].headers
+
+
+# --- LLM steps -----------------------------------------------------------------------------------
+
+class Summary(BaseModel):
+    title: str
+    score: int
+
+
+class StepCtx(Context):
+    text: str = "the text"
+    summary: Summary | None = None
+    count: int | None = None
+    note: str | None = None
+
+
+def summarizer(chat: ChatModel, *, max_attempts: int = 2, output: Any = Summary, write: str = "summary",
+               routed: bool = True) -> Any:
+    wf = Workflow("summarize", StepCtx)
+    wf.add_state("work", llm_step(chat, write=write, output=output, max_attempts=max_attempts,
+                                  prompt=lambda c: f"Summarize: {c.text}"),
+                 initial=True, reads=["text"], writes=[write])
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("work", "done")
+    if routed:
+        wf.terminal("invalid", outcome="failure")
+        wf.on_error("work", ModelAnswerInvalid, "invalid")
+    return wf.compile()
+
+
+def run_step(script: list[FakeResponse], **kwargs: Any) -> tuple[Any, list[FakeRequest]]:
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake")
+        result = summarizer(chat, **kwargs).run_sync(StepCtx(), clock=FakeClock(), raise_errors=False)
+        return result, list(server.requests)
+
+
+def test_llm_step_writes_a_validated_pydantic_model() -> None:
+    """A valid answer (a named tool call) is validated and written as the declared type."""
+    result, requests = run_step([tool_reply("answer", {"title": "T", "score": 3})])
+    assert result.terminal == "done"
+    assert result.context.summary == Summary(title="T", score=3)
+    assert requests[0].body["tool_choice"]["function"]["name"] == "answer"
+    assert requests[0].body["messages"][-1]["content"] == "Summarize: the text"
+    assert result.path[0].model_calls[0].purpose == "answer"
+
+
+def test_llm_step_feeds_validation_errors_back_then_takes_the_corrected_answer() -> None:
+    """An answer that does not validate is shown back with the error; the next one is taken."""
+    result, requests = run_step([tool_reply("answer", {"title": "T", "score": "lots"}),
+                                 tool_reply("answer", {"title": "T", "score": 4})])
+    assert result.context.summary == Summary(title="T", score=4)
+    second = requests[1].body["messages"]
+    assert second[-2] == {"role": "assistant", "content": json.dumps({"title": "T", "score": "lots"})}
+    assert "That answer was rejected" in second[-1]["content"] and "score" in second[-1]["content"]
+    assert [c.attempt for c in result.path[0].model_calls] == [1, 2]
+
+
+def test_llm_step_raises_model_answer_invalid_after_max_attempts() -> None:
+    """Answers that never validate: exactly max_attempts requests, then ModelAnswerInvalid (routed)."""
+    bad = [tool_reply("answer", {"title": 1}), chat_reply("no JSON here"), FakeResponse(200, raw=b"{not json")]
+    result, requests = run_step(bad, max_attempts=3)
+    assert result.terminal == "invalid"
+    assert isinstance(result.path[0].error, ModelAnswerInvalid)
+    assert "rejected 3 time(s)" in str(result.path[0].error)
+    assert len(requests) == 3 and result.context.summary is None
+    unrouted, _ = run_step(bad, max_attempts=1, routed=False)
+    assert unrouted.terminal == "failed" and isinstance(unrouted.error, ModelAnswerInvalid)
+
+
+def test_llm_step_with_a_scalar_output_is_wrapped_and_unwrapped() -> None:
+    """output=int: the schema is {"value": int}; the answer's value is written."""
+    result, requests = run_step([chat_reply('```json\n{"value": 7}\n```')], output=int, write="count")
+    assert result.context.count == 7
+    assert requests[0].body["tools"][0]["function"]["parameters"]["required"] == ["value"]
+
+
+# --- tool rounds ---------------------------------------------------------------------------------
+
+class ToolCtx(Context):
+    q: str = "q"
+    a: str | None = None
+
+
+def tool_workflow(chat: ChatModel, *, max_rounds: int, max_attempts: int, ran: list[str],
+                  visits: int = 1) -> Any:
+    wf = Workflow("tooling", ToolCtx)
+
+    @wf.tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        ran.append(f"lookup {q}")
+        return f"found {q}"
+
+    @wf.tool
+    def secret() -> str:
+        """Registered, but not declared by the LLM step's state."""
+        ran.append("secret")
+        return "s3cret"
+
+    wf.add_state("work", llm_step(chat, write="a", output=str, prompt="go", tools=["lookup"], max_rounds=max_rounds,
+                                  max_attempts=max_attempts),
+                 initial=True, writes=["a"], tools=["lookup"], max_visits=visits)
+
+    @wf.state(tools=["secret"], writes=["a"])
+    async def other(ctx: ToolCtx, tools: Any) -> None:
+        ctx.a = await tools.call("secret")
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("work", other, guard=wf.guard(lambda c: c.a == "other", name="elsewhere", reads=["a"]))
+    wf.transition("work", "work", guard=wf.guard(lambda c: c.a != "stop", name="again", reads=["a"]))
+    wf.transition("work", "done")
+    wf.transition(other, "done")
+    wf.on_error("work", ModelAnswerInvalid, "failed")
+    return wf
+
+
+def is_tool_round(request: FakeRequest) -> bool:
+    return request.body.get("tool_choice") == "auto"
+
+
+def test_a_call_to_an_undeclared_tool_gets_an_error_back_and_never_runs() -> None:
+    """The model calls 'secret' (registered, not declared here) and 'rm_rf' (unknown): each gets an
+    error message as the tool's answer; neither runs; then 'lookup' runs once."""
+    ran: list[str] = []
+    script = [tool_reply("secret", {}), tool_reply("rm_rf", {"path": "/"}), tool_reply("lookup", {"q": "x"}),
+              chat_reply('{"value": "stop"}')]
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake")
+        result = tool_workflow(chat, max_rounds=3, max_attempts=1, ran=ran).compile().run_sync(
+            ToolCtx(), clock=FakeClock(), raise_errors=False)
+        requests = list(server.requests)
+    assert ran == ["lookup x"]
+    assert result.terminal == "done" and result.context.a == "stop"
+    tools_offered = [t["function"]["name"] for t in requests[0].body["tools"]]
+    assert tools_offered == ["lookup"]
+    assert "idempotency_key" not in json.dumps(requests[0].body["tools"])
+    tool_msgs = [m for m in requests[3].body["messages"] if m["role"] == "tool"]
+    assert [m["content"].startswith("error: there is no tool") for m in tool_msgs] == [True, True, False]
+    assert tool_msgs[2]["content"] == json.dumps("found x")
+
+
+def test_tool_rounds_never_exceed_max_rounds() -> None:
+    """A model that only ever calls tools: max_rounds tool rounds, then max_attempts asks, no more."""
+    ran: list[str] = []
+
+    def always_tools(request: FakeRequest, _: int) -> FakeResponse:
+        return tool_reply("lookup", {"q": "again"})
+
+    with FakeOpenAIServer(always_tools) as server:
+        chat = ChatModel(base_url=server.url, model="fake")
+        result = tool_workflow(chat, max_rounds=2, max_attempts=2, ran=ran).compile().run_sync(
+            ToolCtx(), clock=FakeClock(), raise_errors=False)
+        requests = list(server.requests)
+    assert [is_tool_round(q) for q in requests] == [True, True, False, False]
+    assert ran == ["lookup again"] * 2
+    assert result.terminal == "failed" and isinstance(result.path[0].error, ModelAnswerInvalid)
+
+
+STEP_KINDS = ("lookup", "undeclared", "bad_args", "nested_args", "answer_stop", "answer_again", "answer_bad",
+              "prose", "empty", "malformed")
+
+
+def step_reply(kind: str) -> FakeResponse:
+    return {
+        "lookup": tool_reply("lookup", {"q": "x"}),
+        "undeclared": tool_reply("secret", {}),
+        "bad_args": tool_reply("lookup", "{oops"),
+        "nested_args": tool_reply("lookup", "[" * 5000 + "]" * 5000),
+        "answer_stop": chat_reply('{"value": "stop"}'),
+        "answer_again": tool_reply("answer", {"value": "again"}),
+        "answer_bad": tool_reply("answer", {"value": 3}),
+        "prose": chat_reply("sure thing"),
+        "empty": FakeResponse(200, {"choices": []}),
+        "malformed": FakeResponse(200, raw=b"{not json"),
+    }[kind]
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
+       st.lists(st.sampled_from(STEP_KINDS), min_size=1, max_size=20))
+def test_the_checkers_worst_case_model_calls_bounds_the_requests_made(rounds: int, attempts: int, visits: int,
+                                                                       kinds: list[str]) -> None:
+    """Whatever the model answers (all 200s), the requests a run makes are at most the checker's
+    worst_case_model_calls, every call is recorded, and the secret tool never runs."""
+    ran: list[str] = []
+    script = [step_reply(k) for k in kinds]
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake")
+        wf = tool_workflow(chat, max_rounds=rounds, max_attempts=attempts, ran=ran, visits=visits)
+        bound = wf.analyze().worst_case_model_calls
+        result = wf.compile().run_sync(ToolCtx(), clock=FakeClock(), raise_errors=False)
+        n = len(server.requests)
+    assert bound is not None and bound == visits * (rounds + attempts)
+    assert 1 <= n <= bound
+    assert result.usage.calls == n
+    assert "secret" not in ran
+    assert result.terminal in {"done", "failed"}
