@@ -728,3 +728,153 @@ def test_the_checkers_worst_case_model_calls_bounds_the_requests_made(rounds: in
     assert result.usage.calls == n
     assert "secret" not in ran
     assert result.terminal in {"done", "failed"}
+
+
+# --- hostile inputs ------------------------------------------------------------------------------
+
+def test_a_one_megabyte_reply_is_a_bounded_rejection() -> None:
+    """1 MB of prose: rejected with a reason of bounded size, and what is shown back to the model is
+    bounded too (the next request does not carry the megabyte)."""
+    huge = chat_reply("x" * 1_000_000)
+    (result,), requests, _, _ = decide([huge, huge, VALID])
+    assert result.terminal == "end1"
+    assert len(result.path[0].rejected) == 2
+    assert all(len(r) < 5000 for r in result.path[0].rejected)
+    assert len(json.dumps(requests[-1].body)) < 20_000
+
+
+def nested_body(depth: int) -> bytes:
+    args = "[" * depth + "]" * depth
+    call = {"id": "c", "type": "function", "function": {"name": TOOL, "arguments": "@@"}}
+    body = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                         "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    return json.dumps(body).replace('"@@"', args).encode()
+
+
+@pytest.mark.parametrize("where", ["arguments_text", "arguments_object", "whole_body"])
+def test_deeply_nested_json_is_a_rejection_not_a_crash(where: str) -> None:
+    """10,000 levels of [[[...]]] as the arguments' text, as the arguments themselves, or as the whole
+    body: a recorded rejection (or a failed step with a reason), never a RecursionError."""
+    depth = 10_000
+    if where == "arguments_text":
+        bad = tool_reply(TOOL, "[" * depth + "]" * depth)
+    elif where == "arguments_object":
+        bad = FakeResponse(200, raw=nested_body(depth))
+    else:
+        bad = FakeResponse(200, raw=b"[" * depth + b"]" * depth)
+    (result,), _, _, _ = decide([bad, VALID])
+    assert result.error is None, repr(result.error)
+    assert result.terminal == "end1"
+    assert len(result.path[0].rejected) == 1
+
+
+def test_a_deeply_nested_answer_to_an_llm_step_is_a_rejection() -> None:
+    """The same for an LLM step: fed back as an invalid answer, then the next one is taken."""
+    result, _ = run_step([FakeResponse(200, raw=nested_body(10_000)), tool_reply("answer", {"title": "T", "score": 1})])
+    assert result.error is None, repr(result.error)
+    assert result.context.summary == Summary(title="T", score=1)
+
+
+class Hostile:
+    """Its repr and str raise; it is not JSON."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr refused")
+
+    __str__ = __repr__
+
+
+class EvilStr(str):
+    """A str whose comparisons and hash raise."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq refused")
+
+    def __ne__(self, other: object) -> bool:
+        raise RuntimeError("ne refused")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash refused")
+
+
+class AnyCtx(Context):
+    model_config = Context.model_config | {"arbitrary_types_allowed": True}
+    thing: Any = "unset"
+    word: Any = "unset"
+
+
+def test_context_fields_whose_repr_or_eq_raise_are_shown_to_the_policy_safely() -> None:
+    """A read field whose repr raises and one holding a str subclass with hostile __eq__/__hash__: the
+    decision is still asked and taken."""
+    wf = Workflow("hostile", AnyCtx)
+
+    @wf.state(initial=True, reads=["thing", "word"], decision=True)
+    def triage(ctx: AnyCtx) -> None:
+        pass
+
+    wf.terminal("a")
+    wf.terminal("b")
+    wf.terminal("failed", outcome="failure")
+    wf.transition(triage, "a", description="go to a")
+    wf.transition(triage, "b", description="go to b")
+    with FakeOpenAIServer([tool_reply(TOOL, {"transition": "triage_to_b"})]) as server:
+        policy = LLMPolicy(base_url=server.url, model=EvilStr("fake"), instructions=EvilStr("Choose."))
+        result = wf.compile().run_sync(AnyCtx(thing=Hostile(), word=EvilStr("approve")), policy=policy,
+                                       clock=FakeClock(), raise_errors=False)
+        body = server.requests[0].body
+    assert result.terminal == "b", result.reason
+    shown = body["messages"][1]["content"]
+    assert "- thing: " in shown and '- word: "approve"' in shown
+    assert body["model"] == "fake"
+
+
+def test_a_policy_answer_that_is_a_hostile_str_is_judged_as_plain_text() -> None:
+    """A wrapper returning the model's answer as an EvilStr: compared as plain str, taken."""
+    compiled, _ = decision_workflow(2)
+    with FakeOpenAIServer([VALID]) as server:
+        inner = LLMPolicy(base_url=server.url, model="fake")
+
+        async def policy(decision: Any) -> Any:
+            answer = await inner(decision)
+            return EvilStr(answer) if isinstance(answer, str) else answer
+
+        result = compiled.run_sync(Ctx(), policy=policy, clock=FakeClock(), raise_errors=False)
+    assert result.terminal == "end1"
+
+
+def test_cancelling_a_run_mid_request_leaks_no_task_and_the_run_can_go_on() -> None:
+    """The server hangs on the first request; the run's task is cancelled while it waits. No task is
+    left behind, the step did not happen, and the same run, driven again, finishes."""
+    compiled, names = decision_workflow(2)
+
+    def script(_: FakeRequest, i: int) -> FakeResponse:
+        return FakeResponse(hang=True) if i == 0 else VALID
+
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake", timeout=30.0)
+
+        async def go() -> Any:
+            run = compiled.start(Ctx(), policy=LLMPolicy(chat=chat), clock=FakeClock())
+            task = asyncio.create_task(run.run_to_end())
+            for _ in range(2000):  # until the request is in (not a timing assumption: we wait for it)
+                if server.requests:
+                    break
+                await asyncio.sleep(0.005)
+            assert server.requests
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert leftover == []
+            assert run.path == [] and not run.done
+            result = await run.run_to_end()
+            await chat.aclose()
+            return result
+
+        result = asyncio.run(go())
+        assert len(server.requests) == 2
+    assert result.terminal == "end1" and result.path[0].transition in names
+    assert result.usage.calls == 1

@@ -280,7 +280,7 @@ class ChatModel:
                                    f"API key (read from ${self.api_key_env}) and the model name")
             try:
                 return response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                 return response.text[:2000]
 
         retrying = AsyncRetrying(
