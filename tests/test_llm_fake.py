@@ -878,3 +878,32 @@ def test_cancelling_a_run_mid_request_leaks_no_task_and_the_run_can_go_on() -> N
         assert len(server.requests) == 2
     assert result.terminal == "end1" and result.path[0].transition in names
     assert result.usage.calls == 1
+
+
+def test_a_500_in_a_tool_round_is_retried_not_taken_as_a_refusal() -> None:
+    """A tool round has no other form to fall back to: a 500 there is a transient failure, retried
+    after a backoff on the run's clock, not a ModelRefused ending the step."""
+    ran: list[str] = []
+    script = [error_reply(500, "hiccup"), tool_reply("lookup", {"q": "x"}), chat_reply("done looking"),
+              chat_reply('{"value": "stop"}')]
+    clock = FakeClock()
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake")
+        result = tool_workflow(chat, max_rounds=3, max_attempts=1, ran=ran).compile().run_sync(
+            ToolCtx(), clock=clock, raise_errors=False)
+        n = len(server.requests)
+    assert result.error is None, repr(result.error)
+    assert result.terminal == "done" and ran == ["lookup x"]
+    assert n == 4 and len(clock.sleeps) == 1
+    assert result.path[0].model_calls[0].http_attempts == 2
+
+
+def test_the_fake_server_closes_without_waiting_for_a_poll() -> None:
+    """FakeOpenAIServer serves with a short shutdown poll: close() used to wait up to 0.5 s (the
+    socketserver default), a test suite starting a server per Hypothesis example waited minutes."""
+    server = FakeOpenAIServer([VALID])
+    try:
+        assert server._thread._kwargs.get("poll_interval", 0.5) <= 0.05  # type: ignore[attr-defined]
+    finally:
+        server.close()
+    assert not server._thread.is_alive()

@@ -193,7 +193,10 @@ class ChatModel:
             for mode in modes:
                 body = await build(mode)
                 try:
-                    data, n = await self._post(body, clock, known_good=mode in self.working or mode is Mode.PROMPT)
+                    # A 5xx is a refusal only where another form could be tried: a tool round (and
+                    # PROMPT, the last resort) has none, so there it is transient, and retried.
+                    data, n = await self._post(body, clock, known_good=mode in self.working or mode is Mode.PROMPT
+                                               or mode_name is not None)
                 except _Refused as refused:
                     sent += 1
                     if mode_name is None:  # a tool round has nothing to fall back to
