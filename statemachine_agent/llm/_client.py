@@ -193,7 +193,10 @@ class ChatModel:
             for mode in modes:
                 body = await build(mode)
                 try:
-                    data, n = await self._post(body, clock, known_good=mode in self.working or mode is Mode.PROMPT)
+                    # A 5xx is a refusal only where another form could be tried: a tool round (and
+                    # PROMPT, the last resort) has none, so there it is transient, and retried.
+                    data, n = await self._post(body, clock, known_good=mode in self.working or mode is Mode.PROMPT
+                                               or mode_name is not None)
                 except _Refused as refused:
                     sent += 1
                     if mode_name is None:  # a tool round has nothing to fall back to
@@ -250,6 +253,12 @@ class ChatModel:
         url = f"{self.base_url}/chat/completions"
         attempts = 0
 
+        def said(text: str) -> str:
+            # What the server said, cut short, and never with the key in it: some servers echo the
+            # key they refused, and error messages end up in logs, results and stores.
+            text = text[:300]
+            return text.replace(key, "<the API key>") if key else text
+
         async def once() -> Any:
             nonlocal attempts
             attempts += 1
@@ -258,20 +267,23 @@ class ChatModel:
             except httpx.TimeoutException:
                 raise _Transient(f"no answer within {self.timeout} s") from None
             except httpx.TransportError as exc:
-                raise _Transient(f"{type(exc).__name__}: {exc}") from None
+                raise _Transient(said(f"{type(exc).__name__}: {exc}")) from None
             status = response.status_code
+            # Retry-After is defined for 429 and 503 (RFC 6585, RFC 9110 15.6.4); honoured on any
+            # answer that is retried.
             if status in {429, 408}:
                 raise _Transient(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
             if status >= 500 and (known_good or status in (502, 503, 504)):
-                raise _Transient(f"HTTP {status}: {response.text[:300]}")
+                raise _Transient(f"HTTP {status}: {said(response.text)}",
+                                 _retry_after(response.headers.get("retry-after")))
             if status >= 500 or status in _REFUSAL:
-                raise _Refused(status, response.text[:300])
+                raise _Refused(status, said(response.text))
             if status >= 400:  # 401, 403: no retry and no other mode helps
-                raise ModelRefused(self.model, f"{url} answered HTTP {status}: {response.text[:300]}; check the "
+                raise ModelRefused(self.model, f"{url} answered HTTP {status}: {said(response.text)}; check the "
                                    f"API key (read from ${self.api_key_env}) and the model name")
             try:
                 return response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                 return response.text[:2000]
 
         retrying = AsyncRetrying(

@@ -90,7 +90,7 @@ class LLMPolicy:
                 return NoChoice(f"the model's answer {_short(value)} names no transition: answer "
                                 f'{{"transition": "<name>"}} with one of {", ".join(names)}')
             answer = picked
-        said.append(answer)
+        said.append(_short(answer))  # shown back if rejected: a megabyte of prose is not sent again
         if answer in names:  # taken: the runner validates it again, as any policy's answer
             self._said.pop((decision.run_id, decision.step), None)
         return answer

@@ -156,8 +156,10 @@ class FakeOpenAIServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="fake-openai",
-                                        daemon=True)  # a short poll: close() returns at once
+        # serve_forever notices shutdown() only between polls: its default 0.5 s poll made every
+        # close() take half a second (a test suite starting a server per example waited minutes).
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
+                                        name="fake-openai", daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}/v1"
