@@ -114,6 +114,7 @@ class Run(Generic[C]):
     __slots__ = (
         "__weakref__",
         "_broken",
+        "_budget_refused",
         "_busy",
         "_clock0",
         "_consume",
@@ -266,6 +267,8 @@ class Run(Generic[C]):
         """What the run's priced model calls may cost (``None``: no limit)."""
         self._spent = [0, 0.0]
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
+        self._budget_refused: BudgetExceeded | None = None
+        """A model call the budgets refused in this step: the step fails even if its action caught it."""
         self._model_calls: list[ModelCall] = _NO_CALLS
         """The current step's model calls."""
         self._step_calls = [0]
@@ -342,6 +345,7 @@ class Run(Generic[C]):
         name = plan.name
         self._rejected = _NO_REJECTIONS
         self._model_calls = _NO_CALLS
+        self._budget_refused = None
         visits = self.visits.get(name, 0)
         # The specific budget first: when the default max_steps (the static bound) runs out, a
         # visit budget is usually the real cause, and naming it says which loop to look at.
@@ -495,6 +499,8 @@ class Run(Generic[C]):
             out = action(view)
         if out is not None and _awaitable(out):
             await out
+        if self._budget_refused is not None:  # refused for the budget; the action caught it
+            raise self._budget_refused
         if self._model_calls and (over := self._over_budget()):  # the action may have caught it
             raise BudgetExceeded(over[0], over[1])
         if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
@@ -526,6 +532,8 @@ class Run(Generic[C]):
             answer: Any = self.policy(decision)  # an exception here is the policy's own error
             if _awaitable(answer):
                 answer = await answer
+            if self._budget_refused is not None:
+                raise self._budget_refused
             if self._model_calls and (over := self._over_budget()):
                 raise BudgetExceeded(over[0], over[1])
             option, why = resolve(answer, options)
@@ -648,12 +656,16 @@ class Run(Generic[C]):
     def _budget_room(self) -> None:
         """Raise :class:`BudgetExceeded` when no model call fits in the run's budgets any more."""
         tokens, cost = self._spent
+        refused = None
         if self.token_budget is not None and tokens >= self.token_budget:
-            raise BudgetExceeded(Budget.TOKENS, f"the token budget of {self.token_budget} is spent "
-                                 f"({tokens} used): no further model call is made")
-        if self.cost_budget is not None and cost >= self.cost_budget:
-            raise BudgetExceeded(Budget.COST, f"the cost budget of {self.cost_budget} is spent "
-                                 f"({cost:.6g} used): no further model call is made")
+            refused = BudgetExceeded(Budget.TOKENS, f"the token budget of {self.token_budget} is spent "
+                                     f"({tokens} used): no further model call is made")
+        elif self.cost_budget is not None and cost >= self.cost_budget:
+            refused = BudgetExceeded(Budget.COST, f"the cost budget of {self.cost_budget} is spent "
+                                     f"({cost:.6g} used): no further model call is made")
+        if refused is not None:
+            self._budget_refused = refused
+            raise refused
 
     def _over_budget(self) -> tuple[Budget, str] | None:
         tokens, cost = self._spent

@@ -465,13 +465,7 @@ def two_llm_steps(chat: ChatModel, *, stubborn: bool = False) -> Any:
     return wf.compile()
 
 
-@pytest.mark.parametrize("stubborn", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "runner.py: a BudgetExceeded raised by Tools.budget_room (budget exactly spent, no call made in "
-        "this step) and caught by the action lets the run go on; BudgetExceeded's doc says catching it "
-        "does not save the run"))),
-])
+@pytest.mark.parametrize("stubborn", [False, True])
 def test_a_spent_token_budget_makes_no_further_request_even_when_the_action_catches_it(stubborn: bool) -> None:
     """Budget 13, first reply 13 tokens: the second step's calls are refused before any request, and the
     run ends in the failure terminal with Budget.TOKENS, even when the action catches the refusal."""
