@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from statemachine_agent import UNSET, Budget, Context, Workflow
+from statemachine_agent import UNSET, Budget, Context, ModelAnswerInvalid, Workflow
 from statemachine_agent.clock import FakeClock
 from statemachine_agent.llm import ChatModel, LLMPolicy, llm_step
 from statemachine_agent.llm.testing import FakeOpenAIServer, FakeRequest, FakeResponse, chat_reply, tool_reply
@@ -148,3 +148,28 @@ def test_a_resumed_run_counts_earlier_usage_against_its_token_budget(kind: str, 
     assert result.terminal == "failed" and got == [Budget.TOKENS]
     assert result.context.acted == 0
     assert result.usage.total_tokens == 62
+
+
+NOT_STORABLE = [
+    b'{"choices": [{"message": {"content": "{\\"value\\": \\"x\\"}"}}], "usage": {"prompt_tokens": NaN}}',
+    b'{"choices": [{"message": {"content": "{\\"value\\": \\"x\\"}"}}], "usage": {"completion_tokens": 1e999}}',
+    b'{"choices": [{"message": {"content": "{\\"value\\": \\"x\\"}"}}], "x": ' + b"[" * 100 + b"]" * 100 + b"}",
+]
+
+
+@pytest.mark.parametrize("raw", NOT_STORABLE, ids=["nan", "infinity", "100-deep"])
+def test_a_reply_no_store_can_hold_is_a_rejection_not_a_broken_commit(raw: bytes, tmp_path: Path) -> None:
+    """A reply with NaN, an infinite number or 100 levels of nesting is parsed Python JSON but not storable:
+    it is taken as a reply that is not JSON (a reason the model is shown), and every step still commits."""
+    with FakeOpenAIServer([FakeResponse(200, raw=raw)]) as server:
+        chat = ChatModel(base_url=server.url, model="fake", retries=1)
+        store = SQLiteStore(tmp_path / "runs.db")
+        try:
+            result = workflow(chat, []).run_sync(Doc(), store=store, run_id="odd", raise_errors=False)
+            stored = store.load("odd").result()
+        finally:
+            store.close()
+    assert result.terminal == "failed"
+    assert isinstance(result.error, ModelAnswerInvalid) and "is not a JSON object" in str(result.error)
+    assert len(stored.steps) == len(result.path)
+    assert stored.run.terminal == "failed"

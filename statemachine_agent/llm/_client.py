@@ -81,6 +81,40 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+_MAX_DEPTH = 64
+"""Deeper replies are kept as text: a journal row must stay storable (stores refuse past 128 levels)."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _reply_body(text: str) -> Any:
+    """A reply's parsed JSON, or its text (cut) when it is not strict JSON: malformed, NaN or
+    Infinity (which a journal cannot store), or nested deeper than :data:`_MAX_DEPTH`."""
+    try:
+        data = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+        return text[:2000]
+    todo: list[tuple[Any, int]] = [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > _MAX_DEPTH:
+            return text[:2000]
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One answered request: the mode it used, the parsed reply and its usage record."""
@@ -281,10 +315,7 @@ class ChatModel:
             if status >= 400:  # 401, 403: no retry and no other mode helps
                 raise ModelRefused(self.model, f"{url} answered HTTP {status}: {said(response.text)}; check the "
                                    f"API key (read from ${self.api_key_env}) and the model name")
-            try:
-                return response.json()
-            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-                return response.text[:2000]
+            return _reply_body(response.text)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries),
