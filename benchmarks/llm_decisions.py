@@ -121,8 +121,8 @@ def bench(mode: str, url: str) -> dict[str, object]:
             if taken == expected:
                 sensible += 1
             else:
-                misses.append(f"{'rev' if reverse else 'fwd'} expected {expected:<15} got {taken or step.transition!s:<15}"
-                              f" {text[:60]}")
+                got = taken or step.transition
+                misses.append(f"{'rev' if reverse else 'fwd'} expected {expected:<15} got {got:<15} {text[:60]}")
     return {"mode": mode, "n": n, "valid": valid, "valid_after": valid_after, "sensible": sensible,
             "median": statistics.median(latencies), "max": max(latencies), "calls": len(latencies),
             "tokens": statistics.median(tokens), "sent": ", ".join(sorted(modes)), "misses": misses}
