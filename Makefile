@@ -147,17 +147,18 @@ llm-server: $(LLM_STAMP)
 	  --chat_format chatml-function-calling --host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 1 \
 	  > $(LLM_DIR)/server.log 2>&1 < /dev/null & \
 	pid=$$!; echo $$pid > $(LLM_DIR)/server.pid; \
-	waited=0; \
+	deadline=$$(( $$(date +%s) + $(LLM_WAIT) )); \
 	until $(LLM_UP); do \
 	  if ! kill -0 $$pid 2>/dev/null; then \
-	    tail -n 20 $(LLM_DIR)/server.log; rm -f $(LLM_DIR)/server.pid; \
+	    { grep -iE 'error|exception' $(LLM_DIR)/server.log || tail -n 5 $(LLM_DIR)/server.log; } | tail -n 5 | cut -c1-300; \
+	    rm -f $(LLM_DIR)/server.pid; \
 	    echo "the model server exited at start (is port $(LLM_PORT) taken? try make LLM_PORT=... ):" \
-	         "see $(LLM_DIR)/server.log, whose end is above"; exit 1; fi; \
-	  if [ $$waited -ge $$(( $(LLM_WAIT) * 2 )) ]; then \
-	    kill $$pid 2>/dev/null; rm -f $(LLM_DIR)/server.pid; tail -n 20 $(LLM_DIR)/server.log; \
+	         "see $(LLM_DIR)/server.log (its error lines are above)"; exit 1; fi; \
+	  if [ $$(date +%s) -ge $$deadline ]; then \
+	    kill $$pid 2>/dev/null; rm -f $(LLM_DIR)/server.pid; tail -n 5 $(LLM_DIR)/server.log | cut -c1-300; \
 	    echo "the model server did not answer on $(LLM_URL)/models within $(LLM_WAIT) s: see" \
 	         "$(LLM_DIR)/server.log, whose end is above"; exit 1; fi; \
-	  sleep 0.5; waited=$$(( waited + 1 )); \
+	  sleep 0.5; \
 	done; \
 	echo "model server ready at $(LLM_URL) (pid $$pid, log $(LLM_DIR)/server.log; stop it with make llm-stop)"
 
@@ -175,17 +176,15 @@ llm-stop:
 # The end-to-end tests against the real model; a server this target started is stopped even on failure.
 test-llm: $(STAMP) $(LLM_STAMP)
 	@started=0; \
+	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop; fi' EXIT; trap 'exit 130' INT TERM; \
 	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
 	STATEMACHINE_AGENT_LLM_URL=$(LLM_URL) STATEMACHINE_AGENT_LLM_REQUIRED=1 \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider tests_llm; rc=$$?; \
-	if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop; fi; \
-	exit $$rc
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests_llm
 
 # The research agent with the local model deciding and summarizing.
 demo-llm: $(STAMP) $(LLM_STAMP)
 	@started=0; \
+	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop >/dev/null; fi' EXIT; \
+	trap 'exit 130' INT TERM; \
 	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
-	$(BIN)/python -m statemachine_agent.examples.research_llm "How does the checker bound loops?" \
-	  --url $(LLM_URL); rc=$$?; \
-	if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop >/dev/null; fi; \
-	exit $$rc
+	$(BIN)/python -m statemachine_agent.examples.research_llm "How does the checker bound loops?" --url $(LLM_URL)
