@@ -55,7 +55,7 @@ check: $(STAMP)
 	$(BIN)/statemachine-agent check statemachine_agent.examples.research:workflow
 
 lint: $(STAMP)
-	$(BIN)/ruff check statemachine_agent tests benchmarks
+	$(BIN)/ruff check statemachine_agent tests tests_llm benchmarks
 	$(BIN)/mypy
 
 unit: $(STAMP) graphviz
