@@ -24,7 +24,8 @@ from statemachine_agent.diagrams import write_diagrams
 from statemachine_agent.stores import SQLiteStore
 from statemachine_agent.tools import Retry, Tools
 
-__all__ = ["CORPUS", "Corpus", "Hit", "ResearchContext", "SearchUnavailable", "build", "workflow"]
+__all__ = ["CORPUS", "Corpus", "Hit", "ResearchContext", "SearchUnavailable", "broad_query", "build",
+           "strict_query", "workflow"]
 
 _STOPWORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i",
@@ -120,6 +121,19 @@ def _terms(text: str) -> list[str]:
     return list(seen)
 
 
+def strict_query(question: str) -> str:
+    """An FTS5 query every significant word of ``question`` must match; ValueError when it has none."""
+    terms = _terms(question)
+    if not terms:
+        raise ValueError(f"the question {question!r} has no searchable words")
+    return " AND ".join(f'"{t}"' for t in terms)
+
+
+def broad_query(question: str) -> str:
+    """An FTS5 query any significant word of ``question`` matches, as a prefix."""
+    return " OR ".join(f'"{t}"*' for t in _terms(question))
+
+
 class ResearchContext(Context):
     """What the research agent knows at each step."""
 
@@ -151,10 +165,7 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
     @wf.state(initial=True, reads=["question"], writes=["query"])
     def plan(ctx: ResearchContext) -> None:
         """Turn the question into a strict query: every significant word must match."""
-        terms = _terms(ctx.question)
-        if not terms:
-            raise ValueError(f"the question {ctx.question!r} has no searchable words")
-        ctx.query = " AND ".join(f'"{t}"' for t in terms)
+        ctx.query = strict_query(ctx.question)
 
     @wf.tool(timeout=5.0, retry=Retry(attempts=2, backoff=0.05, never=(SearchUnavailable,)))
     def search_docs(query: str, limit: int = 5) -> list[Hit]:
@@ -169,7 +180,7 @@ def build(corpus: Corpus | str | Path | None = None) -> Workflow[ResearchContext
     @wf.state(reads=["question", "broadened"], writes=["query", "broadened"], max_visits=1)
     def refine(ctx: ResearchContext) -> None:
         """Broaden the query: any significant word, matching as a prefix."""
-        ctx.query = " OR ".join(f'"{t}"*' for t in _terms(ctx.question))
+        ctx.query = broad_query(ctx.question)
         ctx.broadened = True
 
     @wf.state(reads=["question", "hits"], writes=["answer", "sources"])

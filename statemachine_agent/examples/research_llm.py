@@ -32,7 +32,15 @@ from pydantic import BaseModel, Field, create_model
 
 from statemachine_agent import UNSET, Workflow
 from statemachine_agent.errors import ModelError
-from statemachine_agent.examples.research import CORPUS, Corpus, Hit, ResearchContext, SearchUnavailable, _terms
+from statemachine_agent.examples.research import (
+    CORPUS,
+    Corpus,
+    Hit,
+    ResearchContext,
+    SearchUnavailable,
+    broad_query,
+    strict_query,
+)
 from statemachine_agent.llm import ChatModel, LLMPolicy, llm_step
 from statemachine_agent.result import RunResult
 from statemachine_agent.stores import SQLiteStore
@@ -101,10 +109,7 @@ def build(chat: ChatModel, corpus: Corpus | str | Path | None = None) -> Workflo
     @wf.state(initial=True, reads=["question"], writes=["query"])
     def plan(ctx: LLMResearchContext) -> None:
         """Turn the question into a strict query: every significant word must match."""
-        terms = _terms(ctx.question)
-        if not terms:
-            raise ValueError(f"the question {ctx.question!r} has no searchable words")
-        ctx.query = " AND ".join(f'"{t}"' for t in terms)
+        ctx.query = strict_query(ctx.question)
 
     @wf.tool(timeout=5.0, retry=Retry(attempts=2, backoff=0.05, never=(SearchUnavailable,)))
     def search_docs(query: str, limit: int = 5) -> list[Hit]:
@@ -125,7 +130,7 @@ def build(chat: ChatModel, corpus: Corpus | str | Path | None = None) -> Workflo
     @wf.state(reads=["question"], writes=["query", "broadened"], max_visits=1)
     def refine(ctx: LLMResearchContext) -> None:
         """Broaden the query: any significant word, matching as a prefix."""
-        ctx.query = " OR ".join(f'"{t}"*' for t in _terms(ctx.question))
+        ctx.query = broad_query(ctx.question)
         ctx.broadened = True
 
     summarize = wf.state(name="summarize", reads=["question", "hits"], writes=["summary"])(
@@ -221,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="an SQLite file to commit the run's every step to")
     args = parser.parse_args(argv)
 
-    if not _terms(args.question):
-        print(f"error: the question {args.question!r} has no searchable words", file=sys.stderr)
+    try:
+        strict_query(args.question)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         chat = ChatModel(base_url=args.url, model=args.model, server=args.server, max_tokens=300, timeout=120.0,
