@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import time
@@ -33,7 +34,15 @@ from ._rules import unset_reads_from
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import SystemClock
 from .context import is_unset
-from .errors import EffectOutcomeUnknown, IncompatibleRun, Problem, RecordedError, RunError, ToolResultError
+from .errors import (
+    EffectOutcomeUnknown,
+    IncompatibleRun,
+    NondeterminismError,
+    Problem,
+    RecordedError,
+    StateMachineAgentError,
+    ToolResultError,
+)
 from .result import RunResult, Step, StepKind
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
@@ -45,6 +54,8 @@ if TYPE_CHECKING:
     from .tools import Tools
 
 __all__ = ["Durable", "ResumePoint", "fingerprint"]
+
+_log = logging.getLogger("statemachine_agent")
 
 
 class ResumePoint(BaseModel):
@@ -113,7 +124,7 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "store")
+                 "recorded", "run_id", "store", "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -125,7 +136,9 @@ class Durable:
         self.created_at = created_at
         self.initial_written = initial_written
         self.recorded = recorded or {}
-        """Journal rows of the step being re-run after a resume, by (step, call)."""
+        """Journal rows of the steps not committed yet (after a resume), by (step, call)."""
+        self.unmarked = False
+        """Claimed and not yet started: ``mark_started`` is due before the first step runs."""
         self.pending: list[dict[str, Any]] = []
         """Outcomes of read calls, committed with their step."""
         self.parent = parent
@@ -142,7 +155,7 @@ class Durable:
             "counters": {"actions_run": run.actions_run, "visits": dict(run.visits),
                          "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
             "written": sorted(run._written), "initial_written": self.initial_written,
-            "max_steps": run.max_steps, "restarts": 0, "created_at": self.created_at,
+            "max_steps": run.max_steps, "restarts": 0, "started": True, "created_at": self.created_at,
             "updated_at": time.time(), "terminal": terminal, "outcome": outcome, "reason": reason,
             "parent": self.parent, "parent_step": self.parent_step, "wait": wait,
         }
@@ -162,9 +175,14 @@ class Durable:
         await asyncio.wrap_future(store.create(rec, context))
         return durable
 
-    async def commit(self, run: Run[Any], step: Step, reason: str | None) -> None:
+    async def commit(self, run: Run[Any], step: Step, reason: str | None,
+                     wait: tuple[str, str, float | None] | None = None) -> list[tuple[int, str, Any]]:
         """Commit ``step`` (already taken in memory, its delta in ``run._delta``); ``RunFenced`` if
-        another worker owns the run (then nothing is written)."""
+        another worker owns the run (then nothing is written).
+
+        ``wait`` (state, event, deadline): the step entered a wait state with nothing to take yet,
+        so the run is committed as waiting in the same transaction, unless the store finds the event
+        in the inbox meanwhile: then it stays running and those events are returned."""
         terminal = run._plans[step.target].terminal
         outcome = None
         if terminal:
@@ -173,11 +191,12 @@ class Durable:
             reason = None
         delta, unset = run._delta
         run._delta = _NO_DELTA
-        status = RunStatus.DONE if terminal else RunStatus.RUNNING
+        status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
-                          terminal=step.target if terminal else None, outcome=outcome, reason=reason)
+                          terminal=step.target if terminal else None, outcome=outcome, reason=reason,
+                          wait=None if wait is None else {"state": wait[0], "event": wait[1], "deadline": wait[2]})
         snapshot = None
-        if terminal or (step.number + 1) % self.store.snapshot_every == 0:
+        if terminal or wait is not None or (step.number + 1) % self.store.snapshot_every == 0:
             try:
                 snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
             except TypeError:
@@ -197,16 +216,26 @@ class Durable:
         }
         run._consume = None
         self.pending = []
-        self.recorded = {}
-        await asyncio.wrap_future(self.store.commit(commit))
+        if self.recorded:
+            self.recorded = {k: v for k, v in self.recorded.items() if k[0] > step.number}
+        found = await asyncio.wrap_future(self.store.commit(commit))
+        return [(e.seq, e.event, e.payload) for e in found or ()]
 
-    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None) -> None:
-        """Commit the run as waiting in ``state`` for ``event``, with a snapshot."""
+    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None
+                      ) -> list[tuple[int, str, Any]]:
+        """Commit the run as waiting in ``state`` for ``event``, with a snapshot; or, when the event
+        is in its inbox already, write nothing and return the events."""
         rec = self.record(run, status=RunStatus.WAITING, state=state, next_step=len(run.path),
                           wait={"state": state, "event": event, "deadline": deadline})
         # Every value in the context came from the start or a step's delta, both stored as JSON.
         snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
-        await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
+        found = await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
+        return [(e.seq, e.event, e.payload) for e in found or ()]
+
+    async def mark_started(self) -> None:
+        """The claimer starts its first step: from now on a claim counts it as a restart."""
+        self.unmarked = False
+        await asyncio.wrap_future(self.store.mark_started(self.run_id, self.epoch))
 
     # --- the journal -----------------------------------------------------------------------------
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
@@ -216,9 +245,11 @@ class Durable:
         effect = tool.effect
         if rec is not None:
             if rec.tool != tool.name:
-                raise RunError(f"run {run_id!r} step {step}: call {index} was to tool {rec.tool!r} before the "
-                               f"crash, and is to {tool.name!r} now: the state's code is not deterministic in "
-                               "the order of its tool calls, so the journal cannot be followed")
+                raise NondeterminismError(
+                    run_id, step, index, {"tool": rec.tool}, {"tool": tool.name},
+                    f"run {run_id!r} step {step}: call {index} was to tool {rec.tool!r} before the crash, and is "
+                    f"to {tool.name!r} now: the state's code is not deterministic in the order of its tool "
+                    "calls, so the journal cannot be followed")
             if rec.status is CallStatus.DONE:
                 try:
                     return tool.load_result(rec.result)
@@ -413,9 +444,20 @@ def _fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
 async def reopen(workflow: Program[Any], run_id: str, store: Store,
                  migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
                  fresh: bool = False) -> Run[Any]:
+    """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``)."""
+    run = await _reopen(workflow, run_id, store, migrate, options, fresh=fresh, waiting_only=False)
+    assert run is not None
+    return run
+
+
+async def _reopen(workflow: Program[Any], run_id: str, store: Store,
+                  migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
+                  fresh: bool = False, waiting_only: bool = False) -> Run[Any] | None:
     """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``).
 
     ``fresh``: the run was just created by this process (a fork) and holds epoch 1: no claim.
+    ``waiting_only``: claim the run only if it is waiting and ready (what a delivery and a wake-up
+    do, so they never take a run from a live worker); ``None`` when it is not.
     """
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
@@ -427,6 +469,8 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
+    if waiting_only and stored.run.status is not RunStatus.WAITING:
+        return None
     if stored.run.status is RunStatus.DONE:
         result = stored_result(workflow, stored)
         done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
@@ -441,6 +485,8 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
         ready = (any(e.event == wait.event and e.consumed_step is None for e in stored.inbox)
                  or (wait.deadline is not None and now >= wait.deadline))
         if not ready:  # nothing to do yet: the run stays as it is, unclaimed
+            if waiting_only:
+                return None
             context_now = workflow.context_type.model_validate(stored.context)
             paused: Run[Any] = Run(workflow, context_now, run_id=run_id, **options)
             paused.path = [recorded_step(s) for s in stored.steps]
@@ -450,7 +496,14 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
             return paused
     point, context = _fit(workflow, point_of(stored), stored.run.fingerprint, migrate)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
-    if not fresh:
+    if waiting_only:
+        taken = await asyncio.wrap_future(store.claim_waiting(run_id))
+        if taken is None:
+            return None  # another deliverer or waker took it first, or it ended
+        if taken.run.next_step != stored.run.next_step:
+            point, context = _fit(workflow, point_of(taken), taken.run.fingerprint, migrate)
+        stored = taken
+    elif not fresh:
         claimed = await asyncio.wrap_future(store.claim(run_id))
         if claimed.run.next_step != stored.run.next_step or claimed.run.status is not stored.run.status:
             # Another worker committed between the look and the claim: continue from what it left.
@@ -481,8 +534,9 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
         store, run_id, stored.run.epoch,
         fingerprint(spec) if isinstance(spec, WorkflowSpec) else stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
-        recorded={(c.step, c.call): c for c in stored.calls if c.step == n},
+        recorded={(c.step, c.call): c for c in stored.calls if c.step >= n},
         parent=stored.run.parent, parent_step=stored.run.parent_step)
+    run._journal.unmarked = not fresh
     if stored.run.restarts > run.max_step_restarts:
         run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
                        f"over max_step_restarts={run.max_step_restarts}")
@@ -508,11 +562,41 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     await asyncio.wrap_future(store.deliver(run_id, event, data))
-    stored = await asyncio.wrap_future(store.load(run_id))
-    if stored.run.status is RunStatus.WAITING and stored.run.wait is not None and stored.run.wait.event == event:
-        run = await reopen(workflow, run_id, store, None, options)
-        return run.result if run.result is not None else await run.run_to_end()
-    return None  # the run is running elsewhere (or crashed): it takes the event when it reaches the wait
+    # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
+    # earlier step re-reads its inbox in the very transaction that would store it as waiting, so
+    # either it takes the event itself or it is waiting by the time this claim looks.
+    run = await _reopen(workflow, run_id, store, None, options, waiting_only=True)
+    if run is None:
+        return None  # running elsewhere (or crashed): it takes the event when it reaches the wait
+    return run.result if run.result is not None else await run.run_to_end()
+
+
+async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]) -> list[RunResult[Any]]:
+    """Continue every waiting run of ``workflow`` whose wait can go on now: its timeout passed on
+    the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
+    it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
+    _require_store(store)
+    clock = options.get("clock")
+    wall = getattr(clock, "wall", None)
+    now = float(wall()) if callable(wall) else time.time()
+    results: list[RunResult[Any]] = []
+    for rec in await asyncio.wrap_future(store.list_runs(workflow.name)):
+        wait = rec.wait
+        if rec.status is not RunStatus.WAITING or wait is None:
+            continue
+        if wait.deadline is None or now < wait.deadline:
+            stored = await asyncio.wrap_future(store.load(rec.run_id))
+            if not any(e.event == wait.event and e.consumed_step is None for e in stored.inbox):
+                continue
+        try:
+            run = await _reopen(workflow, rec.run_id, store, None, dict(options), waiting_only=True)
+            if run is not None:
+                results.append(run.result if run.result is not None else await run.run_to_end())
+        except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
+            _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", rec.run_id, workflow.name,
+                         type(exc).__name__, _describe(exc)[:500],
+                         extra={"workflow": workflow.name, "run_id": rec.run_id})
+    return results
 
 
 async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict[str, Any] | None, store: Store,
@@ -590,11 +674,24 @@ class ReplayReport:
     reason: str = ""
     calls_replayed: int = 0
     """Tool calls answered from the journal."""
+    call: int | None = None
+    """The call of the diverging step the journal could not answer, if that is where it diverged."""
 
     @property
     def ok(self) -> bool:
         """The current code took every recorded step the same way."""
         return self.diverged_at is None
+
+    @property
+    def error(self) -> NondeterminismError | None:
+        """The divergence as an exception (``None`` when the replay matched): what
+        ``replay(..., raise_on_divergence=True)`` raises."""
+        if self.diverged_at is None:
+            return None
+        return NondeterminismError(self.run_id, self.diverged_at, self.call, self.expected, self.got,
+                                   f"run {self.run_id!r} diverges from its record at step {self.diverged_at}"
+                                   f"{'' if self.call is None else f' call {self.call}'}: {self.reason} (recorded: "
+                                   f"{self.expected}; now: {self.got})")
 
     def __str__(self) -> str:
         if self.ok:
@@ -608,42 +705,78 @@ class _Stop(BaseException):
     """Ends a replay: never routed by the runner, never caught by user code that catches Exception."""
 
     def __init__(self, reason: str = "", expected: dict[str, Any] | None = None,
-                 got: dict[str, Any] | None = None, step: int = 0) -> None:
+                 got: dict[str, Any] | None = None, step: int = 0, call: int | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.expected, self.got, self.step = reason, expected, got, step
+        self.reason, self.expected, self.got, self.step, self.call = reason, expected, got, step, call
 
 
 class _Replay(Durable):
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "replayed", "steps")
+    __slots__ = ("calls", "replayed", "routes", "steps")
 
-    def __init__(self, stored: StoredRun) -> None:
+    def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]]) -> None:
         super().__init__(typing.cast(Store, None), stored.run.run_id, 0, "", created_at=0.0, initial_written=[])
+        self.routes = routes
+        """Each error transition's error type, by transition name."""
         self.steps = stored.steps
         self.calls = {(c.step, c.call): c for c in stored.calls}
         self.replayed = 0
 
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any:
-        rec = self.calls.get((step, index))
-        if rec is None or rec.tool != tool.name or rec.status is not CallStatus.DONE:
-            raise _Stop(f"call {index} of step {step} is to tool {tool.name!r}, which the journal does not answer",
-                        None if rec is None else {"tool": rec.tool, "status": str(rec.status)},
-                        {"tool": tool.name}, step)
+        rec = self._answer(tool.name, step, index)
         self.replayed += 1
         return tool.load_result(rec.result)
 
     async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
                    key: str) -> Any:
-        rec = self.calls.get((step, index))
-        if rec is None or rec.tool != name or rec.status is not CallStatus.DONE:
-            raise _Stop(f"call {index} of step {step} is to {name!r}, which the journal does not answer",
-                        None if rec is None else {"tool": rec.tool, "status": str(rec.status)}, {"tool": name}, step)
+        rec = self._answer(name, step, index)
         self.replayed += 1
         return rec.result
 
-    async def commit(self, run: Run[Any], step: Step, reason: str | None) -> None:
+    def _answer(self, name: str, step: int, index: int) -> CallRecord:
+        """The journal's answer to call ``index`` of ``step``; when the record has none because the
+        step failed there (a tool or model error, an outcome left unknown, a ``reconcile`` that
+        raised), the step's recorded error is raised again, as the run saw it."""
+        rec = self.calls.get((step, index))
+        if rec is not None and rec.tool == name and rec.status is CallStatus.DONE:
+            return rec
+        if rec is None or rec.tool == name:
+            recorded = self.steps[step] if step < len(self.steps) else None
+            if recorded is not None and recorded.error_type is not None:
+                raise self._recorded_error(recorded)
+        raise _Stop(f"call {index} of step {step} is to {name!r}, which the journal does not answer",
+                    None if rec is None else {"tool": rec.tool, "status": str(rec.status)}, {"tool": name}, step,
+                    index)
+
+    def _recorded_error(self, recorded: Any) -> BaseException:
+        """The recorded step's error, as an exception its recorded route takes again: an instance of
+        the route's error type (under the recorded type's name), made without running its ``__init__``."""
+        name = recorded.error_type or "Exception"
+        text = recorded.error or ""
+        if text.startswith(f"{name}: "):
+            text = text[len(name) + 2:]
+        if name == "EffectOutcomeUnknown":
+            return EffectOutcomeUnknown("?", "?", text)
+        base: type[BaseException] = RecordedError
+        route = self.routes.get(recorded.transition) if recorded.kind == "error" else None
+        if route is not None:
+            base = route
+        if base is RecordedError:
+            return RecordedError(name, text)
+        cls: type[BaseException] = base
+        if base.__name__ != name:
+            try:
+                cls = type(name, (base,), {"__module__": base.__module__})
+            except Exception:  # a type that cannot be subclassed: its own name is shown
+                cls = base
+        error: BaseException = BaseException.__new__(cls)
+        error.args = (text,)
+        return error
+
+    async def commit(self, run: Run[Any], step: Step, reason: str | None,
+                     wait: tuple[str, str, float | None] | None = None) -> list[tuple[int, str, Any]]:
         delta, _ = run._delta
         run._delta = _NO_DELTA
         run._consume = None
@@ -660,9 +793,11 @@ class _Replay(Durable):
             raise _Stop(f"its {what} differs", expected, got, step.number)
         if step.number + 1 == len(self.steps):
             raise _Stop()  # every recorded step matched
+        return []
 
-    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None) -> None:
-        return None
+    async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None
+                      ) -> list[tuple[int, str, Any]]:
+        return []
 
 
 class _ReplayClock(SystemClock):
@@ -716,7 +851,8 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         run._owned = set(workflow.field_names)
     run._token.state = steps[at].state
     run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox]
-    journal = _Replay(stored)
+    routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
+    journal = _Replay(stored, routes)
     run._journal = journal
     try:
         await run.run_to_end()
@@ -724,7 +860,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         if not stop.reason:
             return ReplayReport(run_id, len(steps) - at, len(steps) - at, calls_replayed=journal.replayed)
         return ReplayReport(run_id, stop.step - at, len(steps) - at, stop.step, stop.expected, stop.got,
-                            stop.reason, journal.replayed)
+                            stop.reason, journal.replayed, stop.call)
     n = len(run.path)
     return ReplayReport(run_id, n - at, len(steps) - at, n, None, None,
                         "the run ended before the record does", journal.replayed)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
 
-from ._durable import ReplayReport, ResumePoint, _require_store, deliver, fork, reopen, replay
+from ._durable import ReplayReport, ResumePoint, _require_store, deliver, fork, reopen, replay, wake_due
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
@@ -150,14 +150,35 @@ class CompiledWorkflow(Generic[C]):
         return run_blocking(self.fork(run_id, at_step=at_step, store=store, patch=patch, new_run_id=new_run_id,
                                       **options))
 
-    async def replay(self, run_id: str, *, store: Store) -> ReplayReport:
+    async def replay(self, run_id: str, *, store: Store, raise_on_divergence: bool = False) -> ReplayReport:
         """Follow a recorded run with the current code, every policy answer and tool result taken
-        from the record (nothing external is called), and report the first step that differs."""
-        return await replay(self, run_id, store, {})
+        from the record (nothing external is called), and report the first step that differs.
 
-    def replay_sync(self, run_id: str, *, store: Store) -> ReplayReport:
+        Steps that failed are followed too: where the record has no answer for a call because the
+        step failed there (a tool or model error, an unknown outcome, a ``reconcile`` that raised),
+        the recorded error is raised again and takes its recorded route. With
+        ``raise_on_divergence=True`` a divergence raises :class:`~.errors.NondeterminismError`."""
+        report = await replay(self, run_id, store, {})
+        if raise_on_divergence and report.error is not None:
+            raise report.error
+        return report
+
+    def replay_sync(self, run_id: str, *, store: Store, raise_on_divergence: bool = False) -> ReplayReport:
         """:meth:`replay` from synchronous code."""
-        return run_blocking(self.replay(run_id, store=store))
+        return run_blocking(self.replay(run_id, store=store, raise_on_divergence=raise_on_divergence))
+
+    async def wake_due(self, store: Store, **options: Unpack[ResumeOptions[C]]) -> list[RunResult[C]]:
+        """Continue every waiting run of this workflow in ``store`` that can go on now: its wait's
+        timeout has passed (on ``clock=``'s wall time; default the system's) or its event is in its
+        inbox. Call it from a timer or a worker loop (``statemachine-agent runs wake`` does): nobody
+        has to resume a timed-out run by hand. Each run is claimed only while it is still waiting,
+        so several wakers, and deliveries, may run at once; a run that cannot continue is logged
+        and skipped. The results of the runs continued, each until it ended or waits again."""
+        return await wake_due(self, store, dict(options))
+
+    def wake_due_sync(self, store: Store, **options: Unpack[ResumeOptions[C]]) -> list[RunResult[C]]:
+        """:meth:`wake_due` from synchronous code."""
+        return run_blocking(self.wake_due(store, **options))
 
     def runs(self, store: Store) -> list[RunRecord]:
         """This workflow's runs in ``store``, most recently updated first."""

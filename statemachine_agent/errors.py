@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "ModelRefused",
     "ModelUnavailable",
+    "NondeterminismError",
     "Problem",
     "RecordedError",
     "RunError",
@@ -293,6 +294,32 @@ class RecordedError(RunError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, str(self)))
+
+
+class NondeterminismError(RunError):
+    """The current code did something else than a run's record says, where it must do the same: a
+    replay that diverges, or a resumed step whose tool calls come in another order than its journal.
+
+    ``step`` and ``call`` say where (``call`` is ``None`` when the step as a whole differs);
+    ``expected`` is what the record holds and ``got`` what the code did now."""
+
+    run_id: str
+    step: int
+    call: int | None
+    expected: object
+    got: object
+
+    def __init__(self, run_id: str, step: int, call: int | None, expected: object, got: object,  # noqa: PLR0917
+                 message: str | None = None) -> None:
+        self.run_id, self.step, self.call, self.expected, self.got = run_id, step, call, expected, got
+        where = f"step {step}" if call is None else f"step {step} call {call}"
+        super().__init__(message or (
+            f"run {run_id!r} {where}: the record holds {expected!r} but the code now does {got!r}: the "
+            "workflow's code changed, or it is not deterministic (it reads the time, random numbers or "
+            "outside state other than through its tools); make it deterministic, or fork the run"))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.step, self.call, self.expected, self.got, str(self)))
 
 
 def error_name(error: BaseException) -> str:

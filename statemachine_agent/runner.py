@@ -456,6 +456,9 @@ class Run(Generic[C]):
         first = self._plans[self._token.state]
         if first.wait is not None and not self._ready(first):
             await self._suspend(first)
+        journal = self._journal
+        if journal is not None and journal.unmarked and self.result is None:
+            await journal.mark_started()  # the claimer starts the step: a crash from here on is a restart
         if self.hooks:
             wf = self.workflow
             try:
@@ -603,8 +606,15 @@ class Run(Generic[C]):
             reason = (f"state {step.state!r} raised {type(step.error).__name__}: "
                       f"{safe_repr(step.error, str)}; routed to {step.target!r}" if step.error is not None
                       else f"reached failure terminal {step.target!r} from {step.state!r}")
+        # A step into a wait state with nothing to take yet stores the run as waiting in its own
+        # commit, where the store also re-reads the inbox: an event delivered while the step ran
+        # is taken now, never left behind a run that sleeps.
+        waits = not plan.terminal and plan.wait is not None and not self._ready(plan)
         if self._journal is not None:
-            await self._commit(step, reason)
+            found = await self._commit(step, reason, plan if waits else None)
+            if found:
+                self._take(found)
+                waits = not self._ready(plan)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: step %d %s -> %s", wf.name, step.number, step.state, step.target,
                       extra={"workflow": wf.name, "run_id": self.run_id, "step": step.number,
@@ -614,8 +624,8 @@ class Run(Generic[C]):
             await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
                                              step.transition, step.kind, step.duration))
         if not plan.terminal:
-            if plan.wait is not None and not self._ready(plan):
-                await self._suspend(plan)
+            if waits:
+                await self._waiting(plan)
             return
         self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
@@ -693,10 +703,26 @@ class Run(Generic[C]):
         return self._wall_now() >= self._wait_deadline
 
     async def _suspend(self, plan: Plan) -> None:
+        """Pause in the wait state ``plan`` (committed as waiting, with a store), unless the store
+        finds its event delivered meanwhile."""
         wait = plan.wait
         assert wait is not None
         if self._journal is not None:
-            await self._journal.suspend(self, plan.name, wait.event, self._wait_deadline)
+            found = await self._journal.suspend(self, plan.name, wait.event, self._wait_deadline)
+            if found:
+                self._take(found)
+                if self._ready(plan):
+                    return
+        await self._waiting(plan)
+
+    def _take(self, events: list[tuple[int, str, Any]]) -> None:
+        """Add events the store found in the inbox (by sequence number, each once)."""
+        known = {seq for seq, _, _ in self._inbox}
+        self._inbox.extend(e for e in events if e[0] not in known)
+
+    async def _waiting(self, plan: Plan) -> None:
+        wait = plan.wait
+        assert wait is not None
         self.result = RunResult(self.workflow.name, self.run_id, plan.name, Outcome.WAITING, self.context,
                                 tuple(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
                                 self.workflow, wait.event)
@@ -740,11 +766,13 @@ class Run(Generic[C]):
         if result is not None and result.waiting == event:
             self.result = None
 
-    async def _commit(self, step: Step, reason: str | None) -> None:
+    async def _commit(self, step: Step, reason: str | None, wait: Plan | None = None) -> list[tuple[int, str, Any]]:
         journal = self._journal
         assert journal is not None
         try:
-            await journal.commit(self, step, reason)
+            if wait is None or wait.wait is None:
+                return await journal.commit(self, step, reason)
+            return await journal.commit(self, step, reason, (wait.name, wait.wait.event, self._wait_deadline))
         except BaseException as exc:
             # The step was taken in memory but may not be in the store: this object can no longer
             # say where the run is. Whatever the store holds is the truth: resume from it.

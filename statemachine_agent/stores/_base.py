@@ -13,7 +13,7 @@ import abc
 from concurrent.futures import Future
 from typing import Any
 
-from ._records import RunRecord, StoredRun
+from ._records import InboxRecord, RunRecord, StoredRun
 
 __all__ = ["Store"]
 
@@ -39,15 +39,32 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def commit(self, commit: dict[str, Any]) -> Future[None]:
-        """Commit one step, atomically: its row, the run's new record, an optional snapshot, the
-        journal rows riding along and an inbox event consumed. ``RunFenced`` when the run's epoch
-        or next step is no longer the one given (then nothing is written)."""
+    def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
+        """Claim the run only if it is waiting (status ``waiting``), setting it running: what a
+        delivery or a wake-up does, so it never takes a run from a live worker. ``None`` when the
+        run is not waiting (it runs elsewhere, crashed, or ended)."""
 
     @abc.abstractmethod
-    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[None]:
+    def mark_started(self, run_id: str, epoch: int) -> Future[None]:
+        """Record that the holder of ``epoch`` started the run's next step: from then on a claim
+        counts a restart of it. ``RunFenced`` if another worker claimed the run since."""
+
+    @abc.abstractmethod
+    def commit(self, commit: dict[str, Any]) -> Future[list[InboxRecord]]:
+        """Commit one step, atomically: its row, the run's new record, an optional snapshot, the
+        journal rows riding along and an inbox event consumed. ``RunFenced`` when the run's epoch
+        or next step is no longer the one given (then nothing is written).
+
+        A step that enters a wait commits the run as waiting (status ``waiting``, ``wait`` set, a
+        snapshot): in the same transaction the store reads the inbox, and if an unconsumed event
+        the wait takes is there, stores the run as running instead and returns those events (the
+        worker goes on with them). Otherwise it returns ``[]``."""
+
+    @abc.abstractmethod
+    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
         """Commit the run as waiting (its record, with ``wait`` set, and a snapshot at its next
-        step); fenced like :meth:`commit`."""
+        step); fenced like :meth:`commit`. Like it, reads the inbox in the same transaction: when
+        the event waited for is there, nothing is written and the events are returned."""
 
     @abc.abstractmethod
     def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:

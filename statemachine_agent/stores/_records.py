@@ -83,7 +83,10 @@ class RunRecord(_Record):
     initial_written: list[str] = []
     max_steps: int = Field(ge=1)
     restarts: int = Field(0, ge=0)
-    """How many times the run was resumed at ``next_step`` without committing it."""
+    """How many times the run was resumed at ``next_step`` after its holder had started that step."""
+    started: bool = True
+    """Whether the run's holder started its next step: false from a claim until the claimer's
+    ``mark_started``, so a claim superseded before it did anything counts no restart."""
     created_at: float
     updated_at: float
     terminal: str | None = None

@@ -293,17 +293,36 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> StoredRun:
             run = _read_run(conn, run_id)
             if run.status is not RunStatus.DONE:
-                restarts = run.restarts + 1 if run.status is RunStatus.RUNNING else run.restarts
-                run = run.model_copy(update={"epoch": run.epoch + 1, "restarts": restarts,
-                                             "updated_at": time.time()})
-                text = run.model_dump_json()
-                conn.execute("UPDATE sma_runs SET epoch=?, updated_at=?, record=?, crc=? WHERE run_id=?",
-                             (run.epoch, run.updated_at, text, _crc(text), run_id))
+                # A restart only when the holder before started the step: a claim superseded before
+                # it did anything (or a run claimed from a wait) spends none of max_step_restarts.
+                restarts = run.restarts + 1 if run.status is RunStatus.RUNNING and run.started else run.restarts
+                run = _claimed(conn, run, restarts=restarts, status=run.status)
             return _load(conn, run, None)
 
         return self._submit(op)
 
-    def commit(self, commit: dict[str, Any]) -> Future[None]:
+    def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
+        def op(conn: sqlite3.Connection) -> StoredRun | None:
+            run = _read_run(conn, run_id)
+            if run.status is not RunStatus.WAITING:
+                return None  # running (a live worker takes its events at its wait), or ended
+            return _load(conn, _claimed(conn, run, restarts=run.restarts, status=RunStatus.RUNNING), None)
+
+        return self._submit(op)
+
+    def mark_started(self, run_id: str, epoch: int) -> Future[None]:
+        def op(conn: sqlite3.Connection) -> None:
+            run = _read_run(conn, run_id)
+            if run.epoch != epoch:
+                raise RunFenced(run_id, run.next_step)
+            if not run.started:
+                run = run.model_copy(update={"started": True})
+                text = run.model_dump_json()
+                conn.execute("UPDATE sma_runs SET record=?, crc=? WHERE run_id=?", (text, _crc(text), run_id))
+
+        return self._submit(op)
+
+    def commit(self, commit: dict[str, Any]) -> Future[list[InboxRecord]]:
         run = commit["run"]
         step = commit["step"]
         run_text, step_text = _dumps(run), _dumps(step)
@@ -313,11 +332,16 @@ class SQLiteStore(Store):
         consume = commit.get("consume")
         run_id, epoch, number = run["run_id"], commit["epoch"], step["number"]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[InboxRecord]:
+            status, text = run["status"], run_text
+            found = _waited(conn, run, consume)
+            if found:  # the event came while the step ran: the run goes on instead of waiting
+                status = str(RunStatus.RUNNING)
+                text = _dumps({**run, "status": status})
             cur = conn.execute(
                 "UPDATE sma_runs SET next_step=?, status=?, updated_at=?, record=?, crc=? "
                 "WHERE run_id=? AND epoch=? AND next_step=?",
-                (number + 1, run["status"], run["updated_at"], run_text, _crc(run_text), run_id, epoch, number))
+                (number + 1, status, run["updated_at"], text, _crc(text), run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
             conn.execute("INSERT INTO sma_steps VALUES (?, ?, ?, ?)", (run_id, number, step_text, _crc(step_text)))
@@ -333,14 +357,21 @@ class SQLiteStore(Store):
                 if cur.rowcount != 1:
                     raise RunFenced(run_id, number, f"run {run_id!r}: event {consume} was consumed by "
                                     "another worker; this worker stops")
+            return found
 
         return self._submit(op)
 
-    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[None]:
+    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
         run_text, snap_text = _dumps(run), _dumps(snapshot)
         run_id, number = run["run_id"], run["next_step"]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[InboxRecord]:
+            found = _waited(conn, run, None)
+            if found:  # delivered meanwhile: the run does not wait (nothing is written)
+                row = conn.execute("SELECT epoch, next_step FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+                if row is None or row[0] != epoch or row[1] != number:
+                    raise RunFenced(run_id, number)
+                return found
             cur = conn.execute(
                 "UPDATE sma_runs SET status=?, updated_at=?, record=?, crc=? "
                 "WHERE run_id=? AND epoch=? AND next_step=?",
@@ -349,6 +380,7 @@ class SQLiteStore(Store):
                 raise RunFenced(run_id, number)
             conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
                          (run_id, number, snap_text, _crc(snap_text)))
+            return []
 
         return self._submit(op)
 
@@ -523,6 +555,34 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
         for f in s.unset:
             context.pop(f, None)
     return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at)
+
+
+def _claimed(conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status: RunStatus) -> RunRecord:
+    """``run`` taken over: its epoch raised (older holders are fenced out), not started yet."""
+    run = run.model_copy(update={"epoch": run.epoch + 1, "restarts": restarts, "status": status, "started": False,
+                                 "updated_at": time.time()})
+    text = run.model_dump_json()
+    conn.execute("UPDATE sma_runs SET epoch=?, status=?, updated_at=?, record=?, crc=? WHERE run_id=?",
+                 (run.epoch, str(run.status), run.updated_at, text, _crc(text), run.run_id))
+    return run
+
+
+def _waited(conn: sqlite3.Connection, run: dict[str, Any], consumed: int | None) -> list[InboxRecord]:
+    """For a run about to be stored as waiting: the unconsumed events of its inbox it waits for
+    (read in the transaction that would suspend it, so a delivery is never missed); else none."""
+    wait = run.get("wait")
+    if run.get("status") != RunStatus.WAITING or not isinstance(wait, dict):
+        return []
+    run_id = run["run_id"]
+    found = []
+    for seq, text, crc in conn.execute("SELECT seq, record, crc FROM sma_inbox WHERE run_id=? AND "
+                                       "consumed_step IS NULL ORDER BY seq", (run_id,)):
+        if seq == consumed:
+            continue
+        event = _parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq}")
+        if event.event == wait.get("event"):
+            found.append(event)
+    return found
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -509,13 +509,13 @@ class StoreConformance:
         run.deliver("go", {"why": "test"})
         run.record_call(_call_record(0, 0, status="intent", effect="at_most_once", arguments={"to": "x"}))
         run.commit(calls=[_call_record(0, 1, effect="read", result=[1, "two"])], error="ValueError: shown")
-        run.commit(status="waiting", wait={"state": "s", "event": "go", "deadline": _T0 + 60})
+        run.commit(status="waiting", wait={"state": "s", "event": "later", "deadline": _T0 + 60})
         stored = run.load()
         run.check(stored)
         assert StoredRun.model_validate_json(stored.model_dump_json()) == stored
         assert all(isinstance(e, InboxRecord) for e in stored.inbox)
         assert stored.run.wait is not None
-        assert stored.run.wait.event == "go"
+        assert stored.run.wait.event == "later"
 
     def test_a_duplicate_run_id_is_refused_and_changes_nothing(self, store: Store) -> None:
         """create with a taken id raises RunExists (naming the run); the stored run is unchanged."""
@@ -606,26 +606,85 @@ class StoreConformance:
         _expect(RunNotFound, "load of the ghost run", store.load, "ghost")
 
     def test_claim_raises_the_epoch_and_counts_restarts_of_a_running_run(self, store: Store) -> None:
-        """claim of a running run raises its epoch by one and counts one more restart each time; it
-        returns the run as load does; the previous epoch can no longer commit, the new one can."""
+        """claim of a running run raises its epoch by one; it counts one more restart only when the
+        holder before had started the step (a committing worker has; a claimer has once it calls
+        mark_started); it returns the run as load does; the previous epoch can no longer commit."""
         clock = _Clock()
         run = _Run(store, "claimed", clock)
         run.create()
         run.commit()
         loaded = run.load()
         first = run.claim()
-        assert (first.run.epoch, first.run.restarts) == (2, 1)
-        second = run.claim()
-        assert (second.run.epoch, second.run.restarts) == (3, 2)
-        assert second.run.model_dump(exclude={"epoch", "restarts", "updated_at"}) == \
-            loaded.run.model_dump(exclude={"epoch", "restarts", "updated_at"})
+        assert (first.run.epoch, first.run.restarts, first.run.started) == (2, 1, False)
+        second = run.claim()  # the first claimer never started the step: no restart
+        assert (second.run.epoch, second.run.restarts) == (3, 1)
+        _expect(RunFenced, "mark_started by a superseded claimer", store.mark_started, run.run_id, 2)
+        _wait(store.mark_started(run.run_id, 3))
+        assert run.load().run.started is True
+        third = run.claim()
+        assert (third.run.epoch, third.run.restarts) == (4, 2)
+        assert third.run.model_dump(exclude={"epoch", "restarts", "updated_at", "started"}) == \
+            loaded.run.model_dump(exclude={"epoch", "restarts", "updated_at", "started"})
+        second = third
         assert (second.steps, second.calls, second.context, second.at_step) == \
             (loaded.steps, loaded.calls, loaded.context, loaded.at_step)
         assert run.load().run == second.run
-        for old in (1, 2):
+        for old in (1, 2, 3):
             _expect(RunFenced, f"a commit with epoch {old}", store.commit, run.build(epoch=old))
         run.commit()
         run.check()
+
+    def test_a_commit_into_a_wait_takes_an_event_delivered_meanwhile(self, store: Store) -> None:
+        """A step committing the run as waiting reads the inbox in the same transaction: when its
+        event is there (delivered while the step ran), the run is stored running, not waiting, and
+        the commit returns the event; other events do not count."""
+        run = _Run(store, "busy", _Clock())
+        run.create()
+        run.deliver("other", {"n": 0})
+        quiet = run.build(status="waiting", wait={"state": "s", "event": "go", "deadline": None}, snapshot=True)
+        assert _wait(store.commit(quiet)) == []
+        run.applied(quiet)
+        assert run.load().run.status is RunStatus.WAITING
+        claimed = _wait(store.claim_waiting(run.run_id))
+        assert claimed is not None and claimed.run.status is RunStatus.RUNNING
+        run.epoch = claimed.run.epoch
+        run.record = claimed.run.model_dump(mode="json")
+        seq = run.deliver("go", {"n": 1})
+        commit = run.build(status="waiting", wait={"state": "s", "event": "go", "deadline": None}, snapshot=True)
+        found = _wait(store.commit(commit))
+        assert [(e.seq, e.event, e.payload) for e in found] == [(seq, "go", {"n": 1})]
+        stored = run.load()
+        assert stored.run.status is RunStatus.RUNNING
+        assert stored.run.next_step == 2
+
+    def test_suspend_takes_an_event_delivered_meanwhile_and_writes_nothing(self, store: Store) -> None:
+        run = _Run(store, "early", _Clock())
+        run.create()
+        seq = run.deliver("go", {"n": 1})
+        rec = _run_record(run.run_id, status="waiting", wait={"state": "s", "event": "go", "deadline": None})
+        found = _wait(store.suspend(rec, 1, {"n": 0}))
+        assert [e.seq for e in found] == [seq]
+        assert run.load().run.status is RunStatus.RUNNING
+        other = _run_record(run.run_id, status="waiting", wait={"state": "s", "event": "later", "deadline": None})
+        assert _wait(store.suspend(other, 1, {"n": 0})) == []
+        assert run.load().run.status is RunStatus.WAITING
+        _expect(RunFenced, "a suspend with a stale epoch", store.suspend, other, 7, {"n": 0})
+
+    def test_claim_waiting_claims_only_a_waiting_run_and_only_once(self, store: Store) -> None:
+        """What a delivery or a wake-up does: a running or finished run is not taken (None), and of
+        two claims of one waiting run exactly one gets it (the run is then running)."""
+        run = _Run(store, "w1", _Clock())
+        run.create()
+        assert _wait(store.claim_waiting(run.run_id)) is None
+        assert run.load().run.epoch == 1
+        run.commit(status="waiting", wait={"state": "s", "event": "go", "deadline": None}, snapshot=True)
+        futures = [store.claim_waiting(run.run_id) for _ in range(2)]
+        got = [_wait(f) for f in futures]
+        assert sum(g is not None for g in got) == 1
+        taken = next(g for g in got if g is not None)
+        assert (taken.run.status, taken.run.epoch, taken.run.restarts, taken.run.started) == \
+            (RunStatus.RUNNING, 2, 0, False)
+        _expect(RunNotFound, "claim_waiting of a ghost", store.claim_waiting, "ghost")
 
     def test_claim_of_a_waiting_run_raises_the_epoch_without_a_restart(self, store: Store) -> None:
         """A run committed in a wait state is claimed without counting a restart (it did not crash);
