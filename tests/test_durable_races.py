@@ -1,0 +1,199 @@
+"""Deliveries racing live runs and each other, wake-ups, restart counting (issue 16, group 1).
+
+Real SQLite files; the multi-process test runs real worker processes (tests/race_worker.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from statemachine_agent import Context, FakeClock, Outcome, Workflow
+from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import race_worker  # noqa: E402
+
+
+class Approval(BaseModel):
+    ok: bool
+
+
+class Job(Context):
+    approval: Approval | None = None
+    done: bool = False
+
+
+def gated(gate: asyncio.Event, started: asyncio.Event, *, timeout: float | None = None) -> Any:
+    """work (blocks on ``gate``) -> approve (wait) -> finish -> done | expired."""
+    wf = Workflow("gated", Job)
+
+    @wf.state(initial=True, reads=[], writes=[])
+    async def work(ctx: Job) -> None:
+        started.set()
+        await gate.wait()
+
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"], timeout=timeout,
+            on_timeout="expired" if timeout is not None else None)
+
+    @wf.state(reads=["approval"], writes=["done"])
+    def finish(ctx: Job) -> None:
+        ctx.done = True
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    if timeout is not None:
+        wf.terminal("expired", outcome="failure")
+    wf.transition("work", "approve")
+    wf.transition("approve", "finish")
+    wf.transition("finish", "done")
+    return wf.compile()
+
+
+@settings(max_examples=12, deadline=None)
+@given(when=st.sampled_from(["before", "during", "after"]), file=st.booleans())
+def test_an_event_delivered_while_the_run_is_busy_is_taken_not_lost(tmp_path_factory: Any, when: str,
+                                                                     file: bool) -> None:
+    """Delivered before the run starts, while it is inside the step before its wait, or once it
+    waits: in every case the run ends in ``done`` without anyone calling resume."""
+    async def scenario() -> tuple[Any, Any, Any]:
+        gate, started = asyncio.Event(), asyncio.Event()
+        compiled = gated(gate, started)
+        path = tmp_path_factory.mktemp("race") / "runs.db"
+        store = SQLiteStore(path) if file else MemoryStore()
+        try:
+            task = asyncio.ensure_future(compiled.run(Job(), store=store, run_id="r"))
+            await started.wait()
+            delivered = None
+            if when in ("before", "during"):
+                delivered = await compiled.deliver("r", "approval", {"ok": True}, store=store)
+            gate.set()
+            live = await task
+            if when == "after":
+                delivered = await compiled.deliver("r", "approval", {"ok": True}, store=store)
+            stored = store.load("r").result()
+            return live, delivered, stored
+        finally:
+            store.close()
+
+    live, delivered, stored = asyncio.run(scenario())
+    final = delivered if when == "after" else live
+    assert final is not None and final.terminal == "done", (when, live, delivered)
+    assert final.context.done
+    assert stored.run.status is RunStatus.DONE
+    assert [e.consumed_step for e in stored.inbox] == [1]
+    if when != "after":
+        assert delivered is None  # the live run was not preempted: it took the event itself
+
+
+def _start_waiting(db: Path, log: Path, runs: list[str]) -> None:
+    compiled = race_worker.make(str(log))
+    with SQLiteStore(db) as store:
+        for r in runs:
+            result = compiled.run_sync(race_worker.Order(order=r), store=store, run_id=r)
+            assert result.outcome is Outcome.WAITING
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_delivering_one_approval_at_once_never_preempt_each_other(tmp_path: Path, processes: int) -> None:
+    """2 or 4 real processes each deliver the same approval to the same 50 runs (each in its own
+    order): every run ends in ``done`` (never the unknown-outcome route), each charge happens once."""
+    db, log = tmp_path / "runs.db", tmp_path / "effects.log"
+    runs = [f"run-{i}" for i in range(50)]
+    _start_waiting(db, log, runs)
+    rng = random.Random(processes)
+    procs = []
+    for _ in range(processes):
+        order = runs[:]
+        rng.shuffle(order)
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "race_worker.py"), str(db), str(log), *order],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    continued = [line.split()[1] for out, _ in outs for line in out.splitlines()]
+    assert continued.count("done") == len(runs)  # each run continued by exactly one deliverer
+    assert set(continued) <= {"done", "none", "ended"}
+    effects = log.read_text().split()
+    assert sorted(effects) == sorted(runs)  # every charge exactly once
+    compiled = race_worker.make(str(log))
+    with SQLiteStore(db) as store:
+        records = {r.run_id: r for r in compiled.runs(store)}
+        for r in runs:
+            assert (records[r].status, records[r].terminal) == (RunStatus.DONE, "done")
+            stored = store.load(r).result()
+            assert sum(e.consumed_step is not None for e in stored.inbox) == 1
+
+
+def test_wake_due_times_out_waits_whose_deadline_passed_and_only_those() -> None:
+    clock = FakeClock()
+    gate, started = asyncio.Event(), asyncio.Event()
+    gate.set()
+    compiled = gated(gate, started, timeout=60.0)
+    with MemoryStore() as store:
+        for r in ("early", "late"):
+            assert compiled.run_sync(Job(), store=store, run_id=r, clock=clock).outcome is Outcome.WAITING
+            clock.advance(20)
+        assert compiled.wake_due_sync(store, clock=clock) == []  # deadlines at +60 s and +80 s; now +40 s
+        clock.advance(21)  # now +61 s: early's deadline passed, late's not
+        woken = compiled.wake_due_sync(store, clock=clock)
+        assert [(r.run_id, r.terminal) for r in woken] == [("early", "expired")]
+        assert compiled.wake_due_sync(store, clock=clock) == []  # done once
+        status = {r.run_id: r.status for r in compiled.runs(store)}
+        assert status == {"early": RunStatus.DONE, "late": RunStatus.WAITING}
+        clock.advance(20)
+        assert [r.terminal for r in compiled.wake_due_sync(store, clock=clock)] == ["expired"]
+
+
+def test_wake_due_also_continues_a_waiting_run_whose_event_is_in_its_inbox() -> None:
+    """An event delivered while nobody continued the run (e.g. the deliverer died right after
+    committing it) is taken by the next wake-up."""
+    gate, started = asyncio.Event(), asyncio.Event()
+    gate.set()
+    compiled = gated(gate, started)
+    with MemoryStore() as store:
+        assert compiled.run_sync(Job(), store=store, run_id="w").outcome is Outcome.WAITING
+        store.deliver("w", "approval", {"ok": True}).result()  # committed; nobody continued it
+        assert [r.terminal for r in compiled.wake_due_sync(store)] == ["done"]
+
+
+def test_claims_superseded_before_starting_count_no_restart() -> None:
+    """A crash mid-step, then several resumes each superseded before it did anything: only
+    claims whose holder had started the step count, so max_step_restarts is not spent."""
+    class Crash(BaseException):
+        pass
+
+    crashes = [True]
+    wf = Workflow("restarts", Job)
+
+    @wf.state(initial=True, reads=[], writes=["done"])
+    def work(ctx: Job) -> None:
+        if crashes:
+            crashes.pop()
+            raise Crash
+        ctx.done = True
+
+    wf.terminal("end")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("work", "end")
+    compiled = wf.compile()
+    with MemoryStore() as store:
+        with pytest.raises(Crash):
+            compiled.run_sync(Job(), store=store, run_id="r")
+        for _ in range(5):  # claimed, then superseded before starting: no restart each time
+            run = asyncio.run(compiled.reopen("r", store=store))
+            assert run.result is None
+        rec = store.load("r").result().run
+        assert rec.restarts == 1 and rec.started is False
+        result = compiled.resume_sync("r", store=store, max_step_restarts=1)
+        assert result.terminal == "end"
