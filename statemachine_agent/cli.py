@@ -11,6 +11,7 @@ import os
 import shlex
 import sqlite3
 import sys
+import time
 import traceback
 import typing
 from collections.abc import Callable, Sequence
@@ -652,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runs(sub: Any) -> None:
-    runs = sub.add_parser("runs", help="list, show, resume, deliver to and fork the durable runs of a store",
+    runs = sub.add_parser("runs", help="list, show, resume, deliver to, fork and wake the durable runs of a store",
                           description="The durable runs of a store (SQLiteStore file): list and show read its "
                           "records only; resume, deliver and fork need the workflow as MODULE:OBJECT.")
     rsub = runs.add_subparsers(dest="runs_command", required=True)
@@ -691,6 +692,39 @@ def _add_runs(sub: Any) -> None:
     p.add_argument("--new-id", help="the new run's id (default: a random one)")
     store_option(p)
     p.set_defaults(func=cmd_runs_fork)
+    p = rsub.add_parser("wake", help="continue every waiting run whose timeout passed or whose event arrived")
+    p.add_argument("target", nargs="?", help="MODULE:OBJECT naming the Workflow whose runs to continue (without "
+                   "it: say which runs are due)")
+    store_option(p)
+    p.set_defaults(func=cmd_runs_wake)
+
+
+def cmd_runs_wake(args: argparse.Namespace) -> int:
+    """Continue the waiting runs that can go on now (deadline passed, or event in the inbox)."""
+    if args.target is None:  # which runs are due can be read without code; continuing them needs it
+        with _open_store(args.store) as store:
+            records = store.list_runs().result()
+        now = time.time()
+        due = [r for r in records if r.status == "waiting" and r.wait is not None
+               and r.wait.deadline is not None and now >= r.wait.deadline]
+        if not due:
+            print("no waiting run is past its deadline")
+            return 0
+        names = ", ".join(sorted({_name(r.workflow) for r in due}))
+        raise UsageError(f"{len(due)} waiting run(s) are past their deadline (workflow {names}): name the "
+                         "workflow to continue them: runs wake MODULE:OBJECT --store FILE")
+    compiled = _compiled(args.target)
+    with _open_store(args.store) as store:
+        results = compiled.wake_due_sync(store)
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "terminal": r.terminal, "outcome": str(r.outcome),
+                           "waiting": r.waiting} for r in results], indent=2))
+        return 0
+    for r in results:
+        where = f"waits for {_name(r.waiting)}" if r.waiting is not None else f"ended in {_name(r.terminal)}"
+        print(f"{_name(r.run_id)}: {where} ({r.outcome})")
+    print(f"{len(results)} run(s) continued")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

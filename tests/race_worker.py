@@ -69,7 +69,7 @@ def make(log: str, *, pause: float = 0.0) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    from statemachine_agent.stores import SQLiteStore, StoreError  # noqa: PLC0415
+    from statemachine_agent.stores import SQLiteStore, StoreError
 
     db, log, *runs = argv
     compiled = make(log, pause=0.002)

@@ -119,7 +119,7 @@ def test_processes_delivering_one_approval_at_once_never_preempt_each_other(tmp_
         procs.append(subprocess.Popen([sys.executable, str(HERE / "race_worker.py"), str(db), str(log), *order],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
     continued = [line.split()[1] for out, _ in outs for line in out.splitlines()]
     assert continued.count("done") == len(runs)  # each run continued by exactly one deliverer

@@ -130,8 +130,8 @@ def test_a_real_divergence_is_a_nondeterminism_error_naming_step_and_call() -> N
 
         @wf.state(initial=True, reads=[], writes=["text"])
         async def ask(ctx: Notes, tools: Any) -> None:
-            await tools.journaled("model:fake", lambda: _never())
-            reply = await tools.journaled("model:other", lambda: _never())  # a second call the record lacks
+            await tools.journaled("model:fake", _never)
+            reply = await tools.journaled("model:other", _never)  # a second call the record lacks
             ctx.text = reply["text"]
 
         wf.terminal("done")

@@ -646,7 +646,8 @@ class StoreConformance:
         run.applied(quiet)
         assert run.load().run.status is RunStatus.WAITING
         claimed = _wait(store.claim_waiting(run.run_id))
-        assert claimed is not None and claimed.run.status is RunStatus.RUNNING
+        assert claimed is not None
+        assert claimed.run.status is RunStatus.RUNNING
         run.epoch = claimed.run.epoch
         run.record = claimed.run.model_dump(mode="json")
         seq = run.deliver("go", {"n": 1})
