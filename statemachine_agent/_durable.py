@@ -111,6 +111,22 @@ def dump_fields(context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[s
     return data, unset
 
 
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The path (``a.b[2]``) of the first NaN or infinity in ``value``'s JSON, or ``None``: JSON has
+    no such numbers, so a store refuses them; this says which field held one."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return p or "(the value)"
+        elif isinstance(v, dict):
+            stack.extend((x, f"{p}.{k}" if p else str(k)) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
+    return None
+
+
 def _first_unserializable(context: BaseModel, fields: Any) -> str:
     for f in sorted(fields):
         try:
@@ -171,6 +187,13 @@ class Durable:
             context, _ = dump_fields(run.context, run.context.__dict__.keys())
         except TypeError as exc:
             raise TypeError(f"run {run.run_id!r} cannot be stored: {exc}") from None
+        try:  # the Python form: pydantic's JSON form turns an infinity in an untyped value into null
+            bad = non_finite(run.context.model_dump())
+        except Exception:
+            bad = non_finite(context)
+        if bad is not None:
+            raise ValueError(f"run {run.run_id!r} cannot be stored: field {bad!r} is not a finite number (NaN or "
+                             "infinity), which JSON cannot hold: give a finite number or None")
         rec = durable.record(run, status=RunStatus.RUNNING, state=run.state, next_step=0)
         await asyncio.wrap_future(store.create(rec, context))
         return durable
@@ -558,7 +581,12 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     """Commit ``event`` to the run's inbox; continue the run if it waits for it (see ``compiled.deliver``)."""
     _require_store(store)
     wait = _wait_for(workflow, event)
-    data = wait.payload.model_validate(payload).model_dump(mode="json")  # ValidationError: nothing written
+    value = wait.payload.model_validate(payload)  # ValidationError: nothing written
+    data = value.model_dump(mode="json")
+    bad = non_finite(value.model_dump())  # the Python form: the JSON form turns some infinities into null
+    if bad is not None:
+        raise ValueError(f"event {event!r}: payload field {bad!r} is not a finite number (NaN or infinity), which "
+                         "JSON cannot hold: give a finite number; nothing was delivered")
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     await asyncio.wrap_future(store.deliver(run_id, event, data))

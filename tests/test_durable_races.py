@@ -197,3 +197,44 @@ def test_claims_superseded_before_starting_count_no_restart() -> None:
         assert rec.restarts == 1 and rec.started is False
         result = compiled.resume_sync("r", store=store, max_step_restarts=1)
         assert result.terminal == "end"
+
+
+class Reading(BaseModel):
+    value: float
+    extra: dict[str, Any] = {}
+
+
+class Metered(Context):
+    start: float = 0.0
+    reading: Reading | None = None
+
+
+def metered() -> Any:
+    wf = Workflow("metered", Metered)
+
+    @wf.state(initial=True, reads=["start"], writes=[])
+    def begin(ctx: Metered) -> None:
+        return None
+
+    wf.wait("measure", event="reading", payload=Reading, writes=["reading"])
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("begin", "measure")
+    wf.transition("measure", "done")
+    return wf.compile()
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_number_in_an_input_or_a_payload_is_refused_naming_the_field(number: float) -> None:
+    compiled = metered()
+    with MemoryStore() as store:
+        with pytest.raises(ValueError, match="field 'start' is not a finite number"):
+            compiled.run_sync(Metered(start=number), store=store, run_id="bad")
+        assert compiled.runs(store) == []  # nothing stored
+        assert compiled.run_sync(Metered(), store=store, run_id="m").outcome is Outcome.WAITING
+        with pytest.raises(ValueError, match="payload field 'value' is not a finite number"):
+            compiled.deliver_sync("m", "reading", {"value": number}, store=store)
+        with pytest.raises(ValueError, match=r"payload field 'extra.deep\[1\]' is not a finite number"):
+            compiled.deliver_sync("m", "reading", {"value": 1.0, "extra": {"deep": [1.0, number]}}, store=store)
+        assert store.load("m").result().inbox == []  # nothing delivered
+        assert compiled.deliver_sync("m", "reading", {"value": 2.5}, store=store).terminal == "done"
