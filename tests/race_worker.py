@@ -9,15 +9,18 @@ order given) and prints one line per run: its id and what deliver returned.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from statemachine_agent import Context, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown
+from statemachine_agent.stores import SQLiteStore, StoreError
 
 
 class Approval(BaseModel):
@@ -31,7 +34,7 @@ class Order(Context):
     receipt: str = ""
 
 
-def make(log: str, *, pause: float = 0.0) -> Any:
+def make(log: str, *, pause: float = 0.0, gate: tuple[str, str] | None = None) -> Any:
     wf = Workflow("race", Order)
 
     def charge(amount: int, run: str) -> str:
@@ -48,8 +51,12 @@ def make(log: str, *, pause: float = 0.0) -> Any:
     wf.tool(charge, effect="at_most_once")
 
     @wf.state(initial=True, reads=["amount"], writes=[])
-    def prepare(ctx: Order) -> None:
-        return None
+    async def prepare(ctx: Order) -> None:
+        if gate is not None:  # another process delivers while this step runs
+            started, go = gate
+            Path(started).touch()
+            while not Path(go).exists():
+                await asyncio.sleep(0.005)
 
     wf.wait("approve", event="approval", payload=Approval, writes=["approval"])
 
@@ -68,9 +75,19 @@ def make(log: str, *, pause: float = 0.0) -> Any:
     return wf.compile()
 
 
-def main(argv: list[str]) -> int:
-    from statemachine_agent.stores import SQLiteStore, StoreError
+def live(db: str, log: str, run_id: str, started: str, go: str) -> int:
+    """Run ``run_id`` in this process; its first step signals ``started`` (a file), then waits for
+    the file ``go`` before it goes on to the wait."""
+    compiled = make(log, gate=(started, go))
+    with SQLiteStore(db) as store:
+        result = compiled.run_sync(Order(order=run_id), store=store, run_id=run_id)
+    print(result.terminal, result.outcome, flush=True)
+    return 0
 
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--live":
+        return live(*argv[1:])
     db, log, *runs = argv
     compiled = make(log, pause=0.002)
     with SQLiteStore(db) as store:

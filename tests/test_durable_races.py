@@ -9,6 +9,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,31 @@ def test_a_non_finite_number_in_an_input_or_a_payload_is_refused_naming_the_fiel
             compiled.deliver_sync("m", "reading", {"value": 1.0, "extra": {"deep": [1.0, number]}}, store=store)
         assert store.load("m").result().inbox == []  # nothing delivered
         assert compiled.deliver_sync("m", "reading", {"value": 2.5}, store=store).terminal == "done"
+
+
+def test_a_delivery_from_another_process_during_a_step_is_taken_by_the_live_run(tmp_path: Path) -> None:
+    """Process A runs a step; process B delivers the approval meanwhile (B's deliver returns
+    'none': it does not preempt A); A then reaches the wait, takes the event and ends in done."""
+    db, log = tmp_path / "runs.db", tmp_path / "effects.log"
+    started, go = tmp_path / "started", tmp_path / "go"
+    worker = str(HERE / "race_worker.py")
+    a = subprocess.Popen([sys.executable, worker, "--live", str(db), str(log), "r", str(started), str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(6000):  # up to 60 s for the interpreter to start and reach the step
+            if started.exists() or a.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert started.exists(), a.communicate()[1][-2000:]
+        b = subprocess.run([sys.executable, worker, str(db), str(log), "r"], capture_output=True, text=True,
+                           timeout=120, check=False)
+        assert b.returncode == 0, b.stderr[-2000:]
+        assert b.stdout.split() == ["r", "none"]
+        go.touch()
+        out, err = a.communicate(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a.returncode == 0, err[-2000:]
+    assert out.split()[0] == "done"
+    assert log.read_text().split() == ["r"]
