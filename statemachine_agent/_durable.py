@@ -524,6 +524,8 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     data = wait.payload.model_validate(payload).model_dump(mode="json")  # ValidationError: nothing written
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
+    check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
+    _opened(workflow, stored.context, store, run_id)  # before the event is committed, not after
     await asyncio.wrap_future(store.deliver(run_id, event, data))
     stored = await asyncio.wrap_future(store.load(run_id))
     if stored.run.status is RunStatus.WAITING and stored.run.wait is not None and stored.run.wait.event == event:

@@ -336,8 +336,13 @@ def test_a_wrong_key_or_a_damaged_token_is_a_typed_error_naming_run_and_field(tm
                     attempt()
                 assert isinstance(e.value, StoreCorrupted)
                 assert (e.value.run_id, e.value.field) == (run_id, "api_key")
-    with SQLiteStore(db) as store, pytest.raises(SecretsNotStorable, match="secrets="):
-        make_flow().resume_sync("j", store=store)
+            assert store.load("j").result().inbox == []  # a refused delivery commits nothing
+    with SQLiteStore(db) as store:
+        with pytest.raises(SecretsNotStorable, match="secrets="):
+            make_flow().resume_sync("j", store=store)
+        with pytest.raises(SecretsNotStorable, match="secrets="):  # refused before the event is committed
+            make_flow().deliver_sync("j", "approval", {"ok": True}, store=store)
+        assert store.load("j").result().inbox == []
     with SQLiteStore(db, secrets=keys) as store:  # the right key still opens it: nothing was lost
         assert make_flow().deliver_sync("j", "approval", {"ok": True}, store=store).context.seen == \
             digest(ROTATED + "session-of-" + ROTATED)
