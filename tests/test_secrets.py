@@ -158,6 +158,7 @@ def test_a_canary_secret_survives_wait_crash_fork_and_replay_and_never_appears_i
         outputs[f"{name} diagram"] = to_dot(compiled, value).source + to_dot(compiled, value.to_dict()).source
     outputs["events"] = "\n".join(repr(e) for e in events)
     assert {type(e).__name__ for e in events} >= {"RunStarted", "TransitionTaken"}
+    assert any("rotate -> use" in r.getMessage() for r in caplog.records)
     outputs["logs"] = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
     for run_id in ("job-1", "fork-1"):
         code, text = run_cli(["runs", "show", run_id, "--store", str(db)])
