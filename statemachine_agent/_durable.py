@@ -44,6 +44,7 @@ from .errors import (
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
+from .secrets import Digests, SecretCodec, check_storable, redigest, seal, secret_fields, unseal
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
@@ -94,10 +95,13 @@ def fingerprint(spec: WorkflowSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
-def dump_fields(context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
+def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = None
+                ) -> tuple[dict[str, Any], list[str]]:
     """The JSON of ``fields`` of ``context``, and those of them that are UNSET.
 
     ``TypeError`` naming the field when a value has no JSON form (then nothing may be committed).
+    Secret fields are encrypted by ``secrets`` (``{"$secret": token}``); without it they are refused
+    (``SecretsNotStorable``, a ``TypeError``), never stored as their mask.
     """
     d = context.__dict__
     unset = [f for f in fields if is_unset(d.get(f))]
@@ -108,6 +112,7 @@ def dump_fields(context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[s
         raise TypeError(f"field {bad!r} of {type(context).__name__} holds a value that cannot be stored as JSON "
                         f"({type(exc).__name__}: {str(exc)[:200]}): give the field a pydantic-serializable type"
                         ) from None
+    seal(context, data, secrets)
     return data, unset
 
 
@@ -140,7 +145,7 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "store", "unmarked")
+                 "recorded", "run_id", "secrets", "store", "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -159,6 +164,8 @@ class Durable:
         """Outcomes of read calls, committed with their step."""
         self.parent = parent
         self.parent_step = parent_step
+        self.secrets: SecretCodec | None = getattr(store, "secrets", None)
+        """What encrypts the context's secret fields (the store's codec)."""
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
@@ -183,8 +190,9 @@ class Durable:
         spec = getattr(wf, "spec", None)
         fp = fingerprint(spec) if isinstance(spec, WorkflowSpec) else ""
         durable = cls(store, run.run_id, 1, fp, created_at=time.time(), initial_written=sorted(run._written))
+        check_storable(type(run.context), durable.secrets, run.run_id)  # SecretsNotStorable: nothing stored
         try:
-            context, _ = dump_fields(run.context, run.context.__dict__.keys())
+            context, _ = dump_fields(run.context, run.context.__dict__.keys(), durable.secrets)
         except TypeError as exc:
             raise TypeError(f"run {run.run_id!r} cannot be stored: {exc}") from None
         try:  # the Python form: pydantic's JSON form turns an infinity in an untyped value into null
@@ -221,7 +229,7 @@ class Durable:
         snapshot = None
         if terminal or wait is not None or (step.number + 1) % self.store.snapshot_every == 0:
             try:
-                snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
+                snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
             except TypeError:
                 snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
         error = step.error
@@ -251,7 +259,7 @@ class Durable:
         rec = self.record(run, status=RunStatus.WAITING, state=state, next_step=len(run.path),
                           wait={"state": state, "event": event, "deadline": deadline})
         # Every value in the context came from the start or a step's delta, both stored as JSON.
-        snapshot, _ = dump_fields(run.context, run.context.__dict__.keys())
+        snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
         found = await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
         return [(e.seq, e.event, e.payload) for e in found or ()]
 
@@ -415,9 +423,12 @@ def _bound_of(workflow: Program[Any], name: str) -> int | None:
     return None
 
 
-def point_of(stored: StoredRun) -> ResumePoint:
+def point_of(stored: StoredRun, workflow: Program[Any] | None = None, store: Store | None = None) -> ResumePoint:
+    """The stored run as ``migrate=`` sees it; with ``workflow``, its secret fields decrypted by the
+    store's codec (as SecretStr/SecretBytes objects, never the stored mask)."""
     r = stored.run
-    return ResumePoint(run_id=r.run_id, state=r.state, context=stored.context, written=list(r.written),
+    context = stored.context if workflow is None else _opened(workflow, stored.context, store, r.run_id)
+    return ResumePoint(run_id=r.run_id, state=r.state, context=context, written=list(r.written),
                        visits=dict(r.counters.visits), traversals=dict(r.counters.traversals),
                        actions_run=r.counters.actions_run)
 
@@ -430,15 +441,21 @@ def migrate_point(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> 
                     "(point.model_copy(update={...}))")
 
 
-def stored_result(workflow: Program[Any], stored: StoredRun) -> RunResult[Any]:
-    """The result of a run that ended, from the store."""
+def stored_result(workflow: Program[Any], stored: StoredRun, store: Store | None = None) -> RunResult[Any]:
+    """The result of a run that ended, from the store (``store``'s codec decrypts its secrets)."""
     r = stored.run
-    context = workflow.context_type.model_validate(stored.context)
+    context = workflow.context_type.model_validate(_opened(workflow, stored.context, store, r.run_id))
     path = tuple(recorded_step(s) for s in stored.steps)
     # Like a fresh result: only an error no transition routed is the run's error.
     last_error = path[-1].error if path and path[-1].kind is StepKind.FAIL else None
     return RunResult(r.workflow, r.run_id, r.terminal or r.state, Outcome(r.outcome or "failure"), context, path,
                      r.reason, last_error, workflow)
+
+
+def _opened(workflow: Program[Any], context: dict[str, Any], store: Store | None, run_id: str,
+            skip: Any = ()) -> dict[str, Any]:
+    """A loaded context dict with its secret fields decrypted (``SecretUnreadable`` if one cannot be)."""
+    return unseal(workflow.context_type, context, getattr(store, "secrets", None), run_id, skip=skip)
 
 
 def _require_store(store: object) -> None:
@@ -495,7 +512,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
     if stored.run.status is RunStatus.DONE:
-        result = stored_result(workflow, stored)
+        result = stored_result(workflow, stored, store)
         done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
         done.path = list(result.path)
         done.result = result
@@ -510,21 +527,21 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if not ready:  # nothing to do yet: the run stays as it is, unclaimed
             if waiting_only:
                 return None
-            context_now = workflow.context_type.model_validate(stored.context)
+            context_now = workflow.context_type.model_validate(_opened(workflow, stored.context, store, run_id))
             paused: Run[Any] = Run(workflow, context_now, run_id=run_id, **options)
             paused.path = [recorded_step(s) for s in stored.steps]
             paused.result = RunResult(workflow.name, run_id, wait.state, Outcome.WAITING, context_now,
                                       tuple(paused.path), f"waiting in {wait.state!r} for event {wait.event!r}",
                                       None, workflow, wait.event)
             return paused
-    point, context = _fit(workflow, point_of(stored), stored.run.fingerprint, migrate)
+    point, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
         if taken is None:
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
-            point, context = _fit(workflow, point_of(taken), taken.run.fingerprint, migrate)
+            point, context = _fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
         stored = taken
     elif not fresh:
         claimed = await asyncio.wrap_future(store.claim(run_id))
@@ -532,7 +549,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
-            point, context = _fit(workflow, point_of(claimed), claimed.run.fingerprint, migrate)
+            point, context = _fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint, migrate)
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
@@ -589,6 +606,8 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
                          "JSON cannot hold: give a finite number; nothing was delivered")
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
+    check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
+    _opened(workflow, stored.context, store, run_id)  # before the event is committed, not after
     await asyncio.wrap_future(store.deliver(run_id, event, data))
     # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
     # earlier step re-reads its inbox in the very transaction that would store it as waiting, so
@@ -644,6 +663,10 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
     unknown = sorted(set(patch or {}) - set(workflow.field_names))
     if unknown:
         raise ValueError(f"patch names fields {unknown} that {workflow.context_type.__name__} does not have")
+    secrets = getattr(store, "secrets", None)
+    check_storable(workflow.context_type, secrets, new_run_id or run_id)
+    # A patched secret is not read: a fork can give again a secret that cannot be read back.
+    opened = _opened(workflow, context, store, run_id, skip=patch or ())
     written = set(src.initial_written)
     visits: dict[str, int] = {}
     traversals: dict[str, int] = {}
@@ -656,12 +679,13 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
             written.update(s.writes)
     if patch:
         model = workflow.context_type
-        merged = {**model.model_validate(context).__dict__, **patch}
-        validated = model.model_validate(merged)  # ValidationError names the bad field
-        patched, _ = dump_fields(validated, patch.keys())
+        # The stored JSON and the patch, validated together (the model's __dict__ would hold UNSET values).
+        validated = model.model_validate({**opened, **patch})  # ValidationError names the bad field
+        patched, _ = dump_fields(validated, patch.keys(), secrets)
         context.update(patched)
+        opened.update({k: validated.__dict__[k] for k in patch if k in patched})
         written.update(patch)
-    point = ResumePoint(run_id=new_run_id or "", state=state, context=context, written=sorted(written),
+    point = ResumePoint(run_id=new_run_id or "", state=state, context=opened, written=sorted(written),
                         visits=visits, traversals=traversals, actions_run=sum(1 for s in steps if s.ran))
     _, problems = compatibility(workflow, point, "")  # a full check: the patch may unset what is read
     if problems:
@@ -856,7 +880,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         i = len(holder[0].path)
         return steps[i].transition if i < len(steps) else ""
 
-    context = workflow.context_type.model_validate(start.context)
+    context = workflow.context_type.model_validate(_opened(workflow, start.context, store, run_id))
     run: Run[Any] = Run(workflow, context, run_id=run_id, policy=policy, raise_errors=False,
                         clock=_ReplayClock(steps, holder), max_steps=stored.run.max_steps,
                         hooks=options.get("hooks", ()))
@@ -877,8 +901,15 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         run._owned = set(workflow.field_names)
     run._token.state = steps[at].state
     run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox]
+    digests = Digests()  # the record's secrets and the replay's compare as digests: tokens differ every time
+    if secret_fields(workflow.context_type).top:
+        codec = getattr(store, "secrets", None)
+        stored = stored.model_copy(update={"steps": [
+            s.model_copy(update={"delta": redigest(workflow.context_type, s.delta, codec, digests, run_id)})
+            for s in stored.steps]})
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
     journal = _Replay(stored, routes)
+    journal.secrets = digests
     run._journal = journal
     try:
         await run.run_to_end()

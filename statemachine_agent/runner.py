@@ -427,7 +427,7 @@ class Run(Generic[C]):
         dirty = view._sa_dirty
         if self._journal is not None:
             try:
-                self._delta = dump_fields(self.context, dirty or ())
+                self._delta = dump_fields(self.context, dirty or (), self._journal.secrets)
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")

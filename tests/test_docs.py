@@ -94,10 +94,26 @@ def test_testing_page_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.
 def test_durability_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/durability.md's example pauses at the wait, continues on delivery and charges once."""
     page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")
-    [code] = _python_blocks(page)
+    code = _python_blocks(page)[0]
     exec(compile(code, "docs/durability.md", "exec"), {"__name__": "durability_doc"})
     out = capsys.readouterr().out.splitlines()
     assert out == ["waiting approval", "done charged 42", "['order-42']"]
+    for line in out:  # the page shows each printed line in a comment
+        assert f"# {line}" in page
+
+
+def test_durability_secrets_example_runs_as_shown(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/durability.md's "Secrets" example: refused without a codec, kept and hidden with one."""
+    from statemachine_agent.secrets import FernetSecrets
+
+    page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")
+    [code] = [b for b in _python_blocks(page) if "FernetSecrets" in b]
+    assert page.index(code) > page.index("## Secrets")
+    monkeypatch.setenv("SMA_SECRET_KEY", FernetSecrets.generate_key())
+    exec(compile(code, "docs/durability.md", "exec"), {"__name__": "secrets_doc"})
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["('token',)", "go", "pushed with a token of 18 characters", "**********", "['$secret']"]
     for line in out:  # the page shows each printed line in a comment
         assert f"# {line}" in page
 

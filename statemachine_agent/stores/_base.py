@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import abc
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._records import InboxRecord, RunRecord, StoredRun
+
+if TYPE_CHECKING:
+    from ..secrets import SecretCodec
 
 __all__ = ["Store"]
 
@@ -25,6 +28,10 @@ class Store(abc.ABC):
     snapshot_every: int = 50
     """A full snapshot of the context every this many steps (and at waits and at the end);
     between them a step stores only the fields it wrote."""
+
+    secrets: SecretCodec | None = None
+    """What encrypts the context's secret fields (``SecretStr``, ``SecretBytes``) for this store, and
+    decrypts them back; without one, a run whose context holds a secret is refused at its start."""
 
     @abc.abstractmethod
     def create(self, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ..errors import RunExists, RunFenced, RunNotFound, StoreCorrupted, StoreError
+from ..secrets import SecretCodec
 from ._base import Store
 from ._records import (
     SCHEMA_VERSION,
@@ -119,7 +120,7 @@ class SQLiteStore(Store):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int = 50,
-                 busy_timeout: float = 30.0) -> None:
+                 busy_timeout: float = 30.0, secrets: SecretCodec | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path={path!r}): give a file path (str or pathlib.Path)")
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
@@ -129,8 +130,12 @@ class SQLiteStore(Store):
         if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
                 or not 0 <= busy_timeout < math.inf):
             raise ValueError(f"busy_timeout={busy_timeout!r}: give a number of seconds >= 0")
+        if secrets is not None and not isinstance(secrets, SecretCodec):
+            raise TypeError(f"secrets={type(secrets).__name__}(...): give a codec with encrypt(bytes) -> str and "
+                            "decrypt(str) -> bytes, such as statemachine_agent.secrets.FernetSecrets")
         self.path = str(path)
         self.snapshot_every = snapshot_every
+        self.secrets = secrets
         memory = self.path == ":memory:"
         if not memory:
             parent = Path(self.path).expanduser().resolve().parent
@@ -463,8 +468,8 @@ class MemoryStore(SQLiteStore):
     """A store in memory (an SQLite ``:memory:`` database): the same code and guarantees as
     :class:`SQLiteStore` within one process, gone when it ends. For tests and notebooks."""
 
-    def __init__(self, *, snapshot_every: int = 50) -> None:
-        super().__init__(":memory:", snapshot_every=snapshot_every)
+    def __init__(self, *, snapshot_every: int = 50, secrets: SecretCodec | None = None) -> None:
+        super().__init__(":memory:", snapshot_every=snapshot_every, secrets=secrets)
 
     def __repr__(self) -> str:
         return "<MemoryStore>"
