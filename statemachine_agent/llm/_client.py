@@ -449,6 +449,10 @@ class _Deflate:
         return self._d.decompress(data, max_length)  # type: ignore[no-any-return]
 
     @property
+    def eof(self) -> bool:
+        return self._d is not None and bool(self._d.eof)
+
+    @property
     def unconsumed_tail(self) -> bytes:
         return self._d.unconsumed_tail if self._d is not None else b""  # type: ignore[no-any-return]
 
@@ -480,4 +484,6 @@ async def _read_body(response: httpx.Response, limit: int, *, strict: bool) -> b
                 break
     except zlib.error as exc:
         raise _BadBody(f"the reply's {encoding} data is damaged ({exc})") from None
+    if inflate is not None and not inflate.eof and len(out) <= limit:
+        raise _BadBody(f"the reply's {encoding} data is damaged (it ends before its end)")
     return out
