@@ -27,7 +27,7 @@ from statemachine_agent import Context, Workflow
 from statemachine_agent.clock import FakeClock
 from statemachine_agent.errors import ModelAnswerInvalid, ModelError, ModelRefused, ModelUnavailable
 from statemachine_agent.llm import ChatModel, LLMPolicy, ModelReplyTooLarge, llm_step
-from statemachine_agent.llm.testing import FakeOpenAIServer, FakeRequest, FakeResponse, chat_reply, tool_reply
+from statemachine_agent.llm.testing import FakeOpenAIServer, FakeRequest, FakeResponse, chat_reply
 from statemachine_agent.stores import MemoryStore, SQLiteStore
 
 CAP = 1024 * 1024
@@ -134,7 +134,7 @@ def test_damaged_compressed_data_and_an_unasked_encoding_are_model_unavailable()
     for response in script:
         with FakeOpenAIServer([response]) as server:
             chat = ChatModel(base_url=server.url, model="fake", retries=2, backoff=0)
-            with pytest.raises(ModelUnavailable, match="damaged|not asked for"):
+            with pytest.raises(ModelUnavailable, match=r"damaged|not asked for"):
                 asyncio.run(ask(chat))
             assert len(server.requests) == 2  # retried: another answer may be whole
 

@@ -32,8 +32,18 @@ from ..clock import Clock, SystemClock
 from ..errors import ModelError, ModelRefused, ModelUnavailable
 from ..tools import Tools
 from ..usage import ModelCall, Price
-from ._protocol import (PROFILES, Mode, Profile, Reply, ServerKind, build_body, parse_reply, reply_from_record,
-                        reply_record, tools_body)
+from ._protocol import (
+    PROFILES,
+    Mode,
+    Profile,
+    Reply,
+    ServerKind,
+    build_body,
+    parse_reply,
+    reply_from_record,
+    reply_record,
+    tools_body,
+)
 from ._secrets import scrubber
 
 __all__ = ["DEFAULT_MAX_REPLY_BYTES", "ChatModel", "Exchange", "ModelReplyTooLarge"]
@@ -454,7 +464,7 @@ class _Deflate:
 
     @property
     def unconsumed_tail(self) -> bytes:
-        return self._d.unconsumed_tail if self._d is not None else b""  # type: ignore[no-any-return]
+        return self._d.unconsumed_tail if self._d is not None else b""
 
 
 async def _read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytearray:

@@ -105,7 +105,7 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
         messages: list[dict[str, Any]] = [{"role": "system", "content": instructions},
                                           {"role": "user", "content": text}]
         if allowed:
-            await _tool_rounds(chat, site, messages, allowed, max_rounds, max_tool_calls)
+            await _tool_rounds(chat, site, messages, allowed, max_rounds=max_rounds, max_tool_calls=max_tool_calls)
         for attempt in range(1, max_attempts + 1):
             exchange = await chat.ask(messages, schema=schema, name="answer",
                                       description="Give the answer in this form.", purpose="answer",
@@ -133,7 +133,7 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
     return llm_action
 
 
-async def _tool_rounds(chat: ChatModel, site: Tools, messages: list[dict[str, Any]], allowed: tuple[str, ...],
+async def _tool_rounds(chat: ChatModel, site: Tools, messages: list[dict[str, Any]], allowed: tuple[str, ...], *,
                        max_rounds: int, max_tool_calls: int) -> None:
     specs = []
     for spec in site.schemas():
