@@ -438,3 +438,80 @@ def test_the_scrubber_finds_the_key_in_every_encoding_at_every_place(key: str, p
     start = -(-8 * len(prefix.encode()) // 6)
     end = 8 * len((prefix + key).encode()) // 6
     assert wrapped[start:end] not in scrub(wrapped)
+
+
+# --- what else stays as it was -------------------------------------------------------------------
+
+class OldJournal(MemoryStore):
+    """A store whose model rows are in the form journaled before replies were kept parsed: the
+    server's body under ``response``."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__()
+        self.body = body
+
+    def commit(self, commit: dict[str, Any]) -> Any:
+        for call in commit.get("calls", ()):
+            if call["tool"].startswith("model:") and isinstance(call.get("result"), dict):
+                result = dict(call["result"])
+                del result["reply"]
+                call["result"] = {**result, "response": self.body}
+        return super().commit(commit)
+
+
+def test_a_run_journaled_with_raw_bodies_still_replays_from_its_record() -> None:
+    reply = chat_reply('{"value": "from the old record"}')
+    store = OldJournal(reply.body)
+    with FakeOpenAIServer([reply]) as server:
+        compiled = doc_workflow(ChatModel(base_url=server.url, model="fake"))
+        compiled.run_sync(Doc(), store=store, run_id="r1", clock=FakeClock())
+        (row,) = [c for c in store.load("r1").result().calls if c.tool == "model:fake"]
+        assert "response" in row.result and "reply" not in row.result
+        report = compiled.replay_sync("r1", store=store)
+        assert report.reason == "" and len(server.requests) == 1
+
+
+def test_cancelling_a_run_while_the_body_trickles_in_leaks_no_task() -> None:
+    """Cancelled mid-body: the connection is let go, no task is left, and the run can go on."""
+    def script(_: FakeRequest, i: int) -> FakeResponse:
+        return FakeResponse(chunks=drip, pause=0.05) if i == 0 else chat_reply('{"value": "later"}')
+
+    with FakeOpenAIServer(script) as server:
+        chat = ChatModel(base_url=server.url, model="fake", timeout=30.0)
+        compiled = doc_workflow(chat)
+
+        async def go() -> Any:
+            run = compiled.start(Doc(), clock=FakeClock())
+            task = asyncio.create_task(run.run_to_end())
+            for _ in range(2000):  # until the body has begun (we wait for it, no timing assumption)
+                if server.requests:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)  # a few trickled bytes in
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+            assert run.path == [] and not run.done
+            result = await run.run_to_end()
+            await chat.aclose()
+            return result
+
+        result = asyncio.run(go())
+        assert len(server.requests) == 2
+    assert result.terminal == "done" and result.context.summary == "later"
+
+
+def test_an_llm_policy_made_from_a_url_takes_max_reply_bytes() -> None:
+    wf = Workflow("pick", Doc)
+    wf.add_state("decide", lambda ctx: None, decision=True, initial=True)
+    wf.terminal("a")
+    wf.terminal("b")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("decide", "a", name="go_a", description="take a")
+    wf.transition("decide", "b", name="go_b", description="take b")
+    with FakeOpenAIServer([chat_reply("go_a" + " " * 8000)]) as server:
+        policy = LLMPolicy(base_url=server.url, model="fake", max_reply_bytes=4096)
+        result = wf.compile().run_sync(Doc(), policy=policy, clock=FakeClock(), raise_errors=False)
+    assert result.terminal == "failed" and isinstance(result.error, ModelReplyTooLarge)
