@@ -378,7 +378,9 @@ class ChatModel:
                 text = scrub(_decode(raw, response))
                 del raw
                 data = _reply_body(text)
-                return scrub_value(data) if key else data
+                # A JSON string differs from its text only through escapes (a backslash): without
+                # one, the text's scrub already covered every string in it.
+                return scrub_value(data) if key and "\\" in text else data
 
         def scrub_value(data: Any) -> Any:
             assert key
