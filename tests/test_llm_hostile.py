@@ -515,3 +515,11 @@ def test_an_llm_policy_made_from_a_url_takes_max_reply_bytes() -> None:
         policy = LLMPolicy(base_url=server.url, model="fake", max_reply_bytes=4096)
         result = wf.compile().run_sync(Doc(), policy=policy, clock=FakeClock(), raise_errors=False)
     assert result.terminal == "failed" and isinstance(result.error, ModelReplyTooLarge)
+
+
+def test_a_401_with_a_damaged_compressed_body_is_still_refused_without_retries() -> None:
+    bad = FakeResponse(401, raw=b"\x1f\x8b\x08\x00garbage", headers={"Content-Encoding": "gzip"})
+    with FakeOpenAIServer([bad]) as server:
+        with pytest.raises(ModelRefused, match="HTTP 401: the reply's gzip data is damaged"):
+            asyncio.run(ask(ChatModel(base_url=server.url, model="fake", retries=3, backoff=0)))
+        assert len(server.requests) == 1

@@ -355,7 +355,10 @@ class ChatModel:
             async with self._client().stream("POST", url, content=payload, headers=headers) as response:
                 status = response.status_code
                 if status >= 400:
-                    text = said(_decode(await _read_body(response, _ERROR_BODY_BYTES, strict=False), response))
+                    try:
+                        text = said(_decode(await _read_body(response, _ERROR_BODY_BYTES, strict=False), response))
+                    except _BadBody as exc:  # the status says enough: the body only adds detail
+                        text = str(exc)
                 # Retry-After is defined for 429 and 503 (RFC 6585, RFC 9110 15.6.4); honoured on any
                 # answer that is retried.
                 if status in {429, 408}:
