@@ -423,7 +423,7 @@ def test_the_key_never_shows_in_any_output_in_any_encoding(kind: str, tmp_path: 
             assert form not in text, f"the key ({form!r}) shows in {where}"
 
 
-@settings(max_examples=40, deadline=None, database=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=8, max_size=40),
        st.text(max_size=5), st.integers(0, 400))
 def test_the_scrubber_finds_the_key_in_every_encoding_at_every_place(key: str, prefix: str, pad: int) -> None:
@@ -433,7 +433,7 @@ def test_the_scrubber_finds_the_key_in_every_encoding_at_every_place(key: str, p
     for form in encodings(key).values():
         text = "p" * pad + form + "q"
         assert key not in scrub(text)
-    assert scrub(f"{prefix}{key}") == f"{prefix}<the API key>" or key not in scrub(f"{prefix}{key}")
+    assert key not in scrub(prefix + key + prefix)
     wrapped = base64.b64encode((prefix + key).encode()).decode()
     start = -(-8 * len(prefix.encode()) // 6)
     end = 8 * len((prefix + key).encode()) // 6
