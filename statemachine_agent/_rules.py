@@ -582,11 +582,13 @@ def _check_model_use(a: Analysis) -> Iterator[Problem]:
                               f"not declare: add {t!r} to its tools=[...]", n)
 
 
-def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int]:
-    """The most model calls LLM steps can make, and the most decisions (each up to the run's
-    ``max_policy_attempts`` policy calls), in a run of at most ``steps`` steps: each state counts
-    its calls per visit times its visits: one outside loops, else at most its ``max_visits`` and ``steps``."""
-    calls = decisions = 0
+def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int, int]:
+    """The most model calls LLM steps can make, the most decisions (each up to the run's
+    ``max_policy_attempts`` policy calls), and the most tool calls the models of LLM steps can have
+    run (rounds times each step's ``max_tool_calls``), in a run of at most ``steps`` steps: each
+    state counts its calls per visit times its visits: one outside loops, else at most its
+    ``max_visits`` and ``steps``."""
+    calls = decisions = tool_calls = 0
     nodes = [n for n in a.names if n in a.reach]
     succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
     looping = {v for comp in strongly_connected_components(nodes, succ) for v in comp
@@ -599,9 +601,10 @@ def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int]:
         use = model_use(s.action)
         if use is not None:
             calls += visits * int(use.calls_per_visit)
+            tool_calls += visits * int(getattr(use, "tool_calls_per_visit", 0))
         if s.decision and sum(1 for _ in a.out.get(n, ())) > 1:
             decisions += visits
-    return calls, decisions
+    return calls, decisions, tool_calls
 
 
 def _check_state_options(a: Analysis) -> Iterator[Problem]:

@@ -35,6 +35,9 @@ class CheckReport:
     worst_case_model_calls: int | None = None
     """An upper bound on the model calls of a run's LLM steps (``llm_step``: tool rounds and answers);
     ``None`` when some loop is unbounded."""
+    worst_case_model_tool_calls: int | None = None
+    """An upper bound on the tool calls the models of a run's LLM steps can have run (each round
+    runs at most its step's ``max_tool_calls``); ``None`` when some loop is unbounded."""
     worst_case_decisions: int | None = None
     """An upper bound on the decisions a run asks its policy (each up to ``max_policy_attempts`` asks)."""
     graph_bound: int | None = None
@@ -70,9 +73,9 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
     max_steps = getattr(spec, "max_steps", None)
     if worst is not None and _is_count(max_steps):
         worst = min(worst, max_steps)
-    calls = decisions = None
+    calls = decisions = tool_calls = None
     if worst is not None:
-        calls, decisions = worst_case_calls(a, worst)
+        calls, decisions, tool_calls = worst_case_calls(a, worst)
     name = getattr(spec, "name", None)
     return CheckReport(
         workflow=name if isinstance(name, str) else repr(name),
@@ -84,6 +87,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
         unset_reads=frozenset(a.unset),
         worst_case_steps=worst,
         worst_case_model_calls=calls,
+        worst_case_model_tool_calls=tool_calls,
         worst_case_decisions=decisions,
         graph_bound=graph_bound,
         failure_terminal=a.failure_terminal,

@@ -91,8 +91,9 @@ def test_model_replies_are_journaled_and_replay_asks_nothing(kind: str, tmp_path
         model_rows = [c for c in stored.calls if c.tool == "model:fake"]
         assert [c.step for c in model_rows] == [0, 1]
         assert all(c.status is CallStatus.DONE for c in model_rows), model_rows
-        assert model_rows[1].result["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] \
-            == "choose_transition"
+        # The journal keeps the parsed reply (id, name, arguments of each call), not the raw body.
+        assert model_rows[1].result["reply"]["tool_calls"][0][1] == "choose_transition"
+        assert "response" not in model_rows[1].result
         report = compiled.replay_sync("r1", store=store)
         assert report.reason == "" and report.matched == report.recorded == 3
         assert report.calls_replayed >= 1

@@ -20,18 +20,20 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("statemachine_agent.llm needs httpx: pip install 'statemachine-agent[llm]'") from exc
 
 from ..usage import ModelCall, Price, Usage
-from ._client import ChatModel, Exchange, wait_retry_after
+from ._client import DEFAULT_MAX_REPLY_BYTES, ChatModel, Exchange, ModelReplyTooLarge, wait_retry_after
 from ._policy import LLMPolicy
 from ._protocol import PROFILES, Mode, Profile, Reply, ServerKind, ToolCall
 from ._step import ModelUse, llm_step
 
 __all__ = [
+    "DEFAULT_MAX_REPLY_BYTES",
     "PROFILES",
     "ChatModel",
     "Exchange",
     "LLMPolicy",
     "Mode",
     "ModelCall",
+    "ModelReplyTooLarge",
     "ModelUse",
     "Price",
     "Profile",

@@ -3,6 +3,11 @@
 httpx speaks HTTP; tenacity retries 429 (after its Retry-After), 5xx and network errors, sleeping on
 the run's clock, so tests never wait. A mode the server refuses (400, 404, 422, or 5xx on a mode
 that never worked there) is remembered and the next mode of the profile is tried at once.
+
+Whatever the server does, a request is bounded: each HTTP attempt, body included, ends within
+``timeout`` (not per read); the body is streamed and counted after decompression, so no more than
+``max_reply_bytes`` is ever held; every text the server sends is scrubbed of the API key before
+it is cut, kept or shown; the journal keeps the parsed reply, its texts cut, not the raw body.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +29,54 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from tenacity.wait import wait_base, wait_exponential
 
 from ..clock import Clock, SystemClock
-from ..errors import ModelRefused, ModelUnavailable
+from ..errors import ModelError, ModelRefused, ModelUnavailable
 from ..tools import Tools
 from ..usage import ModelCall, Price
-from ._protocol import PROFILES, Mode, Profile, Reply, ServerKind, build_body, parse_reply, tools_body
+from ._protocol import (
+    PROFILES,
+    Mode,
+    Profile,
+    Reply,
+    ServerKind,
+    build_body,
+    parse_reply,
+    reply_from_record,
+    reply_record,
+    tools_body,
+)
+from ._secrets import scrubber
 
-__all__ = ["ChatModel", "Exchange"]
+__all__ = ["DEFAULT_MAX_REPLY_BYTES", "ChatModel", "Exchange", "ModelReplyTooLarge"]
+
+DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024
+"""The default cap on a reply's body, counted after decompression: 8 MiB."""
+_ERROR_BODY_BYTES = 64 * 1024
+"""How much of an error reply's body is read: only its start is ever shown."""
+_CHUNK = 64 * 1024
+_SAID = 300
+"""What is shown of a server's error text, in characters (after the key is scrubbed)."""
+
+
+class ModelReplyTooLarge(ModelError):
+    """The server's reply was larger than ``max_reply_bytes`` (after decompression); it was not read
+    past the cap, and is not retried: the same request would get the same answer."""
+
+    limit: int
+
+    def __init__(self, model: str, message: str, limit: int = DEFAULT_MAX_REPLY_BYTES) -> None:
+        self.limit = limit
+        super().__init__(model, message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.model, str(self), self.limit))
+
+
+class _TooLarge(Exception):
+    """A body passed its cap; ``declared`` says so when Content-Length did, before any byte."""
+
+    def __init__(self, declared: int | None = None) -> None:
+        super().__init__()
+        self.declared = declared
 
 _REFUSAL = frozenset({400, 404, 405, 415, 422, 501})
 """Statuses that say "not this request form": the next mode is tried."""
@@ -135,7 +183,8 @@ class ChatModel:
     def __init__(self, *, base_url: str, model: str, server: ServerKind | str = ServerKind.GENERIC,
                  api_key_env: str = "OPENAI_API_KEY", temperature: float | None = 0.0, max_tokens: int | None = 256,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
-                 prices: Mapping[str, Price] | Price | None = None, headers: Mapping[str, str] | None = None) -> None:
+                 prices: Mapping[str, Price] | Price | None = None, headers: Mapping[str, str] | None = None,
+                 max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url={base_url!r}: give the server's URL, e.g. 'http://127.0.0.1:8765/v1'")
         if not isinstance(model, str) or not model:
@@ -150,6 +199,9 @@ class ChatModel:
                     or value < 0 or (name == "timeout" and value == 0):
                 raise ValueError(f"{name}={value!r}: give a finite number of seconds" +
                                  (" > 0" if name == "timeout" else " >= 0"))
+        if isinstance(max_reply_bytes, bool) or not isinstance(max_reply_bytes, int) or max_reply_bytes < 1024:
+            raise ValueError(f"max_reply_bytes={max_reply_bytes!r}: give the most bytes a reply may have (after "
+                             f"decompression), a whole number >= 1024; the default is {DEFAULT_MAX_REPLY_BYTES}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
             raise ValueError(f"retries={retries!r}: give the number of attempts per request, >= 1")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
@@ -166,6 +218,7 @@ class ChatModel:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.timeout = float(timeout)
+        self.max_reply_bytes = max_reply_bytes
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -240,7 +293,8 @@ class ChatModel:
                 sent += n
                 if mode_name is None:
                     self.working.add(mode)
-                return {"mode": str(mode), "response": data, "http_attempts": sent,
+                # The journal keeps the parsed reply (texts cut, the key scrubbed), never the body.
+                return {"mode": str(mode), "reply": reply_record(parse_reply(data)), "http_attempts": sent,
                         "latency": time.perf_counter() - t0}
             raise ModelRefused(self.model, f"{self.base_url} refused every request form tried for model "
                                f"{self.model!r}: {'; '.join(errors)}. Check the model name and server, or set "
@@ -250,7 +304,8 @@ class ChatModel:
             record = await site.journaled(self.name, compute)
         else:
             record = await compute()
-        reply = parse_reply(record.get("response"))
+        # Records journaled before replies were kept parsed hold the body under "response".
+        reply = reply_from_record(record["reply"]) if "reply" in record else parse_reply(record.get("response"))
         mode = Mode(record["mode"])
         price = self.price
         call = ModelCall(provider=str(self.profile.kind), model=self.model, mode=mode_name or str(mode),
@@ -278,44 +333,75 @@ class ChatModel:
             await client.aclose()
 
     async def _post(self, body: dict[str, Any], clock: Clock, *, known_good: bool) -> tuple[Any, int]:
-        """POST ``body``; the parsed JSON (or the raw text, if it is not JSON) and the attempts made."""
-        headers = {"Content-Type": "application/json", **self.headers}
+        """POST ``body``; the parsed JSON (or the text, if it is not JSON), scrubbed of the key, and
+        the attempts made. Each attempt, its whole body included, ends within ``timeout``."""
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate", **self.headers}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        scrub: Callable[[str], str] = scrubber(key).text if key else _same
         payload = json.dumps(body).encode()
         url = f"{self.base_url}/chat/completions"
+        limit = self.max_reply_bytes
         attempts = 0
 
         def said(text: str) -> str:
-            # What the server said, cut short, and never with the key in it: some servers echo the
-            # key they refused, and error messages end up in logs, results and stores.
-            text = text[:300]
-            return text.replace(key, "<the API key>") if key else text
+            # What the server said, never with the key in it (some servers echo the key they
+            # refused, and error messages end up in logs, results and stores), then cut short:
+            # scrubbed first, so no cut can leave a piece of the key that no longer matches.
+            return _cut(scrub(text), _SAID)
+
+        async def attempt() -> Any:
+            async with self._client().stream("POST", url, content=payload, headers=headers) as response:
+                status = response.status_code
+                if status >= 400:
+                    try:
+                        text = said(_decode(await _read_body(response, _ERROR_BODY_BYTES, strict=False), response))
+                    except _BadBody as exc:  # the status says enough: the body only adds detail
+                        text = str(exc)
+                # Retry-After is defined for 429 and 503 (RFC 6585, RFC 9110 15.6.4); honoured on any
+                # answer that is retried.
+                if status in {429, 408}:
+                    raise _Transient(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
+                if status >= 500 and (known_good or status in (502, 503, 504)):
+                    raise _Transient(f"HTTP {status}: {text}", _retry_after(response.headers.get("retry-after")))
+                if status >= 500 or status in _REFUSAL:
+                    raise _Refused(status, text)
+                if status >= 400:  # 401, 403: no retry and no other mode helps
+                    raise ModelRefused(self.model, f"{url} answered HTTP {status}: {text}; check the API key "
+                                       f"(read from ${self.api_key_env}) and the model name")
+                try:
+                    raw = await _read_body(response, limit, strict=True)
+                except _TooLarge as exc:
+                    size = f"says {exc.declared} bytes" if exc.declared is not None else "is larger"
+                    raise ModelReplyTooLarge(self.model, f"{url} sent a reply that {size}, past max_reply_bytes="
+                                             f"{limit} (counted after decompression); it was not read further. "
+                                             "Lower max_tokens, or raise max_reply_bytes if such replies are "
+                                             "expected", limit) from None
+                text = scrub(_decode(raw, response))
+                del raw
+                data = _reply_body(text)
+                # A JSON string differs from its text only through escapes (a backslash): without
+                # one, the text's scrub already covered every string in it.
+                return scrub_value(data) if key and "\\" in text else data
+
+        def scrub_value(data: Any) -> Any:
+            assert key
+            return scrubber(key).value(data)  # also what JSON escapes hid from the text's scrub
 
         async def once() -> Any:
             nonlocal attempts
             attempts += 1
             try:
-                response = await self._client().post(url, content=payload, headers=headers)
-            except httpx.TimeoutException:
-                raise _Transient(f"no answer within {self.timeout} s") from None
+                async with asyncio.timeout(self.timeout):  # the whole attempt: connect, send, every byte
+                    return await attempt()
+            except (TimeoutError, httpx.TimeoutException):
+                raise _Transient(f"no answer within {self.timeout} s (the whole reply must arrive within "
+                                 "timeout)") from None
             except httpx.TransportError as exc:
                 raise _Transient(said(f"{type(exc).__name__}: {exc}")) from None
-            status = response.status_code
-            # Retry-After is defined for 429 and 503 (RFC 6585, RFC 9110 15.6.4); honoured on any
-            # answer that is retried.
-            if status in {429, 408}:
-                raise _Transient(f"HTTP {status}", _retry_after(response.headers.get("retry-after")))
-            if status >= 500 and (known_good or status in (502, 503, 504)):
-                raise _Transient(f"HTTP {status}: {said(response.text)}",
-                                 _retry_after(response.headers.get("retry-after")))
-            if status >= 500 or status in _REFUSAL:
-                raise _Refused(status, said(response.text))
-            if status >= 400:  # 401, 403: no retry and no other mode helps
-                raise ModelRefused(self.model, f"{url} answered HTTP {status}: {said(response.text)}; check the "
-                                   f"API key (read from ${self.api_key_env}) and the model name")
-            return _reply_body(response.text)
+            except _BadBody as exc:
+                raise _Transient(said(str(exc))) from None
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries),
@@ -330,3 +416,89 @@ class ChatModel:
             raise ModelUnavailable(self.model, f"{url} failed {attempts} time(s) for model {self.model!r}, last: "
                                    f"{exc}; is the server up? (retries={self.retries})") from None
         return data, attempts
+
+
+class _BadBody(Exception):
+    """A body that cannot be decoded: an encoding not asked for, or damaged compressed data."""
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _decode(raw: bytes | bytearray, response: httpx.Response) -> str:
+    try:
+        return raw.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
+
+
+def _decompressor(encoding: str) -> Any:
+    """A zlib decompressor for ``Content-Encoding`` (``None``: the body is as it is)."""
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return _Deflate()
+    raise _BadBody(f"the reply came with Content-Encoding {encoding!r}, which was not asked for (gzip, deflate)")
+
+
+class _Deflate:
+    """``deflate`` as servers send it: zlib-wrapped, or (against RFC 9110, but common) raw."""
+
+    def __init__(self) -> None:
+        self._d: Any = None
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._d is None:
+            self._d = zlib.decompressobj()
+            try:
+                return self._d.decompress(data, max_length)  # type: ignore[no-any-return]
+            except zlib.error:
+                self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+        return self._d.decompress(data, max_length)  # type: ignore[no-any-return]
+
+    @property
+    def eof(self) -> bool:
+        return self._d is not None and bool(self._d.eof)
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return self._d.unconsumed_tail if self._d is not None else b""
+
+
+async def _read_body(response: httpx.Response, limit: int, *, strict: bool) -> bytearray:
+    """The body, decompressed, read as it streams in and never held past ``limit`` bytes: past it,
+    :class:`_TooLarge` when ``strict``, else the first ``limit`` bytes."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    declared = response.headers.get("content-length", "").strip()
+    if strict and encoding in ("", "identity") and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(int(declared))
+    inflate = _decompressor(encoding)
+    out = bytearray()
+    try:
+        async for chunk in response.aiter_raw(_CHUNK):
+            if inflate is None:
+                out += chunk[: limit + 1 - len(out)]
+            else:
+                data = chunk
+                while data and len(out) <= limit:
+                    # Never more than the room left (plus one byte, to know it is over): a gzip bomb
+                    # is inflated no further than the cap.
+                    out += inflate.decompress(data, limit + 1 - len(out))
+                    data = inflate.unconsumed_tail
+            if len(out) > limit:
+                if strict:
+                    raise _TooLarge()
+                del out[limit:]
+                break
+    except zlib.error as exc:
+        raise _BadBody(f"the reply's {encoding} data is damaged ({exc})") from None
+    if inflate is not None and not inflate.eof and len(out) <= limit:
+        raise _BadBody(f"the reply's {encoding} data is damaged (it ends before its end)")
+    return out

@@ -13,7 +13,7 @@ from .._views import _plain
 from ..context import is_unset
 from ..policies import Decision, NoChoice, safe_repr
 from ..usage import Price
-from ._client import ChatModel
+from ._client import DEFAULT_MAX_REPLY_BYTES, ChatModel
 from ._protocol import Mode, ServerKind, choice_schema, structured
 
 __all__ = ["LLMPolicy"]
@@ -42,13 +42,13 @@ class LLMPolicy:
                  instructions: str = DEFAULT_INSTRUCTIONS, server: ServerKind | str = ServerKind.GENERIC,
                  api_key_env: str = "OPENAI_API_KEY", temperature: float | None = 0.0, max_tokens: int | None = 64,
                  timeout: float = 60.0, retries: int = 3, prices: Mapping[str, Price] | Price | None = None,
-                 max_field_chars: int = 4000) -> None:
+                 max_field_chars: int = 4000, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
         if chat is None:
             if base_url is None or model is None:
                 raise TypeError("LLMPolicy needs chat=ChatModel(...), or base_url= and model=")
             chat = ChatModel(base_url=base_url, model=model, server=server, api_key_env=api_key_env,
                              temperature=temperature, max_tokens=max_tokens, timeout=timeout, retries=retries,
-                             prices=prices)
+                             prices=prices, max_reply_bytes=max_reply_bytes)
         elif not isinstance(chat, ChatModel):
             raise TypeError(f"chat={chat!r}: give a statemachine_agent.llm.ChatModel")
         if not isinstance(instructions, str):

@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PROFILES", "Mode", "Profile", "Reply", "ServerKind", "build_body", "choice_schema", "parse_reply"]
+__all__ = ["MAX_CALLS_KEPT", "MAX_TEXT_CHARS", "PROFILES", "Mode", "Profile", "Reply", "ServerKind", "build_body",
+           "choice_schema", "parse_reply", "reply_from_record", "reply_record"]
+
+MAX_TEXT_CHARS = 256 * 1024
+"""The most characters of a reply's content, or of one tool call's arguments, that are kept (and
+journaled): past it the text is cut."""
+MAX_CALLS_KEPT = 1024
+"""The most tool calls of one reply that are kept (and journaled); the others are only counted
+(:attr:`Reply.dropped_calls`). ``llm_step(max_tool_calls=)`` runs fewer still."""
+_MAX_NAME_CHARS = 256
+"""A tool call's id or name is cut to this."""
 
 
 class Mode(enum.StrEnum):
@@ -175,6 +185,12 @@ class Reply:
     output_tokens: int
     problem: str | None = None
     """Why the reply cannot be used (no choices, not JSON, ...); ``None`` when it can."""
+    dropped_calls: int = 0
+    """Tool calls the reply listed past :data:`MAX_CALLS_KEPT`: counted, not kept."""
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
 
 
 def parse_reply(body: Any) -> Reply:
@@ -194,19 +210,54 @@ def parse_reply(body: Any) -> Reply:
     finish = first.get("finish_reason")
     finish = finish if isinstance(finish, str) else ""
     content = message.get("content")
-    content = content if isinstance(content, str) else None
+    content = _cut(content, MAX_TEXT_CHARS) if isinstance(content, str) else None
     calls: list[ToolCall] = []
+    dropped = 0
     raw_calls = message.get("tool_calls")
     if isinstance(raw_calls, list):
         for i, c in enumerate(raw_calls):
             fn = c.get("function") if isinstance(c, Mapping) else None
             if isinstance(fn, Mapping) and isinstance(fn.get("name"), str):
+                if len(calls) >= MAX_CALLS_KEPT:
+                    dropped += 1
+                    continue
                 args = fn.get("arguments")
                 if not isinstance(args, str):  # some servers send the object itself
-                    args = json.dumps(args) if isinstance(args, (dict, list)) else ""
+                    try:
+                        args = json.dumps(args) if isinstance(args, (dict, list)) else ""
+                    except (TypeError, ValueError, RecursionError):
+                        args = ""
                 cid = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
-                calls.append(ToolCall(cid, fn["name"], args))
-    return Reply(content, tuple(calls), finish, inp, out)
+                calls.append(ToolCall(_cut(cid, _MAX_NAME_CHARS), _cut(fn["name"], _MAX_NAME_CHARS),
+                                      _cut(args, MAX_TEXT_CHARS)))
+    return Reply(content, tuple(calls), _cut(finish, _MAX_NAME_CHARS), inp, out, dropped_calls=dropped)
+
+
+def reply_record(reply: Reply) -> dict[str, Any]:
+    """``reply`` as the journal keeps it: the parsed message (texts already cut), not the raw body."""
+    record: dict[str, Any] = {"content": reply.content,
+                              "tool_calls": [[c.id, c.name, c.arguments] for c in reply.tool_calls],
+                              "finish_reason": reply.finish_reason, "input_tokens": reply.input_tokens,
+                              "output_tokens": reply.output_tokens, "problem": reply.problem}
+    if reply.dropped_calls:
+        record["dropped_calls"] = reply.dropped_calls
+    return record
+
+
+def reply_from_record(record: Any) -> Reply:
+    """A journaled reply (:func:`reply_record`) read back; a malformed one is a reply with a problem."""
+    if not isinstance(record, Mapping):
+        return Reply(None, (), "", 0, 0, "the journaled reply is malformed")
+    content = record.get("content")
+    calls = record.get("tool_calls")
+    problem = record.get("problem")
+    finish = record.get("finish_reason")
+    if not (content is None or isinstance(content, str)) or not isinstance(calls, list) \
+            or not all(isinstance(c, list) and len(c) == 3 and all(isinstance(x, str) for x in c) for c in calls) \
+            or not (problem is None or isinstance(problem, str)) or not isinstance(finish, str):
+        return Reply(None, (), "", 0, 0, "the journaled reply is malformed")
+    return Reply(content, tuple(ToolCall(*c) for c in calls), finish, _count(record.get("input_tokens")),
+                 _count(record.get("output_tokens")), problem, _count(record.get("dropped_calls")))
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)

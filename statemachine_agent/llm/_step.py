@@ -17,7 +17,7 @@ from ..errors import ModelAnswerInvalid, ToolArgumentError, UndeclaredTool, Unkn
 from ..policies import safe_repr
 from ..tools import Tools
 from ._client import ChatModel
-from ._protocol import Reply, structured
+from ._protocol import MAX_CALLS_KEPT, Reply, structured
 
 __all__ = ["MARKER", "ModelUse", "llm_step"]
 
@@ -25,39 +25,49 @@ MARKER = MODEL_USE
 """The attribute the checker reads on an action to know it asks a model (see ``_rules.py``)."""
 
 DEFAULT_INSTRUCTIONS = "You are one step of a workflow. Do what the user asks and answer in the form asked."
+DEFAULT_MAX_TOOL_CALLS = 16
+"""The most tool calls one round runs, unless ``llm_step(max_tool_calls=)`` says otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
 class ModelUse:
     """What an LLM step declares, read back by the checker: the field it writes, the tools it may
-    call, and the most model calls one visit can make."""
+    call, the most model calls one visit can make, and the most tool calls its model can have run."""
 
     model: str
     write: str
     tools: tuple[str, ...]
     max_rounds: int
     max_attempts: int
+    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
 
     @property
     def calls_per_visit(self) -> int:
         """Tool rounds (when it has tools) plus structured asks."""
         return (self.max_rounds if self.tools else 0) + self.max_attempts
 
+    @property
+    def tool_calls_per_visit(self) -> int:
+        """The most tool calls the model can have run in one visit: rounds times the cap per round."""
+        return self.max_rounds * self.max_tool_calls if self.tools else 0
+
 
 def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable[[Any], str],
              instructions: str = DEFAULT_INSTRUCTIONS, tools: Sequence[str] = (), max_rounds: int = 3,
-             max_attempts: int = 2) -> Callable[[Any, Tools], Any]:
+             max_attempts: int = 2, max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS) -> Callable[[Any, Tools], Any]:
     """An action that asks ``chat`` and writes its answer, validated as ``output``, to ``write``.
 
     ``prompt`` is a string or a function of the context (reading only what the state declares). With
     ``tools``, the model may first call those tools (each must be in the state's ``tools=[...]``),
-    for at most ``max_rounds`` rounds; the results go back to it. Then it is asked for the answer
+    for at most ``max_rounds`` rounds, running at most ``max_tool_calls`` of the calls it lists in
+    one round (the first ones; it is told the others were not run, and may ask for them in the next
+    round); the results go back to it. Then it is asked for the answer
     in the most constrained form its server enforces; an answer that does not validate is shown
     back with the errors, up to ``max_attempts`` asks in all, after which the step raises
     :class:`~statemachine_agent.errors.ModelAnswerInvalid` (route it with ``on_error``).
 
     The checker reads what the step declares: ``write`` must be in the state's writes and ``tools``
-    in its tools, and the most model calls a run can make counts these rounds.
+    in its tools, and the most model calls (and tool calls) a run can make counts these rounds.
     """
     if not isinstance(chat, ChatModel):
         raise TypeError(f"llm_step(chat={safe_repr(chat)}): give a statemachine_agent.llm.ChatModel")
@@ -65,7 +75,8 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
         raise TypeError(f"llm_step(write={safe_repr(write)}): give the name of the field the answer goes to")
     if not (isinstance(prompt, str) or callable(prompt)):
         raise TypeError(f"llm_step(prompt={safe_repr(prompt)}): give a string or a function of the context")
-    for name, value in (("max_rounds", max_rounds), ("max_attempts", max_attempts)):
+    for name, value in (("max_rounds", max_rounds), ("max_attempts", max_attempts),
+                        ("max_tool_calls", max_tool_calls)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"llm_step({name}={value!r}): give a whole number >= 1")
     if isinstance(tools, str) or not all(isinstance(t, str) for t in tools):
@@ -81,7 +92,10 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
         schema = {"type": "object", "properties": {"value": schema}, "required": ["value"],
                   "additionalProperties": False, **({"$defs": schema.pop("$defs")} if "$defs" in schema else {})}
     allowed = tuple(tools)
-    use = ModelUse(chat.model, write, allowed, max_rounds, max_attempts)
+    if max_tool_calls > MAX_CALLS_KEPT:
+        raise ValueError(f"llm_step(max_tool_calls={max_tool_calls!r}): at most {MAX_CALLS_KEPT} calls of one reply "
+                         "are kept; give a smaller number")
+    use = ModelUse(chat.model, write, allowed, max_rounds, max_attempts, max_tool_calls)
 
     async def llm_action(ctx: Any, site: Tools) -> None:
         text = prompt(ctx) if callable(prompt) else prompt
@@ -91,7 +105,7 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
         messages: list[dict[str, Any]] = [{"role": "system", "content": instructions},
                                           {"role": "user", "content": text}]
         if allowed:
-            await _tool_rounds(chat, site, messages, allowed, max_rounds)
+            await _tool_rounds(chat, site, messages, allowed, max_rounds=max_rounds, max_tool_calls=max_tool_calls)
         for attempt in range(1, max_attempts + 1):
             exchange = await chat.ask(messages, schema=schema, name="answer",
                                       description="Give the answer in this form.", purpose="answer",
@@ -119,8 +133,8 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
     return llm_action
 
 
-async def _tool_rounds(chat: ChatModel, site: Tools, messages: list[dict[str, Any]], allowed: tuple[str, ...],
-                       max_rounds: int) -> None:
+async def _tool_rounds(chat: ChatModel, site: Tools, messages: list[dict[str, Any]], allowed: tuple[str, ...], *,
+                       max_rounds: int, max_tool_calls: int) -> None:
     specs = []
     for spec in site.schemas():
         if spec["name"] in allowed:
@@ -137,13 +151,21 @@ async def _tool_rounds(chat: ChatModel, site: Tools, messages: list[dict[str, An
             if reply.content:
                 messages.append({"role": "assistant", "content": reply.content})
             return
+        # Only the first max_tool_calls run; the conversation shows the model only those (every call
+        # it is shown must have its answer), then says the rest were not run.
+        asked = len(reply.tool_calls) + reply.dropped_calls
+        run = reply.tool_calls[:max_tool_calls]
         messages.append({"role": "assistant", "content": reply.content,
                          "tool_calls": [{"id": c.id, "type": "function",
                                          "function": {"name": c.name, "arguments": c.arguments}}
-                                        for c in reply.tool_calls]})
-        for call in reply.tool_calls:
+                                        for c in run]})
+        for call in run:
             messages.append({"role": "tool", "tool_call_id": call.id,
                              "content": await _run_tool(site, call.name, call.arguments, allowed)})
+        if asked > len(run):
+            messages.append({"role": "user", "content": f"You asked for {asked} tool calls in one round; only the "
+                             f"first {len(run)} were run (at most {max_tool_calls} per round). Ask again for any "
+                             "others you still need."})
 
 
 async def _run_tool(site: Tools, name: str, arguments: str, allowed: tuple[str, ...]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +35,11 @@ class FakeResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
     hang: bool = False
     """Never answer (until the server stops): for timeouts."""
+    chunks: Callable[[], Iterable[bytes]] | None = None
+    """Make the body as it is sent, piece by piece, with chunked transfer encoding (no
+    ``Content-Length``): for bodies too big to hold, or endless ones. Called once per request."""
+    pause: float = 0.0
+    """Seconds to wait before each piece of ``chunks``: a server that trickles its answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,9 @@ class FakeOpenAIServer:
                 self._send(response)
 
             def _send(self, response: FakeResponse) -> None:
+                if response.chunks is not None:
+                    self._send_chunks(response)
+                    return
                 payload = response.raw if response.raw is not None else json.dumps(response.body).encode()
                 self.send_response(response.status)
                 self.send_header("Content-Type", "application/json")
@@ -153,6 +161,25 @@ class FakeOpenAIServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _send_chunks(self, response: FakeResponse) -> None:
+                assert response.chunks is not None
+                self.send_response(response.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                for k, v in response.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                pieces: Iterator[bytes] = iter(response.chunks())
+                try:
+                    for piece in pieces:
+                        if response.pause and server._stop.wait(response.pause):
+                            return
+                        if piece:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client hung up (it had enough): stop making the body
+                    self.close_connection = True
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
