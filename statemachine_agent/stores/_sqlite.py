@@ -246,6 +246,12 @@ class _Connection(sqlite3.Connection):
     """The store's connection, carrying the store's intent log (None for a store in memory)."""
 
     intents: _IntentLog | None = None
+    after_commit: list[Callable[[], None]]
+    """What the op being run asks to do once its transaction committed (and before its future resolves)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after_commit = []
 
 
 def _text(data: bytes) -> str:
@@ -653,19 +659,25 @@ class SQLiteStore(Store):
         if not live:
             return
         outcomes: list[tuple[bool, Any]] = []
+        after: list[list[Callable[[], None]]] = []
+        pending = conn.after_commit if isinstance(conn, _Connection) else []
         try:
             conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
             for op, _ in live:
                 conn.execute("SAVEPOINT sma_op")
+                pending.clear()
                 try:
                     value = op(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO sma_op")
                     conn.execute("RELEASE sma_op")
                     outcomes.append((False, exc))
+                    after.append([])
                 else:
                     conn.execute("RELEASE sma_op")
                     outcomes.append((True, value))
+                    after.append(list(pending))
+            pending.clear()
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction failed as a whole: nothing of it is committed
             with contextlib.suppress(sqlite3.Error):
@@ -674,7 +686,13 @@ class SQLiteStore(Store):
             for _, f in live:
                 f.set_exception(error)
             return
-        for (_, f), (ok, value) in zip(live, outcomes, strict=True):
+        for (_, f), (done, result), then in zip(live, outcomes, after, strict=True):
+            ok, value = done, result
+            try:
+                for action in then:
+                    action()
+            except StoreError as exc:
+                ok, value = False, exc
             if ok:
                 f.set_result(value)
             else:
@@ -793,7 +811,9 @@ class SQLiteStore(Store):
                 raise RunFenced(run_id, call["step"])
             _put_calls(conn, run_id, [(call, text)])
             if call.get("status") == "intent" and isinstance(conn, _Connection) and conn.intents is not None:
-                conn.intents.append(run_id, text)  # fsync'd before this future resolves
+                # Logged once the row is committed (a crash before that never ran the call), and fsync'd
+                # before this future resolves (so before the call runs).
+                conn.after_commit.append(functools.partial(conn.intents.append, run_id, text))
 
         return self._submit(op)
 
