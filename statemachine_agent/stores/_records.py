@@ -23,8 +23,10 @@ _MAX_INT = 2**53
 """The largest whole number a record may hold (a step, epoch, count or sequence number): exact in JSON
 everywhere, and far from SQLite's 64-bit limit, so ``epoch + 1`` can never overflow."""
 
-Whole = Annotated[int, Field(ge=0, le=_MAX_INT)]
-Time = Annotated[float, Field(allow_inf_nan=False)]
+Whole = Annotated[int, Field(ge=0, le=_MAX_INT, strict=True)]
+"""A count, step or epoch as loaded: an int (not a string, bool or float that pydantic would convert)."""
+Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+"""Seconds (since the epoch, or a duration): a finite number, not a string or bool."""
 
 _MODEL_CALL_COUNTS = ("input_tokens", "output_tokens", "attempt", "http_attempts")
 _MODEL_CALL_SECONDS = ("latency", "cost")
@@ -86,13 +88,13 @@ class RunRecord(_Record):
     state: str
     next_step: Whole
     """The number of committed steps, which is the number of the next step."""
-    epoch: Annotated[int, Field(ge=1, le=_MAX_INT)]
+    epoch: Annotated[int, Field(ge=1, le=_MAX_INT, strict=True)]
     """Raised by every claim; a commit carrying an older epoch is refused (fencing)."""
     counters: Counters
     written: list[str]
     """Fields known written (the checker's unset-read analysis resumes from them)."""
     initial_written: list[str] = []
-    max_steps: Annotated[int, Field(ge=1, le=_MAX_INT)]
+    max_steps: Annotated[int, Field(ge=1, le=_MAX_INT, strict=True)]
     restarts: Whole = 0
     """How many times the run was resumed at ``next_step`` without committing it."""
     created_at: Time
@@ -163,7 +165,7 @@ class CallRecord(_Record):
 class InboxRecord(_Record):
     """An event delivered to a run; consumed exactly once, by the step that reads it."""
 
-    seq: Annotated[int, Field(ge=1, le=_MAX_INT)]
+    seq: Annotated[int, Field(ge=1, le=_MAX_INT, strict=True)]
     event: str
     payload: JsonValue = None
     at: Time

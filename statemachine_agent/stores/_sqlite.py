@@ -580,7 +580,9 @@ class SQLiteStore(Store):
                     conn.execute(stmt)
             conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
             row = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
-            version = SCHEMA_VERSION if row is None else _version(row[0], where)
+            # No version: a new store, unless the tables were there before (then the row was lost).
+            version = SCHEMA_VERSION if row is None and not tables else _version(None if row is None else row[0],
+                                                                                 where)
             if version > SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StoreError(f"{where} has schema version {version}, written by a newer "
@@ -952,7 +954,8 @@ def _parse_run(run_id: object, text: object, crc: object) -> RunRecord:
 def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
-    row = conn.execute("SELECT record, crc, epoch, next_step FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+    row = conn.execute("SELECT record, crc, epoch, next_step, status, workflow FROM sma_runs WHERE run_id=?",
+                       (run_id,)).fetchone()
     if row is None:
         # Absent, or hidden by a damaged index entry: the table itself says which.
         if conn.execute("SELECT 1 FROM sma_runs NOT INDEXED WHERE run_id=?", (run_id,)).fetchone() is not None:
@@ -960,9 +963,9 @@ def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
                                  "file is damaged; restore it from a backup (nothing of it was loaded)")
         raise RunNotFound(run_id)
     run = _parse_run(run_id, row[0], row[1])
-    if run.epoch != row[2] or run.next_step != row[3]:
-        raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch/next step): the file "
-                             "was changed outside statemachine-agent; nothing of it was loaded")
+    if run.epoch != row[2] or run.next_step != row[3] or run.status != row[4] or run.workflow != row[5]:
+        raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch, next step, status or "
+                             "workflow): the file was changed outside statemachine-agent; nothing of it was loaded")
     return run
 
 
