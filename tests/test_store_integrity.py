@@ -105,8 +105,8 @@ def corrupted(outcome: BaseException | None, run_id: str) -> bool:
 
 # --- 1. every row's CRC covers its key --------------------------------------------------------------
 ROWS = {  # kind -> (table, record column, two rows to swap; the first's run is loaded)
-    "run": ("sma_runs", "record", ("run_id='d'", "run_id='w'")),
-    "step": ("sma_steps", "record", ("run_id='d' AND number=1", "run_id='d' AND number=2")),
+    # (a run's row needs no test here: its record holds its run_id, which was always checked)
+    "step": ("sma_steps", "record", ("run_id='d' AND number=1", "run_id='w' AND number=1")),
     "snapshot": ("sma_snapshots", "context", ("run_id='w' AND step=0", "run_id='d' AND step=0")),
     "call": ("sma_journal", "record", ("run_id='d' AND step=0 AND call=0", "run_id='w' AND step=0 AND call=0")),
 }
