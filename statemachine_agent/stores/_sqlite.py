@@ -6,11 +6,12 @@ transaction: one fsync commits the steps of many runs (group commit), and each r
 its own step's commit before starting the next. Each request runs under its own SAVEPOINT, so one
 fenced-out commit does not undo the others of its group.
 
-Every record is stored as JSON with a CRC-32 beside it; a row that fails its checksum, its JSON or
-its model raises :class:`~.errors.StoreCorrupted` naming the run and row, and so does a run whose
-steps are not exactly ``0 .. next_step-1``: a damaged record never loads as a shorter run. (Damage to
-the -wal file is the exception: SQLite's recovery stops at the damaged frame, so the store opens at an
-earlier commit, exact and consistent; tests/test_store_damage.py pins it.)
+Every record is stored as JSON with a CRC-32 beside it that covers the row's key too; a row that fails
+its checksum, its JSON, its model or a range check raises :class:`~.errors.StoreCorrupted` naming the
+run and row, and so does a run whose steps are not exactly ``0 .. next_step-1`` or whose journal and
+inbox rows are fewer than its row counts: a damaged record never loads as a shorter run. Damage to the
+-wal with intact commits after it is detected on open; an at_most_once intent lost with the -wal's last
+commit is kept by the intent log beside the file (``<db>-intents``). See docs/durability.md.
 """
 
 from __future__ import annotations
