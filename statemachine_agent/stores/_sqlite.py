@@ -827,11 +827,11 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[RunRecord]:
             # NOT INDEXED: the table itself, so a damaged index hides no run from the list.
             if workflow is None:
-                rows = conn.execute("SELECT run_id, record, crc FROM sma_runs NOT INDEXED ORDER BY updated_at DESC")
+                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED ORDER BY updated_at DESC")
             else:
-                rows = conn.execute("SELECT run_id, record, crc FROM sma_runs NOT INDEXED WHERE workflow=? "
+                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED WHERE workflow=? "
                                     "ORDER BY updated_at DESC", (workflow,))
-            return [_parse_run(rid, text, crc) for rid, text, crc in rows]
+            return [_run_of_row(row[0], row[1:]) for row in rows]
 
         return self._submit(op)
 
@@ -955,14 +955,21 @@ def _parse_run(run_id: object, text: object, crc: object) -> RunRecord:
 def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
-    row = conn.execute("SELECT record, crc, epoch, next_step, status, workflow FROM sma_runs WHERE run_id=?",
-                       (run_id,)).fetchone()
+    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
     if row is None:
         # Absent, or hidden by a damaged index entry: the table itself says which.
         if conn.execute("SELECT 1 FROM sma_runs NOT INDEXED WHERE run_id=?", (run_id,)).fetchone() is not None:
             raise StoreCorrupted(f"run {run_id!r}: its row is in the store but its index does not find it: the "
                                  "file is damaged; restore it from a backup (nothing of it was loaded)")
         raise RunNotFound(run_id)
+    return _run_of_row(run_id, row)
+
+
+_RUN_COLUMNS = "record, crc, epoch, next_step, status, workflow"
+
+
+def _run_of_row(run_id: object, row: tuple[Any, ...]) -> RunRecord:
+    """The run record of a row of ``_RUN_COLUMNS``: checked, and agreeing with the row's columns."""
     run = _parse_run(run_id, row[0], row[1])
     if run.epoch != row[2] or run.next_step != row[3] or run.status != row[4] or run.workflow != row[5]:
         raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch, next step, status or "
