@@ -297,18 +297,32 @@ def test_a_torn_last_line_of_the_intent_log_is_ignored_and_a_damaged_middle_line
     assert end.startswith("error: ") and "line 1" in end and "-intents" in end, end
 
 
-def test_a_new_store_empties_an_intent_log_left_beside_it(tmp_path: Path) -> None:
-    """A new store at a path where an old log stayed (the old file deleted): the old intents are not
-    this store's runs' and are dropped, so a new run of the same id is not taken as interrupted."""
+def test_a_new_store_empties_an_intent_log_left_beside_it(walled: tuple[Path, bytes, bytes, bytes],
+                                                          tmp_path: Path) -> None:
+    """A new store at a path where a killed process's log stayed (the old files deleted): the old
+    intents are not this store's runs' and are dropped, so a new run of the same id is not taken as
+    interrupted."""
     path = tmp_path / "runs.db"
-    with SQLiteStore(path) as store, contextlib.suppress(Crash):
-        build("m", effect=crash_in("send", [])).run_sync(Job(), store=store, run_id="m")
-    assert Path(f"{path}-intents").stat().st_size > 0
-    path.unlink()
+    Path(f"{path}-intents").write_bytes(walled[3])
     sent: list[tuple[str, int]] = []
     with SQLiteStore(path) as store:
         assert build("m", effect=recorder(sent)).run_sync(Job(), store=store, run_id="m").terminal == "done"
     assert ("send", 2) in sent
+
+
+def test_the_intent_log_is_emptied_when_the_last_connection_closes(tmp_path: Path) -> None:
+    """Once the database was closed by its last connection (every commit checkpointed into the main
+    file, no -wal left), the log is emptied; while another instance has it open, it is kept."""
+    path = tmp_path / "runs.db"
+    log = Path(f"{path}-intents")
+    other = SQLiteStore(path)
+    with SQLiteStore(path) as store, contextlib.suppress(Crash):
+        build("m", effect=crash_in("send", [])).run_sync(Job(), store=store, run_id="m")
+    assert log.stat().st_size > 0, "kept: the other instance still has the database open"
+    other.close()
+    with SQLiteStore(path) as store:  # opened and closed again: now the last connection
+        assert store.load("m").result().calls[-1].status is CallStatus.INTENT
+    assert not Path(f"{path}-wal").exists() and log.stat().st_size == 0
 
 
 # --- 4. read-only opening --------------------------------------------------------------------------

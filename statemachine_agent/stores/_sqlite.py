@@ -28,11 +28,16 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock of the intent log, and it is never emptied
+    fcntl = None  # type: ignore[assignment]
 
 from pydantic import BaseModel, ValidationError
 
@@ -304,32 +309,37 @@ def _wal_lost_commit(path: str) -> bool:
     try:
         with open(f"{path}-shm", "rb") as f:
             shm = f.read(48)
-        with open(f"{path}-wal", "rb") as f:
-            wal = f.read()
         with open(path, "rb") as f:
             head = f.read(100)
+        with open(f"{path}-wal", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            top = f.read(32)
+            if len(shm) < 48 or len(top) < 32 or len(head) < 100:
+                return False
+            mx = struct.unpack_from("=I", shm, 16)[0]
+            page = struct.unpack_from(">H", head, 16)[0]
+            page = 65536 if page == 1 else page
+            if page < 512 or page & (page - 1):
+                return False
+            frame = 24 + page
+            frames = (size - 32) // frame
+            if mx >= frames:  # every frame taken: the usual case, read no further
+                return False
+            first = max(mx - 1, 0)  # from the last frame taken (its checksum seeds the next)
+            f.seek(32 + first * frame)
+            rest = f.read((frames - first) * frame)
     except OSError:
         return False
-    if len(shm) < 48 or len(wal) < 32 or len(head) < 100:
-        return False
-    mx = struct.unpack_from("=I", shm, 16)[0]
-    page = struct.unpack_from(">H", head, 16)[0]
-    page = 65536 if page == 1 else page
-    if page < 512 or page & (page - 1):
-        return False
-    magic = struct.unpack_from(">I", wal, 0)[0]
+    magic = struct.unpack_from(">I", top, 0)[0]
     big = magic == 0x377F0683 if magic in (0x377F0682, 0x377F0683) else sys.byteorder == "big"
-    frame = 24 + page
-    frames = (len(wal) - 32) // frame
-    if mx >= frames:
-        return False
-    salts = wal[16:24]
-    broken = mx == 0 and _wal_sum(wal[:24], b"\0" * 8, big) != wal[24:32]  # SQLite ignored the whole -wal
-    prev = wal[24:32] if mx == 0 else wal[32 + (mx - 1) * frame + 16:32 + (mx - 1) * frame + 24]
+    frames = first + len(rest) // frame
+    salts = top[16:24]
+    broken = mx == 0 and _wal_sum(top[:24], b"\0" * 8, big) != top[24:32]  # SQLite ignored the whole -wal
+    prev = top[24:32] if mx == 0 else rest[16:24]
     for i in range(mx, frames):
-        at = 32 + i * frame
-        header = wal[at:at + 24]
-        ok = header[8:16] == salts and _wal_sum(header[:8] + wal[at + 24:at + frame], prev, big) == header[16:24]
+        at = (i - first) * frame
+        header = rest[at:at + 24]
+        ok = header[8:16] == salts and _wal_sum(header[:8] + rest[at + 24:at + frame], prev, big) == header[16:24]
         if not broken:
             broken = not ok
         elif ok and header[4:8] != b"\0\0\0\0":
@@ -346,6 +356,19 @@ def _check_wal(path: str, where: str) -> None:
 
 
 # --- the intent log -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """The intent log's lock across processes (none where there is no fcntl)."""
+    if fcntl is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 class _IntentLog:
     """``<db>-intents``: every at_most_once intent, one line each (``crc32-hex JSON\\n``, the JSON being
     ``[run id, call record]``), appended and fsync'd before ``record_call`` returns. Emptied when a new
@@ -382,13 +405,14 @@ class _IntentLog:
                             os.fsync(d)
                         finally:
                             os.close(d)
-            size = os.fstat(self._fd).st_size
-            if size and os.pread(self._fd, 1, size - 1) != b"\n":
-                # A torn line (a crash while writing it): never acknowledged, so its call never ran.
-                tail = os.pread(self._fd, min(size, 1 << 16), max(0, size - (1 << 16)))
-                os.ftruncate(self._fd, size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0)
-            os.write(self._fd, line)
-            os.fsync(self._fd)
+            with _locked(self._fd):
+                size = os.fstat(self._fd).st_size
+                if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                    # A torn line (a crash while writing it): never acknowledged, so its call never ran.
+                    tail = os.pread(self._fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+                    os.ftruncate(self._fd, size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0)
+                os.write(self._fd, line)
+                os.fsync(self._fd)
         except OSError as exc:
             raise StoreError(f"cannot write the intent log {self.path!r} ({exc}): the at_most_once call was not "
                              "made; free disk space or fix the folder's permissions and resume the run") from None
@@ -403,6 +427,18 @@ class _IntentLog:
                                  "remove it") from None
 
     def close(self) -> None:
+        """Release the log; once the database was closed by its last connection (no -wal is left: SQLite
+        checkpointed every commit into the main file and synced it), no logged intent can be lost any
+        more, so the log is emptied. Under the log's lock, so no other process appends meanwhile (one that
+        has the database open keeps its -wal, and then nothing is emptied)."""
+        with contextlib.suppress(OSError):
+            if self._fd is None and self.writable and os.path.exists(self.path):
+                self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            if self._fd is not None and self.writable and fcntl is not None:
+                with _locked(self._fd):
+                    if not os.path.exists(f"{self.db_path}-wal") and os.fstat(self._fd).st_size:
+                        os.ftruncate(self._fd, 0)
+                        os.fsync(self._fd)
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
