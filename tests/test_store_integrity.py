@@ -621,6 +621,20 @@ def test_every_loader_error_is_store_corrupted_naming_the_run(stores: Path, tmp_
     assert corrupted(outcome, "w"), (table, name, value, outcome)
 
 
+@pytest.mark.parametrize("seq", [2**63 - 1, 2**53])
+def test_a_delivery_after_a_damaged_event_number_is_corrupted(stores: Path, tmp_path: Path, seq: int) -> None:
+    """An event number at the top of the range: the next delivery would number its event past it (SQLite
+    turns 2**63 into a float); deliver raises StoreCorrupted naming the run and writes nothing."""
+    path = copy(stores, tmp_path)
+    with sql(path) as conn:
+        conn.execute("UPDATE sma_inbox SET seq=? WHERE run_id='w'", (seq,))
+    with SQLiteStore(path) as store, pytest.raises(StoreCorrupted, match="run 'w' inbox"):
+        store.deliver("w", "poke", 2).result()
+    with sql(path) as conn:
+        assert conn.execute("SELECT count(*), max(inbox_rows) FROM sma_inbox JOIN sma_runs USING (run_id) "
+                            "WHERE run_id='w'").fetchone() == (1, 1)
+
+
 # --- 8. a locked database: a bounded wait, then a clear error ----------------------------------------
 def test_a_locked_database_gives_a_bounded_wait_then_a_clear_error(stores: Path, tmp_path: Path) -> None:
     """Another connection holds the write lock: opening with busy_timeout=0.2 waits about that long and

@@ -203,6 +203,9 @@ def _whole(value: object) -> bool:
 
 def _put_event(conn: sqlite3.Connection, run_id: str, seq: int, text: str) -> None:
     """Write an inbox row, counting it in the run's row."""
+    if not _whole(seq) or seq < 1:  # the next number after a damaged one (text, a float, 2**63-1 + 1)
+        raise StoreCorrupted(f"run {run_id!r} inbox: the next event number would be {seq!r}: the file is damaged "
+                             "(an event number is not a whole number in range); nothing was delivered")
     conn.execute("INSERT INTO sma_inbox VALUES (?, ?, ?, ?, NULL)",
                  (run_id, seq, text, _row_crc("inbox", run_id, _inbox_key(seq, None), text)))
     conn.execute("UPDATE sma_runs SET inbox_rows=inbox_rows+1 WHERE run_id=?", (run_id,))
