@@ -175,6 +175,76 @@ def _step(number: int, **over: Any) -> dict[str, Any]:
             "started_at": 0.0, "duration": 0.0, **over}
 
 
+def _cell(run_id: str, *ints: int) -> bytes:
+    """An index b-tree leaf cell holding (run_id, ints..., rowid), each int in 0..127 (as in
+    tests/test_store_damage.py): payload size, record header (its size, serial types), values."""
+    header = bytes([2 + len(ints), 13 + 2 * len(run_id)]) + bytes(8 + i if i < 2 else 1 for i in ints)
+    body = run_id.encode() + bytes(i for i in ints if i >= 2)
+    return bytes([len(header) + len(body)]) + header + body
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Runs r0 and r1 alike (4 steps, a journal row per step, a snapshot at step 2, one event each),
+    closed; and how each loads."""
+    path = tmp_path_factory.mktemp("twins") / "runs.db"
+    with SQLiteStore(path) as store:
+        for r in ("r0", "r1"):
+            store.create(_run(r), {"n": 0}).result()
+            for i in range(4):
+                call = {"step": i, "call": 0, "tool": "t", "effect": "read", "status": "done", "key": f"{r}/{i}/0",
+                        "result": f"{r}-{i}"}
+                store.commit({"run": _run(r, next_step=i + 1), "epoch": 1, "step": _step(i, delta={"n": i + 1}),
+                              "calls": [call], "snapshot": {"n": i + 1} if i == 1 else None}).result()
+            store.deliver(r, "go", {"to": r}).result()
+        loads = {r: store.load(r).result() for r in ("r0", "r1")}
+    return path, loads
+
+
+INDEXES = {"step": ("sma_steps", (2,)), "call": ("sma_journal", (2, 0)), "inbox": ("sma_inbox", (1,)),
+           "snapshot": ("sma_snapshots", (2,))}
+
+
+@pytest.mark.parametrize("mode", ["hide", "other run's row"])
+@pytest.mark.parametrize("kind", list(INDEXES))
+def test_a_flipped_index_entry_of_any_row_kind_is_damage_never_other_data(
+        twins: tuple[Path, dict[str, Any]], tmp_path: Path, kind: str, mode: str) -> None:
+    """A real flipped byte in a table's index, in the file: r0's entry of a row renamed to r1 (the row
+    hidden from r0, and shown to r1 a second time), or r1's entry pointing at r0's row (its rowid
+    changed). Each run loads exactly as before or raises StoreCorrupted naming it: never another run's
+    row (r1 consuming r0's event), a shorter journal, or a missing run."""
+    pristine, loads = twins
+    path = tmp_path / "runs.db"
+    shutil.copy(pristine, path)
+    table, key = INDEXES[kind]
+    with sql(path) as conn:
+        (page,) = conn.execute(f"SELECT rootpage FROM sqlite_master WHERE name='sqlite_autoindex_{table}_1'").fetchone()
+        where = " AND ".join(f"{c}=?" for c in {"sma_steps": ["number"], "sma_journal": ["step", "call"],
+                                               "sma_inbox": ["seq"], "sma_snapshots": ["step"]}[table])
+        rowid = {r: conn.execute(f"SELECT rowid FROM {table} WHERE run_id=? AND {where}", (r, *key)).fetchone()[0]
+                 for r in ("r0", "r1")}
+    data = bytearray(path.read_bytes())
+    victim = "r0" if mode == "hide" else "r1"
+    entry = _cell(victim, *key, rowid[victim])
+    at = data.find(entry, (page - 1) * PAGE, page * PAGE)
+    assert at >= 0 and data.find(entry, at + 1, page * PAGE) < 0, "the entry must occur once in its page"
+    if mode == "hide":
+        data[at + entry.index(b"r0") + 1] ^= 0x01  # 'r0' -> 'r1'
+    else:
+        data[at + len(entry) - 1] = rowid["r0"]
+    path.write_bytes(bytes(data))
+    with SQLiteStore(path) as store:
+        for r in ("r0", "r1"):
+            try:
+                got: Any = store.load(r).result()
+            except StoreCorrupted as exc:
+                got = exc
+            if isinstance(got, StoreCorrupted):
+                assert f"run {r!r}" in str(got), got
+            else:
+                assert got == loads[r], f"{r} loaded other data"
+
+
 # --- 2. the run counts its rows ------------------------------------------------------------------
 @pytest.mark.parametrize(("table", "where"), [("sma_journal", "run_id='w' AND step=2"),
                                               ("sma_journal", "run_id='w' AND step=0"),
