@@ -173,8 +173,8 @@ def _put_calls(conn: sqlite3.Connection, run_id: str, calls: list[tuple[dict[str
 _FORKED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("sma_steps", "step", ("number",), "record"),
     ("sma_journal", "call", ("step", "call"), "record"),  # second: fork() counts these rows
-    ("sma_snapshots", "snapshot", ("step",), "context"),
-)
+    ("sma_snapshots", "snapshot", ("step",), "context"),  # earlier ones too: the fork loads (and forks
+)                                                           # again) before any step it holds
 
 
 def _copy_rows(conn: sqlite3.Connection, source: str, spec: tuple[str, str, tuple[str, ...], str],
