@@ -434,7 +434,8 @@ class _IntentLog:
         checkpointed every commit into the main file and synced it), no logged intent can be lost any
         more, so the log is emptied. Under the log's lock, so no other process appends meanwhile (one that
         has the database open keeps its -wal, and then nothing is emptied)."""
-        with contextlib.suppress(OSError):
+        # Plain try/except, not contextlib: at interpreter exit module globals may already be None.
+        try:
             if self._fd is None and self.writable and os.path.exists(self.path):
                 self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
             if self._fd is not None and self.writable and fcntl is not None:
@@ -442,9 +443,13 @@ class _IntentLog:
                     if not os.path.exists(f"{self.db_path}-wal") and os.fstat(self._fd).st_size:
                         os.ftruncate(self._fd, 0)
                         os.fsync(self._fd)
+        except Exception:  # emptying is an economy: a log left full loses nothing
+            pass
         if self._fd is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105
                 os.close(self._fd)
+            except Exception:
+                pass
             self._fd = None
 
     def _read(self) -> None:
