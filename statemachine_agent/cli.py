@@ -270,8 +270,9 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 # --- stored runs -----------------------------------------------------------------------------------
-def _open_store(raw: str) -> SQLiteStore:
-    """The store at ``raw``, which must exist: a command never creates an empty store by mistake."""
+def _open_store(raw: str, *, readonly: bool = False) -> SQLiteStore:
+    """The store at ``raw``, which must exist: a command never creates an empty store by mistake.
+    ``readonly``: opened read-only (``runs list``, ``runs show``, ``diagram --run``): nothing is written."""
     if not raw:
         raise UsageError("--store '': give the file the runs were stored in, e.g. --store runs.db")
     path = Path(raw)
@@ -289,7 +290,7 @@ def _open_store(raw: str) -> SQLiteStore:
         raise UsageError(f"no store at {raw!r}: it is a folder; give the store's file, e.g. {raw}/runs.db")
     _refuse_what_is_no_store(path, raw)
     try:
-        return SQLiteStore(path)
+        return SQLiteStore(path, readonly=readonly)
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
 
@@ -299,7 +300,8 @@ def _refuse_what_is_no_store(path: Path, raw: str) -> None:
     make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
     anything this look cannot read is left to SQLiteStore to explain."""
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"  # immutable: no -wal/-shm is made
+                               + ("" if Path(f"{path}-wal").exists() else "&immutable=1"), uri=True)
     except (sqlite3.Error, ValueError, OSError):
         return
     try:
@@ -373,7 +375,7 @@ def _resume_hint(r: RunRecord, store: str) -> str | None:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    with _open_store(args.store) as store:
+    with _open_store(args.store, readonly=True) as store:
         records = store.list_runs(args.workflow).result()
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
@@ -392,7 +394,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    with _open_store(args.store) as store:
+    with _open_store(args.store, readonly=True) as store:
         stored = _load(store, args.run_id)
     r = stored.run
     hint = _resume_hint(r, args.store)
@@ -602,7 +604,7 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
 def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path: str) -> dict[str, Any]:
     """A stored run as the recorded-run dict (``RunResult.to_dict()``'s shape) that diagrams draw; a
     run that has not ended is drawn up to the state it is in, with its status as the outcome."""
-    with _open_store(store_path) as store:
+    with _open_store(store_path, readonly=True) as store:
         stored = _load(store, run_id)
     r = stored.run
     if r.workflow != compiled.name:

@@ -14,7 +14,6 @@ import json
 import re
 import sqlite3
 import sys
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +29,7 @@ from statemachine_agent.compile import CompiledWorkflow
 from statemachine_agent.result import RunResult
 from statemachine_agent.spec import Outcome
 from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
+from statemachine_agent.stores._sqlite import _run_crc
 
 FLOWS = '''
 from typing import Any
@@ -148,7 +148,7 @@ def set_record(db: Path, run_id: str, **changes: Any) -> None:
         record = {**json.loads(text), **changes}
         new = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
         conn.execute("UPDATE sma_runs SET record=?, crc=?, status=? WHERE run_id=?",
-                     (new, zlib.crc32(new.encode()), record["status"], run_id))
+                     (new, _run_crc(run_id, new), record["status"], run_id))
         conn.commit()
     finally:
         conn.close()

@@ -9,7 +9,6 @@ SQLITE_KNOWN_FAILURES with their cause: fixing one makes its test pass, and the 
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ from statemachine_agent.stores import (  # noqa: E402
     StoreCorrupted,
     StoreError,
 )
+from statemachine_agent.stores._sqlite import _row_crc  # noqa: E402
 from statemachine_agent.stores.conformance import StoreConformance  # noqa: E402
 
 SQLITE_KNOWN_FAILURES: dict[str, str] = {}
@@ -36,21 +36,21 @@ class _SQLiteSuite(StoreConformance):
 
     known_failures = SQLITE_KNOWN_FAILURES
 
-    _WHERE: ClassVar[dict[str, tuple[str, str, str]]] = {
-        "run": ("sma_runs", "record", ""),
-        "step": ("sma_steps", "record", " AND number=0"),
-        "snapshot": ("sma_snapshots", "context", " AND step=0"),
-        "call": ("sma_journal", "record", " AND step=0 AND call=0"),
-        "inbox": ("sma_inbox", "record", " AND seq=1"),
+    _WHERE: ClassVar[dict[str, tuple[str, str, str, str]]] = {
+        "run": ("sma_runs", "record", "", ""),
+        "step": ("sma_steps", "record", " AND number=0", "0"),
+        "snapshot": ("sma_snapshots", "context", " AND step=0", "0"),
+        "call": ("sma_journal", "record", " AND step=0 AND call=0", "0/0"),
+        "inbox": ("sma_inbox", "record", " AND seq=1", "1/"),  # event 1, not consumed
     }
 
     def tamper(self, store: Store, run_id: str, kind: str, text: str) -> None:
         assert isinstance(store, SQLiteStore)
-        table, column, where = self._WHERE[kind]
+        table, column, where, key = self._WHERE[kind]
 
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(f"UPDATE {table} SET {column}=?, crc=? WHERE run_id=?{where}",
-                               (text, zlib.crc32(text.encode()), run_id))
+                               (text, _row_crc(kind, run_id, key, text), run_id))
             return cur.rowcount
 
         assert store._submit(op).result() == 1
@@ -60,7 +60,7 @@ class _SQLiteSuite(StoreConformance):
 
         def op(conn: sqlite3.Connection) -> list[Any]:
             out: list[Any] = []
-            for table, column, _ in self._WHERE.values():
+            for table, column, _, _ in self._WHERE.values():
                 out += [row[0] for row in conn.execute(f"SELECT {column} FROM {table}")]
             return out
 

@@ -11,9 +11,9 @@ Hypothesis example (derandomized) flips the same byte every time. The main file 
 after the store was closed (closing checkpoints the WAL into it and removes the -wal); the -wal
 tests copy the files of a store that is still open, as a killed process would leave them.
 
-Known bugs are tolerated by name in the Hypothesis tests (``KNOWN``) and pinned by the strict xfail
-tests below them, so that the property tests guard everything else today and become stricter when
-the bugs are fixed (delete the tolerance with the bug).
+The tests named after a damage (a schema byte that is not UTF-8, a schema version flipped to 0,
+flipped index entries of each kind, a flipped byte in the -wal) were strict expected failures until
+issue 16 fixed them; the property tests tolerate no known bug any more.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from statemachine_agent import _durable as durable_module
 from statemachine_agent import runner as runner_module
 from statemachine_agent.errors import RunNotFound, StoreCorrupted, StoreError
-from statemachine_agent.stores import SQLiteStore, StoredRun
+from statemachine_agent.stores import SCHEMA_VERSION, SQLiteStore, StoredRun
 from statemachine_agent.stores import _sqlite as sqlite_module
 
 PAGE = 4096
@@ -249,29 +249,7 @@ def test_an_empty_file_is_an_empty_store(pristine: Pristine) -> None:
 
 
 # --- bit flips in the main file --------------------------------------------------------------------
-KNOWN = {
-    "utf8": "statemachine_agent/stores/_sqlite.py _prepare(): a schema byte that is not UTF-8 raises a raw "
-            "UnicodeDecodeError (Python's sqlite3 cannot decode SQLite's error message, which quotes it); "
-            "only sqlite3.DatabaseError is translated",
-    "version": "statemachine_agent/stores/_sqlite.py _prepare(): a stored schema version below 1 (no such "
-               "version was ever written) runs _MIGRATIONS[version], which raises a raw KeyError",
-    "index": "statemachine_agent/stores/_sqlite.py _load()/_read_run(): rows are found through the tables' "
-             "indexes and a row's CRC covers only its record, not its key (run_id, step, call): a flipped index "
-             "entry drops a journal row, loads another run's row, or makes a run 'not found'",
-}
 FLIPS: Counter[str] = Counter()
-
-
-def known_bug(outcome: Answers | BaseException, verdict: str, offset: int, pristine: Pristine) -> str | None:
-    """Which known bug explains ``outcome``, if one does: the tolerance goes when the bug is fixed."""
-    if isinstance(outcome, UnicodeDecodeError) and offset < PAGE:
-        return "utf8"
-    page = offset // PAGE + 1
-    if verdict.startswith(("different load", "run reported missing")) and page in pristine.index_pages:
-        return "index"
-    if isinstance(outcome, KeyError) and page in pristine.meta_pages:
-        return "version"
-    return None
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
@@ -290,11 +268,6 @@ def test_bit_flips_in_the_file_give_a_typed_error_or_the_same_runs(pristine: Pri
         damaged[offset] ^= mask
     outcome = attempt(pristine.where, bytes(damaged))
     verdict = judge(outcome, pristine.answers)
-    if verdict != "same" and not verdict.startswith("error"):
-        bugs = {known_bug(outcome, verdict, offset, pristine) for offset, _ in flips} - {None}
-        if bugs:
-            FLIPS[f"known bug {sorted(bugs)}"] += 1
-            return
     if verdict == "error: StoreError":  # typed, but not StoreCorrupted: which symptom
         verdict = f"{verdict} ({str(outcome).split(': ', 1)[-1][:40]})"
     FLIPS[verdict] += 1
@@ -305,7 +278,7 @@ def flip_at(data: bytes, needle: bytes, index: int, mask: int, *, page: int | No
     """``data`` with byte ``index`` of the only occurrence of ``needle`` (in ``page``) XORed."""
     lo, hi = (0, len(data)) if page is None else ((page - 1) * PAGE, page * PAGE)
     at = data.find(needle, lo, hi)
-    if at < 0 or data.find(needle, at + 1, hi) >= 0:  # not an AssertionError: the xfails expect those
+    if at < 0 or data.find(needle, at + 1, hi) >= 0:  # not an AssertionError: a broken test, not a failed check
         raise LookupError(f"{needle!r} must occur once in page {page}")
     out = bytearray(data)
     out[at + index] ^= mask
@@ -327,7 +300,6 @@ def cell(run_id: str, *ints: int) -> bytes:
     return bytes([len(header) + len(body)]) + header + body
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=KNOWN["utf8"])
 def test_a_schema_byte_that_is_not_utf8_is_a_typed_error(pristine: Pristine) -> None:
     """The high bit of the '(' of a CREATE TABLE statement flipped: SQLite reports 'malformed database
     schema (sma_steps) - near "\\xa8": syntax error', which Python's sqlite3 cannot decode. Opening
@@ -337,16 +309,15 @@ def test_a_schema_byte_that_is_not_utf8_is_a_typed_error(pristine: Pristine) -> 
         ask(path)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=KNOWN["version"])
 def test_a_damaged_schema_version_is_a_typed_error(pristine: Pristine) -> None:
-    """The last byte of the schema version '1' flipped to '0' (one bit): opening must raise
-    StoreCorrupted saying the version is unknown, not KeyError."""
-    damaged = flip_at(pristine.data, b"schema_version1", len(b"schema_version"), 0x01)
-    with copy_of(pristine.where, damaged) as path, pytest.raises(StoreError, match="version"):
+    """The last byte of the schema version flipped to '0': opening must raise StoreCorrupted saying
+    the version was never written, not KeyError (there is no migration from version 0)."""
+    digit = str(SCHEMA_VERSION).encode()
+    damaged = flip_at(pristine.data, b"schema_version" + digit, len(b"schema_version"), digit[0] ^ ord("0"))
+    with copy_of(pristine.where, damaged) as path, pytest.raises(StoreCorrupted, match="version 0 was never"):
         ask(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN["index"])
 def test_a_flipped_journal_index_entry_never_drops_a_call(pristine: Pristine) -> None:
     """One bit of run d's index entry for its journal row (6, 0) ('d' -> 'e'): the row is still in
     the table, the run must not load without it."""
@@ -358,7 +329,6 @@ def test_a_flipped_journal_index_entry_never_drops_a_call(pristine: Pristine) ->
         (c.step, c.call) for c in outcome.loads["d"].calls] if isinstance(outcome, Answers) else outcome
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN["index"])
 def test_a_flipped_journal_index_entry_never_loads_another_runs_call(pristine: Pristine) -> None:
     """Run h's index entry for its journal row (4, 0) pointing at run d's row (4, 0) (its rowid's
     bits changed): h must not load d's call (key 'd/4/0') as its own."""
@@ -373,7 +343,6 @@ def test_a_flipped_journal_index_entry_never_loads_another_runs_call(pristine: P
         c.key for c in outcome.loads["h"].calls] if isinstance(outcome, Answers) else outcome
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN["index"])
 def test_a_flipped_runs_index_entry_is_damage_not_a_missing_run(pristine: Pristine) -> None:
     """One bit of run d's entry in the runs' index: d is still in its table (``runs`` lists it), so
     loading it must say the store is damaged, not that there is no such run."""
@@ -384,7 +353,6 @@ def test_a_flipped_runs_index_entry_is_damage_not_a_missing_run(pristine: Pristi
     assert judge(outcome, pristine.answers).startswith(("same", "error")), outcome
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN["index"])
 def test_a_flipped_journal_index_entry_never_repeats_an_at_most_once_call(tmp_path: Path) -> None:
     """Run m stopped in step 2 after its at_most_once call 'send' was journaled DONE. One bit of that
     row's index entry: resuming must fail with a typed error or reuse the outcome, never send again
@@ -496,10 +464,6 @@ def test_wal_damage_rolls_back_to_a_commit_never_a_torn_run(walled: Walled, data
         assert (truncated or damaged != walled.wal), "an undamaged -wal rolled back"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "SQLite's WAL recovery ends the log at the first frame whose checksum fails, so a flipped byte in the "
-    "-wal silently rolls the store back to an earlier commit: a committed step is lost with no error, "
-    "against stores/_sqlite.py's 'a damaged file never loads as a shorter run'"))
 def test_a_flipped_byte_in_the_wal_never_loses_a_committed_step(walled: Walled) -> None:
     """A byte flipped in the middle of the -wal: h (5 steps committed) must load whole, or the store
     must say it is damaged."""

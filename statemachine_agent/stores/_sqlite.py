@@ -6,28 +6,38 @@ transaction: one fsync commits the steps of many runs (group commit), and each r
 its own step's commit before starting the next. Each request runs under its own SAVEPOINT, so one
 fenced-out commit does not undo the others of its group.
 
-Every record is stored as JSON with a CRC-32 beside it; a row that fails its checksum, its JSON or
-its model raises :class:`~.errors.StoreCorrupted` naming the run and row, and so does a run whose
-steps are not exactly ``0 .. next_step-1``: a damaged record never loads as a shorter run. (Damage to
-the -wal file is the exception: SQLite's recovery stops at the damaged frame, so the store opens at an
-earlier commit, exact and consistent; tests/test_store_damage.py pins it.)
+Every record is stored as JSON with a CRC-32 beside it that covers the row's key too; a row that fails
+its checksum, its JSON, its model or a range check raises :class:`~.errors.StoreCorrupted` naming the
+run and row, and so does a run whose steps are not exactly ``0 .. next_step-1`` or whose journal and
+inbox rows are fewer than its row counts: a damaged record never loads as a shorter run. Damage to the
+-wal with intact commits after it is detected on open; an at_most_once intent lost with the -wal's last
+commit is kept by the intent log beside the file (``<db>-intents``). See docs/durability.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import queue
 import sqlite3
+import struct
+import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock of the intent log, and it is never emptied
+    fcntl = None  # type: ignore[assignment]
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,8 +45,10 @@ from ..errors import RunExists, RunFenced, RunNotFound, StoreCorrupted, StoreErr
 from ..secrets import SecretCodec
 from ._base import Store
 from ._records import (
+    _MAX_INT,
     SCHEMA_VERSION,
     CallRecord,
+    CallStatus,
     InboxRecord,
     RunRecord,
     RunStatus,
@@ -52,12 +64,8 @@ M = TypeVar("M", bound=BaseModel)
 _APPLICATION_ID = 0x534D4131  # "SMA1": marks the file as ours, so another program's database is refused
 _BATCH = 512  # requests per transaction at most
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS sma_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sma_runs (
-    run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, epoch INTEGER NOT NULL, next_step INTEGER NOT NULL,
-    status TEXT NOT NULL, updated_at REAL NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sma_runs_by_workflow ON sma_runs (workflow, updated_at);
 CREATE TABLE IF NOT EXISTS sma_steps (
     run_id TEXT NOT NULL, number INTEGER NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
     PRIMARY KEY (run_id, number));
@@ -72,12 +80,148 @@ CREATE TABLE IF NOT EXISTS sma_inbox (
     consumed_step INTEGER, PRIMARY KEY (run_id, seq));
 """
 
+_SCHEMA_V1 = _TABLES + """
+CREATE TABLE IF NOT EXISTS sma_runs (
+    run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, epoch INTEGER NOT NULL, next_step INTEGER NOT NULL,
+    status TEXT NOT NULL, updated_at REAL NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sma_runs_by_workflow ON sma_runs (workflow, updated_at);
+"""
+
+# Version 2: every CRC covers its row's key, and the run's row counts its journal and inbox rows (so a row
+# an index no longer finds is detected). No index on (workflow, updated_at): listing scans the table.
+_SCHEMA = _TABLES + """
+CREATE TABLE IF NOT EXISTS sma_runs (
+    run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, epoch INTEGER NOT NULL, next_step INTEGER NOT NULL,
+    status TEXT NOT NULL, updated_at REAL NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
+    journal_rows INTEGER NOT NULL DEFAULT 0, inbox_rows INTEGER NOT NULL DEFAULT 0);
+"""
+
+_ADD_COUNTS = ("ALTER TABLE sma_runs ADD COLUMN journal_rows INTEGER NOT NULL DEFAULT 0",
+               "ALTER TABLE sma_runs ADD COLUMN inbox_rows INTEGER NOT NULL DEFAULT 0",
+               "DROP INDEX IF EXISTS sma_runs_by_workflow")
+
+_KEYED: tuple[tuple[str, str, str, str], ...] = (
+    # table, kind, key columns (as SQL giving the key text), record column
+    ("sma_steps", "step", "number", "record"),
+    ("sma_snapshots", "snapshot", "step", "context"),
+    ("sma_journal", "call", "step || '/' || call", "record"),
+    ("sma_inbox", "inbox", "seq || '/' || COALESCE(consumed_step, '')", "record"),
+)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2: add the row counts and seal every row's checksum with its key. A row that fails
+    its version-1 checksum gets checksum -1 (never a CRC-32), so it stays damaged: nothing is laundered.
+    Counts come from scanning the tables (NOT INDEXED), not from their indexes."""
+    for stmt in _ADD_COUNTS:
+        conn.execute(stmt)
+    runs = conn.execute("SELECT rowid, run_id, record, crc FROM sma_runs NOT INDEXED").fetchall()
+    for rowid, run_id, text, crc in runs:
+        ok = isinstance(text, str) and isinstance(run_id, str) and _crc(text) == crc
+        conn.execute("UPDATE sma_runs SET crc=? WHERE rowid=?", (_run_crc(run_id, text) if ok else -1, rowid))
+    for table, kind, key, column in _KEYED:
+        rows = conn.execute(f"SELECT rowid, run_id, {key}, {column}, crc FROM {table} NOT INDEXED").fetchall()
+        for rowid, run_id, k, text, crc in rows:
+            ok = isinstance(text, str) and isinstance(run_id, str) and _crc(text) == crc
+            conn.execute(f"UPDATE {table} SET crc=? WHERE rowid=?",
+                         (_row_crc(kind, run_id, k, text) if ok else -1, rowid))
+    for column, table in (("journal_rows", "sma_journal"), ("inbox_rows", "sma_inbox")):
+        for run_id, n in conn.execute(f"SELECT run_id, COUNT(*) FROM {table} NOT INDEXED GROUP BY run_id").fetchall():
+            conn.execute(f"UPDATE sma_runs SET {column}=? WHERE run_id=?", (n, run_id))
+
+
 # Migrations from each older schema version to the next, run in one transaction on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
 
 
 def _crc(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def _row_crc(kind: str, run_id: str, key: object, text: str) -> int:
+    """A row's CRC-32, over its kind and key as well as its record: a row read under another key (a
+    damaged index entry pointing at another row) fails it. ``key``: the step, ``"step/call"``, or
+    ``"seq/consumed_step"`` (``""`` for a run's row, and for an event not consumed yet)."""
+    return zlib.crc32(text.encode(), zlib.crc32(f"{kind}\x1f{run_id}\x1f{key}\x1f".encode()))
+
+
+def _run_crc(run_id: str, text: str) -> int:
+    return _row_crc("run", run_id, "", text)
+
+
+def _inbox_key(seq: int, consumed: int | None) -> str:
+    return f"{seq}/{'' if consumed is None else consumed}"
+
+
+def _put_calls(conn: sqlite3.Connection, run_id: str, calls: list[tuple[dict[str, Any], str]]) -> None:
+    """Write journal rows (each new or replacing the row of its step and call), counting the new ones
+    in the run's row."""
+    new = 0
+    for c, text in calls:
+        step, n = c["step"], c["call"]
+        crc = _row_crc("call", run_id, f"{step}/{n}", text)
+        if conn.execute("INSERT OR IGNORE INTO sma_journal VALUES (?, ?, ?, ?, ?)",
+                        (run_id, step, n, text, crc)).rowcount == 1:
+            new += 1
+        elif conn.execute("UPDATE sma_journal SET record=?, crc=? WHERE run_id=? AND step=? AND call=?",
+                          (text, crc, run_id, step, n)).rowcount != 1:
+            raise ValueError(f"run {run_id!r}: journal row {step}/{n} could not be written (step and call "
+                             "must be whole numbers)")
+    if new:
+        conn.execute("UPDATE sma_runs SET journal_rows=journal_rows+? WHERE run_id=?", (new, run_id))
+
+
+_FORKED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("sma_steps", "step", ("number",), "record"),
+    ("sma_journal", "call", ("step", "call"), "record"),  # second: fork() counts these rows
+    ("sma_snapshots", "snapshot", ("step",), "context"),  # earlier ones too: the fork loads (and forks
+)                                                           # again) before any step it holds
+
+
+def _copy_rows(conn: sqlite3.Connection, source: str, spec: tuple[str, str, tuple[str, ...], str],
+               before: int) -> list[tuple[tuple[int, ...], str, str]]:
+    """The rows of run ``source`` in ``spec``'s table before step ``before``, each checked: (key, its label,
+    record)."""
+    table, kind, keys, column = spec
+    out = []
+    rows = conn.execute(f"SELECT {', '.join(keys)}, {column}, crc FROM {table} WHERE run_id=? AND {keys[0]}<? "
+                        f"ORDER BY {', '.join(keys)}", (source, before)).fetchall()
+    for *key, text, crc in rows:
+        label = "/".join(str(k) for k in key)
+        if not all(_whole(k) for k in key) or not isinstance(text, str) or crc != _row_crc(kind, source, label, text):
+            raise StoreCorrupted(f"run {source!r} {_ROW_NAMES[kind]} {label}: the stored record fails its checksum: "
+                                 "the file was damaged or changed outside statemachine-agent; nothing was forked")
+        out.append((tuple(key), label, text))
+    return out
+
+
+_ROW_NAMES = {"step": "step", "call": "journal row", "snapshot": "snapshot at step", "inbox": "inbox event"}
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT
+
+
+def _put_event(conn: sqlite3.Connection, run_id: str, seq: int, text: str) -> None:
+    """Write an inbox row, counting it in the run's row."""
+    if not _whole(seq) or seq < 1:  # the next number after a damaged one (text, a float, 2**63-1 + 1)
+        raise StoreCorrupted(f"run {run_id!r} inbox: the next event number would be {seq!r}: the file is damaged "
+                             "(an event number is not a whole number in range); nothing was delivered")
+    conn.execute("INSERT INTO sma_inbox VALUES (?, ?, ?, ?, NULL)",
+                 (run_id, seq, text, _row_crc("inbox", run_id, _inbox_key(seq, None), text)))
+    conn.execute("UPDATE sma_runs SET inbox_rows=inbox_rows+1 WHERE run_id=?", (run_id,))
+
+
+def _seal_consumed(conn: sqlite3.Connection, run_id: str, seq: int, step: int) -> None:
+    """Re-seal event ``seq``'s checksum once step ``step`` consumed it (the CRC covers the consuming
+    step): its record is checked first, so damage is never sealed in."""
+    row = conn.execute("SELECT record, crc FROM sma_inbox WHERE run_id=? AND seq=?", (run_id, seq)).fetchone()
+    what = f"run {run_id!r} inbox event {seq}"
+    if row is None or not isinstance(row[0], str) or row[1] != _row_crc("inbox", run_id, _inbox_key(seq, None), row[0]):
+        raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or changed "
+                             "outside statemachine-agent; nothing was committed")
+    conn.execute("UPDATE sma_inbox SET crc=? WHERE run_id=? AND seq=?",
+                 (_row_crc("inbox", run_id, _inbox_key(seq, step), row[0]), run_id, seq))
 
 
 _MAX_DEPTH = 128
@@ -108,6 +252,296 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Connection(sqlite3.Connection):
+    """The store's connection, carrying the store's intent log (None for a store in memory)."""
+
+    intents: _IntentLog | None = None
+    after_commit: list[Callable[[], None]]
+    """What the op being run asks to do once its transaction committed (and before its future resolves)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.after_commit = []
+
+
+def _text(data: bytes) -> str:
+    """SQLite's text as str: bytes that are not UTF-8 (a damaged row) become U+FFFD, so the row fails its
+    checksum and is reported as damaged, instead of sqlite3 raising a bare error that names no row."""
+    return data.decode("utf-8", "replace")
+
+
+@functools.cache
+def _known_objects() -> frozenset[tuple[str, str, str, str | None]]:
+    """Every schema object (type, name, table, SQL) a store of some version, or one migrated to the
+    current version, holds: built on in-memory databases, so the SQL is exactly SQLite's own text."""
+    known: set[tuple[str, str, str, str | None]] = set()
+    for schema, migrate in ((_SCHEMA_V1, False), (_SCHEMA_V1, True), (_SCHEMA, False)):
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            for stmt in schema.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            if migrate:
+                for stmt in _ADD_COUNTS:
+                    conn.execute(stmt)
+            known.update(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall())
+        finally:
+            conn.close()
+    return frozenset(known)
+
+
+# --- the -wal: a commit SQLite's recovery dropped ---------------------------------------------------
+def _wal_sum(data: bytes, seed: bytes, big: bool) -> bytes:
+    """SQLite's WAL checksum of ``data`` (whole 8-byte blocks), continuing from ``seed``."""
+    s0, s1 = struct.unpack(">II", seed)
+    words = struct.unpack(f"{'>' if big else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words) - 1, 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return struct.pack(">II", s0, s1)
+
+
+_SHM_FDS: dict[tuple[int, int], int] = {}
+_SHM_LOCK = threading.Lock()
+
+
+def _read_shm(path: str) -> bytes:
+    """The first 48 bytes of a -shm file, read through a descriptor this process never closes (see
+    :func:`_wal_lost_commit`): one per -shm file (by device and inode) for the life of the process."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino)
+    with _SHM_LOCK:
+        fd = _SHM_FDS.get(key)
+        if fd is None:
+            fd = _SHM_FDS[key] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    return os.pread(fd, 48, 0)
+
+
+def _wal_lost_commit(path: str) -> bool:
+    """Whether the -wal holds a commit that SQLite's recovery did not take.
+
+    Recovery stops at the first frame that fails its checksum chain and silently opens the database as
+    of the commit before it. A damaged frame followed by a later *commit* frame of the same WAL (its
+    salts) whose own checksum holds, chained from the frame before it, means commits were written after
+    the damage and are lost: that is damage, not a torn last write (which nothing valid follows). Read
+    under the write lock (or a read transaction), after SQLite's recovery: its -shm says how many frames
+    it took (mxFrame)."""
+    try:
+        # Never open and close the database file or its -shm here: closing any descriptor of a file
+        # drops every POSIX lock this process holds on it, SQLite's own included (its WAL locks live
+        # on the -shm), and another process would then reset the -shm under our mapping (SIGBUS).
+        # The -shm is read through one descriptor per file kept open for the process's life; the
+        # page size comes from the -wal's header (SQLite takes no lock on the -wal).
+        shm = _read_shm(f"{path}-shm")
+        with open(f"{path}-wal", "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            top = f.read(32)
+            if len(shm) < 48 or len(top) < 32:
+                return False
+            mx = struct.unpack_from("=I", shm, 16)[0]
+            page = struct.unpack_from(">I", top, 8)[0]
+            if page < 512 or page > 65536 or page & (page - 1):
+                return False
+            frame = 24 + page
+            frames = (size - 32) // frame
+            if mx >= frames:  # every frame taken: the usual case, read no further
+                return False
+            first = max(mx - 1, 0)  # from the last frame taken (its checksum seeds the next)
+            f.seek(32 + first * frame)
+            rest = f.read((frames - first) * frame)
+    except OSError:
+        return False
+    magic = struct.unpack_from(">I", top, 0)[0]
+    big = magic == 0x377F0683 if magic in (0x377F0682, 0x377F0683) else sys.byteorder == "big"
+    frames = first + len(rest) // frame
+    salts = top[16:24]
+    broken = mx == 0 and _wal_sum(top[:24], b"\0" * 8, big) != top[24:32]  # SQLite ignored the whole -wal
+    prev = top[24:32] if mx == 0 else rest[16:24]
+    for i in range(mx, frames):
+        at = (i - first) * frame
+        header = rest[at:at + 24]
+        ok = header[8:16] == salts and _wal_sum(header[:8] + rest[at + 24:at + frame], prev, big) == header[16:24]
+        if not broken:
+            broken = not ok
+        elif ok and header[4:8] != b"\0\0\0\0":
+            return True
+        prev = header[16:24]
+    return False
+
+
+def _check_wal(path: str, where: str) -> None:
+    if _wal_lost_commit(path):
+        raise StoreCorrupted(f"{where}: its -wal file is damaged: SQLite's recovery stopped at a damaged frame and "
+                             "would silently drop the commits written after it. Nothing was loaded; restore the "
+                             "store (and its -wal) from a backup")
+
+
+# --- the intent log -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    """The intent log's lock across processes (none where there is no fcntl)."""
+    if fcntl is None:
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _IntentLog:
+    """``<db>-intents``: every at_most_once intent, one line each (``crc32-hex JSON\\n``, the JSON being
+    ``[run id, call record]``), appended and fsync'd before ``record_call`` returns. Emptied when a new
+    store is made at its path.
+
+    A damaged -wal can make SQLite drop commits silently (the last commit of the -wal, where nothing
+    later shows the damage). An intent the database lost is still in this log, and :func:`_load` returns
+    it as an ``INTENT`` journal row: the runner takes the call's outcome as unknown (EffectOutcomeUnknown,
+    or ``reconcile``), never running it again. A torn last line (a crash while it was written) is ignored;
+    a damaged line with good lines after it is StoreCorrupted."""
+
+    def __init__(self, db_path: str, *, writable: bool) -> None:
+        self.path = f"{db_path}-intents"
+        self.db_path = db_path
+        self.writable = writable
+        self._fd: int | None = None
+        self._offset = 0  # bytes read so far: every whole, good line before it
+        self._lines = 0
+        self._by_run: dict[str, dict[tuple[int, int], str]] = {}
+
+    def append(self, run_id: str, call_text: str) -> None:
+        body = json.dumps([run_id], ensure_ascii=False)[:-1] + "," + call_text + "]"
+        line = f"{zlib.crc32(body.encode()):08x} {body}\n".encode()
+        try:
+            if self._fd is None:
+                created = not os.path.exists(self.path)
+                mode = os.stat(self.db_path).st_mode & 0o666
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                                   mode)
+                if created:  # the new name must survive a power cut too
+                    with contextlib.suppress(OSError):
+                        d = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+                        try:
+                            os.fsync(d)
+                        finally:
+                            os.close(d)
+            with _locked(self._fd):
+                size = os.fstat(self._fd).st_size
+                if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                    # A torn line (a crash while writing it): never acknowledged, so its call never ran.
+                    tail = os.pread(self._fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+                    os.ftruncate(self._fd, size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0)
+                os.write(self._fd, line)
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write the intent log {self.path!r} ({exc}): the at_most_once call was not "
+                             "made; free disk space or fix the folder's permissions and resume the run") from None
+
+    def clear(self) -> None:
+        """Empty the log (a new store was made at its path): nothing of it belongs to this store."""
+        if os.path.exists(self.path):
+            try:
+                os.truncate(self.path, 0)
+            except OSError as exc:
+                raise StoreError(f"cannot empty the intent log {self.path!r} left beside a new store ({exc}): "
+                                 "remove it") from None
+
+    def close(self) -> None:
+        """Release the log; once the database was closed by its last connection (no -wal is left: SQLite
+        checkpointed every commit into the main file and synced it), no logged intent can be lost any
+        more, so the log is emptied. Under the log's lock, so no other process appends meanwhile (one that
+        has the database open keeps its -wal, and then nothing is emptied)."""
+        # Plain try/except, not contextlib: at interpreter exit module globals may already be None.
+        try:
+            if self._fd is None and self.writable and os.path.exists(self.path):
+                self._fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            if self._fd is not None and self.writable and fcntl is not None:
+                with _locked(self._fd):
+                    if not os.path.exists(f"{self.db_path}-wal") and os.fstat(self._fd).st_size:
+                        os.ftruncate(self._fd, 0)
+                        os.fsync(self._fd)
+        except Exception:  # emptying is an economy: a log left full loses nothing
+            pass
+        if self._fd is not None:
+            try:  # noqa: SIM105
+                os.close(self._fd)
+            except Exception:
+                pass
+            self._fd = None
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self._offset:  # replaced or cut: read it again from the start
+                    self._offset, self._lines = 0, 0
+                    self._by_run.clear()
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot read the intent log {self.path!r}: {exc}") from None
+        lines = data.split(b"\n")
+        lines.pop()  # after the last newline: nothing, or a line being written or torn
+        bad: int | None = None
+        used, count = 0, 0
+        for raw in lines:
+            count += 1
+            entry = self._entry(raw)
+            if entry is None:
+                if bad is None:
+                    bad = self._lines + count
+                continue
+            if bad is not None:
+                raise StoreCorrupted(f"the intent log {self.path!r} line {bad} is damaged (it fails its checksum "
+                                     "and good lines follow it): restore it from a backup, or remove that line "
+                                     "if you know its call never ran")
+            used += len(raw) + 1
+            self._offset += used
+            self._lines += count
+            used, count = 0, 0
+            run_id, call = entry
+            self._by_run.setdefault(run_id, {})[call] = raw.split(b" ", 1)[1].decode()
+
+    def _entry(self, raw: bytes) -> tuple[str, tuple[int, int]] | None:
+        crc, sep, body = raw.partition(b" ")
+        if not sep or len(crc) != 8 or not crc.isalnum():
+            return None
+        try:
+            if int(crc, 16) != zlib.crc32(body):
+                return None
+            run_id, call = json.loads(body.decode(), parse_constant=_no_constant)
+            key = (call["step"], call["call"])
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
+        if not (isinstance(run_id, str) and all(_whole(k) for k in key)):
+            return None
+        return run_id, key
+
+    def restore(self, run_id: str, calls: list[CallRecord]) -> list[CallRecord]:
+        """``calls`` with every logged intent of ``run_id`` that the database lost, as INTENT rows."""
+        self._read()
+        logged = self._by_run.get(run_id)
+        if not logged:
+            return calls
+        have = {(c.step, c.call) for c in calls}
+        lost = []
+        for key, body in logged.items():
+            if key in have:
+                continue
+            what = f"run {run_id!r} journal row {key[0]}/{key[1]} (from the intent log {self.path!r})"
+            try:
+                call = CallRecord.model_validate(_json(body)[1])
+            except (ValueError, RecursionError, IndexError, TypeError):
+                raise StoreCorrupted(f"{what}: the logged intent does not validate; nothing was loaded") from None
+            lost.append(call.model_copy(update={"status": CallStatus.INTENT}))
+        if not lost:
+            return calls
+        return sorted([*calls, *lost], key=lambda c: (c.step, c.call))
+
+
 class SQLiteStore(Store):
     """Durable runs in one SQLite file: ``SQLiteStore("runs.db")``.
 
@@ -120,7 +554,7 @@ class SQLiteStore(Store):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int = 50,
-                 busy_timeout: float = 30.0, secrets: SecretCodec | None = None) -> None:
+                 busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path={path!r}): give a file path (str or pathlib.Path)")
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
@@ -130,22 +564,41 @@ class SQLiteStore(Store):
         if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
                 or not 0 <= busy_timeout < math.inf):
             raise ValueError(f"busy_timeout={busy_timeout!r}: give a number of seconds >= 0")
+        if not isinstance(readonly, bool):
+            raise TypeError(f"readonly={readonly!r}: give True or False")
         if secrets is not None and not isinstance(secrets, SecretCodec):
             raise TypeError(f"secrets={type(secrets).__name__}(...): give a codec with encrypt(bytes) -> str and "
                             "decrypt(str) -> bytes, such as statemachine_agent.secrets.FernetSecrets")
         self.path = str(path)
         self.snapshot_every = snapshot_every
         self.secrets = secrets
+        self.readonly = readonly
+        """Opened read-only (SQLite's ``mode=ro``): every write raises StoreError and nothing is created."""
         memory = self.path == ":memory:"
+        if memory and readonly:
+            raise ValueError("readonly=True needs a store file: an in-memory store has nothing to read")
         if not memory:
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"cannot open the store {self.path!r}: folder {str(parent)!r} does not exist")
+            if readonly and not Path(self.path).expanduser().is_file():
+                raise StoreError(f"cannot open the store {self.path!r} read-only: there is no such file (opened "
+                                 "read-only, a store creates nothing)")
+        target = self.path
+        self._immutable = readonly and not os.path.exists(f"{self.path}-wal")
+        if readonly:
+            # mode=ro never writes the database. SQLite still needs the -shm (and creates it, with an empty
+            # -wal, if only the -wal is missing) to read a WAL database: a store closed cleanly has neither,
+            # so it is opened immutable=1 (no -wal or -shm is looked for or made) and nothing at all appears.
+            target = f"file:{quote(str(Path(self.path).expanduser().resolve()))}?mode=ro"
+            if self._immutable:
+                target += "&immutable=1"
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout)
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
+                                   uri=readonly, factory=_Connection)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {self.path!r}: {exc}") from None
+        conn.text_factory = _text
         try:
             self._prepare(conn, synchronous, memory)
         except BaseException:
@@ -161,26 +614,42 @@ class SQLiteStore(Store):
         self._thread.start()
 
     # --- opening --------------------------------------------------------------------------------
-    def _prepare(self, conn: sqlite3.Connection, synchronous: str, memory: bool) -> None:
+    def _prepare(self, conn: _Connection, synchronous: str, memory: bool) -> None:
         where = f"the store {self.path!r}"
         try:
             app = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            objects = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+            tables = {name for kind, name, _, _ in objects if kind == "table"}
             if app not in (0, _APPLICATION_ID) or (tables and "sma_meta" not in tables):
                 raise StoreError(f"{where} is an SQLite database of another program (it has no "
                                  "statemachine-agent tables): give a new file or one made by SQLiteStore")
+            known = _known_objects()
+            foreign = [f"{kind} {name!r}" for kind, name, table, sql in objects
+                       if (kind, name, table, sql) not in known]
+            if foreign:
+                raise StoreError(f"{where} holds objects statemachine-agent did not create ({', '.join(foreign[:5])}"
+                                 f"{', ...' if len(foreign) > 5 else ''}): another program changed it, and they could "
+                                 "run code on every write, so it is refused and nothing was run or changed. Give "
+                                 "the store's own file, or drop those objects with the sqlite3 shell")
+            if self.readonly:
+                self._prepare_readonly(conn, where, bool(tables))
+                return
             if not memory:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{where}: could not switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             conn.execute("BEGIN IMMEDIATE")
+            if not memory:
+                _check_wal(self.path, where)
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
             row = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
-            version = SCHEMA_VERSION if row is None else _version(row[0], where)
+            # No version: a new store, unless the tables were there before (then the row was lost).
+            version = SCHEMA_VERSION if row is None and not tables else _version(None if row is None else row[0],
+                                                                                 where)
             if version > SCHEMA_VERSION:
                 conn.execute("ROLLBACK")
                 raise StoreError(f"{where} has schema version {version}, written by a newer "
@@ -189,11 +658,37 @@ class SQLiteStore(Store):
                 _MIGRATIONS[version](conn)
                 version += 1
             conn.execute("INSERT OR REPLACE INTO sma_meta VALUES ('schema_version', ?)", (str(version),))
+            if not memory:
+                conn.intents = _IntentLog(self.path, writable=True)
+                if row is None:  # a new store: an intent log left beside it is another store's
+                    conn.intents.clear()
             conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise _translate(exc, where) from None
+
+    def _prepare_readonly(self, conn: _Connection, where: str, made: bool) -> None:
+        """Check a store opened read-only, writing nothing: it must be a store of this schema version."""
+        if not made:
+            raise StoreError(f"{where} is empty: it holds no runs yet (opened read-only, it is not made a store)")
+        row = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
+        version = _version(None if row is None else row[0], where)
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{where} has schema version {version}, written by a newer "
+                             f"statemachine-agent (this one reads up to {SCHEMA_VERSION}): upgrade it")
+        if version < SCHEMA_VERSION:
+            raise StoreError(f"{where} has schema version {version}, written by an older statemachine-agent: "
+                             "open it once without readonly=True (any command that resumes or delivers does), "
+                             f"which migrates it to version {SCHEMA_VERSION}, then read it")
+        if not self._immutable:
+            conn.execute("BEGIN")
+            try:
+                conn.execute("SELECT COUNT(*) FROM sma_meta").fetchone()  # reads the -wal's index
+                _check_wal(self.path, where)
+            finally:
+                conn.execute("COMMIT")
+        conn.intents = _IntentLog(self.path, writable=False)
 
     # --- the writer thread ----------------------------------------------------------------------
     def _submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
@@ -224,6 +719,8 @@ class SQLiteStore(Store):
                 batch.append(item)
             self._run_batch(conn, batch)
         conn.close()
+        if isinstance(conn, _Connection) and conn.intents is not None:
+            conn.intents.close()
 
     def _run_batch(self, conn: sqlite3.Connection,
                    batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
@@ -231,33 +728,44 @@ class SQLiteStore(Store):
         if not live:
             return
         outcomes: list[tuple[bool, Any]] = []
+        after: list[list[Callable[[], None]]] = []
+        pending = conn.after_commit if isinstance(conn, _Connection) else []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
             for op, _ in live:
                 conn.execute("SAVEPOINT sma_op")
+                pending.clear()
                 try:
                     value = op(conn)
                 except Exception as exc:
                     conn.execute("ROLLBACK TO sma_op")
                     conn.execute("RELEASE sma_op")
                     outcomes.append((False, exc))
+                    after.append([])
                 else:
                     conn.execute("RELEASE sma_op")
                     outcomes.append((True, value))
+                    after.append(list(pending))
+            pending.clear()
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction failed as a whole: nothing of it is committed
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            error = _translate(exc, f"the store {self.path!r}") if isinstance(exc, sqlite3.Error) else exc
+            error = _translate(exc, f"the store {self.path!r}")
             for _, f in live:
                 f.set_exception(error)
             return
-        for (_, f), (ok, value) in zip(live, outcomes, strict=True):
+        for (_, f), (done, result), then in zip(live, outcomes, after, strict=True):
+            ok, value = done, result
+            try:
+                for action in then:
+                    action()
+            except StoreError as exc:
+                ok, value = False, exc
             if ok:
                 f.set_result(value)
             else:
-                f.set_exception(_translate(value, f"the store {self.path!r}")
-                                if isinstance(value, sqlite3.Error) else value)
+                f.set_exception(_translate(value, f"the store {self.path!r}"))
 
     def close(self) -> None:
         """Finish what was submitted, then close the connection (idempotent)."""
@@ -285,12 +793,13 @@ class SQLiteStore(Store):
 
         def op(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
                              (run_id, run["workflow"], run["epoch"], run["next_step"], run["status"],
-                              run["updated_at"], run_text, _crc(run_text)))
+                              run["updated_at"], run_text, _run_crc(run_id, run_text)))
             except sqlite3.IntegrityError:
                 raise RunExists(run_id) from None
-            conn.execute("INSERT INTO sma_snapshots VALUES (?, 0, ?, ?)", (run_id, ctx_text, _crc(ctx_text)))
+            conn.execute("INSERT INTO sma_snapshots VALUES (?, 0, ?, ?)",
+                         (run_id, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
 
         return self._submit(op)
 
@@ -323,7 +832,8 @@ class SQLiteStore(Store):
             if not run.started:
                 run = run.model_copy(update={"started": True})
                 text = run.model_dump_json()
-                conn.execute("UPDATE sma_runs SET record=?, crc=? WHERE run_id=?", (text, _crc(text), run_id))
+                conn.execute("UPDATE sma_runs SET record=?, crc=? WHERE run_id=?",
+                             (text, _run_crc(run_id, text), run_id))
 
         return self._submit(op)
 
@@ -346,22 +856,22 @@ class SQLiteStore(Store):
             cur = conn.execute(
                 "UPDATE sma_runs SET next_step=?, status=?, updated_at=?, record=?, crc=? "
                 "WHERE run_id=? AND epoch=? AND next_step=?",
-                (number + 1, status, run["updated_at"], text, _crc(text), run_id, epoch, number))
+                (number + 1, status, run["updated_at"], text, _run_crc(run_id, text), run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
-            conn.execute("INSERT INTO sma_steps VALUES (?, ?, ?, ?)", (run_id, number, step_text, _crc(step_text)))
+            conn.execute("INSERT INTO sma_steps VALUES (?, ?, ?, ?)",
+                         (run_id, number, step_text, _row_crc("step", run_id, number, step_text)))
             if snap_text is not None:
                 conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
-                             (run_id, number + 1, snap_text, _crc(snap_text)))
-            for c, text in calls:
-                conn.execute("INSERT OR REPLACE INTO sma_journal VALUES (?, ?, ?, ?, ?)",
-                             (run_id, c["step"], c["call"], text, _crc(text)))
+                             (run_id, number + 1, snap_text, _row_crc("snapshot", run_id, number + 1, snap_text)))
+            _put_calls(conn, run_id, calls)
             if consume is not None:
                 cur = conn.execute("UPDATE sma_inbox SET consumed_step=? WHERE run_id=? AND seq=? AND "
                                    "consumed_step IS NULL", (number, run_id, consume))
                 if cur.rowcount != 1:
                     raise RunFenced(run_id, number, f"run {run_id!r}: event {consume} was consumed by "
                                     "another worker; this worker stops")
+                _seal_consumed(conn, run_id, consume, number)
             return found
 
         return self._submit(op)
@@ -380,11 +890,11 @@ class SQLiteStore(Store):
             cur = conn.execute(
                 "UPDATE sma_runs SET status=?, updated_at=?, record=?, crc=? "
                 "WHERE run_id=? AND epoch=? AND next_step=?",
-                (run["status"], run["updated_at"], run_text, _crc(run_text), run_id, epoch, number))
+                (run["status"], run["updated_at"], run_text, _run_crc(run_id, run_text), run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
             conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
-                         (run_id, number, snap_text, _crc(snap_text)))
+                         (run_id, number, snap_text, _row_crc("snapshot", run_id, number, snap_text)))
             return []
 
         return self._submit(op)
@@ -400,8 +910,11 @@ class SQLiteStore(Store):
                 raise RunNotFound(run_id)
             if row[0] != epoch:
                 raise RunFenced(run_id, call["step"])
-            conn.execute("INSERT OR REPLACE INTO sma_journal VALUES (?, ?, ?, ?, ?)",
-                         (run_id, call["step"], call["call"], text, _crc(text)))
+            _put_calls(conn, run_id, [(call, text)])
+            if call.get("status") == "intent" and isinstance(conn, _Connection) and conn.intents is not None:
+                # Logged once the row is committed (a crash before that never ran the call), and fsync'd
+                # before this future resolves (so before the call runs).
+                conn.after_commit.append(functools.partial(conn.intents.append, run_id, text))
 
         return self._submit(op)
 
@@ -410,12 +923,13 @@ class SQLiteStore(Store):
 
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
         def op(conn: sqlite3.Connection) -> list[RunRecord]:
+            # NOT INDEXED: the table itself, so a damaged index hides no run from the list.
             if workflow is None:
-                rows = conn.execute("SELECT run_id, record, crc FROM sma_runs ORDER BY updated_at DESC")
+                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED ORDER BY updated_at DESC")
             else:
-                rows = conn.execute("SELECT run_id, record, crc FROM sma_runs WHERE workflow=? "
+                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED WHERE workflow=? "
                                     "ORDER BY updated_at DESC", (workflow,))
-            return [_parse(RunRecord, text, crc, f"run {rid!r}") for rid, text, crc in rows]
+            return [_run_of_row(row[0], row[1:]) for row in rows]
 
         return self._submit(op)
 
@@ -432,7 +946,7 @@ class SQLiteStore(Store):
                                (run_id,)).fetchone()[0]
             text = _dumps({"seq": seq, "event": event, "payload": json.loads(payload_text), "at": time.time(),
                            "consumed_step": None})
-            conn.execute("INSERT INTO sma_inbox VALUES (?, ?, ?, ?, NULL)", (run_id, seq, text, _crc(text)))
+            _put_event(conn, run_id, seq, text)
             return int(seq)
 
         return self._submit(op)
@@ -446,20 +960,20 @@ class SQLiteStore(Store):
             if isinstance(at_step, bool) or not isinstance(at_step, int) or not 0 <= at_step <= src.next_step:
                 raise ValueError(f"at_step={at_step!r}: run {source!r} has committed steps 0..{src.next_step - 1}; "
                                  f"fork before one of them, or at {src.next_step}")
+            # Every row copied is checked under its own key first, then sealed under the new run's.
+            copies = [(spec[0], spec[1], _copy_rows(conn, source, spec, at_step)) for spec in _FORKED]
             try:
-                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                              (new, run["workflow"], run["epoch"], run["next_step"], run["status"],
-                              run["updated_at"], run_text, _crc(run_text)))
+                              run["updated_at"], run_text, _run_crc(new, run_text), len(copies[1][2])))
             except sqlite3.IntegrityError:
                 raise RunExists(new) from None
-            conn.execute("INSERT INTO sma_steps SELECT ?, number, record, crc FROM sma_steps "
-                         "WHERE run_id=? AND number<?", (new, source, at_step))
-            conn.execute("INSERT INTO sma_journal SELECT ?, step, call, record, crc FROM sma_journal "
-                         "WHERE run_id=? AND step<?", (new, source, at_step))
-            # Earlier snapshots too: the fork loads (and forks again) before any step it holds.
-            conn.execute("INSERT INTO sma_snapshots SELECT ?, step, context, crc FROM sma_snapshots "
-                         "WHERE run_id=? AND step<?", (new, source, at_step))
-            conn.execute("INSERT INTO sma_snapshots VALUES (?, ?, ?, ?)", (new, at_step, ctx_text, _crc(ctx_text)))
+            for table, kind, rows in copies:
+                for key, label, text in rows:
+                    conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(key) + 3))})",
+                                 (new, *key, text, _row_crc(kind, new, label, text)))
+            conn.execute("INSERT INTO sma_snapshots VALUES (?, ?, ?, ?)",
+                         (new, at_step, ctx_text, _row_crc("snapshot", new, at_step, ctx_text)))
 
         return self._submit(op)
 
@@ -476,52 +990,88 @@ class MemoryStore(SQLiteStore):
 
 
 # --- reading -------------------------------------------------------------------------------------
-def _version(text: str, where: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise StoreCorrupted(f"{where}: its schema version {text!r} is not a number: the file is damaged") \
-            from None
+def _version(text: object, where: str) -> int:
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise StoreCorrupted(f"{where}: its schema version {text!r} is not a number: the file is damaged; "
+                             "restore it from a backup") from None
+    version = int(text)
+    if version < 1:
+        raise StoreCorrupted(f"{where}: its schema version {version} was never written by statemachine-agent "
+                             f"(versions start at 1): the file is damaged; restore it from a backup")
+    return version
 
 
-def _parse(model: type[M], text: object, crc: object, what: str) -> M:
-    if not isinstance(text, str) or not isinstance(crc, int) or _crc(text) != crc:
+def _json(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
+def _checked(text: object, crc: object, what: str, *, kind: str, run_id: str, key: object) -> str:
+    """``text`` if it passes its checksum under its key; else StoreCorrupted naming ``what``."""
+    if not isinstance(text, str) or not isinstance(crc, int) or _row_crc(kind, run_id, key, text) != crc:
         raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or "
                              "changed outside statemachine-agent; nothing of it was loaded")
+    return text
+
+
+def _parse(model: type[M], text: object, crc: object, what: str, *, kind: str, run_id: str, key: object) -> M:
+    text = _checked(text, crc, what, kind=kind, run_id=run_id, key=key)
     try:
-        return model.model_validate(json.loads(text, parse_constant=_no_constant))
+        return model.model_validate(_json(text))
     except ValueError as exc:
         if not isinstance(exc, ValidationError):
             raise StoreCorrupted(f"{what}: the stored record is not JSON ({exc}); nothing of it was loaded") from None
         raise StoreCorrupted(f"{what}: the stored record does not validate ({exc.error_count()} "
-                             f"error(s), first: {exc.errors()[0]['msg']}); nothing of it was loaded") from None
+                             f"error(s), first: {_first_error(exc)}); nothing of it was loaded") from None
     except RecursionError:
         raise StoreCorrupted(f"{what}: the stored record nests too deeply; nothing of it was loaded") from None
-    except ValidationError as exc:
-        raise StoreCorrupted(f"{what}: the stored record does not validate ({exc.error_count()} "
-                             f"error(s), first: {exc.errors()[0]['msg']}); nothing of it was loaded") from None
 
 
-def _parse_json(text: object, crc: object, what: str) -> Any:
-    if not isinstance(text, str) or not isinstance(crc, int) or _crc(text) != crc:
-        raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or "
-                             "changed outside statemachine-agent; nothing of it was loaded")
-    try:
-        return json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise StoreCorrupted(f"{what}: the stored record is not JSON; nothing of it was loaded") from None
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in first.get("loc", ()))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _parse_run(run_id: object, text: object, crc: object) -> RunRecord:
+    if not isinstance(run_id, str):
+        raise StoreCorrupted(f"a run row's id is {type(run_id).__name__}, not text: the file was damaged; "
+                             "nothing of it was loaded")
+    run = _parse(RunRecord, text, crc, f"run {run_id!r}", kind="run", run_id=run_id, key="")
+    if run.run_id != run_id:
+        raise StoreCorrupted(f"run {run_id!r}: its record is run {run.run_id!r}'s: the file was damaged; nothing "
+                             "of it was loaded")
+    return run
 
 
 def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
-    row = conn.execute("SELECT record, crc, epoch, next_step FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
     if row is None:
+        # Absent, or hidden by a damaged index entry: the table itself says which.
+        if conn.execute("SELECT 1 FROM sma_runs NOT INDEXED WHERE run_id=?", (run_id,)).fetchone() is not None:
+            raise StoreCorrupted(f"run {run_id!r}: its row is in the store but its index does not find it: the "
+                                 "file is damaged; restore it from a backup (nothing of it was loaded)")
         raise RunNotFound(run_id)
-    run = _parse(RunRecord, row[0], row[1], f"run {run_id!r}")
-    if run.run_id != run_id or run.epoch != row[2] or run.next_step != row[3]:
-        raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch/next step): the file "
-                             "was changed outside statemachine-agent; nothing of it was loaded")
+    return _run_of_row(run_id, row)
+
+
+_RUN_COLUMNS = "record, crc, epoch, next_step, status, workflow"
+
+
+def _run_of_row(run_id: object, row: tuple[Any, ...]) -> RunRecord:
+    """The run record of a row of ``_RUN_COLUMNS``: checked, and agreeing with the row's columns."""
+    run = _parse_run(run_id, row[0], row[1])
+    if run.epoch != row[2] or run.next_step != row[3] or run.status != row[4] or run.workflow != row[5]:
+        raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch, next step, status or "
+                             "workflow): the file was changed outside statemachine-agent; nothing of it was loaded")
     return run
 
 
@@ -532,27 +1082,64 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
     if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= n:
         raise ValueError(f"at_step={at_step!r}: run {run_id!r} has committed steps 0..{n - 1}; give a step "
                          f"number from 0 to {n}")
-    steps = [_parse(StepRecord, text, crc, f"run {run_id!r} step {num}")
-             for num, text, crc in conn.execute(
-                 "SELECT number, record, crc FROM sma_steps WHERE run_id=? ORDER BY number", (run_id,))]
-    if [s.number for s in steps] != list(range(n)):
+    counts = conn.execute("SELECT journal_rows, inbox_rows FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+    if counts is None or not all(_whole(c) for c in counts):
+        raise StoreCorrupted(f"run {run_id!r}: its row counts are missing or not whole numbers ({counts!r}): the "
+                             "file is damaged; nothing of it was loaded")
+    steps = []
+    for num, text, crc in conn.execute(
+            "SELECT number, record, crc FROM sma_steps WHERE run_id=? ORDER BY number", (run_id,)):
+        what = f"run {run_id!r} step {num!r}"
+        step = _parse(StepRecord, text, crc, what, kind="step", run_id=run_id, key=num)
+        if step.number != num:
+            raise StoreCorrupted(f"{what}: its record is step {step.number}'s: the file is damaged")
+        steps.append(step)
+    if len(steps) != n or any(s.number != i for i, s in enumerate(steps)):
         have = [s.number for s in steps]
         raise StoreCorrupted(f"run {run_id!r} records {n} committed steps but the store holds steps "
                              f"{_ranges(have)}: the file is damaged; nothing of it was loaded")
-    calls = [_parse(CallRecord, text, crc, f"run {run_id!r} journal row {s}/{c}")
-             for s, c, text, crc in conn.execute(
-                 "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call", (run_id,))]
-    # The record is written once, at delivery; the consuming step is the column, set in its commit.
-    inbox = [_parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq}").model_copy(
-                 update={"consumed_step": consumed})
-             for seq, text, crc, consumed in conn.execute(
-                 "SELECT seq, record, crc, consumed_step FROM sma_inbox WHERE run_id=? ORDER BY seq", (run_id,))]
+    calls = []
+    for s, c, text, crc in conn.execute(
+            "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call", (run_id,)):
+        what = f"run {run_id!r} journal row {s!r}/{c!r}"
+        call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
+        if (call.step, call.call) != (s, c):
+            raise StoreCorrupted(f"{what}: its record is row {call.step}/{call.call}'s: the file is damaged")
+        calls.append(call)
+    # The record is written once, at delivery; the consuming step is the column, set in its commit (and
+    # covered by the row's checksum from then on).
+    inbox = []
+    for seq, text, crc, consumed in conn.execute(
+            "SELECT seq, record, crc, consumed_step FROM sma_inbox WHERE run_id=? ORDER BY seq", (run_id,)):
+        what = f"run {run_id!r} inbox event {seq!r}"
+        if consumed is not None and not (_whole(consumed) and consumed < n + 1):
+            raise StoreCorrupted(f"{what}: it was consumed by step {consumed!r}, which the run does not have: the "
+                                 "file is damaged; nothing of it was loaded")
+        event = _parse(InboxRecord, text, crc, what, kind="inbox", run_id=run_id,
+                       key=_inbox_key(seq, consumed))
+        if event.seq != seq:
+            raise StoreCorrupted(f"{what}: its record is event {event.seq}'s: the file is damaged")
+        inbox.append(event.model_copy(update={"consumed_step": consumed}))
+    for name, found, recorded in (("journal rows", len(calls), counts[0]), ("inbox events", len(inbox), counts[1])):
+        if found != recorded:
+            raise StoreCorrupted(f"run {run_id!r} records {recorded} {name} but the store finds {found}: the "
+                                 "file is damaged (an index no longer finds a row); nothing of it was loaded")
+    intents = conn.intents if isinstance(conn, _Connection) else None
+    if intents is not None:
+        calls = intents.restore(run_id, calls)
     snap = conn.execute("SELECT step, context, crc FROM sma_snapshots WHERE run_id=? AND step<=? "
                         "ORDER BY step DESC LIMIT 1", (run_id, at)).fetchone()
-    if snap is None:
+    if snap is None or not _whole(snap[0]) or snap[0] > at:
         raise StoreCorrupted(f"run {run_id!r} has no snapshot at or before step {at}: the file is damaged; "
                              "nothing of it was loaded")
-    context = _parse_json(snap[1], snap[2], f"run {run_id!r} snapshot at step {snap[0]}")
+    if run.parent_step is not None and at >= run.parent_step > snap[0]:
+        raise StoreCorrupted(f"run {run_id!r} was forked at step {run.parent_step} but the store finds no "
+                             "snapshot there: the file is damaged; nothing of it was loaded")
+    what = f"run {run_id!r} snapshot at step {snap[0]}"
+    try:
+        context = _json(_checked(snap[1], snap[2], what, kind="snapshot", run_id=run_id, key=snap[0]))
+    except (ValueError, RecursionError):
+        raise StoreCorrupted(f"{what}: the stored record is not JSON; nothing of it was loaded") from None
     if not isinstance(context, dict):
         raise StoreCorrupted(f"run {run_id!r}: its snapshot at step {snap[0]} is not a JSON object")
     for s in steps[snap[0]:at]:
@@ -568,7 +1155,7 @@ def _claimed(conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status:
                                  "updated_at": time.time()})
     text = run.model_dump_json()
     conn.execute("UPDATE sma_runs SET epoch=?, status=?, updated_at=?, record=?, crc=? WHERE run_id=?",
-                 (run.epoch, str(run.status), run.updated_at, text, _crc(text), run.run_id))
+                 (run.epoch, str(run.status), run.updated_at, text, _run_crc(run.run_id, text), run.run_id))
     return run
 
 
@@ -584,7 +1171,8 @@ def _waited(conn: sqlite3.Connection, run: dict[str, Any], consumed: int | None)
                                        "consumed_step IS NULL ORDER BY seq", (run_id,)):
         if seq == consumed:
             continue
-        event = _parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq}")
+        event = _parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq!r}", kind="inbox", run_id=run_id,
+                       key=_inbox_key(seq, None))
         if event.event == wait.get("event"):
             found.append(event)
     return found
@@ -606,9 +1194,15 @@ def _ranges(numbers: list[int]) -> str:
 
 def _translate(exc: BaseException, where: str) -> BaseException:
     """sqlite3's errors as ours, saying what to do."""
+    if isinstance(exc, UnicodeDecodeError):  # sqlite3 could not decode SQLite's message (it quotes damage)
+        return StoreCorrupted(f"{where} is damaged (its schema or a row holds bytes that are not UTF-8): restore "
+                              "it from a backup; nothing was loaded")
     if not isinstance(exc, sqlite3.Error) or isinstance(exc, StoreError):
         return exc
     text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "readonly database" in text:
+        return StoreError(f"{where} was opened read-only (SQLiteStore(..., readonly=True)): it takes no writes; "
+                          "open it without readonly=True to change it")
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
         return StoreError(f"{where} is locked by another process's write longer than busy_timeout: retry, or "
                           "raise SQLiteStore(..., busy_timeout=)")

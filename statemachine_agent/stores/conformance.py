@@ -1514,6 +1514,47 @@ class StoreConformance:
                     if (p := self._tampered(store, kind, text))}
         assert not problems, problems
 
+    def test_a_tampered_record_with_a_number_out_of_range_is_corrupted(self, store: Store) -> None:
+        """Numbers a loader would choke on or a run would act on wrongly (issue 16): a step count of 10**12,
+        an epoch of 2**63-1 (``epoch + 1`` overflows SQLite's integers), a negative or string count,
+        token counts that are strings, negative or huge, timestamps 1e999 (JSON's way to write inf),
+        sequence numbers that are strings: each raises StoreCorrupted, never KeyError, MemoryError,
+        OverflowError or TypeError."""
+        def record(kind: str, change: Callable[[dict[str, Any]], dict[str, Any]],
+                   raw: tuple[str, str] | None = None) -> Callable[[_Run], str]:
+            def text(run: _Run) -> str:
+                base = {"run": run.record, "step": run.steps[0], "call": run.calls[0, 0],
+                        "inbox": {"seq": 1, "event": "go", "payload": {"x": 1}, "at": _T0, "consumed_step": None},
+                        }[kind]
+                out = json.dumps(change(dict(base)))
+                return out if raw is None else out.replace(json.dumps(raw[0]), raw[1])
+            return text
+
+        calls = {"provider": "p", "model": "m", "mode": "prompt", "purpose": "answer", "input_tokens": 1,
+                 "output_tokens": 1, "latency": 0.5, "finish_reason": "stop", "attempt": 1}
+        cases: list[tuple[str, Callable[[_Run], str]]] = [
+            ("run", record("run", lambda r: {**r, "next_step": 10**12})),
+            ("run", record("run", lambda r: {**r, "epoch": 2**63 - 1})),
+            ("run", record("run", lambda r: {**r, "restarts": -1})),
+            ("run", record("run", lambda r: {**r, "restarts": "2"})),
+            ("run", record("run", lambda r: {**r, "max_steps": 2**64})),
+            ("run", record("run", lambda r: {**r, "counters": {"actions_run": 1, "visits": {"s": "7"}}})),
+            ("run", record("run", lambda r: {**r, "updated_at": "TIME"}, ("TIME", "1e999"))),
+            ("step", record("step", lambda r: {**r, "model_calls": [{**calls, "input_tokens": "12"}]})),
+            ("step", record("step", lambda r: {**r, "model_calls": [{**calls, "output_tokens": -5}]})),
+            ("step", record("step", lambda r: {**r, "model_calls": [{**calls, "input_tokens": 2**70}]})),
+            ("step", record("step", lambda r: {**r, "model_calls": [{**calls, "latency": "slow"}]})),
+            ("step", record("step", lambda r: {**r, "started_at": "TIME"}, ("TIME", "-1e999"))),
+            ("call", record("call", lambda r: {**r, "at": "TIME"}, ("TIME", "1e400"))),
+            ("call", record("call", lambda r: {**r, "step": "0"})),
+            ("inbox", record("inbox", lambda r: {**r, "seq": "1"})),
+            ("inbox", record("inbox", lambda r: {**r, "at": True})),
+        ]
+        problems = {f"{kind} #{i}": p for i, (kind, text) in enumerate(cases)
+                    if (p := self._tampered(store, kind, text))}
+        _works(store, _Clock())
+        assert not problems, problems
+
     # --- with the runner ---------------------------------------------------------------------------
     def test_a_workflow_crashes_and_resumes_on_this_store(self, store: Store) -> None:
         """End to end with the runner: a run that crashes after a journaled tool call resumes from the
