@@ -476,9 +476,28 @@ def test_diagram_output_refuses_a_symlink(suffix: str, dangling: bool, tmp_path:
     assert link.is_symlink()
 
 
-def test_diagram_output_refuses_a_pipe_without_blocking(tmp_path: Path) -> None:
-    """-o naming a FIFO nobody reads: exit 2 at once rather than hanging on the open."""
+def test_diagram_output_refuses_what_is_no_regular_file(tmp_path: Path) -> None:
+    """-o naming a FIFO (here with a reader, so an open never blocks the test) or a device: exit 2
+    with one line, nothing written into the pipe."""
     fifo = tmp_path / "out.dot"
     os.mkfifo(fifo)
-    code, out, err = run_cli(["diagram", EXAMPLE, "-o", str(fifo)])
-    assert_one_line_usage_error(code, out, err, "cannot write")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        code, out, err = run_cli(["diagram", EXAMPLE, "-o", str(fifo)])
+        assert_one_line_usage_error(code, out, err, "is not a regular file")
+        assert os.read(reader, 4096) == b""  # the command's writer closed with nothing written
+    finally:
+        os.close(reader)
+    if Path("/dev/null").exists():
+        code, out, err = run_cli(["diagram", EXAMPLE, "-o", "/dev/null", "--format", "dot"])
+        assert_one_line_usage_error(code, out, err, "is not a regular file")
+
+
+def test_diagram_output_to_a_pipe_nobody_reads_does_not_hang(tmp_path: Path) -> None:
+    """-o naming a FIFO without a reader: exit 2 at once (the open does not wait for a reader). In a
+    child process with a timeout, so that a regression fails instead of hanging the suite."""
+    fifo = tmp_path / "out.dot"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-m", "statemachine_agent.cli", "diagram", EXAMPLE, "-o", str(fifo)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_usage_error(done.returncode, done.stdout, done.stderr, "cannot write")
