@@ -4,6 +4,7 @@ list, show, resume, deliver to and fork the durable runs of a store (``runs ... 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
 from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
-from .errors import DefinitionError, StoreError
+from .errors import DefinitionError, Problem, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
 from .spec import WorkflowSpec
@@ -232,7 +233,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     spec = load_spec(args.target)
     report = analyze(spec)
     if report.problems:
-        _say(DefinitionError(report.workflow, report.problems), err=True)
+        _say(_error_text(DefinitionError(report.workflow, report.problems)), err=True)
         return 1
     _say(f"ok: {_summary(spec, report)}")
     _say(f"worst-case steps: {report.worst_case_steps}")
@@ -263,6 +264,16 @@ def _read_input(raw: str | None, option: str = "--input", *, example: str = '{"q
         raise UsageError(f"{option} must be a JSON object of {what}, got {type(data).__name__}")
     _refuse_non_finite(data, where)
     return data
+
+
+def _invalid_fields(exc: ValidationError, most: int = 5) -> str:
+    """What pydantic found wrong, on one line: ``field 'question': String should have at least 1
+    character; field 'n': ...`` (the first ``most`` of them)."""
+    errors = exc.errors(include_url=False)
+    parts = [f"field '{_field_path([str(x) if not isinstance(x, int) else x for x in e['loc']])}': {e['msg']}"
+             for e in errors[:most]]
+    more = f"; and {len(errors) - most} more" if len(errors) > most else ""
+    return "; ".join(parts) + more
 
 
 def _policy(name: str) -> Policy[Any]:
@@ -326,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         context = compiled.context_type.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(f"--input does not fit {compiled.context_type.__name__}:\n{exc}") from exc
+        raise UsageError(f"--input does not fit {compiled.context_type.__name__}: {_invalid_fields(exc)}") from exc
     except RecursionError as exc:
         raise UsageError("--input nests too deeply to validate: flatten it") from exc
     try:
@@ -659,7 +670,7 @@ def _drive(compiled: CompiledWorkflow[Any], store: Store, store_path: str, call:
         ended = result_of(exc)
         if ended is None:
             if isinstance(exc, (TypeError, ValueError)):  # the library refused the arguments
-                raise UsageError(str(exc)) from exc
+                raise UsageError(_error_text(exc)) from exc
             raise
         _print_result(ended, compiled, as_json)
         if not as_json:
@@ -850,26 +861,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except UsageError as exc:
-        _say(f"statemachine-agent: {exc}", err=True)
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is met below
+    except UsageError as exc:  # the command's own message, on one line
+        _say(f"statemachine-agent: {printable(str(exc))}", err=True)
         return 2
     except DefinitionError as exc:
-        _say(exc, err=True)
+        _say(_error_text(exc), err=True)
         return 1
-    except StoreError as exc:  # an unknown run, a damaged file, another workflow's run: bad input
-        _say(f"statemachine-agent: {exc}", err=True)
-        return 2
-    except GraphvizMissing as exc:
-        _say(f"statemachine-agent: {exc}", err=True)
-        return 2
-    except ValueError as exc:  # bad budgets and the like
-        _say(f"statemachine-agent: {exc}", err=True)
+    except (StoreError, GraphvizMissing, ValueError) as exc:
+        # An unknown run, a damaged file, another workflow's run, no Graphviz, a bad budget: bad input.
+        _say(f"statemachine-agent: {_error_text(exc)}", err=True)
         return 2
     except RecursionError:
         _say("statemachine-agent: the input nests too deeply to handle: flatten it", err=True)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more, like other commands
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
 
+
+def _error_text(exc: BaseException) -> str:
+    """A library error's message for the terminal: on one line, with anything in it that is not
+    printable escaped, newlines too (a name could hold one); an error listing problems (a
+    ``DefinitionError``, ``IncompatibleRun``) keeps one line per problem."""
+    text = str(exc)
+    problems = getattr(exc, "problems", None)
+    if isinstance(problems, tuple) and problems and all(isinstance(p, Problem) for p in problems):
+        head = text.split("\n  - ", 1)[0]
+        return "\n".join([printable(head), *(f"  - {printable(str(p))}" for p in problems)])
+    return printable(text)
 
 if __name__ == "__main__":
     sys.exit(main())

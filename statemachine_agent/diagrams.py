@@ -6,8 +6,8 @@ import contextlib
 import errno
 import os
 import re
-import stat
 import shutil
+import stat
 import typing
 from collections import Counter
 from collections.abc import Iterable

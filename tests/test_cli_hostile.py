@@ -175,6 +175,50 @@ def test_the_resume_hint_of_an_odd_id_is_printable_and_pastes_back(flow_dir: Pat
                           check=True).stdout == run_id
 
 
+BROKEN = '''
+from statemachine_agent import Context, Workflow
+
+
+class C(Context):
+    x: int | None = None
+
+
+X = "\\x1b[2J\\nrm -rf ~\\u202e"
+wf = Workflow("b" + X, C)
+wf.add_state("a" + X, lambda c: None, initial=True, reads=["x"])
+wf.add_state("b" + X, lambda c: None)
+wf.terminal("done" + X)
+wf.transition("a" + X, "b" + X).transition("b" + X, "a" + X).transition("a" + X, "nope" + X)
+'''
+
+
+def test_check_lists_each_problem_on_one_line_whatever_the_names(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken workflow whose names hold ESC, a newline and a right-to-left override: exit 1, the
+    header, then exactly one escaped line per problem (a newline in a name starts no line)."""
+    (tmp_path / "brokenhostile.py").write_text(BROKEN, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "brokenhostile", raising=False)
+    code, out, err = run_cli(["check", "brokenhostile:wf"])
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert lines[0] == "workflow 'b\\x1b[2J\\nrm -rf ~\\u202e' has 5 problems:"
+    assert len(lines) == 6 and all(line.startswith("  - [") for line in lines[1:]), err
+    assert_clean(err, "\x1b[2J\nrm -rf ~\u202e")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`statemachine-agent run ... --json | head -c0`: the pipe closes before the command writes;
+    it stops quietly (exit 1, nothing on stderr) instead of a BrokenPipeError traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "statemachine_agent.cli", "run", EXAMPLE, "--input",
+                              '{"question": "How does the checker bound loops?"}', "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    err = child.stderr.read().decode()
+    assert (child.wait(timeout=60), err) == (1, "")
+
+
 # --- 2. @file inputs are read with a bound -----------------------------------------------------------
 def _limit_memory() -> None:  # pragma: no cover - runs in the child
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
@@ -397,7 +441,7 @@ def test_a_non_finite_number_is_refused_naming_its_field(raw: str, field: str, w
                                                          tmp_path: Path) -> None:
     """NaN, Infinity, -Infinity and 1e999, in an input, a file, a payload or a patch: exit 2 with one
     line naming the field's path; nothing runs and no store is touched."""
-    option = where.split()[0]
+    option = where.split(maxsplit=1)[0]
     value = raw
     if where.endswith("@file"):
         (tmp_path / "in.json").write_text(raw, encoding="utf-8")
@@ -409,6 +453,14 @@ def test_a_non_finite_number_is_refused_naming_its_field(raw: str, field: str, w
     code, out, err = run_cli(argv)
     assert_one_line_usage_error(code, out, err, f"field '{field}' {what}")
     assert not db.exists()
+
+
+def test_an_input_that_does_not_fit_the_context_is_one_line_naming_the_fields() -> None:
+    """Input pydantic refuses: one line naming each bad field (escaped), not pydantic's report."""
+    code, out, err = run_cli(["run", EXAMPLE, "--input", '{"question": "", "odd\\u001b\\n": 1}'])
+    assert_one_line_usage_error(code, out, err, "--input does not fit ResearchContext: field 'question': ",
+                                "field '[\"odd\\u001b\\n\"]': Extra inputs are not permitted")
+    assert_clean(err)
 
 
 JSON_LIKE = st.recursive(
