@@ -401,16 +401,17 @@ def jupyter_bundle(graph: graphviz.Digraph | None, text: str) -> dict[str, str]:
 def write_diagrams(workflow: Drawable, directory: str | Path,
                    run: RunResult[Any] | None = None) -> Iterable[Path]:
     """Write ``NAME.dot`` and ``NAME.mmd`` (and ``NAME.svg`` when ``dot`` is installed), plus
-    ``NAME.run.dot``/``.svg`` for ``run``; return the paths written."""
+    ``NAME.run.dot``/``.svg`` for ``run``; return the paths written. Like :func:`write_file`, never
+    through a symbolic link."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     graph = to_dot(workflow)
     dot_path = out / f"{workflow.name}.dot"
-    dot_path.write_text(graph.source, encoding="utf-8")
+    write_file(dot_path, graph.source.encode("utf-8"))
     written.append(dot_path)
     mmd = out / f"{workflow.name}.mmd"
-    mmd.write_text(to_mermaid(workflow), encoding="utf-8")
+    write_file(mmd, to_mermaid(workflow).encode("utf-8"))
     written.append(mmd)
     has_dot = shutil.which("dot") is not None
     if has_dot:
@@ -418,7 +419,7 @@ def write_diagrams(workflow: Drawable, directory: str | Path,
     if run is not None:
         run_graph = to_dot(workflow, run)
         run_dot = out / f"{workflow.name}.run.dot"
-        run_dot.write_text(run_graph.source, encoding="utf-8")
+        write_file(run_dot, run_graph.source.encode("utf-8"))
         written.append(run_dot)
         if has_dot:
             written.append(render(run_graph, out / f"{workflow.name}.run.svg", "svg"))

@@ -553,3 +553,17 @@ def test_diagram_output_to_a_pipe_nobody_reads_does_not_hang(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "statemachine_agent.cli", "diagram", EXAMPLE, "-o", str(fifo)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert_one_line_usage_error(done.returncode, done.stdout, done.stderr, "cannot write")
+
+
+def test_write_diagrams_does_not_write_through_a_symlink(tmp_path: Path) -> None:
+    """The library's write_diagrams (what `python -m statemachine_agent.examples --diagrams` uses)
+    refuses a NAME.dot that is a symbolic link, with OutputRefused, leaving its target as it was."""
+    from statemachine_agent.diagrams import OutputRefused, write_diagrams
+    from statemachine_agent.examples.research import workflow
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me", encoding="utf-8")
+    (tmp_path / "research.dot").symlink_to(target)
+    with pytest.raises(OutputRefused, match="symbolic link"):
+        write_diagrams(workflow.compile(), tmp_path)
+    assert target.read_text(encoding="utf-8") == "keep me"
