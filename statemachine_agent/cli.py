@@ -32,7 +32,7 @@ from .spec import WorkflowSpec
 from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
 from .workflow import Workflow
 
-__all__ = ["main"]
+__all__ = ["MAX_INPUT_BYTES", "main", "non_finite_field", "printable"]
 
 
 class UsageError(Exception):
