@@ -135,7 +135,7 @@ def _field_path(parts: Sequence[str | int]) -> str:
         elif part.isidentifier():
             text += f".{part}" if text else part
         else:
-            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+            text += f"[{_json(part)}]"  # a JSON string: any key reads back, escapes and all
     return printable(text)
 
 
