@@ -782,8 +782,17 @@ def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path
 
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, printing through the same escaping: its "unrecognized arguments" echo the words
+    as they are, and a word can hold ESC or a right-to-left override."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (file or sys.stderr).write(printable(message, keep_newlines=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statemachine-agent", description="Check, run and draw "
+    parser = _Parser(prog="statemachine-agent", description="Check, run and draw "
                                      "statemachine-agent workflows named as MODULE:OBJECT, and list, show, "
                                      "resume, deliver to and fork the durable runs of a store.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

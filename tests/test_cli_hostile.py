@@ -157,6 +157,14 @@ def test_printed_names_never_hold_a_raw_control_or_bidi_character(text: str, oth
             assert record["run_id"] == run_id
 
 
+def test_argparse_errors_escape_the_words_they_echo() -> None:
+    """An unknown extra word (argparse echoes it as it is) or a bad choice: exit 2, escaped."""
+    for argv in (["check", EXAMPLE, "\x1b[2J\u202eX"], ["\x1b[2J\u202eX"], ["runs", "\x9b31m"]):
+        code, out, err = run_cli(argv)
+        assert code == 2 and "error:" in err, (argv, err)
+        assert_clean(out + err, *argv)
+
+
 def test_the_resume_hint_of_an_odd_id_is_printable_and_pastes_back(flow_dir: Path) -> None:
     """The `resume it:` command of a run whose id holds ESC, a newline and a right-to-left override
     is printable, and bash reads its ANSI-C quoted id back as the id."""
