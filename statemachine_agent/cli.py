@@ -4,6 +4,7 @@ list, show, resume, deliver to and fork the durable runs of a store (``runs ... 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -24,19 +25,150 @@ from pydantic import ValidationError
 
 from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
-from .diagrams import GraphvizMissing, render, to_dot, to_mermaid
-from .errors import DefinitionError, StoreError
+from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
+from .errors import DefinitionError, Problem, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
 from .spec import WorkflowSpec
 from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
 from .workflow import Workflow
 
-__all__ = ["main"]
+__all__ = ["MAX_INPUT_BYTES", "main", "non_finite_field", "printable"]
 
 
 class UsageError(Exception):
     """Bad command-line input: printed, exit code 2."""
+
+
+# --- text a person reads -----------------------------------------------------------------------------
+# Everything the command prints goes through _say, and every name it interpolates through _name (or
+# _json): a run id, state, event, workflow name or error message can hold any character, and one that a
+# terminal acts on (ESC sequences, carriage returns, newlines, C1 controls, bidi overrides that reorder
+# what follows) must never reach it raw. Such characters are shown as escapes (\x1b, \n, \u202e).
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    if c in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[c]
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every character that is not printable escaped: control characters (C0, DEL, C1,
+    ESC), line and paragraph separators, bidi marks and overrides (U+200E/F, U+061C, U+202A-202E,
+    U+2066-2069) and other format characters, lone surrogates and unassigned code points. With
+    ``keep_newlines``, ``\\n`` is kept (for the command's own multi-line messages)."""
+    if (text.replace("\n", "") if keep_newlines else text).isprintable():
+        return text
+    return "".join(c if c.isprintable() or (keep_newlines and c == "\n") else _escape_char(c) for c in text)
+
+
+def _say(text: object = "", *, err: bool = False, end: str = "\n") -> None:
+    """Print a line (or the command's own lines) with nothing in it that a terminal would act on."""
+    print(printable(str(text), keep_newlines=True), file=sys.stderr if err else sys.stdout, end=end)
+
+
+def _json_escape(c: str) -> str:
+    o = ord(c)
+    if o < 0x10000:
+        return f"\\u{o:04x}"
+    o -= 0x10000
+    return f"\\u{0xD800 + (o >> 10):04x}\\u{0xDC00 + (o & 0x3FF):04x}"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and the infinities as the strings JSON readers know them by (JSON itself
+    has no such numbers): ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, dict):
+        return {_finite(k) if isinstance(k, float) else k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON (no NaN or Infinity: see :func:`_finite`), non-ASCII text kept
+    readable, and every character that is not printable as a ``\\u`` escape: valid JSON that is
+    also safe to show on a terminal."""
+    text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    # Raw characters can only be inside strings (json escapes C0 itself), where \\u escapes are valid.
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+# --- input files and values --------------------------------------------------------------------------
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+"""The largest ``@FILE`` (``--input``, ``--payload``, ``--patch``) or run file read: 16 MiB."""
+
+
+def _read_bounded(path: Path, where: str) -> str:
+    """The UTF-8 text of ``path``, read with a bounded read: a file over :data:`MAX_INPUT_BYTES` (or a
+    device that never ends, such as /dev/zero) is refused after reading that much."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise UsageError(f"cannot read {where}: {exc}") from exc
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{where} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB: give a smaller "
+                         "JSON file (a regular file, not a device)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}): save it as UTF-8 JSON") from exc
+
+
+def _field_path(parts: Sequence[str | int]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f"[{_json(part)}]"  # a JSON string: any key reads back, escapes and all
+    return printable(text)
+
+
+def _first_non_finite(value: Any) -> tuple[str, float] | None:
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        parts, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return _field_path(parts), v
+        if isinstance(v, dict):
+            stack.extend(((*parts, str(k)), x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(((*parts, i), x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def non_finite_field(value: Any) -> str | None:
+    """The path (``amount``, ``order.items[2].price``) of the first number in ``value`` (JSON-like
+    data: dicts, lists, tuples) that is NaN or infinite, or ``None`` when there is none. JSON has no
+    such numbers, so a store cannot keep them: the command line refuses them naming the field (and
+    the library's ``deliver`` can do the same). Iterative, so any nesting depth is fine."""
+    found = _first_non_finite(value)
+    return None if found is None else found[0]
+
+
+def _refuse_non_finite(data: Any, where: str) -> None:
+    found = _first_non_finite(data)
+    if found is None:
+        return
+    field, value = found
+    what = "NaN" if math.isnan(value) else "infinite (Infinity, or a number too large for a float, such as 1e999)"
+    raise UsageError(f"{where}: field '{field}' is {what}, which JSON cannot hold: give a finite number")
 
 
 def _version() -> str:
@@ -64,7 +196,12 @@ def import_object(target: str, example: str = "myagent.workflows:research") -> A
     except ModuleNotFoundError as exc:
         raise UsageError(f"cannot import module {module_name!r}: {exc}. Run from the folder that "
                          "contains it, or install its package") from exc
-    except Exception as exc:  # the user's module failed while importing: say so, no traceback
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:  # sys.exit() or exit() at import, whatever the code: never a silent exit
+        raise UsageError(f"importing {module_name!r} failed: it raised SystemExit({exc.code!r}) (sys.exit() "
+                         "at import); keep its script part under `if __name__ == \"__main__\":`") from exc
+    except BaseException as exc:  # the user's module failed while importing: say so, no traceback
         raise UsageError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
     for part in attr.split("."):
@@ -97,10 +234,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     spec = load_spec(args.target)
     report = analyze(spec)
     if report.problems:
-        print(DefinitionError(report.workflow, report.problems), file=sys.stderr)
+        _say(_error_text(DefinitionError(report.workflow, report.problems)), err=True)
         return 1
-    print(f"ok: {_summary(spec, report)}")
-    print(f"worst-case steps: {report.worst_case_steps}")
+    _say(f"ok: {_summary(spec, report)}")
+    _say(f"worst-case steps: {report.worst_case_steps}")
     return 0
 
 
@@ -113,15 +250,7 @@ def _read_input(raw: str | None, option: str = "--input", *, example: str = '{"q
     if raw.startswith("@"):
         path = Path(raw[1:])
         where = f"{'input' if option == '--input' else option} file {str(path)!r}"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                             f"{exc.start}): save it as UTF-8 JSON") from exc
-        except ValueError as exc:  # e.g. a NUL byte in the path
-            raise UsageError(f"cannot read {where}: {exc}") from exc
+        text = _read_bounded(path, where)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -134,7 +263,18 @@ def _read_input(raw: str | None, option: str = "--input", *, example: str = '{"q
         raise UsageError(f"{where} cannot be read as JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise UsageError(f"{option} must be a JSON object of {what}, got {type(data).__name__}")
+    _refuse_non_finite(data, where)
     return data
+
+
+def _invalid_fields(exc: ValidationError, most: int = 5) -> str:
+    """What pydantic found wrong, on one line: ``field 'question': String should have at least 1
+    character; field 'n': ...`` (the first ``most`` of them)."""
+    errors = exc.errors(include_url=False)
+    parts = [f"field '{_field_path([str(x) if not isinstance(x, int) else x for x in e['loc']])}': {e['msg']}"
+             for e in errors[:most]]
+    more = f"; and {len(errors) - most} more" if len(errors) > most else ""
+    return "; ".join(parts) + more
 
 
 def _policy(name: str) -> Policy[Any]:
@@ -178,13 +318,14 @@ def _user_traceback(exc: BaseException) -> str:
 
 def _print_result(result: Any, compiled: CompiledWorkflow[Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
+        _say(_json(result.to_dict(), indent=2))
         return
-    print(f"terminal: {result.terminal} ({result.outcome.value})")
+    _say(f"terminal: {_name(result.terminal)} ({result.outcome.value})")
     if result.reason:
-        print(f"reason:   {result.reason}")
-    print(f"path:     {' -> '.join(result.states)}  ({result.steps} steps, bound {compiled.max_steps})")
-    print("context:  " + json.dumps(result.to_dict()["context"], default=str))
+        _say(f"reason:   {printable(result.reason)}")
+    _say(f"path:     {' -> '.join(_name(s) for s in result.states)}  ({result.steps} steps, bound "
+         f"{compiled.max_steps})")
+    _say("context:  " + _json(result.to_dict()["context"]))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -197,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         context = compiled.context_type.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(f"--input does not fit {compiled.context_type.__name__}:\n{exc}") from exc
+        raise UsageError(f"--input does not fit {compiled.context_type.__name__}: {_invalid_fields(exc)}") from exc
     except RecursionError as exc:
         raise UsageError("--input nests too deeply to validate: flatten it") from exc
     try:
@@ -209,8 +350,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # An exception no error transition routes: a bug in the workflow's code, not bad input.
         _print_result(ended, compiled, args.json)
         if not args.json:
-            print(f"error:    {type(exc).__name__}: {exc}")
-        print(_user_traceback(exc), file=sys.stderr, end="")
+            _say(f"error:    {type(exc).__name__}: {printable(str(exc))}")
+        _say(_user_traceback(exc), err=True, end="")
         return 1
     _print_result(result, compiled, args.json)
     return 0 if result.ok else 1
@@ -238,16 +379,16 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     if args.run and args.store is not None:
         run = _stored_run_drawing(compiled, args.run, args.store)
     elif args.run:
+        where = f"run file {args.run!r}"
+        text = _read_bounded(Path(args.run), where)
         try:
-            run = json.loads(Path(args.run).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read run file {args.run!r}: {exc.strerror}") from exc
+            run = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{args.run!r} is not JSON ({exc.msg}); write it with "
-                             "`statemachine-agent run ... --json` or RunResult.to_dict()") from exc
-        except (ValueError, RecursionError) as exc:  # not UTF-8, nested too deep, a huge number
-            raise UsageError(f"cannot read run file {args.run!r} ({type(exc).__name__}: {exc!s:.100}); "
-                             "write it with `statemachine-agent run ... --json`") from exc
+            raise UsageError(f"{where} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); write "
+                             "it with `statemachine-agent run ... --json` or RunResult.to_dict()") from exc
+        except (ValueError, RecursionError) as exc:  # nested too deep, a huge number
+            raise UsageError(f"cannot read {where} ({type(exc).__name__}: {exc!s:.100}); write it with "
+                             "`statemachine-agent run ... --json`") from exc
     if run is not None and not isinstance(run, dict):
         raise UsageError(f"--run {args.run!r} holds a JSON {type(run).__name__}, not a recorded run: write "
                          "it with `statemachine-agent run ... --json`")
@@ -258,14 +399,16 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "mermaid":
-            out.write_text(to_mermaid(compiled), encoding="utf-8")
+            write_file(out, to_mermaid(compiled).encode("utf-8"))
         elif fmt == "dot":
-            out.write_text(graph.source, encoding="utf-8")
+            write_file(out, graph.source.encode("utf-8"))
         else:
             render(graph, out, fmt)
+    except OutputRefused as exc:
+        raise UsageError(f"{exc}") from exc
     except OSError as exc:
         raise UsageError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from exc
-    print(f"wrote {out}")
+    _say(f"wrote {printable(str(out))}")
     return 0
 
 
@@ -338,19 +481,18 @@ def _when(ts: float | None) -> str:
 
 def _name(text: str) -> str:
     """A name as it can be read on one line: as it is, or quoted when it has odd characters."""
-    return text if text and text.isprintable() and text.strip() == text and " " not in text \
-        else json.dumps(text, ensure_ascii=False)
+    return text if text and text.isprintable() and text.strip() == text and " " not in text else _json(text)
 
 
 def _brief(value: Any, width: int = 80) -> str:
     """``value`` as one line of JSON, cut at ``width`` characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = _json(value)
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _cut(text: str, width: int = 200) -> str:
     """A message on one line, cut at ``width`` characters."""
-    text = text if text.isprintable() else json.dumps(text, ensure_ascii=False)
+    text = text if text.isprintable() else _json(text)
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -361,8 +503,29 @@ def _where(r: RunRecord) -> str:
     return _name(r.state)
 
 
+def _shell_quote(text: str) -> str:
+    """``text`` quoted for a POSIX shell, and printable: a word with characters that are not printable
+    is written in ANSI-C quotes (``$'it\\'s\\tmine'``, which bash, zsh and ksh read back as the word)."""
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + "".join(_shell_char(c) for c in text) + "'"
+
+
+def _shell_char(c: str) -> str:
+    o = ord(c)
+    if c in "\\'":
+        return "\\" + c
+    if c.isprintable():
+        return c
+    if c in _SHORT_ESCAPES or o < 0x80:
+        return _escape_char(c)
+    if 0xDC80 <= o <= 0xDCFF:  # a byte of a command-line word that was not UTF-8: that byte again
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
 def _command(*parts: str) -> str:
-    return " ".join(["statemachine-agent", *(p if p == "MODULE:OBJECT" else shlex.quote(p) for p in parts)])
+    return " ".join(["statemachine-agent", *(p if p == "MODULE:OBJECT" else _shell_quote(p) for p in parts)])
 
 
 def _resume_hint(r: RunRecord, store: str) -> str | None:
@@ -378,18 +541,18 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     with _open_store(args.store, readonly=True) as store:
         records = store.list_runs(args.workflow).result()
     if args.json:
-        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        _say(_json([r.model_dump(mode="json") for r in records], indent=2))
         return 0
     if not records:
         of = f" of workflow {args.workflow!r}" if args.workflow is not None else ""
-        print(f"no runs{of} in the store {args.store!r}")
+        _say(f"no runs{of} in the store {args.store!r}")
         return 0
     rows = [("RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "UPDATED (UTC)")]
     rows += [(_name(r.run_id), _name(r.workflow), str(r.status), _where(r), str(r.next_step), _when(r.updated_at))
              for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
+        _say("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
     return 0
 
 
@@ -399,12 +562,12 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     r = stored.run
     hint = _resume_hint(r, args.store)
     if args.json:
-        print(json.dumps({**stored.model_dump(mode="json"), "resume": hint}, indent=2, default=str))
+        _say(_json({**stored.model_dump(mode="json"), "resume": hint}, indent=2))
         return 0
     for line in _show_lines(stored):
-        print(line)
+        _say(line)
     if hint is not None:
-        print(f"resume it: {hint}")
+        _say(f"resume it: {hint}")
     return 0
 
 
@@ -510,12 +673,12 @@ def _drive(compiled: CompiledWorkflow[Any], store: Store, store_path: str, call:
         ended = result_of(exc)
         if ended is None:
             if isinstance(exc, (TypeError, ValueError)):  # the library refused the arguments
-                raise UsageError(str(exc)) from exc
+                raise UsageError(_error_text(exc)) from exc
             raise
         _print_result(ended, compiled, as_json)
         if not as_json:
-            print(f"error:    {type(exc).__name__}: {exc}")
-        print(_user_traceback(exc), file=sys.stderr, end="")
+            _say(f"error:    {type(exc).__name__}: {printable(str(exc))}")
+        _say(_user_traceback(exc), err=True, end="")
         return 1
     run_id = getattr(result, "run_id", None)
     record = None
@@ -538,18 +701,18 @@ def _print_unfinished(result: Any, r: RunRecord, store_path: str, as_json: bool)
             data = result.to_dict()
         except Exception:
             data = {"workflow": r.workflow, "run_id": r.run_id}
-        print(json.dumps({**data, "status": str(r.status), "state": r.state, "wait": wait}, indent=2, default=str))
+        _say(_json({**data, "status": str(r.status), "state": r.state, "wait": wait}, indent=2))
         return 0
     if r.wait is not None:
         deadline = f" (deadline {_when(r.wait.deadline)})" if r.wait.deadline is not None else " (no deadline)"
-        print(f"waiting:  run {_name(r.run_id)} waits in state {_name(r.wait.state)} for event "
+        _say(f"waiting:  run {_name(r.run_id)} waits in state {_name(r.wait.state)} for event "
               f"{_name(r.wait.event)}{deadline}")
     else:
-        print(f"{r.status}:  run {_name(r.run_id)} stopped in state {_name(r.state)} without ending")
-    print(f"steps:    {r.next_step} committed")
+        _say(f"{r.status}:  run {_name(r.run_id)} stopped in state {_name(r.state)} without ending")
+    _say(f"steps:    {r.next_step} committed")
     hint = _resume_hint(r, store_path)
     if hint is not None:
-        print(f"next:     {hint}")
+        _say(f"next:     {hint}")
     return 0
 
 
@@ -622,8 +785,17 @@ def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path
 
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, printing through the same escaping: its "unrecognized arguments" echo the words
+    as they are, and a word can hold ESC or a right-to-left override."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (file or sys.stderr).write(printable(message, keep_newlines=True))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statemachine-agent", description="Check, run and draw "
+    parser = _Parser(prog="statemachine-agent", description="Check, run and draw "
                                      "statemachine-agent workflows named as MODULE:OBJECT, and list, show, "
                                      "resume, deliver to and fork the durable runs of a store.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -734,26 +906,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except UsageError as exc:
-        print(f"statemachine-agent: {exc}", file=sys.stderr)
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is met below
+    except UsageError as exc:  # the command's own message, on one line
+        _say(f"statemachine-agent: {printable(str(exc))}", err=True)
         return 2
     except DefinitionError as exc:
-        print(exc, file=sys.stderr)
+        _say(_error_text(exc), err=True)
         return 1
-    except StoreError as exc:  # an unknown run, a damaged file, another workflow's run: bad input
-        print(f"statemachine-agent: {exc}", file=sys.stderr)
-        return 2
-    except GraphvizMissing as exc:
-        print(f"statemachine-agent: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad budgets and the like
-        print(f"statemachine-agent: {exc}", file=sys.stderr)
+    except (StoreError, GraphvizMissing, ValueError) as exc:
+        # An unknown run, a damaged file, another workflow's run, no Graphviz, a bad budget: bad input.
+        _say(f"statemachine-agent: {_error_text(exc)}", err=True)
         return 2
     except RecursionError:
-        print("statemachine-agent: the input nests too deeply to handle: flatten it", file=sys.stderr)
+        _say("statemachine-agent: the input nests too deeply to handle: flatten it", err=True)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more, like other commands
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return code
 
+
+def _error_text(exc: BaseException) -> str:
+    """A library error's message for the terminal: on one line, with anything in it that is not
+    printable escaped, newlines too (a name could hold one); an error listing problems (a
+    ``DefinitionError``, ``IncompatibleRun``) keeps one line per problem."""
+    text = str(exc)
+    problems = getattr(exc, "problems", None)
+    if isinstance(problems, tuple) and problems and all(isinstance(p, Problem) for p in problems):
+        head = text.split("\n  - ", 1)[0]
+        return "\n".join([printable(head), *(f"  - {printable(str(p))}" for p in problems)])
+    return printable(text)
 
 if __name__ == "__main__":
     sys.exit(main())

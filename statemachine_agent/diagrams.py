@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 import shutil
+import stat
 import typing
 from collections import Counter
 from collections.abc import Iterable
@@ -20,8 +23,8 @@ from .spec import Outcome, WorkflowSpec
 if TYPE_CHECKING:
     from .result import RunResult
 
-__all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "RunOverlay", "extract", "render", "to_dot",
-           "to_mermaid", "to_svg", "write_diagrams"]
+__all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "OutputRefused", "RunOverlay", "extract", "render",
+           "to_dot", "to_mermaid", "to_svg", "write_diagrams", "write_file"]
 
 
 class Drawable(Protocol):
@@ -42,6 +45,10 @@ class Drawable(Protocol):
 
 class GraphvizMissing(StateMachineAgentError, RuntimeError):
     """Graphviz's ``dot`` binary is not installed, so SVG or PNG cannot be rendered."""
+
+
+class OutputRefused(StateMachineAgentError, ValueError):
+    """A diagram's output path is a symbolic link, or not a regular file: nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +97,7 @@ class RunOverlay:
         if isinstance(run, RunOverlay):
             return run
         if isinstance(run, dict):
-            try:
-                path = [(p["state"], p["transition"], p["kind"], p.get("ran", True),
-                         (p.get("error") or "").split(":")[0] or None) for p in run["path"]]
-                terminal, outcome = str(run["terminal"]), str(run["outcome"])
-                run_id, reason = str(run.get("run_id", "")), run.get("reason")
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"not a recorded run (as written by RunResult.to_dict()): missing or bad "
-                                 f"{exc}") from None
+            path, terminal, outcome, run_id, reason = _recorded(run)
         else:
             path = [(p.state, p.transition, p.kind, p.ran, error_name(p.error) if p.error else None)
                     for p in run.path]
@@ -116,12 +116,47 @@ class RunOverlay:
                    dict(taken), errors)
 
 
+_MISSING = object()
+_RECORDED = "not a recorded run (as written by RunResult.to_dict() or `statemachine-agent run --json`)"
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is _MISSING else "null" if value is None else f"a {type(value).__name__}"
+
+
+def _recorded(run: dict[str, Any]
+              ) -> tuple[list[tuple[str, str, str, bool, str | None]], str, str, str, str | None]:
+    """The parts of a recorded run a diagram draws, each checked for its type (``ValueError`` naming
+    the first bad field): the run may come from any file."""
+
+    def need(value: Any, types: type | tuple[type, ...], where: str, want: str) -> Any:
+        if value is _MISSING or not isinstance(value, types):
+            raise ValueError(f"{_RECORDED}: {where} should be {want}, not {_kind(value)}")
+        return value
+
+    steps = need(run.get("path", _MISSING), list, "'path'", "a list of steps")
+    path: list[tuple[str, str, str, bool, str | None]] = []
+    for i, p in enumerate(steps):
+        need(p, dict, f"path[{i}]", "an object (a step)")
+        state, transition, kind = (need(p.get(k, _MISSING), str, f"path[{i}].{k}", "a string")
+                                   for k in ("state", "transition", "kind"))
+        ran = need(p.get("ran", True), bool, f"path[{i}].ran", "true or false")
+        error = need(p.get("error"), (str, type(None)), f"path[{i}].error", "a string or null")
+        path.append((state, transition, kind, ran, (error or "").split(":")[0] or None))
+    terminal = need(run.get("terminal", _MISSING), str, "'terminal'", "a string")
+    outcome = need(run.get("outcome", _MISSING), str, "'outcome'", "a string")
+    run_id = need(run.get("run_id", ""), str, "'run_id'", "a string")
+    reason = need(run.get("reason"), (str, type(None)), "'reason'", "a string or null")
+    return path, terminal, outcome, run_id, reason
+
+
 def extract(workflow: Drawable, run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None
             ) -> tuple[list[DiagramNode], list[DiagramEdge]]:
     """The workflow (and optionally a run over it) as plain nodes and edges, in spec order."""
     spec = workflow.spec
     overlay = RunOverlay.of(run) if run is not None else None
-    for name in (overlay.visits if overlay else {}):
+    drawn = [*overlay.visits, *(k[5:] for k in overlay.taken if k.startswith("fail:"))] if overlay else []
+    for name in drawn:
         if not spec.has_state(name):
             raise ValueError(f"the run visits {name!r}, which workflow {spec.name!r} does not declare: "
                              "was it recorded from another workflow?")
@@ -309,8 +344,36 @@ def render(graph: graphviz.Digraph, path: str | Path, fmt: str) -> Path:
     except graphviz.ExecutableNotFound as exc:  # found on PATH but not runnable
         raise GraphvizMissing(f"cannot render {fmt.upper()}: Graphviz's 'dot' could not run ({exc}); "
                               "reinstall the system package graphviz") from exc
+    return write_file(path, data)
+
+
+def write_file(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to the regular file ``path`` (created or replaced), never through a symbolic
+    link: a link as the last part of ``path``, or a path that is no regular file (a device, a pipe),
+    raises :class:`OutputRefused` and writes nothing. Folders on the way may be links."""
     out = Path(path)
-    out.write_bytes(data)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+        | getattr(os, "O_BINARY", 0)
+    if not hasattr(os, "O_NOFOLLOW") and out.is_symlink():  # pragma: no cover - Windows
+        raise OutputRefused(f"refusing to write {str(out)!r}: it is a symbolic link; give the real file's path, "
+                            "or remove the link")
+    try:
+        fd = os.open(out, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or out.is_symlink():
+            raise OutputRefused(f"refusing to write {str(out)!r}: it is a symbolic link; give the real file's "
+                                "path, or remove the link") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutputRefused(f"refusing to write {str(out)!r}: it is not a regular file (a device, a pipe "
+                                "or a socket); give a file's path")
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return out
 
 
@@ -338,16 +401,17 @@ def jupyter_bundle(graph: graphviz.Digraph | None, text: str) -> dict[str, str]:
 def write_diagrams(workflow: Drawable, directory: str | Path,
                    run: RunResult[Any] | None = None) -> Iterable[Path]:
     """Write ``NAME.dot`` and ``NAME.mmd`` (and ``NAME.svg`` when ``dot`` is installed), plus
-    ``NAME.run.dot``/``.svg`` for ``run``; return the paths written."""
+    ``NAME.run.dot``/``.svg`` for ``run``; return the paths written. Like :func:`write_file`, never
+    through a symbolic link."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     graph = to_dot(workflow)
     dot_path = out / f"{workflow.name}.dot"
-    dot_path.write_text(graph.source, encoding="utf-8")
+    write_file(dot_path, graph.source.encode("utf-8"))
     written.append(dot_path)
     mmd = out / f"{workflow.name}.mmd"
-    mmd.write_text(to_mermaid(workflow), encoding="utf-8")
+    write_file(mmd, to_mermaid(workflow).encode("utf-8"))
     written.append(mmd)
     has_dot = shutil.which("dot") is not None
     if has_dot:
@@ -355,7 +419,7 @@ def write_diagrams(workflow: Drawable, directory: str | Path,
     if run is not None:
         run_graph = to_dot(workflow, run)
         run_dot = out / f"{workflow.name}.run.dot"
-        run_dot.write_text(run_graph.source, encoding="utf-8")
+        write_file(run_dot, run_graph.source.encode("utf-8"))
         written.append(run_dot)
         if has_dot:
             written.append(render(run_graph, out / f"{workflow.name}.run.svg", "svg"))

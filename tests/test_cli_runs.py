@@ -13,6 +13,7 @@ import io
 import json
 import re
 import sqlite3
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,8 @@ def test_show_lists_the_wait_and_the_inbox(runs: Runs) -> None:
 
 def test_show_quotes_odd_run_ids_and_the_resume_line_is_shell_safe(runs: Runs) -> None:
     """A run id with spaces or control characters is quoted on its line, and shell-quoted in the
-    resume command so that it can be pasted as it is."""
+    resume command (ANSI-C quotes, so the tab is no raw control character) so that it can be pasted as
+    it is: bash reads the word back as the id."""
     with SQLiteStore(runs.db) as store:
         runs.flows.MODE["crash"] = True
         with pytest.raises(runs.flows.Crash):
@@ -279,7 +281,10 @@ def test_show_quotes_odd_run_ids_and_the_resume_line_is_shell_safe(runs: Runs) -
     code, out, _ = run_cli(["runs", "show", "it's\tmine", "--store", str(runs.db)])
     assert code == 0
     assert out.splitlines()[0] == 'run "it\'s\\tmine" of workflow order'
-    assert out.splitlines()[-1].endswith("""runs resume MODULE:OBJECT 'it'"'"'s\tmine' --store """ + str(runs.db))
+    assert out.splitlines()[-1].endswith("""runs resume MODULE:OBJECT $'it\\'s\\tmine' --store """ + str(runs.db))
+    word = out.splitlines()[-1].split(" MODULE:OBJECT ")[1].split(" --store ")[0]
+    assert subprocess.run(["bash", "-c", f"printf %s {word}"], capture_output=True, text=True,
+                          check=True).stdout == "it's\tmine"
     listed = run_cli(["runs", "list", "--store", str(runs.db)])[1].splitlines()
     assert listed[1].startswith('"it\'s\\tmine"  order')
 

@@ -59,3 +59,48 @@ def test_the_readme_example_type_checks_under_strict(tmp_path: Path) -> None:
 def test_the_llm_api_type_checks_under_strict() -> None:
     """An LLM policy and an LLM step in a typed workflow, budgets and usage read back: no error."""
     assert mypy(HERE / "llm_api.py") == []
+
+
+def _python_blocks(page: str) -> str:
+    """The ```python blocks of a docs page, in order, as one module."""
+    blocks, current, inside = [], [], False
+    for line in (HERE.parent.parent / "docs" / page).read_text(encoding="utf-8").splitlines():
+        if line.startswith("```python"):
+            inside, current = True, []
+        elif line.startswith("```") and inside:
+            inside = False
+            blocks.append("\n".join(current))
+        elif inside:
+            current.append(line)
+    return "\n\n".join(blocks) + "\n"
+
+
+# What a page's fragments take as given (declared elsewhere in the reader's own code).
+DOCS_GIVEN = {
+    "workflows.md": (
+        "from typing import Any\n\n\n"
+        "async def my_search(query: str | None) -> list[str]:\n    return [query or \"\"]\n\n\n"
+        "def plan_fn(ctx: Any) -> None:\n    pass\n\n\n"
+        "class SearchUnavailable(Exception):\n    pass\n\n\n"
+        'summarize, refine = "summarize", "refine"\n'
+    ),
+    "testing.md": "",
+    "tools.md": "",
+    "llm.md": "",
+}
+
+
+def test_the_docs_python_examples_type_check_under_strict(tmp_path: Path) -> None:
+    """The python examples of docs pages, as printed (lambda guards included, written with
+    wf.guard), pass mypy --strict; a page's fragments get the few names they take as given."""
+    paths = []
+    for page, given in DOCS_GIVEN.items():
+        path = tmp_path / f"doc_{page.removesuffix('.md')}.py"
+        path.write_text(given + "\n" + _python_blocks(page), encoding="utf-8")
+        paths.append(path)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
+         "--no-error-summary", *map(str, paths)],
+        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
+    )
+    assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
