@@ -413,9 +413,10 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 # --- stored runs -----------------------------------------------------------------------------------
-def _open_store(raw: str, *, readonly: bool = False) -> SQLiteStore:
+def _open_store(raw: str, *, readonly: bool = False, secrets_env: str | None = None) -> SQLiteStore:
     """The store at ``raw``, which must exist: a command never creates an empty store by mistake.
-    ``readonly``: opened read-only (``runs list``, ``runs show``, ``diagram --run``): nothing is written."""
+    ``readonly``: opened read-only (``runs list``, ``runs show``, ``diagram --run``): nothing is written.
+    ``secrets_env``: the environment variable holding the Fernet key of the runs' secret fields."""
     if not raw:
         raise UsageError("--store '': give the file the runs were stored in, e.g. --store runs.db")
     path = Path(raw)
@@ -433,7 +434,12 @@ def _open_store(raw: str, *, readonly: bool = False) -> SQLiteStore:
         raise UsageError(f"no store at {raw!r}: it is a folder; give the store's file, e.g. {raw}/runs.db")
     _refuse_what_is_no_store(path, raw)
     try:
-        return SQLiteStore(path, readonly=readonly)
+        codec = None
+        if secrets_env is not None:
+            from .secrets import FernetSecrets  # noqa: PLC0415  (needs the [secrets] extra)
+
+            codec = FernetSecrets.from_env(secrets_env)
+        return SQLiteStore(path, readonly=readonly, secrets=codec)
     except (OSError, ValueError, TypeError) as exc:
         raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
 
@@ -731,7 +737,7 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
     options = _resume_options(args)
     run_id = _run_id(args.run_id)
     compiled = _compiled(args.target)
-    with _open_store(args.store) as store:
+    with _open_store(args.store, secrets_env=args.secrets_env) as store:
         return _drive(compiled, store, args.store,
                       lambda: compiled.resume_sync(run_id, store=store, **options), args.json)
 
@@ -743,7 +749,7 @@ def cmd_runs_deliver(args: argparse.Namespace) -> int:
     payload = _read_input(args.payload, "--payload", example='{"approved": true}', what="the event's fields")
     compiled = _compiled(args.target)
     deliver = _library_method(compiled, "deliver_sync", "deliver")
-    with _open_store(args.store) as store:
+    with _open_store(args.store, secrets_env=args.secrets_env) as store:
         return _drive(compiled, store, args.store,
                       lambda: deliver(run_id, args.event, payload, store=store), args.json)
 
@@ -758,7 +764,7 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
         raise UsageError("--new-id '': give the fork a non-empty id, or drop --new-id for a random one")
     compiled = _compiled(args.target)
     fork = _library_method(compiled, "fork_sync", "fork")
-    with _open_store(args.store) as store:
+    with _open_store(args.store, secrets_env=args.secrets_env) as store:
         return _drive(compiled, store, args.store,
                       lambda: fork(run_id, at_step=args.at_step, patch=patch, store=store, new_run_id=args.new_id),
                       args.json)
@@ -836,6 +842,10 @@ def _add_runs(sub: Any) -> None:
         p.add_argument("--store", required=True, help="the store's file (SQLiteStore), e.g. runs.db")
         p.add_argument("--json", action="store_true", help="print it as JSON")
 
+    def secrets_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--secrets-env", metavar="NAME", help="the environment variable holding the Fernet key "
+                       "(FernetSecrets.from_env) of runs whose context has SecretStr/SecretBytes fields")
+
     p = rsub.add_parser("list", help="one line per run, most recently updated first")
     store_option(p)
     p.add_argument("--workflow", help="only the runs of this workflow (by name)")
@@ -850,6 +860,7 @@ def _add_runs(sub: Any) -> None:
     store_option(p)
     p.add_argument("--max-steps", type=int, help="step budget (default: the one the run was started with)")
     p.add_argument("--timeout", type=float, help="wall-clock deadline in seconds")
+    secrets_option(p)
     p.set_defaults(func=cmd_runs_resume)
     p = rsub.add_parser("deliver", help="deliver an event to a waiting run and continue it")
     p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
@@ -857,6 +868,7 @@ def _add_runs(sub: Any) -> None:
     p.add_argument("event", help="the event's name (see `runs show`)")
     p.add_argument("--payload", help="the event's payload as a JSON object, or @FILE.json")
     store_option(p)
+    secrets_option(p)
     p.set_defaults(func=cmd_runs_deliver)
     p = rsub.add_parser("fork", help="start a new run from a stored run's state before a step, maybe patched")
     p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
@@ -865,39 +877,41 @@ def _add_runs(sub: Any) -> None:
     p.add_argument("--patch", help="context fields to change at the fork, as a JSON object or @FILE.json")
     p.add_argument("--new-id", help="the new run's id (default: a random one)")
     store_option(p)
+    secrets_option(p)
     p.set_defaults(func=cmd_runs_fork)
     p = rsub.add_parser("wake", help="continue every waiting run whose timeout passed or whose event arrived")
     p.add_argument("target", nargs="?", help="MODULE:OBJECT naming the Workflow whose runs to continue (without "
                    "it: say which runs are due)")
     store_option(p)
+    secrets_option(p)
     p.set_defaults(func=cmd_runs_wake)
 
 
 def cmd_runs_wake(args: argparse.Namespace) -> int:
     """Continue the waiting runs that can go on now (deadline passed, or event in the inbox)."""
     if args.target is None:  # which runs are due can be read without code; continuing them needs it
-        with _open_store(args.store) as store:
+        with _open_store(args.store, readonly=True) as store:
             records = store.list_runs().result()
         now = time.time()
         due = [r for r in records if r.status == "waiting" and r.wait is not None
                and r.wait.deadline is not None and now >= r.wait.deadline]
         if not due:
-            print("no waiting run is past its deadline")
+            _say("no waiting run is past its deadline")
             return 0
         names = ", ".join(sorted({_name(r.workflow) for r in due}))
         raise UsageError(f"{len(due)} waiting run(s) are past their deadline (workflow {names}): name the "
                          "workflow to continue them: runs wake MODULE:OBJECT --store FILE")
     compiled = _compiled(args.target)
-    with _open_store(args.store) as store:
+    with _open_store(args.store, secrets_env=args.secrets_env) as store:
         results = compiled.wake_due_sync(store)
     if args.json:
-        print(json.dumps([{"run_id": r.run_id, "terminal": r.terminal, "outcome": str(r.outcome),
-                           "waiting": r.waiting} for r in results], indent=2))
+        _say(_json([{"run_id": r.run_id, "terminal": r.terminal, "outcome": str(r.outcome),
+                     "waiting": r.waiting} for r in results], indent=2))
         return 0
     for r in results:
         where = f"waits for {_name(r.waiting)}" if r.waiting is not None else f"ended in {_name(r.terminal)}"
-        print(f"{_name(r.run_id)}: {where} ({r.outcome})")
-    print(f"{len(results)} run(s) continued")
+        _say(f"{_name(r.run_id)}: {where} ({r.outcome})")
+    _say(f"{len(results)} run(s) continued")
     return 0
 
 
@@ -915,7 +929,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (StoreError, GraphvizMissing, ValueError) as exc:
         # An unknown run, a damaged file, another workflow's run, no Graphviz, a bad budget: bad input.
-        _say(f"statemachine-agent: {_error_text(exc)}", err=True)
+        hint = ""
+        if type(exc).__name__ == "SecretsNotStorable" and getattr(args, "secrets_env", "") is None:
+            hint = " (on the command line: --secrets-env NAME, the variable holding the key)"
+        _say(f"statemachine-agent: {_error_text(exc)}{hint}", err=True)
         return 2
     except RecursionError:
         _say("statemachine-agent: the input nests too deeply to handle: flatten it", err=True)
@@ -937,6 +954,7 @@ def _error_text(exc: BaseException) -> str:
         head = text.split("\n  - ", 1)[0]
         return "\n".join([printable(head), *(f"  - {printable(str(p))}" for p in problems)])
     return printable(text)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -75,3 +75,67 @@ def test_wake_without_a_workflow_says_which_runs_are_due(db: Path, capsys: pytes
     assert len(err.strip().splitlines()) == 1
     assert "2 waiting run(s) are past their deadline" in err
     assert "runs wake MODULE:OBJECT" in err
+
+
+SECRET_FLOW = textwrap.dedent('''
+    from pydantic import BaseModel, SecretStr
+    from statemachine_agent import UNSET, Context, Workflow
+
+    class Go(BaseModel):
+        ok: bool
+
+    class Deploy(Context):
+        token: SecretStr
+        go: Go = UNSET
+        length: int = 0
+
+    wf = Workflow("secretflow", Deploy)
+    wf.wait("confirm", event="go", payload=Go, writes=["go"], initial=True)
+
+    @wf.state(reads=["token"], writes=["length"])
+    def push(ctx: Deploy) -> None:
+        ctx.length = len(ctx.token.get_secret_value())
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("confirm", "push")
+    wf.transition("push", "done")
+    flow = wf.compile()
+''')
+
+CANARY = "tok-CANARY-5f1e"
+
+
+def test_runs_holding_secrets_continue_from_the_command_line_with_secrets_env(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from pydantic import SecretStr
+
+    from statemachine_agent.secrets import FernetSecrets
+
+    (tmp_path / "secretflow.py").write_text(SECRET_FLOW)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import secretflow  # type: ignore[import-not-found]
+
+    monkeypatch.setenv("DEPLOY_KEY", FernetSecrets.generate_key())
+    db = tmp_path / "runs.db"
+    with SQLiteStore(db, secrets=FernetSecrets.from_env("DEPLOY_KEY")) as store:
+        paused = secretflow.flow.run_sync(secretflow.Deploy(token=SecretStr(CANARY)), store=store, run_id="d")
+        assert paused.outcome is Outcome.WAITING
+    argv = ["runs", "deliver", "secretflow:flow", "d", "go", "--payload", '{"ok": true}', "--store", str(db)]
+    assert main(argv) == 2  # no key given: refused before the event is committed, saying what to pass
+    err = capsys.readouterr().err
+    assert "--secrets-env NAME" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main([*argv, "--secrets-env", "NO_SUCH_VARIABLE"]) == 2
+    assert "NO_SUCH_VARIABLE" in capsys.readouterr().err
+    assert main([*argv, "--secrets-env", "DEPLOY_KEY", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert CANARY not in out
+    with SQLiteStore(db, secrets=FernetSecrets.from_env("DEPLOY_KEY")) as store:
+        stored = store.load("d").result()
+        assert stored.run.terminal == "done"
+        assert stored.context["length"] == len(CANARY)
+        assert sum(e.consumed_step is not None for e in stored.inbox) == 1
+    for suffix in ("", "-wal"):
+        f = Path(f"{db}{suffix}")
+        assert not f.exists() or CANARY.encode() not in f.read_bytes()
