@@ -627,22 +627,15 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
     wall = getattr(clock, "wall", None)
     now = float(wall()) if callable(wall) else time.time()
     results: list[RunResult[Any]] = []
-    for rec in await asyncio.wrap_future(store.list_runs(workflow.name)):
-        wait = rec.wait
-        if rec.status is not RunStatus.WAITING or wait is None:
-            continue
-        if wait.deadline is None or now < wait.deadline:
-            stored = await asyncio.wrap_future(store.load(rec.run_id))
-            if not any(e.event == wait.event and e.consumed_step is None for e in stored.inbox):
-                continue
+    for run_id in await asyncio.wrap_future(store.due_runs(workflow.name, now)):
         try:
-            run = await _reopen(workflow, rec.run_id, store, None, dict(options), waiting_only=True)
+            run = await _reopen(workflow, run_id, store, None, dict(options), waiting_only=True)
             if run is not None:
                 results.append(run.result if run.result is not None else await run.run_to_end())
         except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
-            _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", rec.run_id, workflow.name,
+            _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", run_id, workflow.name,
                          type(exc).__name__, _describe(exc)[:500],
-                         extra={"workflow": workflow.name, "run_id": rec.run_id})
+                         extra={"workflow": workflow.name, "run_id": run_id})
     return results
 
 

@@ -267,3 +267,33 @@ def test_a_delivery_from_another_process_during_a_step_is_taken_by_the_live_run(
     assert a.returncode == 0, err[-2000:]
     assert out.split()[0] == "done"
     assert log.read_text().split() == ["r"]
+
+
+def test_due_runs_finds_exactly_the_runs_a_wake_up_may_continue(tmp_path: Path) -> None:
+    """The store's one-query answer equals the generic one (the Store base class's, which loads every
+    waiting run); a run whose record was damaged is passed over, and stops no other run's wake-up."""
+    from statemachine_agent.stores import Store
+
+    clock = FakeClock()
+    gate, started = asyncio.Event(), asyncio.Event()
+    gate.set()
+    compiled = gated(gate, started, timeout=60.0)
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        for i in range(6):
+            assert compiled.run_sync(Job(), store=store, run_id=f"r{i}", clock=clock).outcome is Outcome.WAITING
+            clock.advance(20)
+        store.deliver("r5", "approval", {"ok": True}).result()  # r5: event in the inbox, deadline not passed
+        now = clock.wall()  # deadlines at +60, +80, ... +160 s; now +120 s: r0 to r3 timed out
+        fast = store.due_runs("gated", now).result()
+        slow = Store.due_runs(store, "gated", now).result()
+        assert fast == slow == ["r0", "r1", "r2", "r3", "r5"]
+        assert store.due_runs("other", now).result() == []
+        clock.advance(20)  # r4 is due too, but its record is damaged
+        import sqlite3
+        with sqlite3.connect(tmp_path / "runs.db") as raw:
+            raw.execute("UPDATE sma_runs SET record='{' WHERE run_id='r4'")
+        assert "r4" not in store.due_runs("gated", clock.wall()).result()
+        woken = compiled.wake_due_sync(store, clock=clock)  # the damaged run stops no other
+        assert sorted((r.run_id, r.terminal) for r in woken) == [
+            ("r0", "expired"), ("r1", "expired"), ("r2", "expired"), ("r3", "expired"), ("r5", "done")]
+        assert store.due_runs("gated", clock.wall()).result() == []

@@ -13,7 +13,7 @@ import abc
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ._records import InboxRecord, RunRecord, StoredRun
+from ._records import InboxRecord, RunRecord, RunStatus, StoredRun
 
 if TYPE_CHECKING:
     from ..secrets import SecretCodec
@@ -84,6 +84,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
         """Every run (of ``workflow``), newest first."""
+
+    def due_runs(self, workflow: str, now: float) -> Future[list[str]]:
+        """The ids of ``workflow``'s waiting runs that can go on at ``now`` (seconds since the epoch):
+        their wait's deadline passed, or the event they wait for is in their inbox. Oldest first.
+
+        This default loads every waiting run; a store should answer it with one query."""
+        future: Future[list[str]] = Future()
+        try:
+            due = []
+            for rec in self.list_runs(workflow).result():
+                wait = rec.wait
+                if rec.status is not RunStatus.WAITING or wait is None:
+                    continue
+                timed_out = wait.deadline is not None and now >= wait.deadline
+                if timed_out or any(e.event == wait.event and e.consumed_step is None
+                                    for e in self.load(rec.run_id).result().inbox):
+                    due.append((rec.updated_at, rec.run_id))
+            future.set_result([run_id for _, run_id in sorted(due)])
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
     @abc.abstractmethod
     def deliver(self, run_id: str, event: str, payload: Any) -> Future[int]:

@@ -933,6 +933,25 @@ class SQLiteStore(Store):
 
         return self._submit(op)
 
+    def due_runs(self, workflow: str, now: float) -> Future[list[str]]:
+        if not isinstance(workflow, str) or isinstance(now, bool) or not isinstance(now, (int, float)):
+            raise TypeError(f"due_runs({workflow!r}, {now!r}): give a workflow name and a time in seconds")
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            # One scan in SQLite, not a load of every waiting run: what wake_due does on a timer. A
+            # record that is not JSON is passed over here; the run's own load reports its damage.
+            rows = conn.execute(
+                "SELECT r.run_id FROM sma_runs AS r NOT INDEXED WHERE r.workflow=? AND r.status='waiting' "
+                "AND json_valid(r.record) AND ("
+                " json_extract(r.record, '$.wait.deadline') <= ? OR EXISTS ("
+                "  SELECT 1 FROM sma_inbox AS i WHERE i.run_id=r.run_id AND i.consumed_step IS NULL"
+                "  AND json_valid(i.record)"
+                "  AND json_extract(i.record, '$.event') = json_extract(r.record, '$.wait.event')))"
+                " ORDER BY r.updated_at", (workflow, float(now)))
+            return [str(row[0]) for row in rows]
+
+        return self._submit(op)
+
     def deliver(self, run_id: str, event: str, payload: Any) -> Future[int]:
         if not isinstance(event, str) or not event:
             raise TypeError(f"event={event!r}: give the event's name, a non-empty string")
