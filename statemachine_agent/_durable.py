@@ -626,17 +626,29 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
     clock = options.get("clock")
     wall = getattr(clock, "wall", None)
     now = float(wall()) if callable(wall) else time.time()
-    results: list[RunResult[Any]] = []
-    for run_id in await asyncio.wrap_future(store.due_runs(workflow.name, now)):
-        try:
-            run = await _reopen(workflow, run_id, store, None, dict(options), waiting_only=True)
-            if run is not None:
-                results.append(run.result if run.result is not None else await run.run_to_end())
-        except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
-            _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", run_id, workflow.name,
-                         type(exc).__name__, _describe(exc)[:500],
-                         extra={"workflow": workflow.name, "run_id": run_id})
-    return results
+    due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
+    # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
+    gate = asyncio.Semaphore(_WAKE_AT_ONCE)
+
+    async def wake(run_id: str) -> RunResult[Any] | None:
+        async with gate:
+            try:
+                run = await _reopen(workflow, run_id, store, None, dict(options), waiting_only=True)
+                if run is None:
+                    return None  # a delivery or another waker took it first
+                return run.result if run.result is not None else await run.run_to_end()
+            except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
+                _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", run_id, workflow.name,
+                             type(exc).__name__, _describe(exc)[:500],
+                             extra={"workflow": workflow.name, "run_id": run_id})
+                return None
+
+    woken = await asyncio.gather(*(wake(run_id) for run_id in due))
+    return [r for r in woken if r is not None]
+
+
+_WAKE_AT_ONCE = 64
+"""How many due runs one ``wake_due`` continues concurrently."""
 
 
 async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict[str, Any] | None, store: Store,
