@@ -544,8 +544,14 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             point, context = _fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
         stored = taken
     elif not fresh:
-        claimed = await asyncio.wrap_future(store.claim(run_id))
-        if claimed.run.next_step != stored.run.next_step or claimed.run.status is not stored.run.status:
+        claimed = None
+        if stored.run.status is RunStatus.WAITING:
+            # Claimed as a delivery is, so it is stored as running: from now on this worker is live,
+            # and a delivery or a waker (claim_waiting) cannot take the run from under it (G5).
+            claimed = await asyncio.wrap_future(store.claim_waiting(run_id))
+        if claimed is None:
+            claimed = await asyncio.wrap_future(store.claim(run_id))
+        if claimed.run.next_step != stored.run.next_step or claimed.run.status is RunStatus.DONE:
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
