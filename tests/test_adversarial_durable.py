@@ -7,6 +7,10 @@ SIGKILLs them at drawn wall-clock moments.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,10 @@ from statemachine_agent import Context, FakeClock, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown, RunError
 from statemachine_agent.events import RunStarted
 from statemachine_agent.stores import RunStatus, SQLiteStore
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import adversarial_worker  # noqa: E402
 
 
 class Approval(BaseModel):
@@ -262,3 +270,91 @@ def test_a_run_cancelled_while_it_is_stored_as_waiting_still_waits_when_run_agai
     again, done = asyncio.run(scenario())
     assert (again.terminal, again.waiting) == ("approve", "approval")
     assert (done.terminal, effects) == ("done", ["r"])
+
+
+# --- SIGKILLs at random moments of processes delivering and waking at once -----------------------
+def _collect(effects: Path) -> dict[str, list[tuple[str, int]]]:
+    lines: dict[str, list[tuple[str, int]]] = {}
+    if effects.exists():
+        for line in effects.read_text().splitlines():
+            what, name, pid = line.split()
+            lines.setdefault(name, []).append((what, int(pid)))
+    return lines
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(delays=st.lists(st.floats(0.0, 0.35), min_size=3, max_size=3), seed=st.integers(0, 2**16))
+def test_workers_killed_at_random_moments_lose_and_double_nothing(tmp_path_factory: Any, delays: list[float],
+                                                                  seed: int) -> None:
+    """Three processes deliver approvals and call ``wake_due`` on the same file at once, each
+    SIGKILLed at a drawn wall-clock moment (or finishing first); then a supervisor resumes every
+    run stored as running, delivers to those still waiting, and wakes the rest. Every run ends in
+    ``done`` with its charge made once, or in ``unknown`` only when a killed process was inside
+    that charge (between its intent and its outcome); an effect made by a process that was not
+    killed always ends in ``done``; each event is consumed at most once; steps are contiguous."""
+    tmp = tmp_path_factory.mktemp("kill")
+    db, effects = tmp / "runs.db", tmp / "effects"
+    ev, to = adversarial_worker.make(str(effects), timeout=False), adversarial_worker.make(str(effects), timeout=True)
+    ev_runs, to_runs = [f"e{i}" for i in range(12)], [f"t{i}" for i in range(6)]
+    with SQLiteStore(db) as store:
+        for r in ev_runs:
+            assert ev.run_sync(adversarial_worker.Job(name=r), store=store, run_id=r).waiting == "approval"
+        for r in to_runs:  # entered at fake time 0: deadline 10 s, long past on the wall clock
+            paused = to.run_sync(adversarial_worker.Job(name=r), store=store, run_id=r, clock=FakeClock(0.0))
+            assert paused.waiting == "approval"
+    procs = [subprocess.Popen([sys.executable, str(HERE / "adversarial_worker.py"), str(db), str(effects),
+                               str(seed + i), *ev_runs], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(len(delays))]
+    killed: set[int] = set()
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        t0 = time.monotonic()
+        for delay, p in sorted(zip(delays, procs, strict=True), key=lambda x: x[0]):
+            time.sleep(max(0.0, t0 + delay - time.monotonic()))
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            if p.returncode == -signal.SIGKILL:
+                killed.add(p.pid)
+            else:
+                assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with SQLiteStore(db) as store:
+        for _ in range(4):  # the supervisor
+            for rec in store.list_runs().result():
+                flow = ev if rec.workflow == "chaos_ev" else to
+                if rec.status is RunStatus.RUNNING:
+                    flow.resume_sync(rec.run_id, store=store)
+                elif rec.status is RunStatus.WAITING and rec.workflow == "chaos_ev":
+                    flow.deliver_sync(rec.run_id, "approval", {"ok": True}, store=store)
+            ev.wake_due_sync(store)
+            to.wake_due_sync(store)
+        runs = {r: store.load(r).result() for r in ev_runs + to_runs}
+    lines = _collect(effects)
+    for r, stored in runs.items():
+        assert stored.run.status is RunStatus.DONE, (r, stored.run)
+        made = [pid for what, pid in lines.get(r, []) if what == "effect"]
+        started = [pid for what, pid in lines.get(r, []) if what == "start"]
+        assert len(made) <= 1 and len(started) <= 1, (r, lines.get(r))
+        if stored.run.terminal == "unknown":
+            # the documented route: only when the call's process died between intent and outcome
+            assert killed and all(pid in killed for pid in started), (r, started, killed)
+        else:
+            assert stored.run.terminal == "done", (r, stored.run)
+            assert len(made) == 1, (r, lines.get(r))
+            assert stored.context["receipt"] == f"receipt {r}"
+        if made and made[0] not in killed:
+            assert stored.run.terminal == "done", (r, made, killed)
+        consumed = [e.consumed_step for e in stored.inbox if e.consumed_step is not None]
+        assert len(consumed) == len(set(consumed)) <= 1, (r, stored.inbox)
+        assert [s.number for s in stored.steps] == list(range(len(stored.steps))), r
