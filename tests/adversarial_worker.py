@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -85,7 +86,48 @@ def make(effects: str, *, timeout: bool) -> Any:
     return wf.compile()
 
 
+def crasher(attempts: str, *, kill: bool = True) -> Any:
+    """ok -> approve (wait) -> boom -> done, where ``boom`` appends a line to ``attempts`` and then
+    SIGKILLs its own process: a step that really crashes every time (``kill=False``, for the test's
+    own process: it raises instead, routed to nothing)."""
+    wf = Workflow("crasher", Job)
+
+    @wf.state(initial=True, reads=[], writes=[])
+    def ok(ctx: Job) -> None:
+        pass
+
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"])
+
+    @wf.state(reads=[], writes=[])
+    def boom(ctx: Job) -> None:
+        _append(attempts, f"attempt {os.getpid()}")
+        if not kill:
+            raise RuntimeError("boom ran in the test's own process")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("ok", "approve")
+    wf.transition("approve", "boom")
+    wf.transition("boom", "done")
+    return wf.compile()
+
+
+def crash(db: str, attempts: str, how: str) -> int:
+    """``--crash DB ATTEMPTS deliver|resume``: continue run ``c`` of :func:`crasher` one way."""
+    flow = crasher(attempts)
+    with SQLiteStore(db) as store:
+        if how == "deliver":
+            result = flow.deliver_sync("c", "approval", {"ok": True}, store=store)
+        else:
+            result = flow.resume_sync("c", store=store)
+    print(result, flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "--crash":
+        return crash(*argv[1:])
     db, effects, seed, *runs = argv
     ev, to = make(effects, timeout=False), make(effects, timeout=True)
     rng = random.Random(int(seed))

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from statemachine_agent import Context, FakeClock, Workflow
+from statemachine_agent import Budget, Context, FakeClock, Outcome, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown, RunError
-from statemachine_agent.events import RunStarted
+from statemachine_agent.events import BudgetExhausted, RunStarted
 from statemachine_agent.stores import RunStatus, SQLiteStore
 
 HERE = Path(__file__).parent
@@ -358,3 +358,36 @@ def test_workers_killed_at_random_moments_lose_and_double_nothing(tmp_path_facto
         consumed = [e.consumed_step for e in stored.inbox if e.consumed_step is not None]
         assert len(consumed) == len(set(consumed)) <= 1, (r, stored.inbox)
         assert [s.number for s in stored.steps] == list(range(len(stored.steps))), r
+
+
+# --- restart counting -------------------------------------------------------------------------------
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(superseded=st.lists(st.integers(0, 3), min_size=4, max_size=4))
+def test_a_step_that_really_crashes_every_time_ends_after_max_step_restarts_plus_one_attempts(
+        tmp_path_factory: Any, superseded: list[int]) -> None:
+    """``boom`` SIGKILLs its process every time it runs (first in the process that delivers the
+    approval, then in processes that resume). Between attempts, claims that never start the step
+    (claimers that died at once) are made: they count no restart. The run ends in its failure
+    terminal with the MAX_STEP_RESTARTS budget after exactly max_step_restarts + 1 real attempts."""
+    tmp = tmp_path_factory.mktemp("restarts")
+    db, attempts = tmp / "runs.db", tmp / "attempts"
+    flow = adversarial_worker.crasher(str(attempts), kill=False)
+    with SQLiteStore(db) as store:
+        assert flow.run_sync(adversarial_worker.Job(), store=store, run_id="c").waiting == "approval"
+    worker = [sys.executable, str(HERE / "adversarial_worker.py"), "--crash", str(db), str(attempts)]
+    budgets: list[Any] = []
+    result = None
+    for n, claims in enumerate(superseded):
+        with SQLiteStore(db) as store:
+            for _ in range(claims):
+                store.claim("c").result()
+        done = subprocess.run([*worker, "deliver" if n == 0 else "resume"], capture_output=True, text=True,
+                              timeout=60)
+        if done.returncode != -signal.SIGKILL:
+            break
+    with SQLiteStore(db) as store:
+        result = flow.resume_sync("c", store=store, hooks=[budgets.append])
+    real = attempts.read_text().splitlines()
+    assert len(real) == 3 + 1, real
+    assert (result.terminal, result.outcome) == ("failed", Outcome.FAILURE)
+    assert [e.budget for e in budgets if isinstance(e, BudgetExhausted)] == [Budget.MAX_STEP_RESTARTS]
