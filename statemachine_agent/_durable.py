@@ -856,6 +856,26 @@ class _Replay(Durable):
         return []
 
 
+class _ReplayInbox(list[tuple[int, str, Any]]):
+    """The recorded inbox as a replay's wait states see it: each event only from the step that
+    consumed it in the record on, and an event the record never consumed never. Giving a replay
+    the whole inbox at once would let a wait take an event that came only after it timed out in
+    the record (so diverge where the code did not change)."""
+
+    def __init__(self, events: Any, at: int, run: list[Any]) -> None:
+        taken = sorted((e for e in events if e.consumed_step is not None and e.consumed_step >= at),
+                       key=lambda e: e.consumed_step)
+        super().__init__((e.seq, e.event, e.payload) for e in taken)
+        self._step = {e.seq: e.consumed_step for e in taken}
+        self._run = run
+
+    def __iter__(self) -> Any:
+        now = len(self._run[0].path) if self._run else 0
+        for item in super().__iter__():
+            # Not yet: a name no wait has (the index stays that of the list, for del).
+            yield item if self._step[item[0]] <= now else (item[0], "", None)
+
+
 class _ReplayClock(SystemClock):
     """Wall time for wait states only: past a wait's deadline exactly when the record timed out."""
 
@@ -906,7 +926,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         run._written = written
         run._owned = set(workflow.field_names)
     run._token.state = steps[at].state
-    run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox]
+    run._inbox = _ReplayInbox(stored.inbox, at, holder)
     digests = Digests()  # the record's secrets and the replay's compare as digests: tokens differ every time
     if secret_fields(workflow.context_type).top:
         codec = getattr(store, "secrets", None)

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from statemachine_agent import Budget, Context, FakeClock, Outcome, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown, RunError
 from statemachine_agent.events import BudgetExhausted, RunStarted
-from statemachine_agent.stores import RunStatus, SQLiteStore
+from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -391,3 +391,51 @@ def test_a_step_that_really_crashes_every_time_ends_after_max_step_restarts_plus
     assert len(real) == 3 + 1, real
     assert (result.terminal, result.outcome) == ("failed", Outcome.FAILURE)
     assert [e.budget for e in budgets if isinstance(e, BudgetExhausted)] == [Budget.MAX_STEP_RESTARTS]
+
+
+# --- replay ----------------------------------------------------------------------------------------
+class Reminded(Context):
+    approval: Approval | None = None
+    reminders: int = 0
+
+
+def reminder_flow() -> Any:
+    """approve (wait, timeout 60 s) -> done; on timeout -> remind -> approve again."""
+    wf = Workflow("reminded", Reminded)
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"], initial=True, timeout=60,
+            on_timeout="remind")
+
+    @wf.state(reads=["reminders"], writes=["reminders"], max_visits=5)
+    def remind(ctx: Reminded) -> None:
+        ctx.reminders += 1
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("approve", "done")
+    wf.transition("remind", "approve")
+    return wf.compile()
+
+
+@settings(max_examples=10, deadline=None)
+@given(timeouts=st.integers(1, 3), extra=st.booleans())
+def test_a_wait_that_timed_out_before_its_event_came_replays_without_divergence(timeouts: int,
+                                                                                 extra: bool) -> None:
+    """The wait times out ``timeouts`` times (woken by ``wake_due``) before the approval is
+    delivered. The event is in the inbox from the start of a replay, but the record says the wait
+    timed out at first: a replay with unchanged code follows the record, not the inbox.
+    ``extra``: a second approval is delivered with the first, and is never consumed."""
+    compiled = reminder_flow()
+    clock = FakeClock(0.0)
+    with MemoryStore() as store:
+        assert compiled.run_sync(Reminded(), store=store, run_id="w", clock=clock).waiting == "approval"
+        for _ in range(timeouts):
+            clock.advance(61)
+            [woken] = compiled.wake_due_sync(store, clock=clock)
+            assert woken.waiting == "approval"
+        if extra:  # its deliverer died before continuing the run: the next delivery finds two events
+            store.deliver("w", "approval", {"ok": True}).result()
+        done = compiled.deliver_sync("w", "approval", {"ok": False}, store=store, clock=clock)
+        assert (done.terminal, done.context.reminders) == ("done", timeouts)
+        report = compiled.replay_sync("w", store=store)
+    assert report.ok, str(report)
+    assert report.matched == report.recorded == 2 * timeouts + 1
