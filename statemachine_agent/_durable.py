@@ -27,7 +27,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
 from ._plan import Program
 from ._rules import unset_reads_from
@@ -44,7 +44,16 @@ from .errors import (
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
-from .secrets import Digests, SecretCodec, check_storable, redigest, seal, secret_fields, unseal
+from .secrets import (
+    Digests,
+    SecretCodec,
+    SecretUnreadable,
+    check_storable,
+    redigest,
+    seal,
+    secret_fields,
+    unseal,
+)
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
@@ -283,7 +292,7 @@ class Durable:
                     "calls, so the journal cannot be followed")
             if rec.status is CallStatus.DONE:
                 try:
-                    return tool.load_result(rec.result)
+                    return tool.load_result(_open_result(tool, rec.result, self.secrets, run_id))
                 except ValidationError as exc:
                     raise ToolResultError(tool.name, f"tool {tool.name!r}: the journaled result of call {key} "
                                           f"no longer fits its result type ({exc.errors()[0]['msg']})") from None
@@ -302,7 +311,7 @@ class Durable:
                                    "at": time.time()})
             raise
         try:
-            data = tool.dump_result(result)
+            data = _seal_result(tool, result, tool.dump_result(result), self.secrets)
         except TypeError as exc:
             raise ToolResultError(tool.name, str(exc)) from None
         done = {**row, "status": str(CallStatus.DONE), "result": data, "at": time.time()}
@@ -334,7 +343,8 @@ class Durable:
         result = tool.validate_result(out)
         await self._write({"step": step, "call": index, "tool": tool.name, "effect": str(tool.effect),
                            "key": key, "arguments": tool.dump_arguments(plain), "status": str(CallStatus.DONE),
-                           "result": tool.dump_result(result), "error": None, "at": time.time()})
+                           "result": _seal_result(tool, result, tool.dump_result(result), self.secrets),
+                           "error": None, "at": time.time()})
         return result
 
     async def _write(self, row: dict[str, Any]) -> None:
@@ -342,6 +352,62 @@ class Durable:
 
 
 _NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+_SECRET_RESULT = "$secret_result"
+"""The key of a journaled tool result that is a secret: ``{"$secret_result": token, "kind": "str"}``."""
+
+
+def _holds_secret(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, (SecretStr, SecretBytes, Secret)):
+        return True
+    if depth > 50:
+        return False
+    if isinstance(value, BaseModel):
+        return any(_holds_secret(v, depth + 1) for v in value.__dict__.values())
+    if isinstance(value, dict):
+        return any(_holds_secret(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_secret(v, depth + 1) for v in value)
+    return False
+
+
+def _seal_result(tool: Tool, result: Any, data: Any, codec: SecretCodec | None) -> Any:
+    """A tool result's journal form: JSON shows a secret as its mask, and a run resumed or
+    replayed from the mask would go on with it as the secret. So a result that is a ``SecretStr``
+    or ``SecretBytes`` is journaled encrypted by the store's codec; without a codec, or with a
+    secret inside a bigger result, it is refused (``TypeError``, as a ToolResultError)."""
+    if isinstance(result, (SecretStr, SecretBytes)):
+        if codec is None:
+            raise TypeError(f"tool {tool.name!r} returned a {type(result).__name__}, which the journal keeps only "
+                            "encrypted: give the store a codec (SQLiteStore(path, secrets=FernetSecrets.from_env("
+                            "NAME))); the result was not journaled")
+        raw = result.get_secret_value()
+        token = codec.encrypt(raw.encode("utf-8") if isinstance(raw, str) else raw)
+        return {_SECRET_RESULT: token, "kind": "str" if isinstance(result, SecretStr) else "bytes"}
+    if _holds_secret(result):
+        raise TypeError(f"tool {tool.name!r} returned a secret inside its result, which the journal would keep as "
+                        "its mask: return the SecretStr or SecretBytes itself (journaled encrypted by the "
+                        "store's codec); the result was not journaled")
+    return data
+
+
+def _open_result(tool: Tool, data: Any, codec: SecretCodec | None, run_id: str) -> Any:
+    """A journaled result back as the tool returned it (a sealed secret decrypted)."""
+    if not (isinstance(data, dict) and _SECRET_RESULT in data):
+        return data
+    token, kind = data.get(_SECRET_RESULT), data.get("kind")
+    if codec is None or not isinstance(token, str) or kind not in ("str", "bytes"):
+        raise SecretUnreadable(run_id, f"result of tool {tool.name!r}",
+                               f"run {run_id!r}: the journaled result of tool {tool.name!r} is a secret this store "
+                               "cannot open (no codec, or a damaged entry): open the store with the codec it was "
+                               "written with")
+    try:
+        raw = codec.decrypt(token)
+        return SecretStr(raw.decode("utf-8")) if kind == "str" else SecretBytes(raw)
+    except Exception:
+        raise SecretUnreadable(run_id, f"result of tool {tool.name!r}",
+                               f"run {run_id!r}: the journaled result of tool {tool.name!r} does not open with "
+                               "this store's codec (another key, or a damaged token): open the store with the "
+                               "key it was written with") from None
 
 
 def _describe(error: BaseException) -> str:
@@ -771,7 +837,7 @@ class _Stop(BaseException):
 class _Replay(Durable):
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "replayed", "routes", "steps")
+    __slots__ = ("calls", "codec", "replayed", "routes", "steps")
 
     def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]]) -> None:
         super().__init__(typing.cast(Store, None), stored.run.run_id, 0, "", created_at=0.0, initial_written=[])
@@ -780,12 +846,14 @@ class _Replay(Durable):
         self.steps = stored.steps
         self.calls = {(c.step, c.call): c for c in stored.calls}
         self.replayed = 0
+        self.codec: SecretCodec | None = None
+        """The store's codec, which opens journaled secret results (``secrets`` holds digests)."""
 
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any:
         rec = self._answer(tool.name, step, index)
         self.replayed += 1
-        return tool.load_result(rec.result)
+        return tool.load_result(_open_result(tool, rec.result, self.codec, run_id))
 
     async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
                    key: str) -> Any:
@@ -936,6 +1004,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
     journal = _Replay(stored, routes)
     journal.secrets = digests
+    journal.codec = getattr(store, "secrets", None)
     run._journal = journal
     try:
         await run.run_to_end()

@@ -7,6 +7,9 @@ SIGKILLs them at drawn wall-clock moments.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import logging
 import signal
 import subprocess
 import sys
@@ -17,11 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
-from statemachine_agent import Budget, Context, FakeClock, Outcome, Workflow
-from statemachine_agent.errors import EffectOutcomeUnknown, RunError
+from statemachine_agent import UNSET, Budget, Context, FakeClock, Outcome, Workflow
+from statemachine_agent.errors import EffectOutcomeUnknown, RunError, ToolResultError
 from statemachine_agent.events import BudgetExhausted, RunStarted
+from statemachine_agent.secrets import FernetSecrets
 from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
 
 HERE = Path(__file__).parent
@@ -439,3 +443,106 @@ def test_a_wait_that_timed_out_before_its_event_came_replays_without_divergence(
         report = compiled.replay_sync("w", store=store)
     assert report.ok, str(report)
     assert report.matched == report.recorded == 2 * timeouts + 1
+
+
+# --- secrets: a tool that returns one ---------------------------------------------------------------
+CANARY = "sk-CANARY-7f3a9"
+
+
+class Crash(BaseException):
+    """A process dying mid-step (not an Exception: nothing routes it)."""
+
+
+class Unkeyed(Context):
+    approval: Approval | None = None
+    seen: str = ""
+
+
+class Keyed(Unkeyed):
+    token: SecretStr = UNSET  # type: ignore[assignment]
+
+
+def token_flow(effect: str, crash: list[bool], *, keyed: bool = True) -> Any:
+    """approve (wait, timeout 60 s, timing out into ``fetch`` too) -> fetch (a tool that returns a
+    SecretStr; the process dies once right after the call) -> done. ``keyed``: the context keeps
+    the token (a secret field), else only its digest."""
+    wf = Workflow("keyed", Keyed if keyed else Unkeyed)
+
+    def issue_token(idempotency_key: str = "") -> SecretStr:
+        return SecretStr(CANARY)
+
+    def issue(amount: int) -> SecretStr:
+        return SecretStr(CANARY)
+
+    if effect == "idempotent":
+        wf.tool(issue_token, effect="idempotent", name="issue")
+    else:
+        wf.tool(issue, effect=effect)
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"], initial=True, timeout=60,
+            on_timeout="fetch")
+
+    @wf.state(reads=[], writes=["token", "seen"] if keyed else ["seen"], tools=["issue"])
+    async def fetch(ctx: Any, tools: Any) -> None:
+        token = await tools.call("issue") if effect == "idempotent" else await tools.call("issue", amount=1)
+        if crash and crash.pop():
+            raise Crash
+        if keyed:
+            ctx.token = token
+        ctx.seen = hashlib.sha256(token.get_secret_value().encode()).hexdigest()
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("approve", "fetch")
+    wf.transition("fetch", "done")
+    if effect == "at_most_once":
+        wf.on_error("fetch", EffectOutcomeUnknown, "failed")
+    return wf.compile()
+
+
+@pytest.mark.parametrize("effect", ["read", "idempotent", "at_most_once"])
+def test_a_secret_a_tool_returns_is_journaled_encrypted_and_read_back_after_a_crash(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, effect: str) -> None:
+    """A tool returns a SecretStr; the process dies right after the call; the run is woken by
+    ``wake_due`` and resumed. The resumed step (journal answer for idempotent and at_most_once,
+    a new call for read) and the replay see the real value, never the mask; the canary is in no
+    store file (``-intents`` included), log line at DEBUG, event or result dict."""
+    caplog.set_level(logging.DEBUG, logger="statemachine_agent")
+    events: list[Any] = []
+    compiled = token_flow(effect, [True])
+    clock = FakeClock(0.0)
+    db = tmp_path / "runs.db"
+    expected = hashlib.sha256(CANARY.encode()).hexdigest()
+    outputs: list[str] = []
+    with SQLiteStore(db, secrets=FernetSecrets(FernetSecrets.generate_key())) as store:
+        assert compiled.run_sync(Keyed(), store=store, run_id="k", clock=clock).waiting == "approval"
+        clock.advance(61)
+        with pytest.raises(Crash):
+            compiled.wake_due_sync(store, clock=clock, hooks=[events.append])
+        done = compiled.resume_sync("k", store=store, clock=clock, hooks=[events.append])
+        assert (done.terminal, done.context.seen) == ("done", expected)
+        assert done.context.token.get_secret_value() == CANARY
+        report = compiled.replay_sync("k", store=store)
+        assert report.ok, str(report)
+        outputs += [str(report), json.dumps(done.to_dict(), default=str), repr(done)]
+        outputs.append(repr(store.load("k").result()))
+        files = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    outputs += [repr(e) for e in events] + [f"{r.getMessage()} {r.args!r}" for r in caplog.records]
+    files += b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert CANARY.encode() not in files
+    assert not [o for o in outputs if CANARY in o]
+
+
+def test_a_secret_result_without_a_codec_is_refused_naming_the_tool(tmp_path: Path) -> None:
+    """Without a codec the store could only keep the mask: the call's result is refused with a
+    ToolResultError naming the tool, and the run fails instead of going on with the mask."""
+    compiled = token_flow("read", [], keyed=False)
+    clock = FakeClock(0.0)
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        compiled.run_sync(Unkeyed(), store=store, run_id="k", clock=clock)
+        clock.advance(61)
+        assert compiled.wake_due_sync(store, clock=clock) == []  # the unrouted error is logged, not raised
+        stored = store.load("k").result()
+    last = stored.steps[-1]
+    assert (stored.run.terminal, last.error_type) == ("failed", ToolResultError.__name__)
+    assert "'issue'" in (last.error or "") and "codec" in (last.error or "")
+    assert CANARY not in str(stored)
