@@ -40,7 +40,6 @@ from .errors import (
     NondeterminismError,
     Problem,
     RecordedError,
-    StateMachineAgentError,
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
@@ -707,14 +706,19 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
             stored = await asyncio.wrap_future(store.load(rec.run_id))
             if not any(e.event == wait.event and e.consumed_step is None for e in stored.inbox):
                 continue
+        run = None
         try:
             run = await _reopen(workflow, rec.run_id, store, None, dict(options), waiting_only=True)
             if run is not None:
                 results.append(run.result if run.result is not None else await run.run_to_end())
-        except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
-            _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", rec.run_id, workflow.name,
-                         type(exc).__name__, _describe(exc)[:500],
-                         extra={"workflow": workflow.name, "run_id": rec.run_id})
+        except Exception as exc:  # one run that cannot go on does not stop the others
+            if run is not None and run.result is not None:
+                # An error no transition routes: the run ended in its failure terminal, committed,
+                # and raised it (raise_errors). Its result, like any other.
+                results.append(run.result)
+                continue
+            _log.warning("wake_due: run %r of workflow %r could not continue: %s", rec.run_id, workflow.name,
+                         _describe(exc)[:500], extra={"workflow": workflow.name, "run_id": rec.run_id})
     return results
 
 

@@ -540,9 +540,55 @@ def test_a_secret_result_without_a_codec_is_refused_naming_the_tool(tmp_path: Pa
     with SQLiteStore(tmp_path / "runs.db") as store:
         compiled.run_sync(Unkeyed(), store=store, run_id="k", clock=clock)
         clock.advance(61)
-        assert compiled.wake_due_sync(store, clock=clock) == []  # the unrouted error is logged, not raised
+        [failed] = compiled.wake_due_sync(store, clock=clock)  # the unrouted error ended the run
+        assert isinstance(failed.error, ToolResultError) and failed.terminal == "failed"
         stored = store.load("k").result()
     last = stored.steps[-1]
     assert (stored.run.terminal, last.error_type) == ("failed", ToolResultError.__name__)
     assert "'issue'" in (last.error or "") and "codec" in (last.error or "")
     assert CANARY not in str(stored)
+
+
+# --- wake-ups -----------------------------------------------------------------------------------------
+class Named(Context):
+    name: str = ""
+    approval: Approval | None = None
+    done: bool = False
+
+
+def fragile_flow() -> Any:
+    """approve (wait, timeout 60 s into ``work``) -> work (raises ValueError, routed nowhere, for
+    runs named ``bad*``) -> done."""
+    wf = Workflow("fragile", Named)
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"], initial=True, timeout=60,
+            on_timeout="work")
+
+    @wf.state(reads=["name"], writes=["done"])
+    def work(ctx: Named) -> None:
+        if ctx.name.startswith("bad"):
+            raise ValueError(f"{ctx.name} cannot work")
+        ctx.done = True
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("approve", "work")
+    wf.transition("work", "done")
+    return wf.compile()
+
+
+def test_wake_due_goes_on_with_the_other_runs_when_one_raises_an_unrouted_error() -> None:
+    """One woken run's state raises an error no transition routes (the run ends in ``failed``): the
+    same ``wake_due`` still wakes every other due run, and returns each result."""
+    compiled = fragile_flow()
+    clock = FakeClock(0.0)
+    names = ["bad-1", "good-1", "bad-2", "good-2"]
+    with MemoryStore() as store:
+        for name in names:
+            assert compiled.run_sync(Named(name=name), store=store, run_id=name, clock=clock).waiting
+        clock.advance(61)
+        results = compiled.wake_due_sync(store, clock=clock)
+        stored = {n: store.load(n).result().run for n in names}
+    assert sorted((r.run_id, r.terminal) for r in results) == [
+        ("bad-1", "failed"), ("bad-2", "failed"), ("good-1", "done"), ("good-2", "done")]
+    assert {n: (r.status, r.terminal) for n, r in stored.items()} == {
+        n: (RunStatus.DONE, "failed" if n.startswith("bad") else "done") for n in names}
