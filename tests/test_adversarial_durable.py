@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from statemachine_agent import UNSET, Budget, Context, FakeClock, Outcome, Workflow
-from statemachine_agent.errors import EffectOutcomeUnknown, RunError, ToolResultError
+from statemachine_agent.errors import EffectOutcomeUnknown, NondeterminismError, RunError, ToolResultError
 from statemachine_agent.events import BudgetExhausted, RunStarted
 from statemachine_agent.secrets import FernetSecrets
 from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
@@ -592,3 +592,146 @@ def test_wake_due_goes_on_with_the_other_runs_when_one_raises_an_unrouted_error(
         ("bad-1", "failed"), ("bad-2", "failed"), ("good-1", "done"), ("good-2", "done")]
     assert {n: (r.status, r.terminal) for n, r in stored.items()} == {
         n: (RunStatus.DONE, "failed" if n.startswith("bad") else "done") for n in names}
+
+
+# --- replay over drawn workflows ----------------------------------------------------------------------
+class Script(Context):
+    i: int = 0
+    log: list[str] = Field(default_factory=list)
+    go: Approval | None = None
+
+
+OPS = st.sampled_from(["read", "read!", "idem", "idem!", "amo", "amo!", "amo-crash", "model", "model!"])
+
+
+def script_flow(script: list[list[str]], reconcile: str, *, swap: bool = False) -> Any:
+    """``act`` runs visit ``i``'s ops (``!``: the call fails once with LookupError, routed to
+    ``recover``; ``amo-crash``: the process dies once inside the at_most_once call, after its
+    effect), then waits at ``gate`` (event or 60 s timeout) before the next visit. ``reconcile``:
+    the at_most_once tool has none (the unknown route), one that answers, or one that raises
+    (LookupError, routed). ``swap``: the same code with each visit's calls in reverse order."""
+    failed: set[tuple[int, int]] = set()
+    wf = Workflow("scripted", Script)
+
+    def once(i: int, k: int) -> bool:
+        if (i, k) in failed:
+            return False
+        failed.add((i, k))
+        return True
+
+    def look(i: int, k: int) -> str:
+        if script[i][k].endswith("!") and once(i, k):
+            raise LookupError(f"look {i} {k}")
+        return f"look {i} {k}"
+
+    def bump(i: int, k: int, idempotency_key: str) -> str:
+        if script[i][k].endswith("!") and once(i, k):
+            raise LookupError(f"bump {i} {k}")
+        return f"bump {i} {k}"
+
+    def settle(arguments: dict[str, Any], key: str) -> str:
+        if reconcile == "raise":
+            raise LookupError(f"no record of {key}")
+        return f"settled {arguments['i']} {arguments['k']}"
+
+    def pay(i: int, k: int) -> str:
+        if script[i][k] == "amo!" and once(i, k):
+            raise LookupError(f"pay {i} {k}")
+        if script[i][k] == "amo-crash" and once(i, k):
+            raise Crash
+        return f"pay {i} {k}"
+
+    wf.tool(look)
+    wf.tool(bump, effect="idempotent")
+    wf.tool(pay, effect="at_most_once", reconcile=None if reconcile == "none" else settle)
+
+    @wf.state(initial=True, reads=["i", "log"], writes=["i", "log"], tools=["look", "bump", "pay"], max_visits=60)
+    async def act(ctx: Script, tools: Any) -> None:
+        ops = list(enumerate(script[ctx.i]))
+        for k, op in reversed(ops) if swap else ops:
+            if op.startswith("read"):
+                out = await tools.call("look", i=ctx.i, k=k)
+            elif op.startswith("idem"):
+                out = await tools.call("bump", i=ctx.i, k=k)
+            elif op.startswith("amo"):
+                out = await tools.call("pay", i=ctx.i, k=k)
+            else:
+                async def model(i: int = ctx.i, k: int = k, fail: bool = op.endswith("!")) -> Any:
+                    if fail and once(i, k):
+                        raise LookupError(f"model {i} {k}")
+                    return {"text": f"model {i} {k}"}
+                out = (await tools.journaled("model:test", model))["text"]
+            ctx.log.append(out)
+        ctx.i += 1
+
+    wf.wait("gate", event="go", payload=Approval, writes=["go"], timeout=60, on_timeout="act")
+
+    @wf.state(reads=[], writes=[], max_visits=60)
+    def recover(ctx: Script) -> None:
+        pass
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("act", "done", guard=lambda c: c.i >= len(script))
+    wf.transition("act", "gate")
+    wf.transition("gate", "act", max_traversals=60)
+    wf.transition("recover", "act", max_traversals=60)
+    wf.on_error("act", LookupError, "recover")
+    wf.on_error("act", EffectOutcomeUnknown, "recover")
+    return wf.compile()
+
+
+@settings(max_examples=25, deadline=None)
+@example(script=[["read", "amo-crash"], ["model!", "idem"]], reconcile="none", delivers=[False, True, True])
+@example(script=[["amo-crash", "model"]], reconcile="answer", delivers=[True, True, True])
+@example(script=[["idem", "amo-crash"], ["amo!"]], reconcile="raise", delivers=[False, False, False])
+@given(script=st.lists(st.lists(OPS, min_size=1, max_size=3), min_size=1, max_size=3),
+       reconcile=st.sampled_from(["none", "answer", "raise"]), delivers=st.lists(st.booleans(), min_size=3,
+                                                                                  max_size=3))
+def test_replay_of_drawn_runs_never_diverges_and_a_swapped_call_order_is_named(
+        script: list[list[str]], reconcile: str, delivers: list[bool]) -> None:
+    """Runs of drawn scripts (read, idempotent and at_most_once tools, model calls through
+    ``tools.journaled``, each maybe failing once and routed, at_most_once calls interrupted by a
+    crash with and without ``reconcile``, waits taken by an event or by a timeout woken by
+    ``wake_due``) replay with unchanged code without divergence; the same code calling a step's
+    tools in another order diverges, as a NondeterminismError naming the step and the call."""
+    compiled = script_flow(script, reconcile)
+    clock = FakeClock(0.0)
+    with MemoryStore() as store:
+        result = resume_loop(lambda: compiled.run_sync(Script(), store=store, run_id="s", clock=clock),
+                             lambda: compiled.resume_sync("s", store=store, clock=clock))
+        for deliver in delivers * 4:
+            if result.waiting is None:
+                break
+            if deliver:
+                nxt = lambda: compiled.deliver_sync("s", "go", {"ok": True}, store=store, clock=clock)  # noqa: E731
+            else:
+                clock.advance(61)
+                nxt = lambda: compiled.wake_due_sync(store, clock=clock)[0]  # noqa: E731
+            result = resume_loop(nxt, lambda: compiled.resume_sync("s", store=store, clock=clock))
+        assert result.terminal == "done", result
+        report = compiled.replay_sync("s", store=store)
+        assert report.ok, str(report)
+        assert report.matched == report.recorded == len(result.path)
+        stored = store.load("s").result()
+        swapped = script_flow(script, reconcile, swap=True).replay_sync("s", store=store)
+    first = [c.tool for c in stored.calls if c.step == 0]
+    if len(set(first)) > 1 and list(reversed(first)) != first and stored.steps[0].error is None:
+        assert swapped.diverged_at == 0 and swapped.call == 0, str(swapped)
+        error = swapped.error
+        assert isinstance(error, NondeterminismError) and (error.step, error.call) == (0, 0)
+        assert "step 0 call 0" in str(error)
+
+
+def resume_loop(first: Any, again: Any) -> Any:
+    """``first()``, then ``again()`` after every simulated crash."""
+    try:
+        return first()
+    except Crash:
+        pass
+    for _ in range(10):
+        try:
+            return again()
+        except Crash:
+            continue
+    raise AssertionError("did not finish in 10 resumes")
