@@ -678,7 +678,12 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
-    _opened(workflow, stored.context, store, run_id)  # before the event is committed, not after
+    # Before the event is committed, not after: secrets it cannot read, and (for a run this call
+    # would continue) a workflow the run does not fit, raise with nothing delivered.
+    if stored.run.status is RunStatus.WAITING:
+        _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)  # IncompatibleRun
+    else:
+        _opened(workflow, stored.context, store, run_id)
     await asyncio.wrap_future(store.deliver(run_id, event, data))
     # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
     # earlier step re-reads its inbox in the very transaction that would store it as waiting, so

@@ -23,7 +23,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, SecretStr
 
 from statemachine_agent import UNSET, Budget, Context, FakeClock, Outcome, Workflow
-from statemachine_agent.errors import EffectOutcomeUnknown, NondeterminismError, RunError, ToolResultError
+from statemachine_agent.errors import (
+    EffectOutcomeUnknown,
+    IncompatibleRun,
+    NondeterminismError,
+    RunError,
+    ToolResultError,
+)
 from statemachine_agent.events import BudgetExhausted, RunStarted
 from statemachine_agent.secrets import FernetSecrets
 from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
@@ -735,3 +741,32 @@ def resume_loop(first: Any, again: Any) -> Any:
         except Crash:
             continue
     raise AssertionError("did not finish in 10 resumes")
+
+
+def test_a_delivery_under_a_workflow_the_waiting_run_does_not_fit_stores_nothing() -> None:
+    """``deliver`` with a changed workflow the waiting run cannot continue under (its wait state
+    renamed) raises IncompatibleRun before the event is committed: the inbox stays empty, so the
+    delivery made again with the right workflow is the run's only event."""
+    effects: list[str] = []
+    compiled = approval_flow(effects)
+    wf = Workflow("adv", Order)
+    wf.wait("confirm", event="approval", payload=Approval, writes=["approval"], initial=True)
+
+    @wf.state(reads=["approval"], writes=["receipt"])
+    def pay(ctx: Order) -> None:
+        ctx.receipt = "other"
+
+    wf.terminal("done")
+    wf.terminal("unknown", outcome="failure")
+    wf.transition("confirm", "pay")
+    wf.transition("pay", "done")
+    changed = wf.compile()
+    with MemoryStore() as store:
+        assert compiled.run_sync(Order(), store=store, run_id="r").waiting == "approval"
+        with pytest.raises(IncompatibleRun, match="'approve'"):
+            changed.deliver_sync("r", "approval", {"ok": False}, store=store)
+        assert store.load("r").result().inbox == []
+        done = compiled.deliver_sync("r", "approval", {"ok": True}, store=store)
+        stored = store.load("r").result()
+    assert (done.terminal, done.context.approval, effects) == ("done", Approval(ok=True), ["r"])
+    assert [(e.payload, e.consumed_step) for e in stored.inbox] == [({"ok": True}, 0)]
