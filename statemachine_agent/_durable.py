@@ -291,7 +291,7 @@ class Durable:
                     "calls, so the journal cannot be followed")
             if rec.status is CallStatus.DONE:
                 try:
-                    return tool.load_result(_open_result(tool, rec.result, self.secrets, run_id))
+                    return tool.load_result(_open_result(tool.name, rec.result, self.secrets, run_id))
                 except ValidationError as exc:
                     raise ToolResultError(tool.name, f"tool {tool.name!r}: the journaled result of call {key} "
                                           f"no longer fits its result type ({exc.errors()[0]['msg']})") from None
@@ -389,22 +389,22 @@ def _seal_result(tool: Tool, result: Any, data: Any, codec: SecretCodec | None) 
     return data
 
 
-def _open_result(tool: Tool, data: Any, codec: SecretCodec | None, run_id: str) -> Any:
+def _open_result(name: str, data: Any, codec: SecretCodec | None, run_id: str) -> Any:
     """A journaled result back as the tool returned it (a sealed secret decrypted)."""
     if not (isinstance(data, dict) and _SECRET_RESULT in data):
         return data
     token, kind = data.get(_SECRET_RESULT), data.get("kind")
     if codec is None or not isinstance(token, str) or kind not in ("str", "bytes"):
-        raise SecretUnreadable(run_id, f"result of tool {tool.name!r}",
-                               f"run {run_id!r}: the journaled result of tool {tool.name!r} is a secret this store "
+        raise SecretUnreadable(run_id, f"result of tool {name!r}",
+                               f"run {run_id!r}: the journaled result of tool {name!r} is a secret this store "
                                "cannot open (no codec, or a damaged entry): open the store with the codec it was "
                                "written with")
     try:
         raw = codec.decrypt(token)
         return SecretStr(raw.decode("utf-8")) if kind == "str" else SecretBytes(raw)
     except Exception:
-        raise SecretUnreadable(run_id, f"result of tool {tool.name!r}",
-                               f"run {run_id!r}: the journaled result of tool {tool.name!r} does not open with "
+        raise SecretUnreadable(run_id, f"result of tool {name!r}",
+                               f"run {run_id!r}: the journaled result of tool {name!r} does not open with "
                                "this store's codec (another key, or a damaged token): open the store with the "
                                "key it was written with") from None
 
@@ -523,6 +523,18 @@ def _opened(workflow: Program[Any], context: dict[str, Any], store: Store | None
     return unseal(workflow.context_type, context, getattr(store, "secrets", None), run_id, skip=skip)
 
 
+def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None = None) -> None:
+    """``SecretUnreadable`` now (before the run is claimed, or replayed) when a journaled secret
+    result a step will be answered with does not open with this store's codec: inside the step it
+    would be an error of the step, and end the run (or be reported as a divergence). ``since``:
+    the first step that will be answered (default: the run's next step)."""
+    codec = getattr(store, "secrets", None)
+    first = stored.run.next_step if since is None else since
+    for c in stored.calls:
+        if c.step >= first and isinstance(c.result, dict) and _SECRET_RESULT in c.result:
+            _open_result(c.tool, c.result, codec, stored.run.run_id)
+
+
 def _require_store(store: object) -> None:
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
@@ -600,6 +612,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                                       None, workflow, wait.event)
             return paused
     point, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    _check_secret_results(stored, store)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
@@ -862,7 +875,7 @@ class _Replay(Durable):
                    arguments: dict[str, Any], run_id: str) -> Any:
         rec = self._answer(tool.name, step, index)
         self.replayed += 1
-        return tool.load_result(_open_result(tool, rec.result, self.codec, run_id))
+        return tool.load_result(_open_result(tool.name, rec.result, self.codec, run_id))
 
     async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
                    key: str) -> Any:
@@ -984,6 +997,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         return steps[i].transition if i < len(steps) else ""
 
     context = workflow.context_type.model_validate(_opened(workflow, start.context, store, run_id))
+    _check_secret_results(stored, store, since=at)
     run: Run[Any] = Run(workflow, context, run_id=run_id, policy=policy, raise_errors=False,
                         clock=_ReplayClock(steps, holder), max_steps=stored.run.max_steps,
                         hooks=options.get("hooks", ()))

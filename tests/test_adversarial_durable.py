@@ -31,7 +31,7 @@ from statemachine_agent.errors import (
     ToolResultError,
 )
 from statemachine_agent.events import BudgetExhausted, RunStarted
-from statemachine_agent.secrets import FernetSecrets
+from statemachine_agent.secrets import FernetSecrets, SecretUnreadable
 from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
 
 HERE = Path(__file__).parent
@@ -770,3 +770,32 @@ def test_a_delivery_under_a_workflow_the_waiting_run_does_not_fit_stores_nothing
         stored = store.load("r").result()
     assert (done.terminal, done.context.approval, effects) == ("done", Approval(ok=True), ["r"])
     assert [(e.payload, e.consumed_step) for e in stored.inbox] == [({"ok": True}, 0)]
+
+
+@pytest.mark.parametrize("other", ["no codec", "another key"])
+def test_a_journaled_secret_result_that_does_not_open_is_refused_before_the_run_is_claimed(
+        tmp_path: Path, other: str) -> None:
+    """After a crash right after an idempotent call that returned a secret, resuming (or replaying)
+    through a store without the codec, or with another key, raises SecretUnreadable before anything
+    changes: the run is not claimed and does not end in failure; the right key then finishes it."""
+    compiled = token_flow("idempotent", [True], keyed=False)
+    clock = FakeClock(0.0)
+    db = tmp_path / "runs.db"
+    key = FernetSecrets.generate_key()
+    with SQLiteStore(db, secrets=FernetSecrets(key)) as store:
+        compiled.run_sync(Unkeyed(), store=store, run_id="k", clock=clock)
+        clock.advance(61)
+        with pytest.raises(Crash):
+            compiled.wake_due_sync(store, clock=clock)
+        before = store.load("k").result().run
+    codec = None if other == "no codec" else FernetSecrets(FernetSecrets.generate_key())
+    with SQLiteStore(db, secrets=codec) as wrong:
+        with pytest.raises(SecretUnreadable, match="'issue'"):
+            compiled.resume_sync("k", store=wrong, clock=clock)
+        with pytest.raises(SecretUnreadable, match="'issue'"):
+            compiled.replay_sync("k", store=wrong)
+        after = wrong.load("k").result().run
+    assert (after.status, after.epoch, after.next_step) == (before.status, before.epoch, before.next_step)
+    with SQLiteStore(db, secrets=FernetSecrets(key)) as store:
+        done = compiled.resume_sync("k", store=store, clock=clock)
+    assert (done.terminal, done.context.seen) == ("done", hashlib.sha256(CANARY.encode()).hexdigest())
