@@ -40,6 +40,7 @@ from .errors import (
     NondeterminismError,
     Problem,
     RecordedError,
+    StateMachineAgentError,
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
@@ -535,6 +536,16 @@ def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None 
             _open_result(c.tool, c.result, codec, stored.run.run_id)
 
 
+def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, store: Store, *,
+                   options: dict[str, Any], max_steps: int) -> None:
+    """Bad run options (``wake_due(store, max_steps="many")``) raise here, before the run is
+    claimed or an event committed: after the claim they would leave the run stored as running
+    with no worker."""
+    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+
+    Run(workflow, context, run_id=run_id, store=store, **{"max_steps": max_steps, **options})
+
+
 def _require_store(store: object) -> None:
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
@@ -613,6 +624,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             return paused
     point, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
     _check_secret_results(stored, store)
+    _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
@@ -694,7 +706,8 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     # Before the event is committed, not after: secrets it cannot read, and (for a run this call
     # would continue) a workflow the run does not fit, raise with nothing delivered.
     if stored.run.status is RunStatus.WAITING:
-        _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)  # IncompatibleRun
+        _, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)  # IncompatibleRun
+        _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     else:
         _opened(workflow, stored.context, store, run_id)
     await asyncio.wrap_future(store.deliver(run_id, event, data))
@@ -735,6 +748,8 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
                 # and raised it (raise_errors). Its result, like any other.
                 results.append(run.result)
                 continue
+            if not isinstance(exc, StateMachineAgentError):
+                raise  # bad options (a TypeError naming the option): every run would fail the same way
             _log.warning("wake_due: run %r of workflow %r could not continue: %s", rec.run_id, workflow.name,
                          _describe(exc)[:500], extra={"workflow": workflow.name, "run_id": rec.run_id})
     return results

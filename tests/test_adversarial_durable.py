@@ -799,3 +799,22 @@ def test_a_journaled_secret_result_that_does_not_open_is_refused_before_the_run_
     with SQLiteStore(db, secrets=FernetSecrets(key)) as store:
         done = compiled.resume_sync("k", store=store, clock=clock)
     assert (done.terminal, done.context.seen) == ("done", hashlib.sha256(CANARY.encode()).hexdigest())
+
+
+def test_a_bad_option_to_wake_due_or_deliver_raises_before_the_run_is_claimed() -> None:
+    """A bad option fails every run the same way: ``wake_due`` and ``deliver`` raise the error
+    naming it before claiming anything (or committing the event), and the runs stay waiting for a
+    call with good options, not stored as running with no worker."""
+    compiled = fragile_flow()
+    clock = FakeClock(0.0)
+    with MemoryStore() as store:
+        for name in ("good-1", "good-2", "good-3"):
+            compiled.run_sync(Named(name=name), store=store, run_id=name, clock=clock)
+        with pytest.raises(ValueError, match="max_steps"):
+            compiled.deliver_sync("good-3", "approval", {"ok": True}, store=store, clock=clock, max_steps="many")
+        assert store.load("good-3").result().inbox == []
+        clock.advance(61)
+        with pytest.raises(ValueError, match="max_steps"):
+            compiled.wake_due_sync(store, clock=clock, max_steps="many")
+        assert {r.status for r in compiled.runs(store)} == {RunStatus.WAITING}
+        assert [r.terminal for r in compiled.wake_due_sync(store, clock=clock)] == ["done", "done", "done"]
