@@ -27,7 +27,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
 from ._plan import Program
 from ._rules import unset_reads_from
@@ -44,7 +44,16 @@ from .errors import (
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
-from .secrets import Digests, SecretCodec, check_storable, redigest, seal, secret_fields, unseal
+from .secrets import (
+    Digests,
+    SecretCodec,
+    SecretUnreadable,
+    check_storable,
+    redigest,
+    seal,
+    secret_fields,
+    unseal,
+)
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
@@ -283,7 +292,7 @@ class Durable:
                     "calls, so the journal cannot be followed")
             if rec.status is CallStatus.DONE:
                 try:
-                    return tool.load_result(rec.result)
+                    return tool.load_result(_open_result(tool.name, rec.result, self.secrets, run_id))
                 except ValidationError as exc:
                     raise ToolResultError(tool.name, f"tool {tool.name!r}: the journaled result of call {key} "
                                           f"no longer fits its result type ({exc.errors()[0]['msg']})") from None
@@ -302,7 +311,7 @@ class Durable:
                                    "at": time.time()})
             raise
         try:
-            data = tool.dump_result(result)
+            data = _seal_result(tool, result, tool.dump_result(result), self.secrets)
         except TypeError as exc:
             raise ToolResultError(tool.name, str(exc)) from None
         done = {**row, "status": str(CallStatus.DONE), "result": data, "at": time.time()}
@@ -334,7 +343,8 @@ class Durable:
         result = tool.validate_result(out)
         await self._write({"step": step, "call": index, "tool": tool.name, "effect": str(tool.effect),
                            "key": key, "arguments": tool.dump_arguments(plain), "status": str(CallStatus.DONE),
-                           "result": tool.dump_result(result), "error": None, "at": time.time()})
+                           "result": _seal_result(tool, result, tool.dump_result(result), self.secrets),
+                           "error": None, "at": time.time()})
         return result
 
     async def _write(self, row: dict[str, Any]) -> None:
@@ -342,6 +352,62 @@ class Durable:
 
 
 _NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+_SECRET_RESULT = "$secret_result"
+"""The key of a journaled tool result that is a secret: ``{"$secret_result": token, "kind": "str"}``."""
+
+
+def _holds_secret(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, (SecretStr, SecretBytes, Secret)):
+        return True
+    if depth > 50:
+        return False
+    if isinstance(value, BaseModel):
+        return any(_holds_secret(v, depth + 1) for v in value.__dict__.values())
+    if isinstance(value, dict):
+        return any(_holds_secret(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_secret(v, depth + 1) for v in value)
+    return False
+
+
+def _seal_result(tool: Tool, result: Any, data: Any, codec: SecretCodec | None) -> Any:
+    """A tool result's journal form: JSON shows a secret as its mask, and a run resumed or
+    replayed from the mask would go on with it as the secret. So a result that is a ``SecretStr``
+    or ``SecretBytes`` is journaled encrypted by the store's codec; without a codec, or with a
+    secret inside a bigger result, it is refused (``TypeError``, as a ToolResultError)."""
+    if isinstance(result, (SecretStr, SecretBytes)):
+        if codec is None:
+            raise TypeError(f"tool {tool.name!r} returned a {type(result).__name__}, which the journal keeps only "
+                            "encrypted: give the store a codec (SQLiteStore(path, secrets=FernetSecrets.from_env("
+                            "NAME))); the result was not journaled")
+        raw = result.get_secret_value()
+        token = codec.encrypt(raw.encode("utf-8") if isinstance(raw, str) else raw)
+        return {_SECRET_RESULT: token, "kind": "str" if isinstance(result, SecretStr) else "bytes"}
+    if _holds_secret(result):
+        raise TypeError(f"tool {tool.name!r} returned a secret inside its result, which the journal would keep as "
+                        "its mask: return the SecretStr or SecretBytes itself (journaled encrypted by the "
+                        "store's codec); the result was not journaled")
+    return data
+
+
+def _open_result(name: str, data: Any, codec: SecretCodec | None, run_id: str) -> Any:
+    """A journaled result back as the tool returned it (a sealed secret decrypted)."""
+    if not (isinstance(data, dict) and _SECRET_RESULT in data):
+        return data
+    token, kind = data.get(_SECRET_RESULT), data.get("kind")
+    if codec is None or not isinstance(token, str) or kind not in ("str", "bytes"):
+        raise SecretUnreadable(run_id, f"result of tool {name!r}",
+                               f"run {run_id!r}: the journaled result of tool {name!r} is a secret this store "
+                               "cannot open (no codec, or a damaged entry): open the store with the codec it was "
+                               "written with")
+    try:
+        raw = codec.decrypt(token)
+        return SecretStr(raw.decode("utf-8")) if kind == "str" else SecretBytes(raw)
+    except Exception:
+        raise SecretUnreadable(run_id, f"result of tool {name!r}",
+                               f"run {run_id!r}: the journaled result of tool {name!r} does not open with "
+                               "this store's codec (another key, or a damaged token): open the store with the "
+                               "key it was written with") from None
 
 
 def _describe(error: BaseException) -> str:
@@ -458,6 +524,28 @@ def _opened(workflow: Program[Any], context: dict[str, Any], store: Store | None
     return unseal(workflow.context_type, context, getattr(store, "secrets", None), run_id, skip=skip)
 
 
+def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None = None) -> None:
+    """``SecretUnreadable`` now (before the run is claimed, or replayed) when a journaled secret
+    result a step will be answered with does not open with this store's codec: inside the step it
+    would be an error of the step, and end the run (or be reported as a divergence). ``since``:
+    the first step that will be answered (default: the run's next step)."""
+    codec = getattr(store, "secrets", None)
+    first = stored.run.next_step if since is None else since
+    for c in stored.calls:
+        if c.step >= first and isinstance(c.result, dict) and _SECRET_RESULT in c.result:
+            _open_result(c.tool, c.result, codec, stored.run.run_id)
+
+
+def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, store: Store, *,
+                   options: dict[str, Any], max_steps: int) -> None:
+    """Bad run options (``wake_due(store, max_steps="many")``) raise here, before the run is
+    claimed or an event committed: after the claim they would leave the run stored as running
+    with no worker."""
+    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+
+    Run(workflow, context, run_id=run_id, store=store, **{"max_steps": max_steps, **options})
+
+
 def _require_store(store: object) -> None:
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
@@ -535,6 +623,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                                       None, workflow, wait.event)
             return paused
     point, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    _check_secret_results(stored, store)
+    _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
@@ -544,8 +634,14 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             point, context = _fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
         stored = taken
     elif not fresh:
-        claimed = await asyncio.wrap_future(store.claim(run_id))
-        if claimed.run.next_step != stored.run.next_step or claimed.run.status is not stored.run.status:
+        claimed = None
+        if stored.run.status is RunStatus.WAITING:
+            # Claimed as a delivery is, so it is stored as running: from now on this worker is live,
+            # and a delivery or a waker (claim_waiting) cannot take the run from under it (G5).
+            claimed = await asyncio.wrap_future(store.claim_waiting(run_id))
+        if claimed is None:
+            claimed = await asyncio.wrap_future(store.claim(run_id))
+        if claimed.run.next_step != stored.run.next_step or claimed.run.status is RunStatus.DONE:
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
@@ -607,7 +703,13 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
-    _opened(workflow, stored.context, store, run_id)  # before the event is committed, not after
+    # Before the event is committed, not after: secrets it cannot read, and (for a run this call
+    # would continue) a workflow the run does not fit, raise with nothing delivered.
+    if stored.run.status is RunStatus.WAITING:
+        _, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)  # IncompatibleRun
+        _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
+    else:
+        _opened(workflow, stored.context, store, run_id)
     await asyncio.wrap_future(store.deliver(run_id, event, data))
     # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
     # earlier step re-reads its inbox in the very transaction that would store it as waiting, so
@@ -632,15 +734,21 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
 
     async def wake(run_id: str) -> RunResult[Any] | None:
         async with gate:
+            run = None
             try:
                 run = await _reopen(workflow, run_id, store, None, dict(options), waiting_only=True)
                 if run is None:
                     return None  # a delivery or another waker took it first
                 return run.result if run.result is not None else await run.run_to_end()
-            except StateMachineAgentError as exc:  # one run that cannot go on does not stop the others
-                _log.warning("wake_due: run %r of workflow %r could not continue: %s: %s", run_id, workflow.name,
-                             type(exc).__name__, _describe(exc)[:500],
-                             extra={"workflow": workflow.name, "run_id": run_id})
+            except Exception as exc:  # one run that cannot go on does not stop the others
+                if run is not None and run.result is not None:
+                    # An error no transition routes: the run ended in its failure terminal, committed,
+                    # and raised it (raise_errors). Its result, like any other.
+                    return run.result
+                if not isinstance(exc, StateMachineAgentError):
+                    raise  # bad options (a TypeError naming the option): every run would fail the same way
+                _log.warning("wake_due: run %r of workflow %r could not continue: %s", run_id, workflow.name,
+                             _describe(exc)[:500], extra={"workflow": workflow.name, "run_id": run_id})
                 return None
 
     woken = await asyncio.gather(*(wake(run_id) for run_id in due))
@@ -770,7 +878,7 @@ class _Stop(BaseException):
 class _Replay(Durable):
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "replayed", "routes", "steps")
+    __slots__ = ("calls", "codec", "replayed", "routes", "steps")
 
     def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]]) -> None:
         super().__init__(typing.cast(Store, None), stored.run.run_id, 0, "", created_at=0.0, initial_written=[])
@@ -779,12 +887,14 @@ class _Replay(Durable):
         self.steps = stored.steps
         self.calls = {(c.step, c.call): c for c in stored.calls}
         self.replayed = 0
+        self.codec: SecretCodec | None = None
+        """The store's codec, which opens journaled secret results (``secrets`` holds digests)."""
 
     async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any:
         rec = self._answer(tool.name, step, index)
         self.replayed += 1
-        return tool.load_result(rec.result)
+        return tool.load_result(_open_result(tool.name, rec.result, self.codec, run_id))
 
     async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
                    key: str) -> Any:
@@ -855,6 +965,26 @@ class _Replay(Durable):
         return []
 
 
+class _ReplayInbox(list[tuple[int, str, Any]]):
+    """The recorded inbox as a replay's wait states see it: each event only from the step that
+    consumed it in the record on, and an event the record never consumed never. Giving a replay
+    the whole inbox at once would let a wait take an event that came only after it timed out in
+    the record (so diverge where the code did not change)."""
+
+    def __init__(self, events: Any, at: int, run: list[Any]) -> None:
+        taken = sorted((e for e in events if e.consumed_step is not None and e.consumed_step >= at),
+                       key=lambda e: e.consumed_step)
+        super().__init__((e.seq, e.event, e.payload) for e in taken)
+        self._step = {e.seq: e.consumed_step for e in taken}
+        self._run = run
+
+    def __iter__(self) -> Any:
+        now = len(self._run[0].path) if self._run else 0
+        for item in super().__iter__():
+            # Not yet: a name no wait has (the index stays that of the list, for del).
+            yield item if self._step[item[0]] <= now else (item[0], "", None)
+
+
 class _ReplayClock(SystemClock):
     """Wall time for wait states only: past a wait's deadline exactly when the record timed out."""
 
@@ -886,6 +1016,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         return steps[i].transition if i < len(steps) else ""
 
     context = workflow.context_type.model_validate(_opened(workflow, start.context, store, run_id))
+    _check_secret_results(stored, store, since=at)
     run: Run[Any] = Run(workflow, context, run_id=run_id, policy=policy, raise_errors=False,
                         clock=_ReplayClock(steps, holder), max_steps=stored.run.max_steps,
                         hooks=options.get("hooks", ()))
@@ -905,7 +1036,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
         run._written = written
         run._owned = set(workflow.field_names)
     run._token.state = steps[at].state
-    run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox]
+    run._inbox = _ReplayInbox(stored.inbox, at, holder)
     digests = Digests()  # the record's secrets and the replay's compare as digests: tokens differ every time
     if secret_fields(workflow.context_type).top:
         codec = getattr(store, "secrets", None)
@@ -915,6 +1046,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
     journal = _Replay(stored, routes)
     journal.secrets = digests
+    journal.codec = getattr(store, "secrets", None)
     run._journal = journal
     try:
         await run.run_to_end()

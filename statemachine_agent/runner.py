@@ -298,6 +298,8 @@ class Run(Generic[C]):
                 await self._start()
                 if self._doomed is not None and self.result is None:
                     await self._fail_doomed()
+            elif self.result is None:
+                await self._settle_wait()
             while self.result is None:
                 await self._step()  # one coroutine per step, not two: this is the hot path
         finally:
@@ -326,9 +328,23 @@ class Run(Generic[C]):
             raise RunError(f"run {self.run_id} has already ended in {self.result.terminal!r}")
         self._busy = True
         try:
+            if self._started and await self._settle_wait():
+                waiting = self.result.waiting if self.result is not None else None
+                raise RunError(f"run {self.run_id} is waiting for event {waiting!r}: deliver it")
             return await self._step()
         finally:
             self._busy = False
+
+    async def _settle_wait(self) -> bool:
+        """Pause again in the current wait state if it has nothing to take: what was interrupted
+        (a cancel while the run was being stored as waiting, or in a hook after that commit) left
+        the run in the state without its pause. Without this the next step would time the wait out
+        at once. Whether the run now waits."""
+        plan = self._plans[self._token.state]
+        if plan.wait is None or plan.terminal or self._ready(plan):
+            return False
+        await self._suspend(plan)
+        return self.result is not None
 
     async def _step(self) -> Step:
         if not self._started:
