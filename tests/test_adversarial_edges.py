@@ -1,0 +1,469 @@
+"""Adversarial review B (issue 16, groups 3, 5, 6): damaged stores swept across every public entry
+point, read-only commands on live and killed stores, and the command line under drawn argv.
+
+The damage sweep: a real store holding a finished run, a run killed inside its at_most_once call (an
+intent, no outcome), waiting runs with events in their inboxes, one of them past its deadline. Its files
+are taken twice: closed (checkpointed, one file) and as a SIGKILL leaves them (main file, -wal,
+-intents). Each damaged copy (bit flips, truncations, swapped and zeroed pages or frames, in any of the
+files) is asked everything (load, list, claim, resume, deliver, fork, replay, wake_due, and the CLI's
+runs list/show/resume/wake) by a worker process with a deadline per copy. Every answer must be the
+undamaged one or a StoreError; the CLI exits 0, 1 or 2 with one line and no traceback; the
+at_most_once call that has an intent never runs again; no run loads another run's data.
+
+``ADVERSARIAL_CASES=300`` runs the full sweep (the suite samples fewer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import select
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PAGE, WAL_HEADER, WAL_FRAME = 4096, 32, 4096 + 24
+HERE = Path(__file__).resolve().parent
+
+FLOW = textwrap.dedent('''
+    import os
+    from pydantic import BaseModel
+    from statemachine_agent import Context, Workflow
+    from statemachine_agent.errors import EffectOutcomeUnknown
+
+    CRASH: set[str] = set()
+
+
+    class Crash(BaseException):
+        """Stands for the process dying inside the tool, after its effect."""
+
+
+    class Approval(BaseModel):
+        ok: bool
+
+
+    class Job(Context):
+        owner: str = ""
+        approval: Approval | None = None
+        sent: list[str] = []
+
+
+    wf = Workflow("advflow", Job)
+
+
+    async def send(owner: str) -> str:
+        with open(os.environ["ADV_EFFECTS"], "a", encoding="utf-8") as f:
+            f.write(f"send {owner}\\n")
+        if owner in CRASH:
+            raise Crash
+        return "sent-" + owner
+
+
+    wf.tool(send, effect="at_most_once")
+
+
+    @wf.state(initial=True, reads=["owner"], writes=["owner"])
+    def prep(ctx: Job) -> None:
+        ctx.owner = ctx.owner or "?"
+
+
+    wf.wait("approve", event="approval", payload=Approval, writes=["approval"], timeout=60.0,
+            on_timeout="expired")
+
+
+    @wf.state(reads=["owner", "sent"], writes=["sent"], tools=["send"])
+    async def notify(ctx: Job, tools) -> None:
+        ctx.sent.append(await tools.call("send", owner=ctx.owner))
+
+
+    wf.terminal("done")
+    wf.terminal("expired", outcome="failure")
+    wf.terminal("unknown", outcome="failure")
+    wf.transition("prep", "approve")
+    wf.transition("approve", "notify")
+    wf.transition("notify", "done")
+    wf.on_error("notify", EffectOutcomeUnknown, "unknown")
+    flow = wf.compile()
+''')
+
+RUNS = ("a", "b", "c", "e")
+"""c: done (sent once). b: killed inside send (intent, no outcome). a: waiting, past its deadline, an
+approval in its inbox. e: waiting, deadline an hour away, an event it does not wait for in its inbox."""
+
+
+# --- building the store ---------------------------------------------------------------------------
+def build_store(root: Path) -> dict[str, dict[str, bytes]]:
+    """The store's files, closed and as a kill leaves them (suffix -> bytes)."""
+    sys.path.insert(0, str(root))
+    try:
+        import advflow  # type: ignore[import-not-found]
+
+        from statemachine_agent import FakeClock
+        from statemachine_agent.stores import SQLiteStore
+
+        os.environ["ADV_EFFECTS"] = str(root / "build-effects")
+        db = root / "build" / "runs.db"
+        db.parent.mkdir()
+        flow = advflow.flow
+        with SQLiteStore(db) as store:
+            flow.run_sync(advflow.Job(owner="c"), store=store, run_id="c")
+            flow.deliver_sync("c", "approval", {"ok": True}, store=store)
+        store = SQLiteStore(db)  # c checkpointed into the main file; the rest in the -wal
+        try:
+            flow.run_sync(advflow.Job(owner="a"), store=store, run_id="a", clock=FakeClock())
+            store.deliver("a", "approval", {"ok": True, "note": "a's"}).result()
+            late = FakeClock()
+            late.advance(time.time() + 3600)
+            flow.run_sync(advflow.Job(owner="e"), store=store, run_id="e", clock=late)
+            store.deliver("e", "poke", {"for": "e"}).result()
+            flow.run_sync(advflow.Job(owner="b"), store=store, run_id="b", clock=late)
+            advflow.CRASH.add("b")
+            with contextlib.suppress(advflow.Crash):
+                flow.deliver_sync("b", "approval", {"ok": True}, store=store)
+            advflow.CRASH.discard("b")
+            killed = {s: Path(f"{db}{s}").read_bytes() for s in ("", "-wal", "-intents")}
+        finally:
+            store.close()
+        closed = {"": db.read_bytes()}
+        assert Path(f"{db}-intents").stat().st_size == 0 and not Path(f"{db}-wal").exists()
+        assert (root / "build-effects").read_text() == "send c\nsend b\n"
+        return {"closed": closed, "killed": killed}
+    finally:
+        sys.path.remove(str(root))
+
+
+# --- the worker: asks one copy everything ----------------------------------------------------------
+def _cli(argv: list[str]) -> dict[str, Any]:
+    from statemachine_agent.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code: Any = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException as exc:
+            return {"escaped": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()[-2000:]}
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ask(db: Path) -> dict[str, Any]:
+    """Every entry point on the store at ``db``: name -> {"ok": digest/summary} or {"err": type, "msg"}."""
+    import advflow
+
+    from statemachine_agent.errors import StoreError
+    from statemachine_agent.stores import SQLiteStore
+
+    answers: dict[str, Any] = {}
+
+    def attempt(name: str, fn: Any) -> Any:
+        try:
+            value = fn()
+        except Exception as exc:
+            answers[name] = {"err": type(exc).__name__, "typed": isinstance(exc, StoreError),
+                             "msg": str(exc)[:300], "tb": "" if isinstance(exc, StoreError) else
+                             traceback.format_exc()[-1500:]}
+            return None
+        answers[name] = {"ok": value}
+        return value
+
+    store_arg = ["--store", str(db)]
+    answers["cli list"] = _cli(["runs", "list", *store_arg])
+    answers["cli show b"] = _cli(["runs", "show", "b", *store_arg, "--json"])
+    answers["cli show a"] = _cli(["runs", "show", "a", *store_arg])
+    flow = advflow.flow
+    store = attempt("open", lambda: SQLiteStore(db))
+    if store is not None:
+        answers["open"] = {"ok": "opened"}
+        try:
+            for rid in RUNS:
+                def load(rid: str = rid) -> Any:
+                    s = store.load(rid).result()
+                    return {"digest": _digest(s.model_dump(mode="json")), "run_id": s.run.run_id,
+                            "owner": s.context.get("owner"), "calls": [c.key for c in s.calls],
+                            "inbox": [e.payload for e in s.inbox], "status": str(s.run.status)}
+                attempt(f"load {rid}", load)
+            attempt("list", lambda: sorted((r.run_id, str(r.status), r.next_step) for r in store.list_runs().result()))
+            attempt("replay c", lambda: flow.replay_sync("c", store=store).error is None)
+            attempt("fork c", lambda: flow.fork_sync("c", at_step=2, store=store, new_run_id="c2",
+                                                                    patch={"owner": "c2"}).terminal)
+            delivered = attempt("deliver e", lambda: flow.deliver_sync("e", "approval", {"ok": True}, store=store))
+            if delivered is not None:
+                answers["deliver e"] = {"ok": delivered.terminal}
+            attempt("wake", lambda: sorted((r.run_id, r.terminal) for r in flow.wake_due_sync(store)))
+            attempt("resume b", lambda: flow.resume_sync("b", store=store).terminal)
+            attempt("claim c", lambda: store.claim("c").result().run.status.value)
+        finally:
+            store.close()
+    answers["cli resume b"] = _cli(["runs", "resume", "advflow:flow", "b", *store_arg])
+    answers["cli wake"] = _cli(["runs", "wake", "advflow:flow", *store_arg])
+    return answers
+
+
+def worker() -> None:  # pragma: no cover - runs in the child
+    """Read case folders on stdin, one a line; answer each with one JSON line on stdout."""
+    root = Path(sys.argv[1])
+    sys.path.insert(0, str(root))
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        case = Path(line.strip())
+        effects = case / "effects"
+        effects.write_text("")
+        os.environ["ADV_EFFECTS"] = str(effects)
+        try:
+            answers = _ask(case / "runs.db")
+        except BaseException as exc:
+            answers = {"crashed": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()[-2000:]}
+        answers["effects"] = effects.read_text().split()
+        real_stdout.write(json.dumps(answers, default=str) + "\n")
+        real_stdout.flush()
+
+
+class Worker:
+    """The worker process; ``ask`` gives up after ``deadline`` seconds (a hang is a finding)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_adversarial_edges as t; t.worker()"
+        return subprocess.Popen([sys.executable, "-c", code, str(self.root)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.root)
+
+    def ask(self, case: Path, deadline: float = 60.0) -> dict[str, Any]:
+        if self.proc is None:
+            self.proc = self._start()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{case}\n".encode())
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], deadline)
+        if not ready:
+            self.close()
+            return {"hang": deadline}
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            self.proc = None
+            return {"died": code}
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+# --- damage -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    variant: str  # "closed" or "killed"
+    target: str  # "", "-wal" or "-intents"
+    how: str
+    files: dict[str, bytes]
+
+    def label(self) -> str:
+        return f"{self.variant}{self.target or '-db'}: {self.how}"
+
+
+def damage(files: dict[str, bytes], variant: str, rng: random.Random) -> Case:
+    targets = [s for s in files if files[s]]
+    target = rng.choice(targets)
+    data = bytearray(files[target])
+    unit = WAL_FRAME if target == "-wal" else PAGE
+    units = max(1, (len(data) - (WAL_HEADER if target == "-wal" else 0)) // unit)
+    base = WAL_HEADER if target == "-wal" else 0
+    kinds = ["flip", "flip", "flip", "truncate"] + (["swap", "zero"] if target != "-intents" else [])
+    kind = rng.choice(kinds)
+    if kind == "flip":
+        offsets = [rng.randrange(len(data)) for _ in range(rng.randint(1, 3))]
+        for at in offsets:
+            data[at] ^= rng.randint(1, 255)
+        how = f"flip {offsets}"
+    elif kind == "truncate":
+        cut = rng.randrange(len(data))
+        del data[cut:]
+        how = f"truncate at {cut}"
+    elif kind == "swap" and units > 1:
+        i, j = rng.sample(range(units), 2)
+        a, b = base + i * unit, base + j * unit
+        pa, pb = bytes(data[a:a + unit]), bytes(data[b:b + unit])
+        data[a:a + unit], data[b:b + unit] = pb, pa
+        how = f"swap {unit}-byte units {i} and {j}"
+    else:
+        i = rng.randrange(units)
+        a = base + i * unit
+        data[a:a + unit] = bytes(len(data[a:a + unit]))
+        how = f"zero unit {i}"
+    return Case(variant, target, how, {**files, target: bytes(data)})
+
+
+def write_case(where: Path, n: int, case: Case | dict[str, bytes]) -> Path:
+    d = where / f"case{n}"
+    d.mkdir()
+    files = case.files if isinstance(case, Case) else case
+    for suffix, content in files.items():
+        Path(f"{d / 'runs.db'}{suffix}").write_bytes(content)
+    (d / "advflow.py").write_text(FLOW)  # the CLI imports advflow:flow from the working folder's path
+    return d
+
+
+# --- judging ------------------------------------------------------------------------------------------
+CLI = ("cli list", "cli show b", "cli show a", "cli resume b", "cli wake")
+READS = (*(f"load {r}" for r in RUNS), "list")
+
+
+def problems(answers: dict[str, Any], good: dict[str, Any], case: Case) -> list[str]:
+    """What is wrong with a damaged copy's answers (nothing: an empty list)."""
+    if "hang" in answers or "died" in answers or "crashed" in answers:
+        return [json.dumps(answers)[:2000]]
+    found = []
+    sent = answers["effects"]
+    if "b" in sent:
+        found.append("the at_most_once send of b (its intent was recorded) ran again")
+    if "c" in sent:
+        found.append("c's send (done) ran again")
+    for name in CLI:
+        a = answers[name]
+        if "escaped" in a:
+            found.append(f"{name}: {a['escaped']} escaped main(): {a['tb']}")
+            continue
+        err = a["err"]
+        if a["code"] not in (0, 1, 2):
+            found.append(f"{name}: exit {a['code']!r}")
+        if "Traceback" in err or "Traceback" in a["out"]:
+            found.append(f"{name}: a traceback: {err[-1500:]}")
+        if a["code"] == 2 and err.count("\n") > 1:
+            found.append(f"{name}: exit 2 with {err.count(chr(10))} lines: {err[:500]}")
+        raw = {f"U+{ord(c):04X}" for c in a["out"] + err if not c.isprintable() and c != "\n"}
+        if raw:
+            found.append(f"{name}: raw characters {sorted(raw)}")
+    for name, a in answers.items():
+        if name in CLI or name == "effects" or "err" not in a:
+            continue
+        if not a["typed"]:
+            found.append(f"{name}: untyped {a['err']}: {a['msg']}\n{a['tb']}")
+        elif a["err"] == "RunNotFound" and name.startswith(("load", "resume", "deliver", "fork", "claim")):
+            rid = name.split()[-1]
+            # A -wal that loses commits may take a run created after the checkpoint back to before it
+            # existed: never a run of the main file.
+            if case.variant == "closed" or case.target == "-intents" or rid == "c":
+                found.append(f"{name}: run reported missing: {a['msg']}")
+    for name in READS:
+        a = answers.get(name)
+        if a is None or "ok" not in a:
+            continue
+        if a["ok"] == good[name]["ok"]:
+            continue
+        if name == "list" and case.target == "-wal" and {r[0] for r in a["ok"]} == {r[0] for r in good[name]["ok"]}:
+            continue  # runs rolled back to an earlier commit of theirs (checked one by one below)
+        if name == "list" or case.variant == "closed" or case.target == "-intents" or name == "load c":
+            found.append(f"{name}: different data: {a['ok']} (undamaged: {good[name]['ok']})")
+            continue
+        v = a["ok"]  # a -wal rolled back to an earlier commit: still this run's own data
+        rid = name.split()[-1]
+        if v["run_id"] != rid or v["owner"] not in (rid, "", None) or any(
+                not k.startswith(f"{rid}/") for k in v["calls"]):
+            found.append(f"{name}: another run's data: {v}")
+    resumed = answers.get("resume b", {})
+    if "ok" in resumed and resumed["ok"] != "unknown" and (case.variant == "closed" or case.target == "-intents"):
+            found.append(f"resume b ended in {resumed['ok']!r}, not the unknown-outcome route")
+    return found
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("adv")
+    (root / "advflow.py").write_text(FLOW)
+    variants = build_store(root)
+    worker = Worker(root)
+    good = {}
+    for n, (variant, files) in enumerate(variants.items()):
+        good[variant] = worker.ask(write_case(root, 1000 + n, files))
+    yield root, variants, worker, good
+    worker.close()
+
+
+def test_the_undamaged_store_answers_everything(sweep: Any) -> None:
+    """The control: the undamaged copies answer every entry point, and resuming b takes the
+    unknown-outcome route without sending again."""
+    _, _, _, good = sweep
+    for variant, answers in good.items():
+        errors = {k: v for k, v in answers.items() if k not in CLI and k != "effects" and "err" in v}
+        assert not errors, (variant, errors)
+        assert answers["resume b"]["ok"] == "unknown", answers
+        assert answers["effects"] == ["send", "c2", "send", "e", "send", "a"], answers
+        assert answers["deliver e"]["ok"] == "done" and answers["wake"]["ok"] == [["a", "done"]]
+        assert all(answers[c]["code"] == 0 for c in CLI[:3]), answers
+
+
+CASES = int(os.environ.get("ADVERSARIAL_CASES", "60"))
+
+
+def test_damaged_copies_answer_truly_or_raise_store_errors(sweep: Any) -> None:
+    """``CASES`` damaged copies (seeded, half of each variant): see the module's docstring."""
+    root, variants, worker, good = sweep
+    rng = random.Random(16)
+    failures = []
+    tally: dict[str, int] = {}
+    for n in range(CASES):
+        variant = "closed" if n % 3 == 0 else "killed"
+        case = damage(variants[variant], variant, rng)
+        d = write_case(root, n, case)
+        answers = worker.ask(d)
+        found = problems(answers, good[variant], case)
+        errs = sorted({a["err"] for k, a in answers.items() if isinstance(a, dict) and "err" in a and k not in CLI})
+        key = "errors " + ",".join(errs) if errs else "all answered"
+        tally[key] = tally.get(key, 0) + 1
+        if found:
+            failures.append(f"case {n} ({case.label()}):\n  " + "\n  ".join(found))
+        else:
+            shutil.rmtree(d)
+    print(f"\n{CASES} damaged copies:", tally)
+    assert not failures, "\n".join(failures[:8]) + f"\n({len(failures)} of {CASES} cases failed)"
+
+
+def test_a_run_lost_with_the_wal_after_its_intent_is_damage_not_a_new_run(sweep: Any) -> None:
+    """The -wal cut back to its header: SQLite opens the store as of the checkpoint, silently, and runs
+    a, b and e are gone. b's at_most_once call ran (the intent log holds it): loading or listing must
+    say the store lost commits, not "no run 'b'", and starting b again must not send again."""
+    import advflow
+
+    from statemachine_agent.errors import RunNotFound, StoreCorrupted
+    from statemachine_agent.stores import SQLiteStore
+
+    root, variants, _, _ = sweep
+    files = dict(variants["killed"])
+    files["-wal"] = files["-wal"][:WAL_HEADER]
+    db = write_case(root, 2000, files) / "runs.db"
+    os.environ["ADV_EFFECTS"] = str(db.parent / "effects")
+    with SQLiteStore(db) as store:
+        with pytest.raises(StoreCorrupted, match="intent log"):
+            store.load("b").result()
+        with pytest.raises(StoreCorrupted, match="'b'"):
+            store.list_runs().result()
+        with pytest.raises(StoreCorrupted, match="'b'"):
+            advflow.flow.run_sync(advflow.Job(owner="b"), store=store, run_id="b")
+        with pytest.raises(RunNotFound):  # a run without logged intents is simply gone with the -wal
+            store.load("a").result()
+    assert not (db.parent / "effects").exists() or "b" not in (db.parent / "effects").read_text().split()
