@@ -449,8 +449,11 @@ def _refuse_what_is_no_store(path: Path, raw: str) -> None:
     make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
     anything this look cannot read is left to SQLiteStore to explain."""
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"  # immutable: no -wal/-shm is made
-                               + ("" if Path(f"{path}-wal").exists() else "&immutable=1"), uri=True)
+        # immutable: no -wal/-shm is made; readonly_shm: SQLite's shared memory of a live (or killed) writer
+        # is read, never written (a reader would otherwise write its read mark, or recover it, into the -shm)
+        wal, shm = Path(f"{path}-wal").exists(), Path(f"{path}-shm").exists()
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"
+                               + (("&readonly_shm=1" if shm else "") if wal else "&immutable=1"), uri=True)
     except (sqlite3.Error, ValueError, OSError):
         return
     try:

@@ -423,7 +423,7 @@ CASES = int(os.environ.get("ADVERSARIAL_CASES", "60"))
 def test_damaged_copies_answer_truly_or_raise_store_errors(sweep: Any) -> None:
     """``CASES`` damaged copies (seeded, half of each variant): see the module's docstring."""
     root, variants, worker, good = sweep
-    rng = random.Random(16)
+    rng = random.Random(int(os.environ.get("ADVERSARIAL_SEED", "16")))
     failures = []
     tally: dict[str, int] = {}
     for n in range(CASES):
@@ -467,3 +467,79 @@ def test_a_run_lost_with_the_wal_after_its_intent_is_damage_not_a_new_run(sweep:
         with pytest.raises(RunNotFound):  # a run without logged intents is simply gone with the -wal
             store.load("a").result()
     assert not (db.parent / "effects").exists() or "b" not in (db.parent / "effects").read_text().split()
+
+
+# --- 2. read-only commands write nothing, on live and killed stores ---------------------------------
+HOLDER = textwrap.dedent('''
+    import os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    os.environ["ADV_EFFECTS"] = os.path.join(sys.argv[1], "holder-effects")
+    import advflow
+    from statemachine_agent.stores import SQLiteStore
+    store = SQLiteStore(sys.argv[2])
+    advflow.flow.run_sync(advflow.Job(owner="a"), store=store, run_id="a")
+    store.deliver("a", "poke", {"n": 1}).result()
+    advflow.CRASH.add("b")
+    advflow.flow.run_sync(advflow.Job(owner="b"), store=store, run_id="b")
+    try:
+        advflow.flow.deliver_sync("b", "approval", {"ok": True}, store=store)
+    except advflow.Crash:
+        pass
+    print("ready", flush=True)
+    if sys.argv[3] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.read()  # held open until the test closes our stdin
+''')
+
+
+def fingerprint(path: Path) -> dict[str, tuple[bytes, int] | None]:
+    out: dict[str, tuple[bytes, int] | None] = {}
+    for suffix in ("", "-wal", "-shm", "-intents", "-journal"):
+        f = Path(f"{path}{suffix}")
+        out[suffix] = (f.read_bytes(), f.stat().st_mtime_ns) if f.exists() else None
+    return out
+
+
+READ_ONLY = (["runs", "list"], ["runs", "list", "--json"], ["runs", "show", "a"], ["runs", "show", "b", "--json"],
+             ["runs", "show", "nope"])
+
+
+@pytest.mark.parametrize("holder", ["live", "kill"])
+def test_read_only_commands_write_nothing_on_a_live_or_killed_store(holder: str, tmp_path: Path) -> None:
+    """Another process has the store open (its -wal, -shm and -intents in use), or was SIGKILLed with it
+    open: `runs list` and `runs show` (each in a process of its own, as a user runs them) leave every
+    file's bytes and mtime as they were and create none, and still read the latest commits."""
+    (tmp_path / "advflow.py").write_text(FLOW)
+    db = tmp_path / "runs.db"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(db), holder], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        if holder == "kill":
+            assert proc.wait(timeout=30) == -9
+        before = fingerprint(db)
+        assert before["-wal"] is not None and before["-shm"] is not None and before["-intents"] is not None
+        time.sleep(0.02)  # an mtime written now would differ
+        for argv in READ_ONLY:
+            done = subprocess.run([sys.executable, "-m", "statemachine_agent.cli", *argv, "--store", str(db)],
+                                  check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            assert done.returncode == (2 if "nope" in argv else 0), (argv, done.stderr)
+            assert "Traceback" not in done.stderr, done.stderr
+            if argv[1] == "list":
+                assert "b" in done.stdout and "a" in done.stdout, done.stdout
+            changed = [s for s, v in fingerprint(db).items() if v != before[s]]
+            assert not changed, (argv, changed)
+    finally:
+        if proc.poll() is None:
+            proc.communicate(timeout=30)
+
+
+def test_a_wal_copied_without_its_shm_is_still_read(sweep: Any, tmp_path: Path) -> None:
+    """The main file and -wal of a killed store copied without the -shm: `runs list` still reads the
+    runs of the -wal (SQLite needs a -shm to read a -wal: it makes one, the one write it cannot avoid)."""
+    _, variants, _, _ = sweep
+    db = write_case(tmp_path, 0, {s: v for s, v in variants["killed"].items() if s != "-intents"}) / "runs.db"
+    done = subprocess.run([sys.executable, "-m", "statemachine_agent.cli", "runs", "list", "--store", str(db)],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert {line.split()[0] for line in done.stdout.splitlines()[1:]} == set(RUNS), done.stdout

@@ -595,9 +595,14 @@ class SQLiteStore(Store):
             # mode=ro never writes the database. SQLite still needs the -shm (and creates it, with an empty
             # -wal, if only the -wal is missing) to read a WAL database: a store closed cleanly has neither,
             # so it is opened immutable=1 (no -wal or -shm is looked for or made) and nothing at all appears.
+            # With a -wal (a live writer, or a killed one), readonly_shm=1: the -shm is opened read-only, so
+            # neither a read mark nor a recovered index is written into it (SQLite then reads the -wal itself).
+            # (A -wal without its -shm, copied without it, cannot be read so: SQLite makes the -shm then.)
             target = f"file:{quote(str(Path(self.path).expanduser().resolve()))}?mode=ro"
             if self._immutable:
                 target += "&immutable=1"
+            elif os.path.exists(f"{self.path}-shm"):
+                target += "&readonly_shm=1"
         try:
             conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
                                    uri=readonly, factory=_Connection)
