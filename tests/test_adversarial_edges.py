@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PAGE, WAL_HEADER, WAL_FRAME = 4096, 32, 4096 + 24
 HERE = Path(__file__).resolve().parent
@@ -543,3 +545,162 @@ def test_a_wal_copied_without_its_shm_is_still_read(sweep: Any, tmp_path: Path) 
                           check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert {line.split()[0] for line in done.stdout.splitlines()[1:]} == set(RUNS), done.stdout
+
+
+# --- 4. the command line under drawn argv -------------------------------------------------------------
+def test_an_at_fifo_nobody_writes_to_exits_2_promptly(tmp_path: Path) -> None:
+    """``--input @FIFO`` with no writer: opening it blocked the command forever. Now it is opened
+    without blocking and refused after PIPE_WAIT seconds (lowered here), on one line."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code = ("import sys, statemachine_agent.cli as c; c.PIPE_WAIT = 0.3; "
+            f"sys.exit(c.main(['run', 'statemachine_agent.examples.research:workflow', '--input', '@{fifo}']))")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "pipe" in done.stderr, done.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_an_at_fifo_written_later_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The other side: a FIFO whose writer comes a little later and closes it is read whole."""
+    from statemachine_agent.cli import _read_input
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        time.sleep(0.2)
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write('{"question": "why?"}')
+
+    import threading
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert _read_input(f"@{fifo}") == {"question": "why?"}
+    finally:
+        writer.join()
+
+
+HOSTILE_CHARS = ("\x1b", "\n", "\r", "\x00", "\x7f", "\x85", "\x9b", "\u202e", "\u2066", "\u2028", "\udcff", "\ud800")
+hostile = st.text(st.one_of(st.sampled_from(HOSTILE_CHARS), st.characters(codec="utf-8")), min_size=0, max_size=6)
+NUMBERS = ("0", "1", "-1", "nan", "NaN", "-nan", "inf", "-Infinity", "1e999", "1e-999", "0x10", "1_0", "\u0661",
+           "\uff19", " 2", "2 ", "9" * 60, "-0", "+5", "1.5", "", "1e3", "2**63")
+
+
+def _argv_strategy(p: dict[str, str]) -> st.SearchStrategy[list[str]]:
+    num = st.one_of(st.sampled_from(NUMBERS), st.integers(-(2 ** 70), 2 ** 70).map(str))
+    run_id = st.one_of(st.sampled_from(["a", "c", "b", "nope", ""]), hostile)
+    json_arg = st.one_of(st.sampled_from([
+        "{}", '{"owner": "x"}', '{"owner": NaN}', '{"ok": Infinity}', "[1]", '{"ok": true}', '{"ok": 1e999}',
+        '{"a": ' + "[" * 3000 + "]" * 3000 + "}", '{"owner": "\\ud800"}', '{"owner": "\\u001b[2J\\u202e"}',
+        "@/dev/zero", f"@{p['fifo']}", f"@{p['link']}", f"@{p['missing']}", f"@{p['dir']}", f"@{p['latin1']}",
+        "@", '{"owner": ' + "1" * 5000 + "}"]), hostile)
+    store = st.sampled_from([p["store"], p["store"], p["store"], p["storelink"], p["missing"], p["dir"], "/dev/zero",
+                             p["latin1"], p["plain"], "", p["fifo"]])
+    target = st.one_of(st.sampled_from(["advflow:flow"] * 4 + ["advflow:nope", "nomod_xyz:x", "advflow", ":",
+                                                                "advflow:Job", "advflow:flow.wf"]), hostile)
+    text = st.one_of(st.sampled_from(["approval", "poke", "dot", "mermaid", "svg", ""]), hostile)
+    out = st.sampled_from([p["out"], p["outlink"], p["dir"], p["fifo"], p["out"] + ".mmd"])
+    opt = st.booleans()
+
+    @st.composite
+    def argv(draw: st.DrawFn) -> list[str]:
+        kind = draw(st.sampled_from(["run", "check", "diagram", "list", "show", "resume", "deliver", "fork", "wake"]))
+        args: list[str]
+        if kind == "run":
+            args = ["run", draw(target)]
+            extra = [["--input", draw(json_arg)], ["--max-steps", draw(num)], ["--timeout", draw(num)], ["--json"],
+                     ["--policy", draw(text)]]
+        elif kind == "check":
+            args, extra = ["check", draw(target)], []
+        elif kind == "diagram":
+            args = ["diagram", draw(target), "-o", draw(out)]
+            extra = [["--format", draw(text)], ["--run", draw(run_id)], ["--store", draw(store)],
+                     ["--rankdir", draw(text)]]
+        elif kind in ("list", "show"):
+            args = ["runs", kind, *([draw(run_id)] if kind == "show" else []), "--store", draw(store)]
+            extra = [["--json"]]
+        elif kind == "resume":
+            args = ["runs", "resume", draw(target), draw(run_id), "--store", draw(store)]
+            extra = [["--json"], ["--max-steps", draw(num)], ["--timeout", draw(num)]]
+        elif kind == "deliver":
+            args = ["runs", "deliver", draw(target), draw(run_id), draw(text), "--store", draw(store)]
+            extra = [["--payload", draw(json_arg)], ["--json"], ["--secrets-env", draw(text)]]
+        elif kind == "fork":
+            args = ["runs", "fork", draw(target), draw(run_id), "--at-step", draw(num), "--store", draw(store)]
+            extra = [["--patch", draw(json_arg)], ["--new-id", draw(run_id)], ["--json"]]
+        else:
+            args = ["runs", "wake", *([draw(target)] if draw(opt) else []), "--store", draw(store)]
+            extra = [["--json"], ["--secrets-env", draw(text)]]
+        for e in extra:
+            if draw(opt):
+                args += e
+        return args
+
+    return argv()
+
+
+@pytest.fixture(scope="module")
+def cli_place(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    (root / "advflow.py").write_text(FLOW)
+    sys.path.insert(0, str(root))
+    import advflow
+
+    from statemachine_agent.stores import SQLiteStore
+
+    os.environ["ADV_EFFECTS"] = str(root / "effects")
+    p = {name: str(root / name) for name in ("store", "fifo", "missing", "dir", "latin1", "plain", "out", "input")}
+    p["store"] = str(root / "runs.db")
+    with SQLiteStore(p["store"]) as store:
+        advflow.flow.run_sync(advflow.Job(owner="a"), store=store, run_id="a")
+        advflow.flow.run_sync(advflow.Job(owner="c"), store=store, run_id="c")
+        advflow.flow.deliver_sync("c", "approval", {"ok": True}, store=store)
+    os.mkfifo(p["fifo"])
+    Path(p["dir"]).mkdir()
+    Path(p["latin1"]).write_bytes(b'{"owner": "caf\xe9"}')
+    Path(p["input"]).write_text('{"owner": "linked"}')
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(p["plain"])) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    for name, to in (("link", p["input"]), ("storelink", p["store"]), ("outlink", p["input"])):
+        os.symlink(to, root / name)
+        p[name] = str(root / name)
+    yield p
+    sys.path.remove(str(root))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@settings(max_examples=int(os.environ.get("ADVERSARIAL_ARGV", "80")), deadline=None, derandomize=True,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_argv_exits_0_1_or_2_cleanly(cli_place: dict[str, str], data: st.DataObject,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command, its arguments drawn from hostile pools (odd bytes as surrogates, huge numbers,
+    NaN spellings, @/dev/zero, @FIFO, symlinks, junk stores): exit 0, 1 or 2; nothing escapes main();
+    no traceback; every character printed is printable (or a line break) and encodes as UTF-8; exit 2
+    is one line; --json output parses as strict JSON."""
+    import statemachine_agent.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "PIPE_WAIT", 0.05)
+    argv = data.draw(_argv_strategy(cli_place), label="argv")
+    before = Path(cli_place["input"]).read_bytes()
+    answer = _cli(argv)
+    assert "escaped" not in answer, (argv, answer)
+    code, out, err = answer["code"], answer["out"], answer["err"]
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in out + err, (argv, err)
+    raw = sorted({f"U+{ord(c):04X}" for c in out + err if not c.isprintable() and c != "\n"})
+    assert not raw, (argv, raw, out[-500:], err)
+    (out + err).encode("utf-8")
+    if code == 2:
+        assert err.count("\n") == 1 or err.startswith("usage:"), (argv, err)
+    if "--json" in argv and code in (0, 1) and out.strip():
+        json.loads(out, parse_constant=_no_constant)
+    assert Path(cli_place["input"]).read_bytes() == before, "a symlinked output was written through"
