@@ -951,7 +951,7 @@ def cmd_runs_wake(args: argparse.Namespace) -> int:
         due = [r for r in records if r.status == "waiting" and r.wait is not None
                and r.wait.deadline is not None and now >= r.wait.deadline]
         if not due:
-            _say("no waiting run is past its deadline")
+            _say(_json([], indent=2) if args.json else "no waiting run is past its deadline")
             return 0
         names = ", ".join(sorted({_name(r.workflow) for r in due}))
         raise UsageError(f"{len(due)} waiting run(s) are past their deadline (workflow {names}): name the "

@@ -704,3 +704,10 @@ def test_any_argv_exits_0_1_or_2_cleanly(cli_place: dict[str, str], data: st.Dat
     if "--json" in argv and code in (0, 1) and out.strip():
         json.loads(out, parse_constant=_no_constant)
     assert Path(cli_place["input"]).read_bytes() == before, "a symlinked output was written through"
+
+
+def test_wake_without_a_workflow_and_nothing_due_prints_json_when_asked(cli_place: dict[str, str]) -> None:
+    """`runs wake --store FILE --json` with no run due printed a sentence, which is not JSON (found by
+    the argv sweep above)."""
+    answer = _cli(["runs", "wake", "--store", cli_place["store"], "--json"])
+    assert answer["code"] == 0 and json.loads(answer["out"]) == [], answer
