@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import re
 import select
 import shutil
 import subprocess
@@ -711,3 +712,60 @@ def test_wake_without_a_workflow_and_nothing_due_prints_json_when_asked(cli_plac
     the argv sweep above)."""
     answer = _cli(["runs", "wake", "--store", cli_place["store"], "--json"])
     assert answer["code"] == 0 and json.loads(answer["out"]) == [], answer
+
+
+# --- 3. a hostile model server: the key JSON-escaped in an error body ---------------------------------
+CANARY = "sk-CANARY-77aa/bb+cc"
+
+
+def _escaped(key: str, every: int) -> str:
+    """``key`` with every ``every``-th character written as a JSON ``\\uXXXX`` escape (upper or lower hex)."""
+    return "".join(f"\\u{ord(c):04x}" if i % every == 0 else f"\\u{ord(c):04X}" if i % every == 1 else
+                   ("\\/" if c == "/" else c) for i, c in enumerate(key))
+
+
+@pytest.mark.parametrize("status", [401, 500, 503])
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_a_json_escaped_key_in_an_error_body_is_scrubbed(status: int, every: int, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error body (JSON, as OpenAI-style servers send) echoing the key with its characters as
+    ``\\uXXXX`` escapes, all or some, and ``\\/``: the error text was kept as the server sent it, so one
+    JSON unescape gave the key back from the exception, the journal and the store file. It is scrubbed
+    in those forms too. The key also comes back in headers and Retry-After, which are never shown."""
+    from statemachine_agent import Context, FakeClock, Workflow
+    from statemachine_agent.llm import ChatModel, LLMPolicy, llm_step
+    from statemachine_agent.llm.testing import FakeOpenAIServer, FakeRequest, FakeResponse
+    from statemachine_agent.stores import SQLiteStore
+
+    class Doc(Context):
+        summary: str | None = None
+
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+
+    def serve(request: FakeRequest, index: int) -> FakeResponse:
+        raw = '{"error": {"message": "bad key ' + _escaped(CANARY, every) + '"}}'
+        return FakeResponse(status, raw=raw.encode(), headers={"Retry-After": CANARY, "X-Echo": CANARY})
+
+    wf = Workflow("esc", Doc)
+    with FakeOpenAIServer(serve) as server:
+        chat = ChatModel(base_url=server.url, model="fake", retries=2, backoff=0)
+        wf.add_state("work", llm_step(chat, write="summary", output=str, prompt="go", max_attempts=1),
+                     initial=True, writes=["summary"])
+        wf.terminal("done")
+        wf.terminal("failed", outcome="failure")
+        wf.transition("work", "done")
+        db = tmp_path / "runs.db"
+        with SQLiteStore(db) as store:
+            result = wf.compile().run_sync(Doc(), policy=LLMPolicy(chat=chat), store=store, run_id="r",
+                                           clock=FakeClock(), raise_errors=False)
+            stored = store.load("r").result().model_dump_json()
+    error = result.path[-1].error if result.path else result.error
+    texts = [str(error), repr(error), json.dumps(result.to_dict()), stored,
+             "".join(p.read_bytes().decode("latin-1") for p in tmp_path.iterdir())]
+    assert "bad key" in str(error), error
+    for found in texts:
+        text = found
+        for _ in range(4):  # unescape as often as a reader might
+            assert CANARY not in text, text[:500]
+            text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)),
+                          text.replace("\\\\", "\\")).replace("\\/", "/")
