@@ -520,9 +520,14 @@ def _refuse_what_is_no_store(path: Path, raw: str) -> None:
         raise UsageError(f"no store at {raw!r}: {what}; give the file a durable run was stored in")
 
 
-def _run_id(raw: str) -> str:
+def _run_id(raw: str, option: str = "the run id") -> str:
     if not raw:
-        raise UsageError("the run id is empty: list the runs with `statemachine-agent runs list --store FILE`")
+        raise UsageError(f"{option} is empty: list the runs with `statemachine-agent runs list --store FILE`")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+        raise UsageError(f"{option} {raw!r} holds bytes that are not UTF-8 text: run ids are text; list the runs "
+                         "with `statemachine-agent runs list --store FILE`") from None
     return raw
 
 
@@ -817,6 +822,8 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
         if args.patch is not None else None
     if args.new_id is not None and not args.new_id:
         raise UsageError("--new-id '': give the fork a non-empty id, or drop --new-id for a random one")
+    if args.new_id is not None:
+        _run_id(args.new_id, "--new-id")
     compiled = _compiled(args.target)
     fork = _library_method(compiled, "fork_sync", "fork")
     with _open_store(args.store, secrets_env=args.secrets_env) as store:

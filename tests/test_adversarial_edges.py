@@ -769,3 +769,16 @@ def test_a_json_escaped_key_in_an_error_body_is_scrubbed(status: int, every: int
             assert CANARY not in text, text[:500]
             text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)),
                           text.replace("\\\\", "\\")).replace("\\/", "/")
+
+
+@pytest.mark.parametrize("where", ["show", "resume", "fork", "new-id"])
+def test_a_run_id_of_bytes_that_are_not_utf8_is_refused_saying_so(where: str, cli_place: dict[str, str]) -> None:
+    """A run id holding a byte that is not UTF-8 (it reaches argv as a lone surrogate): the error said
+    "'utf-8' codec can't encode character '\\udcff'", which names neither the id nor what to do."""
+    odd, store = "r\udcff", ["--store", cli_place["store"]]
+    argv = {"show": ["runs", "show", odd, *store], "resume": ["runs", "resume", "advflow:flow", odd, *store],
+            "fork": ["runs", "fork", "advflow:flow", odd, "--at-step", "0", *store],
+            "new-id": ["runs", "fork", "advflow:flow", "a", "--at-step", "0", "--new-id", odd, *store]}[where]
+    answer = _cli(argv)
+    assert answer["code"] == 2 and "not UTF-8" in answer["err"] and answer["err"].count("\n") == 1, answer
+    assert "\udcff" not in answer["err"] and "codec" not in answer["err"], answer
