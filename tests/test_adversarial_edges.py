@@ -16,6 +16,7 @@ at_most_once call that has an intent never runs again; no run loads another run'
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -782,3 +783,56 @@ def test_a_run_id_of_bytes_that_are_not_utf8_is_refused_saying_so(where: str, cl
     answer = _cli(argv)
     assert answer["code"] == 2 and "not UTF-8" in answer["err"] and answer["err"].count("\n") == 1, answer
     assert "\udcff" not in answer["err"] and "codec" not in answer["err"], answer
+
+
+RAW_REPLIES = {
+    "closed mid-body": lambda: (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                                b"{\"ch"),
+    "gzip bomb, lying Content-Length": lambda: (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 100\r\n\r\n"
+        + gzip.compress(b"{" + b" " * (64 * 1024 * 1024) + b"}")),
+    "key past the cap of a 5xx body": lambda: (b"HTTP/1.1 500 Oops\r\nContent-Length: 300000\r\n\r\n" + b"x" * 200_000
+                                               + CANARY.encode() + b"y" * (100_000 - len(CANARY))),
+    "key in the reason, a header and Retry-After": lambda: b"HTTP/1.1 503 %s\r\nContent-Length: 2\r\nX-Echo: %s\r\n"
+                                                           b"Retry-After: %s\r\n\r\nno" % ((CANARY.encode(),) * 3),
+}
+
+
+@pytest.mark.parametrize("name", list(RAW_REPLIES))
+def test_a_raw_hostile_server_gives_a_typed_error_without_the_key(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server on a raw socket (so it can lie about lengths): it closes mid-body, sends a gzip bomb
+    under a small Content-Length, echoes the key past the error-body cap, or in its status line and
+    headers. Each is ModelUnavailable, and the key is nowhere in it."""
+    import asyncio
+    import socket
+    import threading
+
+    from statemachine_agent.clock import SystemClock
+    from statemachine_agent.errors import ModelError
+    from statemachine_agent.llm import ChatModel
+
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    reply = RAW_REPLIES[name]()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):
+                    conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        chat = ChatModel(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", model="m", retries=2,
+                         backoff=0, timeout=20)
+        with pytest.raises(ModelError) as info:
+            asyncio.run(chat._post({"model": "m", "messages": []}, SystemClock(), known_good=True))
+    finally:
+        listener.close()
+    assert type(info.value).__name__ == "ModelUnavailable", info.value
+    assert CANARY not in str(info.value) + repr(info.value)
