@@ -9,8 +9,10 @@ import importlib
 import json
 import math
 import os
+import select
 import shlex
 import sqlite3
+import stat
 import sys
 import time
 import traceback
@@ -108,16 +110,33 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 """The largest ``@FILE`` (``--input``, ``--payload``, ``--patch``) or run file read: 16 MiB."""
 
 
+PIPE_WAIT = 10.0
+"""The longest an ``@FILE`` that is a pipe (a FIFO, ``@/dev/stdin`` piped) may take to give all of its
+content, in seconds: a pipe nobody writes to, or that never ends, would otherwise block the command."""
+
+
 def _read_bounded(path: Path, where: str) -> str:
     """The UTF-8 text of ``path``, read with a bounded read: a file over :data:`MAX_INPUT_BYTES` (or a
-    device that never ends, such as /dev/zero) is refused after reading that much."""
+    device that never ends, such as /dev/zero) is refused after reading that much, and a pipe that has
+    not ended within :data:`PIPE_WAIT` seconds is refused too (opening one never blocks)."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_INPUT_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO nobody has open for writing would block until somebody does.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # e.g. a NUL byte in the path
         raise UsageError(f"cannot read {where}: {exc}") from exc
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and hasattr(select, "poll"):
+            data = _read_pipe(fd, where)
+        else:
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
     if len(data) > MAX_INPUT_BYTES:
         raise UsageError(f"{where} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB: give a smaller "
                          "JSON file (a regular file, not a device)")
@@ -126,6 +145,32 @@ def _read_bounded(path: Path, where: str) -> str:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{where} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                          f"{exc.start}): save it as UTF-8 JSON") from exc
+
+
+def _read_pipe(fd: int, where: str) -> bytes:
+    """What a pipe (opened non-blocking) gives until its writer closes it: at most one byte over
+    :data:`MAX_INPUT_BYTES`, within :data:`PIPE_WAIT` seconds."""
+    deadline = time.monotonic() + PIPE_WAIT
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_INPUT_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UsageError(f"{where} is a pipe that did not end within {PIPE_WAIT:g} s (nobody wrote to it, or "
+                             "its writer never closed it): write the JSON and close it, or give a regular file")
+        if not poller.poll(max(1, int(left * 1000))):
+            continue
+        try:
+            chunk = os.read(fd, min(1 << 16, MAX_INPUT_BYTES + 1 - size))
+        except BlockingIOError:
+            continue
+        if not chunk:  # every writer closed it
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _field_path(parts: Sequence[str | int]) -> str:
@@ -432,6 +477,13 @@ def _open_store(raw: str, *, readonly: bool = False, secrets_env: str | None = N
                          "(SQLiteStore(path), run(ctx, store=...))")
     if is_dir:
         raise UsageError(f"no store at {raw!r}: it is a folder; give the store's file, e.g. {raw}/runs.db")
+    try:
+        regular = path.is_file()  # a FIFO would block opening it; a device is no store either
+    except OSError as exc:
+        raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
+    if not regular:
+        raise UsageError(f"no store at {raw!r}: it is not a regular file (a pipe or a device); give the file a "
+                         "durable run was stored in")
     _refuse_what_is_no_store(path, raw)
     try:
         codec = None
@@ -449,8 +501,11 @@ def _refuse_what_is_no_store(path: Path, raw: str) -> None:
     make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
     anything this look cannot read is left to SQLiteStore to explain."""
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"  # immutable: no -wal/-shm is made
-                               + ("" if Path(f"{path}-wal").exists() else "&immutable=1"), uri=True)
+        # immutable: no -wal/-shm is made; readonly_shm: SQLite's shared memory of a live (or killed) writer
+        # is read, never written (a reader would otherwise write its read mark, or recover it, into the -shm)
+        wal, shm = Path(f"{path}-wal").exists(), Path(f"{path}-shm").exists()
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"
+                               + (("&readonly_shm=1" if shm else "") if wal else "&immutable=1"), uri=True)
     except (sqlite3.Error, ValueError, OSError):
         return
     try:
@@ -465,9 +520,14 @@ def _refuse_what_is_no_store(path: Path, raw: str) -> None:
         raise UsageError(f"no store at {raw!r}: {what}; give the file a durable run was stored in")
 
 
-def _run_id(raw: str) -> str:
+def _run_id(raw: str, option: str = "the run id") -> str:
     if not raw:
-        raise UsageError("the run id is empty: list the runs with `statemachine-agent runs list --store FILE`")
+        raise UsageError(f"{option} is empty: list the runs with `statemachine-agent runs list --store FILE`")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+        raise UsageError(f"{option} {raw!r} holds bytes that are not UTF-8 text: run ids are text; list the runs "
+                         "with `statemachine-agent runs list --store FILE`") from None
     return raw
 
 
@@ -762,6 +822,8 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
         if args.patch is not None else None
     if args.new_id is not None and not args.new_id:
         raise UsageError("--new-id '': give the fork a non-empty id, or drop --new-id for a random one")
+    if args.new_id is not None:
+        _run_id(args.new_id, "--new-id")
     compiled = _compiled(args.target)
     fork = _library_method(compiled, "fork_sync", "fork")
     with _open_store(args.store, secrets_env=args.secrets_env) as store:
@@ -896,7 +958,7 @@ def cmd_runs_wake(args: argparse.Namespace) -> int:
         due = [r for r in records if r.status == "waiting" and r.wait is not None
                and r.wait.deadline is not None and now >= r.wait.deadline]
         if not due:
-            _say("no waiting run is past its deadline")
+            _say(_json([], indent=2) if args.json else "no waiting run is past its deadline")
             return 0
         names = ", ".join(sorted({_name(r.workflow) for r in due}))
         raise UsageError(f"{len(due)} waiting run(s) are past their deadline (workflow {names}): name the "

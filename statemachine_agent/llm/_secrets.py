@@ -24,10 +24,15 @@ would match too much unrelated text."""
 
 
 def _percent(char: str) -> str:
-    """A pattern for ``char`` as it is, or percent-encoded (hex digits in either case); ``+`` may
-    stand for a space, as in a query string."""
+    """A pattern for ``char`` as it is, percent-encoded (hex digits in either case), or as a JSON escape
+    (``\\u0073``, ``\\/``, behind any number of backslashes: an error body is kept as the server sent
+    it, and one JSON unescape would give the key back); ``+`` may stand for a space, as in a query string."""
     encoded = "".join(f"%[{b >> 4:X}{(b >> 4):x}][{b & 15:X}{(b & 15):x}]" for b in char.encode())
     alternatives = [re.escape(char), encoded] + (["\\+"] if char == " " else [])
+    if ord(char) < 0x10000:
+        alternatives.append("\\\\+u" + "".join(f"[{h.upper()}{h.lower()}]" for h in f"{ord(char):04x}"))
+    if char == "/":
+        alternatives.append("\\\\+/")
     return "(?:" + "|".join(alternatives) + ")"
 
 

@@ -520,6 +520,11 @@ class _IntentLog:
             return None
         return run_id, key
 
+    def runs(self) -> set[str]:
+        """The ids of the runs with an intent in the log."""
+        self._read()
+        return set(self._by_run)
+
     def restore(self, run_id: str, calls: list[CallRecord]) -> list[CallRecord]:
         """``calls`` with every logged intent of ``run_id`` that the database lost, as INTENT rows."""
         self._read()
@@ -590,9 +595,14 @@ class SQLiteStore(Store):
             # mode=ro never writes the database. SQLite still needs the -shm (and creates it, with an empty
             # -wal, if only the -wal is missing) to read a WAL database: a store closed cleanly has neither,
             # so it is opened immutable=1 (no -wal or -shm is looked for or made) and nothing at all appears.
+            # With a -wal (a live writer, or a killed one), readonly_shm=1: the -shm is opened read-only, so
+            # neither a read mark nor a recovered index is written into it (SQLite then reads the -wal itself).
+            # (A -wal without its -shm, copied without it, cannot be read so: SQLite makes the -shm then.)
             target = f"file:{quote(str(Path(self.path).expanduser().resolve()))}?mode=ro"
             if self._immutable:
                 target += "&immutable=1"
+            elif os.path.exists(f"{self.path}-shm"):
+                target += "&readonly_shm=1"
         try:
             conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=busy_timeout,
                                    uri=readonly, factory=_Connection)
@@ -798,6 +808,7 @@ class SQLiteStore(Store):
                               run["updated_at"], run_text, _run_crc(run_id, run_text)))
             except sqlite3.IntegrityError:
                 raise RunExists(run_id) from None
+            _lost_runs(conn, {run_id})  # new here, yet logged: a run lost with the -wal's commits
             conn.execute("INSERT INTO sma_snapshots VALUES (?, 0, ?, ?)",
                          (run_id, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
 
@@ -929,7 +940,13 @@ class SQLiteStore(Store):
             else:
                 rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED WHERE workflow=? "
                                     "ORDER BY updated_at DESC", (workflow,))
-            return [_run_of_row(row[0], row[1:]) for row in rows]
+            runs = [_run_of_row(row[0], row[1:]) for row in rows]
+            if isinstance(conn, _Connection) and conn.intents is not None:  # a run lost from the table
+                logged = conn.intents.runs()
+                if logged:
+                    have = {r for (r,) in conn.execute("SELECT run_id FROM sma_runs NOT INDEXED")}
+                    _lost_runs(conn, logged - have)
+            return runs
 
         return self._submit(op)
 
@@ -1078,8 +1095,26 @@ def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
         if conn.execute("SELECT 1 FROM sma_runs NOT INDEXED WHERE run_id=?", (run_id,)).fetchone() is not None:
             raise StoreCorrupted(f"run {run_id!r}: its row is in the store but its index does not find it: the "
                                  "file is damaged; restore it from a backup (nothing of it was loaded)")
+        _lost_runs(conn, {run_id})
         raise RunNotFound(run_id)
     return _run_of_row(run_id, row)
+
+
+def _lost_runs(conn: sqlite3.Connection, absent: set[str]) -> None:
+    """StoreCorrupted if the intent log holds an at_most_once call of a run in ``absent`` (runs the
+    database does not have): the run existed (its intent row was committed before it was logged, and
+    runs are never deleted), so commits were lost, e.g. to a damaged or cut -wal. Saying "no such run"
+    would let a new run under its id make that call again."""
+    intents = conn.intents if isinstance(conn, _Connection) else None
+    if intents is None or not absent:
+        return
+    lost = sorted(absent & intents.runs())
+    if lost:
+        names = ", ".join(repr(r) for r in lost[:5]) + (", ..." if len(lost) > 5 else "")
+        raise StoreCorrupted(f"run {lost[0]!r}: the intent log {intents.path!r} holds at_most_once calls of "
+                             f"run(s) {names} that the database no longer has: its commits were lost (a damaged "
+                             "or cut -wal); restore the store and its -wal from a backup. Nothing was loaded, and "
+                             "no run may start under such an id (it would make those calls again)")
 
 
 _RUN_COLUMNS = "record, crc, epoch, next_step, status, workflow"
