@@ -952,17 +952,19 @@ def _add_runs(sub: Any) -> None:
 def cmd_runs_wake(args: argparse.Namespace) -> int:
     """Continue the waiting runs that can go on now (deadline passed, or event in the inbox)."""
     if args.target is None:  # which runs are due can be read without code; continuing them needs it
-        with _open_store(args.store, readonly=True) as store:
-            records = store.list_runs().result()
         now = time.time()
-        due = [r for r in records if r.status == "waiting" and r.wait is not None
-               and r.wait.deadline is not None and now >= r.wait.deadline]
-        if not due:
-            _say(_json([], indent=2) if args.json else "no waiting run is past its deadline")
+        with _open_store(args.store, readonly=True) as store:
+            workflows = sorted({r.workflow for r in store.list_runs().result() if r.status == "waiting"})
+            due = {w: store.due_runs(w, now).result() for w in workflows}
+        count = sum(len(ids) for ids in due.values())
+        if not count:
+            _say(_json([], indent=2) if args.json else "no waiting run can go on now (none is past its "
+                 "deadline or has its event in its inbox)")
             return 0
-        names = ", ".join(sorted({_name(r.workflow) for r in due}))
-        raise UsageError(f"{len(due)} waiting run(s) are past their deadline (workflow {names}): name the "
-                         "workflow to continue them: runs wake MODULE:OBJECT --store FILE")
+        names = ", ".join(_name(w) for w, ids in due.items() if ids)
+        raise UsageError(f"{count} waiting run(s) can go on now (past their deadline, or their event came; "
+                         f"workflow {names}): name the workflow to continue them: runs wake MODULE:OBJECT "
+                         "--store FILE")
     compiled = _compiled(args.target)
     with _open_store(args.store, secrets_env=args.secrets_env) as store:
         results = compiled.wake_due_sync(store)

@@ -73,7 +73,7 @@ def test_wake_without_a_workflow_says_which_runs_are_due(db: Path, capsys: pytes
     assert main(["runs", "wake", "--store", str(db)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert "2 waiting run(s) are past their deadline" in err
+    assert "2 waiting run(s) can go on now" in err
     assert "runs wake MODULE:OBJECT" in err
 
 
