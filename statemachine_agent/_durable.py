@@ -706,7 +706,11 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     # Before the event is committed, not after: secrets it cannot read, and (for a run this call
     # would continue) a workflow the run does not fit, raise with nothing delivered.
     if stored.run.status is RunStatus.WAITING:
-        _, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)  # IncompatibleRun
+        try:
+            _, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)
+        except IncompatibleRun as exc:  # deliver takes no migrate=: say how to get there
+            raise IncompatibleRun(exc.run_id, exc.problems, "nothing was delivered: deliver with the workflow "
+                                  "that started the run (deliver takes no migrate=)") from None
         _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     else:
         _opened(workflow, stored.context, store, run_id)

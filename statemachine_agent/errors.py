@@ -269,17 +269,20 @@ class IncompatibleRun(StoreError):
     run_id: str
     problems: tuple[Problem, ...]
 
-    def __init__(self, run_id: str, problems: Sequence[Problem]) -> None:
+    advice: str
+    """What to do, as the message's first line says it."""
+
+    def __init__(self, run_id: str, problems: Sequence[Problem], advice: str | None = None) -> None:
         self.run_id = run_id
         self.problems = tuple(problems)
+        self.advice = advice or "pass migrate= to adapt it, or resume it with the workflow that started it"
         lines = [f"run {run_id!r} cannot resume under this workflow ({len(self.problems)} "
-                 f"problem{'s' if len(self.problems) != 1 else ''}); pass migrate= to adapt it, or resume it "
-                 "with the workflow that started it:"]
+                 f"problem{'s' if len(self.problems) != 1 else ''}); {self.advice}:"]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.run_id, self.problems))
+        return (type(self), (self.run_id, self.problems, self.advice))
 
 
 class RecordedError(RunError):

@@ -151,3 +151,17 @@ def test_a_real_divergence_is_a_nondeterminism_error_naming_step_and_call() -> N
 
 async def _never() -> Any:
     raise AssertionError("a replay must not call anything")
+
+
+def test_incompatible_run_says_what_to_do_and_pickles_with_its_advice() -> None:
+    import pickle
+
+    from statemachine_agent.errors import IncompatibleRun, Problem
+
+    plain = IncompatibleRun("r", [Problem("resume-bad-context", "x")])
+    assert "pass migrate=" in str(plain)
+    told = IncompatibleRun("r", [Problem("resume-bad-context", "x")], "deliver with the workflow that started it")
+    assert "pass migrate=" not in str(told)
+    assert "deliver with the workflow that started it:" in str(told)
+    back = pickle.loads(pickle.dumps(told))
+    assert (str(back), back.advice, back.problems) == (str(told), told.advice, told.problems)
