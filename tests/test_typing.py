@@ -104,3 +104,21 @@ def test_the_docs_python_examples_type_check_under_strict(tmp_path: Path) -> Non
         capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
     )
     assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
+
+
+def test_each_durability_example_type_checks_under_strict(tmp_path: Path) -> None:
+    """docs/durability.md's examples (each a whole program of its own) pass mypy --strict."""
+    page = (HERE.parent.parent / "docs" / "durability.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert len(blocks) >= 2
+    paths = []
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"doc_durability_{i}.py"
+        path.write_text(block, encoding="utf-8")
+        paths.append(path)
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
+         "--no-error-summary", *map(str, paths)],
+        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
+    )
+    assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
