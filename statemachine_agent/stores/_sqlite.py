@@ -1038,7 +1038,7 @@ def _version(text: object, where: str) -> int:
 
 
 def _json(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    return _DECODER.decode(text)
 
 
 def _finite(text: str) -> float:
@@ -1046,6 +1046,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text} is out of range for a float")
     return value
+
+
+# One decoder for every record: json.loads with these options would build a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 def _checked(text: object, crc: object, what: str, *, kind: str, run_id: str, key: object) -> str:
