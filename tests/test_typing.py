@@ -90,6 +90,16 @@ DOCS_GIVEN = {
 }
 
 
+def _assert_strict_clean(paths: list[Path]) -> None:
+    """mypy --strict finds nothing in ``paths``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
+         "--no-error-summary", *map(str, paths)],
+        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
+    )
+    assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
+
+
 def test_the_docs_python_examples_type_check_under_strict(tmp_path: Path) -> None:
     """The python examples of docs pages, as printed (lambda guards included, written with
     wf.guard), pass mypy --strict; a page's fragments get the few names they take as given."""
@@ -98,12 +108,7 @@ def test_the_docs_python_examples_type_check_under_strict(tmp_path: Path) -> Non
         path = tmp_path / f"doc_{page.removesuffix('.md')}.py"
         path.write_text(given + "\n" + _python_blocks(page), encoding="utf-8")
         paths.append(path)
-    out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
-         "--no-error-summary", *map(str, paths)],
-        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
-    )
-    assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
+    _assert_strict_clean(paths)
 
 
 def test_each_durability_example_type_checks_under_strict(tmp_path: Path) -> None:
@@ -116,9 +121,4 @@ def test_each_durability_example_type_checks_under_strict(tmp_path: Path) -> Non
         path = tmp_path / f"doc_durability_{i}.py"
         path.write_text(block, encoding="utf-8")
         paths.append(path)
-    out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
-         "--no-error-summary", *map(str, paths)],
-        capture_output=True, text=True, check=False, cwd=HERE.parent.parent,
-    )
-    assert (out.returncode, out.stdout) == (0, ""), out.stdout + out.stderr
+    _assert_strict_clean(paths)
