@@ -32,8 +32,8 @@ from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 from ._plan import Program
 from ._rules import unset_reads_from
 from ._tooldef import KEY_PARAMETER, Effect, Tool
-from .clock import SystemClock
-from .context import is_unset
+from .clock import SystemClock, wall_time
+from .context import first_non_finite, is_unset
 from .errors import (
     EffectOutcomeUnknown,
     IncompatibleRun,
@@ -125,20 +125,20 @@ def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = N
     return data, unset
 
 
-def non_finite(value: Any, path: str = "") -> str | None:
-    """The path (``a.b[2]``) of the first NaN or infinity in ``value``'s JSON, or ``None``: JSON has
-    no such numbers, so a store refuses them; this says which field held one."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        v, p = stack.pop()
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                return p or "(the value)"
-        elif isinstance(v, dict):
-            stack.extend((x, f"{p}.{k}" if p else str(k)) for k, x in v.items())
-        elif isinstance(v, (list, tuple)):
-            stack.extend((x, f"{p}[{i}]") for i, x in enumerate(v))
-    return None
+def non_finite(value: Any) -> str | None:
+    """The path (``a.b[2]``) of the first NaN or infinity in ``value``, or ``None``."""
+    found = first_non_finite(value)
+    if found is None:
+        return None
+    text = ""
+    for part in found[0]:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "(the value)"
 
 
 def _first_unserializable(context: BaseModel, fields: Any) -> str:
@@ -607,9 +607,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         return done
     wait = stored.run.wait
     if stored.run.status is RunStatus.WAITING and wait is not None:
-        clock = options.get("clock")
-        wall = getattr(clock, "wall", None)
-        now = float(wall()) if callable(wall) else time.time()
+        now = wall_time(options.get("clock"))
         ready = (any(e.event == wait.event and e.consumed_step is None for e in stored.inbox)
                  or (wait.deadline is not None and now >= wait.deadline))
         if not ready:  # nothing to do yet: the run stays as it is, unclaimed
@@ -729,9 +727,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
     the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
     _require_store(store)
-    clock = options.get("clock")
-    wall = getattr(clock, "wall", None)
-    now = float(wall()) if callable(wall) else time.time()
+    now = wall_time(options.get("clock"))
     due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
     # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
     gate = asyncio.Semaphore(_WAKE_AT_ONCE)

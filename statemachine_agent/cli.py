@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
+from .context import first_non_finite
 from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
 from .errors import DefinitionError, Problem, StoreError
 from .policies import Policy, first_enabled, seeded_random
@@ -186,16 +187,8 @@ def _field_path(parts: Sequence[str | int]) -> str:
 
 
 def _first_non_finite(value: Any) -> tuple[str, float] | None:
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
-    while stack:
-        parts, v = stack.pop()
-        if isinstance(v, float) and not math.isfinite(v):
-            return _field_path(parts), v
-        if isinstance(v, dict):
-            stack.extend(((*parts, str(k)), x) for k, x in reversed(list(v.items())))
-        elif isinstance(v, (list, tuple)):
-            stack.extend(((*parts, i), x) for i, x in reversed(list(enumerate(v))))
-    return None
+    found = first_non_finite(value)
+    return None if found is None else (_field_path(found[0]), found[1])
 
 
 def non_finite_field(value: Any) -> str | None:

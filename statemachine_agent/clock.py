@@ -15,7 +15,7 @@ import itertools
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "wall_time"]
 
 
 @runtime_checkable
@@ -107,6 +107,13 @@ class FakeClock:
             # when it exits, exactly as for a real timeout. A block that already ended is skipped.
             with contextlib.suppress(RuntimeError):
                 timeout.reschedule(asyncio.get_running_loop().time())
+
+
+def wall_time(clock: object) -> float:
+    """Seconds since the epoch on ``clock`` (its ``wall()``; the system's for a clock without one,
+    or ``None``): what a stored wait's deadline is compared with."""
+    wall = getattr(clock, "wall", None)
+    return float(wall()) if callable(wall) else time.time()
 
 
 class _FakeTimeout(asyncio.Timeout):  # type: ignore[misc]  # final in typeshed only; reusing it keeps asyncio's exact cancel semantics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -11,7 +12,7 @@ try:
 except ImportError:  # pydantic 2.12 and 2.13 keep the sentinel under experimental
     from pydantic.experimental.missing_sentinel import MISSING as _MISSING
 
-__all__ = ["UNSET", "Context", "is_unset"]
+__all__ = ["UNSET", "Context", "first_non_finite", "is_unset"]
 
 UNSET: Any = _MISSING
 """The default of a field that a state writes before any state reads it.
@@ -37,3 +38,20 @@ class Context(BaseModel):
     """
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+
+def first_non_finite(value: Any) -> tuple[tuple[str | int, ...], float] | None:
+    """The first NaN or infinity in ``value`` (JSON-like data: dicts, lists, tuples), in document
+    order, as (the keys and indexes leading to it, the number); ``None`` when there is none. JSON
+    has no such numbers, so a store cannot keep them: callers refuse them naming the field.
+    Iterative, so any nesting depth is fine."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        parts, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return parts, v
+        if isinstance(v, dict):
+            stack.extend(((*parts, str(k)), x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(((*parts, i), x) for i, x in reversed(list(enumerate(v))))
+    return None

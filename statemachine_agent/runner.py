@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from ._durable import _NO_DELTA, Durable, dump_fields
 from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
 from .errors import BudgetExceeded, ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
 from .events import (
@@ -703,8 +703,7 @@ class Run(Generic[C]):
 
     # --- waits ---------------------------------------------------------------------------------------
     def _wall_now(self) -> float:
-        wall = getattr(self.clock, "wall", None)
-        return float(wall()) if callable(wall) else time.time()
+        return wall_time(self.clock)
 
     def _ready(self, plan: Plan) -> bool:
         """Whether a wait state can run now: its event is in the inbox, or its timeout passed."""
