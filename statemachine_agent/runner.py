@@ -298,7 +298,7 @@ class Run(Generic[C]):
                 await self._start()
                 if self._doomed is not None and self.result is None:
                     await self._fail_doomed()
-            elif self.result is None:
+            elif self.result is None and self._plans[self._token.state].wait is not None:
                 await self._settle_wait()
             while self.result is None:
                 await self._step()  # one coroutine per step, not two: this is the hot path
@@ -328,7 +328,7 @@ class Run(Generic[C]):
             raise RunError(f"run {self.run_id} has already ended in {self.result.terminal!r}")
         self._busy = True
         try:
-            if self._started and await self._settle_wait():
+            if self._started and self._plans[self._token.state].wait is not None and await self._settle_wait():
                 waiting = self.result.waiting if self.result is not None else None
                 raise RunError(f"run {self.run_id} is waiting for event {waiting!r}: deliver it")
             return await self._step()
