@@ -56,7 +56,7 @@ from .secrets import (
 )
 from .spec import Outcome, WorkflowSpec
 from .stores._base import Store
-from .stores._records import CallRecord, CallStatus, RunStatus, StoredRun
+from .stores._records import CallRecord, CallStatus, InboxRecord, RunStatus, StoredRun
 from .usage import ModelCall, Usage
 
 if TYPE_CHECKING:
@@ -580,12 +580,14 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
 
 async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                   migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
-                  fresh: bool = False, waiting_only: bool = False) -> Run[Any] | None:
+                  fresh: bool = False, waiting_only: bool = False,
+                  stored: StoredRun | None = None) -> Run[Any] | None:
     """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``).
 
     ``fresh``: the run was just created by this process (a fork) and holds epoch 1: no claim.
     ``waiting_only``: claim the run only if it is waiting and ready (what a delivery and a wake-up
-    do, so they never take a run from a live worker); ``None`` when it is not.
+    do, so they never take a run from a live worker); ``None`` when it is not. ``stored``: the run
+    as the caller just loaded it (then it is not loaded again before the claim).
     """
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
@@ -595,7 +597,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     for option in ("run_id", "store"):
         if option in options:
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
-    stored = await asyncio.wrap_future(store.load(run_id))
+    if stored is None:
+        stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
@@ -712,11 +715,17 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
         _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     else:
         _opened(workflow, stored.context, store, run_id)
-    await asyncio.wrap_future(store.deliver(run_id, event, data))
+    seq = await asyncio.wrap_future(store.deliver(run_id, event, data))
     # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
     # earlier step re-reads its inbox in the very transaction that would store it as waiting, so
-    # either it takes the event itself or it is waiting by the time this claim looks.
-    run = await _reopen(workflow, run_id, store, None, options, waiting_only=True)
+    # either it takes the event itself or it is waiting by the time this claim looks. A run seen
+    # waiting above leaves that only through a claim, which claim_waiting sees, so that look (with
+    # the event just committed) serves; a run seen running is looked at again, after the commit.
+    seen = None
+    if stored.run.status is RunStatus.WAITING:
+        seen = stored.model_copy(update={"inbox": [*stored.inbox, InboxRecord(seq=seq, event=event, payload=data,
+                                                                              at=time.time())]})
+    run = await _reopen(workflow, run_id, store, None, options, waiting_only=True, stored=seen)
     if run is None:
         return None  # running elsewhere (or crashed): it takes the event when it reaches the wait
     return run.result if run.result is not None else await run.run_to_end()
