@@ -592,6 +592,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
     _require_store(store)
+    run_id = _plain(run_id)
     if migrate is not None and not callable(migrate):
         raise TypeError(f"migrate={migrate!r}: give a function taking and returning a ResumePoint")
     for option in ("run_id", "store"):
@@ -681,6 +682,12 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
 
 
 # --- delivering, forking, replaying -------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """A ``str`` subclass as the plain ``str`` it holds: run ids and event names are compared,
+    hashed and shown, so their own ``__eq__``/``__hash__``/``__repr__`` must never run."""
+    return str.__str__(value) if isinstance(value, str) else value
+
+
 def _wait_for(workflow: Program[Any], event: object) -> Any:
     waits = {p.wait.event: p.wait for p in workflow.plans.values() if p.wait is not None}
     wait = waits.get(event) if isinstance(event, str) else None
@@ -694,6 +701,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
                   options: dict[str, Any]) -> RunResult[Any] | None:
     """Commit ``event`` to the run's inbox; continue the run if it waits for it (see ``compiled.deliver``)."""
     _require_store(store)
+    run_id, event = _plain(run_id), _plain(event)
     wait = _wait_for(workflow, event)
     value = wait.payload.model_validate(payload)  # ValidationError: nothing written
     data = value.model_dump(mode="json")
@@ -772,6 +780,7 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
                new_run_id: str | None, options: dict[str, Any]) -> RunResult[Any]:
     """Start a new run from ``run_id`` before step ``at_step`` (see ``compiled.fork``)."""
     _require_store(store)
+    run_id, new_run_id = _plain(run_id), _plain(new_run_id)
     if patch is not None and not isinstance(patch, dict):
         raise TypeError(f"patch={patch!r}: give a dict of context fields to change")
     if isinstance(at_step, bool) or not isinstance(at_step, int):
@@ -1011,6 +1020,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
     _require_store(store)
+    run_id = _plain(run_id)
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     at = stored.run.parent_step or 0

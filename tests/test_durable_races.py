@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from statemachine_agent import Context, FakeClock, Outcome, Workflow
-from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore
+from statemachine_agent.stores import MemoryStore, RunStatus, SQLiteStore, StoreError
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -297,3 +297,35 @@ def test_due_runs_finds_exactly_the_runs_a_wake_up_may_continue(tmp_path: Path) 
         assert sorted((r.run_id, r.terminal) for r in woken) == [
             ("r0", "expired"), ("r1", "expired"), ("r2", "expired"), ("r3", "expired"), ("r5", "done")]
         assert store.due_runs("gated", clock.wall()).result() == []
+
+
+class Hostile(str):
+    """A run id or event name whose own comparison, hash and repr raise."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ ran")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__ ran")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ ran")
+
+
+def test_run_ids_and_events_whose_eq_hash_and_repr_raise_act_as_the_text_they_hold() -> None:
+    gate, started = asyncio.Event(), asyncio.Event()
+    gate.set()
+    compiled = gated(gate, started)
+    with MemoryStore() as store:
+        assert compiled.run_sync(Job(), store=store, run_id="r").outcome is Outcome.WAITING
+        assert store.claim_waiting(Hostile("ghost")).exception() is not None  # RunNotFound, not RuntimeError
+        assert store.due_runs(Hostile("gated"), 0.0).result() == []
+        done = compiled.deliver_sync(Hostile("r"), Hostile("approval"), {"ok": True}, store=store)
+        assert done is not None and done.terminal == "done"
+        assert store.load(Hostile("r")).result().run.terminal == "done"
+        assert compiled.replay_sync(Hostile("r"), store=store).ok
+        forked = compiled.fork_sync(Hostile("r"), at_step=1, store=store, new_run_id=Hostile("f"))
+        assert (forked.run_id, forked.outcome) == ("f", Outcome.WAITING)
+        assert type(forked.run_id) is str
+        with pytest.raises(StoreError, match="'r' has ended in 'done'"):
+            compiled.deliver_sync(Hostile("r"), Hostile("approval"), {"ok": True}, store=store)

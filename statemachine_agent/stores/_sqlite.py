@@ -815,6 +815,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def claim(self, run_id: str) -> Future[StoredRun]:
+        run_id = _plain(run_id)
         def op(conn: sqlite3.Connection) -> StoredRun:
             run = _read_run(conn, run_id)
             if run.status is not RunStatus.DONE:
@@ -827,6 +828,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
+        run_id = _plain(run_id)
         def op(conn: sqlite3.Connection) -> StoredRun | None:
             run = _read_run(conn, run_id)
             if run.status is not RunStatus.WAITING:
@@ -836,6 +838,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
+        run_id = _plain(run_id)
         def op(conn: sqlite3.Connection) -> None:
             run = _read_run(conn, run_id)
             if run.epoch != epoch:
@@ -911,6 +914,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
+        run_id = _plain(run_id)
         if not isinstance(run_id, str) or not run_id:
             raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
         text = _dumps(call)
@@ -930,6 +934,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
+        run_id = _plain(run_id)
         return self._submit(lambda conn: _load(conn, _read_run(conn, run_id), at_step))
 
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
@@ -951,6 +956,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def due_runs(self, workflow: str, now: float) -> Future[list[str]]:
+        workflow = _plain(workflow)
         if not isinstance(workflow, str) or isinstance(now, bool) or not isinstance(now, (int, float)):
             raise TypeError(f"due_runs({workflow!r}, {now!r}): give a workflow name and a time in seconds")
 
@@ -970,6 +976,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def deliver(self, run_id: str, event: str, payload: Any) -> Future[int]:
+        run_id, event = _plain(run_id), _plain(event)
         if not isinstance(event, str) or not event:
             raise TypeError(f"event={event!r}: give the event's name, a non-empty string")
         payload_text = _dumps(payload)  # refuses what is not JSON before anything is written
@@ -988,6 +995,7 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def fork(self, source: str, at_step: int, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+        source = _plain(source)
         run_text, ctx_text = _dumps(run), _dumps(context)
         new = run["run_id"]
 
@@ -1088,6 +1096,12 @@ def _parse_run(run_id: object, text: object, crc: object) -> RunRecord:
         raise StoreCorrupted(f"run {run_id!r}: its record is run {run.run_id!r}'s: the file was damaged; nothing "
                              "of it was loaded")
     return run
+
+
+def _plain(value: Any) -> Any:
+    """A ``str`` subclass as the plain ``str`` it holds (its own ``__eq__``, ``__hash__`` or
+    ``__repr__`` never run inside the store); anything else as it is, for the checks to refuse."""
+    return str.__str__(value) if isinstance(value, str) else value
 
 
 def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
