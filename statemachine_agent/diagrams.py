@@ -212,10 +212,15 @@ def _short(text: str, width: int = 48) -> str:
     return "\n".join(lines[:4]) + ("…" if len(lines) > 4 else "")
 
 
+def _dot_text(text: str) -> str:
+    """``text`` inside a DOT quoted string: backslashes kept, line breaks as DOT's own escape."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _dot_label(text: str) -> str:
     """A label as DOT reads it: backslashes kept, line breaks as DOT's own escape, never HTML."""
     # nohtml returns a str subclass that graphviz must see as it is (str() would drop the mark).
-    return typing.cast(str, graphviz.nohtml(text.replace("\\", "\\\\").replace("\n", "\\n")))
+    return typing.cast(str, graphviz.nohtml(_dot_text(text)))
 
 
 def _dot_id(name: str) -> str:
@@ -240,13 +245,17 @@ def to_dot(workflow: Drawable,
         raise ValueError(f"rankdir={rankdir!r}: use 'LR' (left to right) or 'TB' (top to bottom)")
     nodes, edges = extract(workflow, run)
     overlay = RunOverlay.of(run) if run is not None else None
-    title = f"{workflow.name} (worst case {workflow.max_steps} steps)"
+    # The title's names are escaped as labels are (a name ending in a backslash would end DOT's
+    # quoted string); its line breaks are DOT's own escape.
+    title = f"{_dot_text(workflow.name)} (worst case {workflow.max_steps} steps)"
     if overlay is not None and overlay.outcome == "coverage":
-        title += f"\\ncoverage of {overlay.run_id}"
+        title += f"\\ncoverage of {_dot_text(overlay.run_id)}"
     elif overlay is not None:
-        title += f"\\nrun {overlay.run_id[:8]}: {overlay.terminal} ({overlay.outcome}, {overlay.steps} steps)"
-    g = graphviz.Digraph(name=workflow.name, graph_attr={
-        "rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",
+        title += (f"\\nrun {_dot_text(overlay.run_id[:8])}: {_dot_text(str(overlay.terminal))} "
+                  f"({_dot_text(str(overlay.outcome))}, {overlay.steps} steps)")
+    label = typing.cast(str, graphviz.nohtml(title))
+    g = graphviz.Digraph(name=_dot_id(workflow.name), graph_attr={
+        "rankdir": rankdir, "label": label, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14",
         "nodesep": "0.35", "ranksep": "0.5",
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"}, edge_attr={"fontname": "Helvetica",
                                                                           "fontsize": "9"})

@@ -244,3 +244,32 @@ def test_odd_names_and_labels_survive_both_formats(tmp_path: Path) -> None:
     assert "&lt;init&gt;" in svg  # drawn as text, not taken for an HTML label
     assert "ends\\" in svg
     assert "C:\\new" in svg
+
+
+@pytest.mark.parametrize("name", ["ends\\", "a\\\\", 'q"uote\\', "line\nbreak\\", "wÑ\\"])
+def test_a_name_ending_in_a_backslash_gives_dot_that_graphviz_reads(name: str) -> None:
+    """Workflow, state and run names are escaped in the title and graph name too: a trailing
+    backslash used to end DOT's quoted string (graphviz warned, and dot refused the file)."""
+    import warnings
+
+    from statemachine_agent import Context, Workflow
+
+    class C(Context):
+        n: int = 0
+
+    wf = Workflow(name, C)
+
+    @wf.state(initial=True, reads=[], writes=[])
+    def start(ctx: C) -> None:
+        return None
+
+    wf.terminal(name + "end")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("start", name + "end")
+    compiled = wf.compile()
+    result = compiled.run_sync(C(), run_id=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source = compiled.diagram(result).source
+    out = subprocess.run(["dot", "-Tsvg"], input=source, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
