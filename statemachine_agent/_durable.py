@@ -1077,3 +1077,22 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
     n = len(run.path)
     return ReplayReport(run_id, n - at, len(steps) - at, n, None, None,
                         "the run ended before the record does", journal.replayed)
+
+
+def check_runs(workflow: Program[Any], store: Store) -> list[IncompatibleRun]:
+    """Every stored run of ``workflow`` that it would refuse to continue, as the IncompatibleRun it
+    would raise (see ``compiled.check_runs``). Reads only."""
+    _require_store(store)
+    refused: list[IncompatibleRun] = []
+    for record in store.list_runs(workflow.name).result():
+        stored = store.load(record.run_id).result()
+        problems = problems_of(workflow, stored, store)
+        if problems:
+            refused.append(IncompatibleRun(record.run_id, problems))
+    return refused
+
+
+def problems_of(workflow: Program[Any], stored: StoredRun, store: Store | None = None) -> list[Problem]:
+    """Every reason ``stored`` cannot continue under ``workflow`` (empty: it fits)."""
+    _, problems = compatibility(workflow, point_of(stored, workflow, store), stored.run.fingerprint)
+    return problems

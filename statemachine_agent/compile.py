@@ -7,7 +7,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from pydantic import BaseModel
 
-from ._durable import ReplayReport, ResumePoint, _require_store, deliver, fork, reopen, replay, wake_due
+from ._durable import (
+    ReplayReport,
+    ResumePoint,
+    _require_store,
+    check_runs,
+    deliver,
+    fingerprint,
+    fork,
+    reopen,
+    replay,
+    wake_due,
+)
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
@@ -18,6 +29,7 @@ from .stores._records import RunRecord
 from .tools import ToolRegistry
 
 if TYPE_CHECKING:
+    from .errors import IncompatibleRun
     from .events import Hook
     from .result import RunResult, Step
 
@@ -54,6 +66,10 @@ class CompiledWorkflow(Generic[C]):
         """Everything the runner needs about each state; the names index traversal counters."""
         self.machine: Any = build_machine(spec, self.plans, initial, self.failure_terminal)
         """The ``transitions.Machine`` shared by every run (each run's token is its model)."""
+        self.fingerprint: str = fingerprint(spec)
+        """A hash of this version's shape (states, transitions, bounds, waits and their payload
+        schemas, tools and their effects, the context's schema), stored with each run: a run stored
+        under another fingerprint is checked in full before it continues."""
 
     # --- running (see runner.py) ----------------------------------------------------------------
     def run(self, context: C | dict[str, Any],
@@ -184,6 +200,13 @@ class CompiledWorkflow(Generic[C]):
         """This workflow's runs in ``store``, most recently updated first."""
         _require_store(store)
         return store.list_runs(self.name).result()
+
+    def check_runs(self, store: Store) -> list[IncompatibleRun]:
+        """Every stored run of this workflow (by name) that this version would refuse to continue
+        (resume, deliver, wake) without ``migrate=``, each as the :class:`~.errors.IncompatibleRun`
+        it would raise, with every reason; an empty list when all fit. Writes nothing: run it
+        before a deploy."""
+        return check_runs(self, store)
 
     # --- diagrams (see diagrams.py) -------------------------------------------------------------
     def diagram(self, run: RunResult[Any] | dict[str, Any] | None = None, *,
