@@ -45,6 +45,10 @@ class SignedTicket(Ticket):
     approval: SignedApproval | None = None  # type: ignore[assignment]
 
 
+class TicketPlus(Ticket):
+    priority: int = 0
+
+
 class Crash(BaseException):
     """Stands for the process dying (never routed)."""
 
@@ -57,7 +61,8 @@ PAID: list[str] = []
 
 def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "approve", event: str = "approval",
          payload: type[BaseModel] = Approval, retries: int = 3, retry: bool = True, tool: str = "pay",
-         effect: str = "at_most_once", reads_note: bool = False) -> Any:
+         effect: str = "at_most_once", reads_note: bool = False, extra_tool: bool = False,
+         timeout: float | None = None, any_approval: bool = False, description: str = "") -> Any:
     """triage (retried while tries < 3) -> approve (a wait) -> charge (an at_most_once tool) -> done."""
     wf = Workflow(name, context)
 
@@ -75,6 +80,11 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
 
     pay.__name__ = tool
     wf.tool(pay, effect=effect)
+    if extra_tool:
+        def lookup(query: str) -> str:
+            return query
+
+        wf.tool(lookup, effect="read")
 
     @wf.state(initial=True, reads=["tries"], writes=["tries", "note"] if reads_note else ["tries"])
     def triage(ctx: Ticket) -> None:
@@ -85,7 +95,8 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
         if reads_note:
             ctx.note = "triaged"
 
-    wf.wait(wait, event=event, payload=payload, writes=["approval"])
+    wf.wait(wait, event=event, payload=payload, writes=["approval"], timeout=timeout,
+            on_timeout="rejected" if timeout is not None else None, description=description)
 
     @wf.state(reads=["tries", "note"] if reads_note else ["tries"], writes=["receipt"], tools=[tool])
     async def charge(ctx: Ticket, tools: Any) -> None:
@@ -98,7 +109,10 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
     if retry:
         wf.transition("triage", "triage", name="retry", guard=lambda c: c.tries < 3, max_traversals=retries)
     wf.transition("triage", wait)
-    wf.transition(wait, "charge", guard=lambda c: c.approval is not None and c.approval.ok)
+    if any_approval:
+        wf.transition(wait, "charge", guard=lambda c: c.approval is not None)
+    else:
+        wf.transition(wait, "charge", guard=lambda c: c.approval is not None and c.approval.ok)
     wf.transition(wait, "rejected")
     wf.transition("charge", "done")
     if effect == "at_most_once":
@@ -188,6 +202,16 @@ EXAMPLES: dict[str, Callable[[], IncompatibleRun]] = {
     "resume-bad-migration": lambda: refusal("waiting", flow(event="approved"), migrate=_bad_migration),
     "resume-unreadable": _unreadable,
 }
+
+SAFE: dict[str, dict[str, Any]] = {
+    "a guard's code": {"any_approval": True},
+    "a description": {"description": "a person approves the refund"},
+    "a new tool": {"extra_tool": True},
+    "a new field with a default": {"context": TicketPlus},
+    "a raised max_traversals": {"retries": 5},
+    "a wait's timeout": {"timeout": 3600.0},
+}
+"""Changes docs/durability.md calls safe: every stored point continues under them, unmigrated."""
 
 ALSO_REPORTED: dict[str, set[str]] = {
     # Renaming the state renames the transition into it: the run took one this workflow lacks.

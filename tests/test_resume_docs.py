@@ -143,3 +143,22 @@ def test_a_migration_that_returns_garbage_is_refused_and_writes_nothing(bad: Any
     refused = ex.refusal("waiting", ex.flow(retries=1), migrate=bad)
     assert refused.problems[0].code == ResumeCode.BAD_MIGRATION
     assert "<lambda>" in refused.problems[0].message
+
+
+@pytest.mark.parametrize("kind", ["waiting", "in-pay", "early-event"])
+@pytest.mark.parametrize("change", sorted(ex.SAFE))
+def test_the_safe_changes_continue_without_a_migration(tmp_path: Path, change: str, kind: str) -> None:
+    """What docs/durability.md lists as safe: the run continues to a terminal of the new version,
+    and the at_most_once call is never made twice."""
+    ex.PAID.clear()
+    new = ex.flow(**ex.SAFE[change])
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        ex.stored(kind, store)
+        assert new.check_runs(store) == []
+        result = new.resume_sync("t-1", store=store)
+        if result.outcome is Outcome.WAITING:
+            delivered = new.deliver_sync("t-1", "approval", {"ok": True}, store=store)
+            assert delivered is not None
+            result = delivered
+    assert result.terminal in {"done", "unknown"}
+    assert len(ex.PAID) == 1
