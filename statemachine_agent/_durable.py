@@ -764,7 +764,18 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
     if patch:
         model = workflow.context_type
         # The stored JSON and the patch, validated together (the model's __dict__ would hold UNSET values).
-        validated = model.model_validate({**opened, **patch})  # ValidationError names the bad field
+        try:
+            validated = model.model_validate({**opened, **patch})  # ValidationError names the bad field
+        except ValidationError as exc:
+            stored_fields = [e for e in exc.errors() if not e["loc"] or e["loc"][0] not in patch]
+            if not stored_fields:
+                raise  # the patch's own fault: pydantic's error names the field
+            # The stored context no longer fits a changed model: the run's fault, like a resume's.
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(context)'}: {e['msg']}"
+                               for e in stored_fields[:5])
+            raise IncompatibleRun(run_id, [Problem(
+                ResumeCode.BAD_CONTEXT, f"the stored context does not validate against {model.__name__}: {detail}")],
+                "nothing was stored: patch= the fields named, or fork with the workflow that started it") from None
         patched, _ = dump_fields(validated, patch.keys(), secrets)
         context.update(patched)
         opened.update({k: validated.__dict__[k] for k in patch if k in patched})

@@ -6,9 +6,12 @@ from __future__ import annotations
 from concurrent.futures import Future
 from pathlib import Path
 
+import pytest
 import resume_examples as ex
+from pydantic import ValidationError
 
-from statemachine_agent import FakeClock, Outcome
+from statemachine_agent import FakeClock, Outcome, ResumeCode
+from statemachine_agent.errors import IncompatibleRun
 from statemachine_agent.stores import SQLiteStore
 from statemachine_agent.stores._records import StoredRun
 
@@ -35,3 +38,21 @@ def test_an_event_delivered_between_the_look_and_the_claim_is_taken(tmp_path: Pa
         [result] = flow.wake_due_sync(store, clock=clock)
     assert result.terminal == "done"
     assert result.context.approval is not None
+
+
+def test_a_fork_under_a_changed_model_is_refused_not_a_raw_validation_error(tmp_path: Path) -> None:
+    """A patch validated with a stored context the new model refuses: IncompatibleRun naming the
+    stored field (and a patch= of that field fixes it); a bad patch is still pydantic's own error."""
+    new = ex.flow(context=ex.Ticket2)
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        ex.stored("waiting", store)
+        before = ex.dump(tmp_path / "runs.db")
+        with pytest.raises(IncompatibleRun) as refused:
+            new.fork_sync("t-1", at_step=1, patch={"tries": 1}, store=store)
+        assert [p.code for p in refused.value.problems] == [ResumeCode.BAD_CONTEXT]
+        assert "customer" in str(refused.value)
+        with pytest.raises(ValidationError):
+            new.fork_sync("t-1", at_step=1, patch={"tries": "many", "customer": "ann"}, store=store)
+        assert ex.dump(tmp_path / "runs.db") == before
+        result = new.fork_sync("t-1", at_step=1, patch={"customer": "ann"}, store=store, new_run_id="t-2")
+    assert result.outcome is Outcome.WAITING and result.context.customer == "ann"  # type: ignore[attr-defined]
