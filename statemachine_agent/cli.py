@@ -997,7 +997,8 @@ def _check_one(compiled: CompiledWorkflow[Any], store: Store, record: RunRecord)
 def cmd_runs_check(args: argparse.Namespace) -> int:
     """Which stored runs of a workflow this version of it would refuse, and why (exit 1 if any)."""
     compiled = _compiled(args.target)
-    with _open_store(args.store, readonly=True, secrets_env=args.secrets_env) as store:
+    store = _open_store(args.store, readonly=True, secrets_env=args.secrets_env)
+    with store:
         runs = _runs_to_check(store, compiled.name)
         refused: list[_Verdict] = []
         for run_id, found in runs:
@@ -1023,16 +1024,14 @@ def cmd_runs_check(args: argparse.Namespace) -> int:
 
 
 def _check_where(r: RunRecord | None) -> str:
-    """Where a refused run is, and the version it was stored under."""
+    """Where a refused run is (its status and state)."""
     if r is None:
         return "it cannot be read from the store"
     if r.status is RunStatus.DONE:
-        where = f"ended in {_where(r)}"
-    elif r.status is RunStatus.WAITING and r.wait is not None:
-        where = f"waiting in state {_name(r.state)} for event {_name(r.wait.event)}"
-    else:
-        where = f"{r.status} in state {_name(r.state)}"
-    return f"{where}, stored under version {_version_of(r)}"
+        return f"ended in {_where(r)}"
+    if r.status is RunStatus.WAITING and r.wait is not None:
+        return f"waiting in state {_name(r.state)} for event {_name(r.wait.event)}"
+    return f"{r.status} in state {_name(r.state)}"
 
 
 def _check_summary(workflow: str, total: int, refused: list[_Verdict], store_path: str) -> str:
