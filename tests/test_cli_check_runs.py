@@ -32,7 +32,7 @@ from statemachine_agent.stores import RunStatus, SQLiteStore
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOWS = '''
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from statemachine_agent import Context, Workflow
 
@@ -91,6 +91,19 @@ other.terminal("end")
 other.terminal("failed", outcome="failure")
 other.transition("start", "end")
 other = other.compile()
+
+
+class Sealed(Context):
+    token: SecretStr
+    approval: Approval | None = None
+
+
+sealed = Workflow("sealed", Sealed)
+sealed.wait("confirm", event="approval", payload=Approval, writes=["approval"], initial=True)
+sealed.terminal("done")
+sealed.terminal("failed", outcome="failure")
+sealed.transition("confirm", "done")
+sealed = sealed.compile()
 '''
 
 RUNS = ("wait-1", "big-1", "crash-1")
@@ -305,12 +318,38 @@ def test_check_escapes_hostile_run_ids(shop: Shop) -> None:
     assert not any(c in out for c in "\x1b\u202e")
 
 
+def test_check_of_runs_holding_secrets_needs_their_key(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose context holds a secret is checked with --secrets-env (its context is validated
+    decrypted); without it the command exits 2 saying what to pass; under another key the run is
+    listed as unreadable (exit 1). Nothing is written, nor is the secret printed."""
+    from pydantic import SecretStr
+
+    from statemachine_agent.secrets import FernetSecrets
+
+    monkeypatch.setenv("SHOP_KEY", FernetSecrets.generate_key())
+    monkeypatch.setenv("OTHER_KEY", FernetSecrets.generate_key())
+    with SQLiteStore(shop.db, secrets=FernetSecrets.from_env("SHOP_KEY")) as store:
+        shop.flows.sealed.run_sync(shop.flows.Sealed(token=SecretStr("tok-CANARY-77")), store=store, run_id="s-1")
+    before = files(shop.root)
+    code, out, err = check(target="shopflow:sealed")
+    assert code == 2 and "--secrets-env NAME" in err and out == ""
+    assert check("--secrets-env", "SHOP_KEY", target="shopflow:sealed") == (
+        0, "the 1 run of workflow 'sealed' fits this version\n", "")
+    code, out, err = check("--secrets-env", "OTHER_KEY", target="shopflow:sealed")
+    assert (code, err) == (1, "")
+    [line] = blocks(out)["s-1"]
+    assert line.startswith("  - [store-corrupted] run 's-1': the stored secret of field 'token' cannot be decrypted")
+    assert "tok-CANARY-77" not in out
+    assert files(shop.root) == before
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["shopflow:v2", "--store", "missing.db"], "no store at 'missing.db'"),
         (["shopflow:v2", "--store", "shopflow.py"], "the store 'shopflow.py' is damaged (file is not a database)"),
         (["shopflow:v2", "--store", "other.sqlite"], "an SQLite database of another program"),
+        (["shopflow:v2", "--store", "empty.db"], "the file is empty"),
         (["shopflow:v2", "--store", "."], "it is a folder"),
         (["shopflow:v2", "--store", ""], "--store ''"),
         (["shopflow", "--store", "runs.db"], "is not MODULE:OBJECT"),
@@ -325,6 +364,7 @@ def test_check_escapes_hostile_run_ids(shop: Shop) -> None:
 def test_check_bad_input_exits_2_saying_why(shop: Shop, argv: list[str], message: str) -> None:
     """A missing store, a file that is no store, a bad target, a missing option: exit 2 with one message
     saying why, no traceback, no raw control character, and no file made or changed."""
+    (shop.root / "empty.db").write_bytes(b"")
     conn = sqlite3.connect(shop.root / "other.sqlite")
     conn.execute("CREATE TABLE notes (x)")
     conn.close()
