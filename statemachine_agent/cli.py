@@ -960,11 +960,12 @@ class _OneRun(Store):
 def _runs_to_check(store: SQLiteStore, workflow: str) -> list[tuple[str, RunRecord | StoreError]]:
     """Every run of ``workflow`` in the store, newest first: its record, or why it cannot be read.
     ``list_runs`` refuses the whole list when one record is damaged; then the runs are found by the
-    table's own columns (read-only) and loaded one by one."""
+    table's own columns (read-only) and loaded one by one. Damage that is no run's of these (runs
+    lost from the table, say) is raised as the list raised it."""
     try:
         return [(r.run_id, r) for r in store.list_runs(workflow).result()]
-    except StoreCorrupted:
-        pass
+    except StoreCorrupted as exc:
+        refused = exc
     conn = _peek(Path(store.path))
     if conn is None:
         raise StoreCorrupted(f"the store {store.path!r} cannot be read to list its runs: restore it from a backup")
@@ -981,6 +982,8 @@ def _runs_to_check(store: SQLiteStore, workflow: str) -> list[tuple[str, RunReco
             found.append((run_id, store.load(run_id).result().run))
         except StoreCorrupted as exc:
             found.append((run_id, exc))
+    if not any(isinstance(f, StoreError) for _, f in found):
+        raise refused
     return found
 
 
@@ -1011,7 +1014,7 @@ def cmd_runs_check(args: argparse.Namespace) -> int:
     if args.json:
         _say(_json([{"run_id": v.run_id, "status": None if v.record is None else str(v.record.status),
                      "state": None if v.record is None else v.record.state,
-                     "problems": [{"code": str(p.code), "message": p.message, "where": p.subject or None}
+                     "problems": [{"code": str(p.code), "message": p.message, "where": _problem_where(p)}
                                   for p in v.problems]} for v in refused], indent=2))
         return 1 if refused else 0
     for v in refused:
@@ -1021,6 +1024,12 @@ def cmd_runs_check(args: argparse.Namespace) -> int:
         _say()
     _say(_check_summary(compiled.name, len(runs), refused, args.store))
     return 1 if refused else 0
+
+
+def _problem_where(p: Problem) -> str | None:
+    """The state, transition, tool or field a problem is about (``Problem.subject``), if it names one."""
+    where = getattr(p, "where", None) or p.subject
+    return str(where) if where else None
 
 
 def _check_where(r: RunRecord | None) -> str:
