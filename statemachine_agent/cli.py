@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
 import importlib
 import json
 import math
@@ -32,9 +31,10 @@ from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
 from .context import first_non_finite
 from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
-from .errors import DefinitionError, Problem, StoreCorrupted, StoreError
+from .errors import DefinitionError, Problem, ResumeCode, StoreCorrupted, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
+from .secrets import secret_fields, unseal
 from .spec import WorkflowSpec
 from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
 from .workflow import Workflow
@@ -908,15 +908,6 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
                       args.json)
 
 
-class CheckCode(enum.StrEnum):
-    """The code ``runs check`` gives a run it cannot read (the others are the library's, see
-    :class:`~.errors.IncompatibleRun`)."""
-
-    STORE_CORRUPTED = "store-corrupted"
-    """The run's records fail the store's checks (:class:`~.errors.StoreCorrupted`, a secret that does
-    not decrypt among them): no version can continue it; restore the store from a backup."""
-
-
 @dataclass(frozen=True)
 class _Verdict:
     """One run ``runs check`` refuses: its record (None when that cannot be read) and why."""
@@ -987,27 +978,45 @@ def _runs_to_check(store: SQLiteStore, workflow: str) -> list[tuple[str, RunReco
     return found
 
 
+def _unreadable(exc: BaseException) -> Problem:
+    """The problem of a run that cannot be read at all, as ``check_runs`` words it."""
+    return Problem(ResumeCode.UNREADABLE, f"the stored run cannot be read: {type(exc).__name__}: {exc}")
+
+
 def _check_one(compiled: CompiledWorkflow[Any], store: Store, record: RunRecord) -> tuple[Problem, ...]:
     """Why ``compiled`` would refuse the run (empty: it fits); a run whose records are damaged gets
     that as its problem."""
     try:
         refused = compiled.check_runs(_OneRun(store, record))
     except StoreCorrupted as exc:
-        return (Problem(CheckCode.STORE_CORRUPTED, str(exc)),)
+        return (_unreadable(exc),)
     return tuple(p for r in refused for p in r.problems)
+
+
+def _refuse_without_key(compiled: CompiledWorkflow[Any], store: Store, run_id: str) -> None:
+    """SecretsNotStorable (exit 2, naming --secrets-env) when the run holds a secret and no key was
+    given: ``check_runs`` would list it as unreadable, when all it lacks is the option."""
+    try:
+        stored = store.load(run_id).result()
+        unseal(compiled.context_type, stored.context, None, run_id)
+    except StoreCorrupted:  # damaged, or not a stored secret: the check itself reports it
+        return
 
 
 def cmd_runs_check(args: argparse.Namespace) -> int:
     """Which stored runs of a workflow this version of it would refuse, and why (exit 1 if any)."""
     compiled = _compiled(args.target)
+    needs_key = args.secrets_env is None and bool(secret_fields(compiled.context_type).top)
     store = _open_store(args.store, readonly=True, secrets_env=args.secrets_env)
     with store:
         runs = _runs_to_check(store, compiled.name)
         refused: list[_Verdict] = []
         for run_id, found in runs:
             if isinstance(found, StoreError):
-                refused.append(_Verdict(run_id, None, (Problem(CheckCode.STORE_CORRUPTED, str(found)),)))
+                refused.append(_Verdict(run_id, None, (_unreadable(found),)))
                 continue
+            if needs_key:
+                _refuse_without_key(compiled, store, run_id)
             problems = _check_one(compiled, store, found)
             if problems:
                 refused.append(_Verdict(run_id, found, problems))
@@ -1052,7 +1061,7 @@ def _check_summary(workflow: str, total: int, refused: list[_Verdict], store_pat
     one = len(refused) == 1
     text = (f"{len(refused)} of {total} {runs} would be refused; resume {'it' if one else 'them'} with migrate=, "
             f"or keep the old version running until {'it ends' if one else 'they end'}")
-    damaged = sum(1 for v in refused if any(p.code == CheckCode.STORE_CORRUPTED for p in v.problems))
+    damaged = sum(1 for v in refused if any(p.code == ResumeCode.UNREADABLE for p in v.problems))
     if damaged:
         text += (f" ({damaged} of them cannot be read from the store at all: restore the store from a backup)"
                  if not one else " (it cannot be read from the store at all: restore the store from a backup)")

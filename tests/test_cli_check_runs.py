@@ -256,13 +256,14 @@ def test_check_reports_a_damaged_run_and_goes_on(shop: Shop, table: str) -> None
     found = blocks(out)
     assert set(found) == {"wait-1", *REFUSED_BY_V2}
     [line] = found["wait-1"]
-    assert line.startswith("  - [store-corrupted] run 'wait-1'") and "fails its checksum" in line
+    assert line.startswith("  - [resume-unreadable] the stored run cannot be read: StoreCorrupted: run 'wait-1'")
+    assert "fails its checksum" in line
     assert out.splitlines()[-1] == ("3 of 3 runs of workflow 'order' would be refused; resume them with migrate=, "
                                     "or keep the old version running until they end (1 of them cannot be read from "
                                     "the store at all: restore the store from a backup)")
     data = json.loads(check("--json")[1])
     [damaged] = [r for r in data if r["run_id"] == "wait-1"]
-    assert [p["code"] for p in damaged["problems"]] == ["store-corrupted"]
+    assert [p["code"] for p in damaged["problems"]] == ["resume-unreadable"]
     if table == "sma_runs":  # its record cannot be read: its status and state are unknown
         assert (damaged["status"], damaged["state"]) == (None, None)
         assert "run wait-1: it cannot be read from the store\n" in out
@@ -276,7 +277,7 @@ def test_check_property_names_exactly_the_runs_that_cannot_go_on(shop: Shop, tmp
                                                                   damaged: dict[str, str], version: str,
                                                                   as_json: bool) -> None:
     """Whatever runs are damaged (record or step) and whichever version checks them: the runs named
-    are the damaged ones and those the version refuses, the damaged ones as store-corrupted only; exit 1
+    are the damaged ones and those the version refuses, the damaged ones as resume-unreadable only; exit 1
     exactly when one is named; nothing in the folder changes."""
     folder = tmp_path_factory.mktemp("copy")
     shutil.copy(shop.db, folder / "runs.db")
@@ -297,7 +298,7 @@ def test_check_property_names_exactly_the_runs_that_cannot_go_on(shop: Shop, tmp
     assert set(named) == expected
     for run_id, codes in named.items():
         if run_id in damaged:
-            assert codes == ["store-corrupted"]
+            assert codes == ["resume-unreadable"]
         else:
             assert REFUSED_BY_V2[run_id] in codes
     assert files(folder) == before
@@ -338,7 +339,8 @@ def test_check_of_runs_holding_secrets_needs_their_key(shop: Shop, monkeypatch: 
     code, out, err = check("--secrets-env", "OTHER_KEY", target="shopflow:sealed")
     assert (code, err) == (1, "")
     [line] = blocks(out)["s-1"]
-    assert line.startswith("  - [store-corrupted] run 's-1': the stored secret of field 'token' cannot be decrypted")
+    assert line.startswith("  - [resume-unreadable] the stored run cannot be read: SecretUnreadable: run 's-1': the "
+                           "stored secret of field 'token' cannot be decrypted")
     assert "tok-CANARY-77" not in out
     assert files(shop.root) == before
 
