@@ -195,6 +195,20 @@ def test_check_says_when_every_run_fits(shop: Shop) -> None:
     assert check("--json", target="shopflow:v1") == (0, "[]\n", "")
 
 
+def test_check_takes_ended_runs_too(shop: Shop) -> None:
+    """Ended runs are checked like the others: one whose context no longer validates is listed (its
+    stored result could not be read back under the new version); one that still fits is not."""
+    with SQLiteStore(shop.db) as store:
+        assert shop.flows.v1.deliver_sync("big-1", "approval", {"ok": True}, store=store).terminal == "done"
+    add_run(shop, "done-1", 5)
+    code, out, _ = check()
+    assert code == 1
+    assert set(blocks(out)) == set(REFUSED_BY_V2)
+    assert "run big-1: ended in done (success)\n  - [resume-bad-context] " in out
+    assert out.splitlines()[-1].startswith("2 of 4 runs of workflow 'order' would be refused")
+    assert check(target="shopflow:v1") == (0, "all 4 runs of workflow 'order' fit this version\n", "")
+
+
 def test_check_one_refused_run_is_said_in_the_singular(shop: Shop) -> None:
     """The summary's numbers agree with the runs: one refused run of one."""
     add_run(Shop(shop.root, shop.root / "one.db", shop.flows), "crash-2", 5, crash=True)
