@@ -331,7 +331,7 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
         return bad(f"returned {type(out).__name__}, not a ResumePoint: return the point it was given, changed "
                    "(point.model_copy(update={...}))")
     try:  # model_copy(update=) validates nothing: a point is checked like a stored run
-        checked = ResumePoint.model_validate(out.model_dump(mode="python", round_trip=True))
+        checked = ResumePoint.model_validate(out.model_dump(mode="python", round_trip=True, warnings=False))
     except ValidationError as exc:
         return bad(f"returned a ResumePoint that does not validate: {_errors(exc)}")
     except Exception as exc:
