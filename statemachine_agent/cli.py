@@ -926,6 +926,8 @@ class _OneRun(Store):
         self.secrets = store.secrets
 
     def __getattr__(self, name: str) -> Any:  # what else the check reads of the store (its path, ...)
+        if name.startswith("__") or name in ("_store", "_record"):  # copy/pickle before __init__: no recursion
+            raise AttributeError(name)
         return getattr(self._store, name)
 
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
