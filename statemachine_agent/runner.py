@@ -17,7 +17,7 @@ from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from ._durable import _NO_DELTA, Durable, dump_fields
+from ._journal import Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock, wall_time
@@ -40,11 +40,10 @@ from .events import (
 from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
-from .stores._base import Store
 from .tools import Tools, _positive
 from .usage import ModelCall
 
-__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions", "run_blocking"]
+__all__ = ["MissingWrite", "ResumeOptions", "Run", "run_blocking"]
 
 log = logging.getLogger("statemachine_agent")
 
@@ -77,13 +76,8 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
     """What the run's priced model calls may cost; past it the run fails (``Budget.COST``)."""
 
 
-class RunOptions(ResumeOptions[C], total=False):
-    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
-
-    run_id: str | None
-    """The run's id (default: random); with a store, the key to resume it by."""
-    store: Store | None
-    """Commit every step there, so the run survives a crash (see docs/durability.md)."""
+_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+"""A step's delta before it is computed: nothing written."""
 
 
 class MissingWrite(ContextAccessError):
@@ -160,7 +154,7 @@ class Run(Generic[C]):
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
-                 clock: Clock | None = None, store: Store | None = None, max_step_restarts: int = 3,
+                 clock: Clock | None = None, store: object | None = None, max_step_restarts: int = 3,
                  token_budget: int | None = None, cost_budget: float | None = None) -> None:
         model = workflow.context_type
         if type(context) is not model:  # the common case skips every check below
@@ -196,9 +190,8 @@ class Run(Generic[C]):
                             "give a statemachine_agent.clock.Clock such as FakeClock()")
         if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
             raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
-        if store is not None and not isinstance(store, Store):
-            raise TypeError(f"store={safe_repr(store)}: give a statemachine_agent.stores.Store such as "
-                            "SQLiteStore('runs.db')")
+        if store is not None:
+            workflow.check_store(store)  # TypeError saying what to give
         if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
                                        or max_step_restarts < 0):
             raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
@@ -249,7 +242,7 @@ class Run(Generic[C]):
         self._rejected: list[str] = []
         self._clock0 = (time.time(), time.perf_counter())
         self._store = store
-        self._journal: Durable | None = None
+        self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
         self._doomed: str | None = None
@@ -273,6 +266,50 @@ class Run(Generic[C]):
         """The current step's model calls."""
         self._step_calls = [0]
         """The current step's call counter, shared by its action's tools handle and its policy's."""
+
+    @classmethod
+    def restore(cls, workflow: Program[C], context: C, state: RunState, *, journal: Journal | None = None,
+                path: Sequence[Step] = (), result: RunResult[C] | None = None, owned: bool = True,
+                **options: Any) -> Run[C]:
+        """A run rebuilt from its resumable ``state`` (what the durable operations and replay do):
+        ``path`` holds the steps it took, ``journal`` links it to its store, ``result`` is set for
+        a run that ended or cannot go on yet. ``owned``: ``context`` was built for this run (from
+        JSON), so no caller holds its values. ``options`` are those of :class:`Run`."""
+        run = cls(workflow, context, **options)
+        run.path = list(path)
+        if result is not None:
+            run.result = result
+            return run
+        run.actions_run = state.actions_run
+        run.visits = dict(state.visits)
+        traversals = state.traversals
+        for i, name in enumerate(workflow.edge_names):
+            run.traversals[i] = traversals.get(name, 0)  # in place: the run's token holds this list
+        run._written = set(state.written)
+        if owned:
+            run._owned = set(workflow.field_names)
+        run._token.state = state.state
+        # A list given as the inbox is kept as it is (replay's inbox hands out recorded events).
+        run._inbox = state.inbox if isinstance(state.inbox, list) else list(state.inbox)
+        run._wait_deadline = state.wait_deadline
+        run._spent = [state.spent_tokens, state.spent_cost]
+        run._journal = journal
+        if state.restarts > run.max_step_restarts:
+            run._doomed = (f"step {len(run.path)} (state {state.state!r}) was resumed after crashes "
+                           f"{state.restarts} times, over max_step_restarts={run.max_step_restarts}")
+        return run
+
+    def snapshot(self) -> RunState:
+        """The run's resumable state now (a value: later steps do not change it)."""
+        names = self.workflow.edge_names
+        return RunState(self._token.state, self.actions_run, dict(self.visits),
+                        {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
+                        tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]))
+
+    @property
+    def written(self) -> frozenset[str]:
+        """The fields some step (or the start) wrote."""
+        return frozenset(self._written)
 
     @property
     def workflow_name(self) -> str:
@@ -443,7 +480,7 @@ class Run(Generic[C]):
         dirty = view._sa_dirty
         if self._journal is not None:
             try:
-                self._delta = dump_fields(self.context, dirty or (), self._journal.secrets)
+                self._delta = self._journal.delta(self.context, dirty or ())
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
@@ -465,7 +502,7 @@ class Run(Generic[C]):
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
         if self._store is not None and self._journal is None:
-            self._journal = await Durable.create(self, self._store)  # RunExists: nothing started
+            self._journal = await self.workflow.open_journal(self, self._store)  # RunExists: nothing started
         self._started = True
         if self.timeout is not None:
             self._deadline = self.clock.now() + self.timeout
@@ -784,10 +821,11 @@ class Run(Generic[C]):
     async def _commit(self, step: Step, reason: str | None, wait: Plan | None = None) -> list[tuple[int, str, Any]]:
         journal = self._journal
         assert journal is not None
+        delta, self._delta = self._delta, _NO_DELTA
+        consume, self._consume = self._consume, None
+        waits = None if wait is None or wait.wait is None else (wait.name, wait.wait.event, self._wait_deadline)
         try:
-            if wait is None or wait.wait is None:
-                return await journal.commit(self, step, reason)
-            return await journal.commit(self, step, reason, (wait.name, wait.wait.event, self._wait_deadline))
+            return await journal.commit(self, step, reason, waits, delta=delta, consume=consume)
         except BaseException as exc:
             # The step was taken in memory but may not be in the store: this object can no longer
             # say where the run is. Whatever the store holds is the truth: resume from it.
@@ -833,6 +871,16 @@ class Run(Generic[C]):
                 else:
                     log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
                                   extra={"workflow": self.workflow.name, "run_id": self.run_id})
+
+    # --- what a tools handle uses (tools.StepHost): public names for the methods above -----------
+    @property
+    def journal(self) -> Journal | None:
+        """The run's link to its store (``None``: the run is not stored)."""
+        return self._journal
+
+    emit = _emit
+    check_budget = _budget_room
+    record_model_call = _model_call
 
 
 _EMPTY: frozenset[str] = frozenset()
