@@ -40,7 +40,7 @@ from ._compat import (
 from ._journal import RunState, ToolRunner
 from ._plan import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
-from .clock import SystemClock, wall_time
+from .clock import Clock, SystemClock, wall_time
 from .context import first_non_finite, is_unset
 from .errors import (
     EffectOutcomeUnknown,
@@ -53,6 +53,7 @@ from .errors import (
     StoreError,
     ToolResultError,
 )
+from .policies import safe_repr
 from .result import RunResult, Step, StepKind
 from .secrets import (
     Digests,
@@ -483,6 +484,15 @@ def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, stor
     Run(workflow, context, run_id=run_id, store=store, **{"max_steps": max_steps, **options})
 
 
+def _clock_option(options: dict[str, Any]) -> Clock | None:
+    """The ``clock=`` option, checked (a run's own check comes later than a wait needs the time)."""
+    clock = options.get("clock")
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
+                        "give a statemachine_agent.clock.Clock such as FakeClock()")
+    return clock
+
+
 def _require_store(store: object) -> None:
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
@@ -607,7 +617,7 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
     if any(e.event == wait.event for e in point.inbox):
         return True
     deadline = stored.run.wait.deadline if stored.run.wait is not None else None
-    return deadline is not None and wall_time(options.get("clock")) >= deadline
+    return deadline is not None and wall_time(_clock_option(options)) >= deadline
 
 
 def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
@@ -687,7 +697,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
     the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
     _require_store(store)
-    now = wall_time(options.get("clock"))
+    now = wall_time(_clock_option(options))
     due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
     # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
     gate = asyncio.Semaphore(_WAKE_AT_ONCE)

@@ -186,7 +186,7 @@ class Run(Generic[C]):
                     raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable "
                                     "taking an Event")
         if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock={safe_repr(clock)} has no now(), async sleep() and timeout_at(): "
+            raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
                             "give a statemachine_agent.clock.Clock such as FakeClock()")
         if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
             raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
