@@ -13,6 +13,7 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
@@ -97,74 +98,33 @@ class _ActionTimeout(Exception):
     """Internal: marks a TimeoutError raised by the action itself, to route it like any error."""
 
 
-class Run(Generic[C]):
-    """One run of a compiled workflow. Drive it with ``await run.run_to_end()`` or ``async for``.
+@dataclass(frozen=True, slots=True)
+class RunConfig(Generic[C]):
+    """A run's options, validated once (:meth:`of`), for the run's whole life: the keyword
+    arguments of ``Run``, ``run`` and ``start`` (see :class:`RunOptions`) with their defaults
+    filled in."""
 
-    One step at a time: a second ``step()`` while one is in progress is refused with
-    :class:`~.errors.RunError` and changes nothing.
-    """
+    policy: Policy[C]
+    hooks: tuple[Hook, ...]
+    """The workflow's hooks, then the run's own."""
+    max_steps: int
+    timeout: float | None
+    max_policy_attempts: int
+    raise_errors: bool
+    run_id: str
+    clock: Clock
+    store: object | None
+    max_step_restarts: int
+    token_budget: int | None
+    cost_budget: float | None
 
-    # Slots: thousands of runs may be in flight at once; no per-run __dict__ to allocate and scan.
-    __slots__ = (
-        "__weakref__",
-        "_broken",
-        "_budget_refused",
-        "_busy",
-        "_clock0",
-        "_consume",
-        "_deadline",
-        "_delta",
-        "_doomed",
-        "_fields",
-        "_inbox",
-        "_journal",
-        "_machine",
-        "_model_calls",
-        "_owned",
-        "_plans",
-        "_rejected",
-        "_spent",
-        "_started",
-        "_step_calls",
-        "_store",
-        "_token",
-        "_wait_deadline",
-        "_written",
-        "actions_run",
-        "clock",
-        "context",
-        "cost_budget",
-        "hooks",
-        "max_policy_attempts",
-        "max_step_restarts",
-        "max_steps",
-        "path",
-        "policy",
-        "raise_errors",
-        "result",
-        "run_id",
-        "timeout",
-        "token_budget",
-        "traversals",
-        "visits",
-        "workflow",
-    )
-
-    def __init__(self, workflow: Program[C], context: C | dict[str, Any],
-                 *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
-                 max_steps: int | None = None, timeout: float | None = None,
-                 max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
-                 clock: Clock | None = None, store: object | None = None, max_step_restarts: int = 3,
-                 token_budget: int | None = None, cost_budget: float | None = None) -> None:
-        model = workflow.context_type
-        if type(context) is not model:  # the common case skips every check below
-            if isinstance(context, dict):
-                context = model.model_validate(context)
-            elif not isinstance(context, model):
-                raise TypeError(
-                    f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
-                    f"pass {model.__name__}(...) or a dict of its fields"
-                )
+    @classmethod
+    def of(cls, workflow: Program[C], *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+           max_steps: int | None = None, timeout: float | None = None, max_policy_attempts: int = 3,
+           raise_errors: bool = True, run_id: str | None = None, clock: Clock | None = None,
+           store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
+           cost_budget: float | None = None) -> RunConfig[C]:
+        """The options checked: ``TypeError``/``ValueError`` naming the bad one and what to give."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                       or max_steps < 1):
             raise ValueError(f"max_steps={max_steps!r}: give a whole number of at least 1")
@@ -200,6 +160,88 @@ class Run(Generic[C]):
             raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
         if cost_budget is not None:
             _positive(cost_budget, "cost_budget")
+        wf_hooks = workflow.hooks
+        return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
+                   max_steps if max_steps is not None else workflow.max_steps, timeout, max_policy_attempts,
+                   raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
+                   max_step_restarts, token_budget, cost_budget)
+
+
+class Run(Generic[C]):
+    """One run of a compiled workflow. Drive it with ``await run.run_to_end()`` or ``async for``.
+
+    One step at a time: a second ``step()`` while one is in progress is refused with
+    :class:`~.errors.RunError` and changes nothing.
+    """
+
+    # Slots: thousands of runs may be in flight at once; no per-run __dict__ to allocate and scan.
+    __slots__ = (
+        "__weakref__",
+        "_broken",
+        "_budget_refused",
+        "_busy",
+        "_clock0",
+        "_consume",
+        "_deadline",
+        "_delta",
+        "_doomed",
+        "_fields",
+        "_inbox",
+        "_journal",
+        "_machine",
+        "_model_calls",
+        "_owned",
+        "_plans",
+        "_rejected",
+        "_spent",
+        "_started",
+        "_step_calls",
+        "_store",
+        "_token",
+        "_wait_deadline",
+        "_written",
+        "actions_run",
+        "clock",
+        "config",
+        "context",
+        "cost_budget",
+        "hooks",
+        "max_policy_attempts",
+        "max_step_restarts",
+        "max_steps",
+        "path",
+        "policy",
+        "raise_errors",
+        "result",
+        "run_id",
+        "timeout",
+        "token_budget",
+        "traversals",
+        "visits",
+        "workflow",
+    )
+
+    def __init__(self, workflow: Program[C], context: C | dict[str, Any],
+                 *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+                 max_steps: int | None = None, timeout: float | None = None,
+                 max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
+                 clock: Clock | None = None, store: object | None = None, max_step_restarts: int = 3,
+                 token_budget: int | None = None, cost_budget: float | None = None) -> None:
+        model = workflow.context_type
+        if type(context) is not model:  # the common case skips every check below
+            if isinstance(context, dict):
+                context = model.model_validate(context)
+            elif not isinstance(context, model):
+                raise TypeError(
+                    f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
+                    f"pass {model.__name__}(...) or a dict of its fields"
+                )
+        config = RunConfig.of(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+                              max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                              clock=clock, store=store, max_step_restarts=max_step_restarts,
+                              token_budget=token_budget, cost_budget=cost_budget)
+        self.config: RunConfig[C] = config
+        """The run's options, validated (built once, for this run)."""
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first);
@@ -208,15 +250,14 @@ class Run(Generic[C]):
         base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
-        self.policy: Policy[C] = policy or first_enabled
-        wf_hooks = workflow.hooks
-        self.hooks: tuple[Hook, ...] = (*wf_hooks, *own_hooks) if wf_hooks else own_hooks
-        self.max_steps: int = max_steps if max_steps is not None else workflow.max_steps
-        self.timeout = timeout
-        self.max_policy_attempts = max_policy_attempts
-        self.raise_errors = raise_errors
-        self.run_id: str = run_id or os.urandom(16).hex()
-        self.clock: Clock = clock or _SYSTEM_CLOCK
+        self.policy: Policy[C] = config.policy
+        self.hooks: tuple[Hook, ...] = config.hooks
+        self.max_steps: int = config.max_steps
+        self.timeout = config.timeout
+        self.max_policy_attempts = config.max_policy_attempts
+        self.raise_errors = config.raise_errors
+        self.run_id: str = config.run_id
+        self.clock: Clock = config.clock
         """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] = []
         self.actions_run = 0
@@ -241,7 +282,7 @@ class Run(Generic[C]):
         self._busy = False
         self._rejected: list[str] = []
         self._clock0 = (time.time(), time.perf_counter())
-        self._store = store
+        self._store = config.store
         self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
@@ -253,10 +294,10 @@ class Run(Generic[C]):
         """The inbox event the current step consumed (committed with it)."""
         self._wait_deadline: float | None = None
         """When the current wait state's timeout passes (wall clock, on the run's clock)."""
-        self.max_step_restarts = max_step_restarts
-        self.token_budget = token_budget
+        self.max_step_restarts = config.max_step_restarts
+        self.token_budget = config.token_budget
         """Tokens the run's model calls may use (``None``: no limit)."""
-        self.cost_budget = cost_budget
+        self.cost_budget = config.cost_budget
         """What the run's priced model calls may cost (``None``: no limit)."""
         self._spent = [0, 0.0]
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
