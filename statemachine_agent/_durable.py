@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
@@ -55,6 +55,7 @@ from .errors import (
 )
 from .policies import safe_repr
 from .result import RunResult, Step, StepKind
+from .runner import ResumeOptions, Run
 from .secrets import (
     Digests,
     SecretCodec,
@@ -69,9 +70,6 @@ from .spec import Outcome
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, InboxRecord, RunStatus, StoredRun
 from .usage import ModelCall, Usage
-
-if TYPE_CHECKING:
-    from .runner import Run
 
 __all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
 
@@ -475,16 +473,16 @@ def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None 
 
 
 def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, store: Store, *,
-                   options: dict[str, Any], max_steps: int) -> None:
+                   options: ResumeOptions[Any], max_steps: int) -> None:
     """Bad run options (``wake_due(store, max_steps="many")``) raise here, before the run is
     claimed or an event committed: after the claim they would leave the run stored as running
     with no worker."""
-    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+    checked = options.copy()
+    checked.setdefault("max_steps", max_steps)
+    Run(workflow, context, run_id=run_id, store=store, **checked)
 
-    Run(workflow, context, run_id=run_id, store=store, **{"max_steps": max_steps, **options})
 
-
-def _clock_option(options: dict[str, Any]) -> Clock | None:
+def _clock_option(options: ResumeOptions[Any]) -> Clock | None:
     """The ``clock=`` option, checked (a run's own check comes later than a wait needs the time)."""
     clock = options.get("clock")
     if clock is not None and not isinstance(clock, Clock):
@@ -505,7 +503,7 @@ def _same_workflow(workflow: Program[Any], run_id: str, stored_workflow: str) ->
 
 
 async def reopen(workflow: Program[Any], run_id: str, store: Store,
-                 migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
+                 migrate: Callable[[ResumePoint], ResumePoint] | None, options: ResumeOptions[Any], *,
                  fresh: bool = False) -> Run[Any]:
     """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``)."""
     run = await _reopen(workflow, run_id, store, migrate, options, fresh=fresh, waiting_only=False)
@@ -514,7 +512,7 @@ async def reopen(workflow: Program[Any], run_id: str, store: Store,
 
 
 async def _reopen(workflow: Program[Any], run_id: str, store: Store,
-                  migrate: Callable[[ResumePoint], ResumePoint] | None, options: dict[str, Any], *,
+                  migrate: Callable[[ResumePoint], ResumePoint] | None, options: ResumeOptions[Any], *,
                   fresh: bool = False, waiting_only: bool = False,
                   stored: StoredRun | None = None) -> Run[Any] | None:
     """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``).
@@ -526,8 +524,6 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     worker); ``None`` when it is not. ``stored``: the run as the caller just loaded it (then it is
     not loaded again before the claim).
     """
-    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
-
     _require_store(store)
     run_id = _plain(run_id)
     if migrate is not None and not callable(migrate):
@@ -608,7 +604,7 @@ def _with_new_events(point: ResumePoint, looked: StoredRun, claimed: StoredRun) 
     return point.model_copy(update={"inbox": [*point.inbox, *new]}) if new else point
 
 
-def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, options: dict[str, Any]) -> bool:
+def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, options: ResumeOptions[Any]) -> bool:
     """Whether a waiting run (as ``point``, checked) can go on now: its state no longer waits, its
     event is in its inbox, or its timeout passed on the run's clock."""
     wait = workflow.plans[point.state].wait
@@ -621,10 +617,8 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
 
 
 def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
-            options: dict[str, Any]) -> Run[Any]:
+            options: ResumeOptions[Any]) -> Run[Any]:
     """A waiting run that cannot go on yet, as a Run whose result says so (nothing is claimed)."""
-    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
-
     wait = workflow.plans[point.state].wait
     assert wait is not None
     run_id = point.run_id
@@ -652,7 +646,7 @@ def _wait_for(workflow: Program[Any], event: object) -> Any:
 
 
 async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any, *, store: Store,
-                  options: dict[str, Any]) -> RunResult[Any] | None:
+                  options: ResumeOptions[Any]) -> RunResult[Any] | None:
     """Commit ``event`` to the run's inbox; continue the run if it waits for it (see ``compiled.deliver``)."""
     _require_store(store)
     run_id, event = _plain(run_id), _plain(event)
@@ -692,7 +686,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     return run.result if run.result is not None else await run.run_to_end()
 
 
-async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]) -> list[RunResult[Any]]:
+async def wake_due(workflow: Program[Any], store: Store, options: ResumeOptions[Any]) -> list[RunResult[Any]]:
     """Continue every waiting run of ``workflow`` whose wait can go on now: its timeout passed on
     the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
@@ -706,7 +700,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
         async with gate:
             run = None
             try:
-                run = await _reopen(workflow, run_id, store, None, dict(options), waiting_only=True)
+                run = await _reopen(workflow, run_id, store, None, options.copy(), waiting_only=True)
                 if run is None:
                     return None  # a delivery or another waker took it first
                 return run.result if run.result is not None else await run.run_to_end()
@@ -730,7 +724,7 @@ _WAKE_AT_ONCE = 64
 
 
 async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict[str, Any] | None, store: Store,
-               new_run_id: str | None, options: dict[str, Any]) -> RunResult[Any]:
+               new_run_id: str | None, options: ResumeOptions[Any]) -> RunResult[Any]:
     """Start a new run from ``run_id`` before step ``at_step`` (see ``compiled.fork``)."""
     _require_store(store)
     run_id, new_run_id = _plain(run_id), _plain(new_run_id)
@@ -990,10 +984,8 @@ class _ReplayClock(SystemClock):
         return math.inf if timed_out else 0.0
 
 
-async def replay(workflow: Program[Any], run_id: str, store: Store, options: dict[str, Any]) -> ReplayReport:
+async def replay(workflow: Program[Any], run_id: str, store: Store, options: ResumeOptions[Any]) -> ReplayReport:
     """Follow a recorded run with the current code (see ``compiled.replay``)."""
-    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
-
     _require_store(store)
     run_id = _plain(run_id)
     stored = await asyncio.wrap_future(store.load(run_id))

@@ -141,7 +141,7 @@ class CompiledWorkflow(Generic[C]):
                      **options: Unpack[ResumeOptions[C]]) -> Run[C]:
         """Claim a stored run and return it as a :class:`~.runner.Run` to drive step by step
         (``run.result`` is already set when the stored run had ended)."""
-        return await reopen(self, run_id, store, migrate, dict(options))
+        return await reopen(self, run_id, store, migrate, options.copy())
 
     async def deliver(self, run_id: str, event: str, payload: Any, *, store: Store,
                       **options: Unpack[ResumeOptions[C]]) -> RunResult[C] | None:
@@ -152,7 +152,7 @@ class CompiledWorkflow(Generic[C]):
         waiting for it yet (running elsewhere, or crashed) takes it when it reaches the wait:
         ``None``. An unknown event or a payload that does not validate raises and stores nothing.
         """
-        return await deliver(self, run_id, event, payload, store=store, options=dict(options))
+        return await deliver(self, run_id, event, payload, store=store, options=options.copy())
 
     def deliver_sync(self, run_id: str, event: str, payload: Any, *, store: Store,
                      **options: Unpack[ResumeOptions[C]]) -> RunResult[C] | None:
@@ -170,7 +170,7 @@ class CompiledWorkflow(Generic[C]):
         a field nothing wrote.
         """
         return await fork(self, run_id, at_step=at_step, patch=patch, store=store, new_run_id=new_run_id,
-                          options=dict(options))
+                          options=options.copy())
 
     def fork_sync(self, run_id: str, *, at_step: int, store: Store, patch: dict[str, Any] | None = None,
                   new_run_id: str | None = None, **options: Unpack[ResumeOptions[C]]) -> RunResult[C]:
@@ -202,7 +202,7 @@ class CompiledWorkflow(Generic[C]):
         has to resume a timed-out run by hand. Each run is claimed only while it is still waiting,
         so several wakers, and deliveries, may run at once; a run that cannot continue is logged
         and skipped. The results of the runs continued, each until it ended or waits again."""
-        return await wake_due(self, store, dict(options))
+        return await wake_due(self, store, options.copy())
 
     def wake_due_sync(self, store: Store, **options: Unpack[ResumeOptions[C]]) -> list[RunResult[C]]:
         """:meth:`wake_due` from synchronous code."""
