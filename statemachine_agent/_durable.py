@@ -38,7 +38,7 @@ from ._compat import (
     fingerprint_of,
     fit,
 )
-from ._plan import Program
+from ._program import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import SystemClock, wall_time
 from .context import first_non_finite, is_unset
