@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import fnmatch
 import itertools
+import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -355,22 +357,26 @@ PICTURE_END = "<!-- /layers -->"
 
 
 def layers_picture() -> str:
-    """The layer map as text: the highest layer first, each module's names, then the allowed reaches and
-    the pending edges."""
-    width = max(len(_label(i)) for i in range(len(LAYERS))) + 2
-    lines = ["layer" + " " * (width - 5) + "modules (each imports only from its own layer and the ones below)"]
+    """The layer map as text: the highest layer first, each with its modules, then the allowed reaches
+    upward and the pending edges, each with why."""
+    labels = [f"L{i:<2} {name}" for i, (name, _) in enumerate(LAYERS)]
+    width = max(map(len, labels)) + 2
+    lines = [f"{'layer':<{width}}modules (each imports only from its own layer and the ones below)"]
     for index in reversed(range(len(LAYERS))):
         names = [f"{n} (planned)" if n in PLANNED else n for n in LAYERS[index][1]]
-        lines.append(f"{_label(index):<{width}}{', '.join(names) or '(none yet)'}")
+        lines.extend(textwrap.wrap(", ".join(names) or "(none yet)", 100, initial_indent=f"{labels[index]:<{width}}",
+                                   subsequent_indent=" " * width, break_on_hyphens=False))
         if index:
             lines.append(" " * width + "|")
     lines.append("")
     lines.append(f"outside the map: {', '.join(n or 'the package facade (__init__)' for n in sorted(OUTSIDE))}")
-    for title, edges in (("allowed upward, one lazy import (and type-only names):", ALLOWED),
-                         ("allowed upward, type-only (under TYPE_CHECKING):", TYPE_ONLY),
-                         ("pending (upward; the lead removes them):", PENDING)):
-        lines.append(title)
-        lines.extend(f"  {a} -> {b}: {why}" for (a, b), why in edges.items())
+    for title, edges in (("allowed upward: one lazy import, and type-only names", ALLOWED),
+                         ("allowed upward: type-only (under TYPE_CHECKING)", TYPE_ONLY),
+                         ("pending upward edges (the lead removes them)", PENDING)):
+        lines.append(f"{title}:")
+        for (a, b), why in edges.items():
+            lines.extend(textwrap.wrap(f"{a} -> {b}: {why}", 100, initial_indent="  ", subsequent_indent="      ",
+                                       break_on_hyphens=False))
         if not edges:
             lines.append("  (none)")
     return "\n".join(lines) + "\n"
@@ -387,6 +393,23 @@ def test_design_doc_holds_the_generated_picture() -> None:
         f"docs/design.md lost its layer picture markers: put {PICTURE_START!r} and {PICTURE_END!r} back")
     current = text[text.index(PICTURE_START):text.index(PICTURE_END) + len(PICTURE_END)]
     assert current == _doc_block(), "docs/design.md's layer picture is stale: run `python tests/test_layers.py --write`"
+
+
+def test_design_doc_points_only_at_tests_that_exist() -> None:
+    """Every test docs/design.md names as holding a claim (``tests/FILE.py::test_name``) exists."""
+    text = DESIGN.read_text(encoding="utf-8")
+    named = re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", text)
+    assert named, "docs/design.md names no test"
+    missing = []
+    for file, test in named:
+        path = ROOT / file
+        if not path.is_file():
+            missing.append(file)
+        elif test and not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == test
+                              for n in ast.parse(path.read_text(encoding="utf-8")).body):
+            missing.append(f"{file}::{test}")
+    assert not missing, (f"docs/design.md points at tests that do not exist: {missing}; name the test that "
+                         "holds the claim")
 
 
 def write_picture() -> None:
