@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import itertools
 import re
 import sys
@@ -176,14 +177,16 @@ def imports_of(module: str, tree: ast.Module, known: set[str], is_package: bool)
     return edges
 
 
-def all_edges() -> list[Edge]:
+@functools.cache
+def all_edges() -> tuple[Edge, ...]:
+    """Every import of the package's own modules, in every module (read once per session)."""
     found = modules()
     known = set(found)
     edges: list[Edge] = []
     for name, path in found.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         edges.extend(imports_of(name, tree, known, path.name == "__init__.py"))
-    return edges
+    return tuple(edges)
 
 
 def _layer_index() -> tuple[dict[str, int], list[tuple[str, int]]]:
