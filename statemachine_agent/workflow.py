@@ -3,7 +3,7 @@
 This module is in the "define" layer (docs/design.md, tests/test_layers.py): it imports only the
 layers below it, with one documented exception. ``Workflow.analyze()``, ``check()`` and
 ``compile()`` need the checker and the compiler, which sit above it; they reach them through the
-one import inside :func:`_upward`, run when one of them is first called, and this module names
+one import inside :func:`_upward`, run when one of them is called, and this module names
 their result types (``CheckReport``, ``CompiledWorkflow``) and the run's ``Tools`` handle only
 under ``TYPE_CHECKING``.
 """
