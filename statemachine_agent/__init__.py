@@ -8,8 +8,9 @@ from ._compat import JournalCall, QueuedEvent, ResumePoint
 from ._views import thaw
 from .check import CheckReport
 from .clock import Clock, FakeClock, SystemClock
-from .compile import CompiledWorkflow, RunOptions
+from .compile import CompiledWorkflow, RunOptions, set_display
 from .context import UNSET, Context, is_unset
+from .diagrams import jupyter_display
 from .errors import (
     BudgetExceeded,
     ContextAccessError,
@@ -107,6 +108,10 @@ __all__ = [
     "seeded_random",
     "thaw",
 ]
+
+# Jupyter shows compiled workflows and run results as SVG: compile.py sits below the diagrams and
+# leaves this slot to the facade (tests/test_layers.py).
+set_display(jupyter_display)
 
 # A library never configures logging; applications decide where our records go.
 logging.getLogger("statemachine_agent").addHandler(logging.NullHandler())

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, JsonValue, ValidationError
 
-from ._plan import Plan, Program
+from ._plan import Plan
+from ._program import Program
 from ._rules import unset_reads_from
 from .context import first_non_finite
 from .errors import IncompatibleRun, Problem, ResumeCode

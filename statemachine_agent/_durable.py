@@ -38,7 +38,7 @@ from ._compat import (
     fit,
 )
 from ._journal import RunState, ToolRunner
-from ._plan import Program
+from ._program import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import Clock, SystemClock, wall_time
 from .context import first_non_finite, is_unset

@@ -24,7 +24,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from transitions import Machine, MachineError
 from transitions.core import Event
@@ -32,14 +32,9 @@ from transitions.core import Event
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 
 if TYPE_CHECKING:
-    from ._journal import Journal
-    from ._tooldef import ToolRegistry
-    from .events import Hook
     from .guards import Guard
 
-C_co = TypeVar("C_co", covariant=True)
-
-__all__ = ["FAIL_TRIGGER", "ErrorExit", "Exit", "Plan", "Program", "Token", "build_machine", "build_plans"]
+__all__ = ["FAIL_TRIGGER", "ErrorExit", "Exit", "Plan", "Token", "build_machine", "build_plans"]
 
 # Transition names match [A-Za-z0-9_-]+, so triggers of our own, with '@', never collide with them.
 FAIL_TRIGGER = "@fail"
@@ -258,53 +253,3 @@ def build_machine(spec: WorkflowSpec, plans: dict[str, Plan], initial: str, fail
         send_event=False,
         name=f"{spec.name}: ",
     )
-
-
-class Program(Protocol[C_co]):
-    """What a run needs of its compiled workflow (a ``CompiledWorkflow`` is one): the runner depends
-    on this, not on ``compile.py``, which sits above it."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def context_type(self) -> type[C_co]: ...
-
-    @property
-    def plans(self) -> dict[str, Plan]: ...
-
-    @property
-    def edge_names(self) -> list[str]: ...
-
-    @property
-    def field_names(self) -> frozenset[str]: ...
-
-    @property
-    def fields_at_start(self) -> frozenset[str]: ...
-
-    @property
-    def hooks(self) -> list[Hook]: ...
-
-    @property
-    def initial(self) -> str: ...
-
-    @property
-    def machine(self) -> Any: ...
-
-    @property
-    def max_steps(self) -> int: ...
-
-    @property
-    def failure_terminal(self) -> str: ...
-
-    @property
-    def tools(self) -> ToolRegistry: ...
-
-    def check_store(self, store: object) -> None:
-        """``TypeError`` saying what to give when ``store`` is not a store runs can be kept in."""
-        ...
-
-    async def open_journal(self, run: Any, store: Any) -> Journal:
-        """Insert ``run`` (not started yet) into ``store`` and return its journal (``RunExists``
-        if its id is taken: nothing is stored)."""
-        ...

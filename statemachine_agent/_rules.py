@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ._graph import bfs_edges, edge_path, reachable, strongly_connected_components, topological_order
-from ._tooldef import Effect
+from ._tooldef import Effect, declared_tool_calls
 from .context import is_unset
 from .errors import EffectOutcomeUnknown, Problem
 from .guards import Guard
@@ -34,7 +34,6 @@ from .spec import (
     TransitionSpec,
     WorkflowSpec,
 )
-from .tools import declared_tool_calls
 
 # Exceptions that must propagate: routing them would swallow cancellation or interruption.
 _UNROUTABLE: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)

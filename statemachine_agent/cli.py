@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
 from .context import first_non_finite
-from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
+from .diagrams import FORMATS, GraphvizMissing, OutputRefused, format_of, write_file
 from .errors import DefinitionError, Problem, ResumeCode, StoreCorrupted, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
@@ -398,24 +398,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-_FORMATS = {".dot": "dot", ".gv": "dot", ".svg": "svg", ".png": "png", ".pdf": "pdf", ".mmd": "mermaid",
-            ".mermaid": "mermaid"}
+def _one_of(names: Sequence[str]) -> str:
+    """``a, b or c``: the diagram formats of the registry, in messages."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
     spec = load_spec(args.target)
     compiled = compile_spec(spec)
     out = Path(args.output)
-    fmt = args.format or _FORMATS.get(out.suffix.lower())
+    fmt = FORMATS[args.format] if args.format else format_of(out)
     if fmt is None:
-        raise UsageError(f"cannot tell the format from {out.name!r}: use a .dot, .svg, .png, .pdf or .mmd "
-                         "name, or --format")
+        raise UsageError(f"cannot tell the format from {out.name!r}: use a "
+                         f"{_one_of([f.suffixes[0] for f in FORMATS.values()])} name, or --format")
     run = None
     if args.store is not None and not args.run:
         raise UsageError("--store names where the run given by --run RUN_ID is stored: give --run too, or "
                          "drop --store")
-    if args.run and fmt == "mermaid":
-        raise UsageError("--run draws a run over the workflow in DOT, SVG, PNG or PDF; Mermaid has no "
+    if args.run and not fmt.draws_runs:
+        raise UsageError(f"--run draws a run over the workflow in "
+                         f"{_one_of([f.label for f in FORMATS.values() if f.draws_runs])}; {fmt.label} has no "
                          "highlighting: drop --run or pick another format")
     if args.run and args.store is not None:
         run = _stored_run_drawing(compiled, args.run, args.store)
@@ -434,17 +436,12 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         raise UsageError(f"--run {args.run!r} holds a JSON {type(run).__name__}, not a recorded run: write "
                          "it with `statemachine-agent run ... --json`")
     try:
-        graph = to_dot(compiled, run, rankdir=args.rankdir)
+        data = fmt.draw(compiled, run, args.rankdir)
     except ValueError as exc:
         raise UsageError(f"--run {args.run!r}: {exc}") from exc
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "mermaid":
-            write_file(out, to_mermaid(compiled).encode("utf-8"))
-        elif fmt == "dot":
-            write_file(out, graph.source.encode("utf-8"))
-        else:
-            render(graph, out, fmt)
+        write_file(out, data)
     except OutputRefused as exc:
         raise UsageError(f"{exc}") from exc
     except OSError as exc:
@@ -1118,10 +1115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="wall-clock deadline in seconds")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("diagram", help="draw a workflow (DOT, SVG, PNG, PDF or Mermaid)")
+    p = sub.add_parser("diagram", help=f"draw a workflow ({_one_of([f.label for f in FORMATS.values()])})")
     p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
     p.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format")
-    p.add_argument("--format", choices=sorted(set(_FORMATS.values())), help="override the format")
+    p.add_argument("--format", choices=sorted(FORMATS), help="override the format")
     p.add_argument("--run", help="a recorded run to draw over the workflow: a JSON file from `run --json`, or "
                    "with --store the id of a stored run")
     p.add_argument("--store", help="with --run RUN_ID: the store file (SQLiteStore) the run is in")

@@ -1,4 +1,9 @@
-"""A checked workflow, compiled and ready to run many times, concurrently (see ``_plan.py``)."""
+"""A checked workflow, compiled and ready to run many times, concurrently (see ``_plan.py``).
+
+Diagrams of it are functions of ``diagrams.py`` (a layer above this one): ``diagram(compiled)``,
+``mermaid(compiled)``. Jupyter's display goes through :func:`set_display`, which the package facade
+calls with ``diagrams.jupyter_display``, so this module never imports the diagrams.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ from ._durable import (
 from ._journal import Journal
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
-from .diagrams import jupyter_bundle, to_dot, to_mermaid
 from .policies import safe_repr
 from .runner import ResumeOptions, Run, run_blocking
 from .spec import WorkflowSpec
@@ -36,9 +40,24 @@ if TYPE_CHECKING:
     from .events import Hook
     from .result import RunResult, Step
 
-__all__ = ["CompiledWorkflow", "RunOptions", "compile_spec"]
+__all__ = ["CompiledWorkflow", "DisplayRenderer", "RunOptions", "compile_spec", "set_display"]
 
 C = TypeVar("C", bound=BaseModel)
+
+DisplayRenderer = Callable[["CompiledWorkflow[Any]", "RunResult[Any] | None"], dict[str, str]]
+"""How Jupyter shows a compiled workflow, with a run over it or ``None``: a ``_repr_mimebundle_``
+answer (``{"text/plain": ..., "image/svg+xml": ...}``)."""
+
+_display: list[DisplayRenderer] = []
+"""The renderer :func:`set_display` installed (none: text only)."""
+
+
+def set_display(renderer: DisplayRenderer) -> None:
+    """Install how Jupyter shows compiled workflows and run results. The package facade installs
+    ``statemachine_agent.diagrams.jupyter_display`` (SVG, from the diagrams layer above this one)."""
+    if not callable(renderer):
+        raise TypeError(f"set_display() takes a callable (compiled, run) -> mime bundle, not {renderer!r}")
+    _display[:] = [renderer]
 
 
 class RunOptions(ResumeOptions[C], total=False):
@@ -230,20 +249,14 @@ class CompiledWorkflow(Generic[C]):
         before a deploy."""
         return check_runs(self, store)
 
-    # --- diagrams (see diagrams.py) -------------------------------------------------------------
-    def diagram(self, run: RunResult[Any] | dict[str, Any] | None = None, *,
-                rankdir: str | None = None) -> Any:
-        """The workflow as a ``graphviz.Digraph`` (a run, or a recorded one, laid over it if given)."""
-        return to_dot(self, run, rankdir=rankdir)
-
-    def mermaid(self) -> str:
-        """The workflow as Mermaid ``stateDiagram-v2`` text."""
-        return to_mermaid(self)
-
+    # --- display (diagrams: statemachine_agent.diagrams.diagram(compiled)) ------------------------
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None,
                           run: RunResult[Any] | None = None) -> dict[str, str]:
-        """Jupyter shows the workflow (with ``run`` over it) as SVG (text when Graphviz is missing)."""
-        return jupyter_bundle(self.diagram(run), repr(run) if run is not None else repr(self))
+        """Jupyter shows the workflow (with ``run`` over it) through the installed renderer: SVG, text
+        when Graphviz is missing (see :func:`set_display`)."""
+        if not _display:
+            return {"text/plain": repr(run) if run is not None else repr(self)}
+        return _display[0](self, run)
 
     def __repr__(self) -> str:
         return (f"<CompiledWorkflow {self.name!r}: {len(self.spec.states)} states, "

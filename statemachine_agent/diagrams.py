@@ -1,4 +1,11 @@
-"""Diagrams of workflows and runs: spec -> plain graph data -> DOT (Graphviz) or Mermaid text."""
+"""Diagrams of workflows and runs: spec -> plain graph data -> DOT (Graphviz) or Mermaid text.
+
+Diagrams are functions over a compiled workflow (and a run): :func:`diagram` and :func:`mermaid`,
+not methods of ``CompiledWorkflow`` or ``RunResult``, which sit in layers below this one (see
+docs/design.md). Jupyter's display of both reaches :func:`jupyter_display` through the slot the
+package facade fills (``compile.set_display``). The file formats are one registry, :data:`FORMATS`,
+which the command line's ``diagram`` uses.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import shutil
 import stat
 import typing
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,13 +25,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import graphviz
 
 from .errors import StateMachineAgentError, error_name
+from .result import RunResult
 from .spec import Outcome, WorkflowSpec
+from .workflow import Workflow
 
 if TYPE_CHECKING:
-    from .result import RunResult
+    from .compile import CompiledWorkflow
 
-__all__ = ["DiagramEdge", "DiagramNode", "GraphvizMissing", "OutputRefused", "RunOverlay", "extract", "render",
-           "to_dot", "to_mermaid", "to_svg", "write_diagrams", "write_file"]
+__all__ = ["FORMATS", "DiagramEdge", "DiagramFormat", "DiagramNode", "GraphvizMissing", "OutputRefused",
+           "RunOverlay", "diagram", "extract", "format_of", "jupyter_display", "mermaid", "register_format",
+           "render", "to_dot", "to_mermaid", "to_svg", "write_diagrams", "write_file"]
 
 
 class Drawable(Protocol):
@@ -340,8 +350,45 @@ def to_mermaid(workflow: Drawable) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _drawable(subject: object, function: str) -> Drawable:
+    if isinstance(subject, Workflow):
+        compiled: Drawable = subject.compile()
+        return compiled
+    if all(hasattr(subject, a) for a in ("name", "spec", "max_steps", "failure_terminal")):
+        return typing.cast(Drawable, subject)
+    raise TypeError(f"{function}() draws a Workflow, a compiled workflow or a run result, not "
+                    f"{type(subject).__name__}: pass wf.compile() or the result a run returned")
+
+
+def diagram(subject: Workflow[Any] | Drawable | RunResult[Any],
+            run: RunResult[Any] | dict[str, Any] | RunOverlay | None = None, *,
+            rankdir: str | None = None) -> graphviz.Digraph:
+    """The ``graphviz.Digraph`` of a workflow, for further styling: ``diagram(compiled)``,
+    ``diagram(wf)`` (compiled first), with ``run`` (a result or a recorded one) laid over it, or
+    ``diagram(result)``: a run over the workflow that ran it. See :func:`to_dot` for ``rankdir``."""
+    if isinstance(subject, RunResult):
+        if run is not None:
+            raise TypeError("diagram(result) draws that result over its workflow: pass run= only with a "
+                            "workflow, diagram(compiled, run)")
+        if subject.compiled is None:
+            raise ValueError("this result does not know its workflow: use "
+                             "statemachine_agent.diagrams.diagram(compiled, result)")
+        return to_dot(subject.compiled, subject, rankdir=rankdir)
+    return to_dot(_drawable(subject, "diagram"), run, rankdir=rankdir)
+
+
+def mermaid(subject: Workflow[Any] | Drawable) -> str:
+    """A workflow (a ``Workflow`` is compiled first) as Mermaid ``stateDiagram-v2`` text."""
+    return to_mermaid(_drawable(subject, "mermaid"))
+
+
 def render(graph: graphviz.Digraph, path: str | Path, fmt: str) -> Path:
     """Render ``graph`` to ``path`` in ``fmt`` (svg, png, pdf) with Graphviz's ``dot``."""
+    return write_file(path, _pipe(graph, fmt))
+
+
+def _pipe(graph: graphviz.Digraph, fmt: str) -> bytes:
+    """``graph`` rendered in ``fmt`` by Graphviz's ``dot``."""
     if shutil.which("dot") is None:
         raise GraphvizMissing(
             f"cannot render {fmt.upper()}: Graphviz's 'dot' binary is not on PATH. Install the system "
@@ -349,11 +396,10 @@ def render(graph: graphviz.Digraph, path: str | Path, fmt: str) -> Path:
             "or write DOT source instead"
         )
     try:
-        data = graph.pipe(format=fmt)
+        return bytes(graph.pipe(format=fmt))
     except graphviz.ExecutableNotFound as exc:  # found on PATH but not runnable
         raise GraphvizMissing(f"cannot render {fmt.upper()}: Graphviz's 'dot' could not run ({exc}); "
                               "reinstall the system package graphviz") from exc
-    return write_file(path, data)
 
 
 def write_file(path: str | Path, data: bytes) -> Path:
@@ -398,6 +444,12 @@ def to_svg(graph: graphviz.Digraph) -> str:
         raise GraphvizMissing(f"cannot render SVG: Graphviz's 'dot' could not run ({exc})") from exc
 
 
+def jupyter_display(compiled: CompiledWorkflow[Any], run: RunResult[Any] | None = None) -> dict[str, str]:
+    """How Jupyter shows a compiled workflow, with ``run`` over it when given: SVG when Graphviz can
+    draw it, always the text. The package facade installs it with ``compile.set_display``."""
+    return jupyter_bundle(to_dot(compiled, run), repr(run) if run is not None else repr(compiled))
+
+
 def jupyter_bundle(graph: graphviz.Digraph | None, text: str) -> dict[str, str]:
     """A ``_repr_mimebundle_`` answer: SVG when Graphviz can draw it, always the text."""
     bundle = {"text/plain": text}
@@ -433,3 +485,76 @@ def write_diagrams(workflow: Drawable, directory: str | Path,
         if has_dot:
             written.append(render(run_graph, out / f"{workflow.name}.run.svg", "svg"))
     return written
+
+
+# --- the file formats --------------------------------------------------------------------------------
+RunInput = RunResult[Any] | dict[str, Any] | RunOverlay
+"""A run to draw over a workflow: a result, or its recorded form (``result.to_dict()``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiagramFormat:
+    """A file format diagrams are written in: an entry of :data:`FORMATS`."""
+
+    name: str
+    """What ``--format`` takes."""
+    label: str
+    """How messages name it (``SVG``)."""
+    suffixes: tuple[str, ...]
+    """The file extensions that pick it, lower case with the dot; the first is the one to suggest."""
+    draw: Callable[[Drawable, RunInput | None, str | None], bytes]
+    """The file's bytes for a workflow, a run over it (or ``None``) and a ``rankdir`` (or ``None``)."""
+    draws_runs: bool = True
+    """Whether a run can be laid over the workflow in this format."""
+
+
+def _graphviz_format(fmt: str) -> Callable[[Drawable, RunInput | None, str | None], bytes]:
+    def draw(workflow: Drawable, run: RunInput | None, rankdir: str | None) -> bytes:
+        return _pipe(to_dot(workflow, run, rankdir=rankdir), fmt)
+
+    return draw
+
+
+def _dot_source(workflow: Drawable, run: RunInput | None, rankdir: str | None) -> bytes:
+    return str(to_dot(workflow, run, rankdir=rankdir).source).encode("utf-8")
+
+
+def _mermaid_text(workflow: Drawable, run: RunInput | None, rankdir: str | None) -> bytes:
+    if run is not None:
+        raise ValueError("Mermaid has no highlighting: a run is drawn in another format")
+    return to_mermaid(workflow).encode("utf-8")
+
+
+FORMATS: dict[str, DiagramFormat] = {}
+"""Every format diagrams are written in, by name, in the order they were registered."""
+
+
+def register_format(fmt: DiagramFormat) -> DiagramFormat:
+    """Add ``fmt`` to :data:`FORMATS` (the command line's ``diagram`` offers it at once). Its name and
+    suffixes must be new: ``ValueError`` names the format that has them."""
+    if not isinstance(fmt, DiagramFormat):
+        raise TypeError(f"register_format() takes a DiagramFormat, not {type(fmt).__name__}")
+    if fmt.name in FORMATS:
+        raise ValueError(f"a diagram format named {fmt.name!r} is registered already")
+    for other in FORMATS.values():
+        taken = set(fmt.suffixes) & set(other.suffixes)
+        if taken:
+            raise ValueError(f"the suffixes {sorted(taken)} already pick format {other.name!r}")
+    bad = [s for s in fmt.suffixes if not s.startswith(".") or s != s.lower()]
+    if bad or not fmt.suffixes:
+        raise ValueError(f"format {fmt.name!r}: suffixes must be lower case and start with a dot, not {bad}")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def format_of(path: str | Path) -> DiagramFormat | None:
+    """The format a file name's extension picks, or ``None``."""
+    suffix = Path(path).suffix.lower()
+    return next((f for f in FORMATS.values() if suffix in f.suffixes), None)
+
+
+register_format(DiagramFormat("dot", "DOT", (".dot", ".gv"), _dot_source))
+register_format(DiagramFormat("svg", "SVG", (".svg",), _graphviz_format("svg")))
+register_format(DiagramFormat("png", "PNG", (".png",), _graphviz_format("png")))
+register_format(DiagramFormat("pdf", "PDF", (".pdf",), _graphviz_format("pdf")))
+register_format(DiagramFormat("mermaid", "Mermaid", (".mmd", ".mermaid"), _mermaid_text, draws_runs=False))

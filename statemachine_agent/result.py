@@ -94,17 +94,11 @@ class RunResult(Generic[C]):
     error: BaseException | None = None
     """The unrouted exception that ended the run, if any."""
     compiled: Any = field(default=None, repr=False, compare=False)
-    """The compiled workflow that ran (for ``diagram()``)."""
+    """The compiled workflow that ran (what ``statemachine_agent.diagrams.diagram(result)`` and
+    Jupyter's display draw the run over)."""
     waiting: str | None = None
     """The event a paused run waits for (``outcome`` is ``WAITING``, ``terminal`` the wait state);
     ``None`` once the run has ended."""
-
-    def diagram(self, *, rankdir: str | None = None) -> Any:
-        """The workflow's ``graphviz.Digraph`` with this run laid over it."""
-        if self.compiled is None:
-            raise ValueError("this result does not know its workflow: use "
-                             "statemachine_agent.diagrams.to_dot(compiled, result)")
-        return self.compiled.diagram(self, rankdir=rankdir)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         """Jupyter shows the run over its workflow as SVG (text when Graphviz is missing)."""

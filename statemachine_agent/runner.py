@@ -19,7 +19,8 @@ from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 from pydantic import BaseModel
 
 from ._journal import Journal, RunState
-from ._plan import ErrorExit, Exit, Plan, Program, Token
+from ._plan import ErrorExit, Exit, Plan, Token
+from ._program import Program
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset

@@ -1,21 +1,29 @@
-"""Declaring a workflow: states, transitions, error routes and bounds, in decorator or builder style."""
+"""Declaring a workflow: states, transitions, error routes and bounds, in decorator or builder style.
+
+This module is in the "define" layer (docs/design.md, tests/test_layers.py): it imports only the
+layers below it, with one documented exception. ``Workflow.analyze()``, ``check()`` and
+``compile()`` need the checker and the compiler, which sit above it; they reach them through the
+one import inside :func:`_upward`, run when one of them is called, and this module names
+their result types (``CheckReport``, ``CompiledWorkflow``) and the run's ``Tools`` handle only
+under ``TYPE_CHECKING``.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar, overload
 
 from pydantic import BaseModel
 
-from .check import CheckReport, analyze, check
-from .compile import CompiledWorkflow, compile_spec
+from ._tooldef import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
 from .errors import Problem, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
-from .tools import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
 
 if TYPE_CHECKING:
+    from .check import CheckReport
+    from .compile import CompiledWorkflow
     from .tools import Tools
 
 __all__ = ["Action", "StateRef", "Workflow"]
@@ -70,6 +78,20 @@ def _enum(kind: type[Outcome] | type[NoExit], value: Any) -> Any:
         return kind(value)
     except ValueError:
         return value  # the checker reports it, with every other problem
+
+
+class _Upward(NamedTuple):
+    analyze: Callable[[WorkflowSpec], CheckReport]
+    check: Callable[[WorkflowSpec], CheckReport]
+    compile: Callable[[WorkflowSpec], CompiledWorkflow[Any]]
+
+
+def _upward() -> _Upward:
+    """The checker and the compiler: the define layer's one reach upward (see the module's docstring),
+    an import run when a workflow is analyzed, checked or compiled, never at import."""
+    from . import check, compile  # noqa: PLC0415  (the one documented upward import)
+
+    return _Upward(check.analyze, check.check, compile.compile_spec)
 
 
 def _await_event(ctx: Any) -> None:
@@ -405,19 +427,17 @@ class Workflow(Generic[C]):
 
     def analyze(self) -> CheckReport:
         """Run every check and return the report, without raising."""
-        return analyze(self.spec())
+        return _upward().analyze(self.spec())
 
     def check(self) -> CheckReport:
         """Run every check; raise :class:`DefinitionError` listing every problem."""
-        return check(self.spec())
+        return _upward().check(self.spec())
 
     def compile(self) -> CompiledWorkflow[C]:
-        """Check the workflow and compile it onto a ``transitions`` machine, ready to run."""
-        return compile_spec(self.spec())
-
-    def diagram(self, *, rankdir: str | None = None) -> Any:
-        """Compile, then return the workflow's ``graphviz.Digraph`` for further styling."""
-        return self.compile().diagram(rankdir=rankdir)
+        """Check the workflow and compile it onto a ``transitions`` machine, ready to run (its
+        diagrams: :func:`statemachine_agent.diagrams.diagram`)."""
+        compiled: CompiledWorkflow[C] = _upward().compile(self.spec())
+        return compiled
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self._states)} states, {len(self._transitions)} transitions>"

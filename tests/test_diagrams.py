@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statemachine_agent import guard
-from statemachine_agent.diagrams import GraphvizMissing, render, to_dot, to_mermaid
+from statemachine_agent.diagrams import GraphvizMissing, diagram, render, to_dot, to_mermaid
 from statemachine_agent.examples import research
 
 
@@ -156,7 +156,7 @@ def test_run_from_a_recorded_path_matches_the_live_one(tmp_path: Path) -> None:
     result = compiled.run_sync(research.ResearchContext(question="zebra quokka"))
     recorded = json.loads(json.dumps(result.to_dict()))
     assert to_dot(compiled, recorded).source == to_dot(compiled, result).source
-    assert result.diagram().source == to_dot(compiled, result).source
+    assert diagram(result).source == to_dot(compiled, result).source
     with pytest.raises(ValueError, match="not a recorded run"):
         to_dot(compiled, {"path": "nope"})
     recorded["path"][0]["state"] = "elsewhere"
@@ -187,10 +187,10 @@ def test_jupyter_and_diagram_entry_points() -> None:
     assert bundle["text/plain"].startswith("<CompiledWorkflow 'research'")
     result = compiled.run_sync(research.ResearchContext(question="How are loops bounded?"))
     assert "<svg" in result._repr_mimebundle_()["image/svg+xml"]
-    assert research.workflow.diagram().source == compiled.diagram().source
-    assert compiled.diagram(rankdir="TB").graph_attr["rankdir"] == "TB"
+    assert diagram(research.workflow).source == diagram(compiled).source
+    assert diagram(compiled, rankdir="TB").graph_attr["rankdir"] == "TB"
     with pytest.raises(ValueError, match="rankdir='sideways'"):
-        compiled.diagram(rankdir="sideways")
+        diagram(compiled, rankdir="sideways")
 
 
 def test_large_workflows_read_top_to_bottom(tmp_path: Path) -> None:
@@ -202,8 +202,8 @@ def test_large_workflows_read_top_to_bottom(tmp_path: Path) -> None:
     for a, b in zip(names, [*names[1:], "done"], strict=True):
         wf.transition(a, b)
     compiled = wf.compile()
-    assert compiled.diagram().graph_attr["rankdir"] == "TB"
-    assert render(compiled.diagram(), tmp_path / "chain.png", "png").stat().st_size > 1000
+    assert diagram(compiled).graph_attr["rankdir"] == "TB"
+    assert render(diagram(compiled), tmp_path / "chain.png", "png").stat().st_size > 1000
 
 
 def test_cli_draws_a_recorded_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,7 +240,7 @@ def test_odd_names_and_labels_survive_both_formats(tmp_path: Path) -> None:
     assert 'state "note" as s3' in mermaid  # a reserved word
     assert "s2 --> s3: 1. [a#59;b] \"q\" C#58;\\new #lt;x#gt;]" in mermaid
     assert "    s6 --> done" in mermaid
-    svg = (render(compiled.diagram(), tmp_path / "odd.svg", "svg")).read_text(encoding="utf-8")
+    svg = (render(diagram(compiled), tmp_path / "odd.svg", "svg")).read_text(encoding="utf-8")
     assert "&lt;init&gt;" in svg  # drawn as text, not taken for an HTML label
     assert "ends\\" in svg
     assert "C:\\new" in svg
@@ -270,6 +270,6 @@ def test_a_name_ending_in_a_backslash_gives_dot_that_graphviz_reads(name: str) -
     result = compiled.run_sync(C(), run_id=name)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        source = compiled.diagram(result).source
+        source = diagram(compiled, result).source
     out = subprocess.run(["dot", "-Tsvg"], input=source, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
