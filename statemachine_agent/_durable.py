@@ -557,7 +557,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if taken.run.next_step != stored.run.next_step:
             point, context, _ = fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
         else:
-            point = _with_new_events(point, stored, taken)
+            point = _caught_up(point, stored, taken)
         stored = taken
     elif not fresh:
         claimed = None
@@ -574,7 +574,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             point, context, _ = fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint,
                                     migrate)
         else:
-            point = _with_new_events(point, stored, claimed)
+            point = _caught_up(point, stored, claimed)
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
@@ -594,14 +594,24 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     return Run.restore(workflow, context, state, journal=journal, path=path, run_id=run_id, store=store, **options)
 
 
-def _with_new_events(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
-    """``point`` with the events delivered between the look it was made from and the claim (a
-    delivery that found the run waiting, a moment before this claim took it): an event in the
-    inbox when the run continues is taken, even if its timeout passed meanwhile."""
+def _caught_up(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
+    """``point`` (made from ``looked``, maybe migrated) with what other workers wrote between that
+    look and the claim, at the same next step: journal rows of that step (a worker that started it
+    wrote an intent, or an outcome: answered from them, an at_most_once call is never made again)
+    and events delivered meanwhile (an event in the inbox when the run continues is taken, even if
+    its timeout passed meanwhile)."""
+    before = {(c.step, c.call): c for c in looked.calls}
+    rows = {(c.step, c.call): c for c in claimed.calls if c.step >= claimed.run.next_step}
+    news = {k for k, c in rows.items() if before.get(k) != c}
     seen = {e.seq for e in looked.inbox}
-    new = [QueuedEvent(seq=e.seq, event=e.event, payload=e.payload)
-           for e in claimed.inbox if e.consumed_step is None and e.seq not in seen]
-    return point.model_copy(update={"inbox": [*point.inbox, *new]}) if new else point
+    events = [QueuedEvent(seq=e.seq, event=e.event, payload=e.payload)
+              for e in claimed.inbox if e.consumed_step is None and e.seq not in seen]
+    if not news and not events:
+        return point
+    fresh = {(c.step, c.call): c for c in point_of(claimed).calls}
+    calls = [c for c in point.calls if (c.step, c.call) not in news] + [fresh[k] for k in sorted(news)]
+    calls.sort(key=lambda c: (c.step, c.call))
+    return point.model_copy(update={"calls": calls, "inbox": [*point.inbox, *events]})
 
 
 def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, options: ResumeOptions[Any]) -> bool:

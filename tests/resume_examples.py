@@ -55,7 +55,8 @@ class Crash(BaseException):
 
 
 CRASH: set[str] = set()
-"""Where the next run crashes: ``triage`` (in its first step) or ``pay`` (inside the tool, after its effect)."""
+"""Where the next run crashes: ``triage`` (in its first step), ``charge`` (before its call), ``pay``
+(inside the tool, after its effect) or ``after-pay`` (after the call returned)."""
 PAID: list[str] = []
 """Every effect of the ``pay`` tool, in order."""
 
@@ -106,6 +107,9 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
 
     @wf.state(reads=["tries", "note"] if reads_note else ["tries"], writes=["receipt"], tools=[tool])
     async def charge(ctx: Ticket, tools: Any) -> None:
+        if "charge" in CRASH:
+            CRASH.discard("charge")
+            raise Crash
         ctx.receipt = str(await tools.call(tool, amount=ctx.tries))
         if "after-pay" in CRASH:
             CRASH.discard("after-pay")

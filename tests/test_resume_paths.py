@@ -3,8 +3,10 @@ continues with."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 import resume_examples as ex
@@ -56,3 +58,48 @@ def test_a_fork_under_a_changed_model_is_refused_not_a_raw_validation_error(tmp_
         assert ex.dump(tmp_path / "runs.db") == before
         result = new.fork_sync("t-1", at_step=1, patch={"customer": "ann"}, store=store, new_run_id="t-2")
     assert result.outcome is Outcome.WAITING and result.context.customer == "ann"  # type: ignore[attr-defined]
+
+
+class ClaimAfter(SQLiteStore):
+    """A store that runs ``before_claim`` (once) just before it claims: another worker's writes
+    land between a resume's first look and its claim, deterministically."""
+
+    before_claim: Any = None
+
+    def claim(self, run_id: str) -> Future[StoredRun]:
+        hook, self.before_claim = self.before_claim, None
+        if hook is not None:
+            hook()
+        return super().claim(run_id)
+
+
+def test_a_resume_sees_the_intent_another_worker_wrote_before_its_claim(tmp_path: Path) -> None:
+    """Worker B looks at a crashed run (no journal row yet); worker A claims it, writes the
+    at_most_once intent, pays and dies; then B claims: B must answer the call from A's intent (the
+    unknown-outcome route), never pay again (G4; it paid twice when B kept the rows of its look)."""
+    ex.PAID.clear()
+    flow = ex.flow()
+    db = tmp_path / "runs.db"
+    with SQLiteStore(db) as store:
+        ex.stored("waiting", store)
+        ex.CRASH.add("charge")
+        with pytest.raises(ex.Crash):
+            flow.deliver_sync("t-1", "approval", {"ok": True}, store=store)
+    assert ex.PAID == []
+
+    def a_pays_and_dies() -> None:
+        def work() -> None:
+            with SQLiteStore(db) as store_a:
+                ex.CRASH.add("pay")
+                with pytest.raises(ex.Crash):
+                    flow.resume_sync("t-1", store=store_a)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+
+    with ClaimAfter(db) as store_b:
+        store_b.before_claim = a_pays_and_dies
+        result = flow.resume_sync("t-1", store=store_b)
+    assert ex.PAID == ["pay 3"]
+    assert result.terminal == "unknown"
