@@ -12,6 +12,7 @@ connection, and the ``<db>-intents`` file, before and after each refusal.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 import tempfile
@@ -939,3 +940,78 @@ def test_property_a_changed_workflow_continues_the_run_or_refuses_it_changing_no
                 assert op == "deliver"
                 result = changed.resume_sync("r", store=store, clock=FakeClock(1.0))
             assert_continued(changed, result, world)
+
+
+# --- migrating a waiting run: the store holds what migrate made -------------------------------------------------
+def test_migrate_of_a_waiting_run_to_a_renamed_wait_is_stored_so_a_plain_delivery_continues_it(
+        tmp_path: Path) -> None:
+    """A waiting run migrated into the renamed wait waits there; the store holds the migrated run,
+    so a delivery (which takes no migrate=) under the new workflow continues it to done."""
+    path, world = copy_of("waiting", tmp_path)
+    changed = flow(world, "wait_renamed")
+    paused = resume(changed, path, migrate=lambda p: _renamed(p, "approve", "confirm"))
+    assert (paused.outcome, paused.waiting) == (Outcome.WAITING, "approval")
+    with SQLiteStore(path) as store:
+        assert changed.check_runs(store) == []
+        done = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(2.0))
+    assert done is not None and done.terminal == "done" and world.effects["charge-2"] == 1
+
+
+def test_migrate_of_a_waiting_run_to_a_renamed_event_is_stored_so_a_plain_delivery_continues_it(
+        tmp_path: Path) -> None:
+    path, world = copy_of("waiting", tmp_path)
+    changed = flow(world, "event_renamed")
+    paused = resume(changed, path, migrate=lambda p: p.model_copy(update={"waiting_for": "approved"}))
+    assert (paused.outcome, paused.waiting) == (Outcome.WAITING, "approved")
+    with SQLiteStore(path) as store:
+        assert changed.check_runs(store) == []
+        done = changed.deliver_sync("r", "approved", {"ok": True}, store=store, clock=FakeClock(2.0))
+    assert done is not None and done.terminal == "done"
+
+
+def test_migrate_of_a_waiting_run_with_a_new_required_field_is_stored(tmp_path: Path) -> None:
+    path, world = copy_of("waiting", tmp_path)
+    changed = flow(world, "ctx_required")
+    paused = resume(changed, path,
+                    migrate=lambda p: p.model_copy(update={"context": {**p.context, "region": "eu"}}))
+    assert (paused.outcome, paused.waiting, paused.context.region) == (Outcome.WAITING, "approval", "eu")
+    with SQLiteStore(path) as store:
+        done = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(2.0))
+    assert done is not None and done.terminal == "done" and done.context.region == "eu"
+
+
+# --- reopen: the same check --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("point", "change", "code"), [("waiting", "wait_renamed", "resume-unknown-state"),
+                                                       ("crash_inside", "tool_read", "resume-effect-changed"),
+                                                       ("queued", "payload_v2", "resume-bad-event"),
+                                                       ("done", "ctx_typed", "resume-bad-context")])
+def test_reopen_under_an_unfitting_change_is_refused_and_changes_nothing(
+        tmp_path: Path, point: str, change: str, code: str) -> None:
+    path, world = copy_of(point, tmp_path)
+    changed = flow(world, change)
+
+    async def reopen() -> Any:
+        with SQLiteStore(path, synchronous="NORMAL") as store:
+            return await changed.reopen("r", store=store, clock=FakeClock(1.0))
+
+    refused(path, lambda: asyncio.run(reopen()), code, world)
+
+
+# --- the version fingerprint ------------------------------------------------------------------------------------
+SHAPE_CHANGES = ("wait_removed", "wait_renamed", "wait_plain", "event_renamed", "ctx_required", "ctx_typed",
+                 "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
+                 "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
+                 "prep_renamed", "done_renamed", "state_added")
+
+
+def test_the_fingerprint_is_stable_and_moves_with_every_change_of_shape(tmp_path: Path) -> None:
+    """Two compiles of one declaration share a fingerprint, which each stored run carries; every
+    change of states, transitions, bounds, waits (event and payload schema), tools (and effects) or
+    the context schema gives another."""
+    v0 = flow(World())
+    assert flow(World()).fingerprint == v0.fingerprint
+    path, _ = copy_of("waiting", tmp_path)
+    with SQLiteStore(path) as store:
+        assert store.load("r").result().run.fingerprint == v0.fingerprint
+    same = [c for c in SHAPE_CHANGES if flow(World(), c).fingerprint == v0.fingerprint]
+    assert same == []
