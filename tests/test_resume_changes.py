@@ -275,14 +275,24 @@ class Template:
 
 _TEMPLATES: dict[tuple[str, int | None], Template] = {}
 _TEMPLATE_DIR: list[Path] = []
+_ALL: list[Template] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _template_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The templates of this module live in a pytest temporary directory."""
+    _TEMPLATE_DIR[:] = [tmp_path_factory.mktemp("i21-templates")]
+    _TEMPLATES.clear()
+    _ALL.clear()
+    yield
+    _TEMPLATES.clear()
+    _ALL.clear()
 
 
 def template(point: str, limit: int | None = None) -> Template:
     """A closed store file holding run ``r`` at ``point`` (made on first use, then reused)."""
     key = (point, limit)
     if key not in _TEMPLATES:
-        if not _TEMPLATE_DIR:
-            _TEMPLATE_DIR.append(Path(tempfile.mkdtemp(prefix="i21-templates-")))
         path = _TEMPLATE_DIR[0] / f"{point}-{limit}.db"
         world = World()
         with SQLiteStore(path, synchronous="NORMAL") as store:
@@ -780,34 +790,44 @@ def _memory_state(store: Any, run_id: str) -> Any:
 @pytest.mark.parametrize(("point", "change", "code"), [("waiting", "wait_renamed", "resume-unknown-state"),
                                                        ("waiting", "ctx_typed", "resume-bad-context"),
                                                        ("crash_inside", "tool_read", "resume-effect-changed"),
+                                                       ("crash_inside", "tool_renamed", "resume-unknown-tool"),
                                                        ("queued", "payload_v2", "resume-bad-event")])
-def test_memory_store_refusals_change_nothing(point: str, change: str, code: str) -> None:
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_refusals_in_the_store_that_stored_the_run_change_nothing(
+        tmp_path: Path, kind: str, point: str, change: str, code: str) -> None:
+    """The refusals in the very store (still open) the run crashed in: a MemoryStore (compared
+    record by record), and a SQLiteStore whose intent log still holds the open intent (compared
+    byte for byte, the ``<db>-intents`` file included)."""
     world = World()
-    with MemoryStore() as store:
+    path = tmp_path / "runs.db"
+    with MemoryStore() if kind == "memory" else SQLiteStore(path, synchronous="NORMAL") as store:
         store_point(store, world, point)
         changed = flow(world, change)
         effects = Counter(world.effects)
         before = _memory_state(store, "r")
-        with pytest.raises(IncompatibleRun) as info:
-            changed.resume_sync("r", store=store, clock=FakeClock(1.0))
-        assert code in codes_of(info.value)
-        if point in ("waiting", "crash_inside"):
+        if kind == "sqlite":
+            if point == "crash_inside":
+                assert Path(f"{path}-intents").read_bytes()  # the intent is in the log
+            refused(path, lambda: changed.resume_sync("r", store=store, clock=FakeClock(1.0)), code, world)
+            if point in ("waiting", "crash_inside"):
+                refused(path, lambda: changed.deliver_sync("r", "approval", {"ok": True}, store=store,
+                                                           clock=FakeClock(1.0)), code, world)
+        else:
             with pytest.raises(IncompatibleRun) as info:
-                changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(1.0))
+                changed.resume_sync("r", store=store, clock=FakeClock(1.0))
             assert code in codes_of(info.value)
+            if point in ("waiting", "crash_inside"):
+                with pytest.raises(IncompatibleRun) as info:
+                    changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(1.0))
+                assert code in codes_of(info.value)
         assert _memory_state(store, "r") == before
         assert world.effects == effects
 
 
 # --- 4. check_runs agrees with resume ---------------------------------------------------------------------------
-_ALL: list[Template] = []
-
-
 def template_all() -> Template:
     """One closed store holding a run at every point, each under the point's name."""
     if not _ALL:
-        if not _TEMPLATE_DIR:
-            _TEMPLATE_DIR.append(Path(tempfile.mkdtemp(prefix="i21-templates-")))
         path = _TEMPLATE_DIR[0] / "all.db"
         world = World()
         with SQLiteStore(path, synchronous="NORMAL") as store:
