@@ -1035,3 +1035,17 @@ def test_the_fingerprint_is_stable_and_moves_with_every_change_of_shape(tmp_path
         assert store.load("r").result().run.fingerprint == v0.fingerprint
     same = [c for c in SHAPE_CHANGES if flow(World(), c).fingerprint == v0.fingerprint]
     assert same == []
+
+
+def test_a_state_added_on_the_path_does_not_fail_a_run_on_the_old_step_budget(tmp_path: Path) -> None:
+    """Adding a state is a safe change: a run stored under version 0 (whose default step budget was
+    version 0's static bound, 5) that takes the longest path of the new workflow (6 steps) ends as
+    the new workflow says, in done, not in a failure terminal for 'max_steps of 5 reached'."""
+    path, world = copy_of("waiting3", tmp_path)
+    changed = flow(world, "state_added")
+    assert (flow(World()).max_steps, changed.max_steps) == (5, 6)
+    with SQLiteStore(path) as store:
+        result = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(1.0))
+    assert result is not None
+    assert (result.terminal, result.reason) == ("done", None)
+    assert [s.state for s in result.path][-2:] == ["pay", "notify"]
