@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ._compat import JournalCall, QueuedEvent, ResumePoint
 from ._views import thaw
 from .check import CheckReport
 from .clock import Clock, FakeClock, SystemClock
@@ -20,6 +21,7 @@ from .errors import (
     ModelUnavailable,
     NondeterminismError,
     Problem,
+    ResumeCode,
     RunError,
     StateMachineAgentError,
     ToolArgumentError,
@@ -57,6 +59,7 @@ __all__ = [
     "GatherFailed",
     "Guard",
     "Hook",
+    "JournalCall",
     "MissingWrite",
     "ModelAnswerInvalid",
     "ModelCall",
@@ -71,6 +74,9 @@ __all__ = [
     "Policy",
     "Price",
     "Problem",
+    "QueuedEvent",
+    "ResumeCode",
+    "ResumePoint",
     "Retry",
     "Run",
     "RunError",

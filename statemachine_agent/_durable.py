@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import inspect
 import json
 import logging
@@ -29,8 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
+from ._compat import (
+    JournalCall,
+    QueuedEvent,
+    ResumePoint,
+    compatibility,
+    ended_compatibility,
+    fingerprint,
+    fingerprint_of,
+    fit,
+)
 from ._plan import Program
-from ._rules import unset_reads_from
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import SystemClock, wall_time
 from .context import first_non_finite, is_unset
@@ -40,7 +48,9 @@ from .errors import (
     NondeterminismError,
     Problem,
     RecordedError,
+    ResumeCode,
     StateMachineAgentError,
+    StoreError,
     ToolResultError,
 )
 from .result import RunResult, Step, StepKind
@@ -54,7 +64,7 @@ from .secrets import (
     secret_fields,
     unseal,
 )
-from .spec import Outcome, WorkflowSpec
+from .spec import Outcome
 from .stores._base import Store
 from .stores._records import CallRecord, CallStatus, InboxRecord, RunStatus, StoredRun
 from .usage import ModelCall, Usage
@@ -63,45 +73,9 @@ if TYPE_CHECKING:
     from .runner import Run
     from .tools import Tools
 
-__all__ = ["Durable", "ResumePoint", "fingerprint"]
+__all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
 
 _log = logging.getLogger("statemachine_agent")
-
-
-class ResumePoint(BaseModel):
-    """A stored run as ``resume(..., migrate=)`` sees it: change what the new workflow needs and
-    return it (``point.model_copy(update={...})``). Checked again after the migration."""
-
-    run_id: str
-    state: str
-    context: dict[str, Any]
-    """The context's JSON."""
-    written: list[str]
-    visits: dict[str, int]
-    traversals: dict[str, int]
-    actions_run: int
-
-
-def fingerprint(spec: WorkflowSpec) -> str:
-    """A hash of what a stored run depends on: states, their declarations, transitions, tools and
-    the context's schema. Equal fingerprints resume without further checks."""
-    def names(value: Any) -> list[str]:
-        return sorted(str(v) for v in value) if isinstance(value, (list, tuple, set, frozenset)) else []
-
-    try:
-        schema: Any = spec.context.model_json_schema()
-    except Exception:  # a model pydantic cannot describe: its field names and annotations instead
-        schema = {n: repr(f.annotation) for n, f in spec.context.model_fields.items()}
-    data = {
-        "states": [[s.name, bool(s.initial), bool(s.terminal), str(s.outcome), names(s.reads), names(s.writes),
-                    names(s.tools), s.max_visits, bool(s.decision)] for s in spec.states],
-        "transitions": [[t.name, t.source, t.target, t.max_traversals] for t in spec.transitions],
-        "errors": [[t.name, t.source, t.target, t.error.__name__, t.max_traversals]
-                   for t in spec.error_transitions],
-        "tools": sorted([t.name, str(t.effect)] for t in spec.tools),
-        "context": schema,
-    }
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:32]
 
 
 def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = None
@@ -196,9 +170,8 @@ class Durable:
     async def create(cls, run: Run[Any], store: Store) -> Durable:
         """Insert ``run`` (not started yet) into ``store``: ``RunExists`` if its id is taken."""
         wf = run.workflow
-        spec = getattr(wf, "spec", None)
-        fp = fingerprint(spec) if isinstance(spec, WorkflowSpec) else ""
-        durable = cls(store, run.run_id, 1, fp, created_at=time.time(), initial_written=sorted(run._written))
+        durable = cls(store, run.run_id, 1, fingerprint_of(wf), created_at=time.time(),
+                      initial_written=sorted(run._written))
         check_storable(type(run.context), durable.secrets, run.run_id)  # SecretsNotStorable: nothing stored
         try:
             context, _ = dump_fields(run.context, run.context.__dict__.keys(), durable.secrets)
@@ -296,7 +269,9 @@ class Durable:
                 except ValidationError as exc:
                     raise ToolResultError(tool.name, f"tool {tool.name!r}: the journaled result of call {key} "
                                           f"no longer fits its result type ({exc.errors()[0]['msg']})") from None
-            if effect is Effect.AT_MOST_ONCE:
+            if rec.effect == Effect.AT_MOST_ONCE:
+                # As journaled: the resume check refused a tool whose effect class changed since,
+                # unless migrate= set the row's effect (then the call may run again).
                 return await self._reconcile(tool, key, arguments, step, index)
         row = {"step": step, "call": index, "tool": tool.name, "effect": str(effect), "key": key,
                "arguments": tool.dump_arguments({k: v for k, v in arguments.items() if k != KEY_PARAMETER}),
@@ -429,92 +404,51 @@ def recorded_step(s: Any) -> Step:
                 tuple(s.rejected), s.ran, tuple(s.writes), tuple(ModelCall.from_dict(c) for c in s.model_calls))
 
 
-def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str
-                  ) -> tuple[BaseModel | None, list[Problem]]:
-    """Whether ``point`` can continue under ``workflow``: the context validated, or the problems."""
-    spec = getattr(workflow, "spec", None)
-    problems: list[Problem] = []
-    plans = workflow.plans
-    plan = plans.get(point.state)
-    if plan is None:
-        problems.append(Problem("resume-unknown-state", f"the run is stored in state {point.state!r}, which "
-                                "this workflow does not have", point.state))
-    elif plan.terminal:
-        problems.append(Problem("resume-unknown-state", f"the run is stored in state {point.state!r}, which is "
-                                "terminal in this workflow", point.state))
-    context: BaseModel | None = None
-    try:
-        context = workflow.context_type.model_validate(point.context)
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(context)'}: {e['msg']}" for e in exc.errors()[:5])
-        problems.append(Problem("resume-bad-context", f"the stored context does not validate against "
-                                f"{workflow.context_type.__name__}: {detail}"))
-    unknown_fields = sorted(set(point.written) - set(workflow.context_type.model_fields))
-    if unknown_fields:
-        problems.append(Problem("resume-bad-context", f"the stored run wrote fields {unknown_fields} that "
-                                f"{workflow.context_type.__name__} no longer has"))
-    if (isinstance(spec, WorkflowSpec) and plan is not None and not plan.terminal
-            and fingerprint(spec) != stored_fingerprint):
-        for reader, f in unset_reads_from(spec, point.state, point.written):
-            where = "there" if reader == point.state else f"in state {reader!r}, reachable from it,"
-            problems.append(Problem("resume-unset-read", f"the run is stored in state {point.state!r} "
-                                    f"without field {f!r} written, and this workflow reads it {where} before "
-                                    "any state writes it", reader))
-    edges = set(workflow.edge_names)
-    for name in sorted(set(point.traversals) - edges):
-        problems.append(Problem("resume-counters", f"the stored run took transition {name!r} "
-                                f"{point.traversals[name]} time(s), which this workflow does not have", name))
-    for name in sorted(set(point.visits) - set(plans)):
-        problems.append(Problem("resume-counters", f"the stored run visited state {name!r}, which this "
-                                "workflow does not have", name))
-    for name, n in point.traversals.items():
-        exit_bound = _bound_of(workflow, name)
-        if exit_bound is not None and n > exit_bound:
-            problems.append(Problem("resume-counters", f"the stored run took {name!r} {n} times, over its bound "
-                                    f"of {exit_bound} in this workflow", name))
-    if point.actions_run > workflow.max_steps:
-        problems.append(Problem("resume-counters", f"the stored run ran {point.actions_run} steps, over this "
-                                f"workflow's bound of {workflow.max_steps}"))
-    return (context if not problems else None), problems
-
-
-def _bound_of(workflow: Program[Any], name: str) -> int | None:
-    for plan in workflow.plans.values():
-        for x in plan.exits:
-            if x.name == name:
-                return x.bound
-        for e in plan.errors:
-            if e.spec.name == name:
-                return e.bound
-    return None
-
-
 def point_of(stored: StoredRun, workflow: Program[Any] | None = None, store: Store | None = None) -> ResumePoint:
     """The stored run as ``migrate=`` sees it; with ``workflow``, its secret fields decrypted by the
     store's codec (as SecretStr/SecretBytes objects, never the stored mask)."""
     r = stored.run
     context = stored.context if workflow is None else _opened(workflow, stored.context, store, r.run_id)
-    return ResumePoint(run_id=r.run_id, state=r.state, context=context, written=list(r.written),
-                       visits=dict(r.counters.visits), traversals=dict(r.counters.traversals),
-                       actions_run=r.counters.actions_run)
+    ended = r.status is RunStatus.DONE
+    waiting = r.status is RunStatus.WAITING and r.wait is not None and r.wait.state == r.state
+    n = r.next_step
+    return ResumePoint(
+        run_id=r.run_id, state=(r.terminal or r.state) if ended else r.state, context=context,
+        written=list(r.written), visits=dict(r.counters.visits), traversals=dict(r.counters.traversals),
+        actions_run=r.counters.actions_run, next_step=n,
+        waiting_for=r.wait.event if waiting and r.wait is not None else None,
+        calls=[] if ended else [JournalCall.model_validate(
+            {"step": c.step, "call": c.call, "tool": c.tool, "effect": c.effect, "status": str(c.status),
+             "key": c.key, "arguments": c.arguments, "result": c.result}) for c in stored.calls if c.step >= n],
+        inbox=[] if ended else [QueuedEvent(seq=e.seq, event=e.event, payload=e.payload)
+                                for e in stored.inbox if e.consumed_step is None])
 
 
-def migrate_point(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> ResumePoint:
-    out = migrate(point.model_copy(deep=True))
-    if isinstance(out, ResumePoint):
-        return out
-    raise TypeError(f"migrate= returned {type(out).__name__}: return the ResumePoint it was given, changed "
-                    "(point.model_copy(update={...}))")
+def _recorded(stored: StoredRun, point: ResumePoint) -> dict[tuple[int, int], CallRecord]:
+    """The journal rows the next step is answered from: the stored rows, as ``point`` (maybe
+    migrated) has them (a row it dropped is not answered: that call is made again)."""
+    rows = {(c.step, c.call): c for c in stored.calls if c.step >= stored.run.next_step}
+    out: dict[tuple[int, int], CallRecord] = {}
+    for c in point.calls:
+        row = rows.get((c.step, c.call))
+        update: dict[str, Any] = {"tool": c.tool, "effect": c.effect, "status": CallStatus(c.status),
+                                  "key": c.key, "arguments": c.arguments, "result": c.result}
+        out[(c.step, c.call)] = (row.model_copy(update=update) if row is not None
+                                 else CallRecord.model_validate({"step": c.step, "call": c.call, **update}))
+    return out
 
 
-def stored_result(workflow: Program[Any], stored: StoredRun, store: Store | None = None) -> RunResult[Any]:
-    """The result of a run that ended, from the store (``store``'s codec decrypts its secrets)."""
+def stored_result(workflow: Program[Any], stored: StoredRun, store: Store | None = None,
+                  migrate: Callable[[ResumePoint], Any] | None = None) -> RunResult[Any]:
+    """The result of a run that ended, from the store (``store``'s codec decrypts its secrets):
+    ``IncompatibleRun`` when its terminal or context no longer fit ``workflow`` (and ``migrate``
+    does not fix them)."""
     r = stored.run
-    context = workflow.context_type.model_validate(_opened(workflow, stored.context, store, r.run_id))
+    point, context, _ = fit(workflow, point_of(stored, workflow, store), r.fingerprint, migrate, ended=True)
     path = tuple(recorded_step(s) for s in stored.steps)
     # Like a fresh result: only an error no transition routed is the run's error.
     last_error = path[-1].error if path and path[-1].kind is StepKind.FAIL else None
-    return RunResult(r.workflow, r.run_id, r.terminal or r.state, Outcome(r.outcome or "failure"), context, path,
+    return RunResult(r.workflow, r.run_id, point.state, Outcome(r.outcome or "failure"), context, path,
                      r.reason, last_error, workflow)
 
 
@@ -553,20 +487,8 @@ def _require_store(store: object) -> None:
 
 def _same_workflow(workflow: Program[Any], run_id: str, stored_workflow: str) -> None:
     if stored_workflow != workflow.name:
-        raise IncompatibleRun(run_id, [Problem("resume-other-workflow", f"the run belongs to workflow "
+        raise IncompatibleRun(run_id, [Problem(ResumeCode.OTHER_WORKFLOW, f"the run belongs to workflow "
                                                f"{stored_workflow!r}, not {workflow.name!r}")])
-
-
-def _fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
-         migrate: Callable[[ResumePoint], ResumePoint] | None) -> tuple[ResumePoint, BaseModel]:
-    """``point`` (migrated if it must be and can) with its validated context, or IncompatibleRun."""
-    context, problems = compatibility(workflow, point, stored_fingerprint)
-    if problems and migrate is not None:
-        point = migrate_point(point, migrate)
-        context, problems = compatibility(workflow, point, "")  # a full check of what migrate made
-    if problems or context is None:
-        raise IncompatibleRun(point.run_id, problems)
-    return point, context
 
 
 async def reopen(workflow: Program[Any], run_id: str, store: Store,
@@ -584,10 +506,12 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                   stored: StoredRun | None = None) -> Run[Any] | None:
     """Claim ``run_id`` in ``store`` and rebuild it as a Run of ``workflow`` (see ``resume``).
 
-    ``fresh``: the run was just created by this process (a fork) and holds epoch 1: no claim.
-    ``waiting_only``: claim the run only if it is waiting and ready (what a delivery and a wake-up
-    do, so they never take a run from a live worker); ``None`` when it is not. ``stored``: the run
-    as the caller just loaded it (then it is not loaded again before the claim).
+    Whatever the run's status, it is checked against ``workflow`` (``_compat.fit``) before anything
+    is written: a refusal leaves the store as it was. ``fresh``: the run was just created by this
+    process (a fork) and holds epoch 1: no claim. ``waiting_only``: claim the run only if it is
+    waiting and ready (what a delivery and a wake-up do, so they never take a run from a live
+    worker); ``None`` when it is not. ``stored``: the run as the caller just loaded it (then it is
+    not loaded again before the claim).
     """
     from .runner import Run  # noqa: PLC0415  (the runner imports this module)
 
@@ -604,27 +528,18 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
     if stored.run.status is RunStatus.DONE:
-        result = stored_result(workflow, stored, store)
+        result = stored_result(workflow, stored, store, migrate)
         done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
         done.path = list(result.path)
         done.result = result
         return done
-    wait = stored.run.wait
-    if stored.run.status is RunStatus.WAITING and wait is not None:
-        now = wall_time(options.get("clock"))
-        ready = (any(e.event == wait.event and e.consumed_step is None for e in stored.inbox)
-                 or (wait.deadline is not None and now >= wait.deadline))
-        if not ready:  # nothing to do yet: the run stays as it is, unclaimed
-            if waiting_only:
-                return None
-            context_now = workflow.context_type.model_validate(_opened(workflow, stored.context, store, run_id))
-            paused: Run[Any] = Run(workflow, context_now, run_id=run_id, **options)
-            paused.path = [recorded_step(s) for s in stored.steps]
-            paused.result = RunResult(workflow.name, run_id, wait.state, Outcome.WAITING, context_now,
-                                      tuple(paused.path), f"waiting in {wait.state!r} for event {wait.event!r}",
-                                      None, workflow, wait.event)
-            return paused
-    point, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    point, context, migrated = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    if stored.run.status is RunStatus.WAITING and not _ready(workflow, point, stored, options):
+        if waiting_only:
+            return None
+        if not migrated:  # nothing to do yet: the run stays as it is, unclaimed
+            return _paused(workflow, stored, point, context, options=options)
+        # Migrated: claimed and continued, so that it pauses again and commits what migrate made.
     _check_secret_results(stored, store)
     _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
@@ -633,7 +548,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if taken is None:
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
-            point, context = _fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
+            point, context, _ = fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
         stored = taken
     elif not fresh:
         claimed = None
@@ -647,7 +562,10 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
-            point, context = _fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint, migrate)
+            point, context, _ = fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint,
+                                    migrate)
+        elif len(claimed.inbox) != len(stored.inbox) and not migrated:
+            point = point.model_copy(update={"inbox": point_of(claimed).inbox})  # events delivered meanwhile
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
@@ -663,22 +581,46 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     run._written = set(point.written)
     run._owned = set(workflow.field_names)  # the context was just built from JSON: nobody else has it
     run._token.state = point.state
-    run._inbox = [(e.seq, e.event, e.payload) for e in stored.inbox if e.consumed_step is None]
+    run._inbox = [(e.seq, e.event, e.payload) for e in point.inbox]
     if stored.run.wait is not None and stored.run.wait.state == point.state:
         run._wait_deadline = stored.run.wait.deadline
-    spec = getattr(workflow, "spec", None)
     n = stored.run.next_step
     run._journal = Durable(
-        store, run_id, stored.run.epoch,
-        fingerprint(spec) if isinstance(spec, WorkflowSpec) else stored.run.fingerprint,
+        store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
-        recorded={(c.step, c.call): c for c in stored.calls if c.step >= n},
-        parent=stored.run.parent, parent_step=stored.run.parent_step)
+        recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     run._journal.unmarked = not fresh
     if stored.run.restarts > run.max_step_restarts:
         run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
                        f"over max_step_restarts={run.max_step_restarts}")
     return run
+
+
+def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, options: dict[str, Any]) -> bool:
+    """Whether a waiting run (as ``point``, checked) can go on now: its state no longer waits, its
+    event is in its inbox, or its timeout passed on the run's clock."""
+    wait = workflow.plans[point.state].wait
+    if wait is None:
+        return True
+    if any(e.event == wait.event for e in point.inbox):
+        return True
+    deadline = stored.run.wait.deadline if stored.run.wait is not None else None
+    return deadline is not None and wall_time(options.get("clock")) >= deadline
+
+
+def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
+            options: dict[str, Any]) -> Run[Any]:
+    """A waiting run that cannot go on yet, as a Run whose result says so (nothing is claimed)."""
+    from .runner import Run  # noqa: PLC0415  (the runner imports this module)
+
+    wait = workflow.plans[point.state].wait
+    assert wait is not None
+    run_id = point.run_id
+    paused: Run[Any] = Run(workflow, context, run_id=run_id, **options)
+    paused.path = [recorded_step(s) for s in stored.steps]
+    paused.result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, tuple(paused.path),
+                              f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
+    return paused
 
 
 # --- delivering, forking, replaying -------------------------------------------------------------
@@ -712,14 +654,13 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     stored = await asyncio.wrap_future(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
-    # Before the event is committed, not after: secrets it cannot read, and (for a run this call
-    # would continue) a workflow the run does not fit, raise with nothing delivered.
-    if stored.run.status is RunStatus.WAITING:
-        try:
-            _, context = _fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None)
-        except IncompatibleRun as exc:  # deliver takes no migrate=: say how to get there
-            raise IncompatibleRun(exc.run_id, exc.problems, "nothing was delivered: deliver with the workflow "
-                                  "that started the run (deliver takes no migrate=)") from None
+    # Before the event is committed, not after: secrets it cannot read, and a workflow the run does
+    # not fit (whatever its status: it will be continued under some workflow), raise with nothing
+    # delivered. An ended run takes no events (the store says so, writing nothing).
+    if stored.run.status is not RunStatus.DONE:
+        _, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None,
+                            advice="nothing was delivered: deliver with the workflow that started the run "
+                            "(deliver takes no migrate=), or resume it with migrate= first")
         _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
     else:
         _opened(workflow, stored.context, store, run_id)
@@ -817,15 +758,17 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
         opened.update({k: validated.__dict__[k] for k in patch if k in patched})
         written.update(patch)
     point = ResumePoint(run_id=new_run_id or "", state=state, context=opened, written=sorted(written),
-                        visits=visits, traversals=traversals, actions_run=sum(1 for s in steps if s.ran))
-    _, problems = compatibility(workflow, point, "")  # a full check: the patch may unset what is read
-    if problems:
-        raise IncompatibleRun(run_id, problems)
+                        visits=visits, traversals=traversals, actions_run=sum(1 for s in steps if s.ran),
+                        next_step=at_step)
+    try:  # a full check: the patch may unset what is read
+        fit(workflow, point, "", None)
+    except IncompatibleRun as exc:
+        raise IncompatibleRun(run_id, exc.problems, "nothing was stored: fork it with the workflow that "
+                              "started it, or patch= what the problems name") from None
     new_id = new_run_id or f"{run_id}~{at_step}~{os.urandom(3).hex()}"
-    spec = getattr(workflow, "spec", None)
     rec = {
         "run_id": new_id, "workflow": workflow.name,
-        "fingerprint": fingerprint(spec) if isinstance(spec, WorkflowSpec) else src.fingerprint,
+        "fingerprint": fingerprint_of(workflow) or src.fingerprint,
         "status": str(RunStatus.RUNNING), "state": state, "next_step": at_step, "epoch": 1,
         "counters": {"actions_run": point.actions_run, "visits": visits, "traversals": traversals},
         "written": sorted(written), "initial_written": list(src.initial_written), "max_steps": src.max_steps,
@@ -1085,14 +1028,27 @@ def check_runs(workflow: Program[Any], store: Store) -> list[IncompatibleRun]:
     _require_store(store)
     refused: list[IncompatibleRun] = []
     for record in store.list_runs(workflow.name).result():
-        stored = store.load(record.run_id).result()
-        problems = problems_of(workflow, stored, store)
+        problems = problems_of(workflow, record.run_id, store)
         if problems:
             refused.append(IncompatibleRun(record.run_id, problems))
     return refused
 
 
-def problems_of(workflow: Program[Any], stored: StoredRun, store: Store | None = None) -> list[Problem]:
-    """Every reason ``stored`` cannot continue under ``workflow`` (empty: it fits)."""
-    _, problems = compatibility(workflow, point_of(stored, workflow, store), stored.run.fingerprint)
+def problems_of(workflow: Program[Any], run_id: str, store: Store) -> list[Problem]:
+    """Every reason stored run ``run_id`` cannot continue under ``workflow`` (empty: it fits);
+    a run that cannot be read at all (damaged, or its secrets do not open) is one problem."""
+    try:
+        stored = store.load(run_id).result()
+        _same_workflow(workflow, run_id, stored.run.workflow)
+        ended = stored.run.status is RunStatus.DONE
+        point = point_of(stored, workflow, store)
+        if ended:
+            _, problems = ended_compatibility(workflow, point)
+        else:
+            _, problems = compatibility(workflow, point, stored.run.fingerprint)
+            _check_secret_results(stored, store)
+    except IncompatibleRun as exc:
+        return list(exc.problems)
+    except (StoreError, SecretUnreadable) as exc:
+        return [Problem(ResumeCode.UNREADABLE, f"the stored run cannot be read: {_describe(exc)[:500]}")]
     return problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ __all__ = [
     "NondeterminismError",
     "Problem",
     "RecordedError",
+    "ResumeCode",
     "RunError",
     "RunExists",
     "RunFenced",
@@ -257,6 +259,26 @@ class RunFenced(StoreError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.run_id, self.step, str(self)))
+
+
+class ResumeCode(enum.StrEnum):
+    """Why a stored run cannot continue under a workflow (``IncompatibleRun.problems[i].code``);
+    each is explained, with its real message, in docs/checks.md."""
+
+    OTHER_WORKFLOW = "resume-other-workflow"
+    UNKNOWN_STATE = "resume-unknown-state"
+    WAIT_CHANGED = "resume-wait-changed"
+    BAD_CONTEXT = "resume-bad-context"
+    UNSET_READ = "resume-unset-read"
+    COUNTERS = "resume-counters"
+    OVER_BOUND = "resume-over-bound"
+    UNKNOWN_TOOL = "resume-unknown-tool"
+    EFFECT_CHANGED = "resume-effect-changed"
+    BAD_EVENT = "resume-bad-event"
+    BAD_MIGRATION = "resume-bad-migration"
+    UNREADABLE = "resume-unreadable"
+    """Given by ``check_runs`` only: the run cannot be read (resume raises StoreCorrupted or
+    SecretUnreadable)."""
 
 
 class IncompatibleRun(StoreError):

@@ -460,13 +460,13 @@ def test_deliver_and_fork_say_when_the_library_lacks_them(runs: Runs, command: l
 def test_deliver_passes_the_event_and_payload_and_prints_the_result(runs: Runs,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """deliver calls compiled.deliver_sync(run_id, event, payload, store=) (here a stand-in that
-    puts the event in the inbox and resumes) and prints the result like `run`."""
+    resumes the run: this workflow waits for no event, and a resume refuses a run with an event in
+    its inbox that no wait takes) and prints the result like `run`."""
     seen: list[tuple[Any, ...]] = []
 
     def deliver_sync(self: CompiledWorkflow[Any], run_id: str, event: str, payload: Any, *,
                      store: Any) -> RunResult[Any]:
         seen.append((run_id, event, payload, type(store).__name__))
-        store.deliver(run_id, event, payload).result()
         return self.resume_sync(run_id, store=store)
 
     monkeypatch.setattr(CompiledWorkflow, "deliver_sync", deliver_sync, raising=False)

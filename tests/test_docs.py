@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,20 @@ def test_llm_page_server_table_is_the_profiles() -> None:
             tried = f"decisions: {', '.join(profile.decision_modes)}; steps: {tried}"
         enforced = ", ".join(sorted(profile.enforced)) or "(none known)"
         assert f"| `{kind}` | {tried} | {enforced} |" in page
+
+
+def test_durability_migration_example_runs_as_shown(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/durability.md's "Changing the workflow" example: check_runs names the run, resume refuses
+    it, the migration continues it, and it ends under the new version."""
+    page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")
+    [code] = [b for b in _python_blocks(page) if "def to_v2" in b]
+    assert page.index(code) > page.index("## Changing the workflow of stored runs")
+    module = types.ModuleType("migration_doc")  # a module, as a user's is: pydantic resolves names there
+    monkeypatch.setitem(sys.modules, "migration_doc", module)
+    exec(compile(code, "docs/durability.md", "exec"), module.__dict__)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["refund-30 resume-bad-context, resume-wait-changed", "2 problems; nothing written",
+                   "waiting approved", "[]", "done EUR"]
+    for line in out:  # the page shows each printed line in a comment
+        assert f"# {line}" in page
