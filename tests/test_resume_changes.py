@@ -13,7 +13,9 @@ connection, and the ``<db>-intents`` file, before and after each refusal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import io
 import sqlite3
 import tempfile
 from collections import Counter
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from statemachine_agent import UNSET, Context, Workflow
+from statemachine_agent.cli import main
 from statemachine_agent.clock import FakeClock
 from statemachine_agent.errors import EffectOutcomeUnknown, IncompatibleRun
 from statemachine_agent.result import Outcome
@@ -920,30 +923,31 @@ def expected(stored: Any, change: str) -> str | None:
 @settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(point=st.sampled_from(POINTS), change=st.sampled_from(CHANGES), limit=st.integers(1, 3),
-       op=st.sampled_from(["resume", "deliver"]))
+       op=st.sampled_from(["resume", "deliver"]), late=st.booleans())
 def test_property_a_changed_workflow_continues_the_run_or_refuses_it_changing_nothing(
-        point: str, change: str, limit: int, op: str) -> None:
+        point: str, change: str, limit: int, op: str, late: bool) -> None:
     """A run stored at a drawn point (waiting, crashed mid-step, crashed inside an at_most_once call,
     with a queued event, ended), a drawn change: resume (or deliver the event the new workflow
     waits for) either continues the run to a terminal of the new workflow (or a wait of it), or
     raises IncompatibleRun whose codes include the expected one, the store file unchanged. Never
-    another exception; the at_most_once charge is never made twice."""
+    another exception; the at_most_once charge is never made twice. ``late``: the clock is past
+    the wait's deadline (a waiting run is ready, and is claimed if it fits)."""
     if point in ("waiting3", "crash_pay", "crash_inside", "crash_after", "done"):
         limit = 3 if point == "waiting3" else 2
     with tempfile.TemporaryDirectory() as tmp:
         path, world = copy_of(point, Path(tmp), limit=limit)
         changed = flow(world, change)
+        clock = FakeClock(TIMEOUT + 5 if late else 1.0)
         with SQLiteStore(path, synchronous="NORMAL") as store:
             want = expected(store.load("r").result(), change)
             if op == "deliver" and events(changed) and point != "done":  # an ended run takes no event
                 event = sorted(events(changed))[0]
 
                 def action() -> Any:
-                    return changed.deliver_sync("r", event, {"ok": True, "amount": 1}, store=store,
-                                                clock=FakeClock(1.0))
+                    return changed.deliver_sync("r", event, {"ok": True, "amount": 1}, store=store, clock=clock)
             else:
                 def action() -> Any:
-                    return changed.resume_sync("r", store=store, clock=FakeClock(1.0))
+                    return changed.resume_sync("r", store=store, clock=clock)
             before = dump(path)
             caught: IncompatibleRun | None = None
             try:
@@ -960,7 +964,7 @@ def test_property_a_changed_workflow_continues_the_run_or_refuses_it_changing_no
             assert want in (None, EITHER), f"accepted, expected IncompatibleRun [{want}]: {result!r:.400}"
             if result is None:  # delivered to a run not waiting: it takes it when resumed
                 assert op == "deliver"
-                result = changed.resume_sync("r", store=store, clock=FakeClock(1.0))
+                result = changed.resume_sync("r", store=store, clock=clock)
             assert_continued(changed, result, world)
 
 
@@ -1051,3 +1055,34 @@ def test_a_state_added_on_the_path_does_not_fail_a_run_on_the_old_step_budget(tm
     assert result is not None
     assert (result.terminal, result.reason) == ("done", None)
     assert [s.state for s in result.path][-2:] == ["pay", "notify"]
+
+
+# --- the command line: the same check, nothing written ---------------------------------------------------------
+WAIT_RENAMED = flow(World(), "wait_renamed")
+"""Version 0 with its wait renamed, for the command line (``test_resume_changes:WAIT_RENAMED``)."""
+
+
+@pytest.mark.parametrize("command", ["resume", "deliver", "fork", "wake"])
+def test_the_cli_refuses_a_run_the_new_workflow_does_not_fit_and_writes_nothing(tmp_path: Path, command: str) -> None:
+    """``runs resume/deliver/fork`` say why (every problem, exit 2) and ``runs wake`` skips the run;
+    the store file is as it was, byte for byte."""
+    path, _ = copy_of("waiting" if command != "fork" else "done", tmp_path)
+    target = "test_resume_changes:WAIT_RENAMED"
+    argv = {"resume": ["runs", "resume", target, "r"],
+            "deliver": ["runs", "deliver", target, "r", "approval", "--payload", '{"ok": true}'],
+            "fork": ["runs", "fork", target, "r", "--at-step", "2"],
+            "wake": ["runs", "wake", target]}[command] + ["--store", str(path)]
+    before = dump(path)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+    assert "Traceback" not in err.getvalue()
+    if command == "wake":
+        assert code in (0, 1), (code, out.getvalue(), err.getvalue())
+    else:
+        assert code == 2, (code, out.getvalue(), err.getvalue())
+        assert "resume-unknown-state" in err.getvalue() and "'approve'" in err.getvalue()
+    assert diff(before, dump(path)) == []
