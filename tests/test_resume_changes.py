@@ -1086,3 +1086,25 @@ def test_the_cli_refuses_a_run_the_new_workflow_does_not_fit_and_writes_nothing(
         assert code == 2, (code, out.getvalue(), err.getvalue())
         assert "resume-unknown-state" in err.getvalue() and "'approve'" in err.getvalue()
     assert diff(before, dump(path)) == []
+
+
+@pytest.mark.parametrize("how", ["added", "renumbered"])
+def test_a_migration_that_invents_a_queued_event_is_refused_and_writes_nothing(tmp_path: Path, how: str) -> None:
+    """migrate= may rename, rewrite or drop a queued event: they are the store's inbox rows. An
+    event the store does not hold (a new one, or one given another seq) was never delivered: the
+    migration is refused [resume-bad-migration] before anything is written, never a run that
+    takes it, commits steps and then stops on RunFenced, left running with no worker."""
+    point = "crash_prep" if how == "added" else "queued"
+    path, world = copy_of(point, tmp_path)
+    changed = flow(world, "ctx_required")
+
+    def migrate(p: Any) -> Any:
+        context = {**p.context, "region": "eu"}
+        if how == "added":
+            invented = p.model_validate({**p.model_dump(), "inbox": [{"seq": 999, "event": "approval",
+                                                                        "payload": {"ok": True}}]}).inbox
+        else:
+            invented = [_replace(e, seq=e.seq + 998) for e in p.inbox]
+        return p.model_copy(update={"context": context, "inbox": invented})
+
+    refused(path, lambda: resume(changed, path, migrate=migrate), "resume-bad-migration", world)
