@@ -549,6 +549,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
             point, context, _ = fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
+        else:
+            point = _with_new_events(point, stored, taken)
         stored = taken
     elif not fresh:
         claimed = None
@@ -564,8 +566,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                 return await reopen(workflow, run_id, store, migrate, options)
             point, context, _ = fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint,
                                     migrate)
-        elif len(claimed.inbox) != len(stored.inbox) and not migrated:
-            point = point.model_copy(update={"inbox": point_of(claimed).inbox})  # events delivered meanwhile
+        else:
+            point = _with_new_events(point, stored, claimed)
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
@@ -594,6 +596,16 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
                        f"over max_step_restarts={run.max_step_restarts}")
     return run
+
+
+def _with_new_events(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
+    """``point`` with the events delivered between the look it was made from and the claim (a
+    delivery that found the run waiting, a moment before this claim took it): an event in the
+    inbox when the run continues is taken, even if its timeout passed meanwhile."""
+    seen = {e.seq for e in looked.inbox}
+    new = [QueuedEvent(seq=e.seq, event=e.event, payload=e.payload)
+           for e in claimed.inbox if e.consumed_step is None and e.seq not in seen]
+    return point.model_copy(update={"inbox": [*point.inbox, *new]}) if new else point
 
 
 def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, options: dict[str, Any]) -> bool:
@@ -752,7 +764,18 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
     if patch:
         model = workflow.context_type
         # The stored JSON and the patch, validated together (the model's __dict__ would hold UNSET values).
-        validated = model.model_validate({**opened, **patch})  # ValidationError names the bad field
+        try:
+            validated = model.model_validate({**opened, **patch})  # ValidationError names the bad field
+        except ValidationError as exc:
+            stored_fields = [e for e in exc.errors() if not e["loc"] or e["loc"][0] not in patch]
+            if not stored_fields:
+                raise  # the patch's own fault: pydantic's error names the field
+            # The stored context no longer fits a changed model: the run's fault, like a resume's.
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(context)'}: {e['msg']}"
+                               for e in stored_fields[:5])
+            raise IncompatibleRun(run_id, [Problem(
+                ResumeCode.BAD_CONTEXT, f"the stored context does not validate against {model.__name__}: {detail}")],
+                "nothing was stored: patch= the fields named, or fork with the workflow that started it") from None
         patched, _ = dump_fields(validated, patch.keys(), secrets)
         context.update(patched)
         opened.update({k: validated.__dict__[k] for k in patch if k in patched})
