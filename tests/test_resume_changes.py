@@ -77,6 +77,13 @@ class CtxExtra(Ctx):
     extra: str = UNSET  # written by prep from now on, read by pay: a stored run past prep lacks it
 
 
+class CtxNoTags(Context):
+    n: int = 0
+    limit: int = 2
+    approval: Approval = UNSET
+    receipt: str = UNSET  # tags is gone: stored runs wrote it
+
+
 class CtxV2(Context):
     n: int = 0
     limit: int = 2
@@ -107,10 +114,11 @@ CHANGES = (
     "none", "other_name", "wait_removed", "wait_renamed", "wait_plain", "event_renamed", "ctx_required",
     "ctx_typed", "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
     "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
-    "prep_renamed", "done_renamed", "state_added", "guard_changed", "description_changed",
+    "prep_renamed", "done_renamed", "state_added", "guard_changed", "description_changed", "field_removed",
+    "tool_moved", "timeout_changed",
 )
 SAFE = ("none", "ctx_optional", "visits_equal", "visits_raised", "state_added", "guard_changed",
-        "description_changed")
+        "description_changed", "timeout_changed")
 
 
 def flow(world: World, change: str = "none") -> Any:
@@ -119,14 +127,14 @@ def flow(world: World, change: str = "none") -> Any:
     the wait ``approve`` for event ``approval``, then ``pay`` makes an at_most_once charge."""
     assert change in CHANGES, change
     model: Any = {"ctx_required": CtxRequired, "ctx_typed": CtxTyped, "ctx_optional": CtxOptional,
-                  "unset_read": CtxExtra, "payload_v2": CtxV2}.get(change, Ctx)
+                  "unset_read": CtxExtra, "payload_v2": CtxV2, "field_removed": CtxNoTags}.get(change, Ctx)
     wf: Any = Workflow("other" if change == "other_name" else "order", model,
                        max_steps=1 if change == "steps_lowered" else None,
                        description="changed" if change == "description_changed" else "")
     prep_name = "setup" if change == "prep_renamed" else "prep"
     wait_name = "confirm" if change == "wait_renamed" else "approve"
     event = "approved" if change == "event_renamed" else "approval"
-    tool_name = "charge_card" if change == "tool_renamed" else "charge"
+    tool_name = "charge_card" if change in ("tool_renamed", "tool_moved") else "charge"
     effect = {"tool_read": "read", "tool_idempotent": "idempotent"}.get(change, "at_most_once")
     max_visits = {"visits_lowered": 1, "visits_equal": 2, "visits_raised": 9}.get(change, 3)
 
@@ -134,14 +142,14 @@ def flow(world: World, change: str = "none") -> Any:
         world.hit(f"prep{ctx.n}")
         if change == "ctx_typed":
             ctx.tags = ctx.tags + 1
-        else:
+        elif change != "field_removed":
             ctx.tags = [*ctx.tags, f"p{ctx.n}"]
         if change == "unset_read":
             ctx.extra = "x"
         ctx.n = ctx.n + 1
 
-    writes = ["n", "tags", "extra"] if change == "unset_read" else ["n", "tags"]
-    wf.add_state(prep_name, prep, initial=True, reads=["n", "tags"], writes=writes, max_visits=max_visits,
+    writes = ["n", "tags", "extra"] if change == "unset_read" else ["n"] if change == "field_removed" else ["n", "tags"]
+    wf.add_state(prep_name, prep, initial=True, reads=writes[:2], writes=writes, max_visits=max_visits,
                  description="prepares (changed)" if change == "description_changed" else "prepares")
 
     def effect_of(amount: int, key: str) -> str:
@@ -157,6 +165,8 @@ def flow(world: World, change: str = "none") -> Any:
         def charge(amount: int) -> str:
             return effect_of(amount, f"charge-{amount}")
         wf.tool(charge, name=tool_name, effect=effect)
+    if change == "tool_moved":  # charge is still a tool of the workflow, but pay no longer declares it
+        wf.tool(charge, name="charge", effect=effect)
 
     async def pay(ctx: Any, tools: Any) -> None:
         world.hit("pay")
@@ -187,8 +197,8 @@ def flow(world: World, change: str = "none") -> Any:
             wf.add_state(wait_name, approve, writes=["approval"])
             wf.transition(wait_name, "pay")
         else:
-            wf.wait(wait_name, event=event, payload=payload, writes=["approval"], timeout=TIMEOUT,
-                    on_timeout="expired")
+            wf.wait(wait_name, event=event, payload=payload, writes=["approval"],
+                    timeout=TIMEOUT / 10 if change == "timeout_changed" else TIMEOUT, on_timeout="expired")
             ok = (lambda c: c.approval.ok is True) if change == "guard_changed" else (lambda c: c.approval.ok)
             wf.transition(wait_name, "pay", guard=wf.guard(ok, name="approved", reads=["approval"]))
             wf.transition(wait_name, "rejected")
@@ -396,6 +406,9 @@ REFUSED = [
     ("crash_inside", "tool_renamed", "resume-unknown-tool"),
     ("crash_after", "tool_renamed", "resume-unknown-tool"),
     ("crash_after", "tool_read", "resume-effect-changed"),
+    ("crash_inside", "tool_moved", "resume-unknown-tool"),   # still a tool, no longer declared by pay
+    ("waiting", "field_removed", "resume-bad-context"),      # the run wrote a field the model lacks
+    ("done", "field_removed", "resume-bad-context"),
     # queued, unconsumed events
     ("queued", "payload_v2", "resume-bad-event"),
     ("queued", "event_renamed", "resume-bad-event"),
@@ -432,6 +445,8 @@ ACCEPTED = [
     ("waiting", "traversals_lowered", "wait:approval"),    # taken once, now at most once
     ("waiting", "payload_v2", "wait:approval"),            # nothing queued under the old model
     ("waiting", "tool_read", "wait:approval"),
+    ("waiting", "timeout_changed", "wait:approval"),
+    ("crash_pay", "tool_moved", "done"),
     ("crash_prep", "wait_renamed", "wait:approval"),       # it reaches the renamed wait as it is now
     ("crash_prep", "wait_removed", "done"),
     ("crash_prep", "unset_read", "wait:approval"),         # prep writes the new field before pay reads it
@@ -883,7 +898,8 @@ def expected(stored: Any, change: str) -> str | None:
     pending = [k for k in stored.calls if k.step >= r.next_step]
     if change == "other_name":
         return "resume-other-workflow"
-    if change in ("ctx_required", "ctx_typed") or (change == "payload_v2" and "approval" in r.written):
+    if change in ("ctx_required", "ctx_typed", "field_removed") or (
+            change == "payload_v2" and "approval" in r.written):
         return "resume-bad-context"
     if ended:
         if change == "done_renamed":
@@ -906,7 +922,7 @@ def expected(stored: Any, change: str) -> str | None:
         return "resume-bad-event" if queued else None
     if change == "unset_read":
         return "resume-unset-read" if r.state != "prep" else None
-    if pending and change == "tool_renamed":
+    if pending and change in ("tool_renamed", "tool_moved"):
         return "resume-unknown-tool"
     if pending and change in ("tool_read", "tool_idempotent"):
         return "resume-effect-changed"
@@ -1027,7 +1043,7 @@ def test_reopen_under_an_unfitting_change_is_refused_and_changes_nothing(
 SHAPE_CHANGES = ("wait_removed", "wait_renamed", "wait_plain", "event_renamed", "ctx_required", "ctx_typed",
                  "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
                  "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
-                 "prep_renamed", "done_renamed", "state_added")
+                 "prep_renamed", "done_renamed", "state_added", "field_removed", "tool_moved", "timeout_changed")
 
 
 def test_the_fingerprint_is_stable_and_moves_with_every_change_of_shape(tmp_path: Path) -> None:
