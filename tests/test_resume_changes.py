@@ -49,6 +49,11 @@ class ApprovalV2(BaseModel):
     amount: int
 
 
+class ApprovalV3(BaseModel):
+    ok: bool
+    note: str = ""  # a new optional field: every V1 payload validates
+
+
 class Ctx(Context):
     n: int = 0
     limit: int = 2
@@ -75,6 +80,14 @@ class CtxOptional(Ctx):
 
 class CtxExtra(Ctx):
     extra: str = UNSET  # written by prep from now on, read by pay: a stored run past prep lacks it
+
+
+class CtxV3(Context):
+    n: int = 0
+    limit: int = 2
+    tags: list[str] = Field(default_factory=list)
+    approval: ApprovalV3 = UNSET
+    receipt: str = UNSET
 
 
 class CtxNoTags(Context):
@@ -115,10 +128,10 @@ CHANGES = (
     "ctx_typed", "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
     "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
     "prep_renamed", "done_renamed", "state_added", "guard_changed", "description_changed", "field_removed",
-    "tool_moved", "timeout_changed",
+    "tool_moved", "timeout_changed", "payload_optional",
 )
 SAFE = ("none", "ctx_optional", "visits_equal", "visits_raised", "state_added", "guard_changed",
-        "description_changed", "timeout_changed")
+        "description_changed", "timeout_changed", "payload_optional")
 
 
 def flow(world: World, change: str = "none") -> Any:
@@ -127,7 +140,8 @@ def flow(world: World, change: str = "none") -> Any:
     the wait ``approve`` for event ``approval``, then ``pay`` makes an at_most_once charge."""
     assert change in CHANGES, change
     model: Any = {"ctx_required": CtxRequired, "ctx_typed": CtxTyped, "ctx_optional": CtxOptional,
-                  "unset_read": CtxExtra, "payload_v2": CtxV2, "field_removed": CtxNoTags}.get(change, Ctx)
+                  "unset_read": CtxExtra, "payload_v2": CtxV2, "field_removed": CtxNoTags,
+                  "payload_optional": CtxV3}.get(change, Ctx)
     wf: Any = Workflow("other" if change == "other_name" else "order", model,
                        max_steps=1 if change == "steps_lowered" else None,
                        description="changed" if change == "description_changed" else "")
@@ -190,7 +204,7 @@ def flow(world: World, change: str = "none") -> Any:
         wf.transition(prep_name, prep_name, guard=lambda c: c.n < c.limit, max_traversals=loop_bound)
         wf.transition(prep_name, "pay")
     else:
-        payload = ApprovalV2 if change == "payload_v2" else Approval
+        payload = {"payload_v2": ApprovalV2, "payload_optional": ApprovalV3}.get(change, Approval)
         if change == "wait_plain":
             def approve(ctx: Any) -> None:
                 ctx.approval = Approval(ok=True)
@@ -453,6 +467,8 @@ ACCEPTED = [
     ("crash_prep", "steps_lowered", "any"),                # 1 step run, bound 1: equal is fine
     ("queued", "none", "done"),
     ("queued", "wait_renamed", "done"),                    # the queued event is the renamed wait's
+    ("queued", "payload_optional", "done"),                # the queued V1 payload validates as V3
+    ("done", "payload_optional", "done"),
     ("crash_pay", "tool_read", "done"),                    # no journal row yet: the new effect class applies
     ("crash_pay", "tool_renamed", "done"),
     ("crash_pay", "state_added", "done"),
@@ -1043,7 +1059,8 @@ def test_reopen_under_an_unfitting_change_is_refused_and_changes_nothing(
 SHAPE_CHANGES = ("wait_removed", "wait_renamed", "wait_plain", "event_renamed", "ctx_required", "ctx_typed",
                  "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
                  "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
-                 "prep_renamed", "done_renamed", "state_added", "field_removed", "tool_moved", "timeout_changed")
+                 "prep_renamed", "done_renamed", "state_added", "field_removed", "tool_moved", "timeout_changed",
+                 "payload_optional")
 
 
 def test_the_fingerprint_is_stable_and_moves_with_every_change_of_shape(tmp_path: Path) -> None:
@@ -1124,3 +1141,27 @@ def test_a_migration_that_invents_a_queued_event_is_refused_and_writes_nothing(t
         return p.model_copy(update={"context": context, "inbox": invented})
 
     refused(path, lambda: resume(changed, path, migrate=migrate), "resume-bad-migration", world)
+
+
+def test_a_waiting_run_migrated_to_a_renamed_wait_keeps_its_deadline(tmp_path: Path) -> None:
+    """The timeout is counted from when the run entered the wait (docs/durability.md): a run that
+    entered ``approve`` at t=0 (deadline t=100), migrated at t=50 into the same wait renamed
+    ``confirm``, still times out at t=100, not at t=150: a deploy does not lengthen a person's
+    window. The same holds for a migration that keeps the state (a new required field)."""
+    path, world = copy_of("waiting", tmp_path)
+    changed = flow(world, "wait_renamed")
+    paused = resume(changed, path, clock=FakeClock(50.0), migrate=lambda p: _renamed(p, "approve", "confirm"))
+    assert paused.outcome is Outcome.WAITING
+    with SQLiteStore(path) as store:
+        wait = store.load("r").result().run.wait
+        assert wait is not None and (wait.state, wait.deadline) == ("confirm", TIMEOUT)
+        woken = changed.wake_due_sync(store, clock=FakeClock(TIMEOUT + 1))
+    assert [(r.run_id, r.terminal) for r in woken] == [("r", "expired")]
+    (tmp_path / "same").mkdir()
+    path2, world2 = copy_of("waiting", tmp_path / "same")
+    required = flow(world2, "ctx_required")
+    resume(required, path2, clock=FakeClock(50.0),
+           migrate=lambda p: p.model_copy(update={"context": {**p.context, "region": "eu"}}))
+    with SQLiteStore(path2) as store:
+        wait = store.load("r").result().run.wait
+    assert wait is not None and wait.deadline == TIMEOUT
