@@ -20,6 +20,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from ._plan import Plan, Program
 from ._rules import unset_reads_from
+from .context import first_non_finite
 from .errors import IncompatibleRun, Problem, ResumeCode
 from .spec import WorkflowSpec
 
@@ -166,13 +167,17 @@ def _counters(workflow: Program[Any], point: ResumePoint, plan: Plan | None) -> 
     for name in sorted(set(point.visits) - set(workflow.plans)):
         yield Problem(ResumeCode.COUNTERS, f"the stored run visited state {name!r}, which this workflow does "
                       "not have", name)
-    negative = [f"visits[{k!r}]={v}" for k, v in sorted(point.visits.items()) if v < 0]
-    negative += [f"traversals[{k!r}]={v}" for k, v in sorted(point.traversals.items()) if v < 0]
-    if point.actions_run < 0:
-        negative.append(f"actions_run={point.actions_run}")
-    if negative:
-        yield Problem(ResumeCode.COUNTERS, f"the run's counters are negative: {', '.join(negative)}; a counter "
-                      "counts what the run did, from 0")
+    counters = [(f"visits[{k!r}]", v) for k, v in sorted(point.visits.items())]
+    counters += [(f"traversals[{k!r}]", v) for k, v in sorted(point.traversals.items())]
+    counters.append(("actions_run", point.actions_run))
+    bad = [f"{name}={v}" for name, v in counters if not 0 <= v <= _MAX_COUNT]
+    if bad:
+        yield Problem(ResumeCode.COUNTERS, f"the run's counters are out of range: {', '.join(bad)}; a counter "
+                      f"counts what the run did, from 0 (at most {_MAX_COUNT})")
+
+
+_MAX_COUNT = 2**53
+"""The largest counter a store keeps (a JSON number that is exact as a float)."""
 
 
 def _bounds(workflow: Program[Any], point: ResumePoint, plan: Plan | None) -> Iterator[Problem]:
@@ -216,6 +221,13 @@ def _journal(workflow: Program[Any], point: ResumePoint, plan: Plan | None) -> I
         if c.step == point.next_step and plan is not None and not plan.terminal and c.tool not in plan.tools:
             yield Problem(ResumeCode.UNKNOWN_TOOL, f"{where}, which state {point.state!r} no longer declares: "
                           "the step cannot be answered from its journal", c.tool)
+        if c.status == "done" and not (isinstance(c.result, dict) and "$secret_result" in c.result):
+            try:
+                tool.load_result(c.result)
+            except Exception as exc:
+                text = _errors(exc, "result") if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
+                yield Problem(ResumeCode.RESULT_CHANGED, f"{where}, whose journaled result no longer fits the tool's "
+                              f"result type ({text[:300]}): the step cannot be answered from its journal", c.tool)
         effect = str(tool.effect)
         if c.effect != effect:
             if c.status == "intent":
@@ -250,8 +262,9 @@ def _orphaned_events(workflow: Program[Any], point: ResumePoint) -> Iterator[Pro
                           "this workflow waits for no such event: the run would never take it", e.event)
 
 
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in exc.errors()[:5])
+def _errors(exc: ValidationError, top: str = "(payload)") -> str:
+    """pydantic's errors, each as ``field.path: message`` (``top`` names the value itself)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or top}: {e['msg']}" for e in exc.errors()[:5])
 
 
 RULES: tuple[Rule, ...] = (_state, _wait, _written, _counters, _bounds, _journal, _inbox)
@@ -269,7 +282,7 @@ def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint
         context = workflow.context_type.model_validate(point.context)
     except ValidationError as exc:
         problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
-                                f"{workflow.context_type.__name__}: {_errors(exc).replace('(payload)', '(context)')}"))
+                                f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
     for rule in RULES:
         problems.extend(rule(workflow, point, plan))
     changed = fingerprint_of(workflow) != stored_fingerprint
@@ -300,7 +313,7 @@ def ended_compatibility(workflow: Program[Any], point: ResumePoint) -> tuple[Bas
         context = workflow.context_type.model_validate(point.context)
     except ValidationError as exc:
         problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
-                                f"{workflow.context_type.__name__}: {_errors(exc).replace('(payload)', '(context)')}"))
+                                f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
     return (context if not problems else None), problems
 
 
@@ -361,10 +374,17 @@ def fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
     migrated = False
     if problems and migrate is not None:
         out = _migrated(point, migrate)
+        advice = advice or ("nothing was written: fix migrate= so that it returns the point it was given, "
+                            "changed to fit this workflow")
         if isinstance(out, Problem):
             raise IncompatibleRun(point.run_id, [out, *problems], advice)
         point, migrated = out, True
         context, problems = check(point, "")  # a full check of what migrate made
+        found = first_non_finite(point.context)  # a stored context never holds one; a migrated one can
+        if found is not None:
+            where = ".".join(map(str, found[0]))
+            problems.append(Problem(ResumeCode.BAD_CONTEXT, f"context field {where!r} is {found[1]!r}, not a "
+                                    "finite number: JSON, and so the store, cannot keep it"))
         if problems:
             name = _name_of(migrate)
             problems.insert(0, Problem(ResumeCode.BAD_MIGRATION, f"migrate={name} returned a point that still "

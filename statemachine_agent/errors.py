@@ -274,6 +274,7 @@ class ResumeCode(enum.StrEnum):
     OVER_BOUND = "resume-over-bound"
     UNKNOWN_TOOL = "resume-unknown-tool"
     EFFECT_CHANGED = "resume-effect-changed"
+    RESULT_CHANGED = "resume-result-changed"
     BAD_EVENT = "resume-bad-event"
     BAD_MIGRATION = "resume-bad-migration"
     UNREADABLE = "resume-unreadable"

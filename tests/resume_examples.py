@@ -35,6 +35,7 @@ class Ticket(Context):
     approval: Approval | None = None
     receipt: str = ""
     note: str = UNSET
+    score: float = 0.0
 
 
 class Ticket2(Ticket):
@@ -62,11 +63,16 @@ PAID: list[str] = []
 def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "approve", event: str = "approval",
          payload: type[BaseModel] = Approval, retries: int = 3, retry: bool = True, tool: str = "pay",
          effect: str = "at_most_once", reads_note: bool = False, extra_tool: bool = False,
-         timeout: float | None = None, any_approval: bool = False, description: str = "") -> Any:
+         timeout: float | None = None, any_approval: bool = False, description: str = "",
+         numbered: bool = False) -> Any:
     """triage (retried while tries < 3) -> approve (a wait) -> charge (an at_most_once tool) -> done."""
     wf = Workflow(name, context)
 
-    if effect == "at_most_once":
+    if numbered:
+        async def pay(amount: int) -> int:  # type: ignore[misc]
+            PAID.append(f"pay {amount}")
+            return amount
+    elif effect == "at_most_once":
         async def pay(amount: int) -> str:
             PAID.append(f"pay {amount}")
             if "pay" in CRASH:
@@ -100,7 +106,10 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
 
     @wf.state(reads=["tries", "note"] if reads_note else ["tries"], writes=["receipt"], tools=[tool])
     async def charge(ctx: Ticket, tools: Any) -> None:
-        ctx.receipt = await tools.call(tool, amount=ctx.tries)
+        ctx.receipt = str(await tools.call(tool, amount=ctx.tries))
+        if "after-pay" in CRASH:
+            CRASH.discard("after-pay")
+            raise Crash
 
     wf.terminal("done")
     wf.terminal("rejected", outcome="failure")
@@ -122,7 +131,8 @@ def flow(*, name: str = "ticket", context: type[Ticket] = Ticket, wait: str = "a
 
 def stored(kind: str, store: SQLiteStore, run_id: str = "t-1") -> None:
     """Leave a run of version 1 in ``store``: ``waiting`` in approve (after triage ran 3 times and
-    took retry twice), ``in-pay`` (killed inside the at_most_once call: an open intent), or
+    took retry twice), ``in-pay`` (killed inside the at_most_once call: an open intent),
+    ``after-pay`` (killed after that call returned: its result journaled, the step not committed), or
     ``early-event`` (killed in its first step, with an approval delivered meanwhile)."""
     v1 = flow()
     if kind == "early-event":
@@ -132,8 +142,8 @@ def stored(kind: str, store: SQLiteStore, run_id: str = "t-1") -> None:
         v1.deliver_sync(run_id, "approval", {"ok": True}, store=store)
         return
     v1.run_sync(Ticket(), store=store, run_id=run_id)
-    if kind == "in-pay":
-        CRASH.add("pay")
+    if kind in ("in-pay", "after-pay"):
+        CRASH.add("pay" if kind == "in-pay" else "after-pay")
         with contextlib.suppress(Crash):
             v1.deliver_sync(run_id, "approval", {"ok": True}, store=store)
 
@@ -198,6 +208,7 @@ EXAMPLES: dict[str, Callable[[], IncompatibleRun]] = {
     "resume-over-bound": lambda: refusal("waiting", flow(retries=1)),
     "resume-unknown-tool": lambda: refusal("in-pay", flow(tool="pay_card")),
     "resume-effect-changed": lambda: refusal("in-pay", flow(effect="idempotent")),
+    "resume-result-changed": lambda: refusal("after-pay", flow(numbered=True)),
     "resume-bad-event": lambda: refusal("early-event", flow(context=SignedTicket, payload=SignedApproval)),
     "resume-bad-migration": lambda: refusal("waiting", flow(event="approved"), migrate=_bad_migration),
     "resume-unreadable": _unreadable,

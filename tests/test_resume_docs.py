@@ -55,7 +55,7 @@ def test_every_quoted_resume_message_is_real() -> None:
 @pytest.mark.parametrize(("kind", "change"), [
     ("waiting", {"wait": "review"}), ("waiting", {"event": "approved"}), ("waiting", {"context": ex.Ticket2}),
     ("waiting", {"reads_note": True}), ("waiting", {"retry": False}), ("waiting", {"retries": 1}),
-    ("in-pay", {"tool": "pay_card"}), ("in-pay", {"effect": "idempotent"}),
+    ("in-pay", {"tool": "pay_card"}), ("in-pay", {"effect": "idempotent"}), ("after-pay", {"numbered": True}),
     ("early-event", {"context": ex.SignedTicket, "payload": ex.SignedApproval}),
 ])
 def test_check_runs_lists_exactly_what_resume_refuses(tmp_path: Path, kind: str, change: dict[str, Any]) -> None:
@@ -138,6 +138,11 @@ def test_a_migration_can_fix_a_queued_payload(tmp_path: Path) -> None:
     lambda p: p.model_copy(update={"run_id": "t-2"}),
     lambda p: p.model_copy(update={"next_step": 0}),
     lambda p: p.model_copy(update={"visits": {"triage": "many"}}),
+    lambda p: p.model_copy(update={"traversals": {"retry": 1, "triage_to_approve": 2**60}}),
+    lambda p: p.model_copy(update={"traversals": {"retry": 1, "triage_to_approve": 1},
+                                   "context": {**p.context, "score": float("nan")}}),
+    lambda p: p.model_copy(update={"traversals": {"retry": 1, "triage_to_approve": 1}, "state": "done"}),
+    lambda p: p.model_copy(update={"traversals": {"retry": 1, "triage_to_approve": 1}, "written": ["nope"]}),
 ])
 def test_a_migration_that_returns_garbage_is_refused_and_writes_nothing(bad: Any) -> None:
     refused = ex.refusal("waiting", ex.flow(retries=1), migrate=bad)
@@ -145,7 +150,7 @@ def test_a_migration_that_returns_garbage_is_refused_and_writes_nothing(bad: Any
     assert "<lambda>" in refused.problems[0].message
 
 
-@pytest.mark.parametrize("kind", ["waiting", "in-pay", "early-event"])
+@pytest.mark.parametrize("kind", ["waiting", "in-pay", "after-pay", "early-event"])
 @pytest.mark.parametrize("change", sorted(ex.SAFE))
 def test_the_safe_changes_continue_without_a_migration(tmp_path: Path, change: str, kind: str) -> None:
     """What docs/durability.md lists as safe: the run continues to a terminal of the new version,
