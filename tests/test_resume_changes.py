@@ -128,7 +128,7 @@ CHANGES = (
     "ctx_typed", "ctx_optional", "unset_read", "visits_lowered", "visits_equal", "visits_raised",
     "traversals_lowered", "steps_lowered", "tool_read", "tool_idempotent", "tool_renamed", "payload_v2",
     "prep_renamed", "done_renamed", "state_added", "guard_changed", "description_changed", "field_removed",
-    "tool_moved", "timeout_changed", "payload_optional",
+    "tool_moved", "timeout_changed", "payload_optional", "result_type",
 )
 SAFE = ("none", "ctx_optional", "visits_equal", "visits_raised", "state_added", "guard_changed",
         "description_changed", "timeout_changed", "payload_optional")
@@ -171,7 +171,13 @@ def flow(world: World, change: str = "none") -> Any:
         world.hit("inside")
         return f"receipt-{amount}"
 
-    if effect == "idempotent":
+    def charge_number(amount: int) -> int:  # result_type: the tool returns a number now
+        effect_of(amount, f"charge-{amount}")
+        return amount
+
+    if change == "result_type":
+        wf.tool(charge_number, name=tool_name, effect=effect)
+    elif effect == "idempotent":
         def charge_i(amount: int, idempotency_key: str) -> str:
             return effect_of(amount, f"charge-{amount}")
         wf.tool(charge_i, name=tool_name, effect=effect)
@@ -184,7 +190,7 @@ def flow(world: World, change: str = "none") -> Any:
 
     async def pay(ctx: Any, tools: Any) -> None:
         world.hit("pay")
-        ctx.receipt = await tools.call(tool_name, amount=ctx.n)
+        ctx.receipt = str(await tools.call(tool_name, amount=ctx.n))
         world.hit("after")
 
     pay_reads = ["n"] + (["extra"] if change == "unset_read" else [])
@@ -421,6 +427,7 @@ REFUSED = [
     ("crash_after", "tool_renamed", "resume-unknown-tool"),
     ("crash_after", "tool_read", "resume-effect-changed"),
     ("crash_inside", "tool_moved", "resume-unknown-tool"),   # still a tool, no longer declared by pay
+    ("crash_after", "result_type", "resume-result-changed"),  # the journaled result is no int
     ("waiting", "field_removed", "resume-bad-context"),      # the run wrote a field the model lacks
     ("done", "field_removed", "resume-bad-context"),
     # queued, unconsumed events
@@ -461,6 +468,8 @@ ACCEPTED = [
     ("waiting", "tool_read", "wait:approval"),
     ("waiting", "timeout_changed", "wait:approval"),
     ("crash_pay", "tool_moved", "done"),
+    ("crash_pay", "result_type", "done"),                  # nothing journaled yet under the old type
+    ("crash_inside", "result_type", "unknown"),            # an intent has no result to check
     ("crash_prep", "wait_renamed", "wait:approval"),       # it reaches the renamed wait as it is now
     ("crash_prep", "wait_removed", "done"),
     ("crash_prep", "unset_read", "wait:approval"),         # prep writes the new field before pay reads it
@@ -942,6 +951,8 @@ def expected(stored: Any, change: str) -> str | None:
         return "resume-unknown-tool"
     if pending and change in ("tool_read", "tool_idempotent"):
         return "resume-effect-changed"
+    if change == "result_type" and any(k.status == "done" for k in pending):
+        return "resume-result-changed"  # the journaled "receipt-2" is no int
     if change == "payload_v2" and queued:
         return "resume-bad-event"
     max_visits = {"visits_lowered": 1, "visits_equal": 2, "visits_raised": 9}.get(change, 3)
