@@ -1110,7 +1110,14 @@ WAIT_RENAMED = flow(World(), "wait_renamed")
 def test_the_cli_refuses_a_run_the_new_workflow_does_not_fit_and_writes_nothing(tmp_path: Path, command: str) -> None:
     """``runs resume/deliver/fork`` say why (every problem, exit 2) and ``runs wake`` skips the run;
     the store file is as it was, byte for byte."""
-    path, _ = copy_of("waiting" if command != "fork" else "done", tmp_path)
+    if command in ("resume", "deliver"):
+        # Waiting, its deadline far in the future on any wall clock: the not-ready path, where the
+        # check used to be skipped (the command line resumes on the system clock).
+        path = tmp_path / "runs.db"
+        with SQLiteStore(path) as store:
+            store_point(store, World(), "waiting", clock=FakeClock(1e12))
+    else:  # wake: the deadline (t=100) passed long ago, so the run is due; fork: from the ended run
+        path, _ = copy_of("waiting" if command == "wake" else "done", tmp_path)
     target = "test_resume_changes:WAIT_RENAMED"
     argv = {"resume": ["runs", "resume", target, "r"],
             "deliver": ["runs", "deliver", target, "r", "approval", "--payload", '{"ok": true}'],
