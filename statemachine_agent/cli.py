@@ -1,5 +1,5 @@
 """The ``statemachine-agent`` command: check, run and draw workflows named as ``MODULE:OBJECT``, and
-list, show, resume, deliver to and fork the durable runs of a store (``runs ... --store FILE``)."""
+list, show, check, resume, deliver to and fork the durable runs of a store (``runs ... --store FILE``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import time
 import traceback
 import typing
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,9 +31,10 @@ from .check import CheckReport, analyze
 from .compile import CompiledWorkflow, compile_spec
 from .context import first_non_finite
 from .diagrams import GraphvizMissing, OutputRefused, render, to_dot, to_mermaid, write_file
-from .errors import DefinitionError, Problem, StoreError
+from .errors import DefinitionError, Problem, ResumeCode, StoreCorrupted, StoreError
 from .policies import Policy, first_enabled, seeded_random
 from .result import result_of
+from .secrets import secret_fields, unseal
 from .spec import WorkflowSpec
 from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
 from .workflow import Workflow
@@ -489,17 +492,25 @@ def _open_store(raw: str, *, readonly: bool = False, secrets_env: str | None = N
         raise UsageError(f"cannot open the store {raw!r}: {exc}") from exc
 
 
-def _refuse_what_is_no_store(path: Path, raw: str) -> None:
-    """Refuse an empty file, or an SQLite database without a store's tables, before SQLiteStore would
-    make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
-    anything this look cannot read is left to SQLiteStore to explain."""
+def _peek(path: Path) -> sqlite3.Connection | None:
+    """A read-only SQLite connection to ``path`` that writes nothing, not even a -wal or -shm; None
+    when SQLite cannot open it so (SQLiteStore then explains why)."""
     try:
         # immutable: no -wal/-shm is made; readonly_shm: SQLite's shared memory of a live (or killed) writer
         # is read, never written (a reader would otherwise write its read mark, or recover it, into the -shm)
         wal, shm = Path(f"{path}-wal").exists(), Path(f"{path}-shm").exists()
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"
+        return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro"
                                + (("&readonly_shm=1" if shm else "") if wal else "&immutable=1"), uri=True)
     except (sqlite3.Error, ValueError, OSError):
+        return None
+
+
+def _refuse_what_is_no_store(path: Path, raw: str) -> None:
+    """Refuse an empty file, or an SQLite database without a store's tables, before SQLiteStore would
+    make a store of it: the commands read runs, so a file with none was given by mistake. Read-only;
+    anything this look cannot read is left to SQLiteStore to explain."""
+    conn = _peek(path)
+    if conn is None:
         return
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -596,38 +607,110 @@ def _resume_hint(r: RunRecord, store: str) -> str | None:
     return _command("runs", "resume", "MODULE:OBJECT", r.run_id, "--store", store)
 
 
+def _version_of(r: RunRecord) -> str:
+    """A run's version as a person reads it: the first 8 hex digits of its workflow's fingerprint."""
+    return _name(r.fingerprint[:8] or "-")
+
+
+def _newest_versions(records: Sequence[RunRecord]) -> dict[str, str]:
+    """Each workflow's newest version: the fingerprint of its most recently created run (of those
+    created at the same time, the one ``list_runs`` gives first: the most recently updated)."""
+    newest: dict[str, RunRecord] = {}
+    for r in records:
+        seen = newest.get(r.workflow)
+        if seen is None or r.created_at > seen.created_at:
+            newest[r.workflow] = r
+    return {w: r.fingerprint for w, r in newest.items()}
+
+
+def _against(target: str | None) -> CompiledWorkflow[Any] | None:
+    return None if target is None else _compiled(target)
+
+
+def _version_note(store_path: str, against: str | None, *, many: bool, newest: str | None = None) -> str:
+    """What a ``*`` after a version means (``newest``: the version compared with), and the command
+    that says more."""
+    them = "them" if many else "it"
+    other = f" ({_name(newest[:8])})" if newest is not None else ""
+    if against is None:
+        return (f"stored under an earlier version of its workflow{other}: "
+                f"`{_command('runs', 'check', 'MODULE:OBJECT', '--store', store_path)}` says whether the current "
+                f"one can continue {them}")
+    return (f"stored under another version than {printable(against)}'s{other}: "
+            f"`{_command('runs', 'check', against, '--store', store_path)}` says whether it can continue {them}")
+
+
 def cmd_runs_list(args: argparse.Namespace) -> int:
+    compiled = _against(args.against)
+    workflow = args.workflow
+    if compiled is not None:
+        if workflow is not None and workflow != compiled.name:
+            raise UsageError(f"--workflow {workflow!r} and --against {args.against} (workflow {compiled.name!r}) "
+                             "name different workflows: --against lists its own workflow's runs; drop --workflow")
+        workflow = compiled.name
     with _open_store(args.store, readonly=True) as store:
-        records = store.list_runs(args.workflow).result()
+        records = store.list_runs(workflow).result()
+    newest = _newest_versions(records) if compiled is None else {compiled.name: compiled.fingerprint}
+    changed = [r.fingerprint != newest.get(r.workflow, r.fingerprint) for r in records]
     if args.json:
-        _say(_json([r.model_dump(mode="json") for r in records], indent=2))
+        _say(_json([{**r.model_dump(mode="json"), "version_changed": c} for r, c in zip(records, changed,
+                                                                                      strict=True)], indent=2))
         return 0
     if not records:
-        of = f" of workflow {args.workflow!r}" if args.workflow is not None else ""
+        of = f" of workflow {workflow!r}" if workflow is not None else ""
         _say(f"no runs{of} in the store {args.store!r}")
         return 0
-    rows = [("RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "UPDATED (UTC)")]
-    rows += [(_name(r.run_id), _name(r.workflow), str(r.status), _where(r), str(r.next_step), _when(r.updated_at))
-             for r in records]
+    rows = [("RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "VERSION", "UPDATED (UTC)")]
+    rows += [(_name(r.run_id), _name(r.workflow), str(r.status), _where(r), str(r.next_step),
+              _version_of(r) + ("*" if c else ""), _when(r.updated_at)) for r, c in zip(records, changed, strict=True)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         _say("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
+    if any(changed):
+        _say(f"* {_version_note(args.store, args.against, many=sum(changed) > 1)}")
     return 0
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
+    compiled = _against(args.against)
     with _open_store(args.store, readonly=True) as store:
         stored = _load(store, args.run_id)
-    r = stored.run
+        r = stored.run
+        if compiled is not None and r.workflow != compiled.name:
+            raise UsageError(f"run {r.run_id!r} is a run of workflow {r.workflow!r}, not {compiled.name!r}: compare "
+                             "it with the workflow that made it (--against MODULE:OBJECT), or drop --against")
+        changed, version = _show_version(store, r, args.store, compiled, args.against)
     hint = _resume_hint(r, args.store)
     if args.json:
-        _say(_json({**stored.model_dump(mode="json"), "resume": hint}, indent=2))
+        _say(_json({**stored.model_dump(mode="json"), "version_changed": changed, "resume": hint}, indent=2))
         return 0
-    for line in _show_lines(stored):
+    lines = _show_lines(stored)
+    lines.insert(next(i for i, line in enumerate(lines) if line.startswith("created:")) + 1, version)
+    for line in lines:
         _say(line)
     if hint is not None:
         _say(f"resume it: {hint}")
     return 0
+
+
+def _show_version(store: Store, r: RunRecord, store_path: str, compiled: CompiledWorkflow[Any] | None,
+                  against: str | None) -> tuple[bool | None, str]:
+    """Whether the run was stored under another version than its workflow's newest (or than
+    ``compiled``), and the ``version:`` line saying so; None when another run's damaged record
+    keeps the newest version from being known."""
+    mine = _version_of(r)
+    if compiled is not None:
+        if r.fingerprint == compiled.fingerprint:
+            return False, f"version:  {mine} (the version of {printable(str(against))})"
+        return True, f"version:  {mine}* {_version_note(store_path, against, many=False, newest=compiled.fingerprint)}"
+    try:
+        newest = _newest_versions(store.list_runs(r.workflow).result()).get(r.workflow, r.fingerprint)
+    except StoreError as exc:
+        return None, (f"version:  {mine} (not compared with the newest run of workflow {_name(r.workflow)}: "
+                      f"{_cut(str(exc), 200)})")
+    if r.fingerprint == newest:
+        return False, f"version:  {mine} (the newest of workflow {_name(r.workflow)})"
+    return True, f"version:  {mine}* {_version_note(store_path, None, many=False, newest=newest)}"
 
 
 def _usage(calls: list[dict[str, Any]]) -> str:
@@ -825,6 +908,168 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
                       args.json)
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """One run ``runs check`` refuses: its record (None when that cannot be read) and why."""
+
+    run_id: str
+    record: RunRecord | None
+    problems: tuple[Problem, ...]
+
+
+class _OneRun(Store):
+    """A read-only view of a store whose ``list_runs`` gives one run: ``runs check`` asks
+    ``compiled.check_runs`` about each run apart, so that one damaged run hides no other."""
+
+    def __init__(self, store: Store, record: RunRecord) -> None:
+        self._store, self._record = store, record
+        self.secrets = store.secrets
+
+    def __getattr__(self, name: str) -> Any:  # what else the check reads of the store (its path, ...)
+        if name.startswith("__") or name in ("_store", "_record"):  # copy/pickle before __init__: no recursion
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+    def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
+        future: Future[list[RunRecord]] = Future()
+        future.set_result([self._record] if workflow in (None, self._record.workflow) else [])
+        return future
+
+    def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
+        return self._store.load(run_id, at_step=at_step)
+
+    def due_runs(self, workflow: str, now: float) -> Future[list[str]]:
+        return self._store.due_runs(workflow, now)
+
+    def _refuse(self, *_: Any, **__: Any) -> Future[Any]:
+        raise StoreError("runs check writes nothing to the store")
+
+    create = claim = claim_waiting = mark_started = commit = suspend = record_call = deliver = fork = _refuse
+
+    def close(self) -> None:
+        """The store it views is closed by its owner."""
+
+
+def _runs_to_check(store: SQLiteStore, workflow: str) -> list[tuple[str, RunRecord | StoreError]]:
+    """Every run of ``workflow`` in the store, newest first: its record, or why it cannot be read.
+    ``list_runs`` refuses the whole list when one record is damaged; then the runs are found by the
+    table's own columns (read-only) and loaded one by one. Damage that is no run's of these (runs
+    lost from the table, say) is raised as the list raised it."""
+    try:
+        return [(r.run_id, r) for r in store.list_runs(workflow).result()]
+    except StoreCorrupted as exc:
+        refused = exc
+    conn = _peek(Path(store.path))
+    if conn is None:
+        raise StoreCorrupted(f"the store {store.path!r} cannot be read to list its runs: restore it from a backup")
+    try:
+        ids = [str(run_id) for run_id, name in conn.execute(
+            "SELECT run_id, workflow FROM sma_runs NOT INDEXED ORDER BY updated_at DESC") if name == workflow]
+    except sqlite3.Error as exc:
+        raise StoreCorrupted(f"the store {store.path!r} is damaged ({exc}): restore it from a backup") from exc
+    finally:
+        conn.close()
+    found: list[tuple[str, RunRecord | StoreError]] = []
+    for run_id in ids:
+        try:
+            found.append((run_id, store.load(run_id).result().run))
+        except StoreCorrupted as exc:
+            found.append((run_id, exc))
+    if not any(isinstance(f, StoreError) for _, f in found):
+        raise refused
+    return found
+
+
+def _unreadable(exc: BaseException) -> Problem:
+    """The problem of a run that cannot be read at all, as ``check_runs`` words it."""
+    return Problem(ResumeCode.UNREADABLE, f"the stored run cannot be read: {type(exc).__name__}: {exc}")
+
+
+def _check_one(compiled: CompiledWorkflow[Any], store: Store, record: RunRecord) -> tuple[Problem, ...]:
+    """Why ``compiled`` would refuse the run (empty: it fits); a run whose records are damaged gets
+    that as its problem."""
+    try:
+        refused = compiled.check_runs(_OneRun(store, record))
+    except StoreCorrupted as exc:
+        return (_unreadable(exc),)
+    return tuple(p for r in refused for p in r.problems)
+
+
+def _refuse_without_key(compiled: CompiledWorkflow[Any], store: Store, run_id: str) -> None:
+    """SecretsNotStorable (exit 2, naming --secrets-env) when the run holds a secret and no key was
+    given: ``check_runs`` would list it as unreadable, when all it lacks is the option."""
+    try:
+        stored = store.load(run_id).result()
+        unseal(compiled.context_type, stored.context, None, run_id)
+    except StoreCorrupted:  # damaged, or not a stored secret: the check itself reports it
+        return
+
+
+def cmd_runs_check(args: argparse.Namespace) -> int:
+    """Which stored runs of a workflow this version of it would refuse, and why (exit 1 if any)."""
+    compiled = _compiled(args.target)
+    needs_key = args.secrets_env is None and bool(secret_fields(compiled.context_type).top)
+    store = _open_store(args.store, readonly=True, secrets_env=args.secrets_env)
+    with store:
+        runs = _runs_to_check(store, compiled.name)
+        refused: list[_Verdict] = []
+        for run_id, found in runs:
+            if isinstance(found, StoreError):
+                refused.append(_Verdict(run_id, None, (_unreadable(found),)))
+                continue
+            if needs_key:
+                _refuse_without_key(compiled, store, run_id)
+            problems = _check_one(compiled, store, found)
+            if problems:
+                refused.append(_Verdict(run_id, found, problems))
+    if args.json:
+        _say(_json([{"run_id": v.run_id, "status": None if v.record is None else str(v.record.status),
+                     "state": None if v.record is None else v.record.state,
+                     "problems": [{"code": str(p.code), "message": p.message, "where": _problem_where(p)}
+                                  for p in v.problems]} for v in refused], indent=2))
+        return 1 if refused else 0
+    for v in refused:
+        _say(f"run {_name(v.run_id)}: {_check_where(v.record)}")
+        for p in v.problems:
+            _say(f"  - [{printable(str(p.code))}] {printable(p.message)}")
+        _say()
+    _say(_check_summary(compiled.name, len(runs), refused, args.store))
+    return 1 if refused else 0
+
+
+def _problem_where(p: Problem) -> str | None:
+    """The state, transition, tool or field a problem is about (``Problem.subject``), if it names one."""
+    where = getattr(p, "where", None) or p.subject
+    return str(where) if where else None
+
+
+def _check_where(r: RunRecord | None) -> str:
+    """Where a refused run is (its status and state)."""
+    if r is None:
+        return "it cannot be read from the store"
+    if r.status is RunStatus.DONE:
+        return f"ended in {_where(r)}"
+    if r.status is RunStatus.WAITING and r.wait is not None:
+        return f"waiting in state {_name(r.state)} for event {_name(r.wait.event)}"
+    return f"{r.status} in state {_name(r.state)}"
+
+
+def _check_summary(workflow: str, total: int, refused: list[_Verdict], store_path: str) -> str:
+    runs = f"run{'s' if total != 1 else ''} of workflow {workflow!r}"
+    if not total:
+        return f"no runs of workflow {workflow!r} in the store {store_path!r}"
+    if not refused:
+        return f"the 1 {runs} fits this version" if total == 1 else f"all {total} {runs} fit this version"
+    one = len(refused) == 1
+    text = (f"{len(refused)} of {total} {runs} would be refused; resume {'it' if one else 'them'} with migrate=, "
+            f"or keep the old version running until {'it ends' if one else 'they end'}")
+    damaged = sum(1 for v in refused if any(p.code == ResumeCode.UNREADABLE for p in v.problems))
+    if damaged:
+        text += (f" ({damaged} of them cannot be read from the store at all: restore the store from a backup)"
+                 if not one else " (it cannot be read from the store at all: restore the store from a backup)")
+    return text
+
+
 def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path: str) -> dict[str, Any]:
     """A stored run as the recorded-run dict (``RunResult.to_dict()``'s shape) that diagrams draw; a
     run that has not ended is drawn up to the state it is in, with its status as the outcome."""
@@ -888,9 +1133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runs(sub: Any) -> None:
-    runs = sub.add_parser("runs", help="list, show, resume, deliver to, fork and wake the durable runs of a store",
+    runs = sub.add_parser("runs", help="list, show, check, resume, deliver to, fork and wake the durable runs of a "
+                          "store",
                           description="The durable runs of a store (SQLiteStore file): list and show read its "
-                          "records only; resume, deliver and fork need the workflow as MODULE:OBJECT.")
+                          "records only; check, resume, deliver and fork need the workflow as MODULE:OBJECT.")
     rsub = runs.add_subparsers(dest="runs_command", required=True)
 
     def store_option(p: argparse.ArgumentParser) -> None:
@@ -901,14 +1147,27 @@ def _add_runs(sub: Any) -> None:
         p.add_argument("--secrets-env", metavar="NAME", help="the environment variable holding the Fernet key "
                        "(FernetSecrets.from_env) of runs whose context has SecretStr/SecretBytes fields")
 
-    p = rsub.add_parser("list", help="one line per run, most recently updated first")
+    def against_option(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--against", metavar="MODULE:OBJECT", help=f"mark {what} stored under another version than "
+                       "this workflow's (default: than the newest run of the same workflow)")
+
+    p = rsub.add_parser("list", help="one line per run, most recently updated first; a * marks a run stored under an "
+                        "earlier version of its workflow")
     store_option(p)
     p.add_argument("--workflow", help="only the runs of this workflow (by name)")
+    against_option(p, "the runs of that workflow (only those are listed)")
     p.set_defaults(func=cmd_runs_list)
     p = rsub.add_parser("show", help="a run's record, path, waits and tool-call journal (no workflow code needed)")
     p.add_argument("run_id", help="the run's id (see `runs list`)")
     store_option(p)
+    against_option(p, "the run if it is")
     p.set_defaults(func=cmd_runs_show)
+    p = rsub.add_parser("check", help="before a deploy: list every stored run of a workflow that this version of it "
+                        "would refuse to continue, and why (exit 1 if any; writes nothing)")
+    p.add_argument("target", help="MODULE:OBJECT naming the new version of the Workflow")
+    store_option(p)
+    secrets_option(p)
+    p.set_defaults(func=cmd_runs_check)
     p = rsub.add_parser("resume", help="continue a stored run until it ends (exit 1 on a failure outcome)")
     p.add_argument("target", help="MODULE:OBJECT naming the Workflow the run belongs to")
     p.add_argument("run_id", help="the run's id (see `runs list`)")

@@ -165,9 +165,10 @@ def test_list_prints_one_line_per_run_newest_first(runs: Runs) -> None:
     code, out, err = run_cli(["runs", "list", "--store", str(runs.db)])
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "UPDATED", "(UTC)"]
-    assert re.fullmatch(rf"crash-1\s+order\s+running\s+pay\s+1\s+{ISO}", lines[1]), lines[1]
-    assert re.fullmatch(rf"ok-1\s+order\s+done\s+done \(success\)\s+3\s+{ISO}", lines[2]), lines[2]
+    assert lines[0].split() == ["RUN", "WORKFLOW", "STATUS", "STATE", "STEPS", "VERSION", "UPDATED", "(UTC)"]
+    version = runs.flows.compiled.fingerprint[:8]
+    assert re.fullmatch(rf"crash-1\s+order\s+running\s+pay\s+1\s+{version}\s+{ISO}", lines[1]), lines[1]
+    assert re.fullmatch(rf"ok-1\s+order\s+done\s+done \(success\)\s+3\s+{version}\s+{ISO}", lines[2]), lines[2]
     assert len(lines) == 3
 
 
@@ -267,7 +268,7 @@ def test_show_lists_the_wait_and_the_inbox(runs: Runs) -> None:
     assert out.splitlines()[-1].startswith(
         f"resume it: statemachine-agent runs deliver MODULE:OBJECT crash-1 approved --store {runs.db}")
     listed = run_cli(["runs", "list", "--store", str(runs.db)])[1].splitlines()
-    assert re.fullmatch(rf"crash-1\s+order\s+waiting\s+pay\s+1\s+{ISO}", listed[1])
+    assert re.fullmatch(rf"crash-1\s+order\s+waiting\s+pay\s+1\s+[0-9a-f]{{8}}\s+{ISO}", listed[1])
 
 
 def test_show_quotes_odd_run_ids_and_the_resume_line_is_shell_safe(runs: Runs) -> None:
