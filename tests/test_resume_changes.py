@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import json
 import sqlite3
 import tempfile
 from collections import Counter
@@ -1104,6 +1105,8 @@ def test_a_state_added_on_the_path_does_not_fail_a_run_on_the_old_step_budget(tm
 # --- the command line: the same check, nothing written ---------------------------------------------------------
 WAIT_RENAMED = flow(World(), "wait_renamed")
 """Version 0 with its wait renamed, for the command line (``test_resume_changes:WAIT_RENAMED``)."""
+TOOL_READ = flow(World(), "tool_read")
+CTX_OPTIONAL = flow(World(), "ctx_optional")
 
 
 @pytest.mark.parametrize("command", ["resume", "deliver", "fork", "wake"])
@@ -1183,3 +1186,24 @@ def test_a_waiting_run_migrated_to_a_renamed_wait_keeps_its_deadline(tmp_path: P
     with SQLiteStore(path2) as store:
         wait = store.load("r").result().run.wait
     assert wait is not None and wait.deadline == TIMEOUT
+
+
+@pytest.mark.parametrize("change", ["wait_renamed", "tool_read", "ctx_optional"])
+def test_runs_check_lists_what_check_runs_lists_and_writes_nothing(tmp_path: Path, change: str) -> None:
+    """``statemachine-agent runs check --json MODULE:OBJECT --store DB``: every run the new version
+    would refuse, with the codes check_runs (and so resume) gives; exit 1 if any, 0 if none; the
+    store file is as it was."""
+    path = tmp_path / "runs.db"
+    path.write_bytes(template_all().path.read_bytes())
+    target = change.upper()
+    with SQLiteStore(path, readonly=True) as store:
+        expected_runs = {e.run_id: codes_of(e) for e in globals()[target].check_runs(store)}
+    before = dump(path)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["runs", "check", "--json", f"test_resume_changes:{target}", "--store", str(path)])
+    assert diff(before, dump(path)) == []
+    listed = {r["run_id"]: {p["code"] for p in r["problems"]} for r in json.loads(out.getvalue())}
+    assert listed == expected_runs
+    assert code == (1 if expected_runs else 0), err.getvalue()
+    assert (change == "ctx_optional") == (not listed)
