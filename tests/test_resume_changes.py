@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import io
 import json
 import sqlite3
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -1207,3 +1209,30 @@ def test_runs_check_lists_what_check_runs_lists_and_writes_nothing(tmp_path: Pat
     assert listed == expected_runs
     assert code == (1 if expected_runs else 0), err.getvalue()
     assert (change == "ctx_optional") == (not listed)
+
+
+def test_an_async_migration_is_awaited_or_refused_leaving_no_coroutine_behind(tmp_path: Path) -> None:
+    """``async def migrate(point)`` is an easy slip: it is either awaited (and the run continues),
+    or refused [resume-bad-migration] writing nothing, and never leaves a coroutine that was never
+    awaited (a RuntimeWarning at garbage collection, far from the call)."""
+    path, world = copy_of("crash_prep", tmp_path)
+    changed = flow(world, "prep_renamed")
+
+    async def migrate(point: Any) -> Any:
+        return _fix_prep(point)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = dump(path)
+        refusal: IncompatibleRun | None = None
+        try:
+            result = resume(changed, path, migrate=migrate)
+        except IncompatibleRun as exc:
+            refusal = exc
+        if refusal is not None:
+            assert "resume-bad-migration" in codes_of(refusal)
+            assert diff(before, dump(path)) == []
+        else:
+            assert result.outcome is Outcome.WAITING
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
