@@ -772,7 +772,8 @@ def rows_of(snapshot: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("change", "limit"), [("visits_lowered", 2), ("traversals_lowered", 3),
                                              ("steps_lowered", 2)])
-def test_wake_due_skips_the_refused_run_and_wakes_the_others(tmp_path: Path, change: str, limit: int) -> None:
+def test_wake_due_skips_the_refused_run_and_wakes_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str, limit: int) -> None:
     """Three runs wait; under the new workflow one of them (b, which looped more) is over a lowered
     bound. wake_due continues the two that fit (their timeout passed: they expire as the new workflow
     says) and leaves the refused one exactly as it was, every row of it, still due."""
@@ -794,6 +795,8 @@ def test_wake_due_skips_the_refused_run_and_wakes_the_others(tmp_path: Path, cha
     assert rows_of(before, "b") == rows_of(after, "b")
     assert b.status is RunStatus.WAITING
     assert world.effects == Counter()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "'b'" in r.getMessage()]
+    assert len(said) == 1 and "resume-over-bound" in said[0], said  # logged, with its reason
 
 
 # --- fork under a changed workflow ----------------------------------------------------------------------------
