@@ -133,8 +133,6 @@ CHANGES = (
     "prep_renamed", "done_renamed", "state_added", "guard_changed", "description_changed", "field_removed",
     "tool_moved", "timeout_changed", "payload_optional", "result_type",
 )
-SAFE = ("none", "ctx_optional", "visits_equal", "visits_raised", "state_added", "guard_changed",
-        "description_changed", "timeout_changed", "payload_optional")
 
 
 def flow(world: World, change: str = "none") -> Any:
@@ -654,10 +652,10 @@ def test_migrate_renames_a_state_and_the_store_holds_the_migrated_run(tmp_path: 
     changed = flow(world, "prep_renamed")
     result = resume(changed, path, migrate=_fix_prep)
     assert result.outcome is Outcome.WAITING and result.waiting == "approval"
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         stored = store.load("r").result()
     assert stored.run.counters.visits == {"setup": 2} and "prep" not in str(stored.run.counters.traversals)
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         done = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(1.0))
     assert done is not None and done.terminal == "done" and world.effects["charge-2"] == 1
 
@@ -668,7 +666,7 @@ def test_migrate_fills_a_new_required_field(tmp_path: Path) -> None:
     result = resume(changed, path,
                     migrate=lambda p: p.model_copy(update={"context": {**p.context, "region": "eu"}}))
     assert result.outcome is Outcome.WAITING and result.context.region == "eu"
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert changed.check_runs(store) == []  # the store holds the migrated context
 
 
@@ -685,7 +683,7 @@ def test_migrate_brings_visits_within_a_lowered_bound(tmp_path: Path) -> None:
     changed = flow(world, "visits_lowered")
     result = resume(changed, path, migrate=lambda p: p.model_copy(update={"visits": {**p.visits, "prep": 1}}))
     assert result.terminal == "done"
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert store.load("r").result().run.counters.visits["prep"] == 1
 
 
@@ -697,7 +695,7 @@ def test_migrate_brings_traversals_within_a_lowered_bound_then_the_timeout_fires
     result = resume(changed, path, clock=late,
                     migrate=lambda p: p.model_copy(update={"traversals": {**p.traversals, "prep_to_prep": 1}}))
     assert result.terminal == "expired"
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert store.load("r").result().run.counters.traversals["prep_to_prep"] == 1
 
 
@@ -732,7 +730,7 @@ def test_migrate_drops_a_queued_event_which_stays_unconsumed(tmp_path: Path) -> 
     changed = flow(world, "payload_v2")
     result = resume(changed, path, migrate=lambda p: p.model_copy(update={"inbox": []}))
     assert result.outcome is Outcome.WAITING and result.waiting == "approval"
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert [e.consumed_step for e in store.load("r").result().inbox] == [None]
 
 
@@ -1026,7 +1024,7 @@ def test_migrate_of_a_waiting_run_to_a_renamed_wait_is_stored_so_a_plain_deliver
     changed = flow(world, "wait_renamed")
     paused = resume(changed, path, migrate=lambda p: _renamed(p, "approve", "confirm"))
     assert (paused.outcome, paused.waiting) == (Outcome.WAITING, "approval")
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert changed.check_runs(store) == []
         done = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(2.0))
     assert done is not None and done.terminal == "done" and world.effects["charge-2"] == 1
@@ -1038,7 +1036,7 @@ def test_migrate_of_a_waiting_run_to_a_renamed_event_is_stored_so_a_plain_delive
     changed = flow(world, "event_renamed")
     paused = resume(changed, path, migrate=lambda p: p.model_copy(update={"waiting_for": "approved"}))
     assert (paused.outcome, paused.waiting) == (Outcome.WAITING, "approved")
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert changed.check_runs(store) == []
         done = changed.deliver_sync("r", "approved", {"ok": True}, store=store, clock=FakeClock(2.0))
     assert done is not None and done.terminal == "done"
@@ -1050,7 +1048,7 @@ def test_migrate_of_a_waiting_run_with_a_new_required_field_is_stored(tmp_path: 
     paused = resume(changed, path,
                     migrate=lambda p: p.model_copy(update={"context": {**p.context, "region": "eu"}}))
     assert (paused.outcome, paused.waiting, paused.context.region) == (Outcome.WAITING, "approval", "eu")
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         done = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(2.0))
     assert done is not None and done.terminal == "done" and done.context.region == "eu"
 
@@ -1087,7 +1085,7 @@ def test_the_fingerprint_is_stable_and_moves_with_every_change_of_shape(tmp_path
     v0 = flow(World())
     assert flow(World()).fingerprint == v0.fingerprint
     path, _ = copy_of("waiting", tmp_path)
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         assert store.load("r").result().run.fingerprint == v0.fingerprint
     same = [c for c in SHAPE_CHANGES if flow(World(), c).fingerprint == v0.fingerprint]
     assert same == []
@@ -1100,7 +1098,7 @@ def test_a_state_added_on_the_path_does_not_fail_a_run_on_the_old_step_budget(tm
     path, world = copy_of("waiting3", tmp_path)
     changed = flow(world, "state_added")
     assert (flow(World()).max_steps, changed.max_steps) == (5, 6)
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         result = changed.deliver_sync("r", "approval", {"ok": True}, store=store, clock=FakeClock(1.0))
     assert result is not None
     assert (result.terminal, result.reason) == ("done", None)
@@ -1122,7 +1120,7 @@ def test_the_cli_refuses_a_run_the_new_workflow_does_not_fit_and_writes_nothing(
         # Waiting, its deadline far in the future on any wall clock: the not-ready path, where the
         # check used to be skipped (the command line resumes on the system clock).
         path = tmp_path / "runs.db"
-        with SQLiteStore(path) as store:
+        with SQLiteStore(path, synchronous="NORMAL") as store:
             store_point(store, World(), "waiting", clock=FakeClock(1e12))
     else:  # wake: the deadline (t=100) passed long ago, so the run is due; fork: from the ended run
         path, _ = copy_of("waiting" if command == "wake" else "done", tmp_path)
@@ -1178,7 +1176,7 @@ def test_a_waiting_run_migrated_to_a_renamed_wait_keeps_its_deadline(tmp_path: P
     changed = flow(world, "wait_renamed")
     paused = resume(changed, path, clock=FakeClock(50.0), migrate=lambda p: _renamed(p, "approve", "confirm"))
     assert paused.outcome is Outcome.WAITING
-    with SQLiteStore(path) as store:
+    with SQLiteStore(path, synchronous="NORMAL") as store:
         wait = store.load("r").result().run.wait
         assert wait is not None and (wait.state, wait.deadline) == ("confirm", TIMEOUT)
         woken = changed.wake_due_sync(store, clock=FakeClock(TIMEOUT + 1))
@@ -1188,7 +1186,7 @@ def test_a_waiting_run_migrated_to_a_renamed_wait_keeps_its_deadline(tmp_path: P
     required = flow(world2, "ctx_required")
     resume(required, path2, clock=FakeClock(50.0),
            migrate=lambda p: p.model_copy(update={"context": {**p.context, "region": "eu"}}))
-    with SQLiteStore(path2) as store:
+    with SQLiteStore(path2, synchronous="NORMAL") as store:
         wait = store.load("r").result().run.wait
     assert wait is not None and wait.deadline == TIMEOUT
 
