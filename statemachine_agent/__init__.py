@@ -8,7 +8,7 @@ from ._compat import JournalCall, QueuedEvent, ResumePoint
 from ._views import thaw
 from .check import CheckReport
 from .clock import Clock, FakeClock, SystemClock
-from .compile import CompiledWorkflow
+from .compile import CompiledWorkflow, RunOptions
 from .context import UNSET, Context, is_unset
 from .errors import (
     BudgetExceeded,
@@ -36,7 +36,7 @@ from .events import Budget, Event, Hook
 from .guards import Guard, guard
 from .policies import Decision, NoChoice, Option, Policy, first_enabled, scripted, seeded_random
 from .result import RunResult, Step, StepKind, result_of
-from .runner import MissingWrite, Run, RunOptions
+from .runner import MissingWrite, Run
 from .spec import NoExit, Outcome, WorkflowSpec
 from .tools import Retry, Tool, Tools
 from .usage import ModelCall, Price, Usage

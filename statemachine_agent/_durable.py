@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import time
-import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +37,10 @@ from ._compat import (
     fingerprint_of,
     fit,
 )
+from ._journal import RunState, ToolRunner
 from ._plan import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
-from .clock import SystemClock, wall_time
+from .clock import Clock, SystemClock, wall_time
 from .context import first_non_finite, is_unset
 from .errors import (
     EffectOutcomeUnknown,
@@ -53,6 +53,7 @@ from .errors import (
     StoreError,
     ToolResultError,
 )
+from .policies import safe_repr
 from .result import RunResult, Step, StepKind
 from .secrets import (
     Digests,
@@ -71,7 +72,6 @@ from .usage import ModelCall, Usage
 
 if TYPE_CHECKING:
     from .runner import Run
-    from .tools import Tools
 
 __all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
 
@@ -160,7 +160,7 @@ class Durable:
             "status": str(status), "state": state, "next_step": next_step, "epoch": self.epoch,
             "counters": {"actions_run": run.actions_run, "visits": dict(run.visits),
                          "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
-            "written": sorted(run._written), "initial_written": self.initial_written,
+            "written": sorted(run.written), "initial_written": self.initial_written,
             "max_steps": run.max_steps, "restarts": 0, "started": True, "created_at": self.created_at,
             "updated_at": time.time(), "terminal": terminal, "outcome": outcome, "reason": reason,
             "parent": self.parent, "parent_step": self.parent_step, "wait": wait,
@@ -171,7 +171,7 @@ class Durable:
         """Insert ``run`` (not started yet) into ``store``: ``RunExists`` if its id is taken."""
         wf = run.workflow
         durable = cls(store, run.run_id, 1, fingerprint_of(wf), created_at=time.time(),
-                      initial_written=sorted(run._written))
+                      initial_written=sorted(run.written))
         check_storable(type(run.context), durable.secrets, run.run_id)  # SecretsNotStorable: nothing stored
         try:
             context, _ = dump_fields(run.context, run.context.__dict__.keys(), durable.secrets)
@@ -188,22 +188,28 @@ class Durable:
         await asyncio.wrap_future(store.create(rec, context))
         return durable
 
+    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
+        """``fields`` of ``context`` as JSON (secret ones sealed), and those that are UNSET."""
+        return dump_fields(context, fields, self.secrets)
+
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
-                     wait: tuple[str, str, float | None] | None = None) -> list[tuple[int, str, Any]]:
-        """Commit ``step`` (already taken in memory, its delta in ``run._delta``); ``RunFenced`` if
+                     wait: tuple[str, str, float | None] | None = None, *,
+                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     ) -> list[tuple[int, str, Any]]:
+        """Commit ``step`` (already taken in memory, its writes in ``delta``); ``RunFenced`` if
         another worker owns the run (then nothing is written).
 
         ``wait`` (state, event, deadline): the step entered a wait state with nothing to take yet,
         so the run is committed as waiting in the same transaction, unless the store finds the event
         in the inbox meanwhile: then it stays running and those events are returned."""
-        terminal = run._plans[step.target].terminal
+        target = run.workflow.plans[step.target]
+        terminal = target.terminal
         outcome = None
         if terminal:
-            outcome = str(run._plans[step.target].outcome or Outcome.FAILURE)
+            outcome = str(target.outcome or Outcome.FAILURE)
         else:
             reason = None
-        delta, unset = run._delta
-        run._delta = _NO_DELTA
+        written, unset = delta
         status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
                           terminal=step.target if terminal else None, outcome=outcome, reason=reason,
@@ -223,11 +229,10 @@ class Durable:
                      "error": None if error is None else _describe(error),
                      "error_type": None if error is None else type(error).__name__,
                      "rejected": list(step.rejected), "ran": step.ran, "writes": list(step.writes),
-                     "delta": delta, "unset": unset,
+                     "delta": written, "unset": unset,
                      "model_calls": [c.to_dict() for c in step.model_calls]},
-            "snapshot": snapshot, "calls": self.pending, "consume": run._consume,
+            "snapshot": snapshot, "calls": self.pending, "consume": consume,
         }
-        run._consume = None
         self.pending = []
         if self.recorded:
             self.recorded = {k: v for k, v in self.recorded.items() if k[0] > step.number}
@@ -251,7 +256,7 @@ class Durable:
         await asyncio.wrap_future(self.store.mark_started(self.run_id, self.epoch))
 
     # --- the journal -----------------------------------------------------------------------------
-    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
+    async def call(self, tools: ToolRunner, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any:
         """Make a tool call through the journal: a completed call returns its recorded result."""
         rec = self.recorded.get((step, index))
@@ -326,7 +331,6 @@ class Durable:
         await asyncio.wrap_future(self.store.record_call(self.run_id, self.epoch, row))
 
 
-_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
 _SECRET_RESULT = "$secret_result"
 """The key of a journaled tool result that is a secret: ``{"$secret_result": token, "kind": "str"}``."""
 
@@ -480,6 +484,15 @@ def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, stor
     Run(workflow, context, run_id=run_id, store=store, **{"max_steps": max_steps, **options})
 
 
+def _clock_option(options: dict[str, Any]) -> Clock | None:
+    """The ``clock=`` option, checked (a run's own check comes later than a wait needs the time)."""
+    clock = options.get("clock")
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
+                        "give a statemachine_agent.clock.Clock such as FakeClock()")
+    return clock
+
+
 def _require_store(store: object) -> None:
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r}: give a statemachine_agent.stores.Store such as SQLiteStore(path)")
@@ -529,10 +542,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         return None
     if stored.run.status is RunStatus.DONE:
         result = stored_result(workflow, stored, store, migrate)
-        done: Run[Any] = Run(workflow, result.context, run_id=run_id, **options)
-        done.path = list(result.path)
-        done.result = result
-        return done
+        return Run.restore(workflow, result.context, RunState(result.terminal), path=result.path, result=result,
+                           run_id=run_id, **options)
     point, context, migrated = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
     if stored.run.status is RunStatus.WAITING and not _ready(workflow, point, stored, options):
         if waiting_only:
@@ -572,30 +583,19 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
     options.setdefault("max_steps", stored.run.max_steps)
-    run: Run[Any] = Run(workflow, context, run_id=run_id, store=store, **options)
-    run.path = [recorded_step(s) for s in stored.steps]
-    run.actions_run = point.actions_run
-    spent = Usage.of(c for s in run.path for c in s.model_calls)  # the budgets count earlier steps' calls
-    run._spent = [spent.total_tokens, spent.cost or 0.0]
-    run.visits = dict(point.visits)
-    for i, name in enumerate(workflow.edge_names):
-        run.traversals[i] = point.traversals.get(name, 0)  # in place: the run's token holds this list
-    run._written = set(point.written)
-    run._owned = set(workflow.field_names)  # the context was just built from JSON: nobody else has it
-    run._token.state = point.state
-    run._inbox = [(e.seq, e.event, e.payload) for e in point.inbox]
-    if stored.run.wait is not None and stored.run.wait.state == point.state:
-        run._wait_deadline = stored.run.wait.deadline
-    n = stored.run.next_step
-    run._journal = Durable(
+    path = [recorded_step(s) for s in stored.steps]
+    spent = Usage.of(c for s in path for c in s.model_calls)  # the budgets count earlier steps' calls
+    wait = stored.run.wait
+    state = RunState(point.state, point.actions_run, dict(point.visits), dict(point.traversals),
+                     frozenset(point.written), [(e.seq, e.event, e.payload) for e in point.inbox],
+                     wait.deadline if wait is not None and wait.state == point.state else None,
+                     spent.total_tokens, spent.cost or 0.0, stored.run.restarts)
+    journal = Durable(
         store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
-    run._journal.unmarked = not fresh
-    if stored.run.restarts > run.max_step_restarts:
-        run._doomed = (f"step {n} (state {point.state!r}) was resumed after crashes {stored.run.restarts} times, "
-                       f"over max_step_restarts={run.max_step_restarts}")
-    return run
+    journal.unmarked = not fresh
+    return Run.restore(workflow, context, state, journal=journal, path=path, run_id=run_id, store=store, **options)
 
 
 def _with_new_events(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
@@ -617,7 +617,7 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
     if any(e.event == wait.event for e in point.inbox):
         return True
     deadline = stored.run.wait.deadline if stored.run.wait is not None else None
-    return deadline is not None and wall_time(options.get("clock")) >= deadline
+    return deadline is not None and wall_time(_clock_option(options)) >= deadline
 
 
 def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
@@ -628,11 +628,11 @@ def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, conte
     wait = workflow.plans[point.state].wait
     assert wait is not None
     run_id = point.run_id
-    paused: Run[Any] = Run(workflow, context, run_id=run_id, **options)
-    paused.path = [recorded_step(s) for s in stored.steps]
-    paused.result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, tuple(paused.path),
-                              f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
-    return paused
+    path = tuple(recorded_step(s) for s in stored.steps)
+    result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, path,
+                       f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
+    return Run.restore(workflow, context, RunState(point.state), path=path, result=result, run_id=run_id,
+                       **options)
 
 
 # --- delivering, forking, replaying -------------------------------------------------------------
@@ -697,7 +697,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: dict[str, Any]
     the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
     _require_store(store)
-    now = wall_time(options.get("clock"))
+    now = wall_time(_clock_option(options))
     due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
     # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
     gate = asyncio.Semaphore(_WAKE_AT_ONCE)
@@ -859,22 +859,31 @@ class _Stop(BaseException):
         self.reason, self.expected, self.got, self.step, self.call = reason, expected, got, step, call
 
 
-class _Replay(Durable):
+class _Replay:
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "codec", "replayed", "routes", "steps")
+    __slots__ = ("calls", "codec", "replayed", "routes", "secrets", "steps", "unmarked")
 
-    def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]]) -> None:
-        super().__init__(typing.cast(Store, None), stored.run.run_id, 0, "", created_at=0.0, initial_written=[])
+    def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]], digests: Digests,
+                 codec: SecretCodec | None) -> None:
         self.routes = routes
         """Each error transition's error type, by transition name."""
         self.steps = stored.steps
         self.calls = {(c.step, c.call): c for c in stored.calls}
         self.replayed = 0
-        self.codec: SecretCodec | None = None
-        """The store's codec, which opens journaled secret results (``secrets`` holds digests)."""
+        self.secrets: SecretCodec | None = digests
+        """What the replay's secret fields are compared as (digests: tokens differ every time)."""
+        self.codec = codec
+        """The store's codec, which opens journaled secret results."""
+        self.unmarked = False
 
-    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
+    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
+        return dump_fields(context, fields, self.secrets)
+
+    async def mark_started(self) -> None:
+        return None
+
+    async def call(self, tools: ToolRunner, tool: Tool, *, step: int, index: int, key: str,
                    arguments: dict[str, Any], run_id: str) -> Any:
         rec = self._answer(tool.name, step, index)
         self.replayed += 1
@@ -925,13 +934,13 @@ class _Replay(Durable):
         return error
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
-                     wait: tuple[str, str, float | None] | None = None) -> list[tuple[int, str, Any]]:
-        delta, _ = run._delta
-        run._delta = _NO_DELTA
-        run._consume = None
+                     wait: tuple[str, str, float | None] | None = None, *,
+                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     ) -> list[tuple[int, str, Any]]:
+        written, _ = delta
         rec = self.steps[step.number] if step.number < len(self.steps) else None
         got = {"state": step.state, "target": step.target, "transition": step.transition, "kind": str(step.kind),
-               "writes": sorted(step.writes), "delta": delta,
+               "writes": sorted(step.writes), "delta": written,
                "error_type": None if step.error is None else type(step.error).__name__}
         if rec is None:
             raise _Stop("the record ends before this step", None, got, step.number)
@@ -1002,26 +1011,17 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
 
     context = workflow.context_type.model_validate(_opened(workflow, start.context, store, run_id))
     _check_secret_results(stored, store, since=at)
-    run: Run[Any] = Run(workflow, context, run_id=run_id, policy=policy, raise_errors=False,
-                        clock=_ReplayClock(steps, holder), max_steps=stored.run.max_steps,
-                        hooks=options.get("hooks", ()))
-    holder.append(run)
     before = steps[:at]
-    run.path = [recorded_step(s) for s in before]
     written = set(stored.run.initial_written)
+    visits: dict[str, int] = {}
+    traversals: dict[str, int] = {}
     for s in before:
         if s.ran:
-            run.visits[s.state] = run.visits.get(s.state, 0) + 1
-            run.actions_run += 1
+            visits[s.state] = visits.get(s.state, 0) + 1
         if s.kind != "fail" and s.transition in workflow.edge_names:
-            run.traversals[workflow.edge_names.index(s.transition)] += 1
+            traversals[s.transition] = traversals.get(s.transition, 0) + 1
         if s.kind == "transition":
             written.update(s.writes)
-    if at:
-        run._written = written
-        run._owned = set(workflow.field_names)
-    run._token.state = steps[at].state
-    run._inbox = _ReplayInbox(stored.inbox, at, holder)
     digests = Digests()  # the record's secrets and the replay's compare as digests: tokens differ every time
     if secret_fields(workflow.context_type).top:
         codec = getattr(store, "secrets", None)
@@ -1029,10 +1029,14 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: dic
             s.model_copy(update={"delta": redigest(workflow.context_type, s.delta, codec, digests, run_id)})
             for s in stored.steps]})
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
-    journal = _Replay(stored, routes)
-    journal.secrets = digests
-    journal.codec = getattr(store, "secrets", None)
-    run._journal = journal
+    journal = _Replay(stored, routes, digests, getattr(store, "secrets", None))
+    state = RunState(steps[at].state, sum(visits.values()), visits, traversals, frozenset(written),
+                     _ReplayInbox(stored.inbox, at, holder))
+    run: Run[Any] = Run.restore(workflow, context, state, journal=journal,
+                                path=[recorded_step(s) for s in before], owned=bool(at), run_id=run_id,
+                                policy=policy, raise_errors=False, clock=_ReplayClock(steps, holder),
+                                max_steps=stored.run.max_steps, hooks=options.get("hooks", ()))
+    holder.append(run)
     try:
         await run.run_to_end()
     except _Stop as stop:

@@ -32,6 +32,7 @@ from transitions.core import Event
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 
 if TYPE_CHECKING:
+    from ._journal import Journal
     from ._tooldef import ToolRegistry
     from .events import Hook
     from .guards import Guard
@@ -298,3 +299,12 @@ class Program(Protocol[C_co]):
 
     @property
     def tools(self) -> ToolRegistry: ...
+
+    def check_store(self, store: object) -> None:
+        """``TypeError`` saying what to give when ``store`` is not a store runs can be kept in."""
+        ...
+
+    async def open_journal(self, run: Any, store: Any) -> Journal:
+        """Insert ``run`` (not started yet) into ``store`` and return its journal (``RunExists``
+        if its id is taken: nothing is stored)."""
+        ...

@@ -26,6 +26,11 @@ class Clock(Protocol):
         """Seconds on a monotonic scale."""
         ...
 
+    def wall(self) -> float:
+        """Seconds since the epoch on this clock: what a stored wait's deadline is kept in, to
+        outlive the process (a fake clock gives its own, so waits time out on fake time)."""
+        ...
+
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds``."""
         ...
@@ -109,11 +114,10 @@ class FakeClock:
                 timeout.reschedule(asyncio.get_running_loop().time())
 
 
-def wall_time(clock: object) -> float:
-    """Seconds since the epoch on ``clock`` (its ``wall()``; the system's for a clock without one,
-    or ``None``): what a stored wait's deadline is compared with."""
-    wall = getattr(clock, "wall", None)
-    return float(wall()) if callable(wall) else time.time()
+def wall_time(clock: Clock | None) -> float:
+    """Seconds since the epoch on ``clock`` (the system's for ``None``): what a stored wait's
+    deadline is compared with."""
+    return time.time() if clock is None else clock.wall()
 
 
 class _FakeTimeout(asyncio.Timeout):  # type: ignore[misc]  # final in typeshed only; reusing it keeps asyncio's exact cancel semantics

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 from pydantic import BaseModel
 
 from ._durable import (
+    Durable,
     ReplayReport,
     ResumePoint,
     _require_store,
@@ -19,10 +20,12 @@ from ._durable import (
     replay,
     wake_due,
 )
+from ._journal import Journal
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
-from .runner import ResumeOptions, Run, RunOptions, run_blocking
+from .policies import safe_repr
+from .runner import ResumeOptions, Run, run_blocking
 from .spec import WorkflowSpec
 from .stores._base import Store
 from .stores._records import RunRecord
@@ -33,9 +36,18 @@ if TYPE_CHECKING:
     from .events import Hook
     from .result import RunResult, Step
 
-__all__ = ["CompiledWorkflow", "compile_spec"]
+__all__ = ["CompiledWorkflow", "RunOptions", "compile_spec"]
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class RunOptions(ResumeOptions[C], total=False):
+    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
+
+    run_id: str | None
+    """The run's id (default: random); with a store, the key to resume it by."""
+    store: Store | None
+    """Commit every step there, so the run survives a crash (see docs/durability.md)."""
 
 
 class CompiledWorkflow(Generic[C]):
@@ -200,6 +212,16 @@ class CompiledWorkflow(Generic[C]):
         """This workflow's runs in ``store``, most recently updated first."""
         _require_store(store)
         return store.list_runs(self.name).result()
+
+    def check_store(self, store: object) -> None:
+        """``TypeError`` unless ``store`` is a :class:`~.stores.Store` (what ``Run`` asks of ``store=``)."""
+        if not isinstance(store, Store):
+            raise TypeError(f"store={safe_repr(store)}: give a statemachine_agent.stores.Store such as "
+                            "SQLiteStore('runs.db')")
+
+    async def open_journal(self, run: Any, store: Any) -> Journal:
+        """Insert ``run`` (not started yet) into ``store``; its journal (``RunExists``: nothing stored)."""
+        return await Durable.create(run, store)
 
     def check_runs(self, store: Store) -> list[IncompatibleRun]:
         """Every stored run of this workflow (by name) that this version would refuse to continue

@@ -13,11 +13,12 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from ._durable import _NO_DELTA, Durable, dump_fields
+from ._journal import Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Program, Token
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock, wall_time
@@ -40,11 +41,10 @@ from .events import (
 from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
-from .stores._base import Store
 from .tools import Tools, _positive
 from .usage import ModelCall
 
-__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions", "run_blocking"]
+__all__ = ["MissingWrite", "ResumeOptions", "Run", "run_blocking"]
 
 log = logging.getLogger("statemachine_agent")
 
@@ -77,13 +77,8 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
     """What the run's priced model calls may cost; past it the run fails (``Budget.COST``)."""
 
 
-class RunOptions(ResumeOptions[C], total=False):
-    """The options of a run, as keyword arguments of ``run``, ``run_sync``, ``iter`` and ``start``."""
-
-    run_id: str | None
-    """The run's id (default: random); with a store, the key to resume it by."""
-    store: Store | None
-    """Commit every step there, so the run survives a crash (see docs/durability.md)."""
+_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+"""A step's delta before it is computed: nothing written."""
 
 
 class MissingWrite(ContextAccessError):
@@ -101,6 +96,75 @@ class _Failed(Exception):
 
 class _ActionTimeout(Exception):
     """Internal: marks a TimeoutError raised by the action itself, to route it like any error."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig(Generic[C]):
+    """A run's options, validated once (:meth:`of`), for the run's whole life: the keyword
+    arguments of ``Run``, ``run`` and ``start`` (see :class:`RunOptions`) with their defaults
+    filled in."""
+
+    policy: Policy[C]
+    hooks: tuple[Hook, ...]
+    """The workflow's hooks, then the run's own."""
+    max_steps: int
+    timeout: float | None
+    max_policy_attempts: int
+    raise_errors: bool
+    run_id: str
+    clock: Clock
+    store: object | None
+    max_step_restarts: int
+    token_budget: int | None
+    cost_budget: float | None
+
+    @classmethod
+    def of(cls, workflow: Program[C], *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+           max_steps: int | None = None, timeout: float | None = None, max_policy_attempts: int = 3,
+           raise_errors: bool = True, run_id: str | None = None, clock: Clock | None = None,
+           store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
+           cost_budget: float | None = None) -> RunConfig[C]:
+        """The options checked: ``TypeError``/``ValueError`` naming the bad one and what to give."""
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                      or max_steps < 1):
+            raise ValueError(f"max_steps={max_steps!r}: give a whole number of at least 1")
+        if timeout is not None:
+            _positive(timeout, "timeout")
+        if max_policy_attempts != 3 and (isinstance(max_policy_attempts, bool)
+                                         or not isinstance(max_policy_attempts, int)
+                                         or max_policy_attempts < 1):
+            raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
+        if policy is not None and not callable(policy):
+            raise TypeError(f"policy={safe_repr(policy)} is not callable: give a function of a Decision")
+        own_hooks: tuple[Hook, ...] = ()
+        if type(hooks) is not tuple or hooks:  # not the default (): check what was given
+            if isinstance(hooks, (str, bytes)) or not isinstance(hooks, collections.abc.Iterable):
+                raise TypeError(f"hooks={safe_repr(hooks)}: give a list of callables taking an Event")
+            own_hooks = tuple(hooks)
+            for h in own_hooks:
+                if not callable(h):
+                    raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable "
+                                    "taking an Event")
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
+                            "give a statemachine_agent.clock.Clock such as FakeClock()")
+        if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
+            raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
+        if store is not None:
+            workflow.check_store(store)  # TypeError saying what to give
+        if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
+                                       or max_step_restarts < 0):
+            raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
+        if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
+                                         or token_budget < 1):
+            raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
+        if cost_budget is not None:
+            _positive(cost_budget, "cost_budget")
+        wf_hooks = workflow.hooks
+        return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
+                   max_steps if max_steps is not None else workflow.max_steps, timeout, max_policy_attempts,
+                   raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
+                   max_step_restarts, token_budget, cost_budget)
 
 
 class Run(Generic[C]):
@@ -138,6 +202,7 @@ class Run(Generic[C]):
         "_written",
         "actions_run",
         "clock",
+        "config",
         "context",
         "cost_budget",
         "hooks",
@@ -160,7 +225,7 @@ class Run(Generic[C]):
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
                  max_steps: int | None = None, timeout: float | None = None,
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
-                 clock: Clock | None = None, store: Store | None = None, max_step_restarts: int = 3,
+                 clock: Clock | None = None, store: object | None = None, max_step_restarts: int = 3,
                  token_budget: int | None = None, cost_budget: float | None = None) -> None:
         model = workflow.context_type
         if type(context) is not model:  # the common case skips every check below
@@ -171,42 +236,12 @@ class Run(Generic[C]):
                     f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
                     f"pass {model.__name__}(...) or a dict of its fields"
                 )
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                      or max_steps < 1):
-            raise ValueError(f"max_steps={max_steps!r}: give a whole number of at least 1")
-        if timeout is not None:
-            _positive(timeout, "timeout")
-        if max_policy_attempts != 3 and (isinstance(max_policy_attempts, bool)
-                                         or not isinstance(max_policy_attempts, int)
-                                         or max_policy_attempts < 1):
-            raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
-        if policy is not None and not callable(policy):
-            raise TypeError(f"policy={safe_repr(policy)} is not callable: give a function of a Decision")
-        own_hooks: tuple[Hook, ...] = ()
-        if type(hooks) is not tuple or hooks:  # not the default (): check what was given
-            if isinstance(hooks, (str, bytes)) or not isinstance(hooks, collections.abc.Iterable):
-                raise TypeError(f"hooks={safe_repr(hooks)}: give a list of callables taking an Event")
-            own_hooks = tuple(hooks)
-            for h in own_hooks:
-                if not callable(h):
-                    raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable "
-                                    "taking an Event")
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock={safe_repr(clock)} has no now(), async sleep() and timeout_at(): "
-                            "give a statemachine_agent.clock.Clock such as FakeClock()")
-        if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
-            raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
-        if store is not None and not isinstance(store, Store):
-            raise TypeError(f"store={safe_repr(store)}: give a statemachine_agent.stores.Store such as "
-                            "SQLiteStore('runs.db')")
-        if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
-                                       or max_step_restarts < 0):
-            raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
-        if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
-                                         or token_budget < 1):
-            raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
-        if cost_budget is not None:
-            _positive(cost_budget, "cost_budget")
+        config = RunConfig.of(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+                              max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                              clock=clock, store=store, max_step_restarts=max_step_restarts,
+                              token_budget=token_budget, cost_budget=cost_budget)
+        self.config: RunConfig[C] = config
+        """The run's options, validated (built once, for this run)."""
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first);
@@ -215,15 +250,14 @@ class Run(Generic[C]):
         base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
-        self.policy: Policy[C] = policy or first_enabled
-        wf_hooks = workflow.hooks
-        self.hooks: tuple[Hook, ...] = (*wf_hooks, *own_hooks) if wf_hooks else own_hooks
-        self.max_steps: int = max_steps if max_steps is not None else workflow.max_steps
-        self.timeout = timeout
-        self.max_policy_attempts = max_policy_attempts
-        self.raise_errors = raise_errors
-        self.run_id: str = run_id or os.urandom(16).hex()
-        self.clock: Clock = clock or _SYSTEM_CLOCK
+        self.policy: Policy[C] = config.policy
+        self.hooks: tuple[Hook, ...] = config.hooks
+        self.max_steps: int = config.max_steps
+        self.timeout = config.timeout
+        self.max_policy_attempts = config.max_policy_attempts
+        self.raise_errors = config.raise_errors
+        self.run_id: str = config.run_id
+        self.clock: Clock = config.clock
         """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] = []
         self.actions_run = 0
@@ -248,8 +282,8 @@ class Run(Generic[C]):
         self._busy = False
         self._rejected: list[str] = []
         self._clock0 = (time.time(), time.perf_counter())
-        self._store = store
-        self._journal: Durable | None = None
+        self._store = config.store
+        self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
         self._doomed: str | None = None
@@ -260,10 +294,10 @@ class Run(Generic[C]):
         """The inbox event the current step consumed (committed with it)."""
         self._wait_deadline: float | None = None
         """When the current wait state's timeout passes (wall clock, on the run's clock)."""
-        self.max_step_restarts = max_step_restarts
-        self.token_budget = token_budget
+        self.max_step_restarts = config.max_step_restarts
+        self.token_budget = config.token_budget
         """Tokens the run's model calls may use (``None``: no limit)."""
-        self.cost_budget = cost_budget
+        self.cost_budget = config.cost_budget
         """What the run's priced model calls may cost (``None``: no limit)."""
         self._spent = [0, 0.0]
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
@@ -273,6 +307,50 @@ class Run(Generic[C]):
         """The current step's model calls."""
         self._step_calls = [0]
         """The current step's call counter, shared by its action's tools handle and its policy's."""
+
+    @classmethod
+    def restore(cls, workflow: Program[C], context: C, state: RunState, *, journal: Journal | None = None,
+                path: Sequence[Step] = (), result: RunResult[C] | None = None, owned: bool = True,
+                **options: Any) -> Run[C]:
+        """A run rebuilt from its resumable ``state`` (what the durable operations and replay do):
+        ``path`` holds the steps it took, ``journal`` links it to its store, ``result`` is set for
+        a run that ended or cannot go on yet. ``owned``: ``context`` was built for this run (from
+        JSON), so no caller holds its values. ``options`` are those of :class:`Run`."""
+        run = cls(workflow, context, **options)
+        run.path = list(path)
+        if result is not None:
+            run.result = result
+            return run
+        run.actions_run = state.actions_run
+        run.visits = dict(state.visits)
+        traversals = state.traversals
+        for i, name in enumerate(workflow.edge_names):
+            run.traversals[i] = traversals.get(name, 0)  # in place: the run's token holds this list
+        run._written = set(state.written)
+        if owned:
+            run._owned = set(workflow.field_names)
+        run._token.state = state.state
+        # A list given as the inbox is kept as it is (replay's inbox hands out recorded events).
+        run._inbox = state.inbox if isinstance(state.inbox, list) else list(state.inbox)
+        run._wait_deadline = state.wait_deadline
+        run._spent = [state.spent_tokens, state.spent_cost]
+        run._journal = journal
+        if state.restarts > run.max_step_restarts:
+            run._doomed = (f"step {len(run.path)} (state {state.state!r}) was resumed after crashes "
+                           f"{state.restarts} times, over max_step_restarts={run.max_step_restarts}")
+        return run
+
+    def snapshot(self) -> RunState:
+        """The run's resumable state now (a value: later steps do not change it)."""
+        names = self.workflow.edge_names
+        return RunState(self._token.state, self.actions_run, dict(self.visits),
+                        {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
+                        tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]))
+
+    @property
+    def written(self) -> frozenset[str]:
+        """The fields some step (or the start) wrote."""
+        return frozenset(self._written)
 
     @property
     def workflow_name(self) -> str:
@@ -443,7 +521,7 @@ class Run(Generic[C]):
         dirty = view._sa_dirty
         if self._journal is not None:
             try:
-                self._delta = dump_fields(self.context, dirty or (), self._journal.secrets)
+                self._delta = self._journal.delta(self.context, dirty or ())
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
@@ -465,7 +543,7 @@ class Run(Generic[C]):
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
         if self._store is not None and self._journal is None:
-            self._journal = await Durable.create(self, self._store)  # RunExists: nothing started
+            self._journal = await self.workflow.open_journal(self, self._store)  # RunExists: nothing started
         self._started = True
         if self.timeout is not None:
             self._deadline = self.clock.now() + self.timeout
@@ -784,10 +862,11 @@ class Run(Generic[C]):
     async def _commit(self, step: Step, reason: str | None, wait: Plan | None = None) -> list[tuple[int, str, Any]]:
         journal = self._journal
         assert journal is not None
+        delta, self._delta = self._delta, _NO_DELTA
+        consume, self._consume = self._consume, None
+        waits = None if wait is None or wait.wait is None else (wait.name, wait.wait.event, self._wait_deadline)
         try:
-            if wait is None or wait.wait is None:
-                return await journal.commit(self, step, reason)
-            return await journal.commit(self, step, reason, (wait.name, wait.wait.event, self._wait_deadline))
+            return await journal.commit(self, step, reason, waits, delta=delta, consume=consume)
         except BaseException as exc:
             # The step was taken in memory but may not be in the store: this object can no longer
             # say where the run is. Whatever the store holds is the truth: resume from it.
@@ -833,6 +912,16 @@ class Run(Generic[C]):
                 else:
                     log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
                                   extra={"workflow": self.workflow.name, "run_id": self.run_id})
+
+    # --- what a tools handle uses (tools.StepHost): public names for the methods above -----------
+    @property
+    def journal(self) -> Journal | None:
+        """The run's link to its store (``None``: the run is not stored)."""
+        return self._journal
+
+    emit = _emit
+    check_budget = _budget_room
+    record_model_call = _model_call
 
 
 _EMPTY: frozenset[str] = frozenset()

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 from tenacity import RetryCallState, retry_base
 
+from ._journal import Journal
 from ._tooldef import _MISSING as _MISSING  # noqa: PLC0414  (re-exported for the runner and workflow)
 from ._tooldef import (
     KEY_PARAMETER,
@@ -37,9 +38,9 @@ from .errors import (
 from .events import Event, ToolAttemptFailed, ToolCallFailed, ToolCallFinished, ToolCallStarted
 
 
-class Emitter(Protocol):
-    """What a tools handle needs of its run to report tool events (a ``Run`` is one); the runner
-    sits above this module, so it is named by what it does, not imported."""
+class StepHost(Protocol):
+    """What a tools handle needs of the run whose step it serves (a ``Run`` is one): the runner
+    sits above this module, so it is named by what it does, not imported. Public methods only."""
 
     @property
     def hooks(self) -> tuple[Any, ...]: ...
@@ -51,19 +52,25 @@ class Emitter(Protocol):
     def workflow_name(self) -> str: ...
 
     @property
-    def _journal(self) -> Journal | None: ...
+    def journal(self) -> Journal | None:
+        """The run's link to its store (``None``: the run is not stored)."""
+        ...
 
-    async def _emit(self, event: Event) -> None: ...
+    async def emit(self, event: Event) -> None:
+        """Give ``event`` to the run's hooks."""
+        ...
+
+    def check_budget(self) -> None:
+        """Raise BudgetExceeded when no model call fits in the run's budgets any more."""
+        ...
+
+    async def record_model_call(self, call: Any, step: int, state: str) -> None:
+        """Count a model call of the step toward the run's budgets (BudgetExceeded past one)."""
+        ...
 
 
-class Journal(Protocol):
-    """What a tools handle needs of a durable run: calls go through its journal (see _durable.py)."""
-
-    async def call(self, tools: Tools, tool: Tool, *, step: int, index: int, key: str,
-                   arguments: dict[str, Any], run_id: str) -> Any: ...
-
-    async def memo(self, name: str, compute: Callable[[], Awaitable[Any]], *, step: int, index: int,
-                   key: str) -> Any: ...
+Emitter = StepHost
+"""The old name of :class:`StepHost`."""
 
 __all__ = ["Effect", "Retry", "RetrySpec", "Tool", "ToolRegistry", "Tools", "declared_tool_calls"]
 
@@ -111,7 +118,7 @@ class Tools:
                  "_timeout")
 
     def __init__(self, registry: ToolRegistry, allowed: frozenset[str], *, clock: Clock | None = None,
-                 deadline: float | None = None, run: Emitter | None = None, state: str = "",
+                 deadline: float | None = None, run: StepHost | None = None, state: str = "",
                  step: int = 0, timeout: float | None = _MISSING, retry: Any = _MISSING,
                  _calls: list[int] | None = None) -> None:
         self._registry = registry
@@ -166,7 +173,7 @@ class Tools:
         index = self._calls[0]
         self._calls[0] = index + 1
         run = self._run
-        journal = run._journal if run is not None else None
+        journal = run.journal if run is not None else None
         if journal is None and not tool.takes_key:
             return await self._run_call(tool, arguments)
         run_id = run.run_id if run is not None else "-"
@@ -370,7 +377,7 @@ class Tools:
         index = self._calls[0]
         self._calls[0] = index + 1
         run = self._run
-        journal = run._journal if run is not None else None
+        journal = run.journal if run is not None else None
         if journal is None:
             return await compute()
         assert run is not None
@@ -380,22 +387,20 @@ class Tools:
     def budget_room(self) -> None:
         """Raise :class:`~.errors.BudgetExceeded` when the run's token or cost budget is already
         spent, before a model call is made."""
-        check = getattr(self._run, "_budget_room", None)
-        if check is not None:
-            check()
+        if self._run is not None:
+            self._run.check_budget()
 
     async def record_model_call(self, call: Any) -> None:
         """Record a :class:`~statemachine_agent.usage.ModelCall` on the step (its usage counts
         toward the run's budgets, and hooks get a ``ModelCalled`` event); raises
         :class:`~.errors.BudgetExceeded` when it took the run past a budget."""
-        record = getattr(self._run, "_model_call", None)
-        if record is not None:
-            await record(call, self._step, self._state)
+        if self._run is not None:
+            await self._run.record_model_call(call, self._step, self._state)
 
     async def _emit(self, kind: type[Any], *fields: Any) -> None:
         run = self._run
         assert run is not None
-        await run._emit(kind(run.run_id, run.workflow_name, self._step, self._state, *fields))
+        await run.emit(kind(run.run_id, run.workflow_name, self._step, self._state, *fields))
 
     async def gather(self, *calls: Awaitable[Any],
                      failures: Literal["fail_fast", "collect"] = "fail_fast") -> list[Any]:
