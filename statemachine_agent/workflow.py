@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from .check import CheckReport, analyze, check
 from .compile import CompiledWorkflow, compile_spec
-from .errors import Problem, WaitTimedOut
+from .errors import Problem, ProblemCode, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 from .tools import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
@@ -323,7 +323,7 @@ class Workflow(Generic[C]):
         if isinstance(ref, StateRef):
             if ref.workflow is not self:
                 self._problems.append(Problem(
-                    "foreign-state",
+                    ProblemCode.FOREIGN_STATE,
                     f"{role} {ref!r} belongs to workflow {ref.workflow.name!r}, not {self.name!r}: "
                     "declare the state in this workflow",
                     ref.name,
