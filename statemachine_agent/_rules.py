@@ -1,9 +1,10 @@
 """The checker's rules: one function per rule, each yielding problems from one shared analysis.
 
 :func:`build` reads the spec once into an :class:`Analysis` (states by name, the edges, their
-indexes, reachability); then each ``_check_*`` function yields the :class:`Problem`\\ s of one rule.
-A few rules also store a verdict on the analysis (traps, unbounded cycles, unset reads) for the
-report. Nothing here raises on a malformed spec: odd values are problems, never crashes.
+indexes, reachability) and computes the verdicts the report shares (traps, unbounded cycles, unset
+reads); then each ``_check_*`` function only yields the :class:`Problem`\\ s of one rule, reading
+the analysis and never changing it. Nothing here raises on a malformed spec: odd values are
+problems, never crashes.
 """
 
 from __future__ import annotations
@@ -268,8 +269,13 @@ class Analysis:
     reach: set[str] = field(default_factory=set)
     unreachable: list[str] = field(default_factory=list)
     traps: set[str] = field(default_factory=set)
+    """Reachable states from which no terminal state can be reached."""
     unbounded: list[frozenset[str]] = field(default_factory=list)
+    """Groups of reachable states that loop with no bound, in the order they are reported."""
     unset: set[tuple[str, str]] = field(default_factory=set)
+    """``(state, field)``: the state, or a guard on its exits, may read the field unset."""
+    unset_reads: list[tuple[str, str, TransitionSpec | None]] = field(default_factory=list)
+    """Each such read: ``(state, field, None)`` for the state's own read, or the guarded transition."""
 
     def known(self, name: object) -> bool:
         return isinstance(name, str) and name in self.states
@@ -288,6 +294,17 @@ def _routable(error: object) -> bool:
 
 
 def build(spec: WorkflowSpec) -> Analysis:
+    """Read ``spec`` into the shared analysis (states, edges, indexes, reachability) and compute
+    the verdicts the rules and the report share: traps, unbounded cycles and unset reads."""
+    a = _read(spec)
+    a.traps = _traps(a)
+    a.unbounded = _unbounded_cycles(a)
+    a.unset_reads = _unset_reads(a)
+    a.unset = {(state, f) for state, f, _ in a.unset_reads}
+    return a
+
+
+def _read(spec: WorkflowSpec) -> Analysis:
     """Read ``spec`` into the shared analysis: states, edges, indexes and reachability."""
     a = Analysis(spec)
     model = _attr(spec, "context")
@@ -905,15 +922,22 @@ def _check_reachability(a: Analysis) -> Iterator[Problem]:
                           f"{a.initial!r}: add a transition into it, or remove it", n)
 
 
+def _predecessors(a: Analysis) -> dict[str, list[str]]:
+    return {v: [e.source for e in es] for v, es in a.into.items()}
+
+
+def _traps(a: Analysis) -> set[str]:
+    """Reachable states from which no terminal state can be reached."""
+    can_finish = reachable(a.terminals, _predecessors(a))
+    return {n for n in a.reach if n not in can_finish}
+
+
 def _check_traps(a: Analysis) -> Iterator[Problem]:
     """From every reachable state some terminal state can be reached."""
-    pred = {v: [e.source for e in es] for v, es in a.into.items()}
-    can_finish = reachable(a.terminals, pred)
-    a.traps = {n for n in a.reach if n not in can_finish}
     if not a.traps or not a.terminals:
         return  # with no terminal at all, no-terminal says it all
     # A state whose exit has an unknown target may well finish once the typo is fixed.
-    excused = reachable(a.dangling, pred) if a.dangling else set()
+    excused = reachable(a.dangling, _predecessors(a)) if a.dangling else set()
     trap_succ = {n: [e.target for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
     for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_succ):
         head = min(comp)
@@ -933,8 +957,9 @@ def _check_traps(a: Analysis) -> Iterator[Problem]:
                           "it to one (or to a state that reaches one)", head)
 
 
-def _both(f: Callable[[Edge], bool], g: Callable[[Edge], bool]) -> Callable[[Edge], bool]:
-    return lambda e: f(e) and g(e)
+def _free_within(members: frozenset[str]) -> Callable[[Edge], bool]:
+    """Edges with no traversal bound into ``members`` (a group of states with no visit bound)."""
+    return lambda e: e.bound is None and e.target in members
 
 
 def _within(members: set[str]) -> Callable[[Edge], bool]:
@@ -950,28 +975,28 @@ def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
     return [*edge_path(via, back.source, lambda x: x.source), back]
 
 
-def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
-    """Every cycle passes a bounded state or a bounded transition."""
+def _unbounded_cycles(a: Analysis) -> list[frozenset[str]]:
+    """The strongly connected groups of reachable non-terminal states with no visit bound, joined by
+    transitions with no traversal bound, that loop: each a way to run forever."""
     free = [n for n in a.names if n in a.reach and not a.terminal(n) and a.visit_bound[n] is None]
     free_set = set(free)
+    free_succ = {v: [e.target for e in a.out.get(v, ())
+                     if e.bound is None and e.target in free_set] for v in free}
+    return [frozenset(comp) for comp in strongly_connected_components(free, free_succ)
+            if len(comp) > 1 or comp[0] in free_succ[comp[0]]]
 
-    def is_free(e: Edge) -> bool:
-        return e.bound is None and e.source in free_set and e.target in free_set
 
-    free_succ = {v: [e.target for e in a.out.get(v, ()) if is_free(e)] for v in free}
-    for comp in strongly_connected_components(free, free_succ):
+def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
+    """Every cycle passes a bounded state or a bounded transition."""
+    for comp in a.unbounded:
         head = min(comp)
-        if len(comp) == 1 and head not in free_succ[head]:
-            continue
-        a.unbounded.append(frozenset(comp))
-        members = set(comp)
         if len(comp) == 1:
-            loops = [e.label for e in a.out[head] if is_free(e) and e.target == head]
+            loops = [e.label for e in a.out.get(head, ()) if e.bound is None and e.target == head]
             yield Problem(ProblemCode.UNBOUNDED_CYCLE, f"state {head!r} loops on itself with no bound, so a run could "
                           f"loop forever: give it max_visits=N or its transition {_q(loops)} "
                           "max_traversals=N", head)
             continue
-        cycle = _cycle(a, head, _both(is_free, _within(members)))
+        cycle = _cycle(a, head, _free_within(comp))
         yield Problem(ProblemCode.UNBOUNDED_CYCLE, f"the cycle {_fmt_edges(head, cycle)} has no bound, so a run could "
                       f"loop forever: give one of its states max_visits=N (e.g. {head!r}) or one of its "
                       "transitions max_traversals=N", head)
@@ -980,10 +1005,12 @@ def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
 # --- the context: definite assignment --------------------------------------------------------------
 
 
-def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
-    """Every field read is written on every path to the reader (a must-analysis over bitsets)."""
+def _unset_reads(a: Analysis) -> list[tuple[str, str, TransitionSpec | None]]:
+    """Each read of a field that some path to the reader leaves unwritten: ``(state, field, None)``
+    for a state's own read, ``(state, field, transition)`` for a guard on one of its exits (a
+    must-analysis over bitsets)."""
     if not a.model_ok or a.initial is None:
-        return
+        return []
     at_start = fields_set_at_start(a.model)
     bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
 
@@ -1012,15 +1039,19 @@ def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
         for f in sorted((_names_in(t.guard.reads) & a.fields) - at_start):
             if not have & bit[f]:
                 readers.append((t.source, f, t))
-    if not readers:
-        return
+    return readers
 
+
+def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
+    """Every field read is written on every path to the reader."""
+    if not a.unset_reads:
+        return
+    start = typing.cast(str, a.initial)
     witnesses: dict[str, dict[str, Edge | None]] = {}
-    for state, f, guarded_by in readers:
-        a.unset.add((state, f))
+    for state, f, guarded_by in a.unset_reads:
         if f not in witnesses:
             # One shortest-path tree per field, over the edges that leave it unwritten.
-            witnesses[f] = bfs_edges(a.initial, _unwritten(a, f), lambda e: e.target)
+            witnesses[f] = bfs_edges(start, _unwritten(a, f), lambda e: e.target)
         path = edge_path(witnesses[f], state, lambda e: e.source)
         if guarded_by is None:
             yield Problem(ProblemCode.UNSET_READ, _unset_message(a, f"state {state!r}", state, f, path), state)
@@ -1267,7 +1298,7 @@ def unset_reads_from(spec: WorkflowSpec, state: str, written: Iterable[str]) -> 
     """``(state, field)``: the reads a run resumed in ``state`` with ``written`` set may make of
     fields no step wrote first. The checker's unset-read analysis, started from a stored run's
     state instead of the initial one: what resuming under a changed workflow must not break."""
-    a = build(spec)
+    a = _read(spec)
     if not a.model_ok or state not in a.states:
         return []
     bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
