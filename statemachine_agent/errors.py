@@ -222,6 +222,10 @@ class ToolTimeout(ToolError, TimeoutError):
         super().__init__(tool, f"tool {tool!r} ran out of time: {what} of {seconds:g} s passed")
         self.seconds = seconds
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Not ToolError's: TimeoutError is an OSError, which the generic rebuild cannot create.
+        return (type(self), (self.tool, self.seconds, self.scope))
+
 
 class ToolFailed(ToolError):
     """A tool call failed for good (after its retries, with no fallback); carries every attempt."""
