@@ -88,7 +88,8 @@ class DiagramNode:
     name: str
     kind: DiagramNodeKind
     """``state``, ``decision`` or ``terminal``."""
-    outcome: str | None
+    outcome: Outcome | None
+    """A terminal's outcome."""
     label: str
     visits: int = 0
     initial: bool = False
@@ -201,7 +202,7 @@ def extract(workflow: Drawable, run: RunResult[Any] | dict[str, Any] | RunOverla
         label = s.name if not extra else f"{s.name}\n({', '.join(extra)})"
         if overlay and s.name in overlay.errors:
             label += f"\n✗ {overlay.errors[s.name]}"
-        nodes.append(DiagramNode(s.name, kind, s.outcome.value if s.outcome else None, label,
+        nodes.append(DiagramNode(s.name, kind, s.outcome, label,
                                  visits.get(s.name, 0), s.initial))
     edges: list[DiagramEdge] = []
     exits = Counter(t.source for t in spec.transitions)

@@ -26,7 +26,7 @@ from statemachine_agent.check import EdgeKind, analyze
 from statemachine_agent.clock import FakeClock
 from statemachine_agent.diagrams import DiagramEdgeKind, DiagramNodeKind, OverlayOutcome, RunOverlay, extract, to_dot
 from statemachine_agent.examples import research
-from statemachine_agent.spec import WorkflowSpec
+from statemachine_agent.spec import Outcome, WorkflowSpec
 from statemachine_agent.tools import Tool
 
 
@@ -62,6 +62,7 @@ def test_diagram_nodes_and_edges_have_their_kinds(compiled) -> None:  # type: ig
         want = (DiagramNodeKind.TERMINAL if s.terminal else DiagramNodeKind.DECISION if s.decision
                 else DiagramNodeKind.STATE)
         assert n.kind is want
+        assert n.outcome is s.outcome and (n.outcome is None or type(n.outcome) is Outcome)
     defaults = {(t.source, t.target) for t in spec.transitions if t.default}
     kinds = [e.kind for e in edges]
     assert all(type(k) is DiagramEdgeKind for k in kinds)
