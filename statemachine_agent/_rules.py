@@ -1,14 +1,16 @@
 """The checker's rules: one function per rule, each yielding problems from one shared analysis.
 
 :func:`build` reads the spec once into an :class:`Analysis` (states by name, the edges, their
-indexes, reachability); then each ``_check_*`` function yields the :class:`Problem`\\ s of one rule.
-A few rules also store a verdict on the analysis (traps, unbounded cycles, unset reads) for the
-report. Nothing here raises on a malformed spec: odd values are problems, never crashes.
+indexes, reachability) and computes the verdicts the report shares (traps, unbounded cycles, unset
+reads); then each ``_check_*`` function only yields the :class:`Problem`\\ s of one rule, reading
+the analysis and never changing it. Nothing here raises on a malformed spec: odd values are
+problems, never crashes.
 """
 
 from __future__ import annotations
 
 import difflib
+import enum
 import inspect
 import itertools
 import types
@@ -23,7 +25,7 @@ from pydantic import BaseModel
 from ._graph import bfs_edges, edge_path, reachable, strongly_connected_components, topological_order
 from ._tooldef import Effect, declared_tool_calls
 from .context import is_unset
-from .errors import EffectOutcomeUnknown, Problem
+from .errors import EffectOutcomeUnknown, Problem, ProblemCode
 from .guards import Guard
 from .spec import (
     TRANSITION_NAME,
@@ -41,6 +43,17 @@ _UNROUTABLE: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, G
 Rule = Callable[["Analysis"], Iterable[Problem]]
 
 
+class EdgeKind(enum.StrEnum):
+    """What an :class:`Edge` of the checked graph stands for."""
+
+    TRANSITION = "transition"
+    """A declared transition."""
+    ERROR = "error"
+    """An error transition: the action's writes are not applied."""
+    NO_EXIT = "no-exit"
+    """The implicit move to the failure terminal of a state with ``on_no_exit='fail'``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Edge:
     """An edge of the checked graph: a declared transition, an error transition, or an implicit fail."""
@@ -48,7 +61,7 @@ class Edge:
     source: str
     target: str
     bound: int | None
-    kind: str
+    kind: EdgeKind
     """``transition``, ``error`` (the action's writes are not applied) or ``no-exit`` (implicit fail)."""
     label: str = ""
     """The transition's name (``source->(no exit)`` for an implicit fail)."""
@@ -207,7 +220,7 @@ def _subject(t: object) -> str:
 def _fmt_edges(start: str, path: Sequence[Edge]) -> str:
     """``a -> b -[error]-> c``; very long paths keep their ends."""
     nodes = [start, *(e.target for e in path)]
-    arrows = [" -[error]-> " if e.kind == "error" else " -> " for e in path]
+    arrows = [" -[error]-> " if e.kind is EdgeKind.ERROR else " -> " for e in path]
     if len(nodes) > 12:
         head = "".join(n + a for n, a in zip(nodes[:4], arrows[:4], strict=True))
         tail = "".join(a + n for a, n in zip(arrows[-4:], nodes[-4:], strict=True))
@@ -255,8 +268,13 @@ class Analysis:
     reach: set[str] = field(default_factory=set)
     unreachable: list[str] = field(default_factory=list)
     traps: set[str] = field(default_factory=set)
+    """Reachable states from which no terminal state can be reached."""
     unbounded: list[frozenset[str]] = field(default_factory=list)
+    """Groups of reachable states that loop with no bound, in the order they are reported."""
     unset: set[tuple[str, str]] = field(default_factory=set)
+    """``(state, field)``: the state, or a guard on its exits, may read the field unset."""
+    unset_reads: list[tuple[str, str, TransitionSpec | None]] = field(default_factory=list)
+    """Each such read: ``(state, field, None)`` for the state's own read, or the guarded transition."""
 
     def known(self, name: object) -> bool:
         return isinstance(name, str) and name in self.states
@@ -275,6 +293,17 @@ def _routable(error: object) -> bool:
 
 
 def build(spec: WorkflowSpec) -> Analysis:
+    """Read ``spec`` into the shared analysis (states, edges, indexes, reachability) and compute
+    the verdicts the rules and the report share: traps, unbounded cycles and unset reads."""
+    a = _read(spec)
+    a.traps = _traps(a)
+    a.unbounded = _unbounded_cycles(a)
+    a.unset_reads = _unset_reads(a)
+    a.unset = {(state, f) for state, f, _ in a.unset_reads}
+    return a
+
+
+def _read(spec: WorkflowSpec) -> Analysis:
     """Read ``spec`` into the shared analysis: states, edges, indexes and reachability."""
     a = Analysis(spec)
     model = _attr(spec, "context")
@@ -318,7 +347,7 @@ def build(spec: WorkflowSpec) -> Analysis:
             a.exits[t.source].append(t)
             if tgt_ok:
                 a.edges.append(Edge(t.source, t.target, t.max_traversals if _is_count(t.max_traversals)
-                                    else None, "transition", t.name if isinstance(t.name, str) else ""))
+                                    else None, EdgeKind.TRANSITION, t.name if isinstance(t.name, str) else ""))
         _note_mistyped(a, t.source, t.target, known_names)
     for src in a.exits:
         a.exits[src].sort(key=lambda t: t.order)
@@ -336,13 +365,13 @@ def build(spec: WorkflowSpec) -> Analysis:
             continue
         seen_routes.add(key)
         a.edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
-                            else None, "error", et.name if isinstance(et.name, str) else ""))
+                            else None, EdgeKind.ERROR, et.name if isinstance(et.name, str) else ""))
 
     if a.failure_terminal is not None:
         for n in a.names:
             s = a.states[n]
             if not s.terminal and s.on_no_exit is NoExit.FAIL and not _exhaustive(a.exits.get(n, [])):
-                a.edges.append(Edge(n, a.failure_terminal, None, "no-exit", f"{n}->(no exit)"))
+                a.edges.append(Edge(n, a.failure_terminal, None, EdgeKind.NO_EXIT, f"{n}->(no exit)"))
 
     for e in a.edges:
         a.out[e.source].append(e)
@@ -384,23 +413,23 @@ def _check_declaration_problems(a: Analysis) -> Iterator[Problem]:
     if found is None or (type(found) is tuple and not found):
         return
     if not isinstance(found, (tuple, list)):
-        yield Problem("bad-option", f"the spec's problems are {found!r}: give a tuple of Problem")
+        yield Problem(ProblemCode.BAD_OPTION, f"the spec's problems are {found!r}: give a tuple of Problem")
         return
     for p in found:
         if isinstance(p, Problem):
             yield p
         else:
-            yield Problem("bad-option", f"the spec's problems hold {p!r}, which is not a Problem")
+            yield Problem(ProblemCode.BAD_OPTION, f"the spec's problems hold {p!r}, which is not a Problem")
 
 
 def _check_context(a: Analysis) -> Iterator[Problem]:
     """The context is a pydantic model that validates on assignment."""
     model = a.model
     if not a.model_ok:
-        yield Problem("context-model", f"the context {model!r} is not a pydantic model: declare it as a "
+        yield Problem(ProblemCode.CONTEXT_MODEL, f"the context {model!r} is not a pydantic model: declare it as a "
                       "subclass of pydantic.BaseModel")
     elif not model.model_config.get("validate_assignment", False):
-        yield Problem("context-model", f"context model {model.__name__} does not validate on assignment, "
+        yield Problem(ProblemCode.CONTEXT_MODEL, f"context model {model.__name__} does not validate on assignment, "
                       "so an action could store a wrong type unnoticed: set model_config = "
                       "ConfigDict(validate_assignment=True) or subclass statemachine_agent.Context")
 
@@ -413,17 +442,17 @@ def _check_tools(a: Analysis) -> Iterator[Problem]:
     for tool in tools:
         name = _attr(tool, "name")
         if not isinstance(name, str):
-            yield Problem("bad-tool", f"{tool!r} is not a Tool: register tools with workflow.tool()")
+            yield Problem(ProblemCode.BAD_TOOL, f"{tool!r} is not a Tool: register tools with workflow.tool()")
             continue
         if name in seen and name not in reported:
             reported.add(name)
-            yield Problem("duplicate-tool", f"a tool named {name!r} is registered twice: rename one of them",
+            yield Problem(ProblemCode.DUPLICATE_TOOL, f"a tool named {name!r} is registered twice: rename one of them",
                           name)
         seen.add(name)
         yield from _tool_definition_problems(tool, name)
         fallback = _attr(tool, "fallback")
         if fallback is not None and (not isinstance(fallback, str) or fallback not in a.tool_names):
-            yield Problem("unknown-tool", f"tool {name!r} falls back to {fallback!r}, which is not a "
+            yield Problem(ProblemCode.UNKNOWN_TOOL, f"tool {name!r} falls back to {fallback!r}, which is not a "
                           f"registered tool{_suggest(fallback, a.tool_names)}", name)
 
 
@@ -435,14 +464,14 @@ def _tool_definition_problems(tool: object, name: str) -> Iterator[Problem]:
     try:
         found = list(method())
     except Exception as exc:
-        yield Problem("bad-tool", f"tool {name!r}: definition_problems() raised {type(exc).__name__}: "
+        yield Problem(ProblemCode.BAD_TOOL, f"tool {name!r}: definition_problems() raised {type(exc).__name__}: "
                       f"{exc}", name)
         return
     for p in found:
         if isinstance(p, Problem):
             yield p
         else:
-            yield Problem("bad-tool", f"tool {name!r}: definition_problems() gave {p!r}, which is not a "
+            yield Problem(ProblemCode.BAD_TOOL, f"tool {name!r}: definition_problems() gave {p!r}, which is not a "
                           "Problem", name)
 
 
@@ -451,11 +480,11 @@ def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
     seen: set[str] = set()
     for s in _items(_attr(a.spec, "states")):
         if not isinstance(s, StateSpec):
-            yield Problem("bad-state", f"{s!r} is not a state declaration (StateSpec)")
+            yield Problem(ProblemCode.BAD_STATE, f"{s!r} is not a state declaration (StateSpec)")
         elif not _good_state_name(s.name):
-            yield Problem("bad-name", f"state name {s.name!r} must be a non-empty string", str(s.name))
+            yield Problem(ProblemCode.BAD_NAME, f"state name {s.name!r} must be a non-empty string", str(s.name))
         elif s.name in seen:
-            yield Problem("duplicate-state", f"state {s.name!r} is declared more than once: rename one of "
+            yield Problem(ProblemCode.DUPLICATE_STATE, f"state {s.name!r} is declared more than once: rename one of "
                           "them", s.name)
         else:
             seen.add(s.name)
@@ -465,19 +494,19 @@ def _check_initial(a: Analysis) -> Iterator[Problem]:
     """Exactly one initial state."""
     initials = [n for n in a.names if a.states[n].initial]
     if not initials:
-        yield Problem("no-initial", "no initial state: mark exactly one state with initial=True")
+        yield Problem(ProblemCode.NO_INITIAL, "no initial state: mark exactly one state with initial=True")
     elif len(initials) > 1:
-        yield Problem("several-initial", f"several initial states ({_q(initials, 'and')}): keep "
+        yield Problem(ProblemCode.SEVERAL_INITIAL, f"several initial states ({_q(initials, 'and')}): keep "
                       "initial=True on exactly one")
 
 
 def _check_terminals(a: Analysis) -> Iterator[Problem]:
     """At least one terminal state, and one with outcome failure."""
     if not a.terminals:
-        yield Problem("no-terminal", "no terminal state: declare at least one, e.g. terminal('done'), and "
+        yield Problem(ProblemCode.NO_TERMINAL, "no terminal state: declare at least one, e.g. terminal('done'), and "
                       "one for failures, e.g. terminal('failed', outcome='failure')")
     elif a.failure_terminal is None:
-        yield Problem("no-failure-terminal", "no terminal state with outcome 'failure': declare one, e.g. "
+        yield Problem(ProblemCode.NO_FAILURE_TERMINAL, "no terminal state with outcome 'failure': declare one, e.g. "
                       "terminal('failed', outcome='failure'); runs that exhaust a budget or hit an "
                       "unrouted error end there")
 
@@ -487,17 +516,17 @@ def _check_terminal_states(a: Analysis) -> Iterator[Problem]:
     for n in a.terminals:
         s = a.states[n]
         if s.initial:
-            yield Problem("initial-terminal", f"initial state {n!r} is terminal, so no run does anything", n)
+            yield Problem(ProblemCode.INITIAL_TERMINAL, f"initial state {n!r} is terminal, so no run does anything", n)
         if not isinstance(s.outcome, Outcome) or s.outcome is Outcome.WAITING:
-            yield Problem("terminal-outcome", f"terminal state {n!r} has outcome {s.outcome!r}: use "
+            yield Problem(ProblemCode.TERMINAL_OUTCOME, f"terminal state {n!r} has outcome {s.outcome!r}: use "
                           "'success' or 'failure'", n)
         if s.action is not None:
-            yield Problem("terminal-action", f"terminal state {n!r} has an action, which would never run: "
+            yield Problem(ProblemCode.TERMINAL_ACTION, f"terminal state {n!r} has an action, which would never run: "
                           "move it to the state before", n)
         if s.decision:
-            yield Problem("terminal-decision", f"terminal state {n!r} cannot be a decision state", n)
+            yield Problem(ProblemCode.TERMINAL_DECISION, f"terminal state {n!r} cannot be a decision state", n)
         if (a.reads_of[n] or a.writes_of[n] or a.optional_reads_of[n] or a.optional_writes_of[n]):
-            yield Problem("terminal-action", f"terminal state {n!r} declares reads or writes but runs no "
+            yield Problem(ProblemCode.TERMINAL_ACTION, f"terminal state {n!r} declares reads or writes but runs no "
                           "action", n)
 
 
@@ -508,13 +537,13 @@ def _check_actions(a: Analysis) -> Iterator[Problem]:
         if s.terminal:
             continue
         if s.outcome is not None:
-            yield Problem("terminal-outcome", f"state {n!r} has an outcome but is not terminal: declare it "
+            yield Problem(ProblemCode.TERMINAL_OUTCOME, f"state {n!r} has an outcome but is not terminal: declare it "
                           "with terminal()", n)
         if not callable(s.action):
-            yield Problem("bad-action", f"state {n!r} has action {s.action!r}, which is not callable: give a "
+            yield Problem(ProblemCode.BAD_ACTION, f"state {n!r} has action {s.action!r}, which is not callable: give a "
                           "function that takes the context", n)
         elif not (_takes(s.action, 1) or _takes(s.action, 2)):
-            yield Problem("bad-action", f"the action of state {n!r} cannot be called with the context (and "
+            yield Problem(ProblemCode.BAD_ACTION, f"the action of state {n!r} cannot be called with the context (and "
                           "the tools handle): give it the signature (ctx) or (ctx, tools)", n)
         else:
             yield from _state_tools(a, s)
@@ -525,29 +554,29 @@ def _state_tools(a: Analysis, s: StateSpec) -> Iterator[Problem]:
     n, action = s.name, s.action
     assert action is not None
     if not _is_name_list(s.tools) or isinstance(s.tools, (set, frozenset)):
-        yield Problem("bad-field", f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
+        yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
     declared = tuple(sorted(_names_in(s.tools)))
     for t in declared:
         if a.tools_known and t not in a.tool_names:
-            yield Problem("unknown-tool", f"state {n!r} declares tool {t!r}, which is not registered"
+            yield Problem(ProblemCode.UNKNOWN_TOOL, f"state {n!r} declares tool {t!r}, which is not registered"
                           f"{_suggest(t, a.tool_names)}: register it with @workflow.tool", n)
     if s.tool_deadline is not None and not (
         isinstance(s.tool_deadline, (int, float)) and not isinstance(s.tool_deadline, bool)
         and s.tool_deadline > 0
     ):
-        yield Problem("bad-option", f"state {n!r} has tool_deadline={s.tool_deadline!r}: give a positive "
+        yield Problem(ProblemCode.BAD_OPTION, f"state {n!r} has tool_deadline={s.tool_deadline!r}: give a positive "
                       "number of seconds", n)
     wants = takes_tools(action)
     if declared and not wants:
-        yield Problem("bad-action", f"state {n!r} declares tools but its action takes no tools handle: give "
+        yield Problem(ProblemCode.BAD_ACTION, f"state {n!r} declares tools but its action takes no tools handle: give "
                       "it the signature async def (ctx, tools)", n)
     if declared and wants and not inspect.iscoroutinefunction(action):
-        yield Problem("bad-action", f"state {n!r} calls tools, which are awaited: make its action async def",
+        yield Problem(ProblemCode.BAD_ACTION, f"state {n!r} calls tools, which are awaited: make its action async def",
                       n)
     if wants:
         used = declared_tool_calls(action)
         for t in sorted((used or set()) - set(declared)):
-            yield Problem("undeclared-tool", f"the action of state {n!r} calls tool {t!r} but the state does "
+            yield Problem(ProblemCode.UNDECLARED_TOOL, f"the action of state {n!r} calls tool {t!r} but the state does "
                           f"not declare it: add {t!r} to tools=[...]", n)
 
 
@@ -573,12 +602,12 @@ def _check_model_use(a: Analysis) -> Iterator[Problem]:
             continue
         writes = _names_in(s.writes) | _names_in(s.optional_writes)
         if use.write not in writes:
-            yield Problem("bad-llm-step", f"state {n!r} is an LLM step writing {use.write!r}, which the state does "
-                          f"not declare: add {use.write!r} to its writes=[...]", n)
+            yield Problem(ProblemCode.BAD_LLM_STEP, f"state {n!r} is an LLM step writing {use.write!r}, which the "
+                          f"state does not declare: add {use.write!r} to its writes=[...]", n)
         for t in use.tools:
             if t not in _names_in(s.tools):
-                yield Problem("bad-llm-step", f"state {n!r} lets its model call tool {t!r}, which the state does "
-                              f"not declare: add {t!r} to its tools=[...]", n)
+                yield Problem(ProblemCode.BAD_LLM_STEP, f"state {n!r} lets its model call tool {t!r}, which the "
+                              f"state does not declare: add {t!r} to its tools=[...]", n)
 
 
 def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int, int]:
@@ -611,10 +640,10 @@ def _check_state_options(a: Analysis) -> Iterator[Problem]:
     for n in a.names:
         s = a.states[n]
         if s.max_visits is not None and not _is_count(s.max_visits):
-            yield Problem("bad-bound", f"state {n!r} has max_visits={s.max_visits!r}: use a whole number of "
+            yield Problem(ProblemCode.BAD_BOUND, f"state {n!r} has max_visits={s.max_visits!r}: use a whole number of "
                           "at least 1", n)
         if not isinstance(s.on_no_exit, NoExit):
-            yield Problem("bad-option", f"state {n!r} has on_no_exit={s.on_no_exit!r}: use 'error' or "
+            yield Problem(ProblemCode.BAD_OPTION, f"state {n!r} has on_no_exit={s.on_no_exit!r}: use 'error' or "
                           "'fail'", n)
 
 
@@ -626,7 +655,7 @@ def _check_fields(a: Analysis) -> Iterator[Problem]:
             fs = getattr(s, kind)
             if not _is_name_list(fs):
                 hint = f", e.g. {kind}=[{fs!r}]" if isinstance(fs, str) else ""
-                yield Problem("bad-field", f"state {n!r} {kind} {fs!r}: give a list of field names{hint}", n)
+                yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} {kind} {fs!r}: give a list of field names{hint}", n)
                 continue
             if not a.model_ok:
                 continue
@@ -635,16 +664,16 @@ def _check_fields(a: Analysis) -> Iterator[Problem]:
                     continue
                 hint = _suggest(f, a.fields)
                 if kind in ("reads", "writes"):
-                    yield Problem("unknown-field", f"state {n!r} {kind} {f!r}, which is not a field of "
+                    yield Problem(ProblemCode.UNKNOWN_FIELD, f"state {n!r} {kind} {f!r}, which is not a field of "
                                   f"{a.model_name}{hint}", n)
                 else:
-                    yield Problem("unknown-field", f"state {n!r} lists {f!r} in {kind}, but {a.model_name} "
+                    yield Problem(ProblemCode.UNKNOWN_FIELD, f"state {n!r} lists {f!r} in {kind}, but {a.model_name} "
                                   f"has no such field{hint}", n)
         for f in sorted(a.writes_of[n] & a.optional_writes_of[n]):
-            yield Problem("bad-field", f"state {n!r} lists {f!r} in both writes and optional_writes: keep it "
+            yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} lists {f!r} in both writes and optional_writes: keep it "
                           "in writes if every successful visit writes it, else in optional_writes only", n)
         for f in sorted(a.reads_of[n] & a.optional_reads_of[n]):
-            yield Problem("bad-field", f"state {n!r} lists {f!r} in both reads and optional_reads: keep it "
+            yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} lists {f!r} in both reads and optional_reads: keep it "
                           "in optional_reads if the state handles it unset, else in reads only", n)
 
 
@@ -652,7 +681,7 @@ def _check_max_steps(a: Analysis) -> Iterator[Problem]:
     """A workflow-wide ``max_steps`` is a count."""
     max_steps = _attr(a.spec, "max_steps")
     if max_steps is not None and not _is_count(max_steps):
-        yield Problem("bad-bound", f"max_steps={max_steps!r}: use a whole number of at least 1")
+        yield Problem(ProblemCode.BAD_BOUND, f"max_steps={max_steps!r}: use a whole number of at least 1")
 
 
 # --- transitions -----------------------------------------------------------------------------------
@@ -663,12 +692,12 @@ def _foreign(a: Analysis) -> set[str]:
     found = _attr(a.spec, "problems")
     if not isinstance(found, (tuple, list)):
         return set()
-    return {p.subject for p in found if isinstance(p, Problem) and p.code == "foreign-state"}
+    return {p.subject for p in found if isinstance(p, Problem) and p.code == ProblemCode.FOREIGN_STATE}
 
 
 def _unknown_endpoint(a: Analysis, t: object, what: str, name: object) -> Iterator[Problem]:
     if not a.known(name) and not (isinstance(name, str) and name in _foreign(a)):
-        yield Problem("unknown-state", f"{_tname(t)} has unknown {what} state {name!r}"
+        yield Problem(ProblemCode.UNKNOWN_STATE, f"{_tname(t)} has unknown {what} state {name!r}"
                       f"{_suggest(name, a.names)}", _subject(t))
 
 
@@ -676,21 +705,21 @@ def _check_transitions(a: Analysis) -> Iterator[Problem]:
     """Transitions are well formed: known endpoints, counts, callable guards, no exit from a terminal."""
     for t in _items(_attr(a.spec, "transitions")):
         if not isinstance(t, TransitionSpec):
-            yield Problem("bad-transition", f"{t!r} is not a transition declaration (TransitionSpec)")
+            yield Problem(ProblemCode.BAD_TRANSITION, f"{t!r} is not a transition declaration (TransitionSpec)")
             continue
         label = _tname(t)
         if isinstance(t.order, bool) or not isinstance(t.order, int):
-            yield Problem("bad-transition", f"{label} has order={t.order!r}: use a whole number (declare "
+            yield Problem(ProblemCode.BAD_TRANSITION, f"{label} has order={t.order!r}: use a whole number (declare "
                           "transitions with workflow.transition())", _subject(t))
             continue
         yield from _unknown_endpoint(a, t, "source", t.source)
         yield from _unknown_endpoint(a, t, "target", t.target)
         if t.max_traversals is not None and not _is_count(t.max_traversals):
-            yield Problem("bad-bound", f"{label} has max_traversals={t.max_traversals!r}: use a whole number "
+            yield Problem(ProblemCode.BAD_BOUND, f"{label} has max_traversals={t.max_traversals!r}: use a whole number "
                           "of at least 1", _subject(t))
         yield from _guard_problems(a, t, label)
         if a.known(t.source) and a.known(t.target) and a.terminal(t.source):
-            yield Problem("terminal-exit", f"terminal state {t.source!r} has an outgoing transition to "
+            yield Problem(ProblemCode.TERMINAL_EXIT, f"terminal state {t.source!r} has an outgoing transition to "
                           f"{t.target!r}: a run ends on entering a terminal; remove the transition or make "
                           "the state non-terminal", t.source)
 
@@ -699,19 +728,19 @@ def _guard_problems(a: Analysis, t: TransitionSpec, label: str) -> Iterator[Prob
     if t.guard is None:
         return
     if not isinstance(t.guard, Guard):
-        yield Problem("bad-guard", f"{label} has guard {t.guard!r}, which is not a Guard", _subject(t))
+        yield Problem(ProblemCode.BAD_GUARD, f"{label} has guard {t.guard!r}, which is not a Guard", _subject(t))
     else:
         for leaf in t.guard.leaves():
             if not callable(leaf.fn) or not _takes(leaf.fn, 1):
-                yield Problem("bad-guard", f"guard {leaf.name!r} on {label} cannot be called with the "
+                yield Problem(ProblemCode.BAD_GUARD, f"guard {leaf.name!r} on {label} cannot be called with the "
                               "context as its only argument: give it the signature (ctx) -> bool",
                               _subject(t))
         if a.model_ok:
             for f in sorted(_names_in(t.guard.reads) - a.fields):
-                yield Problem("unknown-field", f"guard {t.guard.name!r} on {label} reads {f!r}, which is not "
+                yield Problem(ProblemCode.UNKNOWN_FIELD, f"guard {t.guard.name!r} on {label} reads {f!r}, which is not "
                               f"a field of {a.model_name}{_suggest(f, a.fields)}", _subject(t))
     if t.default:
-        yield Problem("guarded-default", f"{label} is the default (else) exit but has guard "
+        yield Problem(ProblemCode.GUARDED_DEFAULT, f"{label} is the default (else) exit but has guard "
                       f"{getattr(t.guard, 'name', t.guard)!r}: drop the guard or default=True", _subject(t))
 
 
@@ -720,7 +749,7 @@ def _check_error_transitions(a: Analysis) -> Iterator[Problem]:
     seen: dict[tuple[str, type[BaseException]], str] = {}
     for et in _items(_attr(a.spec, "error_transitions")):
         if not isinstance(et, ErrorTransitionSpec):
-            yield Problem("bad-transition", f"{et!r} is not an error transition declaration "
+            yield Problem(ProblemCode.BAD_TRANSITION, f"{et!r} is not an error transition declaration "
                           "(ErrorTransitionSpec)")
             continue
         label = _tname(et)
@@ -729,26 +758,26 @@ def _check_error_transitions(a: Analysis) -> Iterator[Problem]:
         yield from _unknown_endpoint(a, et, "target", et.target)
         ok = a.known(et.source) and a.known(et.target)
         if not (isinstance(et.error, type) and issubclass(et.error, BaseException)):
-            yield Problem("bad-error-type", f"{label} routes {et.error!r}, which is not an exception class: "
+            yield Problem(ProblemCode.BAD_ERROR_TYPE, f"{label} routes {et.error!r}, which is not an exception class: "
                           "give a subclass of Exception", _subject(et))
             ok = False
         elif not _routable(et.error):
-            yield Problem("bad-error-type", f"{label} routes {err_name}, which must always propagate "
+            yield Problem(ProblemCode.BAD_ERROR_TYPE, f"{label} routes {err_name}, which must always propagate "
                           "(cancellation and interruption are never routed): route a subclass of "
                           "Exception instead", _subject(et))
             ok = False
         if et.max_traversals is not None and not _is_count(et.max_traversals):
-            yield Problem("bad-bound", f"{label} has max_traversals={et.max_traversals!r}: use a whole "
+            yield Problem(ProblemCode.BAD_BOUND, f"{label} has max_traversals={et.max_traversals!r}: use a whole "
                           "number of at least 1", _subject(et))
         if not ok:
             continue
         if a.terminal(et.source):
-            yield Problem("terminal-exit", f"terminal state {et.source!r} has an error transition: "
+            yield Problem(ProblemCode.TERMINAL_EXIT, f"terminal state {et.source!r} has an error transition: "
                           "terminals run no action", et.source)
             continue
         key = (et.source, et.error)
         if key in seen:
-            yield Problem("duplicate-error-route", f"state {et.source!r} routes {err_name} twice (to "
+            yield Problem(ProblemCode.DUPLICATE_ERROR_ROUTE, f"state {et.source!r} routes {err_name} twice (to "
                           f"{seen[key]!r} and {et.target!r}); the second never fires: keep one",
                           _subject(et))
             continue
@@ -772,7 +801,7 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
         for t in sorted(_names_in(s.tools)):
             tool = tools.get(t)
             if _attr(tool, "effect") is Effect.AT_MOST_ONCE and _attr(tool, "reconcile") is None:
-                yield Problem("unrouted-unknown-outcome", f"state {n!r} calls tool {t!r} (effect "
+                yield Problem(ProblemCode.UNROUTED_UNKNOWN_OUTCOME, f"state {n!r} calls tool {t!r} (effect "
                               "'at_most_once'): a call a crash interrupts is never run again and raises "
                               f"EffectOutcomeUnknown, which no error transition of {n!r} routes: add "
                               f"on_error({n!r}, EffectOutcomeUnknown, ...), or give the tool reconcile= to look "
@@ -788,24 +817,24 @@ def _check_waits(a: Analysis) -> Iterator[Problem]:
             continue
         s = a.states[n]
         if not isinstance(w.event, str) or not w.event.strip():
-            yield Problem("bad-wait", f"wait state {n!r} has event={w.event!r}: give the event's name, a "
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has event={w.event!r}: give the event's name, a "
                           "non-empty string", n)
         if not (isinstance(w.payload, type) and issubclass(w.payload, BaseModel)):
-            yield Problem("bad-wait", f"wait state {n!r} has payload={w.payload!r}: give a pydantic model class "
-                          "(the delivered payload is validated by it)", n)
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has payload={w.payload!r}: give a pydantic model "
+                          "class (the delivered payload is validated by it)", n)
         if not _is_name_list(s.writes) or len(_names_in(s.writes)) != 1:
-            yield Problem("bad-wait", f"wait state {n!r} has writes={s.writes!r}: name exactly one field, which "
-                          "receives the payload", n)
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has writes={s.writes!r}: name exactly one field, "
+                          "which receives the payload", n)
         if w.timeout is not None and not (isinstance(w.timeout, (int, float)) and not isinstance(w.timeout, bool)
                                           and 0 < w.timeout < float("inf")):
-            yield Problem("bad-wait", f"wait state {n!r} has timeout={w.timeout!r}: give a positive number of "
-                          "seconds, or None to wait for ever", n)
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has timeout={w.timeout!r}: give a positive number "
+                          "of seconds, or None to wait for ever", n)
         if (w.timeout is None) != (w.on_timeout is None):
-            yield Problem("bad-wait", f"wait state {n!r} has "
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has "
                           + ("a timeout but no on_timeout=: say where the run goes when it passes"
                              if w.on_timeout is None else "on_timeout= but no timeout=: give both, or neither"), n)
         if s.decision or s.tools:
-            yield Problem("bad-wait", f"wait state {n!r} cannot be a decision state or call tools: it only "
+            yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} cannot be a decision state or call tools: it only "
                           "receives its event; decide in the state after it", n)
 
 
@@ -821,7 +850,7 @@ def _check_transition_names(a: Analysis) -> Iterator[Problem]:
             where = f"{t.source}-[{getattr(t.error, '__name__', t.error)}]->{t.target}" \
                 if isinstance(t, ErrorTransitionSpec) else f"{t.source}->{t.target}"
             kind = "error transition" if isinstance(t, ErrorTransitionSpec) else "transition"
-            yield Problem("bad-name", f"{kind} {where} has name {name!r}: use 1 to 64 letters, digits, '_' "
+            yield Problem(ProblemCode.BAD_NAME, f"{kind} {where} has name {name!r}: use 1 to 64 letters, digits, '_' "
                           "and '-' (policies see it as an LLM function name)",
                           name if isinstance(name, str) else where)
             continue
@@ -829,7 +858,7 @@ def _check_transition_names(a: Analysis) -> Iterator[Problem]:
     for name, ts in by_name.items():
         if len(ts) > 1:
             arrows = [_tname(t).split(" (", 1)[1].rstrip(")") for t in ts]
-            yield Problem("duplicate-name", f"{len(ts)} transitions are named {name!r} ({', '.join(arrows)}):"
+            yield Problem(ProblemCode.DUPLICATE_NAME, f"{len(ts)} transitions are named {name!r} ({', '.join(arrows)}):"
                           " give each a unique name=...", name)
 
 
@@ -844,7 +873,7 @@ def _check_exits(a: Analysis) -> Iterator[Problem]:
         if s.decision:
             for t in outs:
                 if not (isinstance(t.description, str) and t.description.strip()):
-                    yield Problem("missing-description", f"{_tname(t)} leaves decision state {n!r} without a "
+                    yield Problem(ProblemCode.MISSING_DESCRIPTION, f"{_tname(t)} leaves decision state {n!r} without a "
                                   "description: add description=... (the policy reads it to choose)",
                                   _subject(t))
         if s.on_no_exit is NoExit.FAIL:
@@ -852,10 +881,10 @@ def _check_exits(a: Analysis) -> Iterator[Problem]:
         if not outs:
             if n in a.dangling:
                 continue  # an exit was declared from a mistyped source: reported as unknown-state
-            yield Problem("no-exit", f"state {n!r} has no exits: add a transition from it, or "
+            yield Problem(ProblemCode.NO_EXIT, f"state {n!r} has no exits: add a transition from it, or "
                           "on_no_exit='fail' if it should always end the run in failure", n)
         elif not _exhaustive(outs):
-            yield Problem("no-exit", f"every exit of state {n!r} is guarded and none is a default, so a run "
+            yield Problem(ProblemCode.NO_EXIT, f"every exit of state {n!r} is guarded and none is a default, so a run "
                           "can find no way out: add default=True to a fallback transition, or "
                           "on_no_exit='fail' to end the run in the failure terminal then", n)
 
@@ -863,7 +892,7 @@ def _check_exits(a: Analysis) -> Iterator[Problem]:
 def _dead_exits(n: str, s: StateSpec, outs: Sequence[TransitionSpec]) -> Iterator[Problem]:
     defaults = [t for t in outs if t.default]
     if len(defaults) > 1:
-        yield Problem("dead-transition", f"state {n!r} has {len(defaults)} default exits "
+        yield Problem(ProblemCode.DEAD_TRANSITION, f"state {n!r} has {len(defaults)} default exits "
                       f"({_q((t.name for t in defaults), 'and')}); only the first can ever fire: keep one", n)
     if s.decision:
         return  # the policy picks among all enabled exits
@@ -872,7 +901,7 @@ def _dead_exits(n: str, s: StateSpec, outs: Sequence[TransitionSpec]) -> Iterato
         return
     dead = [t for t in outs if t is not blocker and (t.order > blocker.order or t.default)]
     if dead:
-        yield Problem("dead-transition", f"state {n!r}: the unguarded transition {blocker.name!r} to "
+        yield Problem(ProblemCode.DEAD_TRANSITION, f"state {n!r}: the unguarded transition {blocker.name!r} to "
                       f"{blocker.target!r} always fires, so its exits {_q(t.name for t in dead)} never can: "
                       "guard it, move it last as default=True, or remove the dead ones", n)
 
@@ -888,19 +917,26 @@ def _check_reachability(a: Analysis) -> Iterator[Problem]:
     meant = reachable(a.meant, {v: [e.target for e in es] for v, es in a.out.items()}) if a.meant else set()
     for n in a.unreachable:
         if n not in meant:
-            yield Problem("unreachable-state", f"state {n!r} cannot be reached from the initial state "
+            yield Problem(ProblemCode.UNREACHABLE_STATE, f"state {n!r} cannot be reached from the initial state "
                           f"{a.initial!r}: add a transition into it, or remove it", n)
+
+
+def _predecessors(a: Analysis) -> dict[str, list[str]]:
+    return {v: [e.source for e in es] for v, es in a.into.items()}
+
+
+def _traps(a: Analysis) -> set[str]:
+    """Reachable states from which no terminal state can be reached."""
+    can_finish = reachable(a.terminals, _predecessors(a))
+    return {n for n in a.reach if n not in can_finish}
 
 
 def _check_traps(a: Analysis) -> Iterator[Problem]:
     """From every reachable state some terminal state can be reached."""
-    pred = {v: [e.source for e in es] for v, es in a.into.items()}
-    can_finish = reachable(a.terminals, pred)
-    a.traps = {n for n in a.reach if n not in can_finish}
     if not a.traps or not a.terminals:
         return  # with no terminal at all, no-terminal says it all
     # A state whose exit has an unknown target may well finish once the typo is fixed.
-    excused = reachable(a.dangling, pred) if a.dangling else set()
+    excused = reachable(a.dangling, _predecessors(a)) if a.dangling else set()
     trap_succ = {n: [e.target for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
     for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_succ):
         head = min(comp)
@@ -908,20 +944,21 @@ def _check_traps(a: Analysis) -> Iterator[Problem]:
             continue
         members = set(comp)
         if len(comp) == 1 and head in trap_succ[head]:
-            yield Problem("trap-cycle", f"state {head!r} loops on itself with no way out to a terminal "
+            yield Problem(ProblemCode.TRAP_CYCLE, f"state {head!r} loops on itself with no way out to a terminal "
                           "state: add an exit from it to a terminal state", head)
         elif len(comp) > 1:
             cycle = _cycle(a, head, _within(members))
-            yield Problem("trap-cycle", f"states {_q(sorted(comp), 'and')} form a trap: the cycle "
+            yield Problem(ProblemCode.TRAP_CYCLE, f"states {_q(sorted(comp), 'and')} form a trap: the cycle "
                           f"{_fmt_edges(head, cycle)} has no way out to a terminal state: add an exit to a "
                           "terminal from one of them", head)
         elif a.out.get(head):  # a state with no exit at all is reported by no-exit
-            yield Problem("trap-state", f"state {head!r} leads to no terminal state: add a transition from "
+            yield Problem(ProblemCode.TRAP_STATE, f"state {head!r} leads to no terminal state: add a transition from "
                           "it to one (or to a state that reaches one)", head)
 
 
-def _both(f: Callable[[Edge], bool], g: Callable[[Edge], bool]) -> Callable[[Edge], bool]:
-    return lambda e: f(e) and g(e)
+def _free_within(members: frozenset[str]) -> Callable[[Edge], bool]:
+    """Edges with no traversal bound into ``members`` (a group of states with no visit bound)."""
+    return lambda e: e.bound is None and e.target in members
 
 
 def _within(members: set[str]) -> Callable[[Edge], bool]:
@@ -937,29 +974,29 @@ def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
     return [*edge_path(via, back.source, lambda x: x.source), back]
 
 
-def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
-    """Every cycle passes a bounded state or a bounded transition."""
+def _unbounded_cycles(a: Analysis) -> list[frozenset[str]]:
+    """The strongly connected groups of reachable non-terminal states with no visit bound, joined by
+    transitions with no traversal bound, that loop: each a way to run forever."""
     free = [n for n in a.names if n in a.reach and not a.terminal(n) and a.visit_bound[n] is None]
     free_set = set(free)
+    free_succ = {v: [e.target for e in a.out.get(v, ())
+                     if e.bound is None and e.target in free_set] for v in free}
+    return [frozenset(comp) for comp in strongly_connected_components(free, free_succ)
+            if len(comp) > 1 or comp[0] in free_succ[comp[0]]]
 
-    def is_free(e: Edge) -> bool:
-        return e.bound is None and e.source in free_set and e.target in free_set
 
-    free_succ = {v: [e.target for e in a.out.get(v, ()) if is_free(e)] for v in free}
-    for comp in strongly_connected_components(free, free_succ):
+def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
+    """Every cycle passes a bounded state or a bounded transition."""
+    for comp in a.unbounded:
         head = min(comp)
-        if len(comp) == 1 and head not in free_succ[head]:
-            continue
-        a.unbounded.append(frozenset(comp))
-        members = set(comp)
         if len(comp) == 1:
-            loops = [e.label for e in a.out[head] if is_free(e) and e.target == head]
-            yield Problem("unbounded-cycle", f"state {head!r} loops on itself with no bound, so a run could "
+            loops = [e.label for e in a.out.get(head, ()) if e.bound is None and e.target == head]
+            yield Problem(ProblemCode.UNBOUNDED_CYCLE, f"state {head!r} loops on itself with no bound, so a run could "
                           f"loop forever: give it max_visits=N or its transition {_q(loops)} "
                           "max_traversals=N", head)
             continue
-        cycle = _cycle(a, head, _both(is_free, _within(members)))
-        yield Problem("unbounded-cycle", f"the cycle {_fmt_edges(head, cycle)} has no bound, so a run could "
+        cycle = _cycle(a, head, _free_within(comp))
+        yield Problem(ProblemCode.UNBOUNDED_CYCLE, f"the cycle {_fmt_edges(head, cycle)} has no bound, so a run could "
                       f"loop forever: give one of its states max_visits=N (e.g. {head!r}) or one of its "
                       "transitions max_traversals=N", head)
 
@@ -967,10 +1004,12 @@ def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
 # --- the context: definite assignment --------------------------------------------------------------
 
 
-def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
-    """Every field read is written on every path to the reader (a must-analysis over bitsets)."""
+def _unset_reads(a: Analysis) -> list[tuple[str, str, TransitionSpec | None]]:
+    """Each read of a field that some path to the reader leaves unwritten: ``(state, field, None)``
+    for a state's own read, ``(state, field, transition)`` for a guard on one of its exits (a
+    must-analysis over bitsets)."""
     if not a.model_ok or a.initial is None:
-        return
+        return []
     at_start = fields_set_at_start(a.model)
     bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
 
@@ -999,30 +1038,34 @@ def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
         for f in sorted((_names_in(t.guard.reads) & a.fields) - at_start):
             if not have & bit[f]:
                 readers.append((t.source, f, t))
-    if not readers:
-        return
+    return readers
 
+
+def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
+    """Every field read is written on every path to the reader."""
+    if not a.unset_reads:
+        return
+    start = typing.cast(str, a.initial)
     witnesses: dict[str, dict[str, Edge | None]] = {}
-    for state, f, guarded_by in readers:
-        a.unset.add((state, f))
+    for state, f, guarded_by in a.unset_reads:
         if f not in witnesses:
             # One shortest-path tree per field, over the edges that leave it unwritten.
-            witnesses[f] = bfs_edges(a.initial, _unwritten(a, f), lambda e: e.target)
+            witnesses[f] = bfs_edges(start, _unwritten(a, f), lambda e: e.target)
         path = edge_path(witnesses[f], state, lambda e: e.source)
         if guarded_by is None:
-            yield Problem("unset-read", _unset_message(a, f"state {state!r}", state, f, path), state)
+            yield Problem(ProblemCode.UNSET_READ, _unset_message(a, f"state {state!r}", state, f, path), state)
         else:
             t = guarded_by
-            step = Edge(t.source, t.target, None, "transition", t.name)
+            step = Edge(t.source, t.target, None, EdgeKind.TRANSITION, t.name)
             reader = f"guard {getattr(t.guard, 'name', t.guard)!r} on {_tname(t)}"
-            yield Problem("unset-read", _unset_message(a, reader, None, f, [*path, step]), _subject(t))
+            yield Problem(ProblemCode.UNSET_READ, _unset_message(a, reader, None, f, [*path, step]), _subject(t))
 
 
 def _unwritten(a: Analysis, f: str) -> Callable[[str], Iterator[Edge]]:
     """The edges out of a state along which ``f`` stays unwritten."""
     def out(v: str) -> Iterator[Edge]:
         written = f in a.writes_of[v]
-        return (e for e in a.out.get(v, ()) if e.kind == "error" or not written)
+        return (e for e in a.out.get(v, ()) if e.kind is EdgeKind.ERROR or not written)
     return out
 
 
@@ -1048,7 +1091,7 @@ def _definitely_set(a: Analysis, at_start: int, written: dict[str, int],
             v = e.target
             if v == first:
                 continue  # the empty path: only what is set at the start
-            value = have if e.kind == "error" else carried
+            value = have if e.kind is EdgeKind.ERROR else carried
             old = into.get(v)
             new = value if old is None else old & value
             if new != old:
@@ -1065,7 +1108,7 @@ def _unset_message(a: Analysis, reader: str, state: str | None, f: str, path: li
     info = a.model.model_fields[f]
     unset_default = not info.is_required() and is_unset(info.default)
     none_ok = _allows_none(info.annotation)
-    discarded = [e.source for e in path if e.kind == "error" and f in a.writes_of[e.source]]
+    discarded = [e.source for e in path if e.kind is EdgeKind.ERROR and f in a.writes_of[e.source]]
     before = [start, *(e.target for e in path)][:-1]
     candidates = list(dict.fromkeys(p for p in before if f not in a.writes_of[p]))
     fixes = []
@@ -1254,7 +1297,7 @@ def unset_reads_from(spec: WorkflowSpec, state: str, written: Iterable[str]) -> 
     """``(state, field)``: the reads a run resumed in ``state`` with ``written`` set may make of
     fields no step wrote first. The checker's unset-read analysis, started from a stored run's
     state instead of the initial one: what resuming under a changed workflow must not break."""
-    a = build(spec)
+    a = _read(spec)
     if not a.model_ok or state not in a.states:
         return []
     bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}

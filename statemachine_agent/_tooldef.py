@@ -32,7 +32,7 @@ from tenacity import (
 )
 
 from .clock import Clock
-from .errors import Problem, ToolArgumentError, ToolResultError
+from .errors import Problem, ProblemCode, ToolArgumentError, ToolResultError
 
 __all__ = ["Effect", "Retry", "RetrySpec", "Tool", "ToolRegistry", "declared_tool_calls"]
 
@@ -115,7 +115,7 @@ class Retry:
         out: list[Problem] = []
 
         def bad(option: str, value: object, fix: str) -> None:
-            out.append(Problem("bad-option", f"{prefix}retry {option}={value!r} {fix}"))
+            out.append(Problem(ProblemCode.BAD_OPTION, f"{prefix}retry {option}={value!r} {fix}"))
 
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             bad("attempts", self.attempts, "must be a whole number of at least 1 (1: no retries)")
@@ -166,9 +166,9 @@ def _retry_problems(value: object, where: str) -> list[Problem]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value >= 1:
             return []
-        return [Problem("bad-option", f"{where}retry={value!r} must be a number of attempts of at least 1 "
+        return [Problem(ProblemCode.BAD_OPTION, f"{where}retry={value!r} must be a number of attempts of at least 1 "
                         "(1: no retries)")]
-    return [Problem("bad-option", f"{where}retry={value!r} must be Retry(...), a tenacity AsyncRetrying, a "
+    return [Problem(ProblemCode.BAD_OPTION, f"{where}retry={value!r} must be Retry(...), a tenacity AsyncRetrying, a "
                     "number of attempts, or None")]
 
 
@@ -228,7 +228,7 @@ class Tool:
         who = f"tool {self.name!r}: "
 
         def bad(option: str, value: object, fix: str) -> None:
-            problems.append(Problem("bad-option", f"{who}{option}={value!r} {fix}", self.name))
+            problems.append(Problem(ProblemCode.BAD_OPTION, f"{who}{option}={value!r} {fix}", self.name))
 
         if timeout is not None and (not _is_number(timeout) or not timeout > 0):
             bad("timeout", timeout, "must be a positive number of seconds (or None for no limit)")
@@ -241,7 +241,7 @@ class Tool:
             bad("fallback", fallback, "must be the name of another tool (or use fallback_value=... for a "
                 "fixed answer)")
         if fallback is not None and fallback_value is not _MISSING:
-            problems.append(Problem("bad-option", f"{who}give fallback= (a tool) or fallback_value= (an "
+            problems.append(Problem(ProblemCode.BAD_OPTION, f"{who}give fallback= (a tool) or fallback_value= (an "
                                     "answer), not both", self.name))
         try:
             self.effect: Effect = Effect(effect)
@@ -285,12 +285,12 @@ class Tool:
         self.takes_key = False
         """The tool has an ``idempotency_key`` parameter, filled with the call's stable key."""
         if not callable(fn):
-            problems.append(Problem("bad-tool", f"{who}{fn!r} is not callable: give a function (sync or "
+            problems.append(Problem(ProblemCode.BAD_TOOL, f"{who}{fn!r} is not callable: give a function (sync or "
                                     "async) with typed parameters", self.name))
         else:
             self._read_signature(fn, who, problems)
         if self.effect is Effect.IDEMPOTENT and callable(fn) and not self.takes_key:
-            problems.append(Problem("bad-tool", f"{who}effect='idempotent' but it takes no {KEY_PARAMETER} "
+            problems.append(Problem(ProblemCode.BAD_TOOL, f"{who}effect='idempotent' but it takes no {KEY_PARAMETER} "
                                     f"parameter: add `{KEY_PARAMETER}: str` and pass it to the remote API, so "
                                     "a call run again after a crash is recognised", self.name))
         self._problems = tuple(problems)
@@ -302,24 +302,24 @@ class Tool:
             self._signature = inspect.signature(fn)
             hints = typing.get_type_hints(fn, include_extras=True)
         except (TypeError, ValueError) as exc:
-            problems.append(Problem("bad-tool", f"{who}its signature cannot be read ({exc}): wrap it in a "
+            problems.append(Problem(ProblemCode.BAD_TOOL, f"{who}its signature cannot be read ({exc}): wrap it in a "
                                     "def with typed parameters", self.name))
             return
         except NameError as exc:
-            problems.append(Problem("bad-tool", f"{who}a type hint does not resolve ({exc}): import or "
+            problems.append(Problem(ProblemCode.BAD_TOOL, f"{who}a type hint does not resolve ({exc}): import or "
                                     "define that name at module level", self.name))
             return
         self.takes_key = KEY_PARAMETER in self._signature.parameters
         try:
             self.args_model = _args_model(self.name, self._signature, hints)
         except TypeError as exc:
-            problems.append(Problem("bad-tool", str(exc), self.name))
+            problems.append(Problem(ProblemCode.BAD_TOOL, str(exc), self.name))
         ret = hints.get("return", _MISSING)
         if ret is not _MISSING and ret is not Any:
             try:
                 self._result = TypeAdapter(ret)
             except Exception as exc:  # pydantic cannot validate that type
-                problems.append(Problem("bad-tool", f"{who}its result type {ret!r} cannot be validated "
+                problems.append(Problem(ProblemCode.BAD_TOOL, f"{who}its result type {ret!r} cannot be validated "
                                         f"({type(exc).__name__}): annotate -> Any or a pydantic-compatible "
                                         "type", self.name))
 

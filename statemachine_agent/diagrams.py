@@ -10,6 +10,7 @@ which the command line's ``diagram`` uses.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import re
@@ -25,16 +26,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import graphviz
 
 from .errors import StateMachineAgentError, error_name
-from .result import RunResult
+from .result import RunResult, StepKind
 from .spec import Outcome, WorkflowSpec
 from .workflow import Workflow
 
 if TYPE_CHECKING:
     from .compile import CompiledWorkflow
 
-__all__ = ["FORMATS", "DiagramEdge", "DiagramFormat", "DiagramNode", "GraphvizMissing", "OutputRefused",
-           "RunOverlay", "diagram", "extract", "format_of", "jupyter_display", "mermaid", "register_format",
-           "render", "to_dot", "to_mermaid", "to_svg", "write_diagrams", "write_file"]
+__all__ = ["FORMATS", "DiagramEdge", "DiagramEdgeKind", "DiagramFormat", "DiagramNode", "DiagramNodeKind",
+           "GraphvizMissing", "OutputRefused", "OverlayOutcome", "RunOverlay", "diagram", "extract", "format_of",
+           "jupyter_display", "mermaid", "register_format", "render", "to_dot", "to_mermaid", "to_svg",
+           "write_diagrams", "write_file"]
 
 
 class Drawable(Protocol):
@@ -61,14 +63,42 @@ class OutputRefused(StateMachineAgentError, ValueError):
     """A diagram's output path is a symbolic link, or not a regular file: nothing was written."""
 
 
+class DiagramNodeKind(enum.StrEnum):
+    """How a state is drawn."""
+
+    STATE = "state"
+    DECISION = "decision"
+    TERMINAL = "terminal"
+
+
+class DiagramEdgeKind(enum.StrEnum):
+    """How a move is drawn."""
+
+    TRANSITION = "transition"
+    DEFAULT = "default"
+    """A default (else) exit: dashed."""
+    ERROR = "error"
+    """An error transition."""
+    FAIL = "fail"
+    """A run's move to the failure terminal (drawn only over a run)."""
+
+
+class OverlayOutcome(enum.StrEnum):
+    """The ``outcome`` of an overlay that is not one run's (:class:`~.spec.Outcome`)."""
+
+    COVERAGE = "coverage"
+    """The overlay sums many runs (``testing.Coverage.overlay``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DiagramNode:
     """A state, as drawn."""
 
     name: str
-    kind: str
+    kind: DiagramNodeKind
     """``state``, ``decision`` or ``terminal``."""
-    outcome: str | None
+    outcome: Outcome | None
+    """A terminal's outcome."""
     label: str
     visits: int = 0
     initial: bool = False
@@ -80,7 +110,7 @@ class DiagramEdge:
 
     source: str
     target: str
-    kind: str
+    kind: DiagramEdgeKind
     """``transition``, ``default``, ``error`` or ``fail``."""
     label: str
     taken: int = 0
@@ -93,6 +123,7 @@ class RunOverlay:
     run_id: str
     terminal: str
     outcome: str
+    """The run's :class:`~.spec.Outcome` value, or :attr:`OverlayOutcome.COVERAGE`."""
     steps: int
     reason: str | None
     visits: dict[str, int]
@@ -118,7 +149,7 @@ class RunOverlay:
         for state, transition, kind, ran, error in path:
             if ran:
                 visits[state] += 1
-            taken[transition if kind != "fail" else f"fail:{state}"] += 1
+            taken[transition if kind != StepKind.FAIL else f"fail:{state}"] += 1
             if error:
                 errors[state] = error
         visits[terminal] += 1
@@ -174,12 +205,13 @@ def extract(workflow: Drawable, run: RunResult[Any] | dict[str, Any] | RunOverla
     taken = overlay.taken if overlay else {}
     nodes: list[DiagramNode] = []
     for s in spec.states:
-        kind = "terminal" if s.terminal else "decision" if s.decision else "state"
+        kind = (DiagramNodeKind.TERMINAL if s.terminal else DiagramNodeKind.DECISION if s.decision
+                else DiagramNodeKind.STATE)
         extra = [f"max {s.max_visits} visit{'s' if s.max_visits != 1 else ''}"] if s.max_visits else []
         label = s.name if not extra else f"{s.name}\n({', '.join(extra)})"
         if overlay and s.name in overlay.errors:
             label += f"\n✗ {overlay.errors[s.name]}"
-        nodes.append(DiagramNode(s.name, kind, s.outcome.value if s.outcome else None, label,
+        nodes.append(DiagramNode(s.name, kind, s.outcome, label,
                                  visits.get(s.name, 0), s.initial))
     edges: list[DiagramEdge] = []
     exits = Counter(t.source for t in spec.transitions)
@@ -196,15 +228,15 @@ def extract(workflow: Drawable, run: RunResult[Any] | dict[str, Any] | RunOverla
         # The order matters only where a state has a choice of exits.
         order = f"{t.order + 1}." if exits[t.source] > 1 else ""
         label = " ".join(filter(None, [order, *parts]))
-        edges.append(DiagramEdge(t.source, t.target, "default" if t.default else "transition", label,
-                                 taken.get(t.name, 0)))
+        edge_kind = DiagramEdgeKind.DEFAULT if t.default else DiagramEdgeKind.TRANSITION
+        edges.append(DiagramEdge(t.source, t.target, edge_kind, label, taken.get(t.name, 0)))
     for e in spec.error_transitions:
         label = f"on {e.error.__name__}" + (f" max {e.max_traversals}x" if e.max_traversals else "")
-        edges.append(DiagramEdge(e.source, e.target, "error", label, taken.get(e.name, 0)))
+        edges.append(DiagramEdge(e.source, e.target, DiagramEdgeKind.ERROR, label, taken.get(e.name, 0)))
     if overlay is not None:
         for key, count in taken.items():
             if key.startswith("fail:"):
-                edges.append(DiagramEdge(key[5:], workflow.failure_terminal, "fail",
+                edges.append(DiagramEdge(key[5:], workflow.failure_terminal, DiagramEdgeKind.FAIL,
                                          _short(overlay.reason or "failed"), count))
     return nodes, edges
 
@@ -258,7 +290,7 @@ def to_dot(workflow: Drawable,
     # The title's names are escaped as labels are (a name ending in a backslash would end DOT's
     # quoted string); its line breaks are DOT's own escape.
     title = f"{_dot_text(workflow.name)} (worst case {workflow.max_steps} steps)"
-    if overlay is not None and overlay.outcome == "coverage":
+    if overlay is not None and overlay.outcome == OverlayOutcome.COVERAGE:
         title += f"\\ncoverage of {_dot_text(overlay.run_id)}"
     elif overlay is not None:
         title += (f"\\nrun {_dot_text(overlay.run_id[:8])}: {_dot_text(str(overlay.terminal))} "
@@ -272,9 +304,9 @@ def to_dot(workflow: Drawable,
     g.node("__start__", "", shape="point", width="0.15")
     for n in nodes:
         attrs: dict[str, str] = {"shape": "box", "style": "rounded"}
-        if n.kind == "decision":
+        if n.kind is DiagramNodeKind.DECISION:
             attrs = {"shape": "diamond", "style": ""}
-        if n.kind == "terminal":
+        if n.kind is DiagramNodeKind.TERMINAL:
             colour = _OUTCOME_COLOUR.get(n.outcome or "", "black")
             # A double-bordered box, not a circle: circles grow with long names and dwarf the rest.
             attrs = {"shape": "box", "style": "rounded,bold", "peripheries": "2", "color": colour,
@@ -284,8 +316,8 @@ def to_dot(workflow: Drawable,
             label += f"\n×{n.visits}"
             attrs["penwidth"] = "2.5"
             attrs["style"] = ",".join(filter(None, [attrs.get("style", ""), "filled"]))
-            attrs["fillcolor"] = "#fff3c4" if n.kind != "terminal" else "#e8f5e9" \
-                if n.outcome == "success" else "#ffebee"
+            attrs["fillcolor"] = "#fff3c4" if n.kind is not DiagramNodeKind.TERMINAL else "#e8f5e9" \
+                if n.outcome == Outcome.SUCCESS else "#ffebee"
         if "✗" in label:
             attrs["color"] = "#c62828"
         g.node(_dot_id(n.name), _dot_label(label), **attrs)
@@ -293,11 +325,11 @@ def to_dot(workflow: Drawable,
     g.edge("__start__", _dot_id(initial))
     for e in edges:
         attrs = {}
-        if e.kind == "default":
+        if e.kind is DiagramEdgeKind.DEFAULT:
             attrs["style"] = "dashed"
-        elif e.kind == "error":
+        elif e.kind is DiagramEdgeKind.ERROR:
             attrs.update(color="#c62828", fontcolor="#c62828", style="dotted")
-        elif e.kind == "fail":
+        elif e.kind is DiagramEdgeKind.FAIL:
             attrs.update(color="#c62828", fontcolor="#c62828", style="bold")
         label = e.label
         if overlay is not None and e.taken:
@@ -335,7 +367,7 @@ def to_mermaid(workflow: Drawable) -> str:
         if not plain:
             lines.append(f'    state "{_mermaid_label(n.name).replace(chr(34), "#quot;")}" as {ids[n.name]}')
     for n in nodes:
-        if n.kind == "decision":
+        if n.kind is DiagramNodeKind.DECISION:
             lines.append(f"    state {ids[n.name]} <<choice>>")
     for n in nodes:
         if n.initial:
@@ -344,7 +376,7 @@ def to_mermaid(workflow: Drawable) -> str:
         label = _mermaid_label(e.label)
         lines.append(f"    {ids[e.source]} --> {ids[e.target]}" + (f": {label}" if label else ""))
     for n in nodes:
-        if n.kind == "terminal":
+        if n.kind is DiagramNodeKind.TERMINAL:
             lines.append(f"    {ids[n.name]} --> [*]")
             lines.append(f"    note right of {ids[n.name]}: {n.outcome}")
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "Budget",
     "BudgetExceeded",
     "ContextAccessError",
     "DefinitionError",
@@ -19,6 +20,7 @@ __all__ = [
     "ModelUnavailable",
     "NondeterminismError",
     "Problem",
+    "ProblemCode",
     "RecordedError",
     "ResumeCode",
     "RunError",
@@ -28,6 +30,7 @@ __all__ = [
     "StateMachineAgentError",
     "StoreCorrupted",
     "StoreError",
+    "TimeoutScope",
     "ToolArgumentError",
     "ToolError",
     "ToolFailed",
@@ -45,12 +48,60 @@ class StateMachineAgentError(Exception):
     """Base of every error raised by statemachine-agent."""
 
 
+class ProblemCode(enum.StrEnum):
+    """What the checker found wrong with a workflow (``DefinitionError.problems[i].code``); each is
+    explained, with its real message, in docs/checks.md. A ``StrEnum``: each member equals its text."""
+
+    BAD_ACTION = "bad-action"
+    BAD_BOUND = "bad-bound"
+    BAD_ERROR_TYPE = "bad-error-type"
+    BAD_FIELD = "bad-field"
+    BAD_GUARD = "bad-guard"
+    BAD_LLM_STEP = "bad-llm-step"
+    BAD_NAME = "bad-name"
+    BAD_OPTION = "bad-option"
+    BAD_STATE = "bad-state"
+    BAD_TOOL = "bad-tool"
+    BAD_TRANSITION = "bad-transition"
+    BAD_WAIT = "bad-wait"
+    CONTEXT_MODEL = "context-model"
+    DEAD_TRANSITION = "dead-transition"
+    DUPLICATE_ERROR_ROUTE = "duplicate-error-route"
+    DUPLICATE_NAME = "duplicate-name"
+    DUPLICATE_STATE = "duplicate-state"
+    DUPLICATE_TOOL = "duplicate-tool"
+    FOREIGN_STATE = "foreign-state"
+    GUARDED_DEFAULT = "guarded-default"
+    INITIAL_TERMINAL = "initial-terminal"
+    MISSING_DESCRIPTION = "missing-description"
+    NO_EXIT = "no-exit"
+    NO_FAILURE_TERMINAL = "no-failure-terminal"
+    NO_INITIAL = "no-initial"
+    NO_TERMINAL = "no-terminal"
+    SEVERAL_INITIAL = "several-initial"
+    TERMINAL_ACTION = "terminal-action"
+    TERMINAL_DECISION = "terminal-decision"
+    TERMINAL_EXIT = "terminal-exit"
+    TERMINAL_OUTCOME = "terminal-outcome"
+    TRAP_CYCLE = "trap-cycle"
+    TRAP_STATE = "trap-state"
+    UNBOUNDED_CYCLE = "unbounded-cycle"
+    UNDECLARED_TOOL = "undeclared-tool"
+    UNKNOWN_FIELD = "unknown-field"
+    UNKNOWN_STATE = "unknown-state"
+    UNKNOWN_TOOL = "unknown-tool"
+    UNREACHABLE_STATE = "unreachable-state"
+    UNROUTED_UNKNOWN_OUTCOME = "unrouted-unknown-outcome"
+    UNSET_READ = "unset-read"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One offender found by the checker."""
 
-    code: str
-    """A stable identifier of the rule, e.g. ``unreachable-state``; see docs/checks.md."""
+    code: ProblemCode | ResumeCode
+    """A stable identifier of the rule, e.g. ``unreachable-state`` (:class:`ProblemCode`, or
+    :class:`ResumeCode` for a stored run); see docs/checks.md."""
     message: str
     """What is wrong and how to fix it, naming the culprit."""
     subject: str = ""
@@ -148,19 +199,32 @@ class ToolResultError(ToolError, ValueError):
     """A tool returned a value that does not validate against its declared result type."""
 
 
+class TimeoutScope(enum.StrEnum):
+    """Which limit a :class:`ToolTimeout` ran out of."""
+
+    CALL = "call"
+    """The tool's own ``timeout``: retryable by its retry policy."""
+    STATE = "state"
+    """The calling state's ``tool_deadline``: never retried."""
+
+
 class ToolTimeout(ToolError, TimeoutError):
     """A tool call ran out of time: its own timeout (``scope='call'``) or its state's deadline."""
 
     seconds: float
     """The limit that ran out."""
-    scope: str
+    scope: TimeoutScope
     """``call`` (retryable by policy) or ``state`` (the state's tool deadline: never retried)."""
 
-    def __init__(self, tool: str, seconds: float, scope: str) -> None:
-        what = "its timeout" if scope == "call" else "the state's tool deadline"
+    def __init__(self, tool: str, seconds: float, scope: TimeoutScope | str) -> None:
+        self.scope = TimeoutScope(scope)
+        what = "its timeout" if self.scope is TimeoutScope.CALL else "the state's tool deadline"
         super().__init__(tool, f"tool {tool!r} ran out of time: {what} of {seconds:g} s passed")
         self.seconds = seconds
-        self.scope = scope
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Not ToolError's: TimeoutError is an OSError, which the generic rebuild cannot create.
+        return (type(self), (self.tool, self.seconds, self.scope))
 
 
 class ToolFailed(ToolError):
@@ -374,15 +438,30 @@ class WaitTimedOut(RunError):
         return (type(self), (self.state, self.event, str(self)))
 
 
+class Budget(enum.StrEnum):
+    """A budget a run can exhaust (it then ends in the failure terminal)."""
+
+    MAX_STEPS = "max_steps"
+    MAX_VISITS = "max_visits"
+    MAX_TRAVERSALS = "max_traversals"
+    DEADLINE = "deadline"
+    MAX_STEP_RESTARTS = "max_step_restarts"
+    """A durable run's step was resumed after crashes more times than allowed."""
+    TOKENS = "token_budget"
+    """The run's model calls used more tokens (input and output) than its ``token_budget``."""
+    COST = "cost_budget"
+    """The run's model calls cost more than its ``cost_budget`` (priced calls only)."""
+
+
 class BudgetExceeded(RunError):
     """The run's model calls spent its ``token_budget`` or ``cost_budget``: the run ends in the
     failure terminal with this reason (catching it in an action does not save the run)."""
 
-    budget: str
-    """Which budget: ``token_budget`` or ``cost_budget`` (a :class:`~.events.Budget` value)."""
+    budget: Budget
+    """Which budget: :attr:`Budget.TOKENS` (``token_budget``) or :attr:`Budget.COST` (``cost_budget``)."""
 
-    def __init__(self, budget: str, message: str) -> None:
-        self.budget = budget
+    def __init__(self, budget: Budget | str, message: str) -> None:
+        self.budget = Budget(budget)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from .errors import Budget
 from .result import StepKind
 from .usage import ModelCall
 
@@ -31,21 +31,6 @@ __all__ = [
     "ToolCallStarted",
     "TransitionTaken",
 ]
-
-
-class Budget(enum.StrEnum):
-    """A budget a run can exhaust (it then ends in the failure terminal)."""
-
-    MAX_STEPS = "max_steps"
-    MAX_VISITS = "max_visits"
-    MAX_TRAVERSALS = "max_traversals"
-    DEADLINE = "deadline"
-    MAX_STEP_RESTARTS = "max_step_restarts"
-    """A durable run's step was resumed after crashes more times than allowed."""
-    TOKENS = "token_budget"
-    """The run's model calls used more tokens (input and output) than its ``token_budget``."""
-    COST = "cost_budget"
-    """The run's model calls cost more than its ``cost_budget`` (priced calls only)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from ._tooldef import _positive as _positive  # noqa: PLC0414
 from .clock import Clock, SystemClock
 from .errors import (
     GatherFailed,
+    TimeoutScope,
     ToolArgumentError,
     ToolFailed,
     ToolTimeout,
@@ -82,7 +83,7 @@ def _never_retried(exc: BaseException) -> bool:
     # retry CancelledError: its issue #529); a bad argument or the state's deadline cannot get better.
     return (not isinstance(exc, Exception)
             or isinstance(exc, (ToolArgumentError, UnknownTool, UndeclaredTool))
-            or (isinstance(exc, ToolTimeout) and exc.scope == "state"))
+            or (isinstance(exc, ToolTimeout) and exc.scope is TimeoutScope.STATE))
 
 
 class _NotNeverRetried(retry_base):
@@ -197,7 +198,7 @@ class Tools:
                 return await self._call(tool, arguments)
         except TimeoutError:
             if cm.expired():
-                raise ToolTimeout(tool.name, 0.0, "state") from None
+                raise ToolTimeout(tool.name, 0.0, TimeoutScope.STATE) from None
             raise
 
     async def _call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
@@ -242,14 +243,15 @@ class Tools:
             if deadline is None and limit is not None and type(clock) is SystemClock:
                 # The real clock is the loop's: a relative timeout is the same, and cheaper.
                 return await self._bounded(tool, arguments, semaphore=semaphore, handoff=handoff,
-                                           cm=asyncio.timeout(limit), seconds=limit, scope="call")
+                                           cm=asyncio.timeout(limit), seconds=limit, scope=TimeoutScope.CALL)
             now = clock.now()
-            when, scope, seconds = (None, "call", 0.0) if limit is None else (now + limit, "call", limit)
+            scope = TimeoutScope.CALL
+            when, seconds = (None, 0.0) if limit is None else (now + limit, limit)
             if deadline is not None:
                 if deadline <= now:
-                    raise ToolTimeout(tool.name, 0.0, "state")
+                    raise ToolTimeout(tool.name, 0.0, TimeoutScope.STATE)
                 if when is None or deadline < when:
-                    when, scope, seconds = deadline, "state", deadline - now
+                    when, scope, seconds = deadline, TimeoutScope.STATE, deadline - now
             return await self._bounded(tool, arguments, semaphore=semaphore, handoff=handoff,
                                        cm=clock.timeout_at(when), seconds=seconds, scope=scope)
         finally:
@@ -258,7 +260,7 @@ class Tools:
                 semaphore.release()
 
     async def _bounded(self, tool: Tool, arguments: dict[str, Any], *, semaphore: asyncio.Semaphore | None,
-                       handoff: list[bool], cm: asyncio.Timeout, seconds: float, scope: str) -> Any:
+                       handoff: list[bool], cm: asyncio.Timeout, seconds: float, scope: TimeoutScope) -> Any:
         try:
             async with cm:
                 try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar, 
 from pydantic import BaseModel
 
 from ._tooldef import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
-from .errors import Problem, WaitTimedOut
+from .errors import Problem, ProblemCode, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 
@@ -345,7 +345,7 @@ class Workflow(Generic[C]):
         if isinstance(ref, StateRef):
             if ref.workflow is not self:
                 self._problems.append(Problem(
-                    "foreign-state",
+                    ProblemCode.FOREIGN_STATE,
                     f"{role} {ref!r} belongs to workflow {ref.workflow.name!r}, not {self.name!r}: "
                     "declare the state in this workflow",
                     ref.name,
