@@ -68,7 +68,20 @@ from .secrets import (
 )
 from .spec import Outcome
 from .stores._base import Store
-from .stores._records import CallRecord, CallStatus, InboxRecord, RunStatus, StoredRun
+from .stores._records import (
+    CallRecord,
+    CallRow,
+    CallStatus,
+    InboxRecord,
+    RunRow,
+    RunStatus,
+    StoredRun,
+    WaitRow,
+    call_row,
+    commit_request,
+    run_row,
+    step_row,
+)
 from .usage import ModelCall, Usage
 
 __all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
@@ -141,7 +154,7 @@ class Durable:
         """Journal rows of the steps not committed yet (after a resume), by (step, call)."""
         self.unmarked = False
         """Claimed and not yet started: ``mark_started`` is due before the first step runs."""
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[CallRow] = []
         """Outcomes of read calls, committed with their step."""
         self.parent = parent
         self.parent_step = parent_step
@@ -150,19 +163,17 @@ class Durable:
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
-               terminal: str | None = None, outcome: str | None = None, reason: str | None = None,
-               wait: dict[str, Any] | None = None) -> dict[str, Any]:
+               terminal: str | None = None, outcome: Outcome | None = None, reason: str | None = None,
+               wait: WaitRow | None = None) -> RunRow:
         names = run.workflow.edge_names
-        return {
-            "run_id": run.run_id, "workflow": run.workflow.name, "fingerprint": self.fingerprint,
-            "status": str(status), "state": state, "next_step": next_step, "epoch": self.epoch,
-            "counters": {"actions_run": run.actions_run, "visits": dict(run.visits),
-                         "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
-            "written": sorted(run.written), "initial_written": self.initial_written,
-            "max_steps": run.max_steps, "restarts": 0, "started": True, "created_at": self.created_at,
-            "updated_at": time.time(), "terminal": terminal, "outcome": outcome, "reason": reason,
-            "parent": self.parent, "parent_step": self.parent_step, "wait": wait,
-        }
+        return run_row(
+            run_id=run.run_id, workflow=run.workflow.name, fingerprint=self.fingerprint, status=status, state=state,
+            next_step=next_step, epoch=self.epoch,
+            counters={"actions_run": run.actions_run, "visits": dict(run.visits),
+                      "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
+            written=sorted(run.written), initial_written=self.initial_written, max_steps=run.max_steps,
+            created_at=self.created_at, updated_at=time.time(), terminal=terminal, outcome=outcome, reason=reason,
+            parent=self.parent, parent_step=self.parent_step, wait=wait)
 
     @classmethod
     async def create(cls, run: Run[Any], store: Store) -> Durable:
@@ -204,14 +215,14 @@ class Durable:
         terminal = target.terminal
         outcome = None
         if terminal:
-            outcome = str(target.outcome or Outcome.FAILURE)
+            outcome = target.outcome or Outcome.FAILURE
         else:
             reason = None
         written, unset = delta
         status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
                           terminal=step.target if terminal else None, outcome=outcome, reason=reason,
-                          wait=None if wait is None else {"state": wait[0], "event": wait[1], "deadline": wait[2]})
+                          wait=None if wait is None else WaitRow(state=wait[0], event=wait[1], deadline=wait[2]))
         snapshot = None
         if terminal or wait is not None or (step.number + 1) % self.store.snapshot_every == 0:
             try:
@@ -219,18 +230,15 @@ class Durable:
             except TypeError:
                 snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
         error = step.error
-        commit = {
-            "epoch": self.epoch, "run": rec,
-            "step": {"number": step.number, "state": step.state, "target": step.target,
-                     "transition": step.transition, "kind": str(step.kind), "started_at": step.started_at,
-                     "duration": step.duration,
-                     "error": None if error is None else _describe(error),
-                     "error_type": None if error is None else type(error).__name__,
-                     "rejected": list(step.rejected), "ran": step.ran, "writes": list(step.writes),
-                     "delta": written, "unset": unset,
-                     "model_calls": [c.to_dict() for c in step.model_calls]},
-            "snapshot": snapshot, "calls": self.pending, "consume": consume,
-        }
+        commit = commit_request(
+            epoch=self.epoch, run=rec,
+            step=step_row(number=step.number, state=step.state, target=step.target, transition=step.transition,
+                          kind=step.kind, started_at=step.started_at, duration=step.duration,
+                          error=None if error is None else _describe(error),
+                          error_type=None if error is None else type(error).__name__,
+                          rejected=list(step.rejected), ran=step.ran, writes=list(step.writes),
+                          delta=written, unset=unset, model_calls=[c.to_dict() for c in step.model_calls]),
+            snapshot=snapshot, calls=self.pending, consume=consume)
         self.pending = []
         if self.recorded:
             self.recorded = {k: v for k, v in self.recorded.items() if k[0] > step.number}
@@ -242,7 +250,7 @@ class Durable:
         """Commit the run as waiting in ``state`` for ``event``, with a snapshot; or, when the event
         is in its inbox already, write nothing and return the events."""
         rec = self.record(run, status=RunStatus.WAITING, state=state, next_step=len(run.path),
-                          wait={"state": state, "event": event, "deadline": deadline})
+                          wait=WaitRow(state=state, event=event, deadline=deadline))
         # Every value in the context came from the start or a step's delta, both stored as JSON.
         snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
         found = await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
@@ -276,23 +284,22 @@ class Durable:
                 # As journaled: the resume check refused a tool whose effect class changed since,
                 # unless migrate= set the row's effect (then the call may run again).
                 return await self._reconcile(tool, key, arguments, step, index)
-        row = {"step": step, "call": index, "tool": tool.name, "effect": str(effect), "key": key,
-               "arguments": tool.dump_arguments({k: v for k, v in arguments.items() if k != KEY_PARAMETER}),
-               "result": None, "error": None, "at": time.time()}
+        row = call_row(step=step, call=index, tool=tool.name, effect=effect, key=key,
+                       arguments=tool.dump_arguments({k: v for k, v in arguments.items() if k != KEY_PARAMETER}),
+                       status=CallStatus.INTENT, at=time.time())
         if effect is Effect.AT_MOST_ONCE:
-            await self._write({**row, "status": str(CallStatus.INTENT)})
+            await self._write(row)
         try:
             result = await tools._run_call(tool, arguments)
         except Exception as exc:
             if effect is not Effect.READ:
-                await self._write({**row, "status": str(CallStatus.FAILED), "error": _describe(exc),
-                                   "at": time.time()})
+                await self._write({**row, "status": CallStatus.FAILED, "error": _describe(exc), "at": time.time()})
             raise
         try:
             data = _seal_result(tool, result, tool.dump_result(result), self.secrets)
         except TypeError as exc:
             raise ToolResultError(tool.name, str(exc)) from None
-        done = {**row, "status": str(CallStatus.DONE), "result": data, "at": time.time()}
+        done: CallRow = {**row, "status": CallStatus.DONE, "result": data, "at": time.time()}
         if effect is Effect.READ:
             self.pending.append(done)
         else:
@@ -306,9 +313,8 @@ class Durable:
         if rec is not None and rec.tool == name and rec.status is CallStatus.DONE:
             return rec.result
         result = await compute()
-        self.pending.append({"step": step, "call": index, "tool": name, "effect": str(Effect.READ), "key": key,
-                             "arguments": None, "status": str(CallStatus.DONE), "result": result, "error": None,
-                             "at": time.time()})
+        self.pending.append(call_row(step=step, call=index, tool=name, effect=Effect.READ, key=key,
+                                     status=CallStatus.DONE, result=result, at=time.time()))
         return result
 
     async def _reconcile(self, tool: Tool, key: str, arguments: dict[str, Any], step: int, index: int) -> Any:
@@ -319,13 +325,13 @@ class Durable:
         if inspect.isawaitable(out):
             out = await out
         result = tool.validate_result(out)
-        await self._write({"step": step, "call": index, "tool": tool.name, "effect": str(tool.effect),
-                           "key": key, "arguments": tool.dump_arguments(plain), "status": str(CallStatus.DONE),
-                           "result": _seal_result(tool, result, tool.dump_result(result), self.secrets),
-                           "error": None, "at": time.time()})
+        await self._write(call_row(step=step, call=index, tool=tool.name, effect=tool.effect, key=key,
+                                   arguments=tool.dump_arguments(plain), status=CallStatus.DONE,
+                                   result=_seal_result(tool, result, tool.dump_result(result), self.secrets),
+                                   at=time.time()))
         return result
 
-    async def _write(self, row: dict[str, Any]) -> None:
+    async def _write(self, row: CallRow) -> None:
         await asyncio.wrap_future(self.store.record_call(self.run_id, self.epoch, row))
 
 
@@ -420,7 +426,7 @@ def point_of(stored: StoredRun, workflow: Program[Any] | None = None, store: Sto
         actions_run=r.counters.actions_run, next_step=n,
         waiting_for=r.wait.event if waiting and r.wait is not None else None,
         calls=[] if ended else [JournalCall.model_validate(
-            {"step": c.step, "call": c.call, "tool": c.tool, "effect": c.effect, "status": str(c.status),
+            {"step": c.step, "call": c.call, "tool": c.tool, "effect": str(c.effect), "status": str(c.status),
              "key": c.key, "arguments": c.arguments, "result": c.result}) for c in stored.calls if c.step >= n],
         inbox=[] if ended else [QueuedEvent(seq=e.seq, event=e.event, payload=e.payload)
                                 for e in stored.inbox if e.consumed_step is None])
@@ -793,15 +799,12 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
         raise IncompatibleRun(run_id, exc.problems, "nothing was stored: fork it with the workflow that "
                               "started it, or patch= what the problems name") from None
     new_id = new_run_id or f"{run_id}~{at_step}~{os.urandom(3).hex()}"
-    rec = {
-        "run_id": new_id, "workflow": workflow.name,
-        "fingerprint": fingerprint_of(workflow) or src.fingerprint,
-        "status": str(RunStatus.RUNNING), "state": state, "next_step": at_step, "epoch": 1,
-        "counters": {"actions_run": point.actions_run, "visits": visits, "traversals": traversals},
-        "written": sorted(written), "initial_written": list(src.initial_written), "max_steps": src.max_steps,
-        "restarts": 0, "created_at": time.time(), "updated_at": time.time(), "terminal": None, "outcome": None,
-        "reason": None, "parent": run_id, "parent_step": at_step, "wait": None,
-    }
+    rec = run_row(
+        run_id=new_id, workflow=workflow.name, fingerprint=fingerprint_of(workflow) or src.fingerprint,
+        status=RunStatus.RUNNING, state=state, next_step=at_step, epoch=1,
+        counters={"actions_run": point.actions_run, "visits": visits, "traversals": traversals},
+        written=sorted(written), initial_written=list(src.initial_written), max_steps=src.max_steps,
+        created_at=time.time(), updated_at=time.time(), parent=run_id, parent_step=at_step)
     await asyncio.wrap_future(store.fork(run_id, at_step, rec, context))
     run = await reopen(workflow, new_id, store, None, options, fresh=True)
     return run.result if run.result is not None else await run.run_to_end()
@@ -948,7 +951,7 @@ class _Replay:
                "error_type": None if step.error is None else type(step.error).__name__}
         if rec is None:
             raise _Stop("the record ends before this step", None, got, step.number)
-        expected = {"state": rec.state, "target": rec.target, "transition": rec.transition, "kind": rec.kind,
+        expected = {"state": rec.state, "target": rec.target, "transition": rec.transition, "kind": str(rec.kind),
                     "writes": sorted(rec.writes), "delta": rec.delta, "error_type": rec.error_type}
         if got != expected:
             what = next(k for k in expected if expected[k] != got[k])

@@ -1,6 +1,8 @@
 """Durable runs: where every step is committed. ``from statemachine_agent.stores import SQLiteStore``.
 
-See docs/durability.md for the guarantees and :mod:`.conformance` for the suite a store must pass.
+See docs/durability.md for the guarantees and :mod:`.conformance` for the suite a store must pass. A
+store is given the typed rows (``RunRow``, ``StepRow``, ``CallRow``, ``CommitRequest``) and returns the
+models (``StoredRun``, ``RunRecord``, ...).
 """
 
 from __future__ import annotations
@@ -10,22 +12,31 @@ from ._base import Store
 from ._records import (
     SCHEMA_VERSION,
     CallRecord,
+    CallRow,
     CallStatus,
+    CommitRequest,
     Counters,
+    CountersRow,
     InboxRecord,
     RunRecord,
+    RunRow,
     RunStatus,
     StepRecord,
+    StepRow,
     StoredRun,
     WaitRecord,
+    WaitRow,
 )
 from ._sqlite import MemoryStore, SQLiteStore
 
 __all__ = [
     "SCHEMA_VERSION",
     "CallRecord",
+    "CallRow",
     "CallStatus",
+    "CommitRequest",
     "Counters",
+    "CountersRow",
     "InboxRecord",
     "IncompatibleRun",
     "MemoryStore",
@@ -33,12 +44,15 @@ __all__ = [
     "RunFenced",
     "RunNotFound",
     "RunRecord",
+    "RunRow",
     "RunStatus",
     "SQLiteStore",
     "StepRecord",
+    "StepRow",
     "Store",
     "StoreCorrupted",
     "StoreError",
     "StoredRun",
     "WaitRecord",
+    "WaitRow",
 ]

@@ -13,7 +13,7 @@ import abc
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ._records import InboxRecord, RunRecord, RunStatus, StoredRun
+from ._records import CallRow, CommitRequest, InboxRecord, RunRecord, RunRow, RunStatus, StoredRun
 
 if TYPE_CHECKING:
     from ..secrets import SecretCodec
@@ -22,8 +22,10 @@ __all__ = ["Store"]
 
 
 class Store(abc.ABC):
-    """Where durable runs are committed. Records are JSON; the writer passes plain dicts shaped
-    like :mod:`~._records`' models, and everything read back is validated by them."""
+    """Where durable runs are committed. Records are JSON; the writer passes the rows of
+    :mod:`~._records` (typed plain dicts: :class:`~._records.RunRow`, :class:`~._records.CommitRequest`,
+    :class:`~._records.CallRow`, each made by its builder), and everything read back is validated by
+    that module's models."""
 
     snapshot_every: int = 50
     """A full snapshot of the context every this many steps (and at waits and at the end);
@@ -34,7 +36,7 @@ class Store(abc.ABC):
     decrypts them back; without one, a run whose context holds a secret is refused at its start."""
 
     @abc.abstractmethod
-    def create(self, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+    def create(self, run: RunRow, context: dict[str, Any]) -> Future[None]:
         """Insert a new run (``RunExists`` if its id is taken) with its starting context."""
 
     @abc.abstractmethod
@@ -57,7 +59,7 @@ class Store(abc.ABC):
         counts a restart of it. ``RunFenced`` if another worker claimed the run since."""
 
     @abc.abstractmethod
-    def commit(self, commit: dict[str, Any]) -> Future[list[InboxRecord]]:
+    def commit(self, commit: CommitRequest) -> Future[list[InboxRecord]]:
         """Commit one step, atomically: its row, the run's new record, an optional snapshot, the
         journal rows riding along and an inbox event consumed. ``RunFenced`` when the run's epoch
         or next step is no longer the one given (then nothing is written).
@@ -68,13 +70,13 @@ class Store(abc.ABC):
         worker goes on with them). Otherwise it returns ``[]``."""
 
     @abc.abstractmethod
-    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
+    def suspend(self, run: RunRow, epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
         """Commit the run as waiting (its record, with ``wait`` set, and a snapshot at its next
         step); fenced like :meth:`commit`. Like it, reads the inbox in the same transaction: when
         the event waited for is there, nothing is written and the events are returned."""
 
     @abc.abstractmethod
-    def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
+    def record_call(self, run_id: str, epoch: int, call: CallRow) -> Future[None]:
         """Commit one journal row (an intent, or an outcome) now; fenced like :meth:`commit`."""
 
     @abc.abstractmethod
@@ -111,7 +113,7 @@ class Store(abc.ABC):
         """Put an event in the run's inbox (committed); its sequence number."""
 
     @abc.abstractmethod
-    def fork(self, source: str, at_step: int, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+    def fork(self, source: str, at_step: int, run: RunRow, context: dict[str, Any]) -> Future[None]:
         """Create ``run`` from ``source`` before step ``at_step``: the steps and journal rows before
         that point are copied to it, and ``context`` is its snapshot there."""
 

@@ -1,19 +1,29 @@
-"""What a store holds, as pydantic models: everything loaded from a store is validated by them.
+"""What a store holds: the rows written (TypedDicts, each made by one builder) and the pydantic
+models that validate everything loaded back.
 
 JSON only: no pickle, no class paths, nothing a database row can use to run code. The writer builds
-plain dicts of the same shape (cheaper than building models on every step); the conformance suite
-checks that they round-trip through these models.
+the rows as plain dicts (:class:`RunRow`, :class:`StepRow`, :class:`CallRow`, and the
+:class:`CommitRequest` of a step), cheaper than building models on every step, always through
+:func:`run_row`, :func:`step_row`, :func:`call_row` and :func:`commit_request`; the conformance suite
+checks that they round-trip through the models (:class:`RunRecord`, :class:`StepRecord`,
+:class:`CallRecord`, :class:`InboxRecord`). Kinds are the library's enums (``StepKind``, ``Effect``,
+``Outcome``, ``RunStatus``, ``CallStatus``), stored as their string values.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
-__all__ = ["SCHEMA_VERSION", "CallRecord", "CallStatus", "Counters", "InboxRecord", "RunRecord", "RunStatus",
-           "StepRecord", "StoredRun", "WaitRecord"]
+from .._tooldef import Effect
+from ..result import StepKind
+from ..spec import Outcome
+
+__all__ = ["SCHEMA_VERSION", "CallRecord", "CallRow", "CallStatus", "CommitRequest", "Counters", "CountersRow",
+           "InboxRecord", "RunRecord", "RunRow", "RunStatus", "StepRecord", "StepRow", "StoredRun", "WaitRecord",
+           "WaitRow", "call_row", "commit_request", "run_row", "step_row"]
 
 SCHEMA_VERSION = 2
 """The version of the stored layout; a store migrates older files on open and refuses newer ones.
@@ -27,6 +37,12 @@ Whole = Annotated[int, Field(ge=0, le=_MAX_INT, strict=True)]
 """A count, step or epoch as loaded: an int (not a string, bool or float that pydantic would convert)."""
 Time = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 """Seconds (since the epoch, or a duration): a finite number, not a string or bool."""
+
+# A kind, effect or outcome loads as its enum; a value this release does not know (written by a newer
+# one, or by hand) loads as the string it is, as it always did: what reads it decides (a resume refuses it).
+KnownStepKind = Annotated[StepKind | str, Field(union_mode="left_to_right")]
+KnownEffect = Annotated[Effect | str, Field(union_mode="left_to_right")]
+KnownOutcome = Annotated[Outcome | str, Field(union_mode="left_to_right")]
 
 _MODEL_CALL_COUNTS = ("input_tokens", "output_tokens", "attempt", "http_attempts")
 _MODEL_CALL_SECONDS = ("latency", "cost")
@@ -103,7 +119,8 @@ class RunRecord(_Record):
     created_at: Time
     updated_at: Time
     terminal: str | None = None
-    outcome: str | None = None
+    outcome: KnownOutcome | None = None
+    """The terminal's :class:`~statemachine_agent.spec.Outcome` once the run ended."""
     reason: str | None = None
     parent: str | None = None
     """The run this one was forked from."""
@@ -118,7 +135,8 @@ class StepRecord(_Record):
     state: str
     target: str
     transition: str
-    kind: str
+    kind: KnownStepKind
+    """A :class:`~statemachine_agent.result.StepKind`."""
     started_at: Time
     duration: Time
     error: str | None = None
@@ -156,7 +174,8 @@ class CallRecord(_Record):
     step: Whole
     call: Whole
     tool: str
-    effect: str
+    effect: KnownEffect
+    """The :class:`~statemachine_agent.Effect` the call was made under."""
     status: CallStatus
     key: str
     arguments: JsonValue = None
@@ -186,3 +205,142 @@ class StoredRun(_Record):
     context: dict[str, Any]
     """The context's JSON, before step ``at_step`` (default: the next step)."""
     at_step: Whole
+
+
+# --- the rows a store is given ---------------------------------------------------------------------
+# Plain dicts (JSON as they are: the enums are str), typed; each is made by its one builder below, so
+# the key order, and with it the stored bytes, is the same wherever a row is written.
+class CountersRow(TypedDict):
+    """:class:`Counters` as written."""
+
+    actions_run: int
+    visits: dict[str, int]
+    traversals: dict[str, int]
+
+
+class WaitRow(TypedDict):
+    """:class:`WaitRecord` as written."""
+
+    state: str
+    event: str
+    deadline: float | None
+
+
+class RunRow(TypedDict):
+    """:class:`RunRecord` as written (by :func:`run_row`)."""
+
+    run_id: str
+    workflow: str
+    fingerprint: str
+    status: RunStatus
+    state: str
+    next_step: int
+    epoch: int
+    counters: CountersRow
+    written: list[str]
+    initial_written: list[str]
+    max_steps: int
+    restarts: int
+    started: bool
+    created_at: float
+    updated_at: float
+    terminal: str | None
+    outcome: Outcome | None
+    reason: str | None
+    parent: str | None
+    parent_step: int | None
+    wait: WaitRow | None
+
+
+class StepRow(TypedDict):
+    """:class:`StepRecord` as written (by :func:`step_row`)."""
+
+    number: int
+    state: str
+    target: str
+    transition: str
+    kind: StepKind
+    started_at: float
+    duration: float
+    error: str | None
+    error_type: str | None
+    rejected: list[str]
+    ran: bool
+    writes: list[str]
+    delta: dict[str, Any]
+    unset: list[str]
+    model_calls: list[dict[str, Any]]
+
+
+class CallRow(TypedDict):
+    """:class:`CallRecord` as written (by :func:`call_row`): one journal row."""
+
+    step: int
+    call: int
+    tool: str
+    effect: Effect
+    key: str
+    arguments: Any
+    result: Any
+    error: str | None
+    at: float
+    status: CallStatus
+
+
+class CommitRequest(TypedDict):
+    """One step's commit (by :func:`commit_request`): see :meth:`.Store.commit`."""
+
+    epoch: int
+    """The committer's epoch: the commit is fenced on it and on ``run["next_step"] - 1``."""
+    run: RunRow
+    """The run's record after the step."""
+    step: StepRow
+    snapshot: dict[str, Any] | None
+    """The whole context after the step (its JSON), or ``None``: the step's delta rebuilds it."""
+    calls: list[CallRow]
+    """Journal rows riding along (the step's ``read`` calls)."""
+    consume: int | None
+    """The inbox event the step consumed (its sequence number), if any."""
+
+
+def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, state: str, next_step: int,
+            epoch: int, counters: CountersRow, written: list[str], initial_written: list[str], max_steps: int,
+            created_at: float, updated_at: float, terminal: str | None = None, outcome: Outcome | None = None,
+            reason: str | None = None, parent: str | None = None, parent_step: int | None = None,
+            wait: WaitRow | None = None, restarts: int = 0, started: bool = True) -> RunRow:
+    """A run's record, as every writer of one builds it."""
+    return {
+        "run_id": run_id, "workflow": workflow, "fingerprint": fingerprint, "status": status, "state": state,
+        "next_step": next_step, "epoch": epoch, "counters": counters, "written": written,
+        "initial_written": initial_written, "max_steps": max_steps, "restarts": restarts, "started": started,
+        "created_at": created_at, "updated_at": updated_at, "terminal": terminal, "outcome": outcome,
+        "reason": reason, "parent": parent, "parent_step": parent_step, "wait": wait,
+    }
+
+
+def step_row(*, number: int, state: str, target: str, transition: str, kind: StepKind, started_at: float,
+             duration: float, error: str | None = None, error_type: str | None = None,
+             rejected: list[str] | None = None, ran: bool = True, writes: list[str] | None = None,
+             delta: dict[str, Any] | None = None, unset: list[str] | None = None,
+             model_calls: list[dict[str, Any]] | None = None) -> StepRow:
+    """A step's row: where it went and the delta of the context it wrote."""
+    return {"number": number, "state": state, "target": target, "transition": transition, "kind": kind,
+            "started_at": started_at, "duration": duration, "error": error, "error_type": error_type,
+            "rejected": [] if rejected is None else rejected, "ran": ran, "writes": [] if writes is None else writes,
+            "delta": {} if delta is None else delta, "unset": [] if unset is None else unset,
+            "model_calls": [] if model_calls is None else model_calls}
+
+
+def call_row(*, step: int, call: int, tool: str, effect: Effect, key: str, status: CallStatus, at: float,
+             arguments: Any = None, result: Any = None, error: str | None = None) -> CallRow:
+    """A journal row: call ``call`` of step ``step``, to ``tool`` (or a journaled read such as a model's
+    answer), with its arguments and, once known, its result or error."""
+    return {"step": step, "call": call, "tool": tool, "effect": effect, "key": key, "arguments": arguments,
+            "result": result, "error": error, "at": at, "status": status}
+
+
+def commit_request(*, epoch: int, run: RunRow, step: StepRow, snapshot: dict[str, Any] | None = None,
+                   calls: list[CallRow] | None = None, consume: int | None = None) -> CommitRequest:
+    """What :meth:`.Store.commit` is given for one step."""
+    return {"epoch": epoch, "run": run, "step": step, "snapshot": snapshot, "calls": [] if calls is None else calls,
+            "consume": consume}

@@ -1,10 +1,10 @@
 """SQLiteStore: the embedded default store (WAL, ``synchronous=FULL``, one writer thread).
 
-One connection, owned by one thread, does every read and write in the order they were submitted.
-Requests that arrive while a transaction is being committed wait, and then go together in the next
-transaction: one fsync commits the steps of many runs (group commit), and each run still waits for
-its own step's commit before starting the next. Each request runs under its own SAVEPOINT, so one
-fenced-out commit does not undo the others of its group.
+Three parts: the store's operations here (fencing, row checksums, the checks on load), written against
+a SQL dialect (:mod:`._sqldialect`, which holds every statement they run: a PostgreSQL store replaces
+that dialect, and how a connection is opened); and the writer thread (:mod:`._sqlwriter`), which runs
+every request on one connection in the order it was submitted, in group commits. What only an SQLite
+file has (its WAL check, its intent log, its schema migrations) is marked so below.
 
 Every record is stored as JSON with a CRC-32 beside it that covers the row's key too; a row that fails
 its checksum, its JSON, its model or a range check raises :class:`~.errors.StoreCorrupted` naming the
@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import os
-import queue
 import sqlite3
 import struct
 import sys
@@ -48,13 +47,21 @@ from ._records import (
     _MAX_INT,
     SCHEMA_VERSION,
     CallRecord,
+    CallRow,
     CallStatus,
+    CommitRequest,
     InboxRecord,
     RunRecord,
+    RunRow,
     RunStatus,
     StepRecord,
     StoredRun,
 )
+from ._sqldialect import ADD_COUNTS as _ADD_COUNTS
+from ._sqldialect import SCHEMA as _SCHEMA
+from ._sqldialect import SCHEMA_V1 as _SCHEMA_V1
+from ._sqldialect import SQLITE, Dialect
+from ._sqlwriter import Writer
 
 __all__ = ["MemoryStore", "SQLiteStore"]
 
@@ -62,43 +69,7 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 _APPLICATION_ID = 0x534D4131  # "SMA1": marks the file as ours, so another program's database is refused
-_BATCH = 512  # requests per transaction at most
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS sma_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sma_steps (
-    run_id TEXT NOT NULL, number INTEGER NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
-    PRIMARY KEY (run_id, number));
-CREATE TABLE IF NOT EXISTS sma_snapshots (
-    run_id TEXT NOT NULL, step INTEGER NOT NULL, context TEXT NOT NULL, crc INTEGER NOT NULL,
-    PRIMARY KEY (run_id, step));
-CREATE TABLE IF NOT EXISTS sma_journal (
-    run_id TEXT NOT NULL, step INTEGER NOT NULL, call INTEGER NOT NULL, record TEXT NOT NULL,
-    crc INTEGER NOT NULL, PRIMARY KEY (run_id, step, call));
-CREATE TABLE IF NOT EXISTS sma_inbox (
-    run_id TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
-    consumed_step INTEGER, PRIMARY KEY (run_id, seq));
-"""
-
-_SCHEMA_V1 = _TABLES + """
-CREATE TABLE IF NOT EXISTS sma_runs (
-    run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, epoch INTEGER NOT NULL, next_step INTEGER NOT NULL,
-    status TEXT NOT NULL, updated_at REAL NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sma_runs_by_workflow ON sma_runs (workflow, updated_at);
-"""
-
-# Version 2: every CRC covers its row's key, and the run's row counts its journal and inbox rows (so a row
-# an index no longer finds is detected). No index on (workflow, updated_at): listing scans the table.
-_SCHEMA = _TABLES + """
-CREATE TABLE IF NOT EXISTS sma_runs (
-    run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, epoch INTEGER NOT NULL, next_step INTEGER NOT NULL,
-    status TEXT NOT NULL, updated_at REAL NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
-    journal_rows INTEGER NOT NULL DEFAULT 0, inbox_rows INTEGER NOT NULL DEFAULT 0);
-"""
-
-_ADD_COUNTS = ("ALTER TABLE sma_runs ADD COLUMN journal_rows INTEGER NOT NULL DEFAULT 0",
-               "ALTER TABLE sma_runs ADD COLUMN inbox_rows INTEGER NOT NULL DEFAULT 0",
-               "DROP INDEX IF EXISTS sma_runs_by_workflow")
+# The tables: _SCHEMA (and the version-1 _SCHEMA_V1, and _ADD_COUNTS that migrates it) live in the dialect.
 
 _KEYED: tuple[tuple[str, str, str, str], ...] = (
     # table, kind, key columns (as SQL giving the key text), record column
@@ -112,7 +83,8 @@ _KEYED: tuple[tuple[str, str, str, str], ...] = (
 def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     """Version 1 -> 2: add the row counts and seal every row's checksum with its key. A row that fails
     its version-1 checksum gets checksum -1 (never a CRC-32), so it stays damaged: nothing is laundered.
-    Counts come from scanning the tables (NOT INDEXED), not from their indexes."""
+    Counts come from scanning the tables (NOT INDEXED), not from their indexes. (SQLite only: only SQLite
+    files of version 1 exist, so its SQL is here, not in the dialect.)"""
     for stmt in _ADD_COUNTS:
         conn.execute(stmt)
     runs = conn.execute("SELECT rowid, run_id, record, crc FROM sma_runs NOT INDEXED").fetchall()
@@ -153,22 +125,20 @@ def _inbox_key(seq: int, consumed: int | None) -> str:
     return f"{seq}/{'' if consumed is None else consumed}"
 
 
-def _put_calls(conn: sqlite3.Connection, run_id: str, calls: list[tuple[dict[str, Any], str]]) -> None:
+def _put_calls(sql: Dialect, conn: sqlite3.Connection, run_id: str, calls: list[tuple[CallRow, str]]) -> None:
     """Write journal rows (each new or replacing the row of its step and call), counting the new ones
     in the run's row."""
     new = 0
     for c, text in calls:
         step, n = c["step"], c["call"]
         crc = _row_crc("call", run_id, f"{step}/{n}", text)
-        if conn.execute("INSERT OR IGNORE INTO sma_journal VALUES (?, ?, ?, ?, ?)",
-                        (run_id, step, n, text, crc)).rowcount == 1:
+        if conn.execute(sql.insert_call_if_new, (run_id, step, n, text, crc)).rowcount == 1:
             new += 1
-        elif conn.execute("UPDATE sma_journal SET record=?, crc=? WHERE run_id=? AND step=? AND call=?",
-                          (text, crc, run_id, step, n)).rowcount != 1:
+        elif conn.execute(sql.update_call, (text, crc, run_id, step, n)).rowcount != 1:
             raise ValueError(f"run {run_id!r}: journal row {step}/{n} could not be written (step and call "
                              "must be whole numbers)")
     if new:
-        conn.execute("UPDATE sma_runs SET journal_rows=journal_rows+? WHERE run_id=?", (new, run_id))
+        conn.execute(sql.count_call_rows, (new, run_id))
 
 
 _FORKED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -178,14 +148,13 @@ _FORKED: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
 )                                                           # again) before any step it holds
 
 
-def _copy_rows(conn: sqlite3.Connection, source: str, spec: tuple[str, str, tuple[str, ...], str],
+def _copy_rows(sql: Dialect, conn: sqlite3.Connection, source: str, spec: tuple[str, str, tuple[str, ...], str],
                before: int) -> list[tuple[tuple[int, ...], str, str]]:
     """The rows of run ``source`` in ``spec``'s table before step ``before``, each checked: (key, its label,
     record)."""
     table, kind, keys, column = spec
     out = []
-    rows = conn.execute(f"SELECT {', '.join(keys)}, {column}, crc FROM {table} WHERE run_id=? AND {keys[0]}<? "
-                        f"ORDER BY {', '.join(keys)}", (source, before)).fetchall()
+    rows = conn.execute(sql.copied_rows(table, keys, column), (source, before)).fetchall()
     for *key, text, crc in rows:
         label = "/".join(str(k) for k in key)
         if not all(_whole(k) for k in key) or not isinstance(text, str) or crc != _row_crc(kind, source, label, text):
@@ -202,26 +171,24 @@ def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INT
 
 
-def _put_event(conn: sqlite3.Connection, run_id: str, seq: int, text: str) -> None:
+def _put_event(sql: Dialect, conn: sqlite3.Connection, run_id: str, seq: int, text: str) -> None:
     """Write an inbox row, counting it in the run's row."""
     if not _whole(seq) or seq < 1:  # the next number after a damaged one (text, a float, 2**63-1 + 1)
         raise StoreCorrupted(f"run {run_id!r} inbox: the next event number would be {seq!r}: the file is damaged "
                              "(an event number is not a whole number in range); nothing was delivered")
-    conn.execute("INSERT INTO sma_inbox VALUES (?, ?, ?, ?, NULL)",
-                 (run_id, seq, text, _row_crc("inbox", run_id, _inbox_key(seq, None), text)))
-    conn.execute("UPDATE sma_runs SET inbox_rows=inbox_rows+1 WHERE run_id=?", (run_id,))
+    conn.execute(sql.insert_event, (run_id, seq, text, _row_crc("inbox", run_id, _inbox_key(seq, None), text)))
+    conn.execute(sql.count_inbox_row, (run_id,))
 
 
-def _seal_consumed(conn: sqlite3.Connection, run_id: str, seq: int, step: int) -> None:
+def _seal_consumed(sql: Dialect, conn: sqlite3.Connection, run_id: str, seq: int, step: int) -> None:
     """Re-seal event ``seq``'s checksum once step ``step`` consumed it (the CRC covers the consuming
     step): its record is checked first, so damage is never sealed in."""
-    row = conn.execute("SELECT record, crc FROM sma_inbox WHERE run_id=? AND seq=?", (run_id, seq)).fetchone()
+    row = conn.execute(sql.select_event, (run_id, seq)).fetchone()
     what = f"run {run_id!r} inbox event {seq}"
     if row is None or not isinstance(row[0], str) or row[1] != _row_crc("inbox", run_id, _inbox_key(seq, None), row[0]):
         raise StoreCorrupted(f"{what}: the stored record fails its checksum: the file was damaged or changed "
                              "outside statemachine-agent; nothing was committed")
-    conn.execute("UPDATE sma_inbox SET crc=? WHERE run_id=? AND seq=?",
-                 (_row_crc("inbox", run_id, _inbox_key(seq, step), row[0]), run_id, seq))
+    conn.execute(sql.seal_event, (_row_crc("inbox", run_id, _inbox_key(seq, step), row[0]), run_id, seq))
 
 
 _MAX_DEPTH = 128
@@ -257,7 +224,8 @@ class _Connection(sqlite3.Connection):
 
     intents: _IntentLog | None = None
     after_commit: list[Callable[[], None]]
-    """What the op being run asks to do once its transaction committed (and before its future resolves)."""
+    """What the op being run asks to do once its transaction committed (and before its future resolves):
+    the writer's (:class:`~._sqlwriter.Writer`) ``after_commit``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -558,6 +526,9 @@ class SQLiteStore(Store):
     Several processes may share one file: fencing makes sure only one commits each step.
     """
 
+    _sql: Dialect = SQLITE
+    """The SQL every operation runs (see :mod:`._sqldialect`)."""
+
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int = 50,
                  busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -614,14 +585,10 @@ class SQLiteStore(Store):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = \
-            queue.SimpleQueue()
-        self._closed = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, name=f"statemachine-agent store {self.path}",
-                                        daemon=True)
-        self._thread.start()
+        intents = conn.intents
+        self._writer = Writer(conn, self._sql, name=f"statemachine-agent store {self.path}", readonly=readonly,
+                              translate=self._translate, after_commit=conn.after_commit,
+                              on_close=intents.close if intents is not None else _nothing)
 
     # --- opening --------------------------------------------------------------------------------
     def _prepare(self, conn: _Connection, synchronous: str, memory: bool) -> None:
@@ -649,40 +616,40 @@ class SQLiteStore(Store):
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{where}: could not switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={synchronous}")
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._sql.begin_write)
             if not memory:
                 _check_wal(self.path, where)
-            for stmt in _SCHEMA.split(";"):
+            for stmt in self._sql.schema.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
-            row = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
+            row = conn.execute(self._sql.select_version).fetchone()
             # No version: a new store, unless the tables were there before (then the row was lost).
             version = SCHEMA_VERSION if row is None and not tables else _version(None if row is None else row[0],
                                                                                  where)
             if version > SCHEMA_VERSION:
-                conn.execute("ROLLBACK")
+                conn.execute(self._sql.rollback)
                 raise StoreError(f"{where} has schema version {version}, written by a newer "
                                  f"statemachine-agent (this one reads up to {SCHEMA_VERSION}): upgrade it")
             while version < SCHEMA_VERSION:
                 _MIGRATIONS[version](conn)
                 version += 1
-            conn.execute("INSERT OR REPLACE INTO sma_meta VALUES ('schema_version', ?)", (str(version),))
+            conn.execute(self._sql.put_version, (str(version),))
             if not memory:
                 conn.intents = _IntentLog(self.path, writable=True)
                 if row is None:  # a new store: an intent log left beside it is another store's
                     conn.intents.clear()
-            conn.execute("COMMIT")
+            conn.execute(self._sql.commit)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.execute(self._sql.rollback)
             raise _translate(exc, where) from None
 
     def _prepare_readonly(self, conn: _Connection, where: str, made: bool) -> None:
         """Check a store opened read-only, writing nothing: it must be a store of this schema version."""
         if not made:
             raise StoreError(f"{where} is empty: it holds no runs yet (opened read-only, it is not made a store)")
-        row = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
+        row = conn.execute(self._sql.select_version).fetchone()
         version = _version(None if row is None else row[0], where)
         if version > SCHEMA_VERSION:
             raise StoreError(f"{where} has schema version {version}, written by a newer "
@@ -692,100 +659,24 @@ class SQLiteStore(Store):
                              "open it once without readonly=True (any command that resumes or delivers does), "
                              f"which migrates it to version {SCHEMA_VERSION}, then read it")
         if not self._immutable:
-            conn.execute("BEGIN")
+            conn.execute(self._sql.begin_read)
             try:
                 conn.execute("SELECT COUNT(*) FROM sma_meta").fetchone()  # reads the -wal's index
                 _check_wal(self.path, where)
             finally:
-                conn.execute("COMMIT")
+                conn.execute(self._sql.commit)
         conn.intents = _IntentLog(self.path, writable=False)
 
-    # --- the writer thread ----------------------------------------------------------------------
+    # --- the writer thread (._sqlwriter) ----------------------------------------------------------
     def _submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        future: Future[T] = Future()
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"the store {self.path!r} is closed")
-            self._queue.put((op, future))
-        return future
+        return self._writer.submit(op, f"the store {self.path!r} is closed")
 
-    def _serve(self) -> None:
-        q = self._queue
-        conn = self._conn
-        stop = False
-        while not stop:
-            first = q.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < _BATCH:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._run_batch(conn, batch)
-        conn.close()
-        if isinstance(conn, _Connection) and conn.intents is not None:
-            conn.intents.close()
-
-    def _run_batch(self, conn: sqlite3.Connection,
-                   batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
-        live = [(op, f) for op, f in batch if f.set_running_or_notify_cancel()]
-        if not live:
-            return
-        outcomes: list[tuple[bool, Any]] = []
-        after: list[list[Callable[[], None]]] = []
-        pending = conn.after_commit if isinstance(conn, _Connection) else []
-        try:
-            conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
-            for op, _ in live:
-                conn.execute("SAVEPOINT sma_op")
-                pending.clear()
-                try:
-                    value = op(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO sma_op")
-                    conn.execute("RELEASE sma_op")
-                    outcomes.append((False, exc))
-                    after.append([])
-                else:
-                    conn.execute("RELEASE sma_op")
-                    outcomes.append((True, value))
-                    after.append(list(pending))
-            pending.clear()
-            conn.execute("COMMIT")
-        except Exception as exc:  # the transaction failed as a whole: nothing of it is committed
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            error = _translate(exc, f"the store {self.path!r}")
-            for _, f in live:
-                f.set_exception(error)
-            return
-        for (_, f), (done, result), then in zip(live, outcomes, after, strict=True):
-            ok, value = done, result
-            try:
-                for action in then:
-                    action()
-            except StoreError as exc:
-                ok, value = False, exc
-            if ok:
-                f.set_result(value)
-            else:
-                f.set_exception(_translate(value, f"the store {self.path!r}"))
+    def _translate(self, exc: BaseException) -> BaseException:
+        return _translate(exc, f"the store {self.path!r}")
 
     def close(self) -> None:
         """Finish what was submitted, then close the connection (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        self._writer.close()
 
     def __del__(self) -> None:
         try:  # noqa: SIM105  (not contextlib: at interpreter exit module globals may already be None)
@@ -797,61 +688,65 @@ class SQLiteStore(Store):
         return f"<SQLiteStore {self.path!r}>"
 
     # --- the operations -------------------------------------------------------------------------
-    def create(self, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+    def create(self, run: RunRow, context: dict[str, Any]) -> Future[None]:
         run_text, ctx_text = _dumps(run), _dumps(context)
         run_id = run["run_id"]
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
-                             (run_id, run["workflow"], run["epoch"], run["next_step"], run["status"],
-                              run["updated_at"], run_text, _run_crc(run_id, run_text)))
+                conn.execute(sql.insert_run, (run_id, run["workflow"], run["epoch"], run["next_step"], run["status"],
+                                              run["updated_at"], run_text, _run_crc(run_id, run_text)))
             except sqlite3.IntegrityError:
                 raise RunExists(run_id) from None
             _lost_runs(conn, {run_id})  # new here, yet logged: a run lost with the -wal's commits
-            conn.execute("INSERT INTO sma_snapshots VALUES (?, 0, ?, ?)",
-                         (run_id, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
+            conn.execute(sql.insert_snapshot, (run_id, 0, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
 
         return self._submit(op)
 
     def claim(self, run_id: str) -> Future[StoredRun]:
         run_id = _plain(run_id)
+        sql = self._sql
+
         def op(conn: sqlite3.Connection) -> StoredRun:
-            run = _read_run(conn, run_id)
+            run = _read_run(sql, conn, run_id)
             if run.status is not RunStatus.DONE:
                 # A restart only when the holder before started the step: a claim superseded before
                 # it did anything (or a run claimed from a wait) spends none of max_step_restarts.
                 restarts = run.restarts + 1 if run.status is RunStatus.RUNNING and run.started else run.restarts
-                run = _claimed(conn, run, restarts=restarts, status=run.status)
-            return _load(conn, run, None)
+                run = _claimed(sql, conn, run, restarts=restarts, status=run.status)
+            return _load(sql, conn, run, None)
 
         return self._submit(op)
 
     def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
         run_id = _plain(run_id)
+        sql = self._sql
+
         def op(conn: sqlite3.Connection) -> StoredRun | None:
-            run = _read_run(conn, run_id)
+            run = _read_run(sql, conn, run_id)
             if run.status is not RunStatus.WAITING:
                 return None  # running (a live worker takes its events at its wait), or ended
-            return _load(conn, _claimed(conn, run, restarts=run.restarts, status=RunStatus.RUNNING), None)
+            return _load(sql, conn, _claimed(sql, conn, run, restarts=run.restarts, status=RunStatus.RUNNING), None)
 
         return self._submit(op)
 
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
         run_id = _plain(run_id)
+        sql = self._sql
+
         def op(conn: sqlite3.Connection) -> None:
-            run = _read_run(conn, run_id)
+            run = _read_run(sql, conn, run_id)
             if run.epoch != epoch:
                 raise RunFenced(run_id, run.next_step)
             if not run.started:
                 run = run.model_copy(update={"started": True})
                 text = run.model_dump_json()
-                conn.execute("UPDATE sma_runs SET record=?, crc=? WHERE run_id=?",
-                             (text, _run_crc(run_id, text), run_id))
+                conn.execute(sql.update_record, (text, _run_crc(run_id, text), run_id))
 
         return self._submit(op)
 
-    def commit(self, commit: dict[str, Any]) -> Future[list[InboxRecord]]:
+    def commit(self, commit: CommitRequest) -> Future[list[InboxRecord]]:
         run = commit["run"]
         step = commit["step"]
         run_text, step_text = _dumps(run), _dumps(step)
@@ -860,73 +755,69 @@ class SQLiteStore(Store):
         calls = [(c, _dumps(c)) for c in commit.get("calls", ())]
         consume = commit.get("consume")
         run_id, epoch, number = run["run_id"], commit["epoch"], step["number"]
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> list[InboxRecord]:
             status, text = run["status"], run_text
-            found = _waited(conn, run, consume)
+            found = _waited(sql, conn, run, consume)
             if found:  # the event came while the step ran: the run goes on instead of waiting
-                status = str(RunStatus.RUNNING)
+                status = RunStatus.RUNNING
                 text = _dumps({**run, "status": status})
-            cur = conn.execute(
-                "UPDATE sma_runs SET next_step=?, status=?, updated_at=?, record=?, crc=? "
-                "WHERE run_id=? AND epoch=? AND next_step=?",
-                (number + 1, status, run["updated_at"], text, _run_crc(run_id, text), run_id, epoch, number))
+            cur = conn.execute(sql.commit_run, (number + 1, status, run["updated_at"], text, _run_crc(run_id, text),
+                                                run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
-            conn.execute("INSERT INTO sma_steps VALUES (?, ?, ?, ?)",
-                         (run_id, number, step_text, _row_crc("step", run_id, number, step_text)))
+            conn.execute(sql.insert_step, (run_id, number, step_text, _row_crc("step", run_id, number, step_text)))
             if snap_text is not None:
-                conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
+                conn.execute(sql.put_snapshot,
                              (run_id, number + 1, snap_text, _row_crc("snapshot", run_id, number + 1, snap_text)))
-            _put_calls(conn, run_id, calls)
+            _put_calls(sql, conn, run_id, calls)
             if consume is not None:
-                cur = conn.execute("UPDATE sma_inbox SET consumed_step=? WHERE run_id=? AND seq=? AND "
-                                   "consumed_step IS NULL", (number, run_id, consume))
+                cur = conn.execute(sql.consume_event, (number, run_id, consume))
                 if cur.rowcount != 1:
                     raise RunFenced(run_id, number, f"run {run_id!r}: event {consume} was consumed by "
                                     "another worker; this worker stops")
-                _seal_consumed(conn, run_id, consume, number)
+                _seal_consumed(sql, conn, run_id, consume, number)
             return found
 
         return self._submit(op)
 
-    def suspend(self, run: dict[str, Any], epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
+    def suspend(self, run: RunRow, epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
         run_text, snap_text = _dumps(run), _dumps(snapshot)
         run_id, number = run["run_id"], run["next_step"]
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> list[InboxRecord]:
-            found = _waited(conn, run, None)
+            found = _waited(sql, conn, run, None)
             if found:  # delivered meanwhile: the run does not wait (nothing is written)
-                row = conn.execute("SELECT epoch, next_step FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+                row = conn.execute(sql.select_fence, (run_id,)).fetchone()
                 if row is None or row[0] != epoch or row[1] != number:
                     raise RunFenced(run_id, number)
                 return found
-            cur = conn.execute(
-                "UPDATE sma_runs SET status=?, updated_at=?, record=?, crc=? "
-                "WHERE run_id=? AND epoch=? AND next_step=?",
-                (run["status"], run["updated_at"], run_text, _run_crc(run_id, run_text), run_id, epoch, number))
+            cur = conn.execute(sql.suspend_run, (run["status"], run["updated_at"], run_text,
+                                                 _run_crc(run_id, run_text), run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
-            conn.execute("INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)",
-                         (run_id, number, snap_text, _row_crc("snapshot", run_id, number, snap_text)))
+            conn.execute(sql.put_snapshot, (run_id, number, snap_text, _row_crc("snapshot", run_id, number, snap_text)))
             return []
 
         return self._submit(op)
 
-    def record_call(self, run_id: str, epoch: int, call: dict[str, Any]) -> Future[None]:
+    def record_call(self, run_id: str, epoch: int, call: CallRow) -> Future[None]:
         run_id = _plain(run_id)
         if not isinstance(run_id, str) or not run_id:
             raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
         text = _dumps(call)
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT epoch FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+            row = conn.execute(sql.select_epoch, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(run_id)
             if row[0] != epoch:
                 raise RunFenced(run_id, call["step"])
-            _put_calls(conn, run_id, [(call, text)])
-            if call.get("status") == "intent" and isinstance(conn, _Connection) and conn.intents is not None:
+            _put_calls(sql, conn, run_id, [(call, text)])
+            if call.get("status") == CallStatus.INTENT and isinstance(conn, _Connection) and conn.intents is not None:
                 # Logged once the row is committed (a crash before that never ran the call), and fsync'd
                 # before this future resolves (so before the call runs).
                 conn.after_commit.append(functools.partial(conn.intents.append, run_id, text))
@@ -935,21 +826,23 @@ class SQLiteStore(Store):
 
     def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
         run_id = _plain(run_id)
-        return self._submit(lambda conn: _load(conn, _read_run(conn, run_id), at_step))
+        sql = self._sql
+        return self._submit(lambda conn: _load(sql, conn, _read_run(sql, conn, run_id), at_step))
 
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
+        sql = self._sql
+
         def op(conn: sqlite3.Connection) -> list[RunRecord]:
-            # NOT INDEXED: the table itself, so a damaged index hides no run from the list.
+            # Read from the table itself, so a damaged index hides no run from the list.
             if workflow is None:
-                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED ORDER BY updated_at DESC")
+                rows = conn.execute(sql.list_runs)
             else:
-                rows = conn.execute(f"SELECT run_id, {_RUN_COLUMNS} FROM sma_runs NOT INDEXED WHERE workflow=? "
-                                    "ORDER BY updated_at DESC", (workflow,))
+                rows = conn.execute(sql.list_workflow_runs, (workflow,))
             runs = [_run_of_row(row[0], row[1:]) for row in rows]
             if isinstance(conn, _Connection) and conn.intents is not None:  # a run lost from the table
                 logged = conn.intents.runs()
                 if logged:
-                    have = {r for (r,) in conn.execute("SELECT run_id FROM sma_runs NOT INDEXED")}
+                    have = {r for (r,) in conn.execute(sql.select_run_ids)}
                     _lost_runs(conn, logged - have)
             return runs
 
@@ -959,19 +852,11 @@ class SQLiteStore(Store):
         workflow = _plain(workflow)
         if not isinstance(workflow, str) or isinstance(now, bool) or not isinstance(now, (int, float)):
             raise TypeError(f"due_runs({workflow!r}, {now!r}): give a workflow name and a time in seconds")
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> list[str]:
-            # One scan in SQLite, not a load of every waiting run: what wake_due does on a timer. A
-            # record that is not JSON is passed over here; the run's own load reports its damage.
-            rows = conn.execute(
-                "SELECT r.run_id FROM sma_runs AS r NOT INDEXED WHERE r.workflow=? AND r.status='waiting' "
-                "AND json_valid(r.record) AND ("
-                " json_extract(r.record, '$.wait.deadline') <= ? OR EXISTS ("
-                "  SELECT 1 FROM sma_inbox AS i WHERE i.run_id=r.run_id AND i.consumed_step IS NULL"
-                "  AND json_valid(i.record)"
-                "  AND json_extract(i.record, '$.event') = json_extract(r.record, '$.wait.event')))"
-                " ORDER BY r.updated_at", (workflow, float(now)))
-            return [str(row[0]) for row in rows]
+            # One query in the database, not a load of every waiting run: what wake_due does on a timer.
+            return [str(row[0]) for row in conn.execute(sql.due_runs, (workflow, float(now)))]
 
         return self._submit(op)
 
@@ -980,44 +865,44 @@ class SQLiteStore(Store):
         if not isinstance(event, str) or not event:
             raise TypeError(f"event={event!r}: give the event's name, a non-empty string")
         payload_text = _dumps(payload)  # refuses what is not JSON before anything is written
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> int:
-            run = _read_run(conn, run_id)
+            run = _read_run(sql, conn, run_id)
             if run.status is RunStatus.DONE:
                 raise StoreError(f"run {run_id!r} has ended in {run.terminal!r}: it takes no more events")
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sma_inbox WHERE run_id=?",
-                               (run_id,)).fetchone()[0]
+            seq = conn.execute(sql.next_seq, (run_id,)).fetchone()[0]
             text = _dumps({"seq": seq, "event": event, "payload": json.loads(payload_text), "at": time.time(),
                            "consumed_step": None})
-            _put_event(conn, run_id, seq, text)
+            _put_event(sql, conn, run_id, seq, text)
             return int(seq)
 
         return self._submit(op)
 
-    def fork(self, source: str, at_step: int, run: dict[str, Any], context: dict[str, Any]) -> Future[None]:
+    def fork(self, source: str, at_step: int, run: RunRow, context: dict[str, Any]) -> Future[None]:
         source = _plain(source)
         run_text, ctx_text = _dumps(run), _dumps(context)
         new = run["run_id"]
+        sql = self._sql
 
         def op(conn: sqlite3.Connection) -> None:
-            src = _read_run(conn, source)
+            src = _read_run(sql, conn, source)
             if isinstance(at_step, bool) or not isinstance(at_step, int) or not 0 <= at_step <= src.next_step:
                 raise ValueError(f"at_step={at_step!r}: run {source!r} has committed steps 0..{src.next_step - 1}; "
                                  f"fork before one of them, or at {src.next_step}")
             # Every row copied is checked under its own key first, then sealed under the new run's.
-            copies = [(spec[0], spec[1], _copy_rows(conn, source, spec, at_step)) for spec in _FORKED]
+            copies = [(spec[0], spec[1], _copy_rows(sql, conn, source, spec, at_step)) for spec in _FORKED]
             try:
-                conn.execute("INSERT INTO sma_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                             (new, run["workflow"], run["epoch"], run["next_step"], run["status"],
-                              run["updated_at"], run_text, _run_crc(new, run_text), len(copies[1][2])))
+                conn.execute(sql.insert_forked_run, (new, run["workflow"], run["epoch"], run["next_step"],
+                                                     run["status"], run["updated_at"], run_text,
+                                                     _run_crc(new, run_text), len(copies[1][2])))
             except sqlite3.IntegrityError:
                 raise RunExists(new) from None
             for table, kind, rows in copies:
                 for key, label, text in rows:
-                    conn.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(key) + 3))})",
+                    conn.execute(sql.insert_copied(table, len(key)),
                                  (new, *key, text, _row_crc(kind, new, label, text)))
-            conn.execute("INSERT INTO sma_snapshots VALUES (?, ?, ?, ?)",
-                         (new, at_step, ctx_text, _row_crc("snapshot", new, at_step, ctx_text)))
+            conn.execute(sql.insert_snapshot, (new, at_step, ctx_text, _row_crc("snapshot", new, at_step, ctx_text)))
 
         return self._submit(op)
 
@@ -1034,6 +919,10 @@ class MemoryStore(SQLiteStore):
 
 
 # --- reading -------------------------------------------------------------------------------------
+def _nothing() -> None:
+    pass
+
+
 def _version(text: object, where: str) -> int:
     if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 9:
         raise StoreCorrupted(f"{where}: its schema version {text!r} is not a number: the file is damaged; "
@@ -1104,13 +993,13 @@ def _plain(value: Any) -> Any:
     return str.__str__(value) if isinstance(value, str) else value
 
 
-def _read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+def _read_run(sql: Dialect, conn: sqlite3.Connection, run_id: str) -> RunRecord:
     if not isinstance(run_id, str) or not run_id:
         raise TypeError(f"run_id={run_id!r}: give the run's id, a non-empty string")
-    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+    row = conn.execute(sql.select_run, (run_id,)).fetchone()
     if row is None:
         # Absent, or hidden by a damaged index entry: the table itself says which.
-        if conn.execute("SELECT 1 FROM sma_runs NOT INDEXED WHERE run_id=?", (run_id,)).fetchone() is not None:
+        if conn.execute(sql.select_run_unindexed, (run_id,)).fetchone() is not None:
             raise StoreCorrupted(f"run {run_id!r}: its row is in the store but its index does not find it: the "
                                  "file is damaged; restore it from a backup (nothing of it was loaded)")
         _lost_runs(conn, {run_id})
@@ -1135,11 +1024,8 @@ def _lost_runs(conn: sqlite3.Connection, absent: set[str]) -> None:
                              "no run may start under such an id (it would make those calls again)")
 
 
-_RUN_COLUMNS = "record, crc, epoch, next_step, status, workflow"
-
-
 def _run_of_row(run_id: object, row: tuple[Any, ...]) -> RunRecord:
-    """The run record of a row of ``_RUN_COLUMNS``: checked, and agreeing with the row's columns."""
+    """The run record of a row of the dialect's ``run_columns``: checked, and agreeing with the row's columns."""
     run = _parse_run(run_id, row[0], row[1])
     if run.epoch != row[2] or run.next_step != row[3] or run.status != row[4] or run.workflow != row[5]:
         raise StoreCorrupted(f"run {run_id!r}: its record disagrees with its row (epoch, next step, status or "
@@ -1147,20 +1033,19 @@ def _run_of_row(run_id: object, row: tuple[Any, ...]) -> RunRecord:
     return run
 
 
-def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> StoredRun:
+def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> StoredRun:
     run_id = run.run_id
     n = run.next_step
     at = n if at_step is None else at_step
     if isinstance(at, bool) or not isinstance(at, int) or not 0 <= at <= n:
         raise ValueError(f"at_step={at_step!r}: run {run_id!r} has committed steps 0..{n - 1}; give a step "
                          f"number from 0 to {n}")
-    counts = conn.execute("SELECT journal_rows, inbox_rows FROM sma_runs WHERE run_id=?", (run_id,)).fetchone()
+    counts = conn.execute(sql.select_counts, (run_id,)).fetchone()
     if counts is None or not all(_whole(c) for c in counts):
         raise StoreCorrupted(f"run {run_id!r}: its row counts are missing or not whole numbers ({counts!r}): the "
                              "file is damaged; nothing of it was loaded")
     steps = []
-    for num, text, crc in conn.execute(
-            "SELECT number, record, crc FROM sma_steps WHERE run_id=? ORDER BY number", (run_id,)):
+    for num, text, crc in conn.execute(sql.select_steps, (run_id,)):
         what = f"run {run_id!r} step {num!r}"
         step = _parse(StepRecord, text, crc, what, kind="step", run_id=run_id, key=num)
         if step.number != num:
@@ -1171,8 +1056,7 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
         raise StoreCorrupted(f"run {run_id!r} records {n} committed steps but the store holds steps "
                              f"{_ranges(have)}: the file is damaged; nothing of it was loaded")
     calls = []
-    for s, c, text, crc in conn.execute(
-            "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call", (run_id,)):
+    for s, c, text, crc in conn.execute(sql.select_calls, (run_id,)):
         what = f"run {run_id!r} journal row {s!r}/{c!r}"
         call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
         if (call.step, call.call) != (s, c):
@@ -1181,8 +1065,7 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
     # The record is written once, at delivery; the consuming step is the column, set in its commit (and
     # covered by the row's checksum from then on).
     inbox = []
-    for seq, text, crc, consumed in conn.execute(
-            "SELECT seq, record, crc, consumed_step FROM sma_inbox WHERE run_id=? ORDER BY seq", (run_id,)):
+    for seq, text, crc, consumed in conn.execute(sql.select_inbox, (run_id,)):
         what = f"run {run_id!r} inbox event {seq!r}"
         if consumed is not None and not (_whole(consumed) and consumed < n + 1):
             raise StoreCorrupted(f"{what}: it was consumed by step {consumed!r}, which the run does not have: the "
@@ -1199,8 +1082,7 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
     intents = conn.intents if isinstance(conn, _Connection) else None
     if intents is not None:
         calls = intents.restore(run_id, calls)
-    snap = conn.execute("SELECT step, context, crc FROM sma_snapshots WHERE run_id=? AND step<=? "
-                        "ORDER BY step DESC LIMIT 1", (run_id, at)).fetchone()
+    snap = conn.execute(sql.select_snapshot, (run_id, at)).fetchone()
     if snap is None or not _whole(snap[0]) or snap[0] > at:
         raise StoreCorrupted(f"run {run_id!r} has no snapshot at or before step {at}: the file is damaged; "
                              "nothing of it was loaded")
@@ -1221,17 +1103,18 @@ def _load(conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> Stor
     return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at)
 
 
-def _claimed(conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status: RunStatus) -> RunRecord:
+def _claimed(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status: RunStatus
+             ) -> RunRecord:
     """``run`` taken over: its epoch raised (older holders are fenced out), not started yet."""
     run = run.model_copy(update={"epoch": run.epoch + 1, "restarts": restarts, "status": status, "started": False,
                                  "updated_at": time.time()})
     text = run.model_dump_json()
-    conn.execute("UPDATE sma_runs SET epoch=?, status=?, updated_at=?, record=?, crc=? WHERE run_id=?",
-                 (run.epoch, str(run.status), run.updated_at, text, _run_crc(run.run_id, text), run.run_id))
+    conn.execute(sql.update_claimed, (run.epoch, str(run.status), run.updated_at, text, _run_crc(run.run_id, text),
+                                      run.run_id))
     return run
 
 
-def _waited(conn: sqlite3.Connection, run: dict[str, Any], consumed: int | None) -> list[InboxRecord]:
+def _waited(sql: Dialect, conn: sqlite3.Connection, run: RunRow, consumed: int | None) -> list[InboxRecord]:
     """For a run about to be stored as waiting: the unconsumed events of its inbox it waits for
     (read in the transaction that would suspend it, so a delivery is never missed); else none."""
     wait = run.get("wait")
@@ -1239,8 +1122,7 @@ def _waited(conn: sqlite3.Connection, run: dict[str, Any], consumed: int | None)
         return []
     run_id = run["run_id"]
     found = []
-    for seq, text, crc in conn.execute("SELECT seq, record, crc FROM sma_inbox WHERE run_id=? AND "
-                                       "consumed_step IS NULL ORDER BY seq", (run_id,)):
+    for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)):
         if seq == consumed:
             continue
         event = _parse(InboxRecord, text, crc, f"run {run_id!r} inbox event {seq!r}", kind="inbox", run_id=run_id,

@@ -19,8 +19,8 @@ not a file may derive a database or schema name from it, or ignore it). Optional
 * ``known_failures = {"test_name": "why"}`` (or ``"test_name[case]"``) marks tests as strict
   expected failures while a bug is being fixed: once fixed, the test passes and the mark must go.
 
-The suite needs pytest and hypothesis. It writes runs the way the runner does (plain dicts shaped
-like :mod:`~._records`' models, with fake timestamps: no test reads the clock) and checks what is
+The suite needs pytest and hypothesis. It writes runs the way the runner does (the rows of
+:mod:`~._records`, made by its builders, with fake timestamps: no test reads the clock) and checks what is
 read back: fencing, atomic commits, context rebuild, the journal, the inbox, forks, listing,
 persistence, concurrent commits, hostile values and damaged rows. To get pytest's detailed
 assertion messages, call ``pytest.register_assert_rewrite("statemachine_agent.stores.conformance")``
@@ -42,18 +42,38 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import Field
 
+from .._tooldef import Effect
 from ..context import Context
 from ..errors import RunExists, RunFenced, RunNotFound, StoreCorrupted, StoreError
+from ..result import StepKind
+from ..spec import Outcome
 from ..workflow import Workflow
 from ._base import Store
-from ._records import CallRecord, InboxRecord, RunRecord, RunStatus, StepRecord, StoredRun
+from ._records import (
+    CallRecord,
+    CallRow,
+    CallStatus,
+    CommitRequest,
+    InboxRecord,
+    RunRecord,
+    RunRow,
+    RunStatus,
+    StepRecord,
+    StepRow,
+    StoredRun,
+    WaitRow,
+    call_row,
+    commit_request,
+    run_row,
+    step_row,
+)
 
 __all__ = ["StoreConformance"]
 
@@ -111,38 +131,39 @@ def _expect(kinds: type[BaseException] | tuple[type[BaseException], ...], what: 
     return exc
 
 
-def _run_record(run_id: str, *, workflow: str = "wf", status: str = "running", state: str = "s",
+def _run_record(run_id: str, *, workflow: str = "wf", status: str = RunStatus.RUNNING, state: str = "s",
                 next_step: int = 0, epoch: int = 1, updated_at: float = _T0, terminal: str | None = None,
                 outcome: str | None = None, reason: str | None = None, parent: str | None = None,
-                parent_step: int | None = None, wait: dict[str, Any] | None = None,
-                written: Sequence[str] = ()) -> dict[str, Any]:
-    """A run's record, shaped like the dict ``Durable.record`` builds."""
-    return {
-        "run_id": run_id, "workflow": workflow, "fingerprint": "f" * 32, "status": status, "state": state,
-        "next_step": next_step, "epoch": epoch,
-        "counters": {"actions_run": next_step, "visits": {state: next_step} if next_step else {},
-                     "traversals": {"loop": next_step} if next_step else {}},
-        "written": sorted(written), "initial_written": [], "max_steps": 1000, "restarts": 0,
-        "created_at": _T0, "updated_at": updated_at, "terminal": terminal, "outcome": outcome, "reason": reason,
-        "parent": parent, "parent_step": parent_step, "wait": wait,
-    }
+                parent_step: int | None = None, wait: WaitRow | None = None,
+                written: Sequence[str] = ()) -> RunRow:
+    """A run's record, made as ``Durable.record`` makes it."""
+    return run_row(
+        run_id=run_id, workflow=workflow, fingerprint="f" * 32, status=RunStatus(status), state=state,
+        next_step=next_step,
+        epoch=epoch, counters={"actions_run": next_step, "visits": {state: next_step} if next_step else {},
+                               "traversals": {"loop": next_step} if next_step else {}},
+        written=sorted(written), initial_written=[], max_steps=1000, created_at=_T0, updated_at=updated_at,
+        terminal=terminal, outcome=None if outcome is None else Outcome(outcome), reason=reason, parent=parent,
+        parent_step=parent_step, wait=wait)
 
 
 def _step_record(number: int, *, delta: dict[str, Any], unset: Sequence[str] = (), state: str = "s",
-                 target: str = "s", started_at: float = _T0, error: str | None = None) -> dict[str, Any]:
-    """A step's row, shaped like the one ``Durable.commit`` builds."""
-    return {"number": number, "state": state, "target": target, "transition": "loop", "kind": "transition",
-            "started_at": started_at, "duration": 0.25, "error": error,
-            "error_type": None if error is None else "ValueError", "rejected": [], "ran": True,
-            "writes": sorted({*delta, *unset}), "delta": delta, "unset": list(unset)}
+                 target: str = "s", started_at: float = _T0, error: str | None = None) -> StepRow:
+    """A step's row, made as ``Durable.commit`` makes it."""
+    return step_row(number=number, state=state, target=target, transition="loop", kind=StepKind.TRANSITION,
+                    started_at=started_at, duration=0.25, error=error,
+                    error_type=None if error is None else "ValueError", writes=sorted({*delta, *unset}),
+                    delta=delta, unset=list(unset))
 
 
-def _call_record(step: int, call: int, *, status: str = "done", arguments: Any = None, result: Any = None,
-                 effect: str = "idempotent", tool: str = "tool", at: float = _T0) -> dict[str, Any]:
-    """A journal row, shaped like the ones ``Durable.call`` builds."""
-    return {"step": step, "call": call, "tool": tool, "effect": effect, "status": status,
-            "key": f"run/{step}/{call}", "arguments": arguments, "result": result,
-            "error": "ValueError: no" if status == "failed" else None, "at": at}
+def _call_record(step: int, call: int, *, status: str = CallStatus.DONE, arguments: Any = None,
+                 result: Any = None, effect: str = Effect.IDEMPOTENT, tool: str = "tool", at: float = _T0
+                 ) -> CallRow:
+    """A journal row, made as ``Durable.call`` makes it."""
+    return call_row(step=step, call=call, tool=tool, effect=Effect(effect), status=CallStatus(status),
+                    key=f"run/{step}/{call}",
+                    arguments=arguments, result=result,
+                    error="ValueError: no" if status == CallStatus.FAILED else None, at=at)
 
 
 class _Run:
@@ -157,8 +178,8 @@ class _Run:
         self.epoch = 1
         self.contexts: list[dict[str, Any]] = [dict(context) if context is not None else {"n": 0}]
         """The context before each step, and after the last one."""
-        self.steps: list[dict[str, Any]] = []
-        self.calls: dict[tuple[int, int], dict[str, Any]] = {}
+        self.steps: list[StepRow] = []
+        self.calls: dict[tuple[int, int], CallRow] = {}
         self.events: dict[int, tuple[str, Any]] = {}
         self.record = _run_record(run_id, workflow=workflow, updated_at=clock())
 
@@ -170,11 +191,11 @@ class _Run:
         _wait(self.store.create(self.record, self.contexts[0]))
 
     def build(self, *, delta: dict[str, Any] | None = None, unset: Sequence[str] = (),
-              snapshot: bool | dict[str, Any] = False, calls: Sequence[dict[str, Any]] = (),
-              consume: int | None = None, status: str = "running", wait: dict[str, Any] | None = None,
+              snapshot: bool | dict[str, Any] = False, calls: Sequence[CallRow] = (),
+              consume: int | None = None, status: str = "running", wait: WaitRow | None = None,
               epoch: int | None = None, number: int | None = None, state: str = "s", target: str = "s",
               terminal: str | None = None, reason: str | None = None, error: str | None = None
-              ) -> dict[str, Any]:
+              ) -> CommitRequest:
         """The commit of the next step (or of step ``number``), as ``Durable.commit`` builds it.
 
         ``snapshot=True`` includes the full context after the step; a dict is included as given.
@@ -183,22 +204,18 @@ class _Run:
         delta = {"n": number + 1} if delta is None else delta
         after = self.context_after(delta, unset)
         written = set(self.record["written"]) | set(delta)
-        commit: dict[str, Any] = {
-            "epoch": self.epoch if epoch is None else epoch,
-            "run": _run_record(self.run_id, workflow=self.workflow, status=status, state=target,
-                               next_step=number + 1, epoch=self.epoch if epoch is None else epoch,
-                               updated_at=self.clock(), terminal=terminal,
-                               outcome=None if terminal is None else "success", reason=reason, wait=wait,
-                               parent=self.record["parent"], parent_step=self.record["parent_step"],
-                               written=sorted(written - set(unset))),
-            "step": _step_record(number, delta=delta, unset=unset, state=state, target=target,
-                                 started_at=self.clock(), error=error),
-            "snapshot": after if snapshot is True else (snapshot or None),
-            "calls": list(calls),
-        }
-        if consume is not None:
-            commit["consume"] = consume
-        return commit
+        return commit_request(
+            epoch=self.epoch if epoch is None else epoch,
+            run=_run_record(self.run_id, workflow=self.workflow, status=status, state=target,
+                            next_step=number + 1, epoch=self.epoch if epoch is None else epoch,
+                            updated_at=self.clock(), terminal=terminal,
+                            outcome=None if terminal is None else "success", reason=reason, wait=wait,
+                            parent=self.record["parent"], parent_step=self.record["parent_step"],
+                            written=sorted(written - set(unset))),
+            step=_step_record(number, delta=delta, unset=unset, state=state, target=target,
+                              started_at=self.clock(), error=error),
+            snapshot=after if snapshot is True else (snapshot or None),
+            calls=list(calls), consume=consume)
 
     def context_after(self, delta: Mapping[str, Any], unset: Sequence[str]) -> dict[str, Any]:
         context = {**self.contexts[-1], **delta}
@@ -206,7 +223,7 @@ class _Run:
             context.pop(f, None)
         return context
 
-    def applied(self, commit: dict[str, Any]) -> None:
+    def applied(self, commit: CommitRequest) -> None:
         """Take ``commit`` as committed."""
         step = commit["step"]
         self.contexts.append(self.context_after(step["delta"], step["unset"]))
@@ -215,13 +232,13 @@ class _Run:
         for c in commit["calls"]:
             self.calls[c["step"], c["call"]] = c
 
-    def commit(self, **options: Any) -> dict[str, Any]:
+    def commit(self, **options: Any) -> CommitRequest:
         commit = self.build(**options)
         _wait(self.store.commit(commit))
         self.applied(commit)
         return commit
 
-    def record_call(self, row: dict[str, Any]) -> None:
+    def record_call(self, row: CallRow) -> None:
         _wait(self.store.record_call(self.run_id, self.epoch, row))
         self.calls[row["step"], row["call"]] = row
 
@@ -233,7 +250,7 @@ class _Run:
     def claim(self) -> StoredRun:
         stored = _wait(self.store.claim(self.run_id))
         self.epoch = stored.run.epoch
-        self.record = stored.run.model_dump(mode="json")
+        self.record = cast(RunRow, stored.run.model_dump(mode="json"))
         return stored
 
     def load(self, at_step: int | None = None) -> StoredRun:
@@ -649,7 +666,7 @@ class StoreConformance:
         assert claimed is not None
         assert claimed.run.status is RunStatus.RUNNING
         run.epoch = claimed.run.epoch
-        run.record = claimed.run.model_dump(mode="json")
+        run.record = cast(RunRow, claimed.run.model_dump(mode="json"))
         seq = run.deliver("go", {"n": 1})
         commit = run.build(status="waiting", wait={"state": "s", "event": "go", "deadline": None}, snapshot=True)
         found = _wait(store.commit(commit))
@@ -1164,7 +1181,7 @@ class StoreConformance:
         clock = _Clock()
         run = _Run(store, "snapshot-at-call", clock, context={"n": 0, "items": [1]})
         context = dict(run.contexts[0], items=[1])
-        record = dict(run.record)
+        record = run.record.copy()
         created = store.create(record, context)
         context["items"].append("late")
         record["state"] = "changed"
