@@ -18,12 +18,31 @@ from ._stories import _check_step, _compiled
 from ._strategies import contexts
 
 
+def _rule_names(states: list[str]) -> dict[str, str]:
+    """``from_<state>`` for each state, made an identifier; a clash gets a numbered suffix."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for state in states:
+        base = "from_" + "".join(c if c.isalnum() else "_" for c in state)
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        out[state] = name
+    return out
+
+
 def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
                            contexts_from: st.SearchStrategy[Any] | None = None) -> type[Any]:
-    """A ``RuleBasedStateMachine`` with one rule per transition, gated by the current state.
+    """A ``RuleBasedStateMachine`` with one rule per non-terminal state, ``from_<state>``.
 
-    Each rule runs one step of a real run (its action through an event loop of the test case's
-    own) and the built-in invariants; use it as ``TestMyAgent = workflow_state_machine(wf).TestCase``.
+    The rule ``from_<state>`` is enabled only while the run is in that state and takes exactly one
+    real step out of it: the exit the workflow's own guards, policy and action choose (a transition,
+    an error transition, or a failure into the failure terminal), its action run through an event
+    loop of the test case's own, then the built-in invariants. A step out of any other state fails the
+    rule. ``terminal_absorbs`` checks that a finished run takes no further step. Use it as
+    ``TestMyAgent = workflow_state_machine(wf).TestCase``.
     """
     compiled = _compiled(workflow)
     strategy = contexts_from if contexts_from is not None else contexts(compiled.context_type)
@@ -44,8 +63,10 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
         def teardown(self) -> None:
             self.loop.close()
 
-        def _step(self, expected: str) -> None:
+        def _step_from(self, source: str, rule_name: str) -> None:
             step = self.loop.run_until_complete(self.run.step())
+            assert step.state == source, (f"rule {rule_name} fired in state {source!r}, but its step "
+                                          f"left {step.state!r}")
             _check_step(compiled, step, self.run, names=names, error_names=error_names,
                         bound=compiled.max_steps, invariants=())
 
@@ -65,17 +86,16 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
             if self.run is not None:
                 assert spec.has_state(self.run.state)
 
-    def make(t_name: str, source: str) -> Callable[[Any], None]:
+    def make(source: str, rule_name: str) -> Callable[[Any], None]:
         def step(self: Any) -> None:
-            self._step(t_name)
+            self._step_from(source, rule_name)
 
-        step.__name__ = "step_from_" + "".join(c if c.isalnum() else "_" for c in t_name)
+        step.__name__ = rule_name
         return precondition(lambda self: self.run is not None and self.run.result is None
                             and self.run.state == source)(rule()(step))
 
-    for t in spec.transitions:
-        fn = make(t.name, t.source)
-        setattr(WorkflowMachine, fn.__name__, fn)
+    for source, rule_name in _rule_names([s.name for s in spec.states if not s.terminal]).items():
+        setattr(WorkflowMachine, rule_name, make(source, rule_name))
 
     WorkflowMachine.__name__ = f"{compiled.name.title().replace('-', '')}Machine"
     return WorkflowMachine
