@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._rules import RULES, Edge, _is_count, build, fields_set_at_start, takes_tools, worst_case_calls, worst_case_steps
+from ._rules import RULES, Edge, _is_count, build, fields_set_at_start, worst_case_calls, worst_case_steps
 from .errors import DefinitionError, Problem
 from .spec import WorkflowSpec
 
-__all__ = ["CheckReport", "Edge", "analyze", "check", "fields_set_at_start", "takes_tools"]
+__all__ = ["CheckReport", "Edge", "analyze", "check", "fields_set_at_start"]
 
 
 @dataclass(frozen=True, slots=True)

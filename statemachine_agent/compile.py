@@ -22,7 +22,8 @@ from ._durable import (
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .diagrams import jupyter_bundle, to_dot, to_mermaid
-from .runner import ResumeOptions, Run, RunOptions, run_blocking
+from .runner import ResumeOptions, Run, RunOptions
+from .runner import _run_blocking as run_blocking
 from .spec import WorkflowSpec
 from .stores._base import Store
 from .stores._records import RunRecord

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from ._durable import _NO_DELTA, Durable, dump_fields
 from ._plan import ErrorExit, Exit, Plan, Program, Token
+from ._tooldef import _positive
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
@@ -37,14 +38,15 @@ from .events import (
     StepStarted,
     TransitionTaken,
 )
-from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
+from .policies import Decision, Option, Policy, first_enabled, resolve
+from .policies import _safe_repr as safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
 from .stores._base import Store
-from .tools import Tools, _positive
+from .tools import Tools
 from .usage import ModelCall
 
-__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions", "run_blocking"]
+__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunOptions"]
 
 log = logging.getLogger("statemachine_agent")
 
@@ -926,7 +928,7 @@ class _LoopHolder(threading.local):
 _loops = _LoopHolder()
 
 
-def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from synchronous code; refuse clearly inside a running loop.
 
     Unlike ``asyncio.run``, it neither joins threads that timed-out sync tools left running (they

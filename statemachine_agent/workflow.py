@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from pydantic import BaseModel
 
+from ._tooldef import _MISSING
 from .check import CheckReport, analyze, check
 from .compile import CompiledWorkflow, compile_spec
 from .errors import Problem, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
-from .tools import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
+from .tools import Effect, RetrySpec, Tool, ToolRegistry
 
 if TYPE_CHECKING:
     from .tools import Tools
@@ -93,8 +94,7 @@ class Workflow(Generic[C]):
     ``wf.transition(...).transition(...)``.
     """
 
-    def __init__(self, name: str, context: type[C], *, max_steps: int | None = None,
-                 description: str = "") -> None:
+    def __init__(self, name: str, context: type[C], *, max_steps: int | None = None) -> None:
         # A bad context model or max_steps is the checker's to report, with every other problem.
         if not isinstance(name, str) or not name:
             raise TypeError(f"workflow name must be a non-empty string, got {name!r}")
@@ -104,7 +104,6 @@ class Workflow(Generic[C]):
         """The pydantic model of the context."""
         self.max_steps = max_steps
         """A workflow-wide cap on steps, on top of the bound the checker computes."""
-        self.description = description
         self._states: list[StateSpec] = []
         self._transitions: list[TransitionSpec] = []
         self._errors: list[ErrorTransitionSpec] = []
