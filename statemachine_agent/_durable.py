@@ -53,7 +53,7 @@ from .errors import (
     StoreError,
     ToolResultError,
 )
-from .policies import safe_repr
+from .policies import _safe_repr as safe_repr
 from .result import RunResult, Step, StepKind
 from .runner import ResumeOptions, Run
 from .secrets import (

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from transitions import Machine, MachineError
 from transitions.core import Event
 
-from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
+from .spec import ErrorTransitionSpec, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from .guards import Guard
@@ -129,7 +129,6 @@ class Plan:
     spec: StateSpec
     name: str
     action: Callable[..., Any] | None
-    is_async: bool
     reads: frozenset[str]
     writes: frozenset[str]
     """Written on every successful visit (checked when the step ends)."""
@@ -144,7 +143,6 @@ class Plan:
     errors: tuple[ErrorExit, ...]
     max_visits: int | None
     decision: bool
-    fail_on_no_exit: bool
     terminal: bool
     outcome: Outcome | None
     takes_tools: bool
@@ -199,7 +197,6 @@ def build_plans(spec: WorkflowSpec) -> tuple[dict[str, Plan], list[str]]:
             spec=s,
             name=s.name,
             action=action,
-            is_async=action is not None and inspect.iscoroutinefunction(action),
             reads=frozenset(s.reads),
             writes=writes,
             optional_reads=frozenset(s.optional_reads),
@@ -210,7 +207,6 @@ def build_plans(spec: WorkflowSpec) -> tuple[dict[str, Plan], list[str]]:
             errors=tuple(sorted(errors[s.name], key=lambda e: e.spec.order)),
             max_visits=s.max_visits,
             decision=s.decision,
-            fail_on_no_exit=s.on_no_exit is NoExit.FAIL,
             terminal=s.terminal,
             outcome=s.outcome,
             takes_tools=takes,

@@ -338,11 +338,6 @@ class Tool:
             raise ValueError(f"tool {self.name!r} cannot be called: its declaration has problems (the "
                              f"checker reports them for a workflow):\n{listed}")
 
-    @property
-    def has_fallback(self) -> bool:
-        """Whether a fallback answers when the tool fails for good."""
-        return self.fallback is not None or self.fallback_value is not _MISSING
-
     def schema(self) -> dict[str, Any]:
         """The tool as an LLM function-calling entry: name, description, JSON schema of the arguments."""
         params = self.args_model.model_json_schema()

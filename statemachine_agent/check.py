@@ -15,14 +15,13 @@ from ._rules import (
     _is_count,
     build,
     fields_set_at_start,
-    takes_tools,
     worst_case_calls,
     worst_case_steps,
 )
 from .errors import DefinitionError, Problem
 from .spec import WorkflowSpec
 
-__all__ = ["CheckReport", "Edge", "EdgeKind", "analyze", "check", "fields_set_at_start", "takes_tools"]
+__all__ = ["CheckReport", "Edge", "EdgeKind", "analyze", "check", "fields_set_at_start"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -793,14 +793,6 @@ def _compiled(target: str) -> CompiledWorkflow[Any]:
     return compile_spec(load_spec(target))
 
 
-def _library_method(compiled: CompiledWorkflow[Any], name: str, what: str) -> Callable[..., Any]:
-    method = getattr(compiled, name, None)
-    if not callable(method):
-        raise UsageError(f"this version of the library has no {what} (CompiledWorkflow.{name}; statemachine-agent "
-                         f"{_version()}): upgrade statemachine-agent to {what} from the command line")
-    return typing.cast("Callable[..., Any]", method)
-
-
 def _drive(compiled: CompiledWorkflow[Any], store: Store, store_path: str, call: Callable[[], Any],
            as_json: bool) -> int:
     """Run ``call`` (a resume, a delivery or a fork) and print where the run got to, like ``run``."""
@@ -881,10 +873,9 @@ def cmd_runs_deliver(args: argparse.Namespace) -> int:
         raise UsageError("the event's name is empty: give the event the run waits for (see `runs show`)")
     payload = _read_input(args.payload, "--payload", example='{"approved": true}', what="the event's fields")
     compiled = _compiled(args.target)
-    deliver = _library_method(compiled, "deliver_sync", "deliver")
     with _open_store(args.store, secrets_env=args.secrets_env) as store:
         return _drive(compiled, store, args.store,
-                      lambda: deliver(run_id, args.event, payload, store=store), args.json)
+                      lambda: compiled.deliver_sync(run_id, args.event, payload, store=store), args.json)
 
 
 def cmd_runs_fork(args: argparse.Namespace) -> int:
@@ -898,10 +889,10 @@ def cmd_runs_fork(args: argparse.Namespace) -> int:
     if args.new_id is not None:
         _run_id(args.new_id, "--new-id")
     compiled = _compiled(args.target)
-    fork = _library_method(compiled, "fork_sync", "fork")
     with _open_store(args.store, secrets_env=args.secrets_env) as store:
         return _drive(compiled, store, args.store,
-                      lambda: fork(run_id, at_step=args.at_step, patch=patch, store=store, new_run_id=args.new_id),
+                      lambda: compiled.fork_sync(run_id, at_step=args.at_step, patch=patch, store=store,
+                                                 new_run_id=args.new_id),
                       args.json)
 
 

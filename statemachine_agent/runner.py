@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from ._journal import Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
+from ._tooldef import _positive
 from ._views import ContextView, ReadOnlyContext, is_scalar
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
@@ -39,13 +40,14 @@ from .events import (
     StepStarted,
     TransitionTaken,
 )
-from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
+from .policies import Decision, Option, Policy, first_enabled, resolve
+from .policies import _safe_repr as safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind
 from .spec import Outcome
-from .tools import Tools, _positive
+from .tools import Tools
 from .usage import ModelCall
 
-__all__ = ["MissingWrite", "ResumeOptions", "Run", "run_blocking"]
+__all__ = ["MissingWrite", "ResumeOptions", "Run", "RunConfig"]
 
 log = logging.getLogger("statemachine_agent")
 
@@ -1016,7 +1018,7 @@ class _LoopHolder(threading.local):
 _loops = _LoopHolder()
 
 
-def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from synchronous code; refuse clearly inside a running loop.
 
     Unlike ``asyncio.run``, it neither joins threads that timed-out sync tools left running (they

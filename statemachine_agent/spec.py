@@ -149,8 +149,6 @@ class WorkflowSpec:
     checker reports them with every other problem."""
     _by_name: Mapping[str, StateSpec] = field(default_factory=dict, repr=False, compare=False)
     _exits: dict[object, list[Any]] | None = field(default=None, init=False, repr=False, compare=False)
-    _error_exits: dict[object, list[Any]] | None = field(default=None, init=False, repr=False,
-                                                         compare=False)
 
     def __post_init__(self) -> None:
         _name_transitions(self)
@@ -177,10 +175,6 @@ class WorkflowSpec:
     def exits(self, name: str) -> tuple[TransitionSpec, ...]:
         """The transitions leaving ``name``, in order (indexed once: linear over all states)."""
         return self._out(name, self.transitions, "_exits")
-
-    def error_exits(self, name: str) -> tuple[ErrorTransitionSpec, ...]:
-        """The error transitions leaving ``name``, in declaration order."""
-        return self._out(name, self.error_transitions, "_error_exits")
 
     def _out(self, name: str, items: tuple[Any, ...], slot: str) -> tuple[Any, ...]:
         index: dict[object, list[Any]] | None = getattr(self, slot)

@@ -14,8 +14,8 @@ from typing import Any, Literal, Protocol
 from tenacity import RetryCallState, retry_base
 
 from ._journal import Journal
-from ._tooldef import _MISSING as _MISSING  # noqa: PLC0414  (re-exported for the runner and workflow)
 from ._tooldef import (
+    _MISSING,
     KEY_PARAMETER,
     Effect,
     Retry,
@@ -23,9 +23,9 @@ from ._tooldef import (
     Tool,
     ToolRegistry,
     _as_retrying,
+    _positive,
     declared_tool_calls,
 )
-from ._tooldef import _positive as _positive  # noqa: PLC0414
 from .clock import Clock, SystemClock
 from .errors import (
     GatherFailed,

@@ -115,8 +115,7 @@ class Workflow(Generic[C]):
     ``wf.transition(...).transition(...)``.
     """
 
-    def __init__(self, name: str, context: type[C], *, max_steps: int | None = None,
-                 description: str = "") -> None:
+    def __init__(self, name: str, context: type[C], *, max_steps: int | None = None) -> None:
         # A bad context model or max_steps is the checker's to report, with every other problem.
         if not isinstance(name, str) or not name:
             raise TypeError(f"workflow name must be a non-empty string, got {name!r}")
@@ -126,7 +125,6 @@ class Workflow(Generic[C]):
         """The pydantic model of the context."""
         self.max_steps = max_steps
         """A workflow-wide cap on steps, on top of the bound the checker computes."""
-        self.description = description
         self._states: list[StateSpec] = []
         self._transitions: list[TransitionSpec] = []
         self._errors: list[ErrorTransitionSpec] = []

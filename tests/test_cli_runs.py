@@ -440,24 +440,6 @@ def test_what_is_not_a_sound_store_exits_2_with_one_line(runs: Runs, command: li
 
 
 # --- runs deliver and runs fork ----------------------------------------------------------------------
-HAS_DELIVER = hasattr(CompiledWorkflow, "deliver_sync")
-HAS_FORK = hasattr(CompiledWorkflow, "fork_sync")
-
-
-@pytest.mark.skipif(HAS_DELIVER and HAS_FORK, reason="this library has deliver_sync and fork_sync")
-@pytest.mark.parametrize(("command", "what"), [
-    (["runs", "deliver", "runsflow:compiled", "crash-1", "approved"], "deliver"),
-    (["runs", "fork", "runsflow:compiled", "ok-1", "--at-step", "1"], "fork"),
-])
-def test_deliver_and_fork_say_when_the_library_lacks_them(runs: Runs, command: list[str], what: str) -> None:
-    """Against a library without deliver_sync/fork_sync, the command says so in one line, exit 2."""
-    if hasattr(CompiledWorkflow, f"{what}_sync"):
-        pytest.skip(f"this library has {what}_sync")
-    code, _, err = run_cli([*command, "--store", str(runs.db)])
-    assert code == 2
-    assert f"this version of the library has no {what}" in err
-
-
 def test_deliver_passes_the_event_and_payload_and_prints_the_result(runs: Runs,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """deliver calls compiled.deliver_sync(run_id, event, payload, store=) (here a stand-in that
@@ -543,7 +525,6 @@ def test_deliver_and_fork_bad_arguments_exit_2(runs: Runs, argv: list[str], mess
     assert code == 2 and message in err, err
 
 
-@pytest.mark.skipif(not HAS_FORK, reason="this version of the library has no CompiledWorkflow.fork_sync")
 def test_fork_of_a_finished_run_with_the_real_library(runs: Runs) -> None:
     """fork a finished run before its step 1 under a new id: the fork runs to its end, and the store
     records it with its parent."""
@@ -559,7 +540,6 @@ def test_fork_of_a_finished_run_with_the_real_library(runs: Runs) -> None:
     assert code == 2 and "f-1" in err  # RunExists
 
 
-@pytest.mark.skipif(not HAS_DELIVER, reason="this version of the library has no CompiledWorkflow.deliver_sync")
 def test_deliver_to_a_finished_run_with_the_real_library_exits_2(runs: Runs) -> None:
     """An event the workflow does not wait for (here, to a run that ended): exit 2 with one message
     naming the event, no traceback."""

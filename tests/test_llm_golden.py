@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statemachine_agent import Context, FakeClock, Workflow
-from statemachine_agent.llm import ChatModel, LLMPolicy, Mode, ServerKind
+from statemachine_agent.llm import PROFILES, ChatModel, LLMPolicy, Mode, Profile, ServerKind
 from statemachine_agent.llm.testing import FakeOpenAIServer, FakeRequest, FakeResponse, chat_reply, error_reply
 
 NAMES = ["triage_to_approved", "triage_to_rejected"]
@@ -56,14 +58,18 @@ def answer_for(mode: Mode) -> FakeResponse:
     return chat_reply('{"transition": "triage_to_approved"}')
 
 
+def sent_mode(body: dict[str, Any]) -> Mode:
+    """The mode a request body was sent in, read from its fields."""
+    return (Mode.NAMED_TOOL if "tools" in body else Mode.CHOICE if "structured_outputs" in body
+            else Mode.PROMPT if "response_format" not in body
+            else Mode.JSON_SCHEMA if body["response_format"]["type"] == "json_schema" else Mode.JSON_OBJECT_SCHEMA)
+
+
 def refuse_until(mode: Mode) -> Any:
     """A server that answers 400 to every request that is not in ``mode``."""
 
     def script(request: FakeRequest, _: int) -> FakeResponse:
-        body = request.body
-        sent = (Mode.NAMED_TOOL if "tools" in body else Mode.CHOICE if "structured_outputs" in body
-                else Mode.PROMPT if "response_format" not in body
-                else Mode.JSON_SCHEMA if body["response_format"]["type"] == "json_schema" else Mode.JSON_OBJECT_SCHEMA)
+        sent = sent_mode(request.body)
         return answer_for(mode) if sent is mode else error_reply(400, f"{sent} is not supported")
 
     return script
@@ -126,3 +132,71 @@ def test_a_refused_mode_is_not_sent_again() -> None:
         assert len(fake.requests) == 3
         assert fake.requests[2].body["response_format"]["type"] == "json_object"
         assert chat.refused == {Mode.NAMED_TOOL}
+
+
+STEP_MODES = [m for m in Mode if m is not Mode.CHOICE]
+
+
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(list(ServerKind)),
+       modes=st.lists(st.sampled_from(STEP_MODES), min_size=1, max_size=4, unique=True),
+       decision_modes=st.lists(st.sampled_from(list(Mode)), max_size=5, unique=True),
+       strict=st.booleans())
+def test_a_profile_of_your_own_is_followed_mode_by_mode(kind: ServerKind, modes: list[Mode],
+                                                        decision_modes: list[Mode], strict: bool) -> None:
+    """ChatModel(profile=Profile(...)) tries the profile's decision modes (else its modes), in order,
+    on a real HTTP server that refuses all but the last; the answer is taken in that mode and the call
+    is labelled with the profile's kind."""
+    profile = Profile(kind, tuple(modes), frozenset(), decision_modes=tuple(decision_modes), strict=strict)
+    tried = decision_modes or modes
+    with FakeOpenAIServer(refuse_until(tried[-1])) as fake:
+        chat = ChatModel(base_url=fake.url, model="m", profile=profile, max_tokens=64)
+        result = triage().run_sync(Ctx(text="a"), policy=LLMPolicy(chat=chat), clock=FakeClock())
+        assert [sent_mode(r.body) for r in fake.requests] == tried
+    assert result.terminal == "approved"
+    [call] = result.path[0].model_calls
+    assert (call.mode, call.provider) == (str(tried[-1]), str(kind))
+    assert chat.profile is profile and chat.refused == set(tried[:-1])
+
+
+@pytest.mark.parametrize("kind", list(ServerKind))
+def test_profile_takes_a_server_kind_as_server_does(kind: ServerKind) -> None:
+    """profile="vllm" (or ServerKind.VLLM) picks the same built-in profile as server="vllm"."""
+    for given_kind in (kind, kind.value):
+        assert ChatModel(base_url="http://127.0.0.1:1/v1", model="m", profile=given_kind).profile is PROFILES[kind]
+        assert ChatModel(base_url="http://127.0.0.1:1/v1", model="m", server=given_kind).profile is PROFILES[kind]
+    assert ChatModel(base_url="http://127.0.0.1:1/v1", model="m").profile is PROFILES[ServerKind.GENERIC]
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"server": "vllm", "profile": "vllm"}, TypeError, "give one of the two"),
+    ({"profile": "bogus"}, ValueError, "or a statemachine_agent.llm.Profile"),
+    ({"profile": 42}, ValueError, "profile=42: use one of 'openai'"),
+    ({"server": "bogus"}, ValueError, "server='bogus': use one of 'openai'"),
+])
+def test_a_bad_profile_or_server_is_refused_saying_what_to_give(options: dict[str, Any], error: type[Exception],
+                                                                message: str) -> None:
+    with pytest.raises(error, match=message):
+        ChatModel(base_url="http://127.0.0.1:1/v1", model="m", **options)
+
+
+@pytest.mark.parametrize(("fields", "error", "message"), [
+    ({"modes": ()}, ValueError, "at least one mode"),
+    ({"modes": (Mode.CHOICE, Mode.PROMPT)}, ValueError, "put it in decision_modes"),
+    ({"modes": ("bogus",)}, ValueError, "holds 'bogus', not a mode"),
+    ({"modes": "prompt"}, TypeError, "give a tuple of Mode members"),
+    ({"modes": (Mode.PROMPT,), "enforced": None}, TypeError, "enforced=None"),
+    ({"modes": (Mode.PROMPT,), "strict": "yes"}, TypeError, "give True or False"),
+    ({"modes": (Mode.PROMPT,), "kind": "my-server"}, ValueError, "kind='my-server'"),
+])
+def test_a_malformed_profile_cannot_be_built(fields: dict[str, Any], error: type[Exception], message: str) -> None:
+    """A Profile checks its fields when built, so a ChatModel never holds one it cannot follow."""
+    args: dict[str, Any] = {"kind": ServerKind.GENERIC, "enforced": frozenset(), **fields}
+    with pytest.raises(error, match=message):
+        Profile(**args)
+
+
+def test_a_profile_takes_mode_names_and_lists_as_their_typed_form() -> None:
+    profile = Profile("generic", ["json_schema", Mode.PROMPT], {"json_schema"})  # type: ignore[arg-type]
+    assert profile == Profile(ServerKind.GENERIC, (Mode.JSON_SCHEMA, Mode.PROMPT), frozenset({Mode.JSON_SCHEMA}))
+    assert type(profile.modes) is tuple and type(profile.kind) is ServerKind

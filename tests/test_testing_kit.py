@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import Verbosity, settings
 from hypothesis import strategies as st
+from hypothesis.reporting import with_reporter
+from hypothesis.stateful import run_state_machine_as_test
 
 from statemachine_agent import Context, Decision, Workflow, guard
 from statemachine_agent.errors import ToolFailed
@@ -257,6 +262,79 @@ def test_shortest_paths_cover_every_state_and_transition() -> None:
 
 TestResearchMachine = workflow_state_machine(
     research.workflow, contexts_from=contexts(research.ResearchContext, question=QUESTIONS)).TestCase
+
+
+class _Recorded:
+    """A run whose steps are written to a shared event list (as ``("step", step)``)."""
+
+    def __init__(self, run: Any, events: list[tuple[str, Any]]) -> None:
+        self._run, self._events = run, events
+
+    async def step(self) -> Any:
+        taken = await self._run.step()
+        self._events.append(("step", taken))
+        return taken
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+
+def _misnamed_firings(spec: Any, events: list[tuple[str, Any]]) -> tuple[list[str], Counter[str]]:
+    """Pair each printed rule firing with the steps it took, and list the firings that did not do what
+    their name says: ``from_<state>`` takes one step out of that state, a rule named for a transition
+    (``..._from_<transition>``) takes that transition, ``terminal_absorbs`` and the rest take none."""
+    states = {s.name for s in spec.states}
+    transitions = {t.name for t in spec.transitions}
+    misnamed: list[str] = []
+    fired: Counter[str] = Counter()
+    pending: list[Any] = []
+    for kind, value in events:
+        if kind == "step":
+            pending.append(value)
+            continue
+        m = re.fullmatch(r"state\.(\w+)\(.*\)", value, re.S)
+        if m is None:
+            continue
+        name, taken, pending = m.group(1), pending, []
+        fired[name] += 1
+        claim = name.split("from_", 1)[1] if "from_" in name else None
+        if claim in states:
+            ok = len(taken) == 1 and taken[0].state == claim
+        elif claim in transitions:
+            ok = len(taken) == 1 and taken[0].transition == claim
+        else:
+            ok = not taken
+        if not ok:
+            misnamed.append(f"{name} took {[(t.state, t.transition) for t in taken]}")
+    return misnamed, fired
+
+
+def test_every_stateful_rule_firing_takes_the_step_it_is_named_for() -> None:
+    """In runs of workflow_state_machine(research), each rule firing (as Hypothesis prints it) is paired
+    with the steps the run really took: 0 firings did something other than what the rule's name says,
+    and a rule fired from every non-terminal state."""
+    events: list[tuple[str, Any]] = []
+    machine = workflow_state_machine(research.workflow,
+                                     contexts_from=contexts(research.ResearchContext, question=QUESTIONS))
+
+    class Recorded(machine):  # type: ignore[misc, valid-type]
+        @property
+        def run(self) -> Any:
+            return self.__dict__.get("_run")
+
+        @run.setter
+        def run(self, value: Any) -> None:
+            self.__dict__["_run"] = None if value is None else _Recorded(value, events)
+
+    with with_reporter(lambda text: events.append(("printed", str(text)))):
+        run_state_machine_as_test(Recorded, settings=settings(
+            max_examples=15, stateful_step_count=8, verbosity=Verbosity.debug, deadline=None,
+            database=None, derandomize=True))
+    misnamed, fired = _misnamed_firings(research.workflow.spec(), events)
+    assert misnamed == []
+    assert sum(n for name, n in fired.items() if "from_" in name) >= 30
+    assert {name for name in fired if "from_" in name} == {"from_plan", "from_search", "from_refine",
+                                                           "from_summarize"}
 
 
 def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:

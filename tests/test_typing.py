@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,42 @@ def test_mistakes_in_user_code_are_caught() -> None:
     a context model that is not pydantic, an action or guard for another context, a typo in a guard
     lambda or a policy, a non-bool guard, a wrong run option or input."""
     path = HERE / "api_bad.py"
-    expected = sorted(
+    expected = _marked(path)
+    assert len(expected) >= 10
+    assert sorted(mypy(path)) == expected
+
+
+def _marked(path: Path) -> list[tuple[int, str]]:
+    """(line, error code) of every line marked `# E: code [code...]` in ``path``."""
+    return sorted(
         (n, code)
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if (m := re.search(r"# E: ([a-z -]+)$", line))
         for code in m.group(1).split()
     )
-    assert len(expected) >= 10
+
+
+def test_user_implementations_of_the_protocols_type_check_under_strict() -> None:
+    """A store, sync and async policies, a clock and sync and async hooks written against
+    statemachine_agent.protocols pass mypy --strict, each accepted where a run takes it."""
+    assert mypy(HERE / "protocols_ok.py") == []
+
+
+def test_user_implementations_of_the_protocols_run() -> None:
+    """The same user code runs: the store commits the run's step, the policy picks, the hooks hear it."""
+    done = runpy.run_path(str(HERE / "protocols_ok.py"))
+    assert (done["result"].terminal, done["again"].terminal) == ("page", "page")
+    assert done["store"].commits == 1
+    assert done["seen"].count("RunFinished") == 2
+
+
+def test_mistakes_in_protocol_implementations_are_caught() -> None:
+    """Each line marked in protocols_bad.py gets exactly that error, nothing else does: a clock
+    without timeout_at, a store missing methods or returning no Future, a policy for another
+    context or not taking a Decision, a hook not taking an Event or returning a value."""
+    path = HERE / "protocols_bad.py"
+    expected = _marked(path)
+    assert len(expected) >= 7
     assert sorted(mypy(path)) == expected
 
 

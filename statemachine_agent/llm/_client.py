@@ -172,16 +172,36 @@ class Exchange:
     call: ModelCall
 
 
+def _profile(server: object, profile: object) -> Profile:
+    """The profile ``server=`` or ``profile=`` names (a :class:`Profile` as it is); generic by default."""
+    if server is not None and profile is not None:
+        raise TypeError(f"ChatModel(server={server!r}, profile={profile!r}): give one of the two (profile= "
+                        "takes a Profile or a server kind, server= a server kind)")
+    if isinstance(profile, Profile):
+        return profile
+    name, given = ("profile", profile) if profile is not None else ("server", server)
+    if given is None:
+        return PROFILES[ServerKind.GENERIC]
+    if isinstance(given, str) and given in {k.value for k in ServerKind}:
+        return PROFILES[ServerKind(given)]
+    kinds = ", ".join(repr(k.value) for k in ServerKind)
+    also = ", or a statemachine_agent.llm.Profile" if name == "profile" else ""
+    raise ValueError(f"{name}={given!r}: use one of {kinds}{also}")
+
+
 class ChatModel:
     """A model on an OpenAI-compatible server (``/v1/chat/completions``), shared by policies and steps.
 
-    ``server`` picks the capability profile (:class:`ServerKind`); modes the server refuses are
-    remembered on this object, so later requests go straight to one that works. The API key is
-    read from the environment variable ``api_key_env`` at each request (none: no header).
+    ``server`` picks the capability profile (:class:`ServerKind`); ``profile`` takes a server kind
+    too, or a :class:`Profile` of your own for a server no kind describes (give one of the two).
+    Modes the server refuses are remembered on this object, so later requests go straight to one
+    that works. The API key is read from the environment variable ``api_key_env`` at each request
+    (none: no header).
     """
 
-    def __init__(self, *, base_url: str, model: str, server: ServerKind | str = ServerKind.GENERIC,
-                 api_key_env: str = "OPENAI_API_KEY", temperature: float | None = 0.0, max_tokens: int | None = 256,
+    def __init__(self, *, base_url: str, model: str, server: ServerKind | str | None = None,
+                 profile: Profile | ServerKind | str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 temperature: float | None = 0.0, max_tokens: int | None = 256,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
                  prices: Mapping[str, Price] | Price | None = None, headers: Mapping[str, str] | None = None,
                  max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
@@ -189,11 +209,7 @@ class ChatModel:
             raise ValueError(f"base_url={base_url!r}: give the server's URL, e.g. 'http://127.0.0.1:8765/v1'")
         if not isinstance(model, str) or not model:
             raise ValueError(f"model={model!r}: give the model's name as the server knows it")
-        try:
-            self.profile: Profile = PROFILES[ServerKind(server)]
-        except ValueError:
-            kinds = ", ".join(repr(k.value) for k in ServerKind)
-            raise ValueError(f"server={server!r}: use one of {kinds}") from None
+        self.profile: Profile = _profile(server, profile)
         for name, value in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0 or (name == "timeout" and value == 0):

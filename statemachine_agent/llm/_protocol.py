@@ -58,7 +58,9 @@ class ServerKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """What a server kind is known to accept and enforce."""
+    """What a server kind is known to accept and enforce: :data:`PROFILES` holds one per
+    :class:`ServerKind`; build your own for a server they do not describe and pass it as
+    ``ChatModel(profile=...)``. ``kind`` labels the calls it makes (``ModelCall.provider``)."""
 
     kind: ServerKind
     modes: tuple[Mode, ...]
@@ -71,9 +73,46 @@ class Profile:
     strict: bool = False
     """Whether ``json_schema`` is sent with ``strict: true`` (OpenAI's strict structured outputs)."""
 
+    def __post_init__(self) -> None:
+        try:
+            kind = ServerKind(self.kind)
+        except ValueError:
+            kinds = ", ".join(repr(k.value) for k in ServerKind)
+            raise ValueError(f"Profile(kind={self.kind!r}): use one of {kinds} (it labels the calls made)") from None
+        modes = _modes(self.modes, "modes", tuple)
+        if not modes:
+            raise ValueError("Profile(modes=()): give at least one mode to try, best first "
+                             "(Mode.PROMPT always works)")
+        if Mode.CHOICE in modes:
+            raise ValueError("Profile(modes=...) holds Mode.CHOICE, which only answers a choice among "
+                             "names: put it in decision_modes")
+        enforced = _modes(self.enforced, "enforced", frozenset)
+        decision_modes = _modes(self.decision_modes, "decision_modes", tuple)
+        if type(self.strict) is not bool:
+            raise TypeError(f"Profile(strict={self.strict!r}): give True or False")
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "modes", modes)
+        object.__setattr__(self, "enforced", enforced)
+        object.__setattr__(self, "decision_modes", decision_modes)
+
     def modes_for(self, decision: bool) -> tuple[Mode, ...]:
         """The modes to try, best first."""
         return (self.decision_modes or self.modes) if decision else self.modes
+
+
+def _modes(value: object, name: str, kind: type[tuple[Any, ...]] | type[frozenset[Any]]) -> Any:
+    """``value`` as a ``kind`` of :class:`Mode` members (their names as strings are taken too)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, set, frozenset)):
+        raise TypeError(f"Profile({name}={value!r}): give a tuple of Mode members, e.g. (Mode.JSON_SCHEMA, "
+                        "Mode.PROMPT)")
+    out = []
+    for m in value:
+        try:
+            out.append(Mode(m))
+        except ValueError:
+            modes = ", ".join(repr(x.value) for x in Mode)
+            raise ValueError(f"Profile({name}=...) holds {m!r}, not a mode: use {modes}") from None
+    return kind(dict.fromkeys(out))
 
 
 _ALL = (Mode.NAMED_TOOL, Mode.JSON_SCHEMA, Mode.JSON_OBJECT_SCHEMA, Mode.PROMPT)
