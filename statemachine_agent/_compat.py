@@ -12,6 +12,7 @@ returns it changed, and what it returns is checked again, in full, like a stored
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -341,6 +342,11 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
         out = migrate(point.model_copy(deep=True))
     except Exception as exc:
         return bad(f"raised {type(exc).__name__}: {str(exc)[:300]}")
+    if inspect.isawaitable(out):
+        if inspect.iscoroutine(out):
+            out.close()  # refused, not left to warn "never awaited" at garbage collection
+        return bad("returned an awaitable: give a plain function (def, not async def) taking and returning "
+                   "the ResumePoint")
     if not isinstance(out, ResumePoint):
         return bad(f"returned {type(out).__name__}, not a ResumePoint: return the point it was given, changed "
                    "(point.model_copy(update={...}))")
@@ -353,6 +359,10 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
     if checked.next_step != point.next_step:
         return bad(f"changed next_step from {point.next_step} to {checked.next_step}: the steps the run took "
                    "are its history, which a migration cannot change")
+    seqs = [e.seq for e in checked.inbox]
+    if len(set(seqs)) != len(seqs) or not set(seqs) <= {e.seq for e in point.inbox}:
+        return bad("returned inbox events that were not delivered (a seq it did not get, or one twice): a "
+                   "migration may change an event's name or payload, or drop it, never add one")
     if checked.run_id != point.run_id:
         return bad(f"changed the run's id from {point.run_id!r} to {checked.run_id!r}: a migration adapts the "
                    "run, it cannot make another one")

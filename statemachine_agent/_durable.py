@@ -172,6 +172,7 @@ class Durable:
             counters={"actions_run": run.actions_run, "visits": dict(run.visits),
                       "traversals": {names[i]: n for i, n in enumerate(run.traversals) if n}},
             written=sorted(run.written), initial_written=self.initial_written, max_steps=run.max_steps,
+            max_steps_given=run.config.max_steps_given,
             created_at=self.created_at, updated_at=time.time(), terminal=terminal, outcome=outcome, reason=reason,
             parent=self.parent, parent_step=self.parent_step, wait=wait)
 
@@ -479,13 +480,24 @@ def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None 
 
 
 def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, store: Store, *,
-                   options: ResumeOptions[Any], max_steps: int) -> None:
+                   options: ResumeOptions[Any], stored: StoredRun) -> None:
     """Bad run options (``wake_due(store, max_steps="many")``) raise here, before the run is
     claimed or an event committed: after the claim they would leave the run stored as running
     with no worker."""
-    checked = options.copy()
-    checked.setdefault("max_steps", max_steps)
-    Run(workflow, context, run_id=run_id, store=store, **checked)
+    Run(workflow, context, run_id=run_id, store=store, **_budgeted(options, stored, workflow))
+
+
+def _budgeted(options: ResumeOptions[Any], stored: StoredRun, workflow: Program[Any]) -> ResumeOptions[Any]:
+    """``options`` with the run's step budget: the one its caller gave (kept across versions); or,
+    for a run on the workflow's worst-case bound, the larger of the bound it was stored with and
+    this version's (a state added on its path does not fail it; one that ran under a looser
+    version keeps room for the steps it took, while the counters it carries still bound what is left)."""
+    if "max_steps" in options:
+        return options
+    budgeted = options.copy()
+    budgeted["max_steps"] = (stored.run.max_steps if stored.run.max_steps_given
+                             else max(stored.run.max_steps, workflow.max_steps))
+    return budgeted
 
 
 def _clock_option(options: ResumeOptions[Any]) -> Clock | None:
@@ -554,7 +566,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             return _paused(workflow, stored, point, context, options=options)
         # Migrated: claimed and continued, so that it pauses again and commits what migrate made.
     _check_secret_results(stored, store)
-    _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
+    _check_options(workflow, context, run_id, store, options=options, stored=stored)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
@@ -584,20 +596,27 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
-    options.setdefault("max_steps", stored.run.max_steps)
+    given = bool(stored.run.max_steps_given) or "max_steps" in options
+    options = _budgeted(options, stored, workflow)
     path = [recorded_step(s) for s in stored.steps]
     spent = Usage.of(c for s in path for c in s.model_calls)  # the budgets count earlier steps' calls
     wait = stored.run.wait
+    # A run that waited keeps its deadline in the wait it continues in (a migration into a renamed
+    # wait too): a deploy never lengthens a person's window.
+    waits_still = wait is not None and (wait.state == point.state or workflow.plans[point.state].wait is not None)
+    queued = {e.seq for e in stored.inbox if e.consumed_step is None}
     state = RunState(point.state, point.actions_run, dict(point.visits), dict(point.traversals),
                      frozenset(point.written), [(e.seq, e.event, e.payload) for e in point.inbox],
-                     wait.deadline if wait is not None and wait.state == point.state else None,
-                     spent.total_tokens, spent.cost or 0.0, stored.run.restarts)
+                     wait.deadline if waits_still and wait is not None else None,
+                     spent.total_tokens, spent.cost or 0.0, stored.run.restarts,
+                     frozenset(queued - {e.seq for e in point.inbox}))
     journal = Durable(
         store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     journal.unmarked = not fresh
-    return Run.restore(workflow, context, state, journal=journal, path=path, run_id=run_id, store=store, **options)
+    return Run.restore(workflow, context, state, journal=journal, path=path, max_steps_given=given, run_id=run_id,
+                       store=store, **options)
 
 
 def _caught_up(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
@@ -641,8 +660,9 @@ def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, conte
     path = tuple(recorded_step(s) for s in stored.steps)
     result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, path,
                        f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
+    given = bool(stored.run.max_steps_given) or "max_steps" in options
     return Run.restore(workflow, context, RunState(point.state), path=path, result=result, run_id=run_id,
-                       **options)
+                       max_steps_given=given, **_budgeted(options, stored, workflow))
 
 
 # --- delivering, forking, replaying -------------------------------------------------------------
@@ -683,7 +703,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
         _, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None,
                             advice="nothing was delivered: deliver with the workflow that started the run "
                             "(deliver takes no migrate=), or resume it with migrate= first")
-        _check_options(workflow, context, run_id, store, options=options, max_steps=stored.run.max_steps)
+        _check_options(workflow, context, run_id, store, options=options, stored=stored)
     else:
         _opened(workflow, stored.context, store, run_id)
     seq = await asyncio.wrap_future(store.deliver(run_id, event, data))
@@ -804,6 +824,7 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
         status=RunStatus.RUNNING, state=state, next_step=at_step, epoch=1,
         counters={"actions_run": point.actions_run, "visits": visits, "traversals": traversals},
         written=sorted(written), initial_written=list(src.initial_written), max_steps=src.max_steps,
+        max_steps_given=bool(src.max_steps_given),
         created_at=time.time(), updated_at=time.time(), parent=run_id, parent_step=at_step)
     await asyncio.wrap_future(store.fork(run_id, at_step, rec, context))
     run = await reopen(workflow, new_id, store, None, options, fresh=True)

@@ -44,6 +44,8 @@ class RunState:
     spent_cost: float = 0.0
     restarts: int = 0
     """Times the next step was resumed after a crash."""
+    skipped: frozenset[int] = frozenset()
+    """Inbox events (by seq) a migration dropped: the run never takes them, though the store keeps them."""
 
 
 class ToolRunner(Protocol):

@@ -6,6 +6,7 @@ import asyncio
 import collections.abc
 import contextlib
 import copy
+import dataclasses
 import itertools
 import logging
 import os
@@ -120,6 +121,8 @@ class RunConfig(Generic[C]):
     max_step_restarts: int
     token_budget: int | None
     cost_budget: float | None
+    max_steps_given: bool = False
+    """``max_steps`` came from the caller (not the workflow's bound)."""
 
     @classmethod
     def of(cls, workflow: Program[C], *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
@@ -167,7 +170,7 @@ class RunConfig(Generic[C]):
         return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
                    max_steps if max_steps is not None else workflow.max_steps, timeout, max_policy_attempts,
                    raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
-                   max_step_restarts, token_budget, cost_budget)
+                   max_step_restarts, token_budget, cost_budget, max_steps is not None)
 
 
 class Run(Generic[C]):
@@ -196,6 +199,7 @@ class Run(Generic[C]):
         "_owned",
         "_plans",
         "_rejected",
+        "_skipped",
         "_spent",
         "_started",
         "_step_calls",
@@ -292,6 +296,8 @@ class Run(Generic[C]):
         self._doomed: str | None = None
         self._broken: str | None = None
         self._inbox: list[tuple[int, str, Any]] = []
+        self._skipped: frozenset[int] = _NO_SKIPS
+        """Inbox events a migration dropped: never taken by this run object, though the store has them."""
         """Events delivered and not yet consumed: (seq, event, payload)."""
         self._consume: int | None = None
         """The inbox event the current step consumed (committed with it)."""
@@ -314,12 +320,16 @@ class Run(Generic[C]):
     @classmethod
     def restore(cls, workflow: Program[C], context: C, state: RunState, *, journal: Journal | None = None,
                 path: Sequence[Step] = (), result: RunResult[C] | None = None, owned: bool = True,
-                **options: Any) -> Run[C]:
+                max_steps_given: bool | None = None, **options: Any) -> Run[C]:
         """A run rebuilt from its resumable ``state`` (what the durable operations and replay do):
         ``path`` holds the steps it took, ``journal`` links it to its store, ``result`` is set for
         a run that ended or cannot go on yet. ``owned``: ``context`` was built for this run (from
-        JSON), so no caller holds its values. ``options`` are those of :class:`Run`."""
+        JSON), so no caller holds its values. ``max_steps_given``: whether ``max_steps`` (in
+        ``options``) is the caller's own rather than a workflow's bound (default: it is when given).
+        ``options`` are those of :class:`Run`."""
         run = cls(workflow, context, **options)
+        if max_steps_given is not None and max_steps_given != run.config.max_steps_given:
+            run.config = dataclasses.replace(run.config, max_steps_given=max_steps_given)
         run.path = list(path)
         if result is not None:
             run.result = result
@@ -336,6 +346,7 @@ class Run(Generic[C]):
         # A list given as the inbox is kept as it is (replay's inbox hands out recorded events).
         run._inbox = state.inbox if isinstance(state.inbox, list) else list(state.inbox)
         run._wait_deadline = state.wait_deadline
+        run._skipped = state.skipped
         run._spent = [state.spent_tokens, state.spent_cost]
         run._journal = journal
         if state.restarts > run.max_step_restarts:
@@ -348,7 +359,8 @@ class Run(Generic[C]):
         names = self.workflow.edge_names
         return RunState(self._token.state, self.actions_run, dict(self.visits),
                         {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
-                        tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]))
+                        tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]),
+                        skipped=self._skipped)
 
     @property
     def written(self) -> frozenset[str]:
@@ -813,7 +825,7 @@ class Run(Generic[C]):
 
     def _take(self, events: list[tuple[int, str, Any]]) -> None:
         """Add events the store found in the inbox (by sequence number, each once)."""
-        known = {seq for seq, _, _ in self._inbox}
+        known = {seq for seq, _, _ in self._inbox} | self._skipped
         self._inbox.extend(e for e in events if e[0] not in known)
 
     async def _waiting(self, plan: Plan) -> None:
@@ -928,6 +940,7 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_NO_SKIPS: frozenset[int] = frozenset()
 _local_seq = itertools.count(1)  # in-memory inbox events (a store numbers its own)
 
 

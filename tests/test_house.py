@@ -42,7 +42,7 @@ def _private_writes(path: Path) -> list[str]:
 ALLOWED = {
     # Run.restore, a classmethod of Run, fills the run it just made.
     *(f"statemachine_agent/runner.py: run.{a}" for a in ("_written", "_owned", "_inbox", "_wait_deadline",
-                                                            "_spent", "_journal", "_doomed")),
+                                                            "_spent", "_journal", "_doomed", "_skipped")),
     # run_sync's loop: the default executor of abandoned sync tools is dropped, not joined
     # (asyncio has no public way to replace it).
     "statemachine_agent/runner.py: loop._default_executor",

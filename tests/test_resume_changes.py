@@ -144,8 +144,7 @@ def flow(world: World, change: str = "none") -> Any:
                   "unset_read": CtxExtra, "payload_v2": CtxV2, "field_removed": CtxNoTags,
                   "payload_optional": CtxV3}.get(change, Ctx)
     wf: Any = Workflow("other" if change == "other_name" else "order", model,
-                       max_steps=1 if change == "steps_lowered" else None,
-                       description="changed" if change == "description_changed" else "")
+                       max_steps=1 if change == "steps_lowered" else None)
     prep_name = "setup" if change == "prep_renamed" else "prep"
     wait_name = "confirm" if change == "wait_renamed" else "approve"
     event = "approved" if change == "event_renamed" else "approval"

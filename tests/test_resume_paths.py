@@ -3,6 +3,7 @@ continues with."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -103,3 +104,21 @@ def test_a_resume_sees_the_intent_another_worker_wrote_before_its_claim(tmp_path
         result = flow.resume_sync("t-1", store=store_b)
     assert ex.PAID == ["pay 3"]
     assert result.terminal == "unknown"
+
+
+@pytest.mark.parametrize("given", [None, 40])
+def test_a_resumed_run_keeps_a_budget_its_caller_gave_and_follows_a_grown_bound_otherwise(
+        tmp_path: Path, given: int | None) -> None:
+    """A caller's max_steps= is the run's for good, whatever version resumes it; a run on the
+    workflow's worst-case bound gets the larger of the bound it was stored with and the new one
+    (a state added on its path must not fail it on the old bound)."""
+    v1, v2 = ex.flow(), ex.flow(retries=9)
+    assert v2.max_steps > v1.max_steps
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        options = {} if given is None else {"max_steps": given}
+        v1.run_sync(ex.Ticket(), store=store, run_id="t-1", **options)  # waits in approve
+        record = store.load("t-1").result().run
+        assert record.max_steps == (given or v1.max_steps) and record.max_steps_given == (given is not None or None)
+        run = asyncio.run(v2.reopen("t-1", store=store))
+        assert run.max_steps == (given if given is not None else v2.max_steps)
+        assert run.config.max_steps_given is (given is not None)

@@ -13,7 +13,7 @@ checks that they round-trip through the models (:class:`RunRecord`, :class:`Step
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -111,6 +111,10 @@ class RunRecord(_Record):
     """Fields known written (the checker's unset-read analysis resumes from them)."""
     initial_written: list[str] = []
     max_steps: Annotated[int, Field(ge=1, le=_MAX_INT, strict=True)]
+    max_steps_given: bool | None = Field(default=None, exclude_if=lambda v: v is None)
+    """``True``: ``max_steps`` was given by the caller and stays when the run is resumed under another
+    version; otherwise it is the workflow's worst-case bound, which a resume takes from the version
+    it resumes under. (Written only when ``True``: a record without it reads the same as before.)"""
     restarts: Whole = 0
     """How many times the run was resumed at ``next_step`` after its holder had started that step."""
     started: bool = True
@@ -240,6 +244,7 @@ class RunRow(TypedDict):
     written: list[str]
     initial_written: list[str]
     max_steps: int
+    max_steps_given: NotRequired[bool]
     restarts: int
     started: bool
     created_at: float
@@ -307,15 +312,19 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
             epoch: int, counters: CountersRow, written: list[str], initial_written: list[str], max_steps: int,
             created_at: float, updated_at: float, terminal: str | None = None, outcome: Outcome | None = None,
             reason: str | None = None, parent: str | None = None, parent_step: int | None = None,
-            wait: WaitRow | None = None, restarts: int = 0, started: bool = True) -> RunRow:
+            wait: WaitRow | None = None, restarts: int = 0, started: bool = True,
+            max_steps_given: bool = False) -> RunRow:
     """A run's record, as every writer of one builds it."""
-    return {
+    row: RunRow = {
         "run_id": run_id, "workflow": workflow, "fingerprint": fingerprint, "status": status, "state": state,
         "next_step": next_step, "epoch": epoch, "counters": counters, "written": written,
         "initial_written": initial_written, "max_steps": max_steps, "restarts": restarts, "started": started,
         "created_at": created_at, "updated_at": updated_at, "terminal": terminal, "outcome": outcome,
         "reason": reason, "parent": parent, "parent_step": parent_step, "wait": wait,
     }
+    if max_steps_given:
+        row["max_steps_given"] = True
+    return row
 
 
 def step_row(*, number: int, state: str, target: str, transition: str, kind: StepKind, started_at: float,
