@@ -43,7 +43,7 @@ from .runner import MissingWrite, Run
 from .spec import NoExit, Outcome, WorkflowSpec
 from .tools import Retry, Tool, Tools
 from .usage import ModelCall, Price, Usage
-from .workflow import Action, StateRef, Workflow
+from .workflow import Action, StateOptions, StateRef, ToolOptions, Workflow
 
 __all__ = [
     "UNSET",
@@ -87,12 +87,14 @@ __all__ = [
     "RunOptions",
     "RunResult",
     "StateMachineAgentError",
+    "StateOptions",
     "StateRef",
     "Step",
     "StepKind",
     "SystemClock",
     "TimeoutScope",
     "Tool",
+    "ToolOptions",
     "ToolArgumentError",
     "ToolError",
     "ToolFailed",

@@ -19,7 +19,7 @@ import typing
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -193,6 +193,22 @@ def _positive(value: object, what: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{what}={value!r}: give a positive number")
+
+
+class ToolOptions(TypedDict, total=False):
+    """The options of a tool: keyword arguments of ``Workflow.tool``, the same as :class:`Tool`'s
+    (a test keeps the two equal)."""
+
+    name: str | None
+    description: str
+    timeout: float | None
+    retry: RetrySpec
+    concurrency: int | None
+    rate_limit: float | None
+    fallback: str | None
+    fallback_value: Any
+    effect: Effect | str
+    reconcile: Callable[..., Any] | None
 
 
 class Tool:

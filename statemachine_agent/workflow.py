@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypedDict, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 
-from ._tooldef import _MISSING, Effect, RetrySpec, Tool, ToolRegistry
+from ._tooldef import Tool, ToolOptions, ToolRegistry
 from .errors import Problem, ProblemCode, WaitTimedOut
 from .guards import Guard, Predicate, as_guard
 from .spec import ErrorTransitionSpec, NoExit, Outcome, StateSpec, TransitionSpec, WaitSpec, WorkflowSpec
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .compile import CompiledWorkflow
     from .tools import Tools
 
-__all__ = ["Action", "StateRef", "Workflow"]
+__all__ = ["Action", "StateOptions", "StateRef", "ToolOptions", "Workflow"]
 
 C = TypeVar("C", bound=BaseModel)
 D = TypeVar("D", bound=BaseModel)
@@ -63,6 +63,41 @@ class StateRef(Generic[C]):
 
     def __repr__(self) -> str:
         return f"<state {self.name!r} of workflow {self.workflow.name!r}>"
+
+
+class StateOptions(TypedDict, total=False):
+    """The options of a state: keyword arguments of ``state`` and ``add_state`` (declared once, here)."""
+
+    initial: bool
+    """The run starts here (exactly one state)."""
+    reads: Iterable[str]
+    """Fields the action needs set (checked: written on every path before)."""
+    writes: Iterable[str]
+    """Fields the action writes on every successful visit."""
+    optional_reads: Iterable[str]
+    """Fields the action reads knowing they may still hold their default."""
+    optional_writes: Iterable[str]
+    """Fields the action may write on some visits only."""
+    decision: bool
+    """A policy picks among the enabled exits."""
+    max_visits: int | None
+    """How many times the state may run."""
+    on_no_exit: NoExit | str
+    """What happens when no exit is enabled (default: an error)."""
+    description: str
+    """For people and policies (default: the action's docstring)."""
+    tools: Iterable[str]
+    """The tools the action may call."""
+    tool_deadline: float | None
+    """Seconds every tool call of one visit must end within, together."""
+
+
+def _known(options: Any, kind: Any, where: str) -> None:
+    """``TypeError`` naming an option ``kind`` (a TypedDict) does not declare, and the ones it does."""
+    unknown = sorted(set(options) - set(kind.__annotations__))
+    if unknown:
+        raise TypeError(f"{where}() got unknown option(s) {', '.join(map(repr, unknown))}: its options are "
+                        f"{', '.join(sorted(kind.__annotations__))}")
 
 
 def _field_names(value: Iterable[str] | str) -> tuple[str, ...]:
@@ -140,94 +175,45 @@ class Workflow(Generic[C]):
     def state(self, action: Action[C], /) -> StateRef[C]: ...
 
     @overload
-    def state(
-        self,
-        action: None = None,
-        /,
-        *,
-        name: str | None = None,
-        initial: bool = False,
-        reads: Iterable[str] = (),
-        writes: Iterable[str] = (),
-        optional_reads: Iterable[str] = (),
-        optional_writes: Iterable[str] = (),
-        decision: bool = False,
-        max_visits: int | None = None,
-        on_no_exit: NoExit | str = NoExit.ERROR,
-        description: str = "",
-        tools: Iterable[str] = (),
-        tool_deadline: float | None = None,
-    ) -> Callable[[Action[C]], StateRef[C]]: ...
+    def state(self, action: None = None, /, *, name: str | None = None,
+              **options: Unpack[StateOptions]) -> Callable[[Action[C]], StateRef[C]]: ...
 
-    def state(
-        self,
-        action: Action[C] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        initial: bool = False,
-        reads: Iterable[str] = (),
-        writes: Iterable[str] = (),
-        optional_reads: Iterable[str] = (),
-        optional_writes: Iterable[str] = (),
-        decision: bool = False,
-        max_visits: int | None = None,
-        on_no_exit: NoExit | str = NoExit.ERROR,
-        description: str = "",
-        tools: Iterable[str] = (),
-        tool_deadline: float | None = None,
-    ) -> StateRef[C] | Callable[[Action[C]], StateRef[C]]:
-        """Declare a state whose action is the decorated function (named after it by default)."""
+    def state(self, action: Action[C] | None = None, /, *, name: str | None = None,
+              **options: Unpack[StateOptions]) -> StateRef[C] | Callable[[Action[C]], StateRef[C]]:
+        """Declare a state whose action is the decorated function (named after it by default; its
+        docstring is the description unless ``description=`` is given). See :class:`StateOptions`."""
+        _known(options, StateOptions, "state")
 
         def decorate(fn: Action[C]) -> StateRef[C]:
             state_name = name if name is not None else getattr(fn, "__name__", None)
             if state_name is None:
                 raise TypeError(f"cannot name a state after {fn!r}: pass name='...'")
-            return self.add_state(
-                state_name, fn, initial=initial, reads=reads, writes=writes,
-                optional_reads=optional_reads, optional_writes=optional_writes, decision=decision,
-                max_visits=max_visits, on_no_exit=on_no_exit,
-                description=description or (fn.__doc__ or "").strip(), tools=tools,
-                tool_deadline=tool_deadline,
-            )
+            described: StateOptions = {**options, "description": options.get("description")
+                                       or (fn.__doc__ or "").strip()}
+            return self.add_state(state_name, fn, **described)
 
         if action is not None:
             return decorate(action)
         return decorate
 
-    def add_state(
-        self,
-        name: str,
-        action: Action[C],
-        *,
-        initial: bool = False,
-        reads: Iterable[str] = (),
-        writes: Iterable[str] = (),
-        optional_reads: Iterable[str] = (),
-        optional_writes: Iterable[str] = (),
-        decision: bool = False,
-        max_visits: int | None = None,
-        on_no_exit: NoExit | str = NoExit.ERROR,
-        description: str = "",
-        tools: Iterable[str] = (),
-        tool_deadline: float | None = None,
-    ) -> StateRef[C]:
-        """Declare a state (builder style)."""
+    def add_state(self, name: str, action: Action[C], **options: Unpack[StateOptions]) -> StateRef[C]:
+        """Declare a state (builder style). See :class:`StateOptions`."""
+        _known(options, StateOptions, "add_state")
         self._states.append(
             StateSpec(
                 name=name,
                 action=action,
-                reads=_field_names(reads),
-                writes=_field_names(writes),
-                optional_reads=_field_names(optional_reads),
-                optional_writes=_field_names(optional_writes),
-                initial=initial,
-                decision=decision,
-                max_visits=max_visits,
-                on_no_exit=_enum(NoExit, on_no_exit),
-                description=description,
-                tools=_field_names(tools),
-                tool_deadline=tool_deadline,
+                reads=_field_names(options.get("reads", ())),
+                writes=_field_names(options.get("writes", ())),
+                optional_reads=_field_names(options.get("optional_reads", ())),
+                optional_writes=_field_names(options.get("optional_writes", ())),
+                initial=options.get("initial", False),
+                decision=options.get("decision", False),
+                max_visits=options.get("max_visits"),
+                on_no_exit=_enum(NoExit, options.get("on_no_exit", NoExit.ERROR)),
+                description=options.get("description", ""),
+                tools=_field_names(options.get("tools", ())),
+                tool_deadline=options.get("tool_deadline"),
             )
         )
         return StateRef(name, self, action)
@@ -278,51 +264,22 @@ class Workflow(Generic[C]):
     def tool(self, fn: Callable[..., Any], /) -> Tool: ...
 
     @overload
-    def tool(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        description: str = "",
-        timeout: float | None = None,
-        retry: RetrySpec = None,
-        concurrency: int | None = None,
-        rate_limit: float | None = None,
-        fallback: str | None = None,
-        fallback_value: Any = _MISSING,
-        effect: Effect | str = Effect.READ,
-        reconcile: Callable[..., Any] | None = None,
-    ) -> Callable[[Callable[..., Any]], Tool]: ...
+    def tool(self, fn: None = None, /, **options: Unpack[ToolOptions]) -> Callable[[Callable[..., Any]], Tool]: ...
 
-    def tool(
-        self,
-        fn: Callable[..., Any] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        description: str = "",
-        timeout: float | None = None,
-        retry: RetrySpec = None,
-        concurrency: int | None = None,
-        rate_limit: float | None = None,
-        fallback: str | None = None,
-        fallback_value: Any = _MISSING,
-        effect: Effect | str = Effect.READ,
-        reconcile: Callable[..., Any] | None = None,
-    ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-        """Register a tool (a sync or async function with typed parameters), bare or with options.
+    def tool(self, fn: Callable[..., Any] | None = None, /,
+             **options: Unpack[ToolOptions]) -> Tool | Callable[[Callable[..., Any]], Tool]:
+        """Register a tool (a sync or async function with typed parameters), bare or with options
+        (see :class:`ToolOptions`).
 
         ``effect`` says what a call does to the world, and so what a durable run may do with a call
         a crash interrupted: ``"read"`` (run it again), ``"idempotent"`` (run it again with the same
         ``idempotency_key``) or ``"at_most_once"`` (never again: ``EffectOutcomeUnknown``, or
         ``reconcile(arguments, key)`` looks the outcome up). See docs/durability.md.
         """
+        _known(options, ToolOptions, "tool")
 
         def decorate(f: Callable[..., Any]) -> Tool:
-            return self.add_tool(Tool(f, name=name, description=description, timeout=timeout, retry=retry,
-                                      concurrency=concurrency, rate_limit=rate_limit, fallback=fallback,
-                                      fallback_value=fallback_value, effect=effect, reconcile=reconcile))
+            return self.add_tool(Tool(f, **options))
 
         if fn is not None:
             return decorate(fn)

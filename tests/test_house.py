@@ -117,3 +117,26 @@ def test_a_clock_without_wall_time_is_refused_saying_what_a_clock_has() -> None:
             pytest.raises(TypeError, match=r"has no now\(\), wall\(\), async sleep\(\) and timeout_at\(\)"):
         compiled.wake_due_sync(store, clock=NoWall())  # type: ignore[arg-type]
     assert compiled.run_sync(Count(), clock=FakeClock()).terminal == "done"
+
+
+def test_state_and_tool_options_are_declared_once() -> None:
+    """StateOptions is what a StateSpec holds besides its name, action and the terminal/wait parts;
+    ToolOptions is Tool's keyword parameters; state(), add_state() and tool() take exactly them, and
+    refuse another option naming the ones there are."""
+    import dataclasses as dc
+    import inspect
+
+    from statemachine_agent import StateOptions, Tool, ToolOptions
+    from statemachine_agent.spec import StateSpec
+
+    spec_fields = {f.name for f in dc.fields(StateSpec)} - {"name", "action", "terminal", "outcome", "wait"}
+    assert set(StateOptions.__annotations__) == spec_fields
+    tool_params = {n for n, p in inspect.signature(Tool.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(ToolOptions.__annotations__) == tool_params
+    wf = Workflow("w", Count)
+    with pytest.raises(TypeError, match=r"add_state\(\) got unknown option\(s\) 'raeds': its options are .*reads"):
+        wf.add_state("a", lambda c: None, raeds=["n"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"state\(\) got unknown option\(s\) 'max_visit'"):
+        wf.state(max_visit=2)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"tool\(\) got unknown option\(s\) 'efect'"):
+        wf.tool(efect="read")  # type: ignore[call-overload]
