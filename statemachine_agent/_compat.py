@@ -274,17 +274,22 @@ RULES: tuple[Rule, ...] = (_state, _wait, _written, _counters, _bounds, _journal
 and, for a changed workflow, the unset-read analysis runs, in :func:`compatibility`)."""
 
 
+def _validated(workflow: Program[Any], point: ResumePoint, problems: list[Problem]) -> BaseModel | None:
+    """The point's context validated by the workflow's model; ``None`` with the problem added."""
+    try:
+        return workflow.context_type.model_validate(point.context)
+    except ValidationError as exc:
+        problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
+                                f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
+        return None
+
+
 def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str
                   ) -> tuple[BaseModel | None, list[Problem]]:
     """Whether ``point`` can continue under ``workflow``: its validated context, or the problems."""
     plan = workflow.plans.get(point.state)
     problems: list[Problem] = []
-    context: BaseModel | None = None
-    try:
-        context = workflow.context_type.model_validate(point.context)
-    except ValidationError as exc:
-        problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
-                                f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
+    context = _validated(workflow, point, problems)
     for rule in RULES:
         problems.extend(rule(workflow, point, plan))
     changed = fingerprint_of(workflow) != stored_fingerprint
@@ -310,12 +315,7 @@ def ended_compatibility(workflow: Program[Any], point: ResumePoint) -> tuple[Bas
         what = "does not have" if plan is None else "has as a non-terminal state"
         problems.append(Problem(ResumeCode.UNKNOWN_STATE, f"the run ended in terminal {point.state!r}, which this "
                                 f"workflow {what}", point.state))
-    context: BaseModel | None = None
-    try:
-        context = workflow.context_type.model_validate(point.context)
-    except ValidationError as exc:
-        problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
-                                f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
+    context = _validated(workflow, point, problems)
     return (context if not problems else None), problems
 
 
