@@ -277,11 +277,12 @@ and, for a changed workflow, the unset-read analysis runs, in :func:`compatibili
 def _validated(workflow: Program[Any], point: ResumePoint, problems: list[Problem]) -> BaseModel | None:
     """The point's context validated by the workflow's model; ``None`` with the problem added."""
     try:
-        return workflow.context_type.model_validate(point.context)
+        context: BaseModel = workflow.context_type.model_validate(point.context)
     except ValidationError as exc:
         problems.append(Problem(ResumeCode.BAD_CONTEXT, f"the stored context does not validate against "
                                 f"{workflow.context_type.__name__}: {_errors(exc, '(context)')}"))
         return None
+    return context
 
 
 def compatibility(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str
