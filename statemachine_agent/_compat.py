@@ -370,6 +370,21 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
     return checked
 
 
+def _kept_events(workflow: Program[Any], before: ResumePoint, after: ResumePoint, name: str) -> Problem | None:
+    """A migration may drop or rename a queued event only if no wait of ``workflow`` takes it as
+    stored: the store hands a wait every event of its name, so such an event would be taken (or
+    would keep the run from being stored as waiting) whatever the migration said."""
+    waited = {p.wait.event for p in workflow.plans.values() if p.wait is not None}
+    now = {e.seq: e.event for e in after.inbox}
+    for e in before.inbox:
+        if e.event in waited and now.get(e.seq) != e.event:
+            what = "dropped" if e.seq not in now else f"renamed to {now[e.seq]!r}"
+            return Problem(ResumeCode.BAD_MIGRATION, f"migrate={name} {what} event {e.event!r} (#{e.seq}), which "
+                           "this workflow's wait takes as it is stored: change its payload instead (drop or "
+                           "rename only an event no wait takes); nothing was written", name)
+    return None
+
+
 def fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
         migrate: Callable[[ResumePoint], Any] | None, *, ended: bool = False,
         advice: str | None = None) -> tuple[ResumePoint, BaseModel, bool]:
@@ -390,6 +405,9 @@ def fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
                             "changed to fit this workflow")
         if isinstance(out, Problem):
             raise IncompatibleRun(point.run_id, [out, *problems], advice)
+        kept = _kept_events(workflow, point, out, _name_of(migrate))
+        if kept is not None:
+            raise IncompatibleRun(point.run_id, [kept, *problems], advice)
         point, migrated = out, True
         context, problems = check(point, "")  # a full check of what migrate made
         found = first_non_finite(point.context)  # a stored context never holds one; a migrated one can

@@ -724,13 +724,23 @@ def test_migrate_rewrites_a_queued_payload_to_the_new_model(tmp_path: Path) -> N
 
 
 def test_migrate_drops_a_queued_event_which_stays_unconsumed(tmp_path: Path) -> None:
-    """A dropped event is not offered to the run (it waits), and stays in the store unconsumed."""
+    """An event no wait of the new workflow takes may be dropped: the run is not offered it (it
+    waits, stored as waiting, so a delivery can continue it) and the store keeps it unconsumed.
+    One that a wait takes may not be dropped (the store would hand it to the wait anyway):
+    refused, writing nothing."""
     path, world = copy_of("queued", tmp_path)
-    changed = flow(world, "payload_v2")
+    before = dump(path)
+    with pytest.raises(IncompatibleRun) as refused:
+        resume(flow(world, "payload_v2"), path, migrate=lambda p: p.model_copy(update={"inbox": []}))
+    assert "resume-bad-migration" in codes_of(refused.value) and "change its payload" in str(refused.value)
+    assert diff(before, dump(path)) == []
+    changed = flow(world, "event_renamed")  # the queued 'approval' is taken by no wait now
     result = resume(changed, path, migrate=lambda p: p.model_copy(update={"inbox": []}))
-    assert result.outcome is Outcome.WAITING and result.waiting == "approval"
+    assert result.outcome is Outcome.WAITING and result.waiting == "approved"
     with SQLiteStore(path, synchronous="NORMAL") as store:
-        assert [e.consumed_step for e in store.load("r").result().inbox] == [None]
+        stored = store.load("r").result()
+        assert [e.consumed_step for e in stored.inbox] == [None]
+        assert stored.run.status is RunStatus.WAITING  # not "running" with no worker
 
 
 def test_migrate_renames_the_tool_of_an_open_intent_which_is_still_never_run_again(tmp_path: Path) -> None:
