@@ -615,8 +615,8 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     journal.unmarked = not fresh
-    return Run.restore(workflow, context, state, journal=journal, path=path, max_steps_given=given, run_id=run_id,
-                       store=store, **options)
+    return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
+                       run_id=run_id, store=store, **options)
 
 
 def _caught_up(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
@@ -768,6 +768,9 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
         raise TypeError(f"patch={patch!r}: give a dict of context fields to change")
     if isinstance(at_step, bool) or not isinstance(at_step, int):
         raise TypeError(f"at_step={at_step!r}: give a step number")
+    if new_run_id is not None and (type(new_run_id) is not str or not new_run_id or len(new_run_id) > 200):
+        raise TypeError(f"new_run_id={safe_repr(new_run_id)}: give a non-empty string of at most 200 characters, "
+                        "or None for a random one")
     stored = await asyncio.wrap_future(store.load(run_id, at_step=at_step))
     src = stored.run
     _same_workflow(workflow, run_id, src.workflow)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -54,6 +54,7 @@ class ToolRunner(Protocol):
     async def _run_call(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
 
 
+@runtime_checkable
 class Journal(Protocol):
     """A run's link to its store, for as long as this process holds the run (see ``_durable.Durable``)."""
 

@@ -636,7 +636,8 @@ def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int, int]:
 
 
 def _check_state_options(a: Analysis) -> Iterator[Problem]:
-    """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail'."""
+    """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail', the flags are bools and the
+    description is a string."""
     for n in a.names:
         s = a.states[n]
         if s.max_visits is not None and not _is_count(s.max_visits):
@@ -645,6 +646,13 @@ def _check_state_options(a: Analysis) -> Iterator[Problem]:
         if not isinstance(s.on_no_exit, NoExit):
             yield Problem(ProblemCode.BAD_OPTION, f"state {n!r} has on_no_exit={s.on_no_exit!r}: use 'error' or "
                           "'fail'", n)
+        for flag in ("initial", "decision"):
+            value = getattr(s, flag)
+            if type(value) is not bool:
+                yield Problem(ProblemCode.BAD_OPTION, f"state {n!r} has {flag}={value!r}: give True or False", n)
+        if not isinstance(s.description, str):
+            yield Problem(ProblemCode.BAD_OPTION, f"state {n!r} has description={s.description!r}: give a string "
+                          "(for people and policies)", n)
 
 
 def _check_fields(a: Analysis) -> Iterator[Problem]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from typing import Protocol, runtime_checkable
 
@@ -117,7 +118,13 @@ class FakeClock:
 def wall_time(clock: Clock | None) -> float:
     """Seconds since the epoch on ``clock`` (the system's for ``None``): what a stored wait's
     deadline is compared with."""
-    return time.time() if clock is None else clock.wall()
+    if clock is None:
+        return time.time()
+    now = clock.wall()
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ValueError(f"the clock's wall() gave {now!r:.80}: a Clock's wall() must give seconds since the "
+                         "epoch, a finite number")
+    return float(now)
 
 
 class _FakeTimeout(asyncio.Timeout):  # type: ignore[misc]  # final in typeshed only; reusing it keeps asyncio's exact cancel semantics

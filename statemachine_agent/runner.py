@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -132,13 +133,12 @@ class RunConfig(Generic[C]):
            cost_budget: float | None = None) -> RunConfig[C]:
         """The options checked: ``TypeError``/``ValueError`` naming the bad one and what to give."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                      or max_steps < 1):
-            raise ValueError(f"max_steps={max_steps!r}: give a whole number of at least 1")
+                                      or not 1 <= max_steps <= _MAX_COUNT):
+            raise ValueError(f"max_steps={max_steps!r}: give a whole number from 1 to {_MAX_COUNT} (what a store "
+                             "keeps)")
         if timeout is not None:
             _positive(timeout, "timeout")
-        if max_policy_attempts != 3 and (isinstance(max_policy_attempts, bool)
-                                         or not isinstance(max_policy_attempts, int)
-                                         or max_policy_attempts < 1):
+        if type(max_policy_attempts) is not int or max_policy_attempts < 1:
             raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
         if policy is not None and not callable(policy):
             raise TypeError(f"policy={safe_repr(policy)} is not callable: give a function of a Decision")
@@ -158,17 +158,23 @@ class RunConfig(Generic[C]):
             raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
         if store is not None:
             workflow.check_store(store)  # TypeError saying what to give
-        if max_step_restarts != 3 and (isinstance(max_step_restarts, bool) or not isinstance(max_step_restarts, int)
-                                       or max_step_restarts < 0):
+        if type(max_step_restarts) is not int or max_step_restarts < 0:
             raise ValueError(f"max_step_restarts={max_step_restarts!r}: give a whole number >= 0")
         if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int)
                                          or token_budget < 1):
             raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
         if cost_budget is not None:
             _positive(cost_budget, "cost_budget")
-        wf_hooks = workflow.hooks
+        if type(raise_errors) is not bool:
+            raise TypeError(f"raise_errors={safe_repr(raise_errors)}: give True or False")
+        try:
+            wf_hooks = workflow.hooks
+            default_steps = workflow.max_steps
+        except AttributeError:
+            raise TypeError(f"{safe_repr(workflow)} is not a compiled workflow: give Workflow(...).compile()"
+                            ) from None
         return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
-                   max_steps if max_steps is not None else workflow.max_steps, timeout, max_policy_attempts,
+                   max_steps if max_steps is not None else default_steps, timeout, max_policy_attempts,
                    raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
                    max_step_restarts, token_budget, cost_budget, max_steps is not None)
 
@@ -234,7 +240,11 @@ class Run(Generic[C]):
                  max_policy_attempts: int = 3, raise_errors: bool = True, run_id: str | None = None,
                  clock: Clock | None = None, store: object | None = None, max_step_restarts: int = 3,
                  token_budget: int | None = None, cost_budget: float | None = None) -> None:
-        model = workflow.context_type
+        try:
+            model = workflow.context_type
+        except AttributeError:
+            raise TypeError(f"{safe_repr(workflow)} is not a compiled workflow: give Workflow(...).compile()"
+                            ) from None
         if type(context) is not model:  # the common case skips every check below
             if isinstance(context, dict):
                 context = model.model_validate(context)
@@ -319,7 +329,7 @@ class Run(Generic[C]):
 
     @classmethod
     def restore(cls, workflow: Program[C], context: C, state: RunState, *, journal: Journal | None = None,
-                path: Sequence[Step] = (), result: RunResult[C] | None = None, owned: bool = True,
+                path: Sequence[Step] = (), result: RunResult[C] | None = None, owned: bool = False,
                 max_steps_given: bool | None = None, **options: Any) -> Run[C]:
         """A run rebuilt from its resumable ``state`` (what the durable operations and replay do):
         ``path`` holds the steps it took, ``journal`` links it to its store, ``result`` is set for
@@ -327,6 +337,10 @@ class Run(Generic[C]):
         JSON), so no caller holds its values. ``max_steps_given``: whether ``max_steps`` (in
         ``options``) is the caller's own rather than a workflow's bound (default: it is when given).
         ``options`` are those of :class:`Run`."""
+        _check_restore(workflow, state, journal, result, max_steps_given)
+        if journal is None and result is None and options.get("store") is not None and (path or state.actions_run):
+            raise ValueError("a run that took steps cannot be restored into a store without its journal: continue "
+                             "a stored run with compiled.resume(run_id, store=store)")
         run = cls(workflow, context, **options)
         if max_steps_given is not None and max_steps_given != run.config.max_steps_given:
             run.config = dataclasses.replace(run.config, max_steps_given=max_steps_given)
@@ -355,7 +369,10 @@ class Run(Generic[C]):
         return run
 
     def snapshot(self) -> RunState:
-        """The run's resumable state now (a value: later steps do not change it)."""
+        """The run's resumable state now (a value: later steps do not change it). Between steps
+        only: during one, the step's visit is counted and its writes are not (``RunError``)."""
+        if self._busy:
+            raise RunError(f"run {self.run_id} is inside a step: take its snapshot between steps")
         names = self.workflow.edge_names
         return RunState(self._token.state, self.actions_run, dict(self.visits),
                         {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
@@ -940,6 +957,8 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_MAX_COUNT = 2**53
+"""The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
 _NO_SKIPS: frozenset[int] = frozenset()
 _local_seq = itertools.count(1)  # in-memory inbox events (a store numbers its own)
 
@@ -952,6 +971,49 @@ _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy make
 _NO_CALLS: list[ModelCall] = []  # likewise: _model_call makes the step's own list
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
+
+
+def _check_restore(workflow: Program[Any], state: object, journal: object, result: object,
+                   max_steps_given: object) -> None:
+    """What Run.restore is given, checked up front: ``TypeError``/``ValueError`` naming the field."""
+    if not isinstance(state, RunState):
+        raise TypeError(f"state={safe_repr(state)}: give a RunState (run.snapshot(), or RunState(state_name, ...))")
+    if max_steps_given is not None and type(max_steps_given) is not bool:
+        raise TypeError(f"max_steps_given={safe_repr(max_steps_given)}: give True, False or None")
+    if journal is not None and not isinstance(journal, Journal):
+        raise TypeError(f"journal={safe_repr(journal)} is not a journal (statemachine_agent.protocols.Journal)")
+    plans = workflow.plans
+    plan = plans.get(state.state) if isinstance(state.state, str) else None
+    if plan is None or (plan.terminal and result is None):
+        raise ValueError(f"RunState.state={safe_repr(state.state)}: give a state of workflow {workflow.name!r} that "
+                         "is not terminal (a run that ended is restored with result=)")
+
+    def count(name: str, value: object) -> None:
+        if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+            raise ValueError(f"RunState.{name}={safe_repr(value)}: give a whole number from 0")
+
+    for name in ("actions_run", "restarts", "spent_tokens"):
+        count(name, getattr(state, name))
+    for name in ("visits", "traversals"):
+        value = getattr(state, name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"RunState.{name}={safe_repr(value)}: give a dict of names to counts")
+        for k, n in value.items():
+            count(f"{name}[{k!r}]", n)
+    cost = state.spent_cost
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < math.inf:
+        raise ValueError(f"RunState.spent_cost={safe_repr(cost)}: give a finite cost from 0")
+    if not isinstance(state.written, (set, frozenset)) or not all(isinstance(f, str) for f in state.written):
+        raise ValueError(f"RunState.written={safe_repr(state.written)}: give a frozenset of field names")
+    deadline = state.wait_deadline
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                 or not math.isfinite(deadline)):
+        raise ValueError(f"RunState.wait_deadline={safe_repr(deadline)}: give a wall-clock time, or None")
+    inbox = state.inbox
+    plain = type(inbox) in (list, tuple)  # a list of its own (replay's) hands out events as it is read
+    if not isinstance(inbox, (list, tuple)) or (plain and not all(
+            isinstance(e, tuple) and len(e) == 3 and type(e[0]) is int and isinstance(e[1], str) for e in inbox)):
+        raise ValueError(f"RunState.inbox={safe_repr(inbox)}: give (seq, event, payload) triples")
 
 
 def _q(names: Sequence[str]) -> str:
