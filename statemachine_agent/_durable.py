@@ -19,7 +19,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -1018,7 +1017,11 @@ class _ReplayClock(SystemClock):
     def wall(self) -> float:
         i = len(self._run[0].path) if self._run else 0
         timed_out = i < len(self._steps) and self._steps[i].error_type == "WaitTimedOut"
-        return math.inf if timed_out else 0.0
+        return _AFTER_EVERY_DEADLINE if timed_out else 0.0
+
+
+_AFTER_EVERY_DEADLINE = 1e300
+"""A wall time past any deadline a store keeps (and finite, as every clock's wall time must be)."""
 
 
 async def replay(workflow: Program[Any], run_id: str, store: Store, options: ResumeOptions[Any]) -> ReplayReport:
