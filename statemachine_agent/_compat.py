@@ -25,6 +25,7 @@ from ._rules import unset_reads_from
 from .context import first_non_finite
 from .errors import IncompatibleRun, Problem, ResumeCode
 from .spec import WorkflowSpec
+from .stores._records import MAX_DEPTH, depth_ok, record_json
 
 __all__ = ["JournalCall", "QueuedEvent", "ResumePoint", "compatibility", "fingerprint", "fit"]
 
@@ -364,10 +365,41 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
     if len(set(seqs)) != len(seqs) or not set(seqs) <= {e.seq for e in point.inbox}:
         return bad("returned inbox events that were not delivered (a seq it did not get, or one twice): a "
                    "migration may change an event's name or payload, or drop it, never add one")
+    keys = [(c.step, c.call) for c in checked.calls]
+    if len(set(keys)) != len(keys) or not set(keys) <= {(c.step, c.call) for c in point.calls}:
+        return bad("returned journal rows that were not journaled (a step or call index it did not get, or "
+                   "one twice): a migration may change a row's tool, effect, status or result, or drop it, "
+                   "never move or add one")
     if checked.run_id != point.run_id:
         return bad(f"changed the run's id from {point.run_id!r} to {checked.run_id!r}: a migration adapts the "
                    "run, it cannot make another one")
     return checked
+
+
+def _unstorable(point: ResumePoint, context: BaseModel | None) -> list[Problem]:
+    """What in a migrated point no store could keep (and so would fail the run's first commit, after
+    its claim): nesting deeper than a record may (a cycle too), NaN or infinity, values with no JSON
+    form, text that is not UTF-8, in the context, the queued payloads or the journal rows."""
+    parts: list[tuple[str, Any]] = [("the context", point.context)]
+    parts += [(f"event #{e.seq}'s payload", e.payload) for e in point.inbox]
+    parts += [(f"call {c.call} of step {c.step}'s result", c.result) for c in point.calls]
+    for what, value in parts:
+        if not depth_ok(value):
+            return [Problem(ResumeCode.BAD_CONTEXT, f"{what} nests deeper than {MAX_DEPTH} levels (or holds a "
+                            "cycle): the store cannot keep it")]
+        found = first_non_finite(value)
+        if found is not None:
+            where = ".".join(map(str, found[0]))
+            field = f"context field {where!r}" if what == "the context" else f"{what} at {where or '(top)'!r}"
+            return [Problem(ResumeCode.BAD_CONTEXT, f"{field} is {found[1]!r}, not a finite number: JSON, and "
+                            "so the store, cannot keep it")]
+        try:
+            data = context.model_dump(mode="json", warnings="error") if what == "the context" and context else value
+            record_json(data).encode("utf-8")
+        except Exception as exc:  # whatever the value's own code raises: it cannot be stored
+            return [Problem(ResumeCode.BAD_CONTEXT, f"{what} cannot be stored as JSON ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})")]
+    return []
 
 
 def _kept_events(workflow: Program[Any], before: ResumePoint, after: ResumePoint, name: str) -> Problem | None:
@@ -410,11 +442,7 @@ def fit(workflow: Program[Any], point: ResumePoint, stored_fingerprint: str,
             raise IncompatibleRun(point.run_id, [kept, *problems], advice)
         point, migrated = out, True
         context, problems = check(point, "")  # a full check of what migrate made
-        found = first_non_finite(point.context)  # a stored context never holds one; a migrated one can
-        if found is not None:
-            where = ".".join(map(str, found[0]))
-            problems.append(Problem(ResumeCode.BAD_CONTEXT, f"context field {where!r} is {found[1]!r}, not a "
-                                    "finite number: JSON, and so the store, cannot keep it"))
+        problems.extend(_unstorable(point, context))  # a stored point is storable; a migrated one may not be
         if problems:
             name = _name_of(migrate)
             problems.insert(0, Problem(ResumeCode.BAD_MIGRATION, f"migrate={name} returned a point that still "

@@ -13,6 +13,7 @@ checks that they round-trip through the models (:class:`RunRecord`, :class:`Step
 from __future__ import annotations
 
 import enum
+import json
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -47,6 +48,34 @@ KnownOutcome = Annotated[Outcome | str, Field(union_mode="left_to_right")]
 _MODEL_CALL_COUNTS = ("input_tokens", "output_tokens", "attempt", "http_attempts")
 _MODEL_CALL_SECONDS = ("latency", "cost")
 
+
+
+MAX_DEPTH = 128
+"""Deepest nesting a record may have: pydantic's JSON reader stops near 200 levels, so anything deeper
+would be written and then never load again. Refused on write instead."""
+
+
+def depth_ok(value: Any) -> bool:
+    """Whether ``value`` nests at most :data:`MAX_DEPTH` levels (a cycle does not)."""
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list, tuple)):
+            if d >= MAX_DEPTH:
+                return False
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def record_json(value: Any) -> str:
+    """``value`` as the JSON text a store keeps; ``ValueError`` for what no store could keep or read
+    back (NaN or infinity, nesting deeper than :data:`MAX_DEPTH` (a cycle too), text that is not
+    UTF-8), ``TypeError`` for what is not JSON data."""
+    # allow_nan=False: NaN/inf are not JSON, and another store (PostgreSQL's jsonb) would refuse them.
+    if not depth_ok(value):
+        raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels, which the store cannot read back: "
+                         "flatten it")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 class RunStatus(enum.StrEnum):
     """Where a stored run is."""

@@ -45,6 +45,7 @@ from ..secrets import SecretCodec
 from ._base import Store
 from ._records import (
     _MAX_INT,
+    MAX_DEPTH,
     SCHEMA_VERSION,
     CallRecord,
     CallRow,
@@ -56,6 +57,7 @@ from ._records import (
     RunStatus,
     StepRecord,
     StoredRun,
+    record_json,
 )
 from ._sqldialect import ADD_COUNTS as _ADD_COUNTS
 from ._sqldialect import SCHEMA as _SCHEMA
@@ -191,28 +193,8 @@ def _seal_consumed(sql: Dialect, conn: sqlite3.Connection, run_id: str, seq: int
     conn.execute(sql.seal_event, (_row_crc("inbox", run_id, _inbox_key(seq, step), row[0]), run_id, seq))
 
 
-_MAX_DEPTH = 128
-"""Deepest nesting a record may have: pydantic's JSON reader stops near 200 levels, so anything deeper
-would be written and then never load again. Refused on write instead."""
-
-
-def _depth_ok(value: Any) -> bool:
-    stack = [(value, 0)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, (dict, list, tuple)):
-            if d >= _MAX_DEPTH:
-                return False
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return True
-
-
-def _dumps(value: Any) -> str:
-    # allow_nan=False: NaN/inf are not JSON, and another store (PostgreSQL's jsonb) would refuse them.
-    if not _depth_ok(value):
-        raise ValueError(f"a value nests deeper than {_MAX_DEPTH} levels, which the store cannot read back: "
-                         "flatten it")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_MAX_DEPTH = MAX_DEPTH
+_dumps = record_json
 
 
 def _no_constant(name: str) -> Any:
