@@ -370,6 +370,12 @@ def _migrated(point: ResumePoint, migrate: Callable[[ResumePoint], Any]) -> Resu
         return bad("returned journal rows that were not journaled (a step or call index it did not get, or "
                    "one twice): a migration may change a row's tool, effect, status or result, or drop it, "
                    "never move or add one")
+    given = {(c.step, c.call): c.result for c in point.calls}
+    for c in checked.calls:
+        if (isinstance(c.result, dict) and "$secret_result" in c.result
+                and c.result != given.get((c.step, c.call))):
+            return bad(f"gave call {c.call} of step {c.step} a result shaped as a sealed secret: record a plain "
+                       "result (the store seals secret results itself)")
     if checked.run_id != point.run_id:
         return bad(f"changed the run's id from {point.run_id!r} to {checked.run_id!r}: a migration adapts the "
                    "run, it cannot make another one")

@@ -116,8 +116,22 @@ def _nested(depth: int) -> Any:
     return value
 
 
+class Hostile:
+    """Every dunder a check might call raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("__hash__")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__")
+
+
 UNSTORABLE: dict[str, Callable[[], dict[str, Any]]] = {
     "an object": lambda: {"data": object()},
+    "an object whose __eq__, __hash__ and __repr__ raise": lambda: {"notes": {"k": Hostile()}},
     "non-UTF-8 bytes": lambda: {"data": b"\xff\xfe"},
     "a lone surrogate": lambda: {"data": "\ud800"},
     "an int of 5001 digits": lambda: {"data": 10**5000},
@@ -293,3 +307,19 @@ def test_a_migration_putting_an_unstorable_value_in_a_queued_payload_is_refused(
                                               for e in p.inbox]})
 
     _refused_cleanly(queued, inbox_flow("e2"), migrate)
+
+
+# --- a journal row's result a migration records -------------------------------------------------------
+@pytest.mark.parametrize("result", ["\ud800", {"$secret_result": "not a token"}],
+                         ids=["a lone surrogate", "a forged secret marker"])
+def test_a_migration_recording_an_unusable_result_for_an_open_intent_is_refused(
+        in_pay: Path, result: Any) -> None:
+    """Found: recording the outcome of the open intent (``status="done"`` with a ``result``, a
+    documented migration) passes the check with a result the journal cannot use: a lone surrogate
+    (fits ``str``, cannot be written as UTF-8) or a dict shaped like a sealed secret
+    (``{"$secret_result": ...}``, which the result check skips). resume then raises a raw
+    UnicodeEncodeError after the run was claimed, or SecretUnreadable with the run committed as
+    ended in its failure terminal 'rejected' (a migration ended the run). Should:
+    resume-bad-migration (or resume-result-changed), nothing written, the call never run again."""
+    _refused_cleanly(in_pay, flow(tool="pay_card"),
+                     lambda p: _calls(p, tool="pay_card", status="done", result=result))
