@@ -267,7 +267,12 @@ def _orphaned_events(workflow: Program[Any], point: ResumePoint) -> Iterator[Pro
 
 def _errors(exc: ValidationError, top: str = "(payload)") -> str:
     """pydantic's errors, each as ``field.path: message`` (``top`` names the value itself)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or top}: {e['msg']}" for e in exc.errors()[:5])
+    return pydantic_errors(exc.errors(), top)
+
+
+def pydantic_errors(errors: Any, top: str) -> str:
+    """The first five of pydantic's ``errors()`` as ``field.path: message`` (``top``: the value itself)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or top}: {e['msg']}" for e in list(errors)[:5])
 
 
 RULES: tuple[Rule, ...] = (_state, _wait, _written, _counters, _bounds, _journal, _inbox)

@@ -35,11 +35,12 @@ from ._compat import (
     fingerprint,
     fingerprint_of,
     fit,
+    pydantic_errors,
 )
 from ._journal import RunState, ToolRunner
 from ._program import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
-from .clock import Clock, SystemClock, wall_time
+from .clock import SystemClock, wall_time
 from .context import first_non_finite, is_unset
 from .errors import (
     EffectOutcomeUnknown,
@@ -54,7 +55,7 @@ from .errors import (
 )
 from .policies import _safe_repr as safe_repr
 from .result import RunResult, Step, StepKind
-from .runner import ResumeOptions, Run
+from .runner import ResumeOptions, Run, RunConfig, checked_clock
 from .secrets import (
     Digests,
     SecretCodec,
@@ -478,34 +479,27 @@ def _check_secret_results(stored: StoredRun, store: Store, *, since: int | None 
             _open_result(c.tool, c.result, codec, stored.run.run_id)
 
 
-def _check_options(workflow: Program[Any], context: BaseModel, run_id: str, store: Store, *,
-                   options: ResumeOptions[Any], stored: StoredRun) -> None:
+def _check_options(workflow: Program[Any], run_id: str, store: Store, *, options: ResumeOptions[Any],
+                   stored: StoredRun) -> None:
     """Bad run options (``wake_due(store, max_steps="many")``) raise here, before the run is
     claimed or an event committed: after the claim they would leave the run stored as running
     with no worker."""
-    Run(workflow, context, run_id=run_id, store=store, **_budgeted(options, stored, workflow))
+    RunConfig.of(workflow, run_id=run_id, store=store, **_budgeted(options, stored, workflow)[0])
 
 
-def _budgeted(options: ResumeOptions[Any], stored: StoredRun, workflow: Program[Any]) -> ResumeOptions[Any]:
-    """``options`` with the run's step budget: the one its caller gave (kept across versions); or,
-    for a run on the workflow's worst-case bound, the larger of the bound it was stored with and
-    this version's (a state added on its path does not fail it; one that ran under a looser
-    version keeps room for the steps it took, while the counters it carries still bound what is left)."""
+def _budgeted(options: ResumeOptions[Any], stored: StoredRun, workflow: Program[Any]
+              ) -> tuple[ResumeOptions[Any], bool]:
+    """``options`` with the run's step budget, and whether that budget is its caller's: the one its
+    caller gave (kept across versions); or, for a run on the workflow's worst-case bound, the larger
+    of the bound it was stored with and this version's (a state added on its path does not fail it;
+    one that ran under a looser version keeps room for the steps it took, while the counters it
+    carries still bound what is left)."""
     if "max_steps" in options:
-        return options
+        return options, True
     budgeted = options.copy()
-    budgeted["max_steps"] = (stored.run.max_steps if stored.run.max_steps_given
-                             else max(stored.run.max_steps, workflow.max_steps))
-    return budgeted
-
-
-def _clock_option(options: ResumeOptions[Any]) -> Clock | None:
-    """The ``clock=`` option, checked (a run's own check comes later than a wait needs the time)."""
-    clock = options.get("clock")
-    if clock is not None and not isinstance(clock, Clock):
-        raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
-                        "give a statemachine_agent.clock.Clock such as FakeClock()")
-    return clock
+    given = bool(stored.run.max_steps_given)
+    budgeted["max_steps"] = stored.run.max_steps if given else max(stored.run.max_steps, workflow.max_steps)
+    return budgeted, given
 
 
 def _require_store(store: object) -> None:
@@ -565,7 +559,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
             return _paused(workflow, stored, point, context, options=options)
         # Migrated: claimed and continued, so that it pauses again and commits what migrate made.
     _check_secret_results(stored, store)
-    _check_options(workflow, context, run_id, store, options=options, stored=stored)
+    _check_options(workflow, run_id, store, options=options, stored=stored)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
     if waiting_only:
         taken = await asyncio.wrap_future(store.claim_waiting(run_id))
@@ -595,8 +589,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         stored = claimed
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
-    given = bool(stored.run.max_steps_given) or "max_steps" in options
-    options = _budgeted(options, stored, workflow)
+    options, given = _budgeted(options, stored, workflow)
     path = [recorded_step(s) for s in stored.steps]
     spent = Usage.of(c for s in path for c in s.model_calls)  # the budgets count earlier steps' calls
     wait = stored.run.wait
@@ -647,7 +640,7 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
     if any(e.event == wait.event for e in point.inbox):
         return True
     deadline = stored.run.wait.deadline if stored.run.wait is not None else None
-    return deadline is not None and wall_time(_clock_option(options)) >= deadline
+    return deadline is not None and wall_time(checked_clock(options.get("clock"))) >= deadline
 
 
 def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
@@ -659,9 +652,9 @@ def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, conte
     path = tuple(recorded_step(s) for s in stored.steps)
     result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, path,
                        f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
-    given = bool(stored.run.max_steps_given) or "max_steps" in options
+    budgeted, given = _budgeted(options, stored, workflow)
     return Run.restore(workflow, context, RunState(point.state), path=path, result=result, run_id=run_id,
-                       max_steps_given=given, **_budgeted(options, stored, workflow))
+                       max_steps_given=given, **budgeted)
 
 
 # --- delivering, forking, replaying -------------------------------------------------------------
@@ -699,10 +692,10 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     # not fit (whatever its status: it will be continued under some workflow), raise with nothing
     # delivered. An ended run takes no events (the store says so, writing nothing).
     if stored.run.status is not RunStatus.DONE:
-        _, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None,
-                            advice="nothing was delivered: deliver with the workflow that started the run "
-                            "(deliver takes no migrate=), or resume it with migrate= first")
-        _check_options(workflow, context, run_id, store, options=options, stored=stored)
+        fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, None,
+            advice="nothing was delivered: deliver with the workflow that started the run (deliver takes "
+            "no migrate=), or resume it with migrate= first")
+        _check_options(workflow, run_id, store, options=options, stored=stored)
     else:
         _opened(workflow, stored.context, store, run_id)
     seq = await asyncio.wrap_future(store.deliver(run_id, event, data))
@@ -726,7 +719,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: ResumeOptions[
     the run's clock (``clock=``'s wall time), or its event is in its inbox. Each is claimed only if
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
     _require_store(store)
-    now = wall_time(_clock_option(options))
+    now = wall_time(checked_clock(options.get("clock")))
     due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
     # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
     gate = asyncio.Semaphore(_WAKE_AT_ONCE)
@@ -803,8 +796,7 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
             if not stored_fields:
                 raise  # the patch's own fault: pydantic's error names the field
             # The stored context no longer fits a changed model: the run's fault, like a resume's.
-            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(context)'}: {e['msg']}"
-                               for e in stored_fields[:5])
+            detail = pydantic_errors(stored_fields, "(context)")
             raise IncompatibleRun(run_id, [Problem(
                 ResumeCode.BAD_CONTEXT, f"the stored context does not validate against {model.__name__}: {detail}")],
                 "nothing was stored: patch= the fields named, or fork with the workflow that started it") from None

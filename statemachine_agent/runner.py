@@ -151,9 +151,7 @@ class RunConfig(Generic[C]):
                 if not callable(h):
                     raise TypeError(f"hooks=[..., {safe_repr(h)}, ...]: each hook must be a callable "
                                     "taking an Event")
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
-                            "give a statemachine_agent.clock.Clock such as FakeClock()")
+        checked_clock(clock)
         if run_id is not None and (type(run_id) is not str or not run_id or len(run_id) > 200):
             raise TypeError(f"run_id={safe_repr(run_id)}: give a non-empty string of at most 200 characters")
         if store is not None:
@@ -971,6 +969,14 @@ _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy make
 _NO_CALLS: list[ModelCall] = []  # likewise: _model_call makes the step's own list
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
+
+
+def checked_clock(clock: object) -> Clock | None:
+    """``clock`` if it is a :class:`~.clock.Clock` (or ``None``); ``TypeError`` saying what one has."""
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock={safe_repr(clock)} has no now(), wall(), async sleep() and timeout_at(): "
+                        "give a statemachine_agent.clock.Clock such as FakeClock()")
+    return clock
 
 
 def _check_restore(workflow: Program[Any], state: object, journal: object, result: object,
