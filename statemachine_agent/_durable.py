@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
+from . import _ops
 from ._compat import (
     JournalCall,
     QueuedEvent,
@@ -37,7 +38,7 @@ from ._compat import (
     fit,
     pydantic_errors,
 )
-from ._journal import RunState, ToolRunner
+from ._journal import Delta, RunState, ToolRunner
 from ._program import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import SystemClock, wall_time
@@ -79,6 +80,7 @@ from .stores._records import (
     WaitRow,
     call_row,
     commit_request,
+    rebuild,
     run_row,
     step_row,
 )
@@ -87,6 +89,28 @@ from .usage import ModelCall, Usage
 __all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
 
 _log = logging.getLogger("statemachine_agent")
+
+
+_SNAPSHOT_MIN = 16
+"""Items the steps since a snapshot store at least before the next one (a small context)."""
+_SNAPSHOT_STEPS = 1000
+"""Steps between two snapshots at most, however little they store: what a load reads at most."""
+
+
+def _items(data: dict[str, Any]) -> int:
+    """The size of stored fields in items: a list's or object's length, 1 for anything else."""
+    n = 0
+    for v in data.values():
+        n += len(v) if isinstance(v, (list, dict)) else 1
+    return n
+
+
+def _changed(ops: list[Any]) -> int:
+    """The items stored operations hold."""
+    n = 0
+    for op in ops:
+        n += len(op[1]) if op[0] == "e" else 1
+    return n
 
 
 def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = None
@@ -139,7 +163,7 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "secrets", "store", "unmarked")
+                 "recorded", "run_id", "secrets", "since", "size", "snapshot_at", "store", "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -160,6 +184,15 @@ class Durable:
         self.parent_step = parent_step
         self.secrets: SecretCodec | None = getattr(store, "secrets", None)
         """What encrypts the context's secret fields (the store's codec)."""
+        self.snapshot_at = 0
+        """The step of the latest snapshot in the store (the store rebuilds the context from it)."""
+        self.size = 0
+        """The latest snapshot's size in items (:func:`_items`)."""
+        self.since = 0
+        """Items the steps since the latest snapshot stored: once they reach its size, the next
+        commit stores a snapshot (so the steps replayed on a load never outgrow the context). ``-1``:
+        the next commit stores one whatever the count (the context in memory differs from what the
+        store rebuilds, as after a migration)."""
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
@@ -196,15 +229,30 @@ class Durable:
                              "infinity), which JSON cannot hold: give a finite number or None")
         rec = durable.record(run, status=RunStatus.RUNNING, state=run.state, next_step=0)
         await asyncio.wrap_future(store.create(rec, context))
+        durable.size = _items(context)
         return durable
 
-    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
-        """``fields`` of ``context`` as JSON (secret ones sealed), and those that are UNSET."""
-        return dump_fields(context, fields, self.secrets)
+    def delta(self, context: BaseModel, fields: Any, ops: dict[str, Any] | None = None) -> Delta:
+        """``fields`` of ``context`` as stored: those changed in place only (``ops``, from the step's
+        view) as their operations where that is exact (``_ops.encode``), the others whole as JSON
+        (secret ones sealed); and those that are UNSET."""
+        encoded: dict[str, list[Any]] = {}
+        whole = fields
+        if ops:
+            whole = []
+            for name in fields:
+                done = ops.get(name)
+                got = None if done is None else _ops.encode(context, name, done)
+                if got is None:
+                    whole.append(name)
+                elif got:
+                    encoded[name] = got
+        data, unset = dump_fields(context, whole, self.secrets) if whole else ({}, [])
+        return data, unset, encoded
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
                      wait: tuple[str, str, float | None] | None = None, *,
-                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     delta: Delta = ({}, [], {}), consume: int | None = None
                      ) -> list[tuple[int, str, Any]]:
         """Commit ``step`` (already taken in memory, its writes in ``delta``); ``RunFenced`` if
         another worker owns the run (then nothing is written).
@@ -219,17 +267,27 @@ class Durable:
             outcome = target.outcome or Outcome.FAILURE
         else:
             reason = None
-        written, unset = delta
+        written, unset, ops = delta
         status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
                           terminal=step.target if terminal else None, outcome=outcome, reason=reason,
                           wait=None if wait is None else WaitRow(state=wait[0], event=wait[1], deadline=wait[2]))
         snapshot = None
-        if terminal or wait is not None or (step.number + 1) % self.store.snapshot_every == 0:
+        every = self.store.snapshot_every
+        number = step.number + 1
+        forced = self.since < 0
+        if every is None:  # when the steps since the last snapshot stored as many items as it holds
+            self.since += _items(written) + sum(_changed(o) for o in ops.values()) + len(unset)
+            due = forced or self.since >= max(self.size, _SNAPSHOT_MIN) or number - self.snapshot_at >= _SNAPSHOT_STEPS
+        else:
+            due = forced or terminal or wait is not None or number % every == 0
+        if due:
             try:
                 snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
             except TypeError:
                 snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
+            else:
+                self.snapshot_at, self.size, self.since = number, _items(snapshot), 0
         error = step.error
         commit = commit_request(
             epoch=self.epoch, run=rec,
@@ -238,7 +296,8 @@ class Durable:
                           error=None if error is None else _describe(error),
                           error_type=None if error is None else type(error).__name__,
                           rejected=list(step.rejected), ran=step.ran, writes=list(step.writes),
-                          delta=written, unset=unset, model_calls=[c.to_dict() for c in step.model_calls]),
+                          delta=written, unset=unset, model_calls=[c.to_dict() for c in step.model_calls],
+                          ops=ops),
             snapshot=snapshot, calls=self.pending, consume=consume)
         self.pending = []
         if self.recorded:
@@ -552,6 +611,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         return Run.restore(workflow, result.context, RunState(result.terminal), path=result.path, result=result,
                            run_id=run_id, **options)
     point, context, migrated = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    changed = migrated or stored.run.fingerprint != fingerprint_of(workflow)
     if stored.run.status is RunStatus.WAITING and not _ready(workflow, point, stored, options):
         if waiting_only:
             return None
@@ -607,6 +667,13 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     journal.unmarked = not fresh
+    journal.snapshot_at = stored.snapshot_at
+    journal.size = _items(stored.context)
+    # Under a changed workflow (or migrated) the context in memory may differ from what the store
+    # rebuilds (a default filled in, a type converted): the first commit stores it whole.
+    journal.since = -1 if changed else sum(
+        _items(s.delta) + sum(_changed(o) for o in s.ops.values()) + len(s.unset)
+        for s in stored.steps[stored.snapshot_at:])
     return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
                        run_id=run_id, store=store, **options)
 
@@ -884,10 +951,14 @@ class _Stop(BaseException):
 class _Replay:
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "codec", "replayed", "routes", "secrets", "steps", "unmarked")
+    __slots__ = ("calls", "codec", "context", "replayed", "routes", "run_id", "secrets", "steps", "unmarked")
 
     def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]], digests: Digests,
-                 codec: SecretCodec | None) -> None:
+                 codec: SecretCodec | None, context: dict[str, Any]) -> None:
+        self.context = context
+        """The record's context as JSON, rebuilt step by step as the replay goes: what a step that
+        stored operations stored, whole."""
+        self.run_id = stored.run.run_id
         self.routes = routes
         """Each error transition's error type, by transition name."""
         self.steps = stored.steps
@@ -899,8 +970,10 @@ class _Replay:
         """The store's codec, which opens journaled secret results."""
         self.unmarked = False
 
-    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
-        return dump_fields(context, fields, self.secrets)
+    def delta(self, context: BaseModel, fields: Any, ops: dict[str, Any] | None = None) -> Delta:
+        # Compared whole: the record's fields are rebuilt whole as the replay goes (see commit).
+        data, unset = dump_fields(context, fields, self.secrets)
+        return data, unset, {}
 
     async def mark_started(self) -> None:
         return None
@@ -957,17 +1030,19 @@ class _Replay:
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
                      wait: tuple[str, str, float | None] | None = None, *,
-                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     delta: Delta = ({}, [], {}), consume: int | None = None
                      ) -> list[tuple[int, str, Any]]:
-        written, _ = delta
+        written = delta[0]
         rec = self.steps[step.number] if step.number < len(self.steps) else None
         got = {"state": step.state, "target": step.target, "transition": step.transition, "kind": str(step.kind),
                "writes": sorted(step.writes), "delta": written,
                "error_type": None if step.error is None else type(step.error).__name__}
         if rec is None:
             raise _Stop("the record ends before this step", None, got, step.number)
+        rebuild(self.context, rec, self.run_id)
+        whole = {**rec.delta, **{f: self.context[f] for f in rec.ops}} if rec.ops else rec.delta
         expected = {"state": rec.state, "target": rec.target, "transition": rec.transition, "kind": str(rec.kind),
-                    "writes": sorted(rec.writes), "delta": rec.delta, "error_type": rec.error_type}
+                    "writes": sorted(rec.writes), "delta": whole, "error_type": rec.error_type}
         if got != expected:
             what = next(k for k in expected if expected[k] != got[k])
             raise _Stop(f"its {what} differs", expected, got, step.number)
@@ -1053,7 +1128,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: Res
             s.model_copy(update={"delta": redigest(workflow.context_type, s.delta, codec, digests, run_id)})
             for s in stored.steps]})
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
-    journal = _Replay(stored, routes, digests, getattr(store, "secrets", None))
+    journal = _Replay(stored, routes, digests, getattr(store, "secrets", None), json.loads(json.dumps(start.context)))
     state = RunState(steps[at].state, sum(visits.values()), visits, traversals, frozenset(written),
                      _ReplayInbox(stored.inbox, at, holder))
     run: Run[Any] = Run.restore(workflow, context, state, journal=journal,

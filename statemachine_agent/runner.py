@@ -20,7 +20,7 @@ from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from ._journal import Journal, RunState
+from ._journal import Delta, Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
 from ._tooldef import _positive
@@ -82,7 +82,7 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
     """What the run's priced model calls may cost; past it the run fails (``Budget.COST``)."""
 
 
-_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+_NO_DELTA: Delta = ({}, [], {})
 """A step's delta before it is computed: nothing written."""
 
 
@@ -489,6 +489,8 @@ class Run(Generic[C]):
         self.visits[name] = visits + 1
         self.actions_run += 1
         view = ContextView(self.context, plan, self._written, self._fields, self._owned)
+        if self._journal is not None:
+            view._sa_record_ops()  # a durable step stores what it changed in place as ops
         chosen: Exit | None
         try:
             if deadline is not None:
@@ -551,7 +553,7 @@ class Run(Generic[C]):
         dirty = view._sa_dirty
         if self._journal is not None:
             try:
-                self._delta = self._journal.delta(self.context, dirty or ())
+                self._delta = self._journal.delta(self.context, dirty or (), view._sa_ops)
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")

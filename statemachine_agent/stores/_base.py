@@ -27,9 +27,12 @@ class Store(abc.ABC):
     :class:`~._records.CallRow`, each made by its builder), and everything read back is validated by
     that module's models."""
 
-    snapshot_every: int = 50
-    """A full snapshot of the context every this many steps (and at waits and at the end);
-    between them a step stores only the fields it wrote."""
+    snapshot_every: int | None = None
+    """``None`` (the default): a full snapshot of the context once the steps since the last one
+    stored as many items as it holds (a list's or dict's length, 1 per other field), or after 1,000
+    steps, so a step stores what it changed plus, on average, about as much again, whatever the
+    context holds. A number: a snapshot every this many steps exactly, and at waits and at the end.
+    Between snapshots a step stores only what it wrote (what it changed in place as operations)."""
 
     secrets: SecretCodec | None = None
     """What encrypts the context's secret fields (``SecretStr``, ``SecretBytes``) for this store, and

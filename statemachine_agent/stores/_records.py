@@ -18,17 +18,40 @@ from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from .. import _ops
 from .._tooldef import Effect
+from ..errors import StoreCorrupted
 from ..result import StepKind
 from ..spec import Outcome
 
-__all__ = ["SCHEMA_VERSION", "CallRecord", "CallRow", "CallStatus", "CommitRequest", "Counters", "CountersRow",
-           "InboxRecord", "RunRecord", "RunRow", "RunStatus", "StepRecord", "StepRow", "StoredRun", "WaitRecord",
-           "WaitRow", "call_row", "commit_request", "run_row", "step_row"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CallRecord",
+    "CallRow",
+    "CallStatus",
+    "CommitRequest",
+    "Counters",
+    "CountersRow",
+    "InboxRecord",
+    "RunRecord",
+    "RunRow",
+    "RunStatus",
+    "StepRecord",
+    "StepRow",
+    "StoredRun",
+    "WaitRecord",
+    "WaitRow",
+    "call_row",
+    "commit_request",
+    "rebuild",
+    "run_row",
+    "step_row",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the stored layout; a store migrates older files on open and refuses newer ones.
-(2: every row's checksum covers its key, and a run's row counts its journal and inbox rows.)"""
+(2: every row's checksum covers its key, and a run's row counts its journal and inbox rows.
+3: a step may store a field's changes in place as operations, ``ops``, instead of the field whole.)"""
 
 _MAX_INT = 2**53
 """The largest whole number a record may hold (a step, epoch, count or sequence number): exact in JSON
@@ -178,10 +201,14 @@ class StepRecord(_Record):
     rejected: list[str] = []
     ran: bool = True
     writes: list[str] = []
-    delta: dict[str, JsonValue] = {}
-    """The JSON of each field the step wrote (a subset of its declared writes)."""
+    delta: dict[str, Any] = {}
+    """The JSON of each field the step wrote whole (a subset of its declared writes). Loaded from
+    JSON text, so JSON as it is: not checked value by value."""
     unset: list[str] = []
     """Fields the step set back to UNSET."""
+    ops: dict[str, list[Any]] = {}
+    """Fields the step changed in place, each as its operations (``_ops.apply``), applied to the
+    field's stored JSON in order; a field is in ``delta`` or here, never both."""
     model_calls: list[dict[str, JsonValue]] = []
     """The step's model calls (``ModelCall.to_dict()``): what it spent, kept for the run's budgets."""
 
@@ -238,6 +265,25 @@ class StoredRun(_Record):
     context: dict[str, Any]
     """The context's JSON, before step ``at_step`` (default: the next step)."""
     at_step: Whole
+    snapshot_at: Whole = 0
+    """The step of the snapshot ``context`` was rebuilt from (the steps after it rebuilt the rest)."""
+
+
+def rebuild(context: dict[str, Any], step: StepRecord, run_id: str) -> None:
+    """Move ``context`` (a context's JSON, before ``step``) past ``step``: its whole fields, its fields
+    set back to UNSET and its operations. ``StoreCorrupted`` when an operation does not fit."""
+    context.update(step.delta)
+    for f in step.unset:
+        context.pop(f, None)
+    for name, ops in step.ops.items():
+        if name not in context:
+            raise StoreCorrupted(f"run {run_id!r} step {step.number}: it changed field {name!r} in place, which "
+                                 "the context before it does not hold: the file is damaged")
+        try:
+            _ops.apply(context[name], ops)
+        except (TypeError, ValueError) as exc:
+            raise StoreCorrupted(f"run {run_id!r} step {step.number}: field {name!r}: {exc}: the file is "
+                                 "damaged") from None
 
 
 # --- the rows a store is given ---------------------------------------------------------------------
@@ -304,6 +350,7 @@ class StepRow(TypedDict):
     delta: dict[str, Any]
     unset: list[str]
     model_calls: list[dict[str, Any]]
+    ops: NotRequired[dict[str, list[Any]]]
 
 
 class CallRow(TypedDict):
@@ -360,13 +407,17 @@ def step_row(*, number: int, state: str, target: str, transition: str, kind: Ste
              duration: float, error: str | None = None, error_type: str | None = None,
              rejected: list[str] | None = None, ran: bool = True, writes: list[str] | None = None,
              delta: dict[str, Any] | None = None, unset: list[str] | None = None,
-             model_calls: list[dict[str, Any]] | None = None) -> StepRow:
-    """A step's row: where it went and the delta of the context it wrote."""
-    return {"number": number, "state": state, "target": target, "transition": transition, "kind": kind,
-            "started_at": started_at, "duration": duration, "error": error, "error_type": error_type,
-            "rejected": [] if rejected is None else rejected, "ran": ran, "writes": [] if writes is None else writes,
-            "delta": {} if delta is None else delta, "unset": [] if unset is None else unset,
-            "model_calls": [] if model_calls is None else model_calls}
+             model_calls: list[dict[str, Any]] | None = None, ops: dict[str, list[Any]] | None = None) -> StepRow:
+    """A step's row: where it went and the delta of the context it wrote (``ops`` only when some
+    field was changed in place, so a row without them reads as before)."""
+    row: StepRow = {"number": number, "state": state, "target": target, "transition": transition, "kind": kind,
+                    "started_at": started_at, "duration": duration, "error": error, "error_type": error_type,
+                    "rejected": [] if rejected is None else rejected, "ran": ran,
+                    "writes": [] if writes is None else writes, "delta": {} if delta is None else delta,
+                    "unset": [] if unset is None else unset, "model_calls": [] if model_calls is None else model_calls}
+    if ops:
+        row["ops"] = ops
+    return row
 
 
 def call_row(*, step: int, call: int, tool: str, effect: Effect, key: str, status: CallStatus, at: float,

@@ -57,6 +57,7 @@ from ._records import (
     RunStatus,
     StepRecord,
     StoredRun,
+    rebuild,
     record_json,
 )
 from ._sqldialect import ADD_COUNTS as _ADD_COUNTS
@@ -104,8 +105,13 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
             conn.execute(f"UPDATE sma_runs SET {column}=? WHERE run_id=?", (n, run_id))
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: steps may hold ``ops``. Nothing stored changes; the version says that a release
+    that cannot apply ops must not read the file."""
+
+
 # Migrations from each older schema version to the next, run in one transaction on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _crc(text: str) -> int:
@@ -503,22 +509,26 @@ class SQLiteStore(Store):
     ``synchronous="FULL"`` (the default) makes every commit reach the disk before the step that
     follows it starts: a committed step survives a power cut, not just a crash. ``"NORMAL"`` is
     faster and survives a process crash (kill -9) but may lose the last commits on a power cut.
-    ``snapshot_every`` steps, a full copy of the context is stored; between them each step stores
-    only the fields it wrote. ``busy_timeout`` is how long to wait for another process's write.
+    Each step stores only what it wrote (a list or dict it changed in place, as the changes); a full
+    copy of the context (a snapshot) bounds how many steps a load replays: by default once the steps
+    since the last one stored about as much as it holds, or every ``snapshot_every`` steps when that
+    is given (see :attr:`.Store.snapshot_every`). ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
     """
 
     _sql: Dialect = SQLITE
     """The SQL every operation runs (see :mod:`._sqldialect`)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int = 50,
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int | None = None,
                  busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path={path!r}): give a file path (str or pathlib.Path)")
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
             raise ValueError(f"synchronous={synchronous!r}: use 'FULL' (default), 'EXTRA' or 'NORMAL'")
-        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"snapshot_every={snapshot_every!r}: give a whole number of steps, at least 1")
+        if snapshot_every is not None and (isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int)
+                                           or snapshot_every < 1):
+            raise ValueError(f"snapshot_every={snapshot_every!r}: give a whole number of steps, at least 1, or "
+                             "None (the default: by what the steps stored)")
         if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
                 or not 0 <= busy_timeout < math.inf):
             raise ValueError(f"busy_timeout={busy_timeout!r}: give a number of seconds >= 0")
@@ -893,7 +903,7 @@ class MemoryStore(SQLiteStore):
     """A store in memory (an SQLite ``:memory:`` database): the same code and guarantees as
     :class:`SQLiteStore` within one process, gone when it ends. For tests and notebooks."""
 
-    def __init__(self, *, snapshot_every: int = 50, secrets: SecretCodec | None = None) -> None:
+    def __init__(self, *, snapshot_every: int | None = None, secrets: SecretCodec | None = None) -> None:
         super().__init__(":memory:", snapshot_every=snapshot_every, secrets=secrets)
 
     def __repr__(self) -> str:
@@ -1079,10 +1089,9 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
     if not isinstance(context, dict):
         raise StoreCorrupted(f"run {run_id!r}: its snapshot at step {snap[0]} is not a JSON object")
     for s in steps[snap[0]:at]:
-        context.update(s.delta)
-        for f in s.unset:
-            context.pop(f, None)
-    return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at)
+        rebuild(context, s, run_id)
+    return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at,
+                     snapshot_at=snap[0])
 
 
 def _claimed(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status: RunStatus
