@@ -50,12 +50,13 @@ from .errors import (
     Problem,
     RecordedError,
     ResumeCode,
+    RunFenced,
     StateMachineAgentError,
     StoreError,
     ToolResultError,
 )
 from .policies import _safe_repr as safe_repr
-from .result import RunResult, Step, StepKind
+from .result import RunResult, Step, StepKind, Steps
 from .runner import ResumeOptions, Run, RunConfig, checked_clock
 from .secrets import (
     Digests,
@@ -76,6 +77,7 @@ from .stores._records import (
     InboxRecord,
     RunRow,
     RunStatus,
+    Spent,
     StoredRun,
     WaitRow,
     call_row,
@@ -163,7 +165,7 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "secrets", "since", "size", "snapshot_at", "store", "unmarked")
+                 "recorded", "run_id", "secrets", "since", "size", "snapshot_at", "spent", "store", "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -184,6 +186,8 @@ class Durable:
         self.parent_step = parent_step
         self.secrets: SecretCodec | None = getattr(store, "secrets", None)
         """What encrypts the context's secret fields (the store's codec)."""
+        self.spent = Spent()
+        """What the run's committed steps spent on model calls (kept in its record)."""
         self.snapshot_at = 0
         """The step of the latest snapshot in the store (the store rebuilds the context from it)."""
         self.size = 0
@@ -207,7 +211,8 @@ class Durable:
             written=sorted(run.written), initial_written=self.initial_written, max_steps=run.max_steps,
             max_steps_given=run.config.max_steps_given,
             created_at=self.created_at, updated_at=time.time(), terminal=terminal, outcome=outcome, reason=reason,
-            parent=self.parent, parent_step=self.parent_step, wait=wait)
+            parent=self.parent, parent_step=self.parent_step, wait=wait,
+            spent={"tokens": self.spent.tokens, "cost": self.spent.cost})
 
     @classmethod
     async def create(cls, run: Run[Any], store: Store) -> Durable:
@@ -268,6 +273,10 @@ class Durable:
         else:
             reason = None
         written, unset, ops = delta
+        if step.model_calls:
+            used = step.usage
+            self.spent = Spent(tokens=self.spent.tokens + used.total_tokens,
+                               cost=self.spent.cost + (used.cost or 0.0))
         status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
                           terminal=step.target if terminal else None, outcome=outcome, reason=reason,
@@ -602,11 +611,13 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if option in options:
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
     if stored is None:
-        stored = await asyncio.wrap_future(store.load(run_id))
+        stored = await asyncio.wrap_future(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
     if stored.run.status is RunStatus.DONE:
+        if stored.first_step:
+            stored = await asyncio.wrap_future(store.load(run_id))
         result = stored_result(workflow, stored, store, migrate)
         return Run.restore(workflow, result.context, RunState(result.terminal), path=result.path, result=result,
                            run_id=run_id, **options)
@@ -616,42 +627,45 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if waiting_only:
             return None
         if not migrated:  # nothing to do yet: the run stays as it is, unclaimed
-            return _paused(workflow, stored, point, context, options=options)
+            return _paused(workflow, stored, store, point, context, options=options)
         # Migrated: claimed and continued, so that it pauses again and commits what migrate made.
     _check_secret_results(stored, store)
     _check_options(workflow, run_id, store, options=options, stored=stored)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
+    # The claim reads only the claimed record, the next step's journal rows and the inbox (tail=True):
+    # the context and history are the ones just loaded, unless another worker committed meanwhile.
     if waiting_only:
-        taken = await asyncio.wrap_future(store.claim_waiting(run_id))
+        taken = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
         if taken is None:
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
-            point, context, _ = fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
+            stored = await _reloaded(store, taken)
+            point, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
         else:
             point = _caught_up(point, stored, taken)
-        stored = taken
+            stored = _claimed_tail(stored, taken)
     elif not fresh:
         claimed = None
         if stored.run.status is RunStatus.WAITING:
             # Claimed as a delivery is, so it is stored as running: from now on this worker is live,
             # and a delivery or a waker (claim_waiting) cannot take the run from under it (G5).
-            claimed = await asyncio.wrap_future(store.claim_waiting(run_id))
+            claimed = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
         if claimed is None:
-            claimed = await asyncio.wrap_future(store.claim(run_id))
+            claimed = await asyncio.wrap_future(store.claim_tail(run_id))
         if claimed.run.next_step != stored.run.next_step or claimed.run.status is RunStatus.DONE:
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
-            point, context, _ = fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint,
-                                    migrate)
+            stored = await _reloaded(store, claimed)
+            point, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
         else:
             point = _caught_up(point, stored, claimed)
-        stored = claimed
+            stored = _claimed_tail(stored, claimed)
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
     options, given = _budgeted(options, stored, workflow)
-    path = [recorded_step(s) for s in stored.steps]
-    spent = Usage.of(c for s in path for c in s.model_calls)  # the budgets count earlier steps' calls
+    path = _path_of(stored, store)
+    spent = _spent(stored, store)  # the budgets count earlier steps' calls
     wait = stored.run.wait
     # A run that waited keeps its deadline in the wait it continues in (a migration into a renamed
     # wait too): a deploy never lengthens a person's window.
@@ -660,22 +674,65 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     state = RunState(point.state, point.actions_run, dict(point.visits), dict(point.traversals),
                      frozenset(point.written), [(e.seq, e.event, e.payload) for e in point.inbox],
                      wait.deadline if waits_still and wait is not None else None,
-                     spent.total_tokens, spent.cost or 0.0, stored.run.restarts,
+                     spent.tokens, spent.cost, stored.run.restarts,
                      frozenset(queued - {e.seq for e in point.inbox}))
     journal = Durable(
         store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     journal.unmarked = not fresh
+    journal.spent = spent
     journal.snapshot_at = stored.snapshot_at
     journal.size = _items(stored.context)
     # Under a changed workflow (or migrated) the context in memory may differ from what the store
     # rebuilds (a default filled in, a type converted): the first commit stores it whole.
     journal.since = -1 if changed else sum(
         _items(s.delta) + sum(_changed(o) for o in s.ops.values()) + len(s.unset)
-        for s in stored.steps[stored.snapshot_at:])
+        for s in stored.steps[stored.snapshot_at - stored.first_step:])
     return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
                        run_id=run_id, store=store, **options)
+
+
+def _claimed_tail(looked: StoredRun, claimed: StoredRun) -> StoredRun:
+    """The run as loaded before the claim, with what the claim read: the claimed record, the next
+    step's journal rows and the events not consumed (the claim reads no history, no context)."""
+    return looked.model_copy(update={"run": claimed.run, "calls": claimed.calls, "inbox": claimed.inbox})
+
+
+async def _reloaded(store: Store, claimed: StoredRun) -> StoredRun:
+    """The run loaded again after a claim that found it moved on since the look: as this worker
+    claimed it (``RunFenced`` when another worker claimed or committed it since, as its commits would be)."""
+    run_id = claimed.run.run_id
+    stored = await asyncio.wrap_future(store.load_tail(run_id))
+    if (stored.run.epoch, stored.run.next_step) != (claimed.run.epoch, claimed.run.next_step):
+        raise RunFenced(run_id, claimed.run.next_step, f"run {run_id!r} was taken by another worker while this one "
+                        "claimed it; this worker stops")
+    return stored
+
+
+def _path_of(stored: StoredRun, store: Store) -> list[Step] | Steps:
+    """The run's path: the steps loaded, and before them (a tail load) the earlier steps, read from
+    ``store`` when first needed."""
+    later = [recorded_step(s) for s in stored.steps]
+    first = stored.first_step
+    if not first:
+        return later
+    run_id = stored.run.run_id
+
+    def earlier() -> list[Step]:
+        return [recorded_step(s) for s in store.load_steps(run_id, 0, first).result()]
+
+    return Steps(later, earlier=first, load=earlier)
+
+
+def _spent(stored: StoredRun, store: Store) -> Spent:
+    """What the run's committed steps spent on model calls: from its record (version 3), or summed
+    over its steps (a record written before)."""
+    if stored.run.spent is not None:
+        return stored.run.spent
+    steps = stored.steps if not stored.first_step else store.load(stored.run.run_id).result().steps
+    usage = Usage.of(ModelCall.from_dict(c) for s in steps for c in s.model_calls)
+    return Spent(tokens=usage.total_tokens, cost=usage.cost or 0.0)
 
 
 def _caught_up(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
@@ -710,14 +767,15 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
     return deadline is not None and wall_time(checked_clock(options.get("clock"))) >= deadline
 
 
-def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
+def _paused(workflow: Program[Any], stored: StoredRun, store: Store, point: ResumePoint, context: BaseModel, *,
             options: ResumeOptions[Any]) -> Run[Any]:
     """A waiting run that cannot go on yet, as a Run whose result says so (nothing is claimed)."""
     wait = workflow.plans[point.state].wait
     assert wait is not None
     run_id = point.run_id
-    path = tuple(recorded_step(s) for s in stored.steps)
-    result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, path,
+    path = _path_of(stored, store)
+    result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context,
+                       path if isinstance(path, Steps) else tuple(path),
                        f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
     budgeted, given = _budgeted(options, stored, workflow)
     return Run.restore(workflow, context, RunState(point.state), path=path, result=result, run_id=run_id,
@@ -752,7 +810,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     if bad is not None:
         raise ValueError(f"event {event!r}: payload field {bad!r} is not a finite number (NaN or infinity), which "
                          "JSON cannot hold: give a finite number; nothing was delivered")
-    stored = await asyncio.wrap_future(store.load(run_id))
+    stored = await asyncio.wrap_future(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
     # Before the event is committed, not after: secrets it cannot read, and a workflow the run does

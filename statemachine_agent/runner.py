@@ -44,7 +44,7 @@ from .events import (
 )
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .policies import _safe_repr as safe_repr
-from .result import _RESULT_ATTR, RunResult, Step, StepKind
+from .result import _RESULT_ATTR, RunResult, Step, StepKind, Steps
 from .spec import Outcome
 from .tools import Tools
 from .usage import ModelCall
@@ -84,6 +84,11 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
 
 _NO_DELTA: Delta = ({}, [], {})
 """A step's delta before it is computed: nothing written."""
+
+
+def _frozen(path: list[Step] | Steps) -> tuple[Step, ...] | Steps:
+    """A run's path as its result keeps it."""
+    return path.frozen() if isinstance(path, Steps) else tuple(path)
 
 
 class MissingWrite(ContextAccessError):
@@ -274,7 +279,7 @@ class Run(Generic[C]):
         self.run_id: str = config.run_id
         self.clock: Clock = config.clock
         """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
-        self.path: list[Step] = []
+        self.path: list[Step] | Steps = []
         self.actions_run = 0
         self.visits: dict[str, int] = {}
         self.traversals: list[int] = [0] * len(workflow.edge_names)
@@ -342,7 +347,7 @@ class Run(Generic[C]):
         run = cls(workflow, context, **options)
         if max_steps_given is not None and max_steps_given != run.config.max_steps_given:
             run.config = dataclasses.replace(run.config, max_steps_given=max_steps_given)
-        run.path = list(path)
+        run.path = path.frozen() if isinstance(path, Steps) else list(path)
         if result is not None:
             run.result = result
             return run
@@ -755,7 +760,7 @@ class Run(Generic[C]):
             return
         self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
-                                tuple(self.path), reason, error, wf)
+                                _frozen(self.path), reason, error, wf)
         if outcome is Outcome.FAILURE and step.kind is not StepKind.FAIL:
             log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
                         step.target, reason,
@@ -849,7 +854,7 @@ class Run(Generic[C]):
         wait = plan.wait
         assert wait is not None
         self.result = RunResult(self.workflow.name, self.run_id, plan.name, Outcome.WAITING, self.context,
-                                tuple(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
+                                _frozen(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
                                 self.workflow, wait.event)
         if self.hooks:
             await self._emit(RunWaiting(self.run_id, self.workflow.name, plan.name, wait.event,

@@ -47,12 +47,18 @@ def test_the_rows_written_are_the_bytes_version_3_wrote(tmp_path: Path) -> None:
 
 def test_only_steps_that_changed_a_field_in_place_differ_from_version_2(tmp_path: Path) -> None:
     """Against the release before (version 2): a step row that stores operations holds them instead of
-    the field's whole JSON (and the whole field rebuilds from them); every other row is its bytes."""
+    the field's whole JSON (and the whole field rebuilds from them), and a run's record adds what its
+    model calls spent (``spent``, last); every other row is its bytes."""
     store_fixture.make(tmp_path / "now.db")
     now, before = store_fixture.rows(tmp_path / "now.db"), store_fixture.rows(FIXTURE)
     assert now.keys() == before.keys()
     with_ops = {k for k, (text, _) in now.items() if k[0] == "sma_steps" and '"ops":' in text}
     assert with_ops, "the fixture's runs append to a list in place: some step must store operations"
+    for key, (text, _) in now.items():
+        if key[0] == "sma_runs":
+            record = json.loads(text)
+            assert record.pop("spent") == {"tokens": 0, "cost": 0.0}
+            now[key] = (json.dumps(record, separators=(",", ":"), ensure_ascii=False), before[key][1])
     changed = {k for k in before if now[k] != before[k]}
     assert changed == with_ops
     shutil.copyfile(FIXTURE, tmp_path / "v2.db")

@@ -13,7 +13,7 @@ import abc
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ._records import CallRow, CommitRequest, InboxRecord, RunRecord, RunRow, RunStatus, StoredRun
+from ._records import CallRow, CommitRequest, InboxRecord, RunRecord, RunRow, RunStatus, StepRecord, StoredRun
 
 if TYPE_CHECKING:
     from ..secrets import SecretCodec
@@ -56,6 +56,18 @@ class Store(abc.ABC):
         delivery or a wake-up does, so it never takes a run from a live worker. ``None`` when the
         run is not waiting (it runs elsewhere, crashed, or ended)."""
 
+    def claim_tail(self, run_id: str) -> Future[StoredRun]:
+        """:meth:`claim`, for a caller that loaded the run already (:meth:`load_tail`): only the
+        claimed record, the journal rows of the next step and the events not consumed are needed
+        (``StoredRun.first_step`` says which steps it holds; a store may load more, never less).
+        This default is :meth:`claim`."""
+        return self.claim(run_id)
+
+    def claim_waiting_tail(self, run_id: str) -> Future[StoredRun | None]:
+        """:meth:`claim_waiting`, needing only what :meth:`claim_tail` needs. This default is
+        :meth:`claim_waiting`."""
+        return self.claim_waiting(run_id)
+
     @abc.abstractmethod
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
         """Record that the holder of ``epoch`` started the run's next step: from then on a claim
@@ -85,6 +97,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
         """The run as stored, its context rebuilt before step ``at_step`` (default: the next)."""
+
+    def load_tail(self, run_id: str) -> Future[StoredRun]:
+        """What continuing the run needs: its record, its context, the steps from the snapshot the
+        context was rebuilt from on (``first_step``), the journal rows of its next step and the events
+        not consumed. Its cost grows with what changed since the last snapshot, not with the run's
+        length. This default loads the whole run (a store should read only the tail)."""
+        return self.load(run_id)
+
+    def load_steps(self, run_id: str, start: int, stop: int) -> Future[list[StepRecord]]:
+        """The run's committed steps ``start`` to ``stop - 1``. This default loads the whole run."""
+        future: Future[list[StepRecord]] = Future()
+        try:
+            future.set_result(self.load(run_id).result().steps[start:stop])
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
     @abc.abstractmethod
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from .. import _ops
 from .._tooldef import Effect
@@ -73,9 +75,9 @@ _MODEL_CALL_SECONDS = ("latency", "cost")
 
 
 
-MAX_DEPTH = 128
-"""Deepest nesting a record may have: pydantic's JSON reader stops near 200 levels, so anything deeper
-would be written and then never load again. Refused on write instead."""
+MAX_DEPTH = 255
+"""Deepest nesting a record may have: the deepest pydantic-core's JSON writer goes (it refuses more),
+well within what the store's reader takes back (Python's JSON reader, about 1,000 levels)."""
 
 
 def depth_ok(value: Any) -> bool:
@@ -93,12 +95,61 @@ def depth_ok(value: Any) -> bool:
 def record_json(value: Any) -> str:
     """``value`` as the JSON text a store keeps; ``ValueError`` for what no store could keep or read
     back (NaN or infinity, nesting deeper than :data:`MAX_DEPTH` (a cycle too), text that is not
-    UTF-8), ``TypeError`` for what is not JSON data."""
-    # allow_nan=False: NaN/inf are not JSON, and another store (PostgreSQL's jsonb) would refuse them.
-    if not depth_ok(value):
-        raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels, which the store cannot read back: "
-                         "flatten it")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    UTF-8), ``TypeError`` for what has no JSON form.
+
+    Written by pydantic-core's ``to_json`` (Rust), which refuses cycles and nesting deeper than
+    :data:`MAX_DEPTH` itself: no Python walk over the record (a step of a chat agent with a long
+    history spent a fifth of its time walking it). NaN and infinity, which it would write as the
+    non-JSON constants, are looked for in the text (a C substring search) and confirmed by Python's
+    own encoder, which refuses them (another store, PostgreSQL's jsonb, would too)."""
+    try:
+        data = to_json(value, inf_nan_mode="constants")
+    except PydanticSerializationError as exc:
+        text = str(exc)
+        if "depth" in text or "Circular" in text or "recursion" in text:
+            raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels (or holds itself), which the store "
+                             "cannot keep: flatten it") from None
+        if "surrogate" in text or "UnicodeEncodeError" in text:
+            raise ValueError("a text holds a lone surrogate (not UTF-8), which the store cannot keep: give "
+                             "valid text") from None
+        raise TypeError(f"a value has no JSON form ({text[:200]})") from None
+    except RecursionError:
+        raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels (or holds itself), which the store "
+                         "cannot keep: flatten it") from None
+    if (b"NaN" in data or b"Infinity" in data) and _has_constant(data):
+        raise ValueError("Out of range float values are not JSON compliant: a value holds NaN or infinity, "
+                         "which the store cannot keep: give a finite number or None")
+    return data.decode()
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _has_constant(data: bytes) -> bool:
+    """Whether JSON-like ``data`` holds NaN or an infinity as a value (not inside a text)."""
+    try:
+        json.loads(data, parse_constant=_refuse)
+    except ValueError:
+        return True
+    return False
+
+
+_BIG_NUMBER = re.compile(r"[0-9]{300}|[eE][+-]?[0-9]{3}")
+"""A number too long or with an exponent too large for a float to hold exactly (or at all: 1e400):
+such a record is read by the reader that refuses what a float cannot hold."""
+
+
+def json_or_none(text: str) -> Any:
+    """``text`` read by pydantic-core's reader (Rust), or ``None`` when that reader cannot say exactly
+    what the store's own reader (Python's, stricter about numbers, deeper) would: then the caller
+    reads it that way. A record is JSON text, so ``None`` is never a record."""
+    if _BIG_NUMBER.search(text):
+        return None
+    try:
+        return from_json(text, allow_inf_nan=False)
+    except ValueError:
+        return None
 
 class RunStatus(enum.StrEnum):
     """Where a stored run is."""
@@ -145,6 +196,20 @@ class WaitRecord(_Record):
     """Wall-clock time (seconds since the epoch) when the timeout transition is taken."""
 
 
+class Spent(_Record):
+    """Tokens and cost of a run's model calls, summed over its committed steps."""
+
+    tokens: Whole = 0
+    cost: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] = 0.0
+
+
+class SpentRow(TypedDict):
+    """:class:`Spent` as written."""
+
+    tokens: int
+    cost: float
+
+
 class RunRecord(_Record):
     """One run: where it is, its budgets and how it ended."""
 
@@ -182,6 +247,9 @@ class RunRecord(_Record):
     """The run this one was forked from."""
     parent_step: Whole | None = None
     wait: WaitRecord | None = None
+    spent: Spent | None = None
+    """What the run's model calls spent over all its committed steps (so a resume need not read them);
+    ``None`` in a record written before version 3 (then the steps say it)."""
 
 
 class StepRecord(_Record):
@@ -267,6 +335,10 @@ class StoredRun(_Record):
     at_step: Whole
     snapshot_at: Whole = 0
     """The step of the snapshot ``context`` was rebuilt from (the steps after it rebuilt the rest)."""
+    first_step: Whole = 0
+    """The number of the first step in ``steps``: 0 for a whole load; a tail load
+    (:meth:`~statemachine_agent.stores.Store.load_tail`) holds the steps from its snapshot on, and a
+    claim's answer none (its steps, journal rows and inbox are only what continuing the run needs)."""
 
 
 def rebuild(context: dict[str, Any], step: StepRecord, run_id: str) -> None:
@@ -330,6 +402,7 @@ class RunRow(TypedDict):
     parent: str | None
     parent_step: int | None
     wait: WaitRow | None
+    spent: NotRequired[SpentRow]
 
 
 class StepRow(TypedDict):
@@ -389,7 +462,7 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
             created_at: float, updated_at: float, terminal: str | None = None, outcome: Outcome | None = None,
             reason: str | None = None, parent: str | None = None, parent_step: int | None = None,
             wait: WaitRow | None = None, restarts: int = 0, started: bool = True,
-            max_steps_given: bool = False) -> RunRow:
+            max_steps_given: bool = False, spent: SpentRow | None = None) -> RunRow:
     """A run's record, as every writer of one builds it."""
     row: RunRow = {
         "run_id": run_id, "workflow": workflow, "fingerprint": fingerprint, "status": status, "state": state,
@@ -400,6 +473,8 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
     }
     if max_steps_given:
         row["max_steps_given"] = True
+    if spent is not None:
+        row["spent"] = spent
     return row
 
 
