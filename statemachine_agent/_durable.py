@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
+from . import _ops
 from ._compat import (
     JournalCall,
     QueuedEvent,
@@ -37,7 +38,7 @@ from ._compat import (
     fit,
     pydantic_errors,
 )
-from ._journal import RunState, ToolRunner
+from ._journal import Delta, RunState, ToolRunner
 from ._program import Program
 from ._tooldef import KEY_PARAMETER, Effect, Tool
 from .clock import SystemClock, wall_time
@@ -49,12 +50,13 @@ from .errors import (
     Problem,
     RecordedError,
     ResumeCode,
+    RunFenced,
     StateMachineAgentError,
     StoreError,
     ToolResultError,
 )
 from .policies import _safe_repr as safe_repr
-from .result import RunResult, Step, StepKind
+from .result import RunResult, Step, StepKind, Steps
 from .runner import ResumeOptions, Run, RunConfig, checked_clock
 from .secrets import (
     Digests,
@@ -75,10 +77,12 @@ from .stores._records import (
     InboxRecord,
     RunRow,
     RunStatus,
+    Spent,
     StoredRun,
     WaitRow,
     call_row,
     commit_request,
+    rebuild,
     run_row,
     step_row,
 )
@@ -87,6 +91,28 @@ from .usage import ModelCall, Usage
 __all__ = ["Durable", "ResumePoint", "check_runs", "fingerprint"]
 
 _log = logging.getLogger("statemachine_agent")
+
+
+_SNAPSHOT_MIN = 16
+"""Items the steps since a snapshot store at least before the next one (a small context)."""
+_SNAPSHOT_STEPS = 1000
+"""Steps between two snapshots at most, however little they store: what a load reads at most."""
+
+
+def _items(data: dict[str, Any]) -> int:
+    """The size of stored fields in items: a list's or object's length, 1 for anything else."""
+    n = 0
+    for v in data.values():
+        n += len(v) if isinstance(v, (list, dict)) else 1
+    return n
+
+
+def _changed(ops: list[Any]) -> int:
+    """The items stored operations hold."""
+    n = 0
+    for op in ops:
+        n += len(op[1]) if op[0] == "e" else 1
+    return n
 
 
 def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = None
@@ -139,7 +165,7 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "secrets", "store", "unmarked")
+                 "recorded", "run_id", "secrets", "since", "size", "snapshot_at", "spent", "store", "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -160,6 +186,17 @@ class Durable:
         self.parent_step = parent_step
         self.secrets: SecretCodec | None = getattr(store, "secrets", None)
         """What encrypts the context's secret fields (the store's codec)."""
+        self.spent = Spent()
+        """What the run's committed steps spent on model calls (kept in its record)."""
+        self.snapshot_at = 0
+        """The step of the latest snapshot in the store (the store rebuilds the context from it)."""
+        self.size = 0
+        """The latest snapshot's size in items (:func:`_items`)."""
+        self.since = 0
+        """Items the steps since the latest snapshot stored: once they reach its size, the next
+        commit stores a snapshot (so the steps replayed on a load never outgrow the context). ``-1``:
+        the next commit stores one whatever the count (the context in memory differs from what the
+        store rebuilds, as after a migration)."""
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
@@ -174,7 +211,8 @@ class Durable:
             written=sorted(run.written), initial_written=self.initial_written, max_steps=run.max_steps,
             max_steps_given=run.config.max_steps_given,
             created_at=self.created_at, updated_at=time.time(), terminal=terminal, outcome=outcome, reason=reason,
-            parent=self.parent, parent_step=self.parent_step, wait=wait)
+            parent=self.parent, parent_step=self.parent_step, wait=wait,
+            spent={"tokens": self.spent.tokens, "cost": self.spent.cost})
 
     @classmethod
     async def create(cls, run: Run[Any], store: Store) -> Durable:
@@ -196,15 +234,30 @@ class Durable:
                              "infinity), which JSON cannot hold: give a finite number or None")
         rec = durable.record(run, status=RunStatus.RUNNING, state=run.state, next_step=0)
         await asyncio.wrap_future(store.create(rec, context))
+        durable.size = _items(context)
         return durable
 
-    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
-        """``fields`` of ``context`` as JSON (secret ones sealed), and those that are UNSET."""
-        return dump_fields(context, fields, self.secrets)
+    def delta(self, context: BaseModel, fields: Any, ops: dict[str, Any] | None = None) -> Delta:
+        """``fields`` of ``context`` as stored: those changed in place only (``ops``, from the step's
+        view) as their operations where that is exact (``_ops.encode``), the others whole as JSON
+        (secret ones sealed); and those that are UNSET."""
+        encoded: dict[str, list[Any]] = {}
+        whole = fields
+        if ops:
+            whole = []
+            for name in fields:
+                done = ops.get(name)
+                got = None if done is None else _ops.encode(context, name, done)
+                if got is None:
+                    whole.append(name)
+                elif got:
+                    encoded[name] = got
+        data, unset = dump_fields(context, whole, self.secrets) if whole else ({}, [])
+        return data, unset, encoded
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
                      wait: tuple[str, str, float | None] | None = None, *,
-                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     delta: Delta = ({}, [], {}), consume: int | None = None
                      ) -> list[tuple[int, str, Any]]:
         """Commit ``step`` (already taken in memory, its writes in ``delta``); ``RunFenced`` if
         another worker owns the run (then nothing is written).
@@ -219,17 +272,31 @@ class Durable:
             outcome = target.outcome or Outcome.FAILURE
         else:
             reason = None
-        written, unset = delta
+        written, unset, ops = delta
+        if step.model_calls:
+            used = step.usage
+            self.spent = Spent(tokens=self.spent.tokens + used.total_tokens,
+                               cost=self.spent.cost + (used.cost or 0.0))
         status = RunStatus.DONE if terminal else RunStatus.WAITING if wait is not None else RunStatus.RUNNING
         rec = self.record(run, status=status, state=step.target, next_step=step.number + 1,
                           terminal=step.target if terminal else None, outcome=outcome, reason=reason,
                           wait=None if wait is None else WaitRow(state=wait[0], event=wait[1], deadline=wait[2]))
         snapshot = None
-        if terminal or wait is not None or (step.number + 1) % self.store.snapshot_every == 0:
+        every = self.store.snapshot_every
+        number = step.number + 1
+        forced = self.since < 0
+        if every is None:  # when the steps since the last snapshot stored as many items as it holds
+            self.since += _items(written) + sum(_changed(o) for o in ops.values()) + len(unset)
+            due = forced or self.since >= max(self.size, _SNAPSHOT_MIN) or number - self.snapshot_at >= _SNAPSHOT_STEPS
+        else:
+            due = forced or terminal or wait is not None or number % every == 0
+        if due:
             try:
                 snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
             except TypeError:
                 snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
+            else:
+                self.snapshot_at, self.size, self.since = number, _items(snapshot), 0
         error = step.error
         commit = commit_request(
             epoch=self.epoch, run=rec,
@@ -238,7 +305,8 @@ class Durable:
                           error=None if error is None else _describe(error),
                           error_type=None if error is None else type(error).__name__,
                           rejected=list(step.rejected), ran=step.ran, writes=list(step.writes),
-                          delta=written, unset=unset, model_calls=[c.to_dict() for c in step.model_calls]),
+                          delta=written, unset=unset, model_calls=[c.to_dict() for c in step.model_calls],
+                          ops=ops),
             snapshot=snapshot, calls=self.pending, consume=consume)
         self.pending = []
         if self.recorded:
@@ -543,55 +611,61 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if option in options:
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
     if stored is None:
-        stored = await asyncio.wrap_future(store.load(run_id))
+        stored = await asyncio.wrap_future(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
     if stored.run.status is RunStatus.DONE:
+        if stored.first_step:
+            stored = await asyncio.wrap_future(store.load(run_id))
         result = stored_result(workflow, stored, store, migrate)
         return Run.restore(workflow, result.context, RunState(result.terminal), path=result.path, result=result,
                            run_id=run_id, **options)
     point, context, migrated = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
+    changed = migrated or stored.run.fingerprint != fingerprint_of(workflow)
     if stored.run.status is RunStatus.WAITING and not _ready(workflow, point, stored, options):
         if waiting_only:
             return None
         if not migrated:  # nothing to do yet: the run stays as it is, unclaimed
-            return _paused(workflow, stored, point, context, options=options)
+            return _paused(workflow, stored, store, point, context, options=options)
         # Migrated: claimed and continued, so that it pauses again and commits what migrate made.
     _check_secret_results(stored, store)
     _check_options(workflow, run_id, store, options=options, stored=stored)
     # Claimed only once it is known to fit: a refused resume leaves the run as it was.
+    # The claim reads only the claimed record, the next step's journal rows and the inbox (tail=True):
+    # the context and history are the ones just loaded, unless another worker committed meanwhile.
     if waiting_only:
-        taken = await asyncio.wrap_future(store.claim_waiting(run_id))
+        taken = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
         if taken is None:
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
-            point, context, _ = fit(workflow, point_of(taken, workflow, store), taken.run.fingerprint, migrate)
+            stored = await _reloaded(store, taken)
+            point, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
         else:
             point = _caught_up(point, stored, taken)
-        stored = taken
+            stored = _claimed_tail(stored, taken)
     elif not fresh:
         claimed = None
         if stored.run.status is RunStatus.WAITING:
             # Claimed as a delivery is, so it is stored as running: from now on this worker is live,
             # and a delivery or a waker (claim_waiting) cannot take the run from under it (G5).
-            claimed = await asyncio.wrap_future(store.claim_waiting(run_id))
+            claimed = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
         if claimed is None:
-            claimed = await asyncio.wrap_future(store.claim(run_id))
+            claimed = await asyncio.wrap_future(store.claim_tail(run_id))
         if claimed.run.next_step != stored.run.next_step or claimed.run.status is RunStatus.DONE:
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
                 return await reopen(workflow, run_id, store, migrate, options)
-            point, context, _ = fit(workflow, point_of(claimed, workflow, store), claimed.run.fingerprint,
-                                    migrate)
+            stored = await _reloaded(store, claimed)
+            point, context, _ = fit(workflow, point_of(stored, workflow, store), stored.run.fingerprint, migrate)
         else:
             point = _caught_up(point, stored, claimed)
-        stored = claimed
+            stored = _claimed_tail(stored, claimed)
     if stored.run.status is RunStatus.DONE:  # another worker finished it meanwhile
         return await reopen(workflow, run_id, store, migrate, options)
     options, given = _budgeted(options, stored, workflow)
-    path = [recorded_step(s) for s in stored.steps]
-    spent = Usage.of(c for s in path for c in s.model_calls)  # the budgets count earlier steps' calls
+    path = _path_of(stored, store)
+    spent = _spent(stored, store)  # the budgets count earlier steps' calls
     wait = stored.run.wait
     # A run that waited keeps its deadline in the wait it continues in (a migration into a renamed
     # wait too): a deploy never lengthens a person's window.
@@ -600,15 +674,65 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     state = RunState(point.state, point.actions_run, dict(point.visits), dict(point.traversals),
                      frozenset(point.written), [(e.seq, e.event, e.payload) for e in point.inbox],
                      wait.deadline if waits_still and wait is not None else None,
-                     spent.total_tokens, spent.cost or 0.0, stored.run.restarts,
+                     spent.tokens, spent.cost, stored.run.restarts,
                      frozenset(queued - {e.seq for e in point.inbox}))
     journal = Durable(
         store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),
         recorded=_recorded(stored, point), parent=stored.run.parent, parent_step=stored.run.parent_step)
     journal.unmarked = not fresh
+    journal.spent = spent
+    journal.snapshot_at = stored.snapshot_at
+    journal.size = _items(stored.context)
+    # Under a changed workflow (or migrated) the context in memory may differ from what the store
+    # rebuilds (a default filled in, a type converted): the first commit stores it whole.
+    journal.since = -1 if changed else sum(
+        _items(s.delta) + sum(_changed(o) for o in s.ops.values()) + len(s.unset)
+        for s in stored.steps[stored.snapshot_at - stored.first_step:])
     return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
                        run_id=run_id, store=store, **options)
+
+
+def _claimed_tail(looked: StoredRun, claimed: StoredRun) -> StoredRun:
+    """The run as loaded before the claim, with what the claim read: the claimed record, the next
+    step's journal rows and the events not consumed (the claim reads no history, no context)."""
+    return looked.model_copy(update={"run": claimed.run, "calls": claimed.calls, "inbox": claimed.inbox})
+
+
+async def _reloaded(store: Store, claimed: StoredRun) -> StoredRun:
+    """The run loaded again after a claim that found it moved on since the look: as this worker
+    claimed it (``RunFenced`` when another worker claimed or committed it since, as its commits would be)."""
+    run_id = claimed.run.run_id
+    stored = await asyncio.wrap_future(store.load_tail(run_id))
+    if (stored.run.epoch, stored.run.next_step) != (claimed.run.epoch, claimed.run.next_step):
+        raise RunFenced(run_id, claimed.run.next_step, f"run {run_id!r} was taken by another worker while this one "
+                        "claimed it; this worker stops")
+    return stored
+
+
+def _path_of(stored: StoredRun, store: Store) -> list[Step] | Steps:
+    """The run's path: the steps loaded, and before them (a tail load) the earlier steps, read from
+    ``store`` when first needed."""
+    later = [recorded_step(s) for s in stored.steps]
+    first = stored.first_step
+    if not first:
+        return later
+    run_id = stored.run.run_id
+
+    def earlier() -> list[Step]:
+        return [recorded_step(s) for s in store.load_steps(run_id, 0, first).result()]
+
+    return Steps(later, earlier=first, load=earlier)
+
+
+def _spent(stored: StoredRun, store: Store) -> Spent:
+    """What the run's committed steps spent on model calls: from its record (version 3), or summed
+    over its steps (a record written before)."""
+    if stored.run.spent is not None:
+        return stored.run.spent
+    steps = stored.steps if not stored.first_step else store.load(stored.run.run_id).result().steps
+    usage = Usage.of(ModelCall.from_dict(c) for s in steps for c in s.model_calls)
+    return Spent(tokens=usage.total_tokens, cost=usage.cost or 0.0)
 
 
 def _caught_up(point: ResumePoint, looked: StoredRun, claimed: StoredRun) -> ResumePoint:
@@ -643,14 +767,15 @@ def _ready(workflow: Program[Any], point: ResumePoint, stored: StoredRun, option
     return deadline is not None and wall_time(checked_clock(options.get("clock"))) >= deadline
 
 
-def _paused(workflow: Program[Any], stored: StoredRun, point: ResumePoint, context: BaseModel, *,
+def _paused(workflow: Program[Any], stored: StoredRun, store: Store, point: ResumePoint, context: BaseModel, *,
             options: ResumeOptions[Any]) -> Run[Any]:
     """A waiting run that cannot go on yet, as a Run whose result says so (nothing is claimed)."""
     wait = workflow.plans[point.state].wait
     assert wait is not None
     run_id = point.run_id
-    path = tuple(recorded_step(s) for s in stored.steps)
-    result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context, path,
+    path = _path_of(stored, store)
+    result = RunResult(workflow.name, run_id, point.state, Outcome.WAITING, context,
+                       path if isinstance(path, Steps) else tuple(path),
                        f"waiting in {point.state!r} for event {wait.event!r}", None, workflow, wait.event)
     budgeted, given = _budgeted(options, stored, workflow)
     return Run.restore(workflow, context, RunState(point.state), path=path, result=result, run_id=run_id,
@@ -685,7 +810,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     if bad is not None:
         raise ValueError(f"event {event!r}: payload field {bad!r} is not a finite number (NaN or infinity), which "
                          "JSON cannot hold: give a finite number; nothing was delivered")
-    stored = await asyncio.wrap_future(store.load(run_id))
+    stored = await asyncio.wrap_future(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
     # Before the event is committed, not after: secrets it cannot read, and a workflow the run does
@@ -884,10 +1009,14 @@ class _Stop(BaseException):
 class _Replay:
     """A journal that answers from a record and compares each step with it, writing nothing."""
 
-    __slots__ = ("calls", "codec", "replayed", "routes", "secrets", "steps", "unmarked")
+    __slots__ = ("calls", "codec", "context", "replayed", "routes", "run_id", "secrets", "steps", "unmarked")
 
     def __init__(self, stored: StoredRun, routes: dict[str, type[BaseException]], digests: Digests,
-                 codec: SecretCodec | None) -> None:
+                 codec: SecretCodec | None, context: dict[str, Any]) -> None:
+        self.context = context
+        """The record's context as JSON, rebuilt step by step as the replay goes: what a step that
+        stored operations stored, whole."""
+        self.run_id = stored.run.run_id
         self.routes = routes
         """Each error transition's error type, by transition name."""
         self.steps = stored.steps
@@ -899,8 +1028,10 @@ class _Replay:
         """The store's codec, which opens journaled secret results."""
         self.unmarked = False
 
-    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
-        return dump_fields(context, fields, self.secrets)
+    def delta(self, context: BaseModel, fields: Any, ops: dict[str, Any] | None = None) -> Delta:
+        # Compared whole: the record's fields are rebuilt whole as the replay goes (see commit).
+        data, unset = dump_fields(context, fields, self.secrets)
+        return data, unset, {}
 
     async def mark_started(self) -> None:
         return None
@@ -957,17 +1088,19 @@ class _Replay:
 
     async def commit(self, run: Run[Any], step: Step, reason: str | None,
                      wait: tuple[str, str, float | None] | None = None, *,
-                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     delta: Delta = ({}, [], {}), consume: int | None = None
                      ) -> list[tuple[int, str, Any]]:
-        written, _ = delta
+        written = delta[0]
         rec = self.steps[step.number] if step.number < len(self.steps) else None
         got = {"state": step.state, "target": step.target, "transition": step.transition, "kind": str(step.kind),
                "writes": sorted(step.writes), "delta": written,
                "error_type": None if step.error is None else type(step.error).__name__}
         if rec is None:
             raise _Stop("the record ends before this step", None, got, step.number)
+        rebuild(self.context, rec, self.run_id)
+        whole = {**rec.delta, **{f: self.context[f] for f in rec.ops}} if rec.ops else rec.delta
         expected = {"state": rec.state, "target": rec.target, "transition": rec.transition, "kind": str(rec.kind),
-                    "writes": sorted(rec.writes), "delta": rec.delta, "error_type": rec.error_type}
+                    "writes": sorted(rec.writes), "delta": whole, "error_type": rec.error_type}
         if got != expected:
             what = next(k for k in expected if expected[k] != got[k])
             raise _Stop(f"its {what} differs", expected, got, step.number)
@@ -1053,7 +1186,7 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: Res
             s.model_copy(update={"delta": redigest(workflow.context_type, s.delta, codec, digests, run_id)})
             for s in stored.steps]})
     routes = {e.spec.name: e.spec.error for p in workflow.plans.values() for e in p.errors}
-    journal = _Replay(stored, routes, digests, getattr(store, "secrets", None))
+    journal = _Replay(stored, routes, digests, getattr(store, "secrets", None), json.loads(json.dumps(start.context)))
     state = RunState(steps[at].state, sum(visits.values()), visits, traversals, frozenset(written),
                      _ReplayInbox(stored.inbox, at, holder))
     run: Run[Any] = Run.restore(workflow, context, state, journal=journal,

@@ -54,6 +54,11 @@ class ToolRunner(Protocol):
     async def _run_call(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
 
 
+Delta = tuple[dict[str, Any], list[str], dict[str, list[Any]]]
+"""A step's writes as a store keeps them: the fields stored whole (their JSON), those set back to
+UNSET, and those changed in place, as their operations (``_ops``)."""
+
+
 @runtime_checkable
 class Journal(Protocol):
     """A run's link to its store, for as long as this process holds the run (see ``_durable.Durable``)."""
@@ -61,14 +66,15 @@ class Journal(Protocol):
     unmarked: bool
     """Claimed and not yet started: :meth:`mark_started` is due before the first step runs."""
 
-    def delta(self, context: BaseModel, fields: Any) -> tuple[dict[str, Any], list[str]]:
-        """The JSON of ``fields`` of ``context`` and those of them that are UNSET (``TypeError``
-        naming a field that has no JSON form: then the step fails and nothing is committed)."""
+    def delta(self, context: BaseModel, fields: Any, ops: dict[str, Any] | None = None) -> Delta:
+        """The JSON of ``fields`` of ``context`` (those changed in place only, by their ``ops``, as
+        operations where that is exact), and those of them that are UNSET (``TypeError`` naming a
+        field that has no JSON form: then the step fails and nothing is committed)."""
         ...
 
     async def commit(self, run: Any, step: Step, reason: str | None,
                      wait: tuple[str, str, float | None] | None = None, *,
-                     delta: tuple[dict[str, Any], list[str]] = ({}, []), consume: int | None = None
+                     delta: Delta = ({}, [], {}), consume: int | None = None
                      ) -> list[tuple[int, str, Any]]:
         """Commit ``step`` (taken in memory): ``delta`` (what :meth:`delta` gave for the step's
         writes), ``consume`` (the inbox event the step took), ``wait`` (state, event, deadline: the

@@ -68,18 +68,33 @@ def is_scalar(value: object) -> bool:
 Undo = list[tuple[Callable[..., Any], tuple[Any, ...]]]
 """Undo records of one step, applied backwards on rollback: ``fn(*args)``."""
 
+Ops = list[tuple[Any, ...]]
+"""The changes a step made in place to one top-level list or dict field, in order, as a durable run
+stores them instead of the whole field: ``("a", value)`` append, ``("e", values)`` extend,
+``("i", index, value)`` insert, ``("s", index_or_key, value)`` set, ``("d", index_or_key)`` delete,
+``("c",)`` clear (indexes already made non-negative). Values are the objects stored, dumped at commit."""
+
+OPS_MAX = 256
+"""Changes recorded per field and step at most; a step making more stores the field whole."""
+
 
 class _Origin:
     """Where a proxy's value lives: which state's step, which top-level field; shared by nested proxies."""
 
-    __slots__ = ("field", "live", "state", "undo", "view")
+    __slots__ = ("field", "live", "ops", "state", "top", "undo", "view")
 
-    def __init__(self, state: str, field: str, undo: Undo | None, view: ContextView | None) -> None:
+    def __init__(self, state: str, field: str, undo: Undo | None, view: ContextView | None, *,
+                 ops: Ops | None = None, top: Any = None) -> None:
         self.state = state
         self.field = field
         self.undo = undo
         self.view = view
         self.live = True
+        self.ops = ops
+        """Where the field's changes in place are recorded (a durable run's tracked field), until a
+        change has no forward form: then ``None``, and the field is stored whole."""
+        self.top = top
+        """The field's value: only changes to it (not to values nested in it) are recorded as ops."""
 
     def check(self) -> None:
         if self.view is not None and self.view._sa_plan is None:
@@ -96,12 +111,39 @@ class _Origin:
                                   f"writes=[...] of state {self.state!r}")
 
     def log(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Record a change by its undo record ``fn(*args)``; it has no forward form (a durable run
+        stores the field whole)."""
         self.check()
         assert self.undo is not None
         view = self.view
         if view is not None:
             view._sa_touch(self.field)
+            if self.ops is not None:
+                self.whole()
         self.undo.append((fn, args))
+
+    def change(self, target: Any, op: tuple[Any, ...], fn: Callable[..., Any], *args: Any) -> None:
+        """Record a change to ``target`` by its forward form ``op`` (see :data:`Ops`) and its undo
+        record ``fn(*args)``."""
+        self.check()
+        assert self.undo is not None
+        view = self.view
+        if view is not None:
+            view._sa_touch(self.field)
+            ops = self.ops
+            if ops is not None:
+                if target is self.top and len(ops) < OPS_MAX:
+                    ops.append(op)
+                else:
+                    self.whole()
+        self.undo.append((fn, args))
+
+    def whole(self) -> None:
+        """From now on the field is stored whole by this step."""
+        self.ops = None
+        view = self.view
+        if view is not None:
+            view._sa_store_whole(self.field)
 
 
 def wrap(value: Any, origin: _Origin) -> Any:
@@ -364,8 +406,9 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
             t[index] = [_unwrap_for_store(v) for v in value]
             return
         j = _index(t, index)
-        self._sa_origin.log(t.__setitem__, j, t[j])
-        t[j] = _unwrap_for_store(value)
+        value = _unwrap_for_store(value)
+        self._sa_origin.change(t, ("s", j, value), t.__setitem__, j, t[j])
+        t[j] = value
 
     def __delitem__(self, index: Any) -> None:
         t = self._sa_target
@@ -374,25 +417,27 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
             del t[index]
             return
         j = _index(t, index)
-        self._sa_origin.log(t.insert, j, t[j])
+        self._sa_origin.change(t, ("d", j), t.insert, j, t[j])
         del t[j]
 
     def insert(self, index: int, value: Any) -> None:
         t = self._sa_target
         n = len(t)
         j = max(0, index + n) if index < 0 else min(index, n)
-        self._sa_origin.log(t.__delitem__, j)
-        t.insert(j, _unwrap_for_store(value))
+        value = _unwrap_for_store(value)
+        self._sa_origin.change(t, ("i", j, value), t.__delitem__, j)
+        t.insert(j, value)
 
     def append(self, value: Any) -> None:
         t = self._sa_target
-        self._sa_origin.log(t.pop)
-        t.append(_unwrap_for_store(value))
+        value = _unwrap_for_store(value)
+        self._sa_origin.change(t, ("a", value), t.pop)
+        t.append(value)
 
     def extend(self, values: Iterable[Any]) -> None:
         t = self._sa_target
         items = [_unwrap_for_store(v) for v in values]  # before logging: iterating may raise
-        self._sa_origin.log(_truncate, t, len(t))
+        self._sa_origin.change(t, ("e", items), _truncate, t, len(t))
         t.extend(items)
 
     def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc, override]
@@ -402,13 +447,13 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
     def pop(self, index: int = -1) -> Any:
         t = self._sa_target
         j = _index(t, index)
-        self._sa_origin.log(t.insert, j, t[j])
+        self._sa_origin.change(t, ("d", j), t.insert, j, t[j])
         return t.pop(j)
 
     def remove(self, value: Any) -> None:
         t = self._sa_target
         j = t.index(_plain(value))
-        self._sa_origin.log(t.insert, j, t[j])
+        self._sa_origin.change(t, ("d", j), t.insert, j, t[j])
         del t[j]
 
     def _whole(self, op: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -417,7 +462,9 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
         op(t, *args, **kwargs)
 
     def clear(self) -> None:
-        self._whole(list.clear)
+        t = self._sa_target
+        self._sa_origin.change(t, ("c",), _restore_list, t, t.copy())
+        t.clear()
 
     def sort(self, *, key: Any = None, reverse: bool = False) -> None:
         self._whole(list.sort, key=key, reverse=reverse)
@@ -451,18 +498,25 @@ class TrackedDict(_MappingReads, MutableMapping[Any, Any]):
     def __setitem__(self, key: Any, value: Any) -> None:
         t = self._sa_target
         hash(key)  # an unhashable key must fail before anything is logged
-        self._sa_origin.log(_restore_key, t, key, key in t, t.get(key))
-        t[key] = _unwrap_for_store(value)
+        value = _unwrap_for_store(value)
+        if type(key) is str:
+            self._sa_origin.change(t, ("s", key, value), _restore_key, t, key, key in t, t.get(key))
+        else:  # only text keys are JSON object keys as they are
+            self._sa_origin.log(_restore_key, t, key, key in t, t.get(key))
+        t[key] = value
 
     def __delitem__(self, key: Any) -> None:
         t = self._sa_target
         old = t[key]
-        self._sa_origin.log(t.__setitem__, key, old)
+        if type(key) is str:
+            self._sa_origin.change(t, ("d", key), t.__setitem__, key, old)
+        else:
+            self._sa_origin.log(t.__setitem__, key, old)
         del t[key]
 
     def clear(self) -> None:
         t = self._sa_target
-        self._sa_origin.log(_restore_dict, t, t.copy())
+        self._sa_origin.change(t, ("c",), _restore_dict, t, t.copy())
         t.clear()
 
     def __or__(self, other: Any) -> dict[Any, Any]:
@@ -554,6 +608,10 @@ class ContextView:
     """Fields this step changed: assigned, or changed in place through a tracked proxy."""
     _sa_origins: dict[str, _Origin] | None = None
     _sa_whole: dict[str, Any] | None = None
+    _sa_ops: dict[str, Ops | None] | None = None
+    """A durable run's record of this step's changes in place, per field (see :data:`Ops`); ``None``
+    for a field stored whole (assigned, or changed in a way ops cannot say). ``None`` as a whole
+    when nothing records them (a run without a store): then changes pay nothing for it."""
 
     def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str],
                  owned: set[str]) -> None:
@@ -564,6 +622,16 @@ class ContextView:
     def _sa_close(self) -> None:
         """End the step: the view and its proxies refuse any further use."""
         object.__setattr__(self, "_sa_plan", None)
+
+    def _sa_record_ops(self) -> None:
+        """Record this step's changes in place as operations (a durable run's step)."""
+        self.__dict__["_sa_ops"] = {}
+
+    def _sa_store_whole(self, name: str) -> None:
+        """``name`` is stored whole by this step: a change it made has no operation."""
+        ops = self._sa_ops
+        if ops is not None:
+            ops[name] = None
 
     def _sa_touch(self, name: str) -> None:
         dirty = self._sa_dirty
@@ -579,6 +647,8 @@ class ContextView:
         if name not in whole:
             whole[name] = copy.deepcopy(self._sa_model.__dict__[name])
             self._sa_touch(name)
+        if self._sa_ops is not None:
+            self._sa_ops[name] = None
 
     def _sa_rollback(self) -> None:
         """Undo every change of the current step: in-place changes backwards, then assignments."""
@@ -601,6 +671,10 @@ class ContextView:
                     fields_set.discard(name)
         d = self.__dict__
         d["_sa_old"] = d["_sa_dirty"] = d["_sa_whole"] = None
+        if self._sa_ops is not None:
+            d["_sa_ops"] = {}
+            for origin in (self._sa_origins or {}).values():
+                origin.ops = None  # a change through a proxy of before the rollback: stored whole
 
     def _sa_live(self, name: str) -> Plan:
         plan = self._sa_plan
@@ -618,11 +692,18 @@ class ContextView:
             if found is not None:
                 return found
         undo: Undo | None = None
+        ops: Ops | None = None
         if tracked:
             undo = self._sa_undo
             if undo is None:
                 undo = self.__dict__["_sa_undo"] = []
-        origin = origins[name] = _Origin(plan.name, name, undo, self)
+            recorded = self._sa_ops
+            if recorded is not None:
+                if name in recorded:
+                    ops = recorded[name]
+                else:
+                    ops = recorded[name] = []
+        origin = origins[name] = _Origin(plan.name, name, undo, self, ops=ops, top=self._sa_model.__dict__[name])
         return origin
 
     # --- attribute protocol -----------------------------------------------------------------
@@ -668,6 +749,9 @@ class ContextView:
         plan = self._sa_live(name)
         if name in plan.write_set:
             model = self._sa_model
+            if isinstance(value, _Proxy) and value._sa_target is model.__dict__.get(name) \
+                    and value._sa_origin.view is self:
+                return  # ``ctx.items += more``: the field's own value, changed in place already
             old = self._sa_old
             if old is None:
                 old = self.__dict__["_sa_old"] = {}
@@ -675,9 +759,13 @@ class ContextView:
                 old[name] = (model.__dict__[name], name in model.__pydantic_fields_set__)
             setattr(model, name, _unwrap_for_store(value))  # pydantic validates here, in the action
             self._sa_touch(name)
+            if self._sa_ops is not None:
+                self._sa_ops[name] = None
             origins = self._sa_origins
             if origins is not None:
-                origins.pop(name, None)  # proxies of the old value stay on the old value
+                gone = origins.pop(name, None)  # proxies of the old value stay on the old value
+                if gone is not None:
+                    gone.ops = None
             return
         if name in self._sa_fields:
             raise ContextAccessError(

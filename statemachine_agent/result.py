@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import enum
+import functools
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, SupportsIndex, TypeVar, overload
 
 from .errors import describe_error
 from .spec import Outcome
 from .usage import ModelCall, Usage
 
-__all__ = ["RunResult", "Step", "StepKind", "result_of"]
+__all__ = ["RunResult", "Step", "StepKind", "Steps", "result_of"]
 
 C = TypeVar("C")
 
@@ -78,6 +81,85 @@ class Step(NamedTuple):
         }
 
 
+class Steps(Sequence[Step]):
+    """A run's path as a resumed run holds it: its steps in order, comparing, hashing and adding like
+    the tuple of them (``result.path == (step, ...)``). The steps taken before the resume are read
+    from the run's store the first time something needs them, so a resume costs what continuing the
+    run needs, not the run's length. (A run that was never resumed holds a plain tuple.)"""
+
+    __slots__ = ("_earlier", "_load", "_steps")
+
+    def __init__(self, steps: Iterable[Step] = (), *, earlier: int = 0,
+                 load: Callable[[], Sequence[Step]] | None = None) -> None:
+        self._steps: list[Step] = list(steps)
+        """The steps from ``_earlier`` on (every step once the earlier ones are loaded)."""
+        self._earlier = earlier if load is not None else 0
+        self._load = None if load is None else functools.cache(load)
+
+    def _all(self) -> list[Step]:
+        load = self._load
+        if load is not None:
+            head = list(load())
+            if len(head) != self._earlier or any(s.number != i for i, s in enumerate(head)):
+                raise ValueError(f"the store gave steps {[s.number for s in head][:5]}... for the run's first "
+                                 f"{self._earlier} steps: its history changed since the run was resumed")
+            self._steps[:0] = head
+            self._load, self._earlier = None, 0
+        return self._steps
+
+    def append(self, step: Step) -> None:
+        """Add the run's next step (the runner's, while the run goes on)."""
+        self._steps.append(step)
+
+    def frozen(self) -> Steps:
+        """A copy that the run's next steps do not change (sharing the earlier steps' one read)."""
+        out = Steps(self._steps)
+        out._earlier, out._load = self._earlier, self._load
+        return out
+
+    def __len__(self) -> int:
+        return self._earlier + len(self._steps)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Step: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Step, ...]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> Step | tuple[Step, ...]:
+        if isinstance(index, slice):
+            return tuple(self._all()[index])
+        i = operator.index(index)
+        n = len(self)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError("path index out of range")
+        if j >= self._earlier:
+            return self._steps[j - self._earlier]
+        return self._all()[j]
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(tuple(self._all()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Steps, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __add__(self, other: Iterable[Step]) -> tuple[Step, ...]:
+        return (*self, *other)
+
+    def __radd__(self, other: Iterable[Step]) -> tuple[Step, ...]:
+        return (*other, *self)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Steps, (tuple(self),))
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult(Generic[C]):
     """The end of a run: always a declared terminal state."""
@@ -88,7 +170,9 @@ class RunResult(Generic[C]):
     outcome: Outcome
     context: C
     """The final context (the caller's input object is never mutated)."""
-    path: tuple[Step, ...]
+    path: tuple[Step, ...] | Steps
+    """The steps the run took, in order: a tuple, or for a resumed run :class:`Steps` (which reads the
+    steps before the resume from the store when first needed, and compares equal to their tuple)."""
     reason: str | None = None
     """Why the run failed, when it ended in a failure terminal."""
     error: BaseException | None = None

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypedDict, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
-from ._journal import Journal, RunState
+from ._journal import Delta, Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
 from ._tooldef import _positive
@@ -44,7 +44,7 @@ from .events import (
 )
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .policies import _safe_repr as safe_repr
-from .result import _RESULT_ATTR, RunResult, Step, StepKind
+from .result import _RESULT_ATTR, RunResult, Step, StepKind, Steps
 from .spec import Outcome
 from .tools import Tools
 from .usage import ModelCall
@@ -82,8 +82,13 @@ class ResumeOptions(TypedDict, Generic[C], total=False):
     """What the run's priced model calls may cost; past it the run fails (``Budget.COST``)."""
 
 
-_NO_DELTA: tuple[dict[str, Any], list[str]] = ({}, [])
+_NO_DELTA: Delta = ({}, [], {})
 """A step's delta before it is computed: nothing written."""
+
+
+def _frozen(path: list[Step] | Steps) -> tuple[Step, ...] | Steps:
+    """A run's path as its result keeps it."""
+    return path.frozen() if isinstance(path, Steps) else tuple(path)
 
 
 class MissingWrite(ContextAccessError):
@@ -274,7 +279,7 @@ class Run(Generic[C]):
         self.run_id: str = config.run_id
         self.clock: Clock = config.clock
         """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
-        self.path: list[Step] = []
+        self.path: list[Step] | Steps = []
         self.actions_run = 0
         self.visits: dict[str, int] = {}
         self.traversals: list[int] = [0] * len(workflow.edge_names)
@@ -342,7 +347,7 @@ class Run(Generic[C]):
         run = cls(workflow, context, **options)
         if max_steps_given is not None and max_steps_given != run.config.max_steps_given:
             run.config = dataclasses.replace(run.config, max_steps_given=max_steps_given)
-        run.path = list(path)
+        run.path = path.frozen() if isinstance(path, Steps) else list(path)
         if result is not None:
             run.result = result
             return run
@@ -489,6 +494,8 @@ class Run(Generic[C]):
         self.visits[name] = visits + 1
         self.actions_run += 1
         view = ContextView(self.context, plan, self._written, self._fields, self._owned)
+        if self._journal is not None:
+            view._sa_record_ops()  # a durable step stores what it changed in place as ops
         chosen: Exit | None
         try:
             if deadline is not None:
@@ -551,7 +558,7 @@ class Run(Generic[C]):
         dirty = view._sa_dirty
         if self._journal is not None:
             try:
-                self._delta = self._journal.delta(self.context, dirty or ())
+                self._delta = self._journal.delta(self.context, dirty or (), view._sa_ops)
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
@@ -753,7 +760,7 @@ class Run(Generic[C]):
             return
         self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
-                                tuple(self.path), reason, error, wf)
+                                _frozen(self.path), reason, error, wf)
         if outcome is Outcome.FAILURE and step.kind is not StepKind.FAIL:
             log.warning("%s: run %s ended in failure terminal %r: %s", wf.name, self.run_id,
                         step.target, reason,
@@ -847,7 +854,7 @@ class Run(Generic[C]):
         wait = plan.wait
         assert wait is not None
         self.result = RunResult(self.workflow.name, self.run_id, plan.name, Outcome.WAITING, self.context,
-                                tuple(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
+                                _frozen(self.path), f"waiting in {plan.name!r} for event {wait.event!r}", None,
                                 self.workflow, wait.event)
         if self.hooks:
             await self._emit(RunWaiting(self.run_id, self.workflow.name, plan.name, wait.event,

@@ -2,15 +2,19 @@
 library's enums, and every statement a store runs coming from its SQL dialect.
 
 tests/fixtures/store-v2.db was written by the release before the typed contract (tests/store_fixture.py
-says how); the current code must read and continue it, and write exactly its bytes (so the release
-before reads what this one writes: its checksums and JSON are the same)."""
+says how); the current code must read and continue it. Schema version 3 (issue 17) stores a field a step
+changed in place as its operations: those step rows differ from version 2's, every other row is still
+its bytes. tests/fixtures/store-v3.db pins version 3's bytes from now on (written by
+``python tests/store_fixture.py make tests/fixtures/store-v3.db``)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import store_fixture
 
 from statemachine_agent import Outcome
@@ -21,22 +25,46 @@ from statemachine_agent.stores._sqldialect import Dialect, SQLiteDialect
 from statemachine_agent.tools import Effect
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v2.db"
+FIXTURE_V3 = Path(__file__).parent / "fixtures" / "store-v3.db"
 
 
-def test_a_store_written_by_the_release_before_loads_and_continues() -> None:
+@pytest.mark.parametrize("fixture", [FIXTURE, FIXTURE_V3], ids=["v2", "v3"])
+def test_a_store_written_by_the_release_before_loads_and_continues(fixture: Path) -> None:
     """Every run of the fixture loads, lists and continues: the crashed at_most_once call's outcome is
     unknown (never sent again), the waiting and forked runs take their event, the ended run stays ended."""
-    store_fixture.check(FIXTURE)
+    store_fixture.check(fixture)
 
 
-def test_the_rows_written_are_the_bytes_the_release_before_wrote(tmp_path: Path) -> None:
+def test_the_rows_written_are_the_bytes_version_3_wrote(tmp_path: Path) -> None:
     """The same runs, written now with the same frozen clock: every row's JSON text and checksum is the
-    fixture's, byte for byte (so the previous release loads a store this one writes)."""
+    version-3 fixture's, byte for byte."""
+    store_fixture.make(tmp_path / "now.db")
+    now, before = store_fixture.rows(tmp_path / "now.db"), store_fixture.rows(FIXTURE_V3)
+    assert now.keys() == before.keys()
+    changed = {key: (before[key][0], now[key][0]) for key in before if now[key] != before[key]}
+    assert not changed, f"{len(changed)} rows differ from version 3's, e.g. {next(iter(changed.items()))}"
+
+
+def test_only_steps_that_changed_a_field_in_place_differ_from_version_2(tmp_path: Path) -> None:
+    """Against the release before (version 2): a step row that stores operations holds them instead of
+    the field's whole JSON (and the whole field rebuilds from them), and a run's record adds what its
+    model calls spent (``spent``, last); every other row is its bytes."""
     store_fixture.make(tmp_path / "now.db")
     now, before = store_fixture.rows(tmp_path / "now.db"), store_fixture.rows(FIXTURE)
     assert now.keys() == before.keys()
-    changed = {key: (before[key][0], now[key][0]) for key in before if now[key] != before[key]}
-    assert not changed, f"{len(changed)} rows differ from the release before's, e.g. {next(iter(changed.items()))}"
+    with_ops = {k for k, (text, _) in now.items() if k[0] == "sma_steps" and '"ops":' in text}
+    assert with_ops, "the fixture's runs append to a list in place: some step must store operations"
+    for key, (text, _) in now.items():
+        if key[0] == "sma_runs":
+            record = json.loads(text)
+            assert record.pop("spent") == {"tokens": 0, "cost": 0.0}
+            now[key] = (json.dumps(record, separators=(",", ":"), ensure_ascii=False), before[key][1])
+    changed = {k for k in before if now[k] != before[k]}
+    assert changed == with_ops
+    shutil.copyfile(FIXTURE, tmp_path / "v2.db")
+    with SQLiteStore(tmp_path / "now.db") as a, SQLiteStore(tmp_path / "v2.db") as b:
+        for run in store_fixture.RUNS:
+            assert a.load(run).result().context == b.load(run).result().context
 
 
 def test_loaded_records_hold_the_library_enums(tmp_path: Path) -> None:

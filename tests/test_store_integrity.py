@@ -242,7 +242,9 @@ def test_a_flipped_index_entry_of_any_row_kind_is_damage_never_other_data(
             if isinstance(got, StoreCorrupted):
                 assert f"run {r!r}" in str(got), got
             else:
-                assert got == loads[r], f"{r} loaded other data"
+                # The same data; which snapshot rebuilt it (a hidden one: an earlier one) is bookkeeping.
+                assert got.model_copy(update={"snapshot_at": 0}) == loads[r].model_copy(
+                    update={"snapshot_at": 0}), f"{r} loaded other data"
 
 
 # --- 2. the run counts its rows ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import abc
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ._records import CallRow, CommitRequest, InboxRecord, RunRecord, RunRow, RunStatus, StoredRun
+from ._records import CallRow, CommitRequest, InboxRecord, RunRecord, RunRow, RunStatus, StepRecord, StoredRun
 
 if TYPE_CHECKING:
     from ..secrets import SecretCodec
@@ -27,9 +27,12 @@ class Store(abc.ABC):
     :class:`~._records.CallRow`, each made by its builder), and everything read back is validated by
     that module's models."""
 
-    snapshot_every: int = 50
-    """A full snapshot of the context every this many steps (and at waits and at the end);
-    between them a step stores only the fields it wrote."""
+    snapshot_every: int | None = None
+    """``None`` (the default): a full snapshot of the context once the steps since the last one
+    stored as many items as it holds (a list's or dict's length, 1 per other field), or after 1,000
+    steps, so a step stores what it changed plus, on average, about as much again, whatever the
+    context holds. A number: a snapshot every this many steps exactly, and at waits and at the end.
+    Between snapshots a step stores only what it wrote (what it changed in place as operations)."""
 
     secrets: SecretCodec | None = None
     """What encrypts the context's secret fields (``SecretStr``, ``SecretBytes``) for this store, and
@@ -52,6 +55,18 @@ class Store(abc.ABC):
         """Claim the run only if it is waiting (status ``waiting``), setting it running: what a
         delivery or a wake-up does, so it never takes a run from a live worker. ``None`` when the
         run is not waiting (it runs elsewhere, crashed, or ended)."""
+
+    def claim_tail(self, run_id: str) -> Future[StoredRun]:
+        """:meth:`claim`, for a caller that loaded the run already (:meth:`load_tail`): only the
+        claimed record, the journal rows of the next step and the events not consumed are needed
+        (``StoredRun.first_step`` says which steps it holds; a store may load more, never less).
+        This default is :meth:`claim`."""
+        return self.claim(run_id)
+
+    def claim_waiting_tail(self, run_id: str) -> Future[StoredRun | None]:
+        """:meth:`claim_waiting`, needing only what :meth:`claim_tail` needs. This default is
+        :meth:`claim_waiting`."""
+        return self.claim_waiting(run_id)
 
     @abc.abstractmethod
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
@@ -82,6 +97,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
         """The run as stored, its context rebuilt before step ``at_step`` (default: the next)."""
+
+    def load_tail(self, run_id: str) -> Future[StoredRun]:
+        """What continuing the run needs: its record, its context, the steps from the snapshot the
+        context was rebuilt from on (``first_step``), the journal rows of its next step and the events
+        not consumed. Its cost grows with what changed since the last snapshot, not with the run's
+        length. This default loads the whole run (a store should read only the tail)."""
+        return self.load(run_id)
+
+    def load_steps(self, run_id: str, start: int, stop: int) -> Future[list[StepRecord]]:
+        """The run's committed steps ``start`` to ``stop - 1``. This default loads the whole run."""
+        future: Future[list[StepRecord]] = Future()
+        try:
+            future.set_result(self.load(run_id).result().steps[start:stop])
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
     @abc.abstractmethod
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:

@@ -14,21 +14,46 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic_core import from_json
 
+from .. import _ops
 from .._tooldef import Effect
+from ..errors import StoreCorrupted
 from ..result import StepKind
 from ..spec import Outcome
 
-__all__ = ["SCHEMA_VERSION", "CallRecord", "CallRow", "CallStatus", "CommitRequest", "Counters", "CountersRow",
-           "InboxRecord", "RunRecord", "RunRow", "RunStatus", "StepRecord", "StepRow", "StoredRun", "WaitRecord",
-           "WaitRow", "call_row", "commit_request", "run_row", "step_row"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CallRecord",
+    "CallRow",
+    "CallStatus",
+    "CommitRequest",
+    "Counters",
+    "CountersRow",
+    "InboxRecord",
+    "RunRecord",
+    "RunRow",
+    "RunStatus",
+    "StepRecord",
+    "StepRow",
+    "StoredRun",
+    "WaitRecord",
+    "WaitRow",
+    "call_row",
+    "commit_request",
+    "rebuild",
+    "run_row",
+    "step_row",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the stored layout; a store migrates older files on open and refuses newer ones.
-(2: every row's checksum covers its key, and a run's row counts its journal and inbox rows.)"""
+(2: every row's checksum covers its key, and a run's row counts its journal and inbox rows.
+3: a step may store a field's changes in place as operations, ``ops``, instead of the field whole.)"""
 
 _MAX_INT = 2**53
 """The largest whole number a record may hold (a step, epoch, count or sequence number): exact in JSON
@@ -50,9 +75,9 @@ _MODEL_CALL_SECONDS = ("latency", "cost")
 
 
 
-MAX_DEPTH = 128
-"""Deepest nesting a record may have: pydantic's JSON reader stops near 200 levels, so anything deeper
-would be written and then never load again. Refused on write instead."""
+MAX_DEPTH = 200
+"""Deepest nesting a record may have: what pydantic-core's JSON reader takes (it refuses deeper), so
+everything a store writes reads back with either reader. Refused on write."""
 
 
 def depth_ok(value: Any) -> bool:
@@ -70,12 +95,43 @@ def depth_ok(value: Any) -> bool:
 def record_json(value: Any) -> str:
     """``value`` as the JSON text a store keeps; ``ValueError`` for what no store could keep or read
     back (NaN or infinity, nesting deeper than :data:`MAX_DEPTH` (a cycle too), text that is not
-    UTF-8), ``TypeError`` for what is not JSON data."""
-    # allow_nan=False: NaN/inf are not JSON, and another store (PostgreSQL's jsonb) would refuse them.
-    if not depth_ok(value):
+    UTF-8), ``TypeError`` for what is not JSON data.
+
+    No Python walk over the record (a step of a chat agent with a long history spent a fifth of its
+    time walking it): Python's C encoder writes it and refuses what is not JSON data (bytes, sets,
+    objects: pydantic-core's ``to_json``, 4x faster, would write them as text or lists), NaN and
+    cycles; a text with fewer brackets than :data:`MAX_DEPTH` cannot nest deeper, and a longer one is
+    read by pydantic-core's reader (Rust), which refuses nesting deeper than it."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
         raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels, which the store cannot read back: "
-                         "flatten it")
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                         "flatten it") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        try:
+            from_json(text)
+        except ValueError as exc:
+            if "recursion" in str(exc):
+                raise ValueError(f"a value nests deeper than {MAX_DEPTH} levels, which the store cannot read "
+                                 "back: flatten it") from None
+    return text
+
+
+_BIG_NUMBER = re.compile(r"[0-9]{300}|[eE][+-]?[0-9]{3}")
+"""A number too long or with an exponent too large for a float to hold exactly (or at all: 1e400):
+such a record is read by the reader that refuses what a float cannot hold."""
+
+
+def json_or_none(text: str) -> Any:
+    """``text`` read by pydantic-core's reader (Rust), or ``None`` when that reader cannot say exactly
+    what the store's own reader (Python's, stricter about numbers, deeper) would: then the caller
+    reads it that way. A record is JSON text, so ``None`` is never a record."""
+    if _BIG_NUMBER.search(text):
+        return None
+    try:
+        return from_json(text, allow_inf_nan=False)
+    except ValueError:
+        return None
 
 class RunStatus(enum.StrEnum):
     """Where a stored run is."""
@@ -122,6 +178,20 @@ class WaitRecord(_Record):
     """Wall-clock time (seconds since the epoch) when the timeout transition is taken."""
 
 
+class Spent(_Record):
+    """Tokens and cost of a run's model calls, summed over its committed steps."""
+
+    tokens: Whole = 0
+    cost: Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] = 0.0
+
+
+class SpentRow(TypedDict):
+    """:class:`Spent` as written."""
+
+    tokens: int
+    cost: float
+
+
 class RunRecord(_Record):
     """One run: where it is, its budgets and how it ended."""
 
@@ -159,6 +229,9 @@ class RunRecord(_Record):
     """The run this one was forked from."""
     parent_step: Whole | None = None
     wait: WaitRecord | None = None
+    spent: Spent | None = None
+    """What the run's model calls spent over all its committed steps (so a resume need not read them);
+    ``None`` in a record written before version 3 (then the steps say it)."""
 
 
 class StepRecord(_Record):
@@ -178,10 +251,14 @@ class StepRecord(_Record):
     rejected: list[str] = []
     ran: bool = True
     writes: list[str] = []
-    delta: dict[str, JsonValue] = {}
-    """The JSON of each field the step wrote (a subset of its declared writes)."""
+    delta: dict[str, Any] = {}
+    """The JSON of each field the step wrote whole (a subset of its declared writes). Loaded from
+    JSON text, so JSON as it is: not checked value by value."""
     unset: list[str] = []
     """Fields the step set back to UNSET."""
+    ops: dict[str, list[Any]] = {}
+    """Fields the step changed in place, each as its operations (``_ops.apply``), applied to the
+    field's stored JSON in order; a field is in ``delta`` or here, never both."""
     model_calls: list[dict[str, JsonValue]] = []
     """The step's model calls (``ModelCall.to_dict()``): what it spent, kept for the run's budgets."""
 
@@ -238,6 +315,29 @@ class StoredRun(_Record):
     context: dict[str, Any]
     """The context's JSON, before step ``at_step`` (default: the next step)."""
     at_step: Whole
+    snapshot_at: Whole = 0
+    """The step of the snapshot ``context`` was rebuilt from (the steps after it rebuilt the rest)."""
+    first_step: Whole = 0
+    """The number of the first step in ``steps``: 0 for a whole load; a tail load
+    (:meth:`~statemachine_agent.stores.Store.load_tail`) holds the steps from its snapshot on, and a
+    claim's answer none (its steps, journal rows and inbox are only what continuing the run needs)."""
+
+
+def rebuild(context: dict[str, Any], step: StepRecord, run_id: str) -> None:
+    """Move ``context`` (a context's JSON, before ``step``) past ``step``: its whole fields, its fields
+    set back to UNSET and its operations. ``StoreCorrupted`` when an operation does not fit."""
+    context.update(step.delta)
+    for f in step.unset:
+        context.pop(f, None)
+    for name, ops in step.ops.items():
+        if name not in context:
+            raise StoreCorrupted(f"run {run_id!r} step {step.number}: it changed field {name!r} in place, which "
+                                 "the context before it does not hold: the file is damaged")
+        try:
+            _ops.apply(context[name], ops)
+        except (TypeError, ValueError) as exc:
+            raise StoreCorrupted(f"run {run_id!r} step {step.number}: field {name!r}: {exc}: the file is "
+                                 "damaged") from None
 
 
 # --- the rows a store is given ---------------------------------------------------------------------
@@ -284,6 +384,7 @@ class RunRow(TypedDict):
     parent: str | None
     parent_step: int | None
     wait: WaitRow | None
+    spent: NotRequired[SpentRow]
 
 
 class StepRow(TypedDict):
@@ -304,6 +405,7 @@ class StepRow(TypedDict):
     delta: dict[str, Any]
     unset: list[str]
     model_calls: list[dict[str, Any]]
+    ops: NotRequired[dict[str, list[Any]]]
 
 
 class CallRow(TypedDict):
@@ -342,7 +444,7 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
             created_at: float, updated_at: float, terminal: str | None = None, outcome: Outcome | None = None,
             reason: str | None = None, parent: str | None = None, parent_step: int | None = None,
             wait: WaitRow | None = None, restarts: int = 0, started: bool = True,
-            max_steps_given: bool = False) -> RunRow:
+            max_steps_given: bool = False, spent: SpentRow | None = None) -> RunRow:
     """A run's record, as every writer of one builds it."""
     row: RunRow = {
         "run_id": run_id, "workflow": workflow, "fingerprint": fingerprint, "status": status, "state": state,
@@ -353,6 +455,8 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
     }
     if max_steps_given:
         row["max_steps_given"] = True
+    if spent is not None:
+        row["spent"] = spent
     return row
 
 
@@ -360,13 +464,17 @@ def step_row(*, number: int, state: str, target: str, transition: str, kind: Ste
              duration: float, error: str | None = None, error_type: str | None = None,
              rejected: list[str] | None = None, ran: bool = True, writes: list[str] | None = None,
              delta: dict[str, Any] | None = None, unset: list[str] | None = None,
-             model_calls: list[dict[str, Any]] | None = None) -> StepRow:
-    """A step's row: where it went and the delta of the context it wrote."""
-    return {"number": number, "state": state, "target": target, "transition": transition, "kind": kind,
-            "started_at": started_at, "duration": duration, "error": error, "error_type": error_type,
-            "rejected": [] if rejected is None else rejected, "ran": ran, "writes": [] if writes is None else writes,
-            "delta": {} if delta is None else delta, "unset": [] if unset is None else unset,
-            "model_calls": [] if model_calls is None else model_calls}
+             model_calls: list[dict[str, Any]] | None = None, ops: dict[str, list[Any]] | None = None) -> StepRow:
+    """A step's row: where it went and the delta of the context it wrote (``ops`` only when some
+    field was changed in place, so a row without them reads as before)."""
+    row: StepRow = {"number": number, "state": state, "target": target, "transition": transition, "kind": kind,
+                    "started_at": started_at, "duration": duration, "error": error, "error_type": error_type,
+                    "rejected": [] if rejected is None else rejected, "ran": ran,
+                    "writes": [] if writes is None else writes, "delta": {} if delta is None else delta,
+                    "unset": [] if unset is None else unset, "model_calls": [] if model_calls is None else model_calls}
+    if ops:
+        row["ops"] = ops
+    return row
 
 
 def call_row(*, step: int, call: int, tool: str, effect: Effect, key: str, status: CallStatus, at: float,

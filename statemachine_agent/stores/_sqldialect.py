@@ -131,6 +131,10 @@ class Dialect:
     # --- steps, snapshots --------------------------------------------------------------------------
     select_steps: str
     """(run_id) -> (number, record, crc), by number."""
+    select_steps_from: str
+    """(run_id, start, stop) -> (number, record, crc) of the steps ``start <= number < stop``, by number."""
+    count_rows: str
+    """(run_id, run_id, run_id) -> how many steps, journal rows and inbox events the run has."""
     insert_step: str
     """(run_id, number, record, crc)."""
     insert_snapshot: str
@@ -143,6 +147,8 @@ class Dialect:
     # --- the journal -------------------------------------------------------------------------------
     select_calls: str
     """(run_id) -> (step, call, record, crc), by step and call."""
+    select_calls_from: str
+    """(run_id, step) -> (step, call, record, crc) of the steps from ``step`` on, by step and call."""
     insert_call_if_new: str
     """(run_id, step, call, record, crc): inserts nothing when the row exists (rowcount 0)."""
     update_call: str
@@ -222,6 +228,10 @@ class SQLiteDialect(Dialect):
                 " ORDER BY r.updated_at")
 
     select_steps = "SELECT number, record, crc FROM sma_steps WHERE run_id=? ORDER BY number"
+    select_steps_from = ("SELECT number, record, crc FROM sma_steps WHERE run_id=? AND number>=? AND number<? "
+                         "ORDER BY number")
+    count_rows = ("SELECT (SELECT COUNT(*) FROM sma_steps WHERE run_id=?), "
+                  "(SELECT COUNT(*) FROM sma_journal WHERE run_id=?), (SELECT COUNT(*) FROM sma_inbox WHERE run_id=?)")
     insert_step = "INSERT INTO sma_steps VALUES (?, ?, ?, ?)"
     insert_snapshot = "INSERT INTO sma_snapshots VALUES (?, ?, ?, ?)"
     put_snapshot = "INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)"
@@ -229,6 +239,8 @@ class SQLiteDialect(Dialect):
                        "ORDER BY step DESC LIMIT 1")
 
     select_calls = "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call"
+    select_calls_from = ("SELECT step, call, record, crc FROM sma_journal WHERE run_id=? AND step>=? "
+                         "ORDER BY step, call")
     insert_call_if_new = "INSERT OR IGNORE INTO sma_journal VALUES (?, ?, ?, ?, ?)"
     update_call = "UPDATE sma_journal SET record=?, crc=? WHERE run_id=? AND step=? AND call=?"
     count_call_rows = "UPDATE sma_runs SET journal_rows=journal_rows+? WHERE run_id=?"

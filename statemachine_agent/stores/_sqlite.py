@@ -57,6 +57,8 @@ from ._records import (
     RunStatus,
     StepRecord,
     StoredRun,
+    json_or_none,
+    rebuild,
     record_json,
 )
 from ._sqldialect import ADD_COUNTS as _ADD_COUNTS
@@ -104,8 +106,13 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
             conn.execute(f"UPDATE sma_runs SET {column}=? WHERE run_id=?", (n, run_id))
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: steps may hold ``ops``. Nothing stored changes; the version says that a release
+    that cannot apply ops must not read the file."""
+
+
 # Migrations from each older schema version to the next, run in one transaction on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _crc(text: str) -> int:
@@ -475,8 +482,9 @@ class _IntentLog:
         self._read()
         return set(self._by_run)
 
-    def restore(self, run_id: str, calls: list[CallRecord]) -> list[CallRecord]:
-        """``calls`` with every logged intent of ``run_id`` that the database lost, as INTENT rows."""
+    def restore(self, run_id: str, calls: list[CallRecord], since: int = 0) -> list[CallRecord]:
+        """``calls`` (the journal rows of steps from ``since`` on) with every logged intent of
+        ``run_id`` in those steps that the database lost, as INTENT rows."""
         self._read()
         logged = self._by_run.get(run_id)
         if not logged:
@@ -484,7 +492,7 @@ class _IntentLog:
         have = {(c.step, c.call) for c in calls}
         lost = []
         for key, body in logged.items():
-            if key in have:
+            if key in have or key[0] < since:
                 continue
             what = f"run {run_id!r} journal row {key[0]}/{key[1]} (from the intent log {self.path!r})"
             try:
@@ -503,22 +511,26 @@ class SQLiteStore(Store):
     ``synchronous="FULL"`` (the default) makes every commit reach the disk before the step that
     follows it starts: a committed step survives a power cut, not just a crash. ``"NORMAL"`` is
     faster and survives a process crash (kill -9) but may lose the last commits on a power cut.
-    ``snapshot_every`` steps, a full copy of the context is stored; between them each step stores
-    only the fields it wrote. ``busy_timeout`` is how long to wait for another process's write.
+    Each step stores only what it wrote (a list or dict it changed in place, as the changes); a full
+    copy of the context (a snapshot) bounds how many steps a load replays: by default once the steps
+    since the last one stored about as much as it holds, or every ``snapshot_every`` steps when that
+    is given (see :attr:`.Store.snapshot_every`). ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
     """
 
     _sql: Dialect = SQLITE
     """The SQL every operation runs (see :mod:`._sqldialect`)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int = 50,
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int | None = None,
                  busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path={path!r}): give a file path (str or pathlib.Path)")
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
             raise ValueError(f"synchronous={synchronous!r}: use 'FULL' (default), 'EXTRA' or 'NORMAL'")
-        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"snapshot_every={snapshot_every!r}: give a whole number of steps, at least 1")
+        if snapshot_every is not None and (isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int)
+                                           or snapshot_every < 1):
+            raise ValueError(f"snapshot_every={snapshot_every!r}: give a whole number of steps, at least 1, or "
+                             "None (the default: by what the steps stored)")
         if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
                 or not 0 <= busy_timeout < math.inf):
             raise ValueError(f"busy_timeout={busy_timeout!r}: give a number of seconds >= 0")
@@ -687,6 +699,14 @@ class SQLiteStore(Store):
         return self._submit(op)
 
     def claim(self, run_id: str) -> Future[StoredRun]:
+        return self._claim(run_id, tail=False)
+
+    def claim_tail(self, run_id: str) -> Future[StoredRun]:
+        if type(self).claim is not SQLiteStore.claim:
+            return self.claim(run_id)  # a subclass's own claim: claims go through it
+        return self._claim(run_id, tail=True)
+
+    def _claim(self, run_id: str, *, tail: bool) -> Future[StoredRun]:
         run_id = _plain(run_id)
         sql = self._sql
 
@@ -697,11 +717,19 @@ class SQLiteStore(Store):
                 # it did anything (or a run claimed from a wait) spends none of max_step_restarts.
                 restarts = run.restarts + 1 if run.status is RunStatus.RUNNING and run.started else run.restarts
                 run = _claimed(sql, conn, run, restarts=restarts, status=run.status)
-            return _load(sql, conn, run, None)
+            return _taken(sql, conn, run) if tail else _load(sql, conn, run, None)
 
         return self._submit(op)
 
     def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
+        return self._claim_waiting(run_id, tail=False)
+
+    def claim_waiting_tail(self, run_id: str) -> Future[StoredRun | None]:
+        if type(self).claim_waiting is not SQLiteStore.claim_waiting:
+            return self.claim_waiting(run_id)  # a subclass's own claim: claims go through it
+        return self._claim_waiting(run_id, tail=True)
+
+    def _claim_waiting(self, run_id: str, *, tail: bool) -> Future[StoredRun | None]:
         run_id = _plain(run_id)
         sql = self._sql
 
@@ -709,7 +737,8 @@ class SQLiteStore(Store):
             run = _read_run(sql, conn, run_id)
             if run.status is not RunStatus.WAITING:
                 return None  # running (a live worker takes its events at its wait), or ended
-            return _load(sql, conn, _claimed(sql, conn, run, restarts=run.restarts, status=RunStatus.RUNNING), None)
+            run = _claimed(sql, conn, run, restarts=run.restarts, status=RunStatus.RUNNING)
+            return _taken(sql, conn, run) if tail else _load(sql, conn, run, None)
 
         return self._submit(op)
 
@@ -811,6 +840,31 @@ class SQLiteStore(Store):
         sql = self._sql
         return self._submit(lambda conn: _load(sql, conn, _read_run(sql, conn, run_id), at_step))
 
+    def load_tail(self, run_id: str) -> Future[StoredRun]:
+        if type(self).load is not SQLiteStore.load:
+            return self.load(run_id)  # a subclass's own load: loads go through it
+        run_id = _plain(run_id)
+        sql = self._sql
+        return self._submit(lambda conn: _load(sql, conn, _read_run(sql, conn, run_id), None, tail=True))
+
+    def load_steps(self, run_id: str, start: int, stop: int) -> Future[list[StepRecord]]:
+        run_id = _plain(run_id)
+        sql = self._sql
+        for name, value in (("start", start), ("stop", stop)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r}: give a step number from 0")
+        if self._writer.closed and self.path != ":memory:":
+            # A resumed run's result reads its earlier steps when first asked, which may be after the
+            # store was closed (``with SQLiteStore(...) as store:``): read them from the file then.
+            with SQLiteStore(self.path, readonly=True) as again:
+                future: Future[list[StepRecord]] = Future()
+                try:
+                    future.set_result(again.load_steps(run_id, start, stop).result())
+                except BaseException as exc:
+                    future.set_exception(exc)
+                return future
+        return self._submit(lambda conn: _steps(sql, conn, run_id, start, max(start, stop)))
+
     def list_runs(self, workflow: str | None = None) -> Future[list[RunRecord]]:
         sql = self._sql
 
@@ -893,7 +947,7 @@ class MemoryStore(SQLiteStore):
     """A store in memory (an SQLite ``:memory:`` database): the same code and guarantees as
     :class:`SQLiteStore` within one process, gone when it ends. For tests and notebooks."""
 
-    def __init__(self, *, snapshot_every: int = 50, secrets: SecretCodec | None = None) -> None:
+    def __init__(self, *, snapshot_every: int | None = None, secrets: SecretCodec | None = None) -> None:
         super().__init__(":memory:", snapshot_every=snapshot_every, secrets=secrets)
 
     def __repr__(self) -> str:
@@ -917,7 +971,8 @@ def _version(text: object, where: str) -> int:
 
 
 def _json(text: str) -> Any:
-    return _DECODER.decode(text)
+    found = json_or_none(text)  # Rust, for the records it reads exactly as the reader below
+    return _DECODER.decode(text) if found is None else found
 
 
 def _finite(text: str) -> float:
@@ -1015,7 +1070,31 @@ def _run_of_row(run_id: object, row: tuple[Any, ...]) -> RunRecord:
     return run
 
 
-def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int | None) -> StoredRun:
+def _steps(sql: Dialect, conn: sqlite3.Connection, run_id: str, start: int, stop: int, *,
+           every: bool = False) -> list[StepRecord]:
+    """Steps ``start`` to ``stop - 1`` of a run, each checked; StoreCorrupted when one is missing.
+    ``every``: the run's steps are all of them (a step past ``stop`` is damage too)."""
+    steps = []
+    query = (sql.select_steps, (run_id,)) if every else (sql.select_steps_from, (run_id, start, stop))
+    for num, text, crc in conn.execute(*query):
+        what = f"run {run_id!r} step {num!r}"
+        step = _parse(StepRecord, text, crc, what, kind="step", run_id=run_id, key=num)
+        if step.number != num:
+            raise StoreCorrupted(f"{what}: its record is step {step.number}'s: the file is damaged")
+        steps.append(step)
+    if len(steps) != stop - start or any(s.number != i for i, s in enumerate(steps, start)):
+        have = [s.number for s in steps]
+        where = f" from {start} on" if start else ""
+        raise StoreCorrupted(f"run {run_id!r} records {stop} committed steps but the store holds steps "
+                             f"{_ranges(have)}{where}: the file is damaged; nothing of it was loaded")
+    return steps
+
+
+def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int | None, *,
+          tail: bool = False) -> StoredRun:
+    """The run as stored. ``tail``: only what continuing it needs (the steps from its latest snapshot on,
+    the journal rows of its next step, the events not consumed), each checked as a full load checks it;
+    the row counts are checked by counting."""
     run_id = run.run_id
     n = run.next_step
     at = n if at_step is None else at_step
@@ -1026,19 +1105,23 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
     if counts is None or not all(_whole(c) for c in counts):
         raise StoreCorrupted(f"run {run_id!r}: its row counts are missing or not whole numbers ({counts!r}): the "
                              "file is damaged; nothing of it was loaded")
-    steps = []
-    for num, text, crc in conn.execute(sql.select_steps, (run_id,)):
-        what = f"run {run_id!r} step {num!r}"
-        step = _parse(StepRecord, text, crc, what, kind="step", run_id=run_id, key=num)
-        if step.number != num:
-            raise StoreCorrupted(f"{what}: its record is step {step.number}'s: the file is damaged")
-        steps.append(step)
-    if len(steps) != n or any(s.number != i for i, s in enumerate(steps)):
-        have = [s.number for s in steps]
-        raise StoreCorrupted(f"run {run_id!r} records {n} committed steps but the store holds steps "
-                             f"{_ranges(have)}: the file is damaged; nothing of it was loaded")
+    snap = conn.execute(sql.select_snapshot, (run_id, at)).fetchone()
+    if snap is None or not _whole(snap[0]) or snap[0] > at:
+        raise StoreCorrupted(f"run {run_id!r} has no snapshot at or before step {at}: the file is damaged; "
+                             "nothing of it was loaded")
+    found = (0, 0, 0)
+    first = 0
+    if tail:
+        first = snap[0]
+        found = conn.execute(sql.count_rows, (run_id, run_id, run_id)).fetchone()
+        if found[0] != n:
+            have = [num for num, _, _ in conn.execute(sql.select_steps, (run_id,))]
+            raise StoreCorrupted(f"run {run_id!r} records {n} committed steps but the store holds steps "
+                                 f"{_ranges(have)}: the file is damaged; nothing of it was loaded")
+    steps = _steps(sql, conn, run_id, first, n, every=not tail)
     calls = []
-    for s, c, text, crc in conn.execute(sql.select_calls, (run_id,)):
+    rows = conn.execute(sql.select_calls_from, (run_id, n)) if tail else conn.execute(sql.select_calls, (run_id,))
+    for s, c, text, crc in rows:
         what = f"run {run_id!r} journal row {s!r}/{c!r}"
         call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
         if (call.step, call.call) != (s, c):
@@ -1047,7 +1130,9 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
     # The record is written once, at delivery; the consuming step is the column, set in its commit (and
     # covered by the row's checksum from then on).
     inbox = []
-    for seq, text, crc, consumed in conn.execute(sql.select_inbox, (run_id,)):
+    events: Any = conn.execute(sql.select_inbox, (run_id,)) if not tail else [
+        (seq, text, crc, None) for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)).fetchall()]
+    for seq, text, crc, consumed in events:
         what = f"run {run_id!r} inbox event {seq!r}"
         if consumed is not None and not (_whole(consumed) and consumed < n + 1):
             raise StoreCorrupted(f"{what}: it was consumed by step {consumed!r}, which the run does not have: the "
@@ -1057,17 +1142,14 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
         if event.seq != seq:
             raise StoreCorrupted(f"{what}: its record is event {event.seq}'s: the file is damaged")
         inbox.append(event.model_copy(update={"consumed_step": consumed}))
-    for name, found, recorded in (("journal rows", len(calls), counts[0]), ("inbox events", len(inbox), counts[1])):
-        if found != recorded:
-            raise StoreCorrupted(f"run {run_id!r} records {recorded} {name} but the store finds {found}: the "
-                                 "file is damaged (an index no longer finds a row); nothing of it was loaded")
+    rows_found = (found[1], found[2]) if tail else (len(calls), len(inbox))
+    for name, got, recorded in (("journal rows", rows_found[0], counts[0]), ("inbox events", rows_found[1], counts[1])):
+        if got != recorded:
+            raise StoreCorrupted(f"run {run_id!r} records {recorded} {name} but the store finds {got}: the file is "
+                                 "damaged (an index no longer finds a row); nothing of it was loaded")
     intents = conn.intents if isinstance(conn, _Connection) else None
     if intents is not None:
-        calls = intents.restore(run_id, calls)
-    snap = conn.execute(sql.select_snapshot, (run_id, at)).fetchone()
-    if snap is None or not _whole(snap[0]) or snap[0] > at:
-        raise StoreCorrupted(f"run {run_id!r} has no snapshot at or before step {at}: the file is damaged; "
-                             "nothing of it was loaded")
+        calls = intents.restore(run_id, calls, n if tail else 0)
     if run.parent_step is not None and at >= run.parent_step > snap[0]:
         raise StoreCorrupted(f"run {run_id!r} was forked at step {run.parent_step} but the store finds no "
                              "snapshot there: the file is damaged; nothing of it was loaded")
@@ -1078,11 +1160,36 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
         raise StoreCorrupted(f"{what}: the stored record is not JSON; nothing of it was loaded") from None
     if not isinstance(context, dict):
         raise StoreCorrupted(f"run {run_id!r}: its snapshot at step {snap[0]} is not a JSON object")
-    for s in steps[snap[0]:at]:
-        context.update(s.delta)
-        for f in s.unset:
-            context.pop(f, None)
-    return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at)
+    for s in steps[snap[0] - first:at - first]:
+        rebuild(context, s, run_id)
+    return StoredRun(run=run, steps=steps, calls=calls, inbox=inbox, context=context, at_step=at,
+                     snapshot_at=snap[0], first_step=first)
+
+
+def _taken(sql: Dialect, conn: sqlite3.Connection, run: RunRecord) -> StoredRun:
+    """A claimed run without its history or context: its record, the journal rows of its next step and
+    the events not consumed (what a claim adds to the tail its claimer loaded before)."""
+    n = run.next_step
+    run_id = run.run_id
+    calls = []
+    for s, c, text, crc in conn.execute(sql.select_calls_from, (run_id, n)):
+        what = f"run {run_id!r} journal row {s!r}/{c!r}"
+        call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
+        if (call.step, call.call) != (s, c):
+            raise StoreCorrupted(f"{what}: its record is row {call.step}/{call.call}'s: the file is damaged")
+        calls.append(call)
+    intents = conn.intents if isinstance(conn, _Connection) else None
+    if intents is not None:
+        calls = intents.restore(run_id, calls, n)
+    inbox = []
+    for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)).fetchall():
+        what = f"run {run_id!r} inbox event {seq!r}"
+        event = _parse(InboxRecord, text, crc, what, kind="inbox", run_id=run_id, key=_inbox_key(seq, None))
+        if event.seq != seq:
+            raise StoreCorrupted(f"{what}: its record is event {event.seq}'s: the file is damaged")
+        inbox.append(event.model_copy(update={"consumed_step": None}))
+    return StoredRun(run=run, steps=[], calls=calls, inbox=inbox, context={}, at_step=n, snapshot_at=n,
+                     first_step=n)
 
 
 def _claimed(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, *, restarts: int, status: RunStatus

@@ -832,6 +832,48 @@ class StoreConformance:
 
         rebuild()
 
+    def test_the_tail_holds_what_continuing_a_run_needs(self, store: Store) -> None:
+        """``load_tail`` gives the context, record, next step's journal rows and unconsumed events that
+        ``load`` gives, and the steps from its ``first_step`` on; ``load_steps`` gives any range of the
+        steps; ``claim_tail`` claims as ``claim`` does (the epoch raised), with at least the next step's
+        journal rows and the unconsumed events (Hypothesis)."""
+
+        @settings(max_examples=15, deadline=None, database=None)
+        @given(steps=st.lists(st.tuples(st.dictionaries(_fields, _json, max_size=3),
+                                        st.lists(_fields, max_size=2, unique=True)), min_size=1, max_size=12),
+               every=st.integers(min_value=1, max_value=5), cut=st.integers(min_value=0, max_value=12),
+               events=st.integers(min_value=0, max_value=2))
+        def tail(steps: list[tuple[dict[str, Any], list[str]]], every: int, cut: int, events: int) -> None:
+            run = _Run(store, f"tail-{next(_ids)}", _Clock(), context={"a": 1})
+            run.create()
+            for i, (delta, unset) in enumerate(steps):
+                run.commit(delta=delta, unset=[f for f in unset if f not in delta], snapshot=(i + 1) % every == 0)
+            for i in range(events):
+                run.deliver("go", {"i": i})
+            whole = run.load()
+            got = _wait(store.load_tail(run.run_id))
+            assert isinstance(got, StoredRun)
+            assert got.run == whole.run
+            assert _same(got.context, whole.context)
+            first = got.first_step
+            assert 0 <= first <= got.snapshot_at <= len(steps) or first == 0
+            assert got.steps == whole.steps[first:], "the tail's steps are the run's from first_step on"
+            n = whole.run.next_step
+            assert [c for c in got.calls if c.step >= n] == [c for c in whole.calls if c.step >= n]
+            assert ([e for e in got.inbox if e.consumed_step is None]
+                    == [e for e in whole.inbox if e.consumed_step is None])
+            k = min(cut, len(steps))
+            assert _wait(store.load_steps(run.run_id, 0, k)) == whole.steps[:k]
+            assert _wait(store.load_steps(run.run_id, k, len(steps))) == whole.steps[k:]
+            claimed = _wait(store.claim_tail(run.run_id))
+            assert claimed.run.epoch == whole.run.epoch + 1
+            assert claimed.run.next_step == n
+            assert [e.seq for e in claimed.inbox if e.consumed_step is None] == [
+                e.seq for e in whole.inbox if e.consumed_step is None]
+            assert run.load().run.epoch == claimed.run.epoch
+
+        tail()
+
     def test_load_at_a_step_out_of_range_is_a_value_error(self, store: Store) -> None:
         """load(at_step=) outside 0..next_step raises ValueError (a non-integer: ValueError or
         TypeError); 0 and next_step themselves load."""
