@@ -141,6 +141,7 @@ class Config:
 
     lone_repeats: int
     lone_sample_seconds: float
+    lone_least_runs: int
     conc_runs: int
     conc_repeats: int
     storage_runs: int
@@ -154,11 +155,13 @@ class Config:
     """Section 9: a figure stops taking rounds once its resumes took this long in total (said in its row)."""
 
 
-FULL = Config(lone_repeats=7, lone_sample_seconds=0.3, conc_runs=CONCURRENT, conc_repeats=5, storage_runs=20,
+FULL = Config(lone_repeats=7, lone_sample_seconds=0.3, lone_least_runs=2, conc_runs=CONCURRENT, conc_repeats=5,
+              storage_runs=20,
               bytes_steps=(100, 200), bytes_rounds=5, resume_after=(200, 2000), resume_rounds=5,
               resume_cap_seconds=60.0)
-QUICK = Config(lone_repeats=2, lone_sample_seconds=0.05, conc_runs=20, conc_repeats=1, storage_runs=3,
-               bytes_steps=(10, 20), bytes_rounds=1, resume_after=(20, 200), resume_rounds=1,
+QUICK = Config(lone_repeats=2, lone_sample_seconds=0.05, lone_least_runs=1, conc_runs=10, conc_repeats=1,
+               storage_runs=3,
+               bytes_steps=(10, 20), bytes_rounds=1, resume_after=(10, 50), resume_rounds=1,
                resume_cap_seconds=10.0)
 
 
@@ -234,7 +237,7 @@ def ours_workflow(steps: int = STEPS, probe: Probe | None = None,
     done = wf.terminal("done")
     wf.terminal("failed", outcome="failure")
     below = guard(lambda ctx: ctx.counter < steps, name=f"counter < {steps}", reads=["counter"])
-    wf.transition(work, work, guard=below, max_traversals=steps - 1)
+    wf.transition(work, work, guard=below, max_traversals=max(1, steps - 1))
     wf.transition(work, done, default=True)
     return wf.compile()
 
@@ -459,15 +462,15 @@ class StepVariant:
     runs: int = 1
     samples: list[float] = field(default_factory=list)
 
-    def calibrate(self, seconds: float) -> None:
-        """Pick ``runs`` so that one sample takes about ``seconds`` (after a warm-up)."""
-        self.timer(2)
-        probe = 3
+    def calibrate(self, seconds: float, least: int = 2) -> None:
+        """Pick ``runs`` (at least ``least``) so that one sample takes about ``seconds`` (after a warm-up)."""
+        self.timer(least)
+        probe = least + 1
         took = self.timer(probe)
         while took < 0.02:
             probe *= 4
             took = self.timer(probe)
-        self.runs = max(2, round(seconds / (took / probe)))
+        self.runs = max(least, round(seconds / (took / probe)))
 
     def sample(self) -> None:
         gc.collect()
@@ -594,7 +597,7 @@ def section_lone(cfg: Config, dirs: Dirs, loop: asyncio.AbstractEventLoop) -> di
                 dirs.db(f"ours-append-{n}"), STEPS, workload=Workload.APPEND)), hist)))
     try:
         for v in variants:
-            v.calibrate(cfg.lone_sample_seconds)
+            v.calibrate(cfg.lone_sample_seconds, cfg.lone_least_runs)
         for r in range(cfg.lone_repeats):
             for v in rotated(variants, r):
                 v.sample()
@@ -722,7 +725,7 @@ def section_concurrent(cfg: Config, dirs: Dirs, loop: asyncio.AbstractEventLoop,
         if (why := skipped(k)) is not None:
             print(f"  {why}")
     for k in kinds:  # warm up: imports, caches, first connections
-        loop.run_until_complete(concurrent_once(k, dirs.db(f"warm-{k}"), history, min(n, 10), workload))
+        loop.run_until_complete(concurrent_once(k, dirs.db(f"warm-{k}"), history, max(2, n // 10), workload))
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     commits: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(cfg.conc_repeats):
@@ -1075,11 +1078,12 @@ def prepare_resume(kind: str, path: str, history: list[dict[str, str]], after: i
     return ResumeCell(kind, len(history), after, path, resume)
 
 
-def resume_once(cell: ResumeCell, dirs: Dirs) -> None:
+def resume_once(cell: ResumeCell, dirs: Dirs, *, sync: bool = True) -> None:
     """Copy the template, then time the resume on the copy (copy and sync outside the timing)."""
     path = dirs.db(f"resume-{cell.kind}-{cell.history}-{cell.after}")
     shutil.copyfile(cell.template, path)
-    os.sync()  # the copy's dirty pages reach the disk now, not during the timing
+    if sync:
+        os.sync()  # the copy's dirty pages reach the disk now, not during the timing
     gc.collect()
     t0 = time.perf_counter()
     counter, length, close = cell.resume(path)
@@ -1199,6 +1203,18 @@ def print_table(rows: list[Row]) -> None:
     print(f"-- {sum(met)} of {len(met)} targets met")
 
 
+def timed() -> Callable[[str], None]:
+    """``lap(what)`` prints how long ``what`` took since the previous lap."""
+    last = [time.perf_counter()]
+
+    def lap(what: str) -> None:
+        now = time.perf_counter()
+        print(f"  ({what} took {now - last[0]:.1f} s)")
+        last[0] = now
+
+    return lap
+
+
 def versions() -> str:
     found = []
     for dist in ("langgraph", "langgraph-checkpoint-sqlite", "apache-burr", "aiosqlite", "pydantic"):
@@ -1230,15 +1246,23 @@ def main(argv: list[str] | None = None) -> int:
     dirs = Dirs(root)
     try:
         notes = section_durability(dirs)
+        lap = timed()
         by = section_lone(cfg, dirs, loop)
         rows = lone_rows(by)
-        rows += section_concurrent(cfg, dirs, loop, statistics.median(by[FLOOR]))
+        lap("sections 1-2 and 6's timing")
+        floor = statistics.median(by[FLOOR])
+        rows += section_concurrent(cfg, dirs, loop, floor)
+        lap("section 3")
         rows += section_overhead(by)
         rows += section_storage(cfg, dirs)
+        lap("section 5")
         rows += section_lone_appending(by)
-        rows += section_concurrent(cfg, dirs, loop, statistics.median(by[FLOOR]), Workload.APPEND)
+        rows += section_concurrent(cfg, dirs, loop, floor, Workload.APPEND)
+        lap("section 7")
         rows += section_bytes(cfg, dirs)
+        lap("section 8")
         rows += section_resume(cfg, dirs)
+        lap("section 9")
     finally:
         loop.close()
         if not args.keep:
