@@ -404,7 +404,9 @@ class BurrSync:
                  synchronous: str = "FULL") -> None:
         self.steps, self.workload = steps, workload
         self.actions = burr_actions(probe, is_async=False, workload=workload)
-        self.conn = (connect(path, journal_mode=journal_mode, synchronous=synchronous)
+        # threads=True: Burr's SQLitePersister.__del__ closes the connection from whichever thread
+        # collects it, which sqlite3 refuses (a printed "Exception ignored") for a same-thread connection.
+        self.conn = (connect(path, journal_mode=journal_mode, threads=True, synchronous=synchronous)
                      if path is not None else None)
         self.persister = None
         if path is not None and self.conn is not None:
@@ -437,7 +439,7 @@ def burr_resume(path: str, steps: int, actions: tuple[Any, Any], app_id: str) ->
     """Resume Burr application ``app_id`` stored at ``path``: a new connection and persister,
     ``initialize_from(..., resume_at_next_action=True)``, then run to the end. Returns the final
     counter, the history's length and a closer."""
-    conn = connect(path, journal_mode="wal")
+    conn = connect(path, journal_mode="wal", threads=True)  # threads: see BurrSync
     persister = SQLitePersister(db_path=path, connection=conn)
     app = (burr_graph(steps, actions)
            .initialize_from(persister, resume_at_next_action=True, default_state={}, default_entrypoint="work")

@@ -2,18 +2,32 @@
 
 Run it: ``make bench-durable`` (it creates ``.venv-bench`` with the peers, LangGraph 1.2 and Burr
 0.43, which never become dependencies of statemachine-agent), or
-``.venv-bench/bin/python benchmarks/bench_durable.py [--quick] [--dir DIR] [--keep]``. About three
-minutes on 2 cores; ``--quick`` for a smoke run of a few seconds per section. Without the peers (as
-under ``make bench``) or without ``statemachine_agent.stores``, the missing systems are skipped
-with a printed line, never replaced by a number.
+``.venv-bench/bin/python benchmarks/bench_durable.py [--quick] [--dir DIR] [--keep]``. A full run
+takes about 20-25 minutes on 2 cores (most of it section 9 preparing and resuming runs of 2,000
+steps, and section 7) and needs a few GB of free disk under ``--dir``; ``--quick`` is a smoke run
+of well under a minute on a quiet disk. Without the peers (as under ``make bench``) or without
+``statemachine_agent.stores``, the missing systems are skipped with a printed line, never replaced
+by a number.
 
-The workflow (the same for every system)
-----------------------------------------
-A state/context of ``counter: int``, ``note: str`` and ``history: list[dict]`` (1,000 chat messages
-of about 100 characters, made at the start and never written by a step). ``work`` adds 1 to
-``counter`` and sets ``note = f"step {counter}"``, looping back to itself while ``counter < 20``,
-then the run ends in ``done``: 20 checkpointed steps per run. Ours is :func:`ours_workflow`;
-LangGraph's and Burr's are in ``benchmarks/_peers.py``.
+The workloads (the same for every system)
+-----------------------------------------
+A state/context of ``counter: int``, ``note: str`` and ``history: list[dict]`` (chat messages
+``{"role", "content"}``). ``work`` adds 1 to ``counter`` and loops back to itself while
+``counter < steps``, then the run ends in ``done``; every step is committed. Ours is
+:func:`ours_workflow`; LangGraph's and Burr's are in ``benchmarks/_peers.py``. Every figure says
+which condition it holds under:
+
+* **history never written by a step** (sections 2-5; the favourable condition): the history (1,000
+  messages of about 100 characters, or 10) is made at the start and ``work`` only sets
+  ``note = f"step {counter}"``. A step then stores a few bytes whatever the history holds.
+* **appending chat agent** (sections 6-9; issue 17's targets): every step appends one message of
+  100-300 characters (``_peers.message``) to a history that starts at 10 or 1,000 messages. Ours:
+  ``ctx.history.append(...)`` in place, in a state declaring ``writes=["counter", "history"]``.
+  LangGraph: ``history: Annotated[list[dict], operator.add]`` and the node returns
+  ``{"history": [msg]}``, the usual way; and the same on its beta ``DeltaChannel``
+  (``langgraph.channels.delta``, since langgraph 1.1: it stores each step's write and a snapshot
+  every 100 updates instead of the whole list; skipped with a line when the installed langgraph
+  has none). Burr: ``state.update(counter=...).append(history=msg)``.
 
 Equal durability
 ----------------
@@ -35,36 +49,63 @@ after its fsync) and commits each step before the next step starts:
 
 Section 0 checks this at run time: it reads ``journal_mode`` and ``synchronous`` back from each
 system's own connection, counts each peer's commits per step, and, from inside each step, reads
-the database through a second connection to see that the previous step's commit is already there.
+the database through a second connection to see that the previous step's commit is already there
+(for the first workload, and for the appending one on DeltaChannel and ours; the other appending
+variants use the same connections and calls as their first-workload twins).
 See ``_peers.py`` for where each peer's source does what.
 
 What is measured
 ----------------
 1. **The fsync floor**: raw ``sqlite3``, WAL, ``synchronous=FULL``, one small INSERT + COMMIT per
    step. A lone durable run cannot beat one fsync per step.
-2. **One run alone**, per step: LangGraph ``graph.invoke``, Burr ``app.run``, ours
-   ``compiled.run_sync`` (and ``await compiled.run``), each with the 1,000-message history (and,
-   as information, with 10 messages), as ms/step and as a ratio to the floor. A figure is one
-   run's wall time over its 20 steps, run start included; what is built before a run (contexts,
-   inputs, Burr's ``ApplicationBuilder.build()``) is left out.
-3. **100 concurrent runs** in one event loop, in steps per second: LangGraph ``ainvoke`` on one
-   ``AsyncSqliteSaver`` (100 threads), Burr ``arun`` on one ``AsyncSQLitePersister`` (its async
-   persister; Burr shares one connection between applications), ours ``compiled.run`` on one
-   ``SQLiteStore``, each gathered with ``asyncio.gather``. Targets: at least 5x LangGraph and 2x Burr.
+2. **One run alone**, history never written, per step: LangGraph ``graph.invoke``, Burr
+   ``app.run``, ours ``compiled.run_sync`` (and ``await compiled.run``), each with the
+   1,000-message history (and, as information, with 10 messages), as ms/step and as a ratio to the
+   floor. A figure is one run's wall time over its 20 steps, run start included; what is built
+   before a run (contexts, inputs, Burr's ``ApplicationBuilder.build()``) is left out.
+3. **100 concurrent runs**, history never written, in one event loop, in steps per second:
+   LangGraph ``ainvoke`` on one ``AsyncSqliteSaver`` (100 threads), Burr ``arun`` on one
+   ``AsyncSQLitePersister`` (its async persister; Burr shares one connection between
+   applications), ours ``compiled.run`` on one ``SQLiteStore``, each gathered with
+   ``asyncio.gather``. Targets (of an earlier issue): at least 5x LangGraph and 2x Burr.
 4. **The overhead of durability**: ours with a store against ours in memory, per step (and the
    peers with and without their checkpointer, as information). Timed with section 2.
-5. **Storage per step**: bytes the process hands to ``write()`` (``/proc/self/io`` wchar: WAL
-   frames, journals, checkpoints) and bytes the database keeps (its size after
-   ``wal_checkpoint(TRUNCATE)``), with a 10- and a 1,000-message history. Runs of 20 and of 10 steps
-   separate a run's fixed cost (storing its first context) from the cost of one more step: that
-   marginal cost must not grow with the history when no step writes it.
+5. **Storage per step**, history never written: bytes the process hands to ``write()``
+   (``/proc/self/io`` wchar: WAL frames, journals, checkpoints) and bytes the database keeps (its
+   size after ``wal_checkpoint(TRUNCATE)``), with a 10- and a 1,000-message history. Runs of 20 and
+   of 10 steps separate a run's fixed cost (storing its first context) from the cost of one more step.
+6. **Appending, one run alone**: 20 committed steps from a history of 10 and of 1,000 messages, ms
+   per step, timed in the same rotation as sections 1-2. Target: ours within 1.5x the floor at both.
+7. **Appending, 100 concurrent runs** (as section 3, history starting at 1,000 messages). Target:
+   ours at least 3x LangGraph's and 3x Burr's steps/s (DeltaChannel as information).
+8. **Appending, bytes per step**: written (wchar) and kept, as (a run of 200 steps - a run of 100)
+   / 100, so a run's first context is not counted and snapshots (ours every 50 steps, DeltaChannel
+   every 100 updates) are amortized. Targets: ours flat (1,000 messages within 1.2x of 10) and at
+   most LangGraph's DeltaChannel, for both figures.
+9. **Resume after 200 and after 2,000 committed steps**, history starting at 10 and 1,000 messages.
+   A run is left as a killed process leaves it, with one step to go: ours and LangGraph's step
+   raises ``_peers.Crash`` (a ``BaseException``: the runner undoes the step in memory and lets it
+   through, nothing is written) at ``counter == K``; Burr's application is stepped K times with
+   ``app.step()`` and dropped. Each such file is prepared once per benchmark run (outside the
+   timing, with ``synchronous=NORMAL``, which changes how fast it is written, not what it holds)
+   and copied before each round, so every round resumes the same bytes. *Resume*, the same for
+   all: open a new connection and store/saver/persister object on the copy (nothing cached), load
+   the run, run and commit its one step left (the run then ends): ours
+   ``compiled.resume_sync(run_id, store=SQLiteStore(path))``; LangGraph ``graph.invoke(None,
+   config)`` on the compiled graph re-bound to a new ``SqliteSaver`` (``graph.copy``); Burr
+   ``ApplicationBuilder...initialize_from(persister, resume_at_next_action=True)...build()`` then
+   ``run(halt_before=["done"])``. Targets: ours after 200 at most LangGraph's and Burr's after
+   200, and ours after 2,000 at most 1.5x ours after 200. A figure whose resumes take more than a
+   minute in total stops taking rounds; its row says how many it got.
 
 How to read it
 --------------
-Machines are noisy; the ratios are what to compare. Sections 1, 2 and 4 time every variant back to
-back in rotating order, several repeats, and a ratio is the median of the per-repeat ratios (as in
-``bench_runner.py``); section 3 does the same per repeat. Each line prints median (min, max) over
-repeats. The final table lists each figure, its baseline, the ratio and the target.
+Machines are noisy; the ratios are what to compare. Every section measures its variants back to
+back in rotating order over several rounds (at least 5 for sections 6-9), and a ratio is the
+median of the per-round ratios (as in ``bench_runner.py``), printed with its spread (min, max over
+rounds). The final table groups the figures by the condition they hold under, each with its
+baseline, ratio, spread, target and PASS/FAIL. The peers' own ratios (resume after 2,000 over
+200, the DeltaChannel rows) are information.
 """
 
 from __future__ import annotations
@@ -159,7 +200,7 @@ FULL = Config(lone_repeats=7, lone_sample_seconds=0.3, lone_least_runs=2, conc_r
               storage_runs=20,
               bytes_steps=(100, 200), bytes_rounds=5, resume_after=(200, 2000), resume_rounds=5,
               resume_cap_seconds=60.0)
-QUICK = Config(lone_repeats=2, lone_sample_seconds=0.05, lone_least_runs=1, conc_runs=10, conc_repeats=1,
+QUICK = Config(lone_repeats=2, lone_sample_seconds=0, lone_least_runs=1, conc_runs=5, conc_repeats=1,
                storage_runs=3,
                bytes_steps=(10, 20), bytes_rounds=1, resume_after=(10, 50), resume_rounds=1,
                resume_cap_seconds=10.0)
@@ -424,6 +465,9 @@ def section_durability(dirs: Dirs) -> list[str]:
         ("burr", "Burr SQLitePersister (its default journal)",
          lambda p, probe: _peers.BurrSync(p, STEPS, probe, journal_mode=None)),
         ("ours", "ours SQLiteStore", lambda p, probe: Ours(p, STEPS, probe)),
+        ("delta", "LangGraph DeltaChannel, appending",
+         lambda p, probe: appending_system("delta", p, STEPS, probe)),
+        ("ours", "ours SQLiteStore, appending", lambda p, probe: appending_system("ours", p, STEPS, probe)),
     ]
     for what, label, make in makers:
         if (why := skipped(what)) is not None:
@@ -463,8 +507,12 @@ class StepVariant:
     samples: list[float] = field(default_factory=list)
 
     def calibrate(self, seconds: float, least: int = 2) -> None:
-        """Pick ``runs`` (at least ``least``) so that one sample takes about ``seconds`` (after a warm-up)."""
+        """Pick ``runs`` (at least ``least``) so that one sample takes about ``seconds`` (after a warm-up).
+        ``seconds`` 0: one warm-up run, then samples of ``least`` runs (the smoke run)."""
         self.timer(least)
+        if seconds <= 0:
+            self.runs = least
+            return
         probe = least + 1
         took = self.timer(probe)
         while took < 0.02:
