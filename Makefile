@@ -76,7 +76,9 @@ clean:
 
 # The durability benchmark against LangGraph and Burr (benchmarks/bench_durable.py). The peers live
 # only in their own venv, .venv-bench, so they never become dependencies of statemachine-agent;
-# installer chatter goes to .venv-bench/install.log. BENCH_ARGS=--quick for a smoke run.
+# installer chatter goes to .venv-bench/install.log. LangGraph 1.2 brings the beta DeltaChannel the
+# appending sections compare with. A full run takes about 20-25 min and a few GB of temporary disk
+# (BENCH_ARGS="--dir DIR" puts it elsewhere); BENCH_ARGS=--quick for a smoke run of well under a minute.
 BENCH_VENV  ?= .venv-bench
 BENCH_PEERS := 'langgraph==1.2.*' langgraph-checkpoint-sqlite aiosqlite 'apache-burr==0.43.*'
 .PHONY: bench-durable

@@ -4,9 +4,27 @@ Neither package is a dependency of statemachine-agent: they live only in ``.venv
 bench-durable`` creates it). Without them this module still imports; ``LANGGRAPH_MISSING`` and
 ``BURR_MISSING`` then say why, and ``bench_durable.py`` prints that instead of a number.
 
-The workflow, for both: a state of ``counter: int``, ``note: str`` and ``history: list[dict]`` (the
-history is set at the start and never written by a step); node/action ``work`` adds 1 to ``counter``
-and writes ``note``, looping back to itself while ``counter < steps``, then the run ends.
+Two workloads, the same for every system (``Workload``):
+
+* ``READ`` (the favourable condition: the history is never written by a step): a state of
+  ``counter: int``, ``note: str`` and ``history: list[dict]`` set at the start; node/action
+  ``work`` adds 1 to ``counter`` and writes ``note``, looping back to itself while
+  ``counter < steps``, then the run ends.
+* ``APPEND`` (the appending chat agent): ``work`` adds 1 to ``counter`` and appends one message
+  (:func:`message`, a ``{"role", "content"}`` dict of 100-300 characters) to ``history``. LangGraph:
+  ``history: Annotated[list[dict], operator.add]``, the usual reducer channel, node returns
+  ``{"history": [msg]}``. ``DELTA`` is the same on LangGraph's beta ``DeltaChannel``
+  (``Annotated[list[dict], DeltaChannel(append_batch)]``, langgraph >= 1.1; snapshot every 100
+  updates, its default), which stores each step's write instead of the whole list. Burr:
+  ``state.update(counter=...).append(history=msg)``.
+
+Resume (``bench_durable.py`` section 9): a run is left after ``K`` committed steps as a killed process
+leaves it: LangGraph's and ours' step raises :class:`Crash` (a ``BaseException``, which neither
+routes nor records) at ``counter == K``; Burr's application is stepped ``K`` times with
+``app.step()`` and dropped (a ``BaseException`` would reach Burr's ``finally``, which saves one more
+row). Resuming opens a new connection and saver/persister on the file and runs the one step left:
+``graph.invoke(None, config)`` on the graph re-bound to the new saver (``graph.copy``), and Burr's
+``ApplicationBuilder.initialize_from(persister, resume_at_next_action=True)...build().run(...)``.
 
 Durability, made equal to ours (WAL, ``PRAGMA synchronous=FULL``, each step's commit on disk before
 the next step starts) and checked at run time by ``bench_durable.py`` (section 0). Line numbers are
@@ -39,10 +57,12 @@ Every connection handed to a peer is a :class:`CountingConnection`, which counts
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 Probe = Callable[[int], None]
 """Called by ``work`` with the counter before the step's write (the durability check uses it)."""
@@ -58,6 +78,13 @@ else:
     LANGGRAPH_MISSING = None
 
 try:
+    from langgraph.channels.delta import DeltaChannel
+except ImportError as exc:  # pragma: no cover - langgraph < 1.1, or none
+    DELTA_MISSING: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    DELTA_MISSING = None
+
+try:
     import aiosqlite  # Burr's async persister needs it too
     from burr.core import ApplicationBuilder, State, action, default, expr
     from burr.core.persistence import SQLitePersister
@@ -68,6 +95,38 @@ else:
     BURR_MISSING = None
 
 _ids = itertools.count()
+
+
+class Workload(enum.Enum):
+    """What a step does to the history (see the module's docstring)."""
+
+    READ = "read"
+    """Never written by a step: the favourable condition."""
+    APPEND = "append"
+    """One message appended per step (LangGraph: a list channel with an appending reducer)."""
+    DELTA = "delta"
+    """As APPEND, on LangGraph's beta ``DeltaChannel`` (LangGraph only; others treat it as APPEND)."""
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-step: not an ``Exception``, so no system routes or records it."""
+
+
+def message(i: int) -> dict[str, str]:
+    """The ``i``-th appended chat message: 100 to 300 characters of content, alternating roles."""
+    filler = "the assistant considers the question, looks up the sources and answers in a few plain lines. "
+    size = 100 + (i * 37) % 201
+    return {"role": "assistant" if i % 2 else "user", "content": (f"message {i}: " + filler * 4)[:size]}
+
+
+def crash_at(k: int) -> Probe:
+    """A probe that raises :class:`Crash` at the start of the step that finds ``counter == k``."""
+
+    def probe(counter: int) -> None:
+        if counter == k:
+            raise Crash
+
+    return probe
 
 
 def unique(prefix: str) -> str:
@@ -86,12 +145,16 @@ class CountingConnection(sqlite3.Connection):
         super().commit()
 
 
-def connect(path: str, *, journal_mode: str | None, threads: bool = False) -> CountingConnection:
-    """A counting connection with ``synchronous=FULL`` and, if given, ``journal_mode``."""
+def connect(path: str, *, journal_mode: str | None, threads: bool = False,
+            synchronous: str = "FULL") -> CountingConnection:
+    """A counting connection with ``synchronous=FULL`` and, if given, ``journal_mode``.
+
+    ``synchronous="NORMAL"`` only to prepare the long runs that section 9 resumes (outside the timing).
+    """
     conn = sqlite3.connect(path, check_same_thread=not threads, factory=CountingConnection)
     if journal_mode is not None:
         conn.execute(f"PRAGMA journal_mode={journal_mode}")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
@@ -126,23 +189,59 @@ class LGState(TypedDict):
     history: list[dict[str, str]]
 
 
-def langgraph_graph(steps: int, checkpointer: Any, probe: Probe | None = None) -> Any:
+class LGAppendState(TypedDict):
+    counter: int
+    history: Annotated[list[dict[str, str]], operator.add]
+
+
+def append_batch(state: list[dict[str, str]], writes: Sequence[list[dict[str, str]]]) -> list[dict[str, str]]:
+    """``DeltaChannel``'s batch reducer: each write is a list of messages, appended in order
+    (batching-invariant, as the channel requires)."""
+    out = list(state)
+    for write in writes:
+        out.extend(write)
+    return out
+
+
+if DELTA_MISSING is None:
+    class LGDeltaState(TypedDict):
+        counter: int
+        history: Annotated[list[dict[str, str]], DeltaChannel(append_batch)]
+
+
+def langgraph_graph(steps: int, checkpointer: Any, probe: Probe | None = None,
+                    workload: Workload = Workload.READ) -> Any:
     """``work`` loops on itself while ``counter < steps``, then END."""
 
-    def work(state: LGState) -> dict[str, Any]:
+    def work(state: dict[str, Any]) -> dict[str, Any]:
         if probe is not None:
             probe(state["counter"])
         counter = state["counter"] + 1
-        return {"counter": counter, "note": f"step {counter}"}
+        if workload is Workload.READ:
+            return {"counter": counter, "note": f"step {counter}"}
+        return {"counter": counter, "history": [message(counter)]}
 
-    def route(state: LGState) -> str:
+    def route(state: dict[str, Any]) -> str:
         return "work" if state["counter"] < steps else END
 
-    graph = StateGraph(LGState)
+    schema: Any = LGState
+    if workload is Workload.APPEND:
+        schema = LGAppendState
+    elif workload is Workload.DELTA:
+        if DELTA_MISSING is not None:
+            raise RuntimeError(f"langgraph's DeltaChannel is missing here: {DELTA_MISSING}")
+        schema = LGDeltaState
+    graph = StateGraph(schema)
     graph.add_node("work", work)
     graph.add_edge(START, "work")
     graph.add_conditional_edges("work", route, ["work", END])
     return graph.compile(checkpointer=checkpointer)
+
+
+def langgraph_inputs(workload: Workload, history: list[dict[str, str]], start: int) -> dict[str, Any]:
+    if workload is Workload.READ:
+        return {"counter": start, "note": "", "history": history}
+    return {"counter": start, "history": history}
 
 
 class LangGraphSync:
@@ -150,16 +249,18 @@ class LangGraphSync:
 
     name = "LangGraph"
 
-    def __init__(self, path: str | None, steps: int, probe: Probe | None = None) -> None:
-        self.steps = steps
-        self.conn = connect(path, journal_mode=None, threads=True) if path is not None else None
+    def __init__(self, path: str | None, steps: int, probe: Probe | None = None, *,
+                 workload: Workload = Workload.READ, synchronous: str = "FULL") -> None:
+        self.steps, self.workload = steps, workload
+        self.conn = (connect(path, journal_mode=None, threads=True, synchronous=synchronous)
+                     if path is not None else None)
         self.saver = SqliteSaver(self.conn) if self.conn is not None else None
         if self.saver is not None:
             self.saver.setup()  # WAL, as the saver does it; synchronous=FULL was set by connect()
-        self.graph = langgraph_graph(steps, self.saver, probe)
+        self.graph = langgraph_graph(steps, self.saver, probe, workload)
 
     def prepare(self, history: list[dict[str, str]], start: int, runs: int) -> list[tuple[Any, Any]]:
-        return [({"counter": start, "note": "", "history": history},
+        return [(langgraph_inputs(self.workload, history, start),
                  {"configurable": {"thread_id": unique("lg")}, "recursion_limit": self.steps + 10})
                 for _ in range(runs)]
 
@@ -183,23 +284,32 @@ class LangGraphSync:
             self.conn.close()
 
 
+def langgraph_resume(path: str, graph: Any, config: Any) -> tuple[int, int, Callable[[], None]]:
+    """Resume ``config``'s thread stored at ``path``: a new connection and saver, ``graph`` re-bound
+    to it, ``invoke(None, config)``. Returns the final counter, the history's length and a closer."""
+    conn = connect(path, journal_mode=None, threads=True)
+    graph = graph.copy(update={"checkpointer": SqliteSaver(conn)})
+    out = graph.invoke(None, config, durability="sync")
+    return int(out["counter"]), len(out["history"]), conn.close
+
+
 class LangGraphAsync:
     """``await graph.ainvoke``, ``AsyncSqliteSaver`` on one aiosqlite connection, ``durability="sync"``."""
 
     name = "LangGraph"
 
-    def __init__(self, conn: Any, saver: Any, graph: Any, steps: int) -> None:
-        self.conn, self.saver, self.graph, self.steps = conn, saver, graph, steps
+    def __init__(self, conn: Any, saver: Any, graph: Any, steps: int, workload: Workload) -> None:
+        self.conn, self.saver, self.graph, self.steps, self.workload = conn, saver, graph, steps, workload
 
     @classmethod
-    async def open(cls, path: str, steps: int) -> LangGraphAsync:
+    async def open(cls, path: str, steps: int, workload: Workload = Workload.READ) -> LangGraphAsync:
         conn = await aconnect(path, journal_mode=None)
         saver = AsyncSqliteSaver(conn)  # must be built inside the running loop
         await saver.setup()
-        return cls(conn, saver, langgraph_graph(steps, saver), steps)
+        return cls(conn, saver, langgraph_graph(steps, saver, workload=workload), steps, workload)
 
     async def prepare(self, history: list[dict[str, str]], start: int, runs: int) -> list[tuple[Any, Any]]:
-        return [({"counter": start, "note": "", "history": history},
+        return [(langgraph_inputs(self.workload, history, start),
                  {"configurable": {"thread_id": unique("lga")}, "recursion_limit": self.steps + 10})
                 for _ in range(runs)]
 
@@ -222,15 +332,23 @@ class LangGraphAsync:
 
 # --- Burr ----------------------------------------------------------------------------------------------
 
-def burr_actions(probe: Probe | None, is_async: bool) -> tuple[Any, Any]:
+def burr_actions(probe: Probe | None, is_async: bool, workload: Workload = Workload.READ) -> tuple[Any, Any]:
     """``work`` and the terminal ``done`` (never run: runs halt before it)."""
+    append = workload is not Workload.READ
+    writes = ["counter", "history"] if append else ["counter", "note"]
+
+    def advance(state: State) -> State:
+        if probe is not None:
+            probe(state["counter"])
+        counter = state["counter"] + 1
+        if append:
+            return state.update(counter=counter).append(history=message(counter))
+        return state.update(counter=counter, note=f"step {counter}")
+
     if is_async:
-        @action(reads=["counter"], writes=["counter", "note"])
+        @action(reads=["counter"], writes=writes)
         async def awork(state: State) -> State:
-            if probe is not None:
-                probe(state["counter"])
-            counter = state["counter"] + 1
-            return state.update(counter=counter, note=f"step {counter}")
+            return advance(state)
 
         @action(reads=[], writes=[])
         async def adone(state: State) -> State:
@@ -238,12 +356,9 @@ def burr_actions(probe: Probe | None, is_async: bool) -> tuple[Any, Any]:
 
         return awork, adone
 
-    @action(reads=["counter"], writes=["counter", "note"])
+    @action(reads=["counter"], writes=writes)
     def work(state: State) -> State:
-        if probe is not None:
-            probe(state["counter"])
-        counter = state["counter"] + 1
-        return state.update(counter=counter, note=f"step {counter}")
+        return advance(state)
 
     @action(reads=[], writes=[])
     def done(state: State) -> State:
@@ -252,17 +367,26 @@ def burr_actions(probe: Probe | None, is_async: bool) -> tuple[Any, Any]:
     return work, done
 
 
-def burr_builder(steps: int, history: list[dict[str, str]], start: int, *, app_id: str,
-                 actions: tuple[Any, Any], persister: Any) -> Any:
+def burr_graph(steps: int, actions: tuple[Any, Any]) -> Any:
+    """A builder with the actions and transitions only (no state, entrypoint or identifiers yet)."""
     work, done = actions
-    builder = (
-        ApplicationBuilder()
-        .with_actions(work=work, done=done)
-        .with_transitions(("work", "work", expr(f"counter < {steps}")), ("work", "done", default))
-        .with_state(counter=start, note="", history=history)
-        .with_entrypoint("work")
-        .with_identifiers(app_id=app_id)
-    )
+    return (ApplicationBuilder()
+            .with_actions(work=work, done=done)
+            .with_transitions(("work", "work", expr(f"counter < {steps}")), ("work", "done", default)))
+
+
+def burr_state(workload: Workload, history: list[dict[str, str]], start: int) -> dict[str, Any]:
+    if workload is Workload.READ:
+        return {"counter": start, "note": "", "history": history}
+    return {"counter": start, "history": history}
+
+
+def burr_builder(steps: int, history: list[dict[str, str]], start: int, *, app_id: str,
+                 actions: tuple[Any, Any], persister: Any, workload: Workload = Workload.READ) -> Any:
+    builder = (burr_graph(steps, actions)
+               .with_state(**burr_state(workload, history, start))
+               .with_entrypoint("work")
+               .with_identifiers(app_id=app_id))
     return builder.with_state_persister(persister) if persister is not None else builder
 
 
@@ -275,11 +399,15 @@ class BurrSync:
 
     name = "Burr"
 
-    def __init__(self, path: str | None, steps: int, probe: Probe | None = None,
-                 journal_mode: str | None = "wal") -> None:
-        self.steps = steps
-        self.actions = burr_actions(probe, is_async=False)
-        self.conn = connect(path, journal_mode=journal_mode) if path is not None else None
+    def __init__(self, path: str | None, steps: int, probe: Probe | None = None, *,
+                 journal_mode: str | None = "wal", workload: Workload = Workload.READ,
+                 synchronous: str = "FULL") -> None:
+        self.steps, self.workload = steps, workload
+        self.actions = burr_actions(probe, is_async=False, workload=workload)
+        # threads=True: Burr's SQLitePersister.__del__ closes the connection from whichever thread
+        # collects it, which sqlite3 refuses (a printed "Exception ignored") for a same-thread connection.
+        self.conn = (connect(path, journal_mode=journal_mode, threads=True, synchronous=synchronous)
+                     if path is not None else None)
         self.persister = None
         if path is not None and self.conn is not None:
             self.persister = SQLitePersister(db_path=path, connection=self.conn)
@@ -288,7 +416,7 @@ class BurrSync:
     def prepare(self, history: list[dict[str, str]], start: int, runs: int) -> list[Any]:
         """Built applications: one per run, as Burr is used (building is left out of the timing)."""
         return [burr_builder(self.steps, history, start, app_id=unique("burr"), actions=self.actions,
-                             persister=self.persister).build()
+                             persister=self.persister, workload=self.workload).build()
                 for _ in range(runs)]
 
     def run(self, app: Any) -> int:
@@ -307,25 +435,42 @@ class BurrSync:
             self.conn.close()
 
 
+def burr_resume(path: str, steps: int, actions: tuple[Any, Any], app_id: str) -> tuple[int, int, Callable[[], None]]:
+    """Resume Burr application ``app_id`` stored at ``path``: a new connection and persister,
+    ``initialize_from(..., resume_at_next_action=True)``, then run to the end. Returns the final
+    counter, the history's length and a closer."""
+    conn = connect(path, journal_mode="wal", threads=True)  # threads: see BurrSync
+    persister = SQLitePersister(db_path=path, connection=conn)
+    app = (burr_graph(steps, actions)
+           .initialize_from(persister, resume_at_next_action=True, default_state={}, default_entrypoint="work")
+           .with_identifiers(app_id=app_id)
+           .with_state_persister(persister)
+           .build())
+    _action, _result, state = app.run(halt_before=["done"])
+    return int(state["counter"]), len(state["history"]), conn.close
+
+
 class BurrAsync:
     """``await app.arun(halt_before=["done"])`` with one ``AsyncSQLitePersister`` shared by all apps."""
 
     name = "Burr"
 
-    def __init__(self, conn: Any, persister: Any, steps: int) -> None:
-        self.conn, self.persister, self.steps = conn, persister, steps
-        self.actions = burr_actions(None, is_async=True)
+    def __init__(self, conn: Any, persister: Any, steps: int, workload: Workload) -> None:
+        self.conn, self.persister, self.steps, self.workload = conn, persister, steps, workload
+        self.actions = burr_actions(None, is_async=True, workload=workload)
 
     @classmethod
-    async def open(cls, path: str, steps: int, journal_mode: str | None = "wal") -> BurrAsync:
+    async def open(cls, path: str, steps: int, journal_mode: str | None = "wal",
+                   workload: Workload = Workload.READ) -> BurrAsync:
         conn = await aconnect(path, journal_mode=journal_mode)
         persister = AsyncSQLitePersister(conn)
         await persister.initialize()
-        return cls(conn, persister, steps)
+        return cls(conn, persister, steps, workload)
 
     async def prepare(self, history: list[dict[str, str]], start: int, runs: int) -> list[Any]:
         return [await burr_builder(self.steps, history, start, app_id=unique("burra"),
-                                   actions=self.actions, persister=self.persister).abuild()
+                                   actions=self.actions, persister=self.persister,
+                                   workload=self.workload).abuild()
                 for _ in range(runs)]
 
     async def run(self, app: Any) -> int:
