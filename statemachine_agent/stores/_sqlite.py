@@ -616,7 +616,8 @@ class SQLiteStore(Store):
             for stmt in self._sql.schema.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+            if app != _APPLICATION_ID:
+                conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
             row = conn.execute(self._sql.select_version).fetchone()
             # No version: a new store, unless the tables were there before (then the row was lost).
             version = SCHEMA_VERSION if row is None and not tables else _version(None if row is None else row[0],
@@ -628,7 +629,10 @@ class SQLiteStore(Store):
             while version < SCHEMA_VERSION:
                 _MIGRATIONS[version](conn)
                 version += 1
-            conn.execute(self._sql.put_version, (str(version),))
+            # Written only when it changes: a transaction that writes nothing commits without an fsync
+            # (opening a store was a third of a resume's time).
+            if row is None or row[0] != str(version):
+                conn.execute(self._sql.put_version, (str(version),))
             if not memory:
                 conn.intents = _IntentLog(self.path, writable=True)
                 if row is None:  # a new store: an intent log left beside it is another store's
