@@ -151,3 +151,13 @@ def test_steps_behave_as_the_tuple_of_their_steps(earlier: int, later: int, inde
     lazy.append(Step(99, "s", "t", "x", "transition", 0.0, 0.0))  # type: ignore[arg-type]
     assert frozen == whole, "a frozen copy does not see the run's next steps"
     assert len(loads) <= 1, "the earlier steps are read once, shared by the copies"
+
+
+def test_opening_a_store_writes_nothing_when_it_is_current(tmp_path: Path) -> None:
+    """Opening an existing, current store commits no write (so no fsync: a resume opens one)."""
+    crashed(tmp_path / "runs.db", 5)
+    before = (tmp_path / "runs.db").read_bytes()
+    for _ in range(2):
+        with SQLiteStore(tmp_path / "runs.db"):
+            pass
+    assert (tmp_path / "runs.db").read_bytes() == before
