@@ -508,16 +508,28 @@ class TrackedDict(_MappingReads, MutableMapping[Any, Any]):
     def __delitem__(self, key: Any) -> None:
         t = self._sa_target
         old = t[key]
+        # Undone, the key must come back where it was: at the end only if it was the last one.
+        undo: tuple[Any, ...] = (t.__setitem__, key, old) if next(reversed(t)) == key else (_restore_dict, t, t.copy())
         if type(key) is str:
-            self._sa_origin.change(t, ("d", key), t.__setitem__, key, old)
+            self._sa_origin.change(t, ("d", key), *undo)
         else:
-            self._sa_origin.log(t.__setitem__, key, old)
+            self._sa_origin.log(*undo)
         del t[key]
 
     def clear(self) -> None:
         t = self._sa_target
         self._sa_origin.change(t, ("c",), _restore_dict, t, t.copy())
         t.clear()
+
+    def popitem(self) -> tuple[Any, Any]:
+        """The last key and its value, removed (a dict's order, not ``MutableMapping``'s first)."""
+        t = self._sa_target
+        if not t:
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(t))
+        value = self[key]
+        del self[key]
+        return key, value
 
     def __or__(self, other: Any) -> dict[Any, Any]:
         return {**thaw(self), **thaw(other)}

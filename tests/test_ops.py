@@ -76,7 +76,7 @@ class Key(str):
     __slots__ = ()
 
 
-Shown = Annotated[int, PlainSerializer(lambda v: f"#{v}", return_type=str)]
+Shown = Annotated[int, PlainSerializer(lambda v: str(v), return_type=str)]
 
 
 class Plain(Context):
@@ -98,15 +98,15 @@ class Plain(Context):
     si: set[int] = Field(default_factory=set)
 
     @field_serializer("fs")
-    def _fs(self, v: list[int]) -> list[int]:
-        return [x * 2 for x in v]
+    def _fs(self, v: list[int]) -> list[str]:
+        return [f"{x:+d}" for x in v]
 
 
 class Configured(Context):
     """Serialization settings of the context's config that its items' JSON depends on."""
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid", ser_json_timedelta="float",
-                              ser_json_bytes="base64", alias_generator=None)
+                              ser_json_bytes="base64", val_json_bytes="base64")
     i: int = 0
     td: list[datetime.timedelta] = Field(default_factory=list)
     lb: list[bytes] = Field(default_factory=list)
@@ -122,10 +122,11 @@ class Aliased(Context):
 
 
 class Encoded(Context):
-    """``json_encoders`` (deprecated, still honoured by pydantic 2): a datetime dumps as the encoder says."""
+    """``json_encoders`` (deprecated, still honoured by pydantic 2): a datetime dumps as the encoder says
+    (``+00:00``, where pydantic writes ``Z``)."""
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid",
-                              json_encoders={datetime.datetime: lambda d: f"at {d:%Y-%m-%d %H:%M}"})
+                              json_encoders={datetime.datetime: lambda d: d.isoformat()})
     i: int = 0
     when: list[datetime.datetime] = Field(default_factory=list)
     by: dict[str, datetime.datetime] = Field(default_factory=dict)
@@ -312,7 +313,7 @@ def build(ctx_type: type[Context], fields: list[str], script: Script, log: list[
     wf = Workflow(f"ops_{ctx_type.__name__}", ctx_type)
     crash = crash_at if crash_at is not None else set()
 
-    @wf.state(initial=True, reads=["i", *fields], writes=["i"], optional_writes=fields)
+    @wf.state(initial=True, reads=["i"], optional_reads=fields, writes=["i"], optional_writes=fields)
     def loop(ctx: Any) -> None:
         entry, fails = script[ctx.i]
         if ctx.i in crash:
@@ -375,15 +376,23 @@ def store_at(snapshot_every: int | None) -> Iterator[SQLiteStore]:
 
 
 def dumped(model: BaseModel) -> Any:
-    return json.loads(json.dumps(model.model_dump(mode="json")))
+    return canon(json.loads(json.dumps(model.model_dump(mode="json"))))
+
+
+def canon(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with its set's items sorted: a set's order is its hashes', whatever was stored."""
+    if isinstance(data.get("si"), list):
+        data["si"] = sorted(data["si"])
+    return data
 
 
 def check_steps(store: SQLiteStore, run_id: str, refs: list[Any]) -> None:
     stored = store.load(run_id).result()
     assert len(stored.steps) == len(refs) - 1
     for k, ref in enumerate(refs):
-        got = store.load(run_id, at_step=k).result().context
-        assert got == dumped(ref), f"step {k}: rebuilt {got} != whole {dumped(ref)}"
+        got = canon(store.load(run_id, at_step=k).result().context)
+        # As JSON text: the order of an object's keys is part of what storing it whole gives.
+        assert json.dumps(got) == json.dumps(dumped(ref)), f"step {k}: rebuilt {got} != whole {dumped(ref)}"
 
 
 CASES: dict[str, tuple[type[Context], list[str]]] = {
@@ -405,15 +414,15 @@ def _property(case: str, every: int | None, data: st.DataObject) -> None:
     with store_at(every) as store:
         result = build(ctx_type, fields, script, ran).run_sync(ctx_type(), store=store, run_id="r")
         assert ran == expected  # the views did what plain lists and dicts do, op by op
-        assert result.context == refs[-1]
+        assert json.dumps(dumped(result.context)) == json.dumps(dumped(refs[-1]))
         check_steps(store, "r", refs)
         again = build(ctx_type, fields, script, []).resume_sync("r", store=store)
         assert dumped(again.context) == dumped(refs[-1])
 
 
-@pytest.mark.parametrize("every", [None, 1, 3], ids=["adaptive", "every-1", "every-3"])
+@pytest.mark.parametrize("every", [None, 2], ids=["adaptive", "every-2"])
 @pytest.mark.parametrize("case", sorted(CASES))
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_every_step_rebuilds_what_storing_fields_whole_gives(case: str, every: int | None, data: st.DataObject) -> None:
     """For every kind of field and every mix of in-place changes, assignments and failed steps, the
