@@ -428,3 +428,225 @@ def test_every_step_rebuilds_what_storing_fields_whole_gives(case: str, every: i
     """For every kind of field and every mix of in-place changes, assignments and failed steps, the
     store rebuilds at each step the JSON the plain model has after that step."""
     _property(case, every, data)
+
+
+# --- findings, each pinned by one plain case ---------------------------------------------------------
+def _one(ctx_type: type[Context], fields: list[str], script: Script) -> tuple[list[Any], Callable[[], None]]:
+    """Run ``script`` in a store; the references and the check of every stored step."""
+    refs = references(ctx_type, fields, script, [])
+
+    def check() -> None:
+        with store_at(None) as store:
+            result = build(ctx_type, fields, script, []).run_sync(ctx_type(), store=store, run_id="r")
+            assert json.dumps(dumped(result.context)) == json.dumps(dumped(refs[-1]))
+            check_steps(store, "r", refs)
+
+    return refs, check
+
+
+def test_popitem_of_a_written_dict_removes_its_last_key() -> None:
+    """``dict.popitem`` is LIFO; the tracked dict used ``MutableMapping.popitem``, which removes the
+    first key: the run's context (and what it stored) was not what the action's code says."""
+    _, check = _one(Plain, ["dsi"], [([("dsi", ("update", [(0, 1), (1, 2)])), ("dsi", ("popitem",))], False)])
+    check()
+
+
+def test_a_failed_step_that_deleted_a_key_leaves_the_dict_in_its_order() -> None:
+    """Rolling back ``del d[k]`` put ``k`` back at the end: after a failed step the dict's order (its
+    JSON, and which key ``popitem`` takes) was not the one before the step."""
+    _, check = _one(Plain, ["dsi"], [([("dsi", ("update", [(1, 0), (0, 0)]))], False),
+                                     ([("dsi", ("ddel", 1))], True), ([("dsi", ("popitem",))], False)])
+    check()
+
+
+def test_items_appended_are_stored_as_the_contexts_json_encoders_say() -> None:
+    """A context whose config has ``json_encoders``: an appended datetime was stored as operations
+    dumped without them (``Z``, where storing the field whole gives ``+00:00``)."""
+    _, check = _one(Encoded, ["when", "by"], [([("when", ("append", 1)), ("by", ("dset", 1, 2))], False)])
+    check()
+
+
+def test_a_loaded_steps_whole_field_is_not_changed_by_the_operations_after_it() -> None:
+    """A store rebuilt the context by putting a step's whole field into it and then applying the next
+    steps' operations to that very object: the loaded step record (and the replay's expectation, so
+    an unchanged workflow was reported as diverging) showed the field as a later step left it."""
+    script: Script = [([("dsl", ("clear",))], False), ([("dsl", ("dset", 0, 0))], False)]
+    with store_at(None) as store:
+        build(Plain, FIELDS, script, []).run_sync(Plain(), store=store, run_id="r")
+        steps = store.load("r").result().steps
+        assert steps[0].delta["dsl"] == {} and steps[1].ops == {"dsl": [["s", "k0", [0, 1]]]}
+        assert build(Plain, FIELDS, script, []).replay_sync("r", store=store).ok
+
+
+# --- resume, fork, replay ----------------------------------------------------------------------------
+FIELDS = ["ld", "lm", "dsl"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=scripts(FIELDS, steps=5), data=st.data())
+def test_a_run_crashed_resumed_forked_and_replayed_rebuilds_every_step(script: Script, data: st.DataObject) -> None:
+    """A run that dies inside an action (after changing fields in place) and is resumed stores the
+    same steps as one that never died; a fork at any step starts from the context the run had there;
+    a replay by the same code matches every step."""
+    crash = data.draw(st.integers(0, len(script) - 1), label="crash before step")
+    refs = references(Plain, FIELDS, script, [])
+    at = data.draw(st.integers(0, len(refs) - 2), label="fork at")
+    with store_at(None) as store:
+        with pytest.raises(Crash):
+            build(Plain, FIELDS, script, [], crash_at={crash}).run_sync(Plain(), store=store, run_id="r")
+        done = build(Plain, FIELDS, script, []).resume_sync("r", store=store)
+        assert json.dumps(dumped(done.context)) == json.dumps(dumped(refs[-1]))
+        check_steps(store, "r", refs)
+        report = build(Plain, FIELDS, script, []).replay_sync("r", store=store)
+        assert report.ok and report.matched == len(refs) - 1
+        fork = store.load("r", at_step=at).result()
+        forked = build(Plain, FIELDS, script, []).fork_sync("r", at_step=at, store=store, new_run_id="f")
+        assert store.load("f", at_step=at).result().context == fork.context
+        assert json.dumps(dumped(forked.context)) == json.dumps(dumped(refs[-1]))
+
+
+def test_replay_of_a_changed_action_reports_the_step_that_appends_something_else() -> None:
+    """The changed code appends one more item at entry 2: the replay diverges at that step, whose
+    field the record holds as operations (rebuilt whole to be compared)."""
+    script: Script = [([("ld", ("append", 1))], False), ([("ld", ("append", 2))], True),
+                      ([("ld", ("append", 3))], False), ([("ld", ("append", 4))], False)]
+    with store_at(None) as store:
+        build(Plain, ["ld"], script, []).run_sync(Plain(), store=store, run_id="r")
+        assert any(s.ops for s in store.load("r").result().steps)
+        report = build(Plain, ["ld"], script, [], bump=2).replay_sync("r", store=store)
+    assert report.diverged_at == 3  # steps: 0 (entry 0), 1 (entry 1 fails), 2 (skip), 3 (entry 2)
+    assert report.expected is not None and report.got is not None
+    assert report.got["delta"]["ld"] == [*report.expected["delta"]["ld"], {"k": 7, "v": [7]}]
+
+
+# --- damage -----------------------------------------------------------------------------------------
+def _damaged(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> SQLiteStore:
+    """A run that appended in place for four steps, its step 1 row's record changed by ``change``
+    (its CRC fixed, so only the content is wrong)."""
+    path = tmp_path / "runs.db"
+    script: Script = [([("ld", ("append", n)), ("dsi", ("dset", n, n))], False) for n in range(4)]
+    with SQLiteStore(path, snapshot_every=100) as store:
+        build(Plain, ["ld", "dsi"], script, []).run_sync(Plain(), store=store, run_id="r")
+    conn = sqlite3.connect(path)
+    with conn:
+        (text,) = conn.execute("SELECT record FROM sma_steps WHERE run_id='r' AND number=1").fetchone()
+        record = json.loads(text)
+        assert record["ops"]["ld"] == [["a", {"k": 1, "v": [1]}]]
+        change(record)
+        text = json.dumps(record, separators=(",", ":"))
+        conn.execute("UPDATE sma_steps SET record=?, crc=? WHERE run_id='r' AND number=1",
+                     (text, _row_crc("step", "r", 1, text)))
+    conn.close()
+    return SQLiteStore(path, snapshot_every=100)
+
+
+DAMAGE: dict[str, Callable[[dict[str, Any]], None]] = {
+    "index-past-the-end": lambda r: r["ops"].update(ld=[["s", 5, 1]]),
+    "delete-past-the-end": lambda r: r["ops"].update(ld=[["d", 1]]),
+    "insert-past-the-end": lambda r: r["ops"].update(ld=[["i", 3, 1]]),
+    "negative-index": lambda r: r["ops"].update(ld=[["s", -1, 1]]),
+    "bool-index": lambda r: r["ops"].update(ld=[["d", True]]),
+    "float-index": lambda r: r["ops"].update(ld=[["s", 0.0, 1]]),
+    "unknown-code": lambda r: r["ops"].update(ld=[["z", 1]]),
+    "code-not-text": lambda r: r["ops"].update(ld=[[1, 1]]),
+    "empty-op": lambda r: r["ops"].update(ld=[[]]),
+    "append-no-value": lambda r: r["ops"].update(ld=[["a"]]),
+    "append-two-values": lambda r: r["ops"].update(ld=[["a", 1, 2]]),
+    "extend-not-a-list": lambda r: r["ops"].update(ld=[["e", 5]]),
+    "clear-with-argument": lambda r: r["ops"].update(ld=[["c", 1]]),
+    "op-not-a-list": lambda r: r["ops"].update(ld=["a"]),
+    "list-op-on-object": lambda r: r["ops"].update(dsi=[["a", 1]]),
+    "int-key-on-object": lambda r: r["ops"].update(dsi=[["s", 1, 1]]),
+    "missing-key": lambda r: r["ops"].update(dsi=[["d", "nope"]]),
+    "text-index-on-list": lambda r: r["ops"].update(ld=[["s", "0", 1]]),
+    "missing-field": lambda r: r["ops"].update(nope=[["a", 1]]),
+    "ops-on-a-number": lambda r: r["ops"].update(i=[["a", 1]]),
+    "ops-not-a-list": lambda r: r["ops"].update(ld=5),
+    "ops-not-an-object": lambda r: r.update(ops=[["a", 1]]),
+    "field-unset-then-changed": lambda r: r["unset"].append("ld"),
+    "field-whole-and-changed": lambda r: r["delta"].update(ld=[{"k": 9, "v": []}]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_stored_operation_that_does_not_fit_is_store_corrupted(tmp_path: Path, damage: str) -> None:
+    """Loading the run at or after the damaged step raises StoreCorrupted naming the run and step (and
+    the field, where the damage is in one field's operations), never a wrong context or another error."""
+    invalid = damage in ("ops-not-a-list", "ops-not-an-object")  # the record itself does not validate
+    with _damaged(tmp_path, DAMAGE[damage]) as store:
+        if not invalid:
+            assert store.load("r", at_step=1).result().context["ld"] == [{"k": 0, "v": [0]}]
+        for at in (2, 3):  # (the terminal snapshot, at step 4, is whole: loading the run reads that)
+            with pytest.raises(StoreCorrupted) as caught:
+                store.load("r", at_step=at).result()
+            text = str(caught.value)
+            assert "'r'" in text and "1" in text
+            if damage not in ("ops-not-an-object", "field-unset-then-changed"):
+                field = "nope" if damage == "missing-field" else "i" if damage == "ops-on-a-number" else \
+                    "dsi" if "object" in damage or "key" in damage else "ld"
+                assert repr(field) in text or f"ops.{field}" in text, text
+
+
+# --- hostile values and big steps ---------------------------------------------------------------------
+class Hostile:
+    """Equal to everything, hash of nothing, a repr that raises: in a bare list, dumped by its type."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        raise TypeError("no hash")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _single(ctx_type: type[Context], fields: list[str], action: Callable[[Any], None], run_id: str,
+            store: SQLiteStore, steps: int = 2) -> Any:
+    wf = Workflow(f"one_{run_id}", ctx_type)
+
+    @wf.state(initial=True, reads=["i"], optional_reads=fields, writes=["i"], optional_writes=fields)
+    def loop(ctx: Any) -> None:
+        action(ctx)
+        ctx.i += 1
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("loop", "loop", guard=wf.guard(lambda c: c.i < steps, reads=["i"]), max_traversals=steps)
+    wf.transition("loop", "done")
+    return wf.compile().run_sync(ctx_type(), store=store, run_id=run_id)
+
+
+def _whole_each_step(store: SQLiteStore, run_id: str, final: BaseModel) -> None:
+    assert store.load(run_id).result().context == dumped(final)
+
+
+def test_big_and_many_changes_in_one_step(tmp_path: Path) -> None:
+    """100,000 items in one extend; 300 appends in one step (past OPS_MAX: stored whole); 256 exactly;
+    two proxies of one field; a str subclass key; a value whose __eq__ says yes to everything."""
+    def big(ctx: Any) -> None:
+        ctx.bl.extend(range(100_000)) if ctx.i == 0 else ctx.bl.append(-1)
+
+    def many(ctx: Any) -> None:
+        for n in range(300 if ctx.i == 1 else 256):
+            ctx.ld.append({"k": n})
+
+    def two(ctx: Any) -> None:
+        a, b = ctx.dsl, ctx.dsl
+        a["x"] = [ctx.i]
+        b.setdefault("y", []).append(ctx.i)
+        del a["x"]
+        b[Key("z")] = [1]
+
+    def liar(ctx: Any) -> None:
+        ctx.bl.append([ctx.i])
+        ctx.bl.remove(Hostile()) if ctx.i == 1 else None
+
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        for name, action in (("big", big), ("many", many), ("two", two), ("liar", liar)):
+            result = _single(Plain, ["bl", "ld", "dsl"], action, name, store)
+            _whole_each_step(store, name, result.context)
+            stored = store.load(name).result()
+            assert stored.context == dumped(result.context)
+        steps = store.load("many").result().steps
+        assert "ld" in steps[1].delta and "ld" in steps[0].ops  # 300 changes: whole; 256: operations
