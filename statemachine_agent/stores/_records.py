@@ -13,7 +13,6 @@ checks that they round-trip through the models (:class:`RunRecord`, :class:`Step
 from __future__ import annotations
 
 import copy
-
 import enum
 import json
 from typing import Annotated, Any, NotRequired, TypedDict
