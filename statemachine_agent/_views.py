@@ -26,6 +26,7 @@ import decimal
 import difflib
 import enum
 import fractions
+import operator
 import pathlib
 import uuid
 from collections.abc import (
@@ -379,6 +380,8 @@ class FrozenModel(_Proxy):
 
 # --- tracked (writable) views -----------------------------------------------------------------
 def _index(target: list[Any], i: int) -> int:
+    """``i`` as the non-negative ``int`` it stands for (``True``, an ``IntEnum``: ``1``), as stored."""
+    i = operator.index(i)
     n = len(target)
     j = i + n if i < 0 else i
     if not 0 <= j < n:
@@ -423,6 +426,7 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
     def insert(self, index: int, value: Any) -> None:
         t = self._sa_target
         n = len(t)
+        index = operator.index(index)
         j = max(0, index + n) if index < 0 else min(index, n)
         value = _unwrap_for_store(value)
         self._sa_origin.change(t, ("i", j, value), t.__delitem__, j)

@@ -478,6 +478,37 @@ def test_a_loaded_steps_whole_field_is_not_changed_by_the_operations_after_it() 
         assert build(Plain, FIELDS, script, []).replay_sync("r", store=store).ok
 
 
+class Slot(enum.IntEnum):
+    FIRST = 0
+    SECOND = 1
+
+
+def test_a_bool_or_int_enum_index_is_stored_as_the_int_it_stands_for(tmp_path: Path) -> None:
+    """``x[True] = v``, ``x.insert(Slot.SECOND, v)``, ``x.pop(False)`` are list operations Python
+    accepts; they were stored with the index as given (``true``), which the store then refused as
+    damaged: the run could not be loaded, resumed or forked again."""
+    def act(ctx: Any) -> None:
+        if ctx.i == 0:
+            ctx.bl.extend(range(40))  # a snapshot after this step: the next one loads from its ops
+        else:
+            ctx.bl[True] = 9
+            ctx.bl.insert(Slot.SECOND, 8)
+            del ctx.bl[Slot.FIRST]
+            ctx.bl.pop(False)
+
+    plain = list(range(40))
+    plain[True] = 9
+    plain.insert(Slot.SECOND, 8)
+    del plain[Slot.FIRST]
+    plain.pop(False)
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        result = _single(Plain, ["bl"], act, "b", store=store, steps=2)
+        assert result.context.bl == plain
+        stored = store.load("b").result()
+        assert stored.context["bl"] == plain and stored.steps[1].ops["bl"] == [["s", 1, 9], ["i", 1, 8], ["d", 0],
+                                                                              ["d", 0]]
+
+
 # --- resume, fork, replay ----------------------------------------------------------------------------
 FIELDS = ["ld", "lm", "dsl"]
 
