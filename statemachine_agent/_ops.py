@@ -100,7 +100,7 @@ def _config(config: Any) -> Any:
     """The context's config, as far as it shapes how values serialize (nothing that validates or
     names fields)."""
     keep = {k: v for k, v in config.items()
-            if k.startswith(("ser_json", "use_enum_values", "arbitrary_types_allowed"))}
+            if k.startswith(("ser_json", "use_enum_values", "arbitrary_types_allowed", "json_encoders"))}
     return keep or None
 
 

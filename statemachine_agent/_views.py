@@ -26,6 +26,7 @@ import decimal
 import difflib
 import enum
 import fractions
+import operator
 import pathlib
 import uuid
 from collections.abc import (
@@ -379,6 +380,8 @@ class FrozenModel(_Proxy):
 
 # --- tracked (writable) views -----------------------------------------------------------------
 def _index(target: list[Any], i: int) -> int:
+    """``i`` as the non-negative ``int`` it stands for (``True``, an ``IntEnum``: ``1``), as stored."""
+    i = operator.index(i)
     n = len(target)
     j = i + n if i < 0 else i
     if not 0 <= j < n:
@@ -423,6 +426,7 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
     def insert(self, index: int, value: Any) -> None:
         t = self._sa_target
         n = len(t)
+        index = operator.index(index)
         j = max(0, index + n) if index < 0 else min(index, n)
         value = _unwrap_for_store(value)
         self._sa_origin.change(t, ("i", j, value), t.__delitem__, j)
@@ -508,16 +512,28 @@ class TrackedDict(_MappingReads, MutableMapping[Any, Any]):
     def __delitem__(self, key: Any) -> None:
         t = self._sa_target
         old = t[key]
+        # Undone, the key must come back where it was: at the end only if it was the last one.
+        undo: tuple[Any, ...] = (t.__setitem__, key, old) if next(reversed(t)) == key else (_restore_dict, t, t.copy())
         if type(key) is str:
-            self._sa_origin.change(t, ("d", key), t.__setitem__, key, old)
+            self._sa_origin.change(t, ("d", key), *undo)
         else:
-            self._sa_origin.log(t.__setitem__, key, old)
+            self._sa_origin.log(*undo)
         del t[key]
 
     def clear(self) -> None:
         t = self._sa_target
         self._sa_origin.change(t, ("c",), _restore_dict, t, t.copy())
         t.clear()
+
+    def popitem(self) -> tuple[Any, Any]:
+        """The last key and its value, removed (a dict's order, not ``MutableMapping``'s first)."""
+        t = self._sa_target
+        if not t:
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(t))
+        value = self[key]
+        del self[key]
+        return key, value
 
     def __or__(self, other: Any) -> dict[Any, Any]:
         return {**thaw(self), **thaw(other)}

@@ -12,6 +12,7 @@ checks that they round-trip through the models (:class:`RunRecord`, :class:`Step
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import re
@@ -326,10 +327,15 @@ class StoredRun(_Record):
 def rebuild(context: dict[str, Any], step: StepRecord, run_id: str) -> None:
     """Move ``context`` (a context's JSON, before ``step``) past ``step``: its whole fields, its fields
     set back to UNSET and its operations. ``StoreCorrupted`` when an operation does not fit."""
-    context.update(step.delta)
+    # Copies of the step's lists and objects: a later step's operations change the context's values
+    # in place, which must not change this step's record (its ``delta`` as loaded, or as replay reads it).
+    context.update({k: copy.deepcopy(v) if isinstance(v, (list, dict)) else v for k, v in step.delta.items()})
     for f in step.unset:
         context.pop(f, None)
     for name, ops in step.ops.items():
+        if name in step.delta or name in step.unset:
+            raise StoreCorrupted(f"run {run_id!r} step {step.number}: field {name!r} is stored both whole (or "
+                                 "unset) and as operations: the file is damaged")
         if name not in context:
             raise StoreCorrupted(f"run {run_id!r} step {step.number}: it changed field {name!r} in place, which "
                                  "the context before it does not hold: the file is damaged")
