@@ -533,6 +533,20 @@ class TrackedModel(_Proxy):
 
 
 # --- the views ------------------------------------------------------------------------------
+_NO_HANDLERS: dict[str, Any] = {}
+_MODEL_SETATTR = BaseModel.__setattr__
+
+
+def _setattr_handlers(model: BaseModel) -> dict[str, Any]:
+    """pydantic's memoized ``__setattr__`` handlers of ``model``'s class, by field: what
+    ``BaseModel.__setattr__`` calls once it has set the field before. Empty when the class has its
+    own ``__setattr__`` or this pydantic memoizes none: then ``setattr`` does it all."""
+    if type(model).__setattr__ is not _MODEL_SETATTR:
+        return _NO_HANDLERS
+    handlers: dict[str, Any] = getattr(model, "__pydantic_setattr_handlers__", _NO_HANDLERS)
+    return handlers
+
+
 class ContextView:
     """What an action receives: the context, limited to its state's declared reads and writes.
 
@@ -627,26 +641,30 @@ class ContextView:
 
     # --- attribute protocol -----------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
-        plan = self._sa_live(name)
-        if name in plan.allowed:
-            value = self._sa_model.__dict__[name]
-            if name not in self._sa_written and (self._sa_dirty is None or name not in self._sa_dirty) \
-                    and (name not in plan.optional_reads or is_unset(value)):
-                raise ContextAccessError(
-                    plan.name, name,
-                    f"state {plan.name!r} read {name!r} before any step set it: declare it in "
-                    f"reads=[...] so the checker proves it is written first, declare it in "
-                    f"optional_reads=[...] if the state handles its default, or write it before reading",
-                )
+        plan = self._sa_plan
+        if plan is None or name not in plan.allowed:
+            if name.startswith("__"):
+                raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
+            plan = self._sa_live(name)
+        else:
+            model = self._sa_model
+            value = model.__dict__[name]
+            if name not in self._sa_written:
+                dirty = self._sa_dirty
+                if (dirty is None or name not in dirty) and (name not in plan.optional_reads or is_unset(value)):
+                    raise ContextAccessError(
+                        plan.name, name,
+                        f"state {plan.name!r} read {name!r} before any step set it: declare it in "
+                        f"reads=[...] so the checker proves it is written first, declare it in "
+                        f"optional_reads=[...] if the state handles its default, or write it before reading",
+                    )
             if type(value) in SCALARS:
                 return value
             if name in plan.write_set:
                 owned = self._sa_owned
                 if name not in owned and not is_scalar(value):
                     # Still the caller's object: the run changes its own copy (once per run).
-                    value = self._sa_model.__dict__[name] = copy.deepcopy(value)
+                    value = model.__dict__[name] = copy.deepcopy(value)
                     owned.add(name)
                 return wrap(value, self._sa_origin(plan, name, True))
             return wrap(value, self._sa_origin(plan, name, False))
@@ -665,7 +683,9 @@ class ContextView:
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        plan = self._sa_live(name)
+        plan = self._sa_plan
+        if plan is None:
+            plan = self._sa_live(name)
         if name in plan.write_set:
             model = self._sa_model
             old = self._sa_old
@@ -673,8 +693,18 @@ class ContextView:
                 old = self.__dict__["_sa_old"] = {}
             if name not in old:
                 old[name] = (model.__dict__[name], name in model.__pydantic_fields_set__)
-            setattr(model, name, _unwrap_for_store(value))  # pydantic validates here, in the action
-            self._sa_touch(name)
+            # pydantic validates here, in the action (its memoized handler for the field, when it
+            # has one: what BaseModel.__setattr__ would call, without its frame)
+            handler = _setattr_handlers(model).get(name)
+            if handler is None:
+                setattr(model, name, value if type(value) in SCALARS else _unwrap_for_store(value))
+            else:
+                handler(model, name, value if type(value) in SCALARS else _unwrap_for_store(value))
+            dirty = self._sa_dirty
+            if dirty is None:
+                self.__dict__["_sa_dirty"] = {name}
+            else:
+                dirty.add(name)
             origins = self._sa_origins
             if origins is not None:
                 origins.pop(name, None)  # proxies of the old value stay on the old value

@@ -488,7 +488,9 @@ class Run(Generic[C]):
             return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
         self.visits[name] = visits + 1
         self.actions_run += 1
-        view = ContextView(self.context, plan, self._written, self._fields, self._owned)
+        view = _new_view(ContextView)
+        _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan, "_sa_written": self._written,
+                              "_sa_fields": self._fields, "_sa_owned": self._owned})
         chosen: Exit | None
         try:
             if deadline is not None:
@@ -514,9 +516,11 @@ class Run(Generic[C]):
                     await out
                 if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
                     self._missing_write(plan, view)
-                model = self._token
+                # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
+                readonly = self._token.context
                 for chosen in plan.exits:
-                    if chosen(model):
+                    g = chosen.guard
+                    if g is None or g(readonly):
                         break
                 else:
                     chosen = plan.default
@@ -538,7 +542,8 @@ class Run(Generic[C]):
             if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
             return await self._route(plan, index, t0, exc)
-        view._sa_close()
+        vd = view.__dict__
+        vd["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
         if chosen is None:
             view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
             return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
@@ -548,25 +553,26 @@ class Run(Generic[C]):
             return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
                                     budget=Budget.MAX_TRAVERSALS)
         # The step succeeded: its writes stand; now move.
-        dirty = view._sa_dirty
-        if self._journal is not None:
+        dirty: set[str] | None = vd.get("_sa_dirty")
+        journal = self._journal
+        if journal is not None:
             try:
-                self._delta = self._journal.delta(self.context, dirty or ())
+                self._delta = journal.delta(self.context, dirty or ())
             except TypeError as exc:
                 view._sa_rollback()
                 return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
         if dirty:
             self._written.update(dirty)
             self._owned.update(dirty)
-        self._machine.events[chosen.name].trigger(self._token)
+        chosen.fire(self._token)
         self.traversals[chosen.key] += 1
-        target = chosen.target
-        step = Step(index, name, target, chosen.name, StepKind.TRANSITION, self._wall(t0),
-                    time.perf_counter() - t0, None, tuple(self._rejected), True,
-                    tuple(sorted(dirty)) if dirty else (), tuple(self._model_calls))
+        rejected, calls = self._rejected, self._model_calls
+        t1 = time.perf_counter()
+        step = Step(index, name, chosen.target, chosen.name, _TRANSITION, self._clock0[0] + (t0 - self._clock0[1]),
+                    t1 - t0, None, tuple(rejected) if rejected else (), True,
+                    tuple(sorted(dirty)) if dirty else (), tuple(calls) if calls else ())
         self.path.append(step)
-        if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
-                self._plans[target].stops:
+        if chosen.stops or self.hooks or journal is not None or log.isEnabledFor(logging.DEBUG):
             await self._after(step)
         return step
 
@@ -955,6 +961,9 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_TRANSITION = StepKind.TRANSITION
+_new_view = object.__new__
+_set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
 """The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
 _NO_SKIPS: frozenset[int] = frozenset()
