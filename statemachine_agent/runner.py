@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextlib
-import copy
 import dataclasses
 import itertools
 import logging
@@ -24,7 +23,7 @@ from ._journal import Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
 from ._tooldef import _positive
-from ._views import ContextView, ReadOnlyContext, is_scalar
+from ._views import ContextView, ReadOnlyContext
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
 from .errors import BudgetExceeded, ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
@@ -41,6 +40,7 @@ from .events import (
     RunWaiting,
     StepStarted,
     TransitionTaken,
+    _StartCopy,
 )
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .policies import _safe_repr as safe_repr
@@ -259,9 +259,9 @@ class Run(Generic[C]):
         """The run's options, validated (built once, for this run)."""
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
-        # the caller's input until the run writes them (a write in place copies the field first);
-        # the result gets copies of the ones it never wrote (see _finish), so nothing the caller
-        # holds is ever changed and the result shares nothing with it.
+        # the caller's input until the run writes them (a write in place copies the field first,
+        # once per run), so nothing the caller holds is ever changed. The result keeps sharing the
+        # values the run never wrote: copying them would cost their size, however little the run did.
         base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
@@ -508,9 +508,14 @@ class Run(Generic[C]):
                         raise
                     raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
                                   budget=Budget.DEADLINE) from None
-            elif plan.slow or self.hooks:
+            elif plan.slow:
                 chosen = await self._act_and_choose(plan, view, index)
             else:  # the common case, inline: no extra coroutine, no extra call
+                if self.hooks:
+                    pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
+                                                               visits + 1)))
+                    if pending is not None:
+                        await pending
                 out = plan.action(view)  # type: ignore[misc]
                 if out is not None and _awaitable(out):
                     await out
@@ -572,8 +577,13 @@ class Run(Generic[C]):
                     t1 - t0, None, tuple(rejected) if rejected else (), True,
                     tuple(sorted(dirty)) if dirty else (), tuple(calls) if calls else ())
         self.path.append(step)
-        if chosen.stops or self.hooks or journal is not None or log.isEnabledFor(logging.DEBUG):
+        if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
             await self._after(step)
+        elif self.hooks:  # what _after does for such a step: report it
+            pending = self._notify(_tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name,
+                                                           chosen.target, chosen.name, _TRANSITION, t1 - t0)))
+            if pending is not None:
+                await pending
         return step
 
     # --- pieces of a step ------------------------------------------------------------------------
@@ -591,12 +601,12 @@ class Run(Generic[C]):
             await journal.mark_started()  # the claimer starts the step: a crash from here on is a restart
         if self.hooks:
             wf = self.workflow
-            try:
-                start = self.context.model_copy(deep=True)
-            except Exception:  # a value that cannot be copied: the event gets a shallow copy
-                start = self.context.model_copy()
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, start,
-                                        self.max_steps))
+            # The start, copied deeply when a hook reads it. A run that owns values (restored from
+            # a store) changes them in place: their copy is made now.
+            start = _StartCopy(self.context.__copy__())
+            if self._owned:
+                start.get()
+            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, start, self.max_steps))
 
     def _wall(self, t: float) -> float:
         wall0, perf0 = self._clock0
@@ -616,8 +626,10 @@ class Run(Generic[C]):
 
     async def _act_and_choose(self, plan: Plan, view: ContextView, index: int) -> Exit | None:
         if self.hooks:
-            await self._emit(StepStarted(self.run_id, self.workflow.name, index, plan.name,
-                                         self.visits[plan.name]))
+            pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, plan.name,
+                                                       self.visits[plan.name])))
+            if pending is not None:
+                await pending
         action = plan.action
         assert action is not None
         if plan.wait is not None:
@@ -757,7 +769,6 @@ class Run(Generic[C]):
             if waits:
                 await self._waiting(plan)
             return
-        self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
                                 tuple(self.path), reason, error, wf)
         if outcome is Outcome.FAILURE and step.kind is not StepKind.FAIL:
@@ -912,42 +923,62 @@ class Run(Generic[C]):
             self._started = False  # the next step() raises the above
             raise
 
-    def _finish(self) -> None:
-        """Give the result its own copy of every mutable value the run never wrote (those are still
-        the caller's objects): changing the result never changes the input, nor other results."""
-        d = self.context.__dict__
-        owned = self._owned
-        for name, value in d.items():
-            if name not in owned and not is_scalar(value):
-                try:
-                    d[name] = copy.deepcopy(value)
-                except Exception as exc:  # a value that cannot be copied (too deep, hostile): shared
-                    log.warning("%s: run %s could not copy %r for its result (%s: %s); the result shares "
-                                "it with the input", self.workflow.name, self.run_id, name,
-                                type(exc).__name__, safe_repr(exc, str),
-                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
-
-    async def _emit(self, event: Event) -> None:
-        deadline = self._deadline
-        for hook in self.hooks:
+    def _notify(self, event: Event) -> Coroutine[Any, Any, None] | None:
+        """Call the hooks with ``event``, in order: ``None`` when every one returned, else a
+        coroutine that awaits the first awaitable a hook returned and calls the hooks after it (no
+        coroutine is made while the hooks are plain functions: the common, cheap case)."""
+        hooks = self.hooks
+        for i in range(len(hooks)):
+            hook = hooks[i]
             try:
                 out = hook(event)
-                if _awaitable(out):
-                    if deadline is None:
-                        await out
-                    else:
-                        # Hooks run inside the run's deadline: one still busy when it passes is
-                        # cancelled (an async hook that finishes without waiting always runs).
-                        async with self.clock.timeout_at(deadline):
-                            await out
             except Exception as exc:  # observability must never break the agent
-                if isinstance(exc, TimeoutError):
-                    log.warning("hook %s was cut by the run's deadline on %s", safe_repr(hook),
-                                type(event).__name__,
-                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                self._hook_failed(hook, event, exc)
+                continue
+            if out is not None and _awaitable(out):
+                return self._emit_from(event, i, out)
+        return None
+
+    async def _emit_from(self, event: Event, i: int, out: Awaitable[Any]) -> None:
+        """Await hook ``i``'s ``out``, then call the hooks after it, awaiting each in turn."""
+        hooks = self.hooks
+        deadline = self._deadline
+        while True:
+            try:
+                if deadline is None:
+                    await out
                 else:
-                    log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
-                                  extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                    # Hooks run inside the run's deadline: one still busy when it passes is
+                    # cancelled (an async hook that finishes without waiting always runs).
+                    async with self.clock.timeout_at(deadline):
+                        await out
+            except Exception as exc:  # observability must never break the agent
+                self._hook_failed(hooks[i], event, exc)
+            while True:
+                i += 1
+                if i >= len(hooks):
+                    return
+                try:
+                    found = hooks[i](event)
+                except Exception as exc:
+                    self._hook_failed(hooks[i], event, exc)
+                    continue
+                if found is not None and _awaitable(found):
+                    out = found
+                    break
+
+    def _hook_failed(self, hook: Hook, event: Event, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            log.warning("hook %s was cut by the run's deadline on %s", safe_repr(hook), type(event).__name__,
+                        extra={"workflow": self.workflow.name, "run_id": self.run_id})
+        else:
+            log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
+                          extra={"workflow": self.workflow.name, "run_id": self.run_id}, exc_info=exc)
+
+    async def _emit(self, event: Event) -> None:
+        pending = self._notify(event)
+        if pending is not None:
+            await pending
 
     # --- what a tools handle uses (tools.StepHost): public names for the methods above -----------
     @property
@@ -963,6 +994,7 @@ class Run(Generic[C]):
 _EMPTY: frozenset[str] = frozenset()
 _TRANSITION = StepKind.TRANSITION
 _new_view = object.__new__
+_tnew = tuple.__new__  # an event built in one call (events.py)
 _set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
 """The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
