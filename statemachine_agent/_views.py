@@ -535,15 +535,20 @@ class TrackedModel(_Proxy):
 # --- the views ------------------------------------------------------------------------------
 _NO_HANDLERS: dict[str, Any] = {}
 _MODEL_SETATTR = BaseModel.__setattr__
+_HANDLERS: dict[type, dict[str, Any]] = {}
+"""Per model class: pydantic's memoized ``__setattr__`` handlers, by field (see _setattr_handlers)."""
 
 
 def _setattr_handlers(model: BaseModel) -> dict[str, Any]:
     """pydantic's memoized ``__setattr__`` handlers of ``model``'s class, by field: what
     ``BaseModel.__setattr__`` calls once it has set the field before. Empty when the class has its
     own ``__setattr__`` or this pydantic memoizes none: then ``setattr`` does it all."""
-    if type(model).__setattr__ is not _MODEL_SETATTR:
-        return _NO_HANDLERS
-    handlers: dict[str, Any] = getattr(model, "__pydantic_setattr_handlers__", _NO_HANDLERS)
+    kind = type(model)
+    handlers: dict[str, Any] = _NO_HANDLERS
+    if kind.__setattr__ is _MODEL_SETATTR:
+        handlers = getattr(kind, "__pydantic_setattr_handlers__", _NO_HANDLERS)
+    if len(_HANDLERS) < 1000:  # classes made on the fly must not grow it without bound
+        _HANDLERS[kind] = handlers
     return handlers
 
 
@@ -695,11 +700,20 @@ class ContextView:
                 old[name] = (model.__dict__[name], name in model.__pydantic_fields_set__)
             # pydantic validates here, in the action (its memoized handler for the field, when it
             # has one: what BaseModel.__setattr__ would call, without its frame)
-            handler = _setattr_handlers(model).get(name)
+            kind = type(value)
+            if kind is list:
+                for item in value:
+                    if isinstance(item, _Proxy):
+                        value = _unwrap_for_store(value)
+                        break
+            elif kind not in SCALARS:
+                value = _unwrap_for_store(value)
+            handlers = _HANDLERS.get(type(model)) or _setattr_handlers(model)
+            handler = handlers.get(name)
             if handler is None:
-                setattr(model, name, value if type(value) in SCALARS else _unwrap_for_store(value))
+                setattr(model, name, value)
             else:
-                handler(model, name, value if type(value) in SCALARS else _unwrap_for_store(value))
+                handler(model, name, value)
             dirty = self._sa_dirty
             if dirty is None:
                 self.__dict__["_sa_dirty"] = {name}

@@ -465,7 +465,7 @@ class Run(Generic[C]):
                 return await self._fail_doomed()
         plan = self._plans[self._token.state]
         index = len(self.path)
-        t0 = time.perf_counter()
+        t0 = _perf()
         name = plan.name
         self._rejected = _NO_REJECTIONS
         self._model_calls = _NO_CALLS
@@ -572,10 +572,13 @@ class Run(Generic[C]):
         chosen.fire(self._token)
         self.traversals[chosen.key] += 1
         rejected, calls = self._rejected, self._model_calls
-        t1 = time.perf_counter()
-        step = Step(index, name, chosen.target, chosen.name, _TRANSITION, self._clock0[0] + (t0 - self._clock0[1]),
-                    t1 - t0, None, tuple(rejected) if rejected else (), True,
-                    tuple(sorted(dirty)) if dirty else (), tuple(calls) if calls else ())
+        t1 = _perf()
+        clock0 = self._clock0
+        # Step(...) without its Python __new__: every field given, in order.
+        step: Step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION, clock0[0] + (t0 - clock0[1]),
+                                  t1 - t0, None, tuple(rejected) if rejected else (), True,
+                                  (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
+                                  tuple(calls) if calls else ()))
         self.path.append(step)
         if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
             await self._after(step)
@@ -995,6 +998,7 @@ _EMPTY: frozenset[str] = frozenset()
 _TRANSITION = StepKind.TRANSITION
 _new_view = object.__new__
 _tnew = tuple.__new__  # an event built in one call (events.py)
+_perf = time.perf_counter
 _set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
 """The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
