@@ -409,7 +409,7 @@ class Run(Generic[C]):
             elif self.result is None and self._plans[self._token.state].wait is not None:
                 await self._settle_wait()
             while self.result is None:
-                await self._step()  # one coroutine per step, not two: this is the hot path
+                await self._step(many=True)  # one coroutine for the common steps: the hot path
         finally:
             self._busy = False
         return self.result
@@ -454,140 +454,146 @@ class Run(Generic[C]):
         await self._suspend(plan)
         return self.result is not None
 
-    async def _step(self) -> Step:
-        if not self._started:
-            if self._broken is not None:
-                raise RunError(self._broken)
-            await self._start()
-            if self.result is not None:  # an initial wait state with nothing delivered yet
-                raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
-            if self._doomed is not None:
-                return await self._fail_doomed()
-        plan = self._plans[self._token.state]
-        index = len(self.path)
-        t0 = _perf()
-        name = plan.name
-        self._rejected = _NO_REJECTIONS
-        self._model_calls = _NO_CALLS
-        self._budget_refused = None
-        visits = self.visits.get(name, 0)
-        # The specific budget first: when the default max_steps (the static bound) runs out, a
-        # visit budget is usually the real cause, and naming it says which loop to look at.
-        if plan.max_visits is not None and visits >= plan.max_visits:
-            return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
-                                    budget=Budget.MAX_VISITS, ran=False)
-        if self.actions_run >= self.max_steps:
-            return await self._fail(plan, index, t0,
-                                    f"max_steps of {self.max_steps} reached before state {name!r}",
-                                    budget=Budget.MAX_STEPS, ran=False)
-        deadline = self._deadline
-        if deadline is not None and self.clock.now() >= deadline:
-            return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
-                                    f"{name!r}", budget=Budget.DEADLINE, ran=False)
-        if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
-            return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
-        self.visits[name] = visits + 1
-        self.actions_run += 1
-        view = _new_view(ContextView)
-        _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan, "_sa_written": self._written,
-                              "_sa_fields": self._fields, "_sa_owned": self._owned})
-        chosen: Exit | None
-        try:
-            if deadline is not None:
-                scope = self.clock.timeout_at(deadline)
-                try:
-                    async with scope:
-                        try:
-                            chosen = await self._act_and_choose(plan, view, index)
-                        except TimeoutError as own:
-                            # Raised inside the block, so it is the action's own, not our
-                            # deadline's (which surfaces only when the block exits).
-                            raise _ActionTimeout from own
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-                    raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
-                                  budget=Budget.DEADLINE) from None
-            elif plan.slow:
-                chosen = await self._act_and_choose(plan, view, index)
-            else:  # the common case, inline: no extra coroutine, no extra call
-                if self.hooks:
-                    pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
-                                                               visits + 1)))
-                    if pending is not None:
-                        await pending
-                out = plan.action(view)  # type: ignore[misc]
-                if out is not None and _awaitable(out):
-                    await out
-                if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
-                    self._missing_write(plan, view)
-                # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
-                readonly = self._token.context
-                for chosen in plan.exits:
-                    g = chosen.guard
-                    if g is None or g(readonly):
-                        break
-                else:
-                    chosen = plan.default
-        except BaseException as exc:
-            view._sa_rollback()
-            view._sa_close()
-            if not isinstance(exc, Exception):
-                # Cancellation and interruption are never routed. The step did not happen: its
-                # writes are undone above and its visit is not counted, so the run can go on.
-                self.visits[name] = visits
-                self.actions_run -= 1
-                raise
-            if isinstance(exc, _Failed):
-                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
-            if isinstance(exc, BudgetExceeded):
-                return await self._fail(plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget))
-            if isinstance(exc, ContextAccessError):
-                return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
-            if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
-                exc = exc.__cause__
-            return await self._route(plan, index, t0, exc)
-        vd = view.__dict__
-        vd["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
-        if chosen is None:
-            view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
-            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
-        bound = chosen.bound
-        if bound is not None and self.traversals[chosen.key] >= bound:
-            view._sa_rollback()
-            return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
-                                    budget=Budget.MAX_TRAVERSALS)
-        # The step succeeded: its writes stand; now move.
-        dirty: set[str] | None = vd.get("_sa_dirty")
-        journal = self._journal
-        if journal is not None:
+    async def _step(self, many: bool = False) -> Step:
+        """One step; with ``many``, steps on while the run has not ended and each step takes the
+        common path (one coroutine for all of them: run_to_end's loop), and returns at the first that
+        does not, or ends the run."""
+        while True:
+            if not self._started:
+                if self._broken is not None:
+                    raise RunError(self._broken)
+                await self._start()
+                if self.result is not None:  # an initial wait state with nothing delivered yet
+                    raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
+                if self._doomed is not None:
+                    return await self._fail_doomed()
+            plan = self._plans[self._token.state]
+            index = len(self.path)
+            t0 = _perf()
+            name = plan.name
+            self._rejected = _NO_REJECTIONS
+            self._model_calls = _NO_CALLS
+            self._budget_refused = None
+            visits = self.visits.get(name, 0)
+            # The specific budget first: when the default max_steps (the static bound) runs out, a
+            # visit budget is usually the real cause, and naming it says which loop to look at.
+            if plan.max_visits is not None and visits >= plan.max_visits:
+                return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
+                                        budget=Budget.MAX_VISITS, ran=False)
+            if self.actions_run >= self.max_steps:
+                return await self._fail(plan, index, t0,
+                                        f"max_steps of {self.max_steps} reached before state {name!r}",
+                                        budget=Budget.MAX_STEPS, ran=False)
+            deadline = self._deadline
+            if deadline is not None and self.clock.now() >= deadline:
+                return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
+                                        f"{name!r}", budget=Budget.DEADLINE, ran=False)
+            if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
+                return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
+            self.visits[name] = visits + 1
+            self.actions_run += 1
+            view = _new_view(ContextView)
+            _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan, "_sa_written": self._written,
+                                  "_sa_fields": self._fields, "_sa_owned": self._owned})
+            chosen: Exit | None
             try:
-                self._delta = journal.delta(self.context, dirty or ())
-            except TypeError as exc:
+                if deadline is not None:
+                    scope = self.clock.timeout_at(deadline)
+                    try:
+                        async with scope:
+                            try:
+                                chosen = await self._act_and_choose(plan, view, index)
+                            except TimeoutError as own:
+                                # Raised inside the block, so it is the action's own, not our
+                                # deadline's (which surfaces only when the block exits).
+                                raise _ActionTimeout from own
+                    except TimeoutError:
+                        if not scope.expired():
+                            raise
+                        raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
+                                      budget=Budget.DEADLINE) from None
+                elif plan.slow:
+                    chosen = await self._act_and_choose(plan, view, index)
+                else:  # the common case, inline: no extra coroutine, no extra call
+                    if self.hooks:
+                        pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
+                                                                   visits + 1)))
+                        if pending is not None:
+                            await pending
+                    out = plan.action(view)  # type: ignore[misc]
+                    if out is not None and (type(out) is _COROUTINE or _awaitable(out)):
+                        await out
+                    if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
+                        self._missing_write(plan, view)
+                    # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
+                    readonly = self._token.context
+                    for chosen in plan.exits:
+                        g = chosen.guard
+                        if g is None or g(readonly):
+                            break
+                    else:
+                        chosen = plan.default
+            except BaseException as exc:
                 view._sa_rollback()
-                return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
-        if dirty:
-            self._written.update(dirty)
-            self._owned.update(dirty)
-        chosen.fire(self._token)
-        self.traversals[chosen.key] += 1
-        rejected, calls = self._rejected, self._model_calls
-        t1 = _perf()
-        clock0 = self._clock0
-        # Step(...) without its Python __new__: every field given, in order.
-        step: Step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION, clock0[0] + (t0 - clock0[1]),
-                                  t1 - t0, None, tuple(rejected) if rejected else (), True,
-                                  (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
-                                  tuple(calls) if calls else ()))
-        self.path.append(step)
-        if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
-            await self._after(step)
-        elif self.hooks:  # what _after does for such a step: report it
-            pending = self._notify(_tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name,
-                                                           chosen.target, chosen.name, _TRANSITION, t1 - t0)))
-            if pending is not None:
-                await pending
-        return step
+                view._sa_close()
+                if not isinstance(exc, Exception):
+                    # Cancellation and interruption are never routed. The step did not happen: its
+                    # writes are undone above and its visit is not counted, so the run can go on.
+                    self.visits[name] = visits
+                    self.actions_run -= 1
+                    raise
+                if isinstance(exc, _Failed):
+                    return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
+                if isinstance(exc, BudgetExceeded):
+                    return await self._fail(plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget))
+                if isinstance(exc, ContextAccessError):
+                    return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
+                if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
+                    exc = exc.__cause__
+                return await self._route(plan, index, t0, exc)
+            vd = view.__dict__
+            vd["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
+            if chosen is None:
+                view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
+                return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
+            bound = chosen.bound
+            if bound is not None and self.traversals[chosen.key] >= bound:
+                view._sa_rollback()
+                return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
+                                        budget=Budget.MAX_TRAVERSALS)
+            # The step succeeded: its writes stand; now move.
+            dirty: set[str] | None = vd.get("_sa_dirty")
+            journal = self._journal
+            if journal is not None:
+                try:
+                    self._delta = journal.delta(self.context, dirty or ())
+                except TypeError as exc:
+                    view._sa_rollback()
+                    return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
+            if dirty:
+                self._written.update(dirty)
+                self._owned.update(dirty)
+            chosen.fire(self._token)
+            self.traversals[chosen.key] += 1
+            rejected, calls = self._rejected, self._model_calls
+            t1 = _perf()
+            clock0 = self._clock0
+            # Step(...) without its Python __new__: every field given, in order.
+            step: Step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
+                                      clock0[0] + (t0 - clock0[1]), t1 - t0, None,
+                                      tuple(rejected) if rejected else (), True,
+                                      (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
+                                      tuple(calls) if calls else ()))
+            self.path.append(step)
+            if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
+                await self._after(step)
+            elif self.hooks:  # what _after does for such a step: report it
+                pending = self._notify(_tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name,
+                                                               chosen.target, chosen.name, _TRANSITION, t1 - t0)))
+                if pending is not None:
+                    await pending
+            if not many or self.result is not None:
+                return step
 
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -999,6 +1005,7 @@ _TRANSITION = StepKind.TRANSITION
 _new_view = object.__new__
 _tnew = tuple.__new__  # an event built in one call (events.py)
 _perf = time.perf_counter
+_COROUTINE = types.CoroutineType
 _set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
 """The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
