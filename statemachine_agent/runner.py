@@ -515,10 +515,18 @@ class Run(Generic[C]):
                 elif plan.slow:
                     chosen = await self._act_and_choose(plan, view, index)
                 else:  # the common case, inline: no extra coroutine, no extra call
-                    if self.hooks:
-                        pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
-                                                                   visits + 1)))
-                        if pending is not None:
+                    hooks = self.hooks
+                    if hooks:
+                        event: Event = _tnew(StepStarted, (self.run_id, self.workflow.name, index, name, visits + 1))
+                        if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                            try:
+                                out = hooks[0](event)
+                            except Exception as exc:  # observability must never break the agent
+                                self._hook_failed(hooks[0], event, exc)
+                                out = None
+                            if out is not None and _awaitable(out):
+                                await self._emit_from(event, 0, out)
+                        elif (pending := self._notify(event)) is not None:
                             await pending
                     out = plan.action(view)  # type: ignore[misc]
                     if out is not None and (type(out) is _COROUTINE or _awaitable(out)):
@@ -587,10 +595,18 @@ class Run(Generic[C]):
             self.path.append(step)
             if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
                 await self._after(step)
-            elif self.hooks:  # what _after does for such a step: report it
-                pending = self._notify(_tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name,
-                                                               chosen.target, chosen.name, _TRANSITION, t1 - t0)))
-                if pending is not None:
+            elif hooks := self.hooks:  # what _after does for such a step: report it
+                event = _tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name, chosen.target,
+                                                chosen.name, _TRANSITION, t1 - t0))
+                if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                    try:
+                        out = hooks[0](event)
+                    except Exception as exc:  # observability must never break the agent
+                        self._hook_failed(hooks[0], event, exc)
+                        out = None
+                    if out is not None and _awaitable(out):
+                        await self._emit_from(event, 0, out)
+                elif (pending := self._notify(event)) is not None:
                     await pending
             if not many or self.result is not None:
                 return step
@@ -615,7 +631,7 @@ class Run(Generic[C]):
             start = _StartCopy(self.context.__copy__())
             if self._owned:
                 start.get()
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, start, self.max_steps))
+            await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps)))
 
     def _wall(self, t: float) -> float:
         wall0, perf0 = self._clock0
@@ -772,8 +788,8 @@ class Run(Generic[C]):
                              "state": step.state, "target": step.target, "transition": step.transition,
                              "kind": step.kind, "duration": step.duration})
         if self.hooks:
-            await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
-                                             step.transition, step.kind, step.duration))
+            await self._emit(_tnew(TransitionTaken, (self.run_id, wf.name, step.number, step.state, step.target,
+                                                     step.transition, step.kind, step.duration)))
         if not plan.terminal:
             if waits:
                 await self._waiting(plan)
@@ -785,7 +801,7 @@ class Run(Generic[C]):
                         step.target, reason,
                         extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
         if self.hooks:
-            await self._emit(RunFinished(self.run_id, wf.name, self.result))
+            await self._emit(_tnew(RunFinished, (self.run_id, wf.name, self.result)))
 
     async def _fail_doomed(self) -> Step:
         reason = self._doomed
