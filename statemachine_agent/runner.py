@@ -296,14 +296,15 @@ class Run(Generic[C]):
         self._started = False
         self._busy = False
         self._rejected: list[str] = []
-        self._clock0 = (time.time(), time.perf_counter())
+        self._clock0 = time.time() - time.perf_counter()
+        """The wall-clock time of perf_counter's zero: a step started at ``t0`` began at ``_clock0 + t0``."""
         self._store = config.store
         self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
         self._doomed: str | None = None
         self._broken: str | None = None
-        self._inbox: list[tuple[int, str, Any]] = []
+        self._inbox: list[tuple[int, str, Any]] = _NO_INBOX
         self._skipped: frozenset[int] = _NO_SKIPS
         """Inbox events a migration dropped: never taken by this run object, though the store has them."""
         """Events delivered and not yet consumed: (seq, event, payload)."""
@@ -316,13 +317,13 @@ class Run(Generic[C]):
         """Tokens the run's model calls may use (``None``: no limit)."""
         self.cost_budget = config.cost_budget
         """What the run's priced model calls may cost (``None``: no limit)."""
-        self._spent = [0, 0.0]
+        self._spent: list[float] = _NO_SPENDING
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
         self._budget_refused: BudgetExceeded | None = None
         """A model call the budgets refused in this step: the step fails even if its action caught it."""
         self._model_calls: list[ModelCall] = _NO_CALLS
         """The current step's model calls."""
-        self._step_calls = [0]
+        self._step_calls = _NO_STEP_CALLS
         """The current step's call counter, shared by its action's tools handle and its policy's."""
 
     @classmethod
@@ -559,8 +560,7 @@ class Run(Generic[C]):
                 if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
                     exc = exc.__cause__
                 return await self._route(plan, index, t0, exc)
-            vd = view.__dict__
-            vd["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
+            view.__dict__["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
             if chosen is None:
                 view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
                 return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
@@ -570,7 +570,7 @@ class Run(Generic[C]):
                 return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
                                         budget=Budget.MAX_TRAVERSALS)
             # The step succeeded: its writes stand; now move.
-            dirty: set[str] | None = vd.get("_sa_dirty")
+            dirty: set[str] | None = view.__dict__.get("_sa_dirty")
             journal = self._journal
             if journal is not None:
                 try:
@@ -585,14 +585,14 @@ class Run(Generic[C]):
             self.traversals[chosen.key] += 1
             rejected, calls = self._rejected, self._model_calls
             t1 = _perf()
-            clock0 = self._clock0
             # Step(...) without its Python __new__: every field given, in order.
             step: Step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
-                                      clock0[0] + (t0 - clock0[1]), t1 - t0, None,
+                                      self._clock0 + t0, t1 - t0, None,
                                       tuple(rejected) if rejected else (), True,
                                       (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
                                       tuple(calls) if calls else ()))
             self.path.append(step)
+            dirty = None  # with many, this frame lives on to the next step: it keeps nothing of this one
             if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
                 await self._after(step)
             elif hooks := self.hooks:  # what _after does for such a step: report it
@@ -634,8 +634,7 @@ class Run(Generic[C]):
             await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps)))
 
     def _wall(self, t: float) -> float:
-        wall0, perf0 = self._clock0
-        return wall0 + (t - perf0)
+        return self._clock0 + t
 
     def _missing_write(self, plan: Plan, view: ContextView) -> None:
         dirty = view._sa_dirty or _EMPTY
@@ -820,6 +819,8 @@ class Run(Generic[C]):
             calls = self._model_calls = []
         calls.append(call)
         spent = self._spent
+        if spent is _NO_SPENDING:
+            spent = self._spent = [0, 0.0]
         spent[0] += call.input_tokens + call.output_tokens
         if call.cost is not None:
             spent[1] += call.cost
@@ -883,6 +884,8 @@ class Run(Generic[C]):
     def _take(self, events: list[tuple[int, str, Any]]) -> None:
         """Add events the store found in the inbox (by sequence number, each once)."""
         known = {seq for seq, _, _ in self._inbox} | self._skipped
+        if self._inbox is _NO_INBOX:
+            self._inbox = []
         self._inbox.extend(e for e in events if e[0] not in known)
 
     async def _waiting(self, plan: Plan) -> None:
@@ -926,6 +929,8 @@ class Run(Generic[C]):
             known = ", ".join(repr(e) for e in sorted(waits)) or "none"
             raise ValueError(f"workflow {self.workflow.name!r} waits for no event {event!r}; its events: {known}")
         value = wait.payload.model_validate(payload)
+        if self._inbox is _NO_INBOX:
+            self._inbox = []
         self._inbox.append((next(_local_seq), event, value))
         result = self.result
         if result is not None and result.waiting == event:
@@ -1035,6 +1040,9 @@ def _NOTHING(*_: Any) -> None:
 
 _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy makes its own list
 _NO_CALLS: list[ModelCall] = []  # likewise: _model_call makes the step's own list
+_NO_INBOX: list[tuple[int, str, Any]] = []  # likewise: deliver and _take make the run's own list
+_NO_SPENDING: list[float] = [0, 0.0]  # likewise: _model_call makes the run's own [tokens, cost]
+_NO_STEP_CALLS: list[int] = [0]  # likewise: _act_and_choose makes each step's own counter
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
 
