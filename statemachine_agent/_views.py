@@ -30,6 +30,7 @@ import pathlib
 import uuid
 from collections.abc import (
     Callable,
+    Container,
     Iterable,
     Iterator,
     Mapping,
@@ -563,9 +564,10 @@ class ContextView:
     # No __slots__: one instance-dict assignment builds a view (a view is made for every step).
     _sa_model: BaseModel
     _sa_plan: Plan | None
-    _sa_written: set[str]
+    _sa_written: Container[str]
     _sa_fields: frozenset[str]
-    _sa_owned: set[str]
+    _sa_owned: dict[str, None]
+    """Fields whose mutable value the run made or copied itself (a dict of names: no set to track)."""
     _sa_old: dict[str, tuple[Any, bool]] | None = None
     """Per field assigned this step: its value before, and whether it was in ``fields_set``."""
     _sa_undo: Undo | None = None
@@ -574,8 +576,8 @@ class ContextView:
     _sa_origins: dict[str, _Origin] | None = None
     _sa_whole: dict[str, Any] | None = None
 
-    def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str],
-                 owned: set[str]) -> None:
+    def __init__(self, model: BaseModel, plan: Plan, written: Container[str], fields: frozenset[str],
+                 owned: dict[str, None]) -> None:
         object.__setattr__(self, "__dict__", {"_sa_model": model, "_sa_plan": plan, "_sa_written": written,
                                               "_sa_fields": fields, "_sa_owned": owned})
 
@@ -670,7 +672,7 @@ class ContextView:
                 if name not in owned and not is_scalar(value):
                     # Still the caller's object: the run changes its own copy (once per run).
                     value = model.__dict__[name] = copy.deepcopy(value)
-                    owned.add(name)
+                    owned[name] = None
                 return wrap(value, self._sa_origin(plan, name, True))
             return wrap(value, self._sa_origin(plan, name, False))
         if name in self._sa_fields:

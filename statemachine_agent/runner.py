@@ -132,6 +132,19 @@ class RunConfig(Generic[C]):
            store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
            cost_budget: float | None = None) -> RunConfig[C]:
         """The options checked: ``TypeError``/``ValueError`` naming the bad one and what to give."""
+        return cls(*cls.checked(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+                                max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                                clock=clock, store=store, max_step_restarts=max_step_restarts,
+                                token_budget=token_budget, cost_budget=cost_budget))
+
+    @staticmethod
+    def checked(workflow: Program[C], *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+                max_steps: int | None = None, timeout: float | None = None, max_policy_attempts: int = 3,
+                raise_errors: bool = True, run_id: str | None = None, clock: Clock | None = None,
+                store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
+                cost_budget: float | None = None) -> tuple[Any, ...]:
+        """What :meth:`of` checks, as the values of its fields in order (a run keeps them in its own
+        slots, and builds its RunConfig only when asked: one object less per run in flight)."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                       or not 1 <= max_steps <= _MAX_COUNT):
             raise ValueError(f"max_steps={max_steps!r}: give a whole number from 1 to {_MAX_COUNT} (what a store "
@@ -171,10 +184,10 @@ class RunConfig(Generic[C]):
         except AttributeError:
             raise TypeError(f"{safe_repr(workflow)} is not a compiled workflow: give Workflow(...).compile()"
                             ) from None
-        return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
-                   max_steps if max_steps is not None else default_steps, timeout, max_policy_attempts,
-                   raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
-                   max_step_restarts, token_budget, cost_budget, max_steps is not None)
+        return (policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
+                max_steps if max_steps is not None else default_steps, timeout, max_policy_attempts,
+                raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
+                max_step_restarts, token_budget, cost_budget, max_steps is not None)
 
 
 class Run(Generic[C]):
@@ -191,6 +204,7 @@ class Run(Generic[C]):
         "_budget_refused",
         "_busy",
         "_clock0",
+        "_config",
         "_consume",
         "_deadline",
         "_delta",
@@ -199,6 +213,7 @@ class Run(Generic[C]):
         "_inbox",
         "_journal",
         "_machine",
+        "_max_steps_given",
         "_model_calls",
         "_owned",
         "_plans",
@@ -213,7 +228,6 @@ class Run(Generic[C]):
         "_written",
         "actions_run",
         "clock",
-        "config",
         "context",
         "cost_budget",
         "hooks",
@@ -231,6 +245,24 @@ class Run(Generic[C]):
         "visits",
         "workflow",
     )
+
+    policy: Policy[C]
+    hooks: tuple[Hook, ...]
+    """The workflow's hooks, then the run's own."""
+    max_steps: int
+    timeout: float | None
+    max_policy_attempts: int
+    raise_errors: bool
+    run_id: str
+    clock: Clock
+    """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
+    max_step_restarts: int
+    token_budget: int | None
+    """Tokens the run's model calls may use (``None``: no limit)."""
+    cost_budget: float | None
+    """What the run's priced model calls may cost (``None``: no limit)."""
+    _store: object | None
+    _max_steps_given: bool
 
     def __init__(self, workflow: Program[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
@@ -251,12 +283,13 @@ class Run(Generic[C]):
                     f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
                     f"pass {model.__name__}(...) or a dict of its fields"
                 )
-        config = RunConfig.of(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
-                              max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
-                              clock=clock, store=store, max_step_restarts=max_step_restarts,
-                              token_budget=token_budget, cost_budget=cost_budget)
-        self.config: RunConfig[C] = config
-        """The run's options, validated (built once, for this run)."""
+        (self.policy, self.hooks, self.max_steps, self.timeout, self.max_policy_attempts, self.raise_errors,
+         self.run_id, self.clock, self._store, self.max_step_restarts, self.token_budget, self.cost_budget,
+         self._max_steps_given) = RunConfig.checked(
+            workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+            max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id, clock=clock,
+            store=store, max_step_restarts=max_step_restarts, token_budget=token_budget, cost_budget=cost_budget)
+        self._config: RunConfig[C] | None = None
         self.workflow = workflow
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first,
@@ -265,15 +298,6 @@ class Run(Generic[C]):
         base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
-        self.policy: Policy[C] = config.policy
-        self.hooks: tuple[Hook, ...] = config.hooks
-        self.max_steps: int = config.max_steps
-        self.timeout = config.timeout
-        self.max_policy_attempts = config.max_policy_attempts
-        self.raise_errors = config.raise_errors
-        self.run_id: str = config.run_id
-        self.clock: Clock = config.clock
-        """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] = []
         self.actions_run = 0
         self.visits: dict[str, int] = {}
@@ -282,12 +306,15 @@ class Run(Generic[C]):
         """Set when the run has entered a terminal state."""
         self._plans = workflow.plans
         d = base.__dict__
-        self._written: set[str] = set(workflow.fields_at_start)
+        # Dicts of names, not sets: a dict of strings is not tracked by the garbage collector, and
+        # thousands of runs may be in flight.
+        written = self._written = dict.fromkeys(workflow.fields_at_start)
+        """The fields some step (or the start) wrote."""
         for f in base.model_fields_set:
             v = d.get(f)
             if v is not None and not is_unset(v):
-                self._written.add(f)
-        self._owned: set[str] = set()
+                written[f] = None
+        self._owned: dict[str, None] = {}
         """Fields whose mutable value the run made or copied itself (not the caller's object)."""
         self._fields = workflow.field_names
         self._token = Token(workflow.initial, ReadOnlyContext(base), self.traversals)
@@ -298,7 +325,6 @@ class Run(Generic[C]):
         self._rejected: list[str] = []
         self._clock0 = time.time() - time.perf_counter()
         """The wall-clock time of perf_counter's zero: a step started at ``t0`` began at ``_clock0 + t0``."""
-        self._store = config.store
         self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
@@ -312,11 +338,6 @@ class Run(Generic[C]):
         """The inbox event the current step consumed (committed with it)."""
         self._wait_deadline: float | None = None
         """When the current wait state's timeout passes (wall clock, on the run's clock)."""
-        self.max_step_restarts = config.max_step_restarts
-        self.token_budget = config.token_budget
-        """Tokens the run's model calls may use (``None``: no limit)."""
-        self.cost_budget = config.cost_budget
-        """What the run's priced model calls may cost (``None``: no limit)."""
         self._spent: list[float] = _NO_SPENDING
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
         self._budget_refused: BudgetExceeded | None = None
@@ -352,9 +373,9 @@ class Run(Generic[C]):
         traversals = state.traversals
         for i, name in enumerate(workflow.edge_names):
             run.traversals[i] = traversals.get(name, 0)  # in place: the run's token holds this list
-        run._written = set(state.written)
+        run._written = dict.fromkeys(state.written)
         if owned:
-            run._owned = set(workflow.field_names)
+            run._owned = dict.fromkeys(workflow.field_names)
         run._token.state = state.state
         # A list given as the inbox is kept as it is (replay's inbox hands out recorded events).
         run._inbox = state.inbox if isinstance(state.inbox, list) else list(state.inbox)
@@ -377,6 +398,22 @@ class Run(Generic[C]):
                         {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
                         tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]),
                         skipped=self._skipped)
+
+    @property
+    def config(self) -> RunConfig[C]:
+        """The run's options, validated (built when first asked for, from the run's own values)."""
+        config = self._config
+        if config is None:
+            config = self._config = RunConfig(self.policy, self.hooks, self.max_steps, self.timeout,
+                                              self.max_policy_attempts, self.raise_errors, self.run_id, self.clock,
+                                              self._store, self.max_step_restarts, self.token_budget,
+                                              self.cost_budget, self._max_steps_given)
+        return config
+
+    @config.setter
+    def config(self, config: RunConfig[C]) -> None:
+        self._config = config
+        self._max_steps_given = config.max_steps_given
 
     @property
     def written(self) -> frozenset[str]:
@@ -579,8 +616,9 @@ class Run(Generic[C]):
                     view._sa_rollback()
                     return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
             if dirty:
-                self._written.update(dirty)
-                self._owned.update(dirty)
+                written, owned = self._written, self._owned
+                for f in dirty:
+                    written[f] = owned[f] = None
             chosen.fire(self._token)
             self.traversals[chosen.key] += 1
             rejected, calls = self._rejected, self._model_calls
