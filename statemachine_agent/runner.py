@@ -431,26 +431,11 @@ class Run(Generic[C]):
         return self._token.state
 
     # --- driving ---------------------------------------------------------------------------------
-    async def run_to_end(self) -> RunResult[C]:
-        """Run until a terminal state and return the result."""
-        if self._busy:
-            raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
-                           "the next one (one step at a time per run)")
-        self._busy = True
-        try:
-            if not self._started and self.result is None:
-                if self._broken is not None:
-                    raise RunError(self._broken)
-                await self._start()
-                if self._doomed is not None and self.result is None:
-                    await self._fail_doomed()
-            elif self.result is None and self._plans[self._token.state].wait is not None:
-                await self._settle_wait()
-            while self.result is None:
-                await self._step(many=True)  # one coroutine for the common steps: the hot path
-        finally:
-            self._busy = False
-        return self.result
+    def run_to_end(self) -> Coroutine[Any, Any, RunResult[C]]:
+        """Run until a terminal state and return the result: ``await run.run_to_end()`` (one coroutine
+        for the whole run; a run that waits for an event returns its waiting result)."""
+        coro: Coroutine[Any, Any, RunResult[C]] = self._step(many=True)
+        return coro
 
     async def __aiter__(self) -> AsyncIterator[Step]:
         while self.result is None:
@@ -477,7 +462,8 @@ class Run(Generic[C]):
             if self._started and self._plans[self._token.state].wait is not None and await self._settle_wait():
                 waiting = self.result.waiting if self.result is not None else None
                 raise RunError(f"run {self.run_id} is waiting for event {waiting!r}: deliver it")
-            return await self._step()
+            step: Step = await self._step()
+            return step
         finally:
             self._busy = False
 
@@ -492,162 +478,197 @@ class Run(Generic[C]):
         await self._suspend(plan)
         return self.result is not None
 
-    async def _step(self, many: bool = False) -> Step:
-        """One step; with ``many``, steps on while the run has not ended and each step takes the
-        common path (one coroutine for all of them: run_to_end's loop), and returns at the first that
-        does not, or ends the run."""
-        while True:
-            if not self._started:
-                if self._broken is not None:
-                    raise RunError(self._broken)
-                await self._start()
-                if self.result is not None:  # an initial wait state with nothing delivered yet
-                    raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
-                if self._doomed is not None:
-                    return await self._fail_doomed()
-            plan = self._plans[self._token.state]
-            index = len(self.path)
-            t0 = _perf()
-            name = plan.name
-            self._rejected = _NO_REJECTIONS
-            self._model_calls = _NO_CALLS
-            self._budget_refused = None
-            visits = self.visits.get(name, 0)
-            # The specific budget first: when the default max_steps (the static bound) runs out, a
-            # visit budget is usually the real cause, and naming it says which loop to look at.
-            if plan.max_visits is not None and visits >= plan.max_visits:
-                return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
-                                        budget=Budget.MAX_VISITS, ran=False)
-            if self.actions_run >= self.max_steps:
-                return await self._fail(plan, index, t0,
-                                        f"max_steps of {self.max_steps} reached before state {name!r}",
-                                        budget=Budget.MAX_STEPS, ran=False)
-            deadline = self._deadline
-            if deadline is not None and self.clock.now() >= deadline:
-                return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
-                                        f"{name!r}", budget=Budget.DEADLINE, ran=False)
-            if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
-                return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
-            self.visits[name] = visits + 1
-            self.actions_run += 1
-            view = _new_view(ContextView)
-            _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan, "_sa_written": self._written,
-                                  "_sa_fields": self._fields, "_sa_owned": self._owned})
-            chosen: Exit | None
-            try:
-                if deadline is not None:
-                    scope = self.clock.timeout_at(deadline)
-                    try:
-                        async with scope:
-                            try:
-                                chosen = await self._act_and_choose(plan, view, index)
-                            except TimeoutError as own:
-                                # Raised inside the block, so it is the action's own, not our
-                                # deadline's (which surfaces only when the block exits).
-                                raise _ActionTimeout from own
-                    except TimeoutError:
-                        if not scope.expired():
-                            raise
-                        raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
-                                      budget=Budget.DEADLINE) from None
-                elif plan.slow:
-                    chosen = await self._act_and_choose(plan, view, index)
-                else:  # the common case, inline: no extra coroutine, no extra call
-                    hooks = self.hooks
-                    if hooks:
-                        event: Event = _tnew(StepStarted, (self.run_id, self.workflow.name, index, name, visits + 1))
-                        if len(hooks) == 1:  # _notify(event), inlined for the common single hook
-                            try:
-                                out = hooks[0](event)
-                            except Exception as exc:  # observability must never break the agent
-                                self._hook_failed(hooks[0], event, exc)
-                                out = None
-                            if out is not None and _awaitable(out):
-                                await self._emit_from(event, 0, out)
-                        elif (pending := self._notify(event)) is not None:
-                            await pending
-                    out = plan.action(view)  # type: ignore[misc]
-                    if out is not None and (type(out) is _COROUTINE or _awaitable(out)):
-                        await out
-                    if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
-                        self._missing_write(plan, view)
-                    # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
-                    readonly = self._token.context
-                    for chosen in plan.exits:
-                        g = chosen.guard
-                        if g is None or g(readonly):
-                            break
-                    else:
-                        chosen = plan.default
-            except BaseException as exc:
-                view._sa_rollback()
-                view._sa_close()
-                if not isinstance(exc, Exception):
-                    # Cancellation and interruption are never routed. The step did not happen: its
-                    # writes are undone above and its visit is not counted, so the run can go on.
-                    self.visits[name] = visits
-                    self.actions_run -= 1
-                    raise
-                if isinstance(exc, _Failed):
-                    return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
-                if isinstance(exc, BudgetExceeded):
-                    return await self._fail(plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget))
-                if isinstance(exc, ContextAccessError):
-                    return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
-                if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
-                    exc = exc.__cause__
-                return await self._route(plan, index, t0, exc)
-            view.__dict__["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
-            if chosen is None:
-                view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
-                return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
-            bound = chosen.bound
-            if bound is not None and self.traversals[chosen.key] >= bound:
-                view._sa_rollback()
-                return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
-                                        budget=Budget.MAX_TRAVERSALS)
-            # The step succeeded: its writes stand; now move.
-            dirty: set[str] | None = view.__dict__.get("_sa_dirty")
-            journal = self._journal
-            if journal is not None:
+    async def _step(self, many: bool = False) -> Any:
+        """One step: its Step. With ``many``, what ``run_to_end`` does: steps until the run ends or
+        waits, and returns its result; the common steps run in this one coroutine (the only one a run
+        in flight holds: thousands may be)."""
+        if many:
+            if self._busy:
+                raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
+                               "the next one (one step at a time per run)")
+            self._busy = True
+        try:
+            if many:
+                if not self._started and self.result is None:
+                    if self._broken is not None:
+                        raise RunError(self._broken)
+                    await self._start()
+                    if self._doomed is not None and self.result is None:
+                        await self._fail_doomed()
+                elif self.result is None and self._plans[self._token.state].wait is not None:
+                    await self._settle_wait()
+                if self.result is not None:
+                    return self.result
+            while True:
+                if not self._started:
+                    if self._broken is not None:
+                        raise RunError(self._broken)
+                    await self._start()
+                    if self.result is not None:  # an initial wait state with nothing delivered yet
+                        raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
+                    if self._doomed is not None:
+                        return self._ended(many, await self._fail_doomed())
+                plan = self._plans[self._token.state]
+                index = len(self.path)
+                t0 = _perf()
+                name = plan.name
+                self._rejected = _NO_REJECTIONS
+                self._model_calls = _NO_CALLS
+                self._budget_refused = None
+                visits = self.visits.get(name, 0)
+                # The specific budget first: when the default max_steps (the static bound) runs out, a
+                # visit budget is usually the real cause, and naming it says which loop to look at.
+                if plan.max_visits is not None and visits >= plan.max_visits:
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
+                                            budget=Budget.MAX_VISITS, ran=False))
+                if self.actions_run >= self.max_steps:
+                    return self._ended(many, await self._fail(plan, index, t0,
+                                            f"max_steps of {self.max_steps} reached before state {name!r}",
+                                            budget=Budget.MAX_STEPS, ran=False))
+                deadline = self._deadline
+                if deadline is not None and self.clock.now() >= deadline:
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"deadline of {self.timeout} s passed before state "
+                                            f"{name!r}", budget=Budget.DEADLINE, ran=False))
+                if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False))
+                self.visits[name] = visits + 1
+                self.actions_run += 1
+                view = _new_view(ContextView)
+                _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan,
+                                                  "_sa_written": self._written, "_sa_fields": self._fields,
+                                                  "_sa_owned": self._owned})
+                chosen: Exit | None
                 try:
-                    self._delta = journal.delta(self.context, dirty or ())
-                except TypeError as exc:
+                    if deadline is not None:
+                        scope = self.clock.timeout_at(deadline)
+                        try:
+                            async with scope:
+                                try:
+                                    chosen = await self._act_and_choose(plan, view, index)
+                                except TimeoutError as own:
+                                    # Raised inside the block, so it is the action's own, not our
+                                    # deadline's (which surfaces only when the block exits).
+                                    raise _ActionTimeout from own
+                        except TimeoutError:
+                            if not scope.expired():
+                                raise
+                            raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
+                                          budget=Budget.DEADLINE) from None
+                    elif plan.slow:
+                        chosen = await self._act_and_choose(plan, view, index)
+                    else:  # the common case, inline: no extra coroutine, no extra call
+                        hooks = self.hooks
+                        if hooks:
+                            event: Event = _tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
+                                                                visits + 1))
+                            if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                                try:
+                                    out = hooks[0](event)
+                                except Exception as exc:  # observability must never break the agent
+                                    self._hook_failed(hooks[0], event, exc)
+                                    out = None
+                                if out is not None and _awaitable(out):
+                                    await self._emit_from(event, 0, out)
+                            elif (pending := self._notify(event)) is not None:
+                                await pending
+                        out = plan.action(view)  # type: ignore[misc]
+                        if out is not None and (type(out) is _COROUTINE or _awaitable(out)):
+                            await out
+                        if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
+                            self._missing_write(plan, view)
+                        # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
+                        readonly = self._token.context
+                        for chosen in plan.exits:
+                            g = chosen.guard
+                            if g is None or g(readonly):
+                                break
+                        else:
+                            chosen = plan.default
+                except BaseException as exc:
                     view._sa_rollback()
-                    return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
-            if dirty:
-                written, owned = self._written, self._owned
-                for f in dirty:
-                    written[f] = owned[f] = None
-            chosen.fire(self._token)
-            self.traversals[chosen.key] += 1
-            rejected, calls = self._rejected, self._model_calls
-            t1 = _perf()
-            # Step(...) without its Python __new__: every field given, in order.
-            step: Step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
-                                      self._clock0 + t0, t1 - t0, None,
-                                      tuple(rejected) if rejected else (), True,
-                                      (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
-                                      tuple(calls) if calls else ()))
-            self.path.append(step)
-            dirty = None  # with many, this frame lives on to the next step: it keeps nothing of this one
-            if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
-                await self._after(step)
-            elif hooks := self.hooks:  # what _after does for such a step: report it
-                event = _tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name, chosen.target,
-                                                chosen.name, _TRANSITION, t1 - t0))
-                if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                    view._sa_close()
+                    if not isinstance(exc, Exception):
+                        # Cancellation and interruption are never routed. The step did not happen: its
+                        # writes are undone above and its visit is not counted, so the run can go on.
+                        self.visits[name] = visits
+                        self.actions_run -= 1
+                        raise
+                    if isinstance(exc, _Failed):
+                        return self._ended(many, await self._fail(plan, index, t0, exc.reason, budget=exc.budget))
+                    if isinstance(exc, BudgetExceeded):
+                        return self._ended(many, await self._fail(
+                            plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget)))
+                    if isinstance(exc, ContextAccessError):
+                        return self._ended(many, await self._fail(plan, index, t0, str(exc), error=exc, loud=True))
+                    if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
+                        exc = exc.__cause__
+                    step = await self._route(plan, index, t0, exc)
+                    if many and self.result is None:
+                        continue  # routed to a state that goes on
+                    return self._ended(many, step)
+                view.__dict__["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
+                if chosen is None:
+                    view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"no exit of state {name!r} was enabled"))
+                bound = chosen.bound
+                if bound is not None and self.traversals[chosen.key] >= bound:
+                    view._sa_rollback()
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
+                                            budget=Budget.MAX_TRAVERSALS))
+                # The step succeeded: its writes stand; now move.
+                dirty: set[str] | None = view.__dict__.get("_sa_dirty")
+                journal = self._journal
+                if journal is not None:
                     try:
-                        out = hooks[0](event)
-                    except Exception as exc:  # observability must never break the agent
-                        self._hook_failed(hooks[0], event, exc)
-                        out = None
-                    if out is not None and _awaitable(out):
-                        await self._emit_from(event, 0, out)
-                elif (pending := self._notify(event)) is not None:
-                    await pending
-            if not many or self.result is not None:
-                return step
+                        self._delta = journal.delta(self.context, dirty or ())
+                    except TypeError as exc:
+                        view._sa_rollback()
+                        return self._ended(many, await self._fail(plan, index, t0, f"state {name!r}: {exc}"))
+                if dirty:
+                    written, owned = self._written, self._owned
+                    for f in dirty:
+                        written[f] = owned[f] = None
+                chosen.fire(self._token)
+                self.traversals[chosen.key] += 1
+                rejected, calls = self._rejected, self._model_calls
+                t1 = _perf()
+                # Step(...) without its Python __new__: every field given, in order.
+                step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
+                                          self._clock0 + t0, t1 - t0, None,
+                                          tuple(rejected) if rejected else (), True,
+                                          (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
+                                          tuple(calls) if calls else ()))
+                self.path.append(step)
+                dirty = None  # with many, this frame lives on to the next step: it keeps nothing of this one
+                if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
+                    await self._after(step)
+                elif hooks := self.hooks:  # what _after does for such a step: report it
+                    event = _tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name, chosen.target,
+                                                    chosen.name, _TRANSITION, t1 - t0))
+                    if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                        try:
+                            out = hooks[0](event)
+                        except Exception as exc:  # observability must never break the agent
+                            self._hook_failed(hooks[0], event, exc)
+                            out = None
+                        if out is not None and _awaitable(out):
+                            await self._emit_from(event, 0, out)
+                    elif (pending := self._notify(event)) is not None:
+                        await pending
+                if not many or self.result is not None:
+                    return self._ended(many, step)
+        finally:
+            if many:
+                self._busy = False
+
+    def _ended(self, many: bool, step: Step) -> Any:
+        """What _step returns after ``step``: the step, or with ``many`` the run's result."""
+        return self.result if many else step
 
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
