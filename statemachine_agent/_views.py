@@ -568,8 +568,10 @@ class ContextView:
     _sa_fields: frozenset[str]
     _sa_owned: dict[str, None]
     """Fields whose mutable value the run made or copied itself (a dict of names: no set to track)."""
-    _sa_old: dict[str, tuple[Any, bool]] | None = None
-    """Per field assigned this step: its value before, and whether it was in ``fields_set``."""
+    _sa_old: dict[str, Any] | None = None
+    """Per field assigned this step: its value before."""
+    _sa_unset: set[str] | None = None
+    """Fields assigned this step that were not in the model's ``fields_set`` before."""
     _sa_undo: Undo | None = None
     _sa_dirty: set[str] | None = None
     """Fields this step changed: assigned, or changed in place through a tracked proxy."""
@@ -615,13 +617,13 @@ class ContextView:
                 model.__dict__[name] = value
         old = self._sa_old
         if old:
-            fields_set = model.__pydantic_fields_set__
-            for name, (value, was_set) in old.items():
+            for name, value in old.items():
                 model.__dict__[name] = value
-                if not was_set:
-                    fields_set.discard(name)
+            unset = self._sa_unset
+            if unset:
+                model.__pydantic_fields_set__.difference_update(unset)
         d = self.__dict__
-        d["_sa_old"] = d["_sa_dirty"] = d["_sa_whole"] = None
+        d["_sa_old"] = d["_sa_dirty"] = d["_sa_whole"] = d["_sa_unset"] = None
 
     def _sa_live(self, name: str) -> Plan:
         plan = self._sa_plan
@@ -698,8 +700,14 @@ class ContextView:
             old = self._sa_old
             if old is None:
                 old = self.__dict__["_sa_old"] = {}
-            if name not in old:
-                old[name] = (model.__dict__[name], name in model.__pydantic_fields_set__)
+            if name not in old:  # its value before the step, kept for a rollback (no tuple per write)
+                old[name] = model.__dict__[name]
+                if name not in model.__pydantic_fields_set__:
+                    unset = self._sa_unset
+                    if unset is None:
+                        self.__dict__["_sa_unset"] = {name}
+                    else:
+                        unset.add(name)
             # pydantic validates here, in the action (its memoized handler for the field, when it
             # has one: what BaseModel.__setattr__ would call, without its frame)
             kind = type(value)
@@ -747,15 +755,20 @@ class ContextView:
         return f"<context view of {self._sa_model!r} for state {plan.name if plan else '(closed)'!r}>"
 
 
+_READ_ONLY_ORIGINS: dict[tuple[str, str], _Origin] = {}
+"""The origins of read-only values, shared by every ReadOnlyContext: such an origin (no undo log, no
+view) is never changed, so one per (state, field) serves every run, and a run in flight keeps no
+dict of its own for them."""
+
+
 class ReadOnlyContext:
     """The context as guards and policies see it: every field readable (frozen), nothing writable."""
 
-    __slots__ = ("_sa_model", "_sa_origins", "_sa_state")
+    __slots__ = ("_sa_model", "_sa_state")
 
     def __init__(self, model: BaseModel, state: str = "") -> None:
         object.__setattr__(self, "_sa_model", model)
         object.__setattr__(self, "_sa_state", state)
-        object.__setattr__(self, "_sa_origins", None)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -771,13 +784,12 @@ class ReadOnlyContext:
             raise ContextAccessError(self._sa_state, name, f"a guard or policy read {name!r} before any "
                                      "step set it: declare it in the guard's reads=[...] so the checker "
                                      "proves it is written first")
-        origins = self._sa_origins
-        if origins is None:
-            origins = {}
-            object.__setattr__(self, "_sa_origins", origins)
-        origin = origins.get(name)
+        key = (self._sa_state, name)
+        origin = _READ_ONLY_ORIGINS.get(key)
         if origin is None:
-            origin = origins[name] = _Origin(self._sa_state, name, None, None)
+            origin = _Origin(self._sa_state, name, None, None)
+            if len(_READ_ONLY_ORIGINS) < 10_000:  # workflows made on the fly must not grow it without bound
+                _READ_ONLY_ORIGINS[key] = origin
         return wrap(value, origin)
 
     def __setattr__(self, name: str, value: Any) -> None:
