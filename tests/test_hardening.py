@@ -48,7 +48,7 @@ def one_state(action: Any, **state: Any) -> Workflow[Items]:
 # --- 1. the result shares nothing with the caller's input ------------------------------------
 def test_result_shares_nothing_with_the_input_where_the_run_wrote() -> None:
     """What the run wrote is the result's own; a value it never wrote is the caller's, not copied
-    (a run costs what it changed: tests/test_runner_ownership.py)."""
+    (a run costs what it changed: tests/test_runner_fast_paths.py)."""
     def act(ctx: Items) -> None:
         ctx.items.append(3)
         ctx.answer = "a"
