@@ -520,17 +520,17 @@ class Run(Generic[C]):
                 # visit budget is usually the real cause, and naming it says which loop to look at.
                 if plan.max_visits is not None and visits >= plan.max_visits:
                     return self._ended(many, await self._fail(
-                        plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
-                                            budget=Budget.MAX_VISITS, ran=False))
+                        plan, index, t0, f"visits of {name!r} reached {plan.max_visits}", budget=Budget.MAX_VISITS,
+                        ran=False))
                 if self.actions_run >= self.max_steps:
-                    return self._ended(many, await self._fail(plan, index, t0,
-                                            f"max_steps of {self.max_steps} reached before state {name!r}",
-                                            budget=Budget.MAX_STEPS, ran=False))
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"max_steps of {self.max_steps} reached before state {name!r}",
+                        budget=Budget.MAX_STEPS, ran=False))
                 deadline = self._deadline
                 if deadline is not None and self.clock.now() >= deadline:
                     return self._ended(many, await self._fail(
-                        plan, index, t0, f"deadline of {self.timeout} s passed before state "
-                                            f"{name!r}", budget=Budget.DEADLINE, ran=False))
+                        plan, index, t0, f"deadline of {self.timeout} s passed before state {name!r}",
+                        budget=Budget.DEADLINE, ran=False))
                 if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
                     return self._ended(many, await self._fail(
                         plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False))
@@ -619,7 +619,7 @@ class Run(Generic[C]):
                     view._sa_rollback()
                     return self._ended(many, await self._fail(
                         plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
-                                            budget=Budget.MAX_TRAVERSALS))
+                        budget=Budget.MAX_TRAVERSALS))
                 # The step succeeded: its writes stand; now move.
                 dirty: set[str] | None = view.__dict__.get("_sa_dirty")
                 journal = self._journal
