@@ -510,7 +510,7 @@ class Run(Generic[C]):
                         return self._ended(many, await self._fail_doomed())
                 plan = self._plans[self._token.state]
                 index = len(self.path)
-                t0 = _perf()
+                t0 = time.perf_counter()
                 name = plan.name
                 self._rejected = _NO_REJECTIONS
                 self._model_calls = _NO_CALLS
@@ -636,7 +636,7 @@ class Run(Generic[C]):
                 chosen.fire(self._token)
                 self.traversals[chosen.key] += 1
                 rejected, calls = self._rejected, self._model_calls
-                t1 = _perf()
+                t1 = time.perf_counter()
                 # Step(...) without its Python __new__: every field given, in order.
                 step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
                                           self._clock0 + t0, t1 - t0, None,
@@ -1084,7 +1084,6 @@ _EMPTY: frozenset[str] = frozenset()
 _TRANSITION = StepKind.TRANSITION
 _new_view = object.__new__
 _tnew = tuple.__new__  # an event built in one call (events.py)
-_perf = time.perf_counter
 _COROUTINE = types.CoroutineType
 _set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
