@@ -494,6 +494,50 @@ class StepVariant:
         self.samples.append(self.timer(self.runs) / (self.runs * self.steps))
 
 
+def paired(cfg: Config, loop: asyncio.AbstractEventLoop | None, a: Callable[[], object], b: Callable[[], object],
+           steps: int) -> tuple[list[float], list[float]]:
+    """CPU seconds per step of ``a`` and of ``b`` per round, their runs alternated one by one (a b,
+    b a, a b, ...) so that both see the same machine: on a shared one, contention drifts between
+    samples taken a second apart, not between runs a millisecond apart. ``loop``: run them in it
+    (``a``/``b`` may return a coroutine, then awaited); ``None``: call them from plain code."""
+    async def in_loop(n: int) -> tuple[float, float]:
+        spent = {a: 0.0, b: 0.0}
+        for i in range(n):
+            for fn in (a, b) if i % 2 == 0 else (b, a):
+                t0 = cpu()
+                out = fn()
+                if asyncio.iscoroutine(out):
+                    await out
+                spent[fn] += cpu() - t0
+        return spent[a], spent[b]
+
+    def plain(n: int) -> tuple[float, float]:
+        spent = {a: 0.0, b: 0.0}
+        for i in range(n):
+            for fn in (a, b) if i % 2 == 0 else (b, a):
+                t0 = cpu()
+                fn()
+                spent[fn] += cpu() - t0
+        return spent[a], spent[b]
+
+    def timed(n: int) -> tuple[float, float]:
+        return loop.run_until_complete(in_loop(n)) if loop is not None else plain(n)
+
+    timed(3)
+    probe = 4
+    while sum(timed(probe)) < 0.01:
+        probe *= 4
+    n = max(2, round(2 * cfg.step_sample_seconds / (sum(timed(probe)) / probe)))
+    a_s: list[float] = []
+    b_s: list[float] = []
+    for _ in range(cfg.step_repeats):
+        gc.collect()
+        ta, tb = timed(n)
+        a_s.append(ta / (n * steps))
+        b_s.append(tb / (n * steps))
+    return a_s, b_s
+
+
 def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
                   force_profile: bool) -> tuple[list[Row], float]:
     """Section 1; returns the table rows and the median seconds of one bare ``transitions`` trigger."""
@@ -582,29 +626,40 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
     for name in ("seed: runner await run", "seed: runner run_sync", "seed: await run + no-op hook"):
         print(f"    {name:32} {median_ratio(by[name], raw_seed_t):6.2f}x raw transitions (seed)")
     per_step: dict[str, Any] = {"scale": 1e6, "unit": "µs/step"}
-    loop_cond = (f"{LOOP_STEPS}-step runs of a 1-state loop (counter += 1), fresh context per run; CPU time, "
-                 f"{cfg.step_repeats} rotated rounds")
+    paired_how = (f"CPU time; {cfg.step_repeats} rounds, in each the two sides' runs alternated one by one")
+    loop_cond = f"{LOOP_STEPS}-step runs of a 1-state loop (counter += 1), fresh context per run; {paired_how}"
     seed_cond = (f"{SEED_STEPS}-step runs of the seed workflow (4 states with reads/writes, a guarded loop), "
-                 f"fresh context per run; CPU time, {cfg.step_repeats} rotated rounds")
+                 f"fresh context per run; {paired_how}")
+    print(f"  paired rounds (each target below: its runs alternated one by one with its baseline's, "
+          f"{cfg.step_repeats} rounds):")
+    seed_sync, seed_raw_1 = paired(cfg, None, lambda: seed.run_sync(seed_context()), raw_seed.run, SEED_STEPS)
+    seed_await, seed_raw_2 = paired(cfg, loop, lambda: seed.run(seed_context()), raw_seed.run, SEED_STEPS)
+    seed_hook, seed_plain = paired(cfg, loop, lambda: seed.run(seed_context(), hooks=[noop_hook]),
+                                   lambda: seed.run(seed_context()), SEED_STEPS)
+    loop_sync, loop_raw_1 = paired(cfg, None, lambda: compiled.run_sync(LoopCtx()), raw.run, LOOP_STEPS)
+    loop_await, loop_raw_2 = paired(cfg, loop, lambda: compiled.run(LoopCtx()), raw.run, LOOP_STEPS)
+    loop_hook, loop_plain = paired(cfg, loop, lambda: compiled.run(LoopCtx(), hooks=[noop_hook]),
+                                   lambda: compiled.run(LoopCtx()), LOOP_STEPS)
     rows += [
-        target_row("1. seed: await run vs raw transitions", by["seed: runner await run"], raw_seed_t,
+        target_row("1. seed: await run vs raw transitions", seed_await, seed_raw_2,
                    baseline_name="raw transitions", target=STEP_TARGET, condition=seed_cond, **per_step),
-        target_row("1. seed: run_sync vs raw transitions", by["seed: runner run_sync"], raw_seed_t,
+        target_row("1. seed: run_sync vs raw transitions", seed_sync, seed_raw_1,
                    baseline_name="raw transitions", target=STEP_TARGET,
                    condition=seed_cond + "; run_sync's event loop per run included", **per_step),
-        target_row("1. seed: no-op hook vs no hook", by["seed: await run + no-op hook"], by["seed: runner await run"],
+        target_row("1. seed: no-op hook vs no hook", seed_hook, seed_plain,
                    baseline_name="no hook", target=HOOK_TARGET,
                    condition=seed_cond + "; await run, every event built and delivered", **per_step),
-        target_row("1. loop: await run vs raw transitions", by["runner await run"], rawt,
+        target_row("1. loop: await run vs raw transitions", loop_await, loop_raw_2,
                    baseline_name="raw transitions", target=STEP_TARGET, condition=loop_cond, **per_step),
-        target_row("1. loop: run_sync vs raw transitions", by["runner run_sync"], rawt,
+        target_row("1. loop: run_sync vs raw transitions", loop_sync, loop_raw_1,
                    baseline_name="raw transitions", target=STEP_TARGET,
                    condition=loop_cond + "; run_sync's event loop per run included", **per_step),
-        target_row("1. loop: no-op hook vs no hook", by["runner await run + no-op hook"], by["runner await run"],
+        target_row("1. loop: no-op hook vs no hook", loop_hook, loop_plain,
                    baseline_name="no hook", target=HOOK_TARGET,
                    condition=loop_cond + "; await run, every event built and delivered", **per_step),
         target_row("1. loop: run_sync vs await run", by["runner run_sync"], by["runner await run"],
-                   baseline_name="await run", target=SYNC_TARGET, condition=loop_cond, **per_step),
+                   baseline_name="await run", target=SYNC_TARGET,
+                   condition=f"as the loop's rows, CPU time, {cfg.step_repeats} rotated rounds", **per_step),
     ]
     for name in ("runner await run", "runner run_sync"):
         rows.append(Row(f"1. loop: {name.removeprefix('runner ')}, vs bare",

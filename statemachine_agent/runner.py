@@ -225,6 +225,7 @@ class Run(Generic[C]):
         "_store",
         "_token",
         "_wait_deadline",
+        "_wf_name",
         "_written",
         "actions_run",
         "clock",
@@ -291,6 +292,7 @@ class Run(Generic[C]):
             store=store, max_step_restarts=max_step_restarts, token_budget=token_budget, cost_budget=cost_budget)
         self._config: RunConfig[C] | None = None
         self.workflow = workflow
+        self._wf_name: str = workflow.name
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
         # the caller's input until the run writes them (a write in place copies the field first,
         # once per run), so nothing the caller holds is ever changed. The result keeps sharing the
@@ -562,7 +564,7 @@ class Run(Generic[C]):
                     else:  # the common case, inline: no extra coroutine, no extra call
                         hooks = self.hooks
                         if hooks:
-                            event: Event = _tnew(StepStarted, (self.run_id, self.workflow.name, index, name,
+                            event: Event = _tnew(StepStarted, (self.run_id, self._wf_name, index, name,
                                                                 visits + 1))
                             if len(hooks) == 1:  # _notify(event), inlined for the common single hook
                                 try:
@@ -648,7 +650,7 @@ class Run(Generic[C]):
                 if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
                     await self._after(step)
                 elif hooks := self.hooks:  # what _after does for such a step: report it
-                    event = _tnew(TransitionTaken, (self.run_id, self.workflow.name, index, name, chosen.target,
+                    event = _tnew(TransitionTaken, (self.run_id, self._wf_name, index, name, chosen.target,
                                                     chosen.name, _TRANSITION, t1 - t0))
                     if len(hooks) == 1:  # _notify(event), inlined for the common single hook
                         try:
@@ -1240,11 +1242,7 @@ def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     are abandoned, as the tools' timeout promises) nor builds a loop per call; like it, it cancels
     whatever the run left behind before returning, so nothing leaks into the next call.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    if asyncio.events._get_running_loop() is not None:  # get_running_loop() without its exception
         coro.close()
         raise RunError(
             "run_sync() was called while an event loop is running in this thread (async code, Jupyter): "
