@@ -18,12 +18,19 @@ What is measured
    * the runner via ``await compiled.run(ctx)`` inside one already-running event loop;
    * the same with a no-op hook attached, so every event is built and delivered.
 
-   A figure is one run's wall time divided by its 50 steps, so per-run costs (building the run,
-   its id, the result) are spread over the steps. Every run starts from a fresh context.
-   Three pieces are also timed alone, per step, to decompose a runner step: one unconditional
-   trigger on a shared model-less ``transitions`` machine (how the runner validates each move),
-   a pydantic ``model_copy`` plus a validated assignment (the runner's copy-on-write of the
-   context), and ``asyncio.run`` of an empty coroutine (the fixed cost ``run_sync`` adds per run).
+   The **seed workflow** of the peer benchmark is timed the same way, against the same workflow on
+   raw ``transitions`` (the same actions on a plain object): ``plan`` -> ``search`` <-> ``refine``
+   (the loop guarded by ``rounds < 25``) -> ``answer`` -> ``done``, each state declaring its reads
+   and writes, on a context of five fields: 51 steps per run. Target: <= 1.2x raw ``transitions``
+   with ``run_sync`` and with ``await run``, and <= 1.1x for a no-op hook against none.
+
+   A figure is one run's CPU time (of this thread: another process taking the core does not count)
+   divided by its steps, so per-run costs (building the run, its id, the result, ``run_sync``'s
+   event loop) are spread over the steps. Every run starts from a fresh context.
+   Three pieces are also timed alone, per step, to decompose a runner step: the move on the
+   workflow's shared ``transitions`` machine (its lean trigger, fired with a token), a pydantic
+   validated assignment, and ``asyncio.run`` of an empty coroutine (for scale: ``run_sync`` keeps
+   one loop per thread instead).
 
 2. **Memory per in-flight run.** N runs of a plan -> search -> summarize -> done workflow are started
    in one event loop; ``search`` awaits an ``asyncio.Event``, so once all N are parked every run is
@@ -35,7 +42,13 @@ What is measured
 3. **Concurrent wall time.** 10,000 runs of that workflow (no refine loop), each action doing
    ``await asyncio.sleep(0.01)`` and writing a field, gathered in one event loop, against the same
    work as bare ``async def`` functions gathered the same way. Both use the same pydantic context,
-   so the ratio isolates the runner. The floor is 3 x 10 ms of sleeping.
+   so the ratio isolates the runner. The floor is 3 x 10 ms of sleeping. Most of both sides' time
+   is the garbage collector's (generation-2 passes over every object of 10,000 runs in flight), so
+   what a run in flight holds matters more than its CPU per step.
+
+4. **A whole run costs what it changed.** The 50-step loop on a context that also holds a
+   100,000-item list no step writes, start to result, per step, against the same with a 3-item list
+   (target <= 1.2x: the list is neither copied for the result nor walked).
 
 How to read it
 --------------
@@ -67,6 +80,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import Field
 from transitions import Machine
 
 from statemachine_agent import CompiledWorkflow, Context, Workflow, guard
@@ -86,10 +100,21 @@ MEMORY_TARGET = 2.0
 """Section 2 target: bytes per in-flight run beyond its context, over the bare async loop's."""
 STEP_TARGET = 1.2
 """Section 1 target: runner per-step time over raw ``transitions`` per-step time."""
+HOOK_TARGET = 1.1
+"""Section 1 target: a step with a no-op hook over the same step without hooks."""
 WALL_TARGET = 2.0
+"""Section 3 target: runner wall over bare ``async def`` wall."""
 SYNC_TARGET = 1.3
 """Section 1 target: ``run_sync`` per step over ``await run`` per step."""
-"""Section 3 target: runner wall over bare ``async def`` wall."""
+BIG_TARGET = 1.2
+"""Section 4 target: a whole run with a never-written 100,000-item field, per step, over a small context."""
+BIG_ITEMS = 100_000
+SEED_ROUNDS = 25
+"""Rounds of the seed workflow's guarded search/refine loop: 1 + 25 + 24 + 1 = 51 steps per run."""
+SEED_STEPS = 1 + SEED_ROUNDS + (SEED_ROUNDS - 1) + 1
+cpu = time.thread_time
+"""The clock of the CPU-bound figures (sections 1 and 4): this thread's CPU time, so that another
+process taking the core mid-sample does not count; section 3's wall time is the wall clock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +128,13 @@ class Config:
     wall_runs: int
     wall_repeats: int
     profile_runs: int
+    big_repeats: int
 
 
-FULL = Config(step_repeats=15, step_sample_seconds=0.12, mem_runs=2000, mem_repeats=3,
-              wall_runs=10_000, wall_repeats=5, profile_runs=300)
-QUICK = Config(step_repeats=3, step_sample_seconds=0.05, mem_runs=300, mem_repeats=1,
-               wall_runs=1_000, wall_repeats=2, profile_runs=60)
+FULL = Config(step_repeats=41, step_sample_seconds=0.03, mem_runs=10_000, mem_repeats=5,
+              wall_runs=10_000, wall_repeats=5, profile_runs=300, big_repeats=7)
+QUICK = Config(step_repeats=7, step_sample_seconds=0.02, mem_runs=1_000, mem_repeats=5,
+               wall_runs=1_000, wall_repeats=5, profile_runs=60, big_repeats=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +147,10 @@ class Row:
     ratio: float | None
     target: str
     met: bool | None
+    spread: tuple[float, float] | None = None
+    """The min and max of the per-round ratios whose median is ``ratio``."""
+    condition: str = ""
+    """What the figure holds under."""
 
 
 # --- small helpers ----------------------------------------------------------------------------------
@@ -128,6 +158,21 @@ class Row:
 def median_ratio(values: list[float], baselines: list[float]) -> float:
     """The median of the per-repeat ratios (each pair was measured back to back)."""
     return statistics.median(v / b for v, b in zip(values, baselines, strict=True))
+
+
+def ratio_spread(values: list[float], baselines: list[float]) -> tuple[float, float]:
+    """The min and max of the per-repeat ratios."""
+    ratios = [v / b for v, b in zip(values, baselines, strict=True)]
+    return min(ratios), max(ratios)
+
+
+def target_row(figure: str, values: list[float], baselines: list[float], *, scale: float, unit: str,
+               baseline_name: str, target: float, condition: str, digits: int = 2) -> Row:
+    """A row whose ratio (median of per-round ratios, with their spread) is held to ``<= target``."""
+    ratio = median_ratio(values, baselines)
+    return Row(figure, f"{statistics.median(values) * scale:.{digits}f} {unit}",
+               f"{baseline_name} {statistics.median(baselines) * scale:.{digits}f} {unit}", ratio,
+               f"<= {target:g}x", ratio <= target, ratio_spread(values, baselines), condition)
 
 
 def spread(values: list[float], scale: float, unit: str, digits: int = 2) -> str:
@@ -235,6 +280,123 @@ class RawTransitions:
         return m.counter
 
 
+# --- the seed workflow: the peer benchmark's shape (declared reads and writes, a guarded loop) -------
+
+class SeedCtx(Context):
+    """A context holding more than a counter: a question, a query, hits, rounds, an answer."""
+
+    question: str
+    query: str | None = None
+    hits: list[str] = Field(default_factory=list)
+    rounds: int = 0
+    answer: str | None = None
+
+
+def build_seed() -> CompiledWorkflow[SeedCtx]:
+    """plan -> search <-> refine (guarded: ``rounds < 25``, bounded) -> answer -> done: 51 steps."""
+    wf = Workflow("bench-seed", SeedCtx)
+
+    @wf.state(initial=True, reads=["question"], writes=["query"])
+    def plan(ctx: SeedCtx) -> None:
+        ctx.query = ctx.question
+
+    @wf.state(reads=["query", "rounds"], writes=["hits", "rounds"])
+    def search(ctx: SeedCtx) -> None:
+        ctx.hits = [f"{ctx.query}"]
+        ctx.rounds += 1
+
+    @wf.state(reads=["hits"], writes=["query"])
+    def refine(ctx: SeedCtx) -> None:
+        ctx.query = ctx.hits[0] + "+"
+
+    @wf.state(reads=["hits"], writes=["answer"])
+    def answer(ctx: SeedCtx) -> None:
+        ctx.answer = ctx.hits[0]
+
+    done = wf.terminal("done")
+    failed = wf.terminal("failed", outcome="failure")
+    more = guard(lambda ctx: ctx.rounds < SEED_ROUNDS, name="rounds < 25", reads=["rounds"])
+    wf.transition(plan, search)
+    wf.transition(search, refine, guard=more, max_traversals=SEED_ROUNDS - 1)
+    wf.transition(search, answer, default=True)
+    wf.transition(refine, search)
+    wf.transition(answer, done)
+    wf.on_error(plan, ValueError, failed)
+    return wf.compile()
+
+
+class SeedModel:
+    """The raw ``transitions`` model of the seed workflow: the same fields as plain attributes."""
+
+    def __init__(self) -> None:
+        self.state = "plan"
+        self.reset()
+
+    def reset(self) -> None:
+        self.question = "How are loops bounded?"
+        self.query: str | None = None
+        self.hits: list[str] = []
+        self.rounds = 0
+        self.answer: str | None = None
+
+    def more(self) -> bool:
+        return self.rounds < SEED_ROUNDS
+
+
+class RawSeed:
+    """The seed workflow on a raw ``transitions.Machine``: one trigger per step, the loop's guard
+    as a condition, the same actions on a plain object (no validation, no views, no budgets)."""
+
+    def __init__(self) -> None:
+        self.model = SeedModel()
+        self.machine = Machine(
+            model=self.model,
+            states=["plan", "search", "refine", "answer", "done", "failed"],
+            initial="plan",
+            transitions=[
+                {"trigger": "next_step", "source": "plan", "dest": "search"},
+                {"trigger": "next_step", "source": "search", "dest": "refine", "conditions": "more"},
+                {"trigger": "next_step", "source": "search", "dest": "answer"},
+                {"trigger": "next_step", "source": "refine", "dest": "search"},
+                {"trigger": "next_step", "source": "answer", "dest": "done"},
+            ],
+            auto_transitions=False,
+        )
+
+        def plan(m: SeedModel) -> None:
+            m.query = m.question
+
+        def search(m: SeedModel) -> None:
+            m.hits = [f"{m.query}"]
+            m.rounds += 1
+
+        def refine(m: SeedModel) -> None:
+            m.query = m.hits[0] + "+"
+
+        def answer(m: SeedModel) -> None:
+            m.answer = m.hits[0]
+
+        self.actions: dict[str, Callable[[SeedModel], None]] = {
+            "plan": plan, "search": search, "refine": refine, "answer": answer}
+
+    def run(self) -> int:
+        """One run from a fresh context: act and trigger until ``done``; the steps taken."""
+        m, actions = self.model, self.actions
+        m.reset()
+        self.machine.set_state("plan", m)
+        trigger: Callable[[], bool] = m.next_step  # type: ignore[attr-defined]
+        steps = 0
+        while m.state != "done":
+            actions[m.state](m)
+            trigger()
+            steps += 1
+        return steps
+
+
+def seed_context() -> SeedCtx:
+    return SeedCtx(question="How are loops bounded?")
+
+
 class Token:
     """A bare model for a model-less machine, as the runner uses one per run."""
 
@@ -244,35 +406,31 @@ class Token:
         self.state = "work"
 
 
-def machine_trigger_timer() -> Callable[[int], float]:
-    """Time the runner's share of ``transitions``: one unconditional trigger per step on a shared
-    model-less machine, fired with a token (what the compiled workflow does; rebuilt here so the
-    figure does not depend on the package's internals)."""
-    machine = Machine(model=None, states=["work", "done", "failed"], initial="work",
-                      transitions=[{"trigger": "t0", "source": "work", "dest": "work"}],
-                      auto_transitions=False)
-    event = machine.events["t0"]
+def machine_trigger_timer(compiled: CompiledWorkflow[LoopCtx]) -> Callable[[int], float]:
+    """Time the runner's share of ``transitions``: the move of each step, fired on the compiled
+    workflow's shared machine with a token (its lean event: the move checked against the machine's
+    table and recorded on the token)."""
+    event = compiled.machine.events["work_to_work"]
     token = Token()
 
     def timer(runs: int) -> float:
-        t0 = time.perf_counter()
+        t0 = cpu()
         for _ in range(runs * LOOP_STEPS):
             event.trigger(token)
-        return time.perf_counter() - t0
+        return cpu() - t0
 
     return timer
 
 
 def copy_assign_timer() -> Callable[[int], float]:
-    """Time the runner's share of pydantic: copy the context on first write, validate the write."""
+    """Time the runner's share of pydantic: the step's validated assignment."""
     ctx = LoopCtx()
 
     def timer(runs: int) -> float:
-        t0 = time.perf_counter()
+        t0 = cpu()
         for _ in range(runs * LOOP_STEPS):
-            work = ctx.model_copy()
-            work.counter = work.counter + 1
-        return time.perf_counter() - t0
+            ctx.counter = ctx.counter + 1
+        return cpu() - t0
 
     return timer
 
@@ -282,10 +440,10 @@ async def empty() -> None:
 
 
 def asyncio_run_timer(runs: int) -> float:
-    t0 = time.perf_counter()
+    t0 = cpu()
     for _ in range(runs):
         asyncio.run(empty())
-    return time.perf_counter() - t0
+    return cpu() - t0
 
 
 def noop_hook(event: Event) -> None:
@@ -293,19 +451,19 @@ def noop_hook(event: Event) -> None:
 
 
 def time_sync(fn: Callable[[], object], runs: int) -> float:
-    """Seconds for ``runs`` calls of ``fn``."""
-    t0 = time.perf_counter()
+    """CPU seconds for ``runs`` calls of ``fn``."""
+    t0 = cpu()
     for _ in range(runs):
         fn()
-    return time.perf_counter() - t0
+    return cpu() - t0
 
 
 async def time_async(make: Callable[[], Awaitable[object]], runs: int) -> float:
-    """Seconds for ``runs`` awaits of ``make()``, inside the already-running loop."""
-    t0 = time.perf_counter()
+    """CPU seconds for ``runs`` awaits of ``make()``, inside the already-running loop."""
+    t0 = cpu()
     for _ in range(runs):
         await make()
-    return time.perf_counter() - t0
+    return cpu() - t0
 
 
 @dataclass
@@ -314,6 +472,8 @@ class StepVariant:
 
     name: str
     timer: Callable[[int], float]
+    steps: int = LOOP_STEPS
+    """Steps per run (a sample is divided by them)."""
     runs: int = 1
     samples: list[float] | None = None
 
@@ -331,13 +491,58 @@ class StepVariant:
     def sample(self) -> None:
         gc.collect()
         assert self.samples is not None
-        self.samples.append(self.timer(self.runs) / (self.runs * LOOP_STEPS))
+        self.samples.append(self.timer(self.runs) / (self.runs * self.steps))
+
+
+def paired(cfg: Config, loop: asyncio.AbstractEventLoop | None, a: Callable[[], object], b: Callable[[], object],
+           steps: int) -> tuple[list[float], list[float]]:
+    """CPU seconds per step of ``a`` and of ``b`` per round, their runs alternated one by one (a b,
+    b a, a b, ...) so that both see the same machine: on a shared one, contention drifts between
+    samples taken a second apart, not between runs a millisecond apart. ``loop``: run them in it
+    (``a``/``b`` may return a coroutine, then awaited); ``None``: call them from plain code."""
+    async def in_loop(n: int) -> tuple[float, float]:
+        spent = {a: 0.0, b: 0.0}
+        for i in range(n):
+            for fn in (a, b) if i % 2 == 0 else (b, a):
+                t0 = cpu()
+                out = fn()
+                if asyncio.iscoroutine(out):
+                    await out
+                spent[fn] += cpu() - t0
+        return spent[a], spent[b]
+
+    def plain(n: int) -> tuple[float, float]:
+        spent = {a: 0.0, b: 0.0}
+        for i in range(n):
+            for fn in (a, b) if i % 2 == 0 else (b, a):
+                t0 = cpu()
+                fn()
+                spent[fn] += cpu() - t0
+        return spent[a], spent[b]
+
+    def timed(n: int) -> tuple[float, float]:
+        return loop.run_until_complete(in_loop(n)) if loop is not None else plain(n)
+
+    timed(3)
+    probe = 4
+    while sum(timed(probe)) < 0.01:
+        probe *= 4
+    n = max(2, round(2 * cfg.step_sample_seconds / (sum(timed(probe)) / probe)))
+    a_s: list[float] = []
+    b_s: list[float] = []
+    for _ in range(cfg.step_repeats):
+        gc.collect()
+        ta, tb = timed(n)
+        a_s.append(ta / (n * steps))
+        b_s.append(tb / (n * steps))
+    return a_s, b_s
 
 
 def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
                   force_profile: bool) -> tuple[list[Row], float]:
     """Section 1; returns the table rows and the median seconds of one bare ``transitions`` trigger."""
-    print(f"\n== 1. Per-step overhead: a {LOOP_STEPS}-step bounded loop, trivial action ==")
+    print(f"\n== 1. Per-step overhead: a {LOOP_STEPS}-step bounded loop, trivial action; the {SEED_STEPS}-step "
+          "seed workflow (CPU time per step) ==")
     compiled = build_loop()
     raw = RawTransitions()
 
@@ -352,6 +557,16 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
     hooked = loop.run_until_complete(compiled.run(LoopCtx(), hooks=[noop_hook]))
     assert hooked.terminal == "done", hooked
     assert hooked.context.counter == LOOP_STEPS
+    seed, raw_seed = build_seed(), RawSeed()
+    assert raw_seed.run() == SEED_STEPS
+    seeded = seed.run_sync(seed_context())
+    assert seeded.terminal == "done", seeded
+    assert seeded.steps == SEED_STEPS, seeded
+    assert seeded.context.rounds == SEED_ROUNDS
+    assert seeded.context.answer == raw_seed.model.answer
+
+    def seed_await(runs: int, hooks: list[Callable[[Event], None]] | None = None) -> float:
+        return loop.run_until_complete(time_async(lambda: seed.run(seed_context(), hooks=hooks or []), runs))
 
     def run_await(runs: int) -> float:
         return loop.run_until_complete(time_async(lambda: compiled.run(LoopCtx()), runs))
@@ -365,8 +580,13 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
         StepVariant("runner run_sync", lambda n: time_sync(lambda: compiled.run_sync(LoopCtx()), n)),
         StepVariant("runner await run", run_await),
         StepVariant("runner await run + no-op hook", run_hooked),
-        StepVariant("piece: transitions trigger", machine_trigger_timer()),
-        StepVariant("piece: pydantic copy + set", copy_assign_timer()),
+        StepVariant("seed: raw transitions", lambda n: time_sync(raw_seed.run, n), SEED_STEPS),
+        StepVariant("seed: runner run_sync", lambda n: time_sync(lambda: seed.run_sync(seed_context()), n),
+                    SEED_STEPS),
+        StepVariant("seed: runner await run", seed_await, SEED_STEPS),
+        StepVariant("seed: await run + no-op hook", lambda n: seed_await(n, [noop_hook]), SEED_STEPS),
+        StepVariant("piece: transitions trigger", machine_trigger_timer(compiled)),
+        StepVariant("piece: pydantic validated set", copy_assign_timer()),
         StepVariant("piece: asyncio.run(empty) / 50", asyncio_run_timer),
     ]
     for v in variants:
@@ -384,10 +604,10 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
     step = statistics.median(by["runner await run"])
     trig = statistics.median(by["piece: transitions trigger"])
     trig_share = median_ratio(by["piece: transitions trigger"], by["runner await run"])
-    pyd_share = median_ratio(by["piece: pydantic copy + set"], by["runner await run"])
+    pyd_share = median_ratio(by["piece: pydantic validated set"], by["runner await run"])
     print("  an awaited runner step, decomposed (pieces timed alone; share = median per-repeat ratio):")
-    for what, share in (("transitions trigger (no condition; the runner's move)", trig_share),
-                        ("pydantic model_copy + validated assignment", pyd_share),
+    for what, share in (("the move on the shared transitions machine (lean trigger)", trig_share),
+                        ("pydantic validated assignment", pyd_share),
                         ("the rest: view, guard, budgets, clocks, Step, asyncio",
                          1 - trig_share - pyd_share)):
         print(f"    {what:56} {share * step * 1e6:7.2f} µs  {100 * share:5.1f} %")
@@ -402,22 +622,55 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
     for name in ("runner await run", "runner run_sync", "runner await run + no-op hook"):
         vs_raw, vs_bare = median_ratio(by[name], rawt), median_ratio(by[name], bare)
         print(f"    {name:32} {vs_raw:6.2f}x raw transitions   {vs_bare:8.1f}x bare loop")
-        value = f"{statistics.median(by[name]) * 1e6:.2f} µs/step"
-        hooked_row = "hook" in name
-        rows.append(Row(f"1. {name}", value, f"raw transitions {statistics.median(rawt) * 1e6:.2f} µs/step",
-                        vs_raw, "info (events on)" if hooked_row else f"<= {STEP_TARGET:g}x",
-                        None if hooked_row else vs_raw <= STEP_TARGET))
-    sync_vs_await = median_ratio(by["runner run_sync"], by["runner await run"])
-    sync_value = f"{statistics.median(by['runner run_sync']) * 1e6:.2f} µs/step"
-    rows.append(Row("1. run_sync vs await run", sync_value,
-                    f"await run {step * 1e6:.2f} µs/step", sync_vs_await, f"<= {SYNC_TARGET:g}x",
-                    sync_vs_await <= SYNC_TARGET))
+    raw_seed_t = by["seed: raw transitions"]
+    for name in ("seed: runner await run", "seed: runner run_sync", "seed: await run + no-op hook"):
+        print(f"    {name:32} {median_ratio(by[name], raw_seed_t):6.2f}x raw transitions (seed)")
+    per_step: dict[str, Any] = {"scale": 1e6, "unit": "µs/step"}
+    paired_how = (f"CPU time; {cfg.step_repeats} rounds, in each the two sides' runs alternated one by one")
+    loop_cond = f"{LOOP_STEPS}-step runs of a 1-state loop (counter += 1), fresh context per run; {paired_how}"
+    seed_cond = (f"{SEED_STEPS}-step runs of the seed workflow (4 states with reads/writes, a guarded loop), "
+                 f"fresh context per run; {paired_how}")
+    print(f"  paired rounds (each target below: its runs alternated one by one with its baseline's, "
+          f"{cfg.step_repeats} rounds):")
+    seed_sync, seed_raw_1 = paired(cfg, None, lambda: seed.run_sync(seed_context()), raw_seed.run, SEED_STEPS)
+    seed_await, seed_raw_2 = paired(cfg, loop, lambda: seed.run(seed_context()), raw_seed.run, SEED_STEPS)
+    seed_hook, seed_plain = paired(cfg, loop, lambda: seed.run(seed_context(), hooks=[noop_hook]),
+                                   lambda: seed.run(seed_context()), SEED_STEPS)
+    loop_sync, loop_raw_1 = paired(cfg, None, lambda: compiled.run_sync(LoopCtx()), raw.run, LOOP_STEPS)
+    loop_await, loop_raw_2 = paired(cfg, loop, lambda: compiled.run(LoopCtx()), raw.run, LOOP_STEPS)
+    loop_hook, loop_plain = paired(cfg, loop, lambda: compiled.run(LoopCtx(), hooks=[noop_hook]),
+                                   lambda: compiled.run(LoopCtx()), LOOP_STEPS)
+    rows += [
+        target_row("1. seed: await run vs raw transitions", seed_await, seed_raw_2,
+                   baseline_name="raw transitions", target=STEP_TARGET, condition=seed_cond, **per_step),
+        target_row("1. seed: run_sync vs raw transitions", seed_sync, seed_raw_1,
+                   baseline_name="raw transitions", target=STEP_TARGET,
+                   condition=seed_cond + "; run_sync's event loop per run included", **per_step),
+        target_row("1. seed: no-op hook vs no hook", seed_hook, seed_plain,
+                   baseline_name="no hook", target=HOOK_TARGET,
+                   condition=seed_cond + "; await run, every event built and delivered", **per_step),
+        target_row("1. loop: await run vs raw transitions", loop_await, loop_raw_2,
+                   baseline_name="raw transitions", target=STEP_TARGET, condition=loop_cond, **per_step),
+        target_row("1. loop: run_sync vs raw transitions", loop_sync, loop_raw_1,
+                   baseline_name="raw transitions", target=STEP_TARGET,
+                   condition=loop_cond + "; run_sync's event loop per run included", **per_step),
+        target_row("1. loop: no-op hook vs no hook", loop_hook, loop_plain,
+                   baseline_name="no hook", target=HOOK_TARGET,
+                   condition=loop_cond + "; await run, every event built and delivered", **per_step),
+        target_row("1. loop: run_sync vs await run", by["runner run_sync"], by["runner await run"],
+                   baseline_name="await run", target=SYNC_TARGET,
+                   condition=f"as the loop's rows, CPU time, {cfg.step_repeats} rotated rounds", **per_step),
+    ]
     for name in ("runner await run", "runner run_sync"):
-        rows.append(Row(f"1. {name}, vs bare", f"{statistics.median(by[name]) * 1e6:.2f} µs/step",
+        rows.append(Row(f"1. loop: {name.removeprefix('runner ')}, vs bare",
+                        f"{statistics.median(by[name]) * 1e6:.2f} µs/step",
                         f"bare dict loop {statistics.median(bare) * 1e6:.3f} µs/step",
-                        median_ratio(by[name], bare), "info", None))
+                        median_ratio(by[name], bare), "info", None, ratio_spread(by[name], bare),
+                        "no safety at all in the baseline"))
 
-    worst = max(median_ratio(by[n], rawt) for n in ("runner await run", "runner run_sync"))
+    worst = max(median_ratio(by[n], b) for n, b in (("runner await run", rawt), ("runner run_sync", rawt),
+                                                     ("seed: runner await run", raw_seed_t),
+                                                     ("seed: runner run_sync", raw_seed_t)))
     if force_profile or worst > STEP_TARGET:
         runs = cfg.profile_runs
 
@@ -426,6 +679,12 @@ def section_steps(cfg: Config, loop: asyncio.AbstractEventLoop,
                 await compiled.run(LoopCtx())
 
         profile(f"{runs} awaited runs of the loop", many, loop, runs * LOOP_STEPS)
+
+        async def seeds() -> None:
+            for _ in range(runs):
+                await seed.run(seed_context())
+
+        profile(f"{runs} awaited runs of the seed workflow", seeds, loop, runs * SEED_STEPS)
     return rows, trig
 
 
@@ -635,10 +894,13 @@ def section_memory(cfg: Config, loop: asyncio.AbstractEventLoop) -> list[Row]:
     print(f"  beyond the context: runner {r_med:.0f} B, bare async loop {b_med:.0f} B "
           f"(runner - bare = {r_med - b_med:.0f} B per run)")
     ratio = median_ratio(runner_beyond, bare_beyond) if min(bare_beyond) > 0 else None
+    cond = (f"{n:,} runs parked mid-run in one event loop, tracemalloc, context size subtracted; "
+            f"{cfg.mem_repeats} rotated rounds")
     return [
-        Row("2. bytes per in-flight run beyond ctx", f"{r_med / KB:.2f} KB",
-            f"bare async loop {b_med / KB:.2f} KB", ratio, f"<= {MEMORY_TARGET:g}x",
-            ratio is not None and ratio <= MEMORY_TARGET),
+        Row(f"2. memory of {n:,} in-flight runs", f"{r_med / KB:.2f} KB/run",
+            f"bare async loop {b_med / KB:.2f} KB/run", ratio, f"<= {MEMORY_TARGET:g}x",
+            ratio is not None and ratio <= MEMORY_TARGET,
+            ratio_spread(runner_beyond, bare_beyond) if ratio is not None else None, cond),
         Row("2. one context (subtracted above)", f"{ctx_size / KB:.2f} KB", "-", None, "info", None),
     ]
 
@@ -703,17 +965,73 @@ def section_wall(cfg: Config, loop: asyncio.AbstractEventLoop, force_profile: bo
             await asyncio.gather(*(compiled.run(PipeCtx(question=question(i))) for i in range(runs)))
 
         profile(f"{runs:,} gathered pipeline runs", gathered, loop, runs * 3)
+    cond = (f"{n:,} runs of a 3-step pipeline gathered in one event loop, {SLEEP * 1000:g} ms sleep per action, "
+            f"wall clock, garbage collector on; {cfg.wall_repeats} rotated rounds")
     return [Row(f"3. wall of {n:,} concurrent runs", f"{r_med:.3f} s", f"bare async def {b_med:.3f} s",
-                ratio, f"<= {WALL_TARGET:g}x", ratio <= WALL_TARGET)]
+                ratio, f"<= {WALL_TARGET:g}x", ratio <= WALL_TARGET, ratio_spread(runner_w, bare_w), cond)]
+
+
+# --- section 4: a whole run with a big field it never writes ------------------------------------------
+
+class BigCtx(Context):
+    """The loop's counter, and a list no step writes (small or 100,000 items)."""
+
+    counter: int = 0
+    items: list[int] = Field(default_factory=list)
+
+
+def build_big() -> CompiledWorkflow[BigCtx]:
+    """The loop of section 1 on ``BigCtx``: ``items`` is never read nor written."""
+    wf = Workflow("bench-big", BigCtx)
+
+    @wf.state(initial=True, reads=["counter"], writes=["counter"])
+    def work(ctx: BigCtx) -> None:
+        ctx.counter += 1
+
+    done = wf.terminal("done")
+    failed = wf.terminal("failed", outcome="failure")
+    below = guard(lambda ctx: ctx.counter < LOOP_STEPS, name="counter < 50", reads=["counter"])
+    wf.transition(work, work, guard=below, max_traversals=LOOP_STEPS)
+    wf.transition(work, done, default=True)
+    wf.on_error(work, ValueError, failed)
+    return wf.compile()
+
+
+def section_big(cfg: Config, loop: asyncio.AbstractEventLoop) -> list[Row]:
+    """Section 4: whole runs (start to result) on a context with a never-written big list vs a small one."""
+    print(f"\n== 4. A whole run with a never-written {BIG_ITEMS:,}-item field, per step, vs a small context ==")
+    compiled = build_big()
+    small, big = BigCtx(items=[1, 2, 3]), BigCtx(items=list(range(BIG_ITEMS)))
+    result = loop.run_until_complete(compiled.run(big))
+    assert result.context.counter == LOOP_STEPS
+    assert result.context.items is big.items  # not copied
+
+    def timer(ctx: BigCtx) -> Callable[[int], float]:
+        return lambda n: loop.run_until_complete(time_async(lambda: compiled.run(ctx), n))
+
+    variants = [StepVariant("small context", timer(small)), StepVariant("never-written big field", timer(big))]
+    for v in variants:
+        v.calibrate(cfg.step_sample_seconds)
+    for r in range(cfg.big_repeats):
+        for v in rotated(variants, r):
+            v.sample()
+    small_t, big_t = (v.samples or [] for v in variants)
+    for v in variants:
+        print(f"  {v.name:32} {spread(v.samples or [], 1e6, 'µs/step', 3)}")
+    cond = (f"{LOOP_STEPS}-step runs (await run), start to result, the same context object each run; CPU time, "
+            f"{cfg.big_repeats} rotated rounds")
+    return [target_row(f"4. never-written {BIG_ITEMS // 1000}k-item field vs small", big_t, small_t, scale=1e6,
+                       unit="µs/step", baseline_name="small", target=BIG_TARGET, condition=cond)]
 
 
 # --- the table ----------------------------------------------------------------------------------------
 
 def print_table(rows: list[Row]) -> None:
-    header = ("figure", "value", "baseline", "ratio", "target", "met")
+    header = ("figure", "value", "baseline", "ratio", "(min, max)", "target", "met")
     cells = [
-        (r.figure, r.value, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}x", r.target,
-         "n/a" if r.met is None else ("yes" if r.met else "NO"))
+        (r.figure, r.value, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}x",
+         "" if r.spread is None else f"({r.spread[0]:.2f}, {r.spread[1]:.2f})", r.target,
+         "info" if r.met is None else ("PASS" if r.met else "FAIL"))
         for r in rows
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
@@ -721,11 +1039,15 @@ def print_table(rows: list[Row]) -> None:
     def line(values: tuple[str, ...]) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
 
-    print("\n== Summary (medians; ratio = median of per-repeat ratios, value / baseline) ==")
+    print("\n== Summary (medians; ratio = median of per-round ratios, value / baseline; (min, max) of them) ==")
     print(line(header))
     print(line(tuple("-" * w for w in widths)))
     for c in cells:
         print(line(c))
+    print("\nConditions:")
+    for r in rows:
+        if r.condition:
+            print(f"  {r.figure}: {r.condition}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -744,6 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, trigger = section_steps(cfg, loop, args.profile)
         rows += section_memory(cfg, loop)
         rows += section_wall(cfg, loop, args.profile, trigger)
+        rows += section_big(cfg, loop)
     finally:
         loop.close()
     print_table(rows)

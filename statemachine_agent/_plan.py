@@ -57,14 +57,17 @@ class _LeanEvent(Event):
     class's parent) still drives the machine with full ``transitions`` semantics."""
 
     def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
-        machine = self.machine
-        source = machine.get_model_state(model)  # an unknown current state raises ValueError
-        moves = self.transitions.get(source.name)
+        moves = self.transitions.get(model.state)
         if not moves:
+            machine = self.machine
+            source = machine.get_model_state(model)  # an unknown current state raises ValueError
             raise MachineError(f"{machine.name}Can't trigger event {self.name} from state {source.name}!")
         dest = moves[0].dest
         assert dest is not None, "the compiled machine has no internal transitions"
-        machine.set_state(dest, model)
+        # What Machine.set_state(dest, model) does for a declared destination, without its lookups:
+        # the destination is a state of this machine (``transitions`` checked it when the table was
+        # built), and the model's state attribute is ``state`` (``Machine.model_attribute``).
+        model.state = dest
         return True
 
 
@@ -88,7 +91,7 @@ class Exit:
     """A compiled transition, and the ``transitions`` condition that enables it: its guard holds on
     the run's context and its traversal bound is not spent."""
 
-    __slots__ = ("bound", "guard", "key", "name", "spec", "target")
+    __slots__ = ("bound", "fire", "guard", "key", "name", "spec", "stops", "target")
 
     def __init__(self, spec: TransitionSpec, key: int) -> None:
         self.spec = spec
@@ -98,6 +101,10 @@ class Exit:
         self.bound = spec.max_traversals
         self.key = key
         """Index into a run's traversal counters."""
+        self.stops = False
+        """Entering the target may end (terminal) or pause (wait) the run (set by build_plans)."""
+        self.fire: Callable[[Token], bool] = _unbuilt
+        """Takes this exit on the workflow's machine (its trigger; set by build_machine)."""
 
     def __call__(self, token: Token) -> bool:
         """The guard holds (the ``@next`` trigger's condition)."""
@@ -111,6 +118,10 @@ class Exit:
 
     def __repr__(self) -> str:
         return f"<exit {self.name}>"
+
+
+def _unbuilt(token: Token) -> bool:
+    raise RuntimeError("this exit's machine was not built (build_machine)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +229,9 @@ def build_plans(spec: WorkflowSpec) -> tuple[dict[str, Plan], list[str]]:
             slow=s.decision or takes or s.wait is not None,
             stops=s.terminal or s.wait is not None,
         )
+    for xs in exits.values():
+        for x in xs:
+            x.stops = plans[x.target].stops
     return plans, edge_names
 
 
@@ -239,7 +253,7 @@ def build_machine(spec: WorkflowSpec, plans: dict[str, Plan], initial: str, fail
             table.append({"trigger": e.spec.name, "source": plan.name, "dest": e.spec.target})
     non_terminal = [p.name for p in plans.values() if not p.terminal]
     table.append({"trigger": FAIL_TRIGGER, "source": non_terminal, "dest": failure_terminal})
-    return _Machine(
+    machine = _Machine(
         model=None,
         states=[s.name for s in spec.states],
         initial=initial,
@@ -249,3 +263,7 @@ def build_machine(spec: WorkflowSpec, plans: dict[str, Plan], initial: str, fail
         send_event=False,
         name=f"{spec.name}: ",
     )
+    for plan in plans.values():
+        for x in (*plan.exits, *((plan.default,) if plan.default is not None else ())):
+            x.fire = machine.events[x.name].trigger
+    return machine

@@ -31,6 +31,7 @@ import pathlib
 import uuid
 from collections.abc import (
     Callable,
+    Container,
     Iterable,
     Iterator,
     Mapping,
@@ -603,6 +604,25 @@ class TrackedModel(_Proxy):
 
 
 # --- the views ------------------------------------------------------------------------------
+_NO_HANDLERS: dict[str, Any] = {}
+_MODEL_SETATTR = BaseModel.__setattr__
+_HANDLERS: dict[type, dict[str, Any]] = {}
+"""Per model class: pydantic's memoized ``__setattr__`` handlers, by field (see _setattr_handlers)."""
+
+
+def _setattr_handlers(model: BaseModel) -> dict[str, Any]:
+    """pydantic's memoized ``__setattr__`` handlers of ``model``'s class, by field: what
+    ``BaseModel.__setattr__`` calls once it has set the field before. Empty when the class has its
+    own ``__setattr__`` or this pydantic memoizes none: then ``setattr`` does it all."""
+    kind = type(model)
+    handlers: dict[str, Any] = _NO_HANDLERS
+    if kind.__setattr__ is _MODEL_SETATTR:
+        handlers = getattr(kind, "__pydantic_setattr_handlers__", _NO_HANDLERS)
+    if len(_HANDLERS) < 1000:  # classes made on the fly must not grow it without bound
+        _HANDLERS[kind] = handlers
+    return handlers
+
+
 class ContextView:
     """What an action receives: the context, limited to its state's declared reads and writes.
 
@@ -614,11 +634,14 @@ class ContextView:
     # No __slots__: one instance-dict assignment builds a view (a view is made for every step).
     _sa_model: BaseModel
     _sa_plan: Plan | None
-    _sa_written: set[str]
+    _sa_written: Container[str]
     _sa_fields: frozenset[str]
-    _sa_owned: set[str]
-    _sa_old: dict[str, tuple[Any, bool]] | None = None
-    """Per field assigned this step: its value before, and whether it was in ``fields_set``."""
+    _sa_owned: dict[str, None]
+    """Fields whose mutable value the run made or copied itself (a dict of names: no set to track)."""
+    _sa_old: dict[str, Any] | None = None
+    """Per field assigned this step: its value before."""
+    _sa_unset: set[str] | None = None
+    """Fields assigned this step that were not in the model's ``fields_set`` before."""
     _sa_undo: Undo | None = None
     _sa_dirty: set[str] | None = None
     """Fields this step changed: assigned, or changed in place through a tracked proxy."""
@@ -629,8 +652,8 @@ class ContextView:
     for a field stored whole (assigned, or changed in a way ops cannot say). ``None`` as a whole
     when nothing records them (a run without a store): then changes pay nothing for it."""
 
-    def __init__(self, model: BaseModel, plan: Plan, written: set[str], fields: frozenset[str],
-                 owned: set[str]) -> None:
+    def __init__(self, model: BaseModel, plan: Plan, written: Container[str], fields: frozenset[str],
+                 owned: dict[str, None]) -> None:
         object.__setattr__(self, "__dict__", {"_sa_model": model, "_sa_plan": plan, "_sa_written": written,
                                               "_sa_fields": fields, "_sa_owned": owned})
 
@@ -680,13 +703,13 @@ class ContextView:
                 model.__dict__[name] = value
         old = self._sa_old
         if old:
-            fields_set = model.__pydantic_fields_set__
-            for name, (value, was_set) in old.items():
+            for name, value in old.items():
                 model.__dict__[name] = value
-                if not was_set:
-                    fields_set.discard(name)
+            unset = self._sa_unset
+            if unset:
+                model.__pydantic_fields_set__.difference_update(unset)
         d = self.__dict__
-        d["_sa_old"] = d["_sa_dirty"] = d["_sa_whole"] = None
+        d["_sa_old"] = d["_sa_dirty"] = d["_sa_whole"] = d["_sa_unset"] = None
         if self._sa_ops is not None:
             d["_sa_ops"] = {}
             for origin in (self._sa_origins or {}).values():
@@ -724,27 +747,31 @@ class ContextView:
 
     # --- attribute protocol -----------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
-        plan = self._sa_live(name)
-        if name in plan.allowed:
-            value = self._sa_model.__dict__[name]
-            if name not in self._sa_written and (self._sa_dirty is None or name not in self._sa_dirty) \
-                    and (name not in plan.optional_reads or is_unset(value)):
-                raise ContextAccessError(
-                    plan.name, name,
-                    f"state {plan.name!r} read {name!r} before any step set it: declare it in "
-                    f"reads=[...] so the checker proves it is written first, declare it in "
-                    f"optional_reads=[...] if the state handles its default, or write it before reading",
-                )
+        plan = self._sa_plan
+        if plan is None or name not in plan.allowed:
+            if name.startswith("__"):
+                raise AttributeError(name)  # Python's own protocols (copy, pickle) probe for these
+            plan = self._sa_live(name)
+        else:
+            model = self._sa_model
+            value = model.__dict__[name]
+            if name not in self._sa_written:
+                dirty = self._sa_dirty
+                if (dirty is None or name not in dirty) and (name not in plan.optional_reads or is_unset(value)):
+                    raise ContextAccessError(
+                        plan.name, name,
+                        f"state {plan.name!r} read {name!r} before any step set it: declare it in "
+                        f"reads=[...] so the checker proves it is written first, declare it in "
+                        f"optional_reads=[...] if the state handles its default, or write it before reading",
+                    )
             if type(value) in SCALARS:
                 return value
             if name in plan.write_set:
                 owned = self._sa_owned
                 if name not in owned and not is_scalar(value):
                     # Still the caller's object: the run changes its own copy (once per run).
-                    value = self._sa_model.__dict__[name] = copy.deepcopy(value)
-                    owned.add(name)
+                    value = model.__dict__[name] = copy.deepcopy(value)
+                    owned[name] = None
                 return wrap(value, self._sa_origin(plan, name, True))
             return wrap(value, self._sa_origin(plan, name, False))
         if name in self._sa_fields:
@@ -762,7 +789,9 @@ class ContextView:
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        plan = self._sa_live(name)
+        plan = self._sa_plan
+        if plan is None:
+            plan = self._sa_live(name)
         if name in plan.write_set:
             model = self._sa_model
             if isinstance(value, _Proxy) and value._sa_target is model.__dict__.get(name) \
@@ -771,10 +800,35 @@ class ContextView:
             old = self._sa_old
             if old is None:
                 old = self.__dict__["_sa_old"] = {}
-            if name not in old:
-                old[name] = (model.__dict__[name], name in model.__pydantic_fields_set__)
-            setattr(model, name, _unwrap_for_store(value))  # pydantic validates here, in the action
-            self._sa_touch(name)
+            if name not in old:  # its value before the step, kept for a rollback (no tuple per write)
+                old[name] = model.__dict__[name]
+                if name not in model.__pydantic_fields_set__:
+                    unset = self._sa_unset
+                    if unset is None:
+                        self.__dict__["_sa_unset"] = {name}
+                    else:
+                        unset.add(name)
+            # pydantic validates here, in the action (its memoized handler for the field, when it
+            # has one: what BaseModel.__setattr__ would call, without its frame)
+            kind = type(value)
+            if kind is list:
+                for item in value:
+                    if isinstance(item, _Proxy):
+                        value = _unwrap_for_store(value)
+                        break
+            elif kind not in SCALARS:
+                value = _unwrap_for_store(value)
+            handlers = _HANDLERS.get(type(model)) or _setattr_handlers(model)
+            handler = handlers.get(name)
+            if handler is None:
+                setattr(model, name, value)
+            else:
+                handler(model, name, value)
+            dirty = self._sa_dirty
+            if dirty is None:
+                self.__dict__["_sa_dirty"] = {name}
+            else:
+                dirty.add(name)
             if self._sa_ops is not None:
                 self._sa_ops[name] = None
             origins = self._sa_origins
@@ -805,15 +859,20 @@ class ContextView:
         return f"<context view of {self._sa_model!r} for state {plan.name if plan else '(closed)'!r}>"
 
 
+_READ_ONLY_ORIGINS: dict[tuple[str, str], _Origin] = {}
+"""The origins of read-only values, shared by every ReadOnlyContext: such an origin (no undo log, no
+view) is never changed, so one per (state, field) serves every run, and a run in flight keeps no
+dict of its own for them."""
+
+
 class ReadOnlyContext:
     """The context as guards and policies see it: every field readable (frozen), nothing writable."""
 
-    __slots__ = ("_sa_model", "_sa_origins", "_sa_state")
+    __slots__ = ("_sa_model", "_sa_state")
 
     def __init__(self, model: BaseModel, state: str = "") -> None:
         object.__setattr__(self, "_sa_model", model)
         object.__setattr__(self, "_sa_state", state)
-        object.__setattr__(self, "_sa_origins", None)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -829,13 +888,12 @@ class ReadOnlyContext:
             raise ContextAccessError(self._sa_state, name, f"a guard or policy read {name!r} before any "
                                      "step set it: declare it in the guard's reads=[...] so the checker "
                                      "proves it is written first")
-        origins = self._sa_origins
-        if origins is None:
-            origins = {}
-            object.__setattr__(self, "_sa_origins", origins)
-        origin = origins.get(name)
+        key = (self._sa_state, name)
+        origin = _READ_ONLY_ORIGINS.get(key)
         if origin is None:
-            origin = origins[name] = _Origin(self._sa_state, name, None, None)
+            origin = _Origin(self._sa_state, name, None, None)
+            if len(_READ_ONLY_ORIGINS) < 10_000:  # workflows made on the fly must not grow it without bound
+                _READ_ONLY_ORIGINS[key] = origin
         return wrap(value, origin)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -1,10 +1,20 @@
-"""Typed, frozen events delivered to hooks while a workflow runs."""
+"""Typed, frozen events delivered to hooks while a workflow runs.
+
+Each event is an immutable record of named fields (``event.step``, ``event.state``, ...), compared
+by type and value, built by the runner only when a hook listens. It is a ``tuple`` underneath: a step
+builds two of them, and a tuple is built in one C call where a frozen dataclass sets each field
+through ``object.__setattr__`` (hooks on must cost at most 1.1x a step without them,
+``benchmarks/bench_runner.py``). ``Event.fields`` names the fields in order and ``to_dict()`` gives them
+as a dict.
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar, dataclass_transform
 
 from .errors import Budget
 from .result import StepKind
@@ -32,27 +42,134 @@ __all__ = [
     "TransitionTaken",
 ]
 
+E = TypeVar("E", bound=type)
 
-@dataclass(frozen=True, slots=True)
-class Event:
+
+@dataclass_transform(frozen_default=True)
+def _event(cls: E) -> E:
+    """Give an event class its fields: its own annotations after its base's, each read by position."""
+    base: tuple[str, ...] = getattr(cls, "fields", ())
+    own = tuple(name for name in inspect.get_annotations(cls) if name != "fields")
+    names = base + own
+    for i, name in enumerate(own, start=len(base)):
+        if name not in cls.__dict__:  # a property of the class's own (RunStarted.context) stays
+            setattr(cls, name, property(itemgetter(i), doc=f"The event's {name!r} field."))
+    setattr(cls, "fields", names)  # noqa: B010  (mypy: the transform's class has no such attribute)
+    setattr(cls, "__match_args__", names)  # noqa: B010
+    return cls
+
+
+@_event
+class Event(tuple[Any, ...]):
     """Base of every event: which run, of which workflow."""
+
+    __slots__ = ()
+    fields: ClassVar[tuple[str, ...]]
+    """The event's field names, in order (its constructor's positional parameters)."""
 
     run_id: str
     workflow: str
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        names = cls.fields
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} fields ({', '.join(names)}), got {len(args)}")
+        values = list(args)
+        for name in names[len(args):]:
+            if name not in kwargs:
+                raise TypeError(f"{cls.__name__}() is missing field {name!r}: give every one of "
+                                f"{', '.join(names)}")
+            values.append(kwargs.pop(name))
+        if kwargs:
+            raise TypeError(f"{cls.__name__}() got unknown or repeated fields {sorted(kwargs)}: its fields are "
+                            f"{', '.join(names)}")
+        return tuple.__new__(cls, values)
 
-@dataclass(frozen=True, slots=True)
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it field by field
+        return tuple(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return {name: getattr(self, name) for name in self.fields}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+
+class _StartCopy:
+    """The context a run started with, copied deeply when a hook first reads it (not before: a no-op
+    hook must not pay a copy of the whole context per run). The run never changes in place a value it
+    does not own (it copies it on its first write), so the copy, whenever it is made, is the start."""
+
+    __slots__ = ("_copy", "_start")
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self._copy: Any = _NOT_COPIED
+
+    def get(self) -> Any:
+        found = self._copy
+        if found is _NOT_COPIED:
+            start = self._start
+            try:
+                found = start.model_copy(deep=True)
+            except Exception:  # a value that cannot be copied: the event gets a shallow copy
+                found = start.model_copy()
+            self._copy = found
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.get() == (other.get() if isinstance(other, _StartCopy) else other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return copy.deepcopy(self.get(), memo)
+
+    def __reduce__(self) -> Any:
+        return (copy.deepcopy, (self.get(),))
+
+
+_NOT_COPIED: Any = object()
+
+
+@_event
 class RunStarted(Event):
     """A run began in the initial state."""
 
+    __slots__ = ()
+
     state: str
-    context: Any
+    context: Any  # read through the property below
     max_steps: int
 
+    @property  # type: ignore[no-redef]
+    def context(self) -> Any:
+        """A deep copy of the context the run started with (made when first read)."""
+        value = self[3]
+        return value.get() if type(value) is _StartCopy else value
 
-@dataclass(frozen=True, slots=True)
+
+@_event
 class StepStarted(Event):
     """A state's action is about to run."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -60,9 +177,11 @@ class StepStarted(Event):
     """1 for the first visit of this state in this run."""
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class TransitionTaken(Event):
     """The run moved along a declared transition (``kind`` says which sort)."""
+
+    __slots__ = ()
 
     step: int
     source: str
@@ -74,18 +193,22 @@ class TransitionTaken(Event):
     """Seconds spent in the step, action and choice included."""
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ModelCalled(Event):
     """A model answered a request of this run (a policy's decision, an LLM step, a tool round)."""
+
+    __slots__ = ()
 
     step: int
     state: str
     call: ModelCall
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class PolicyChoiceRejected(Event):
     """A policy answered something that is not an enabled transition; it was not taken."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -94,9 +217,11 @@ class PolicyChoiceRejected(Event):
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ErrorRouted(Event):
     """An exception from a state's action was routed by an error transition."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -104,9 +229,11 @@ class ErrorRouted(Event):
     target: str
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class BudgetExhausted(Event):
     """A budget ran out; the run goes to the failure terminal."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -114,16 +241,20 @@ class BudgetExhausted(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class RunFinished(Event):
     """The run entered a terminal state."""
+
+    __slots__ = ()
 
     result: RunResult[Any]
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class RunWaiting(Event):
     """The run paused in a wait state until its event is delivered (or its deadline passes)."""
+
+    __slots__ = ()
 
     state: str
     event: str
@@ -131,9 +262,11 @@ class RunWaiting(Event):
     """Wall-clock seconds since the epoch (on the run's clock) when the timeout is taken."""
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ToolCallStarted(Event):
     """A tool call began (its arguments validated)."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -142,9 +275,11 @@ class ToolCallStarted(Event):
     """Tells the events of concurrent calls apart."""
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ToolAttemptFailed(Event):
     """An attempt failed and will be retried after ``wait`` seconds."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -155,9 +290,11 @@ class ToolAttemptFailed(Event):
     wait: float
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ToolCallFinished(Event):
     """A tool call answered; ``fallback`` says whether its fallback did."""
+
+    __slots__ = ()
 
     step: int
     state: str
@@ -168,9 +305,11 @@ class ToolCallFinished(Event):
     fallback: bool
 
 
-@dataclass(frozen=True, slots=True)
+@_event
 class ToolCallFailed(Event):
     """A tool call failed for good; ``errors`` holds every attempt's error."""
+
+    __slots__ = ()
 
     step: int
     state: str

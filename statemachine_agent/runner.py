@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextlib
-import copy
 import dataclasses
 import itertools
 import logging
@@ -24,7 +23,7 @@ from ._journal import Delta, Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
 from ._tooldef import _positive
-from ._views import ContextView, ReadOnlyContext, is_scalar
+from ._views import ContextView, ReadOnlyContext
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
 from .errors import BudgetExceeded, ContextAccessError, GatherFailed, RunError, ToolFailed, WaitTimedOut
@@ -41,6 +40,7 @@ from .events import (
     RunWaiting,
     StepStarted,
     TransitionTaken,
+    _StartCopy,
 )
 from .policies import Decision, Option, Policy, first_enabled, resolve
 from .policies import _safe_repr as safe_repr
@@ -137,6 +137,19 @@ class RunConfig(Generic[C]):
            store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
            cost_budget: float | None = None) -> RunConfig[C]:
         """The options checked: ``TypeError``/``ValueError`` naming the bad one and what to give."""
+        return cls(*cls.checked(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+                                max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
+                                clock=clock, store=store, max_step_restarts=max_step_restarts,
+                                token_budget=token_budget, cost_budget=cost_budget))
+
+    @staticmethod
+    def checked(workflow: Program[C], *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
+                max_steps: int | None = None, timeout: float | None = None, max_policy_attempts: int = 3,
+                raise_errors: bool = True, run_id: str | None = None, clock: Clock | None = None,
+                store: object | None = None, max_step_restarts: int = 3, token_budget: int | None = None,
+                cost_budget: float | None = None) -> tuple[Any, ...]:
+        """What :meth:`of` checks, as the values of its fields in order (a run keeps them in its own
+        slots, and builds its RunConfig only when asked: one object less per run in flight)."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                       or not 1 <= max_steps <= _MAX_COUNT):
             raise ValueError(f"max_steps={max_steps!r}: give a whole number from 1 to {_MAX_COUNT} (what a store "
@@ -176,10 +189,10 @@ class RunConfig(Generic[C]):
         except AttributeError:
             raise TypeError(f"{safe_repr(workflow)} is not a compiled workflow: give Workflow(...).compile()"
                             ) from None
-        return cls(policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
-                   max_steps if max_steps is not None else default_steps, timeout, max_policy_attempts,
-                   raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
-                   max_step_restarts, token_budget, cost_budget, max_steps is not None)
+        return (policy or first_enabled, (*wf_hooks, *own_hooks) if wf_hooks else own_hooks,
+                max_steps if max_steps is not None else default_steps, timeout, max_policy_attempts,
+                raise_errors, run_id or os.urandom(16).hex(), clock or _SYSTEM_CLOCK, store,
+                max_step_restarts, token_budget, cost_budget, max_steps is not None)
 
 
 class Run(Generic[C]):
@@ -196,6 +209,7 @@ class Run(Generic[C]):
         "_budget_refused",
         "_busy",
         "_clock0",
+        "_config",
         "_consume",
         "_deadline",
         "_delta",
@@ -204,6 +218,7 @@ class Run(Generic[C]):
         "_inbox",
         "_journal",
         "_machine",
+        "_max_steps_given",
         "_model_calls",
         "_owned",
         "_plans",
@@ -215,10 +230,10 @@ class Run(Generic[C]):
         "_store",
         "_token",
         "_wait_deadline",
+        "_wf_name",
         "_written",
         "actions_run",
         "clock",
-        "config",
         "context",
         "cost_budget",
         "hooks",
@@ -236,6 +251,24 @@ class Run(Generic[C]):
         "visits",
         "workflow",
     )
+
+    policy: Policy[C]
+    hooks: tuple[Hook, ...]
+    """The workflow's hooks, then the run's own."""
+    max_steps: int
+    timeout: float | None
+    max_policy_attempts: int
+    raise_errors: bool
+    run_id: str
+    clock: Clock
+    """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
+    max_step_restarts: int
+    token_budget: int | None
+    """Tokens the run's model calls may use (``None``: no limit)."""
+    cost_budget: float | None
+    """What the run's priced model calls may cost (``None``: no limit)."""
+    _store: object | None
+    _max_steps_given: bool
 
     def __init__(self, workflow: Program[C], context: C | dict[str, Any],
                  *, policy: Policy[C] | None = None, hooks: Sequence[Hook] = (),
@@ -256,29 +289,22 @@ class Run(Generic[C]):
                     f"workflow {workflow.name!r} runs on {model.__name__}, got {type(context).__name__}: "
                     f"pass {model.__name__}(...) or a dict of its fields"
                 )
-        config = RunConfig.of(workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
-                              max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id,
-                              clock=clock, store=store, max_step_restarts=max_step_restarts,
-                              token_budget=token_budget, cost_budget=cost_budget)
-        self.config: RunConfig[C] = config
-        """The run's options, validated (built once, for this run)."""
+        (self.policy, self.hooks, self.max_steps, self.timeout, self.max_policy_attempts, self.raise_errors,
+         self.run_id, self.clock, self._store, self.max_step_restarts, self.token_budget, self.cost_budget,
+         self._max_steps_given) = RunConfig.checked(
+            workflow, policy=policy, hooks=hooks, max_steps=max_steps, timeout=timeout,
+            max_policy_attempts=max_policy_attempts, raise_errors=raise_errors, run_id=run_id, clock=clock,
+            store=store, max_step_restarts=max_step_restarts, token_budget=token_budget, cost_budget=cost_budget)
+        self._config: RunConfig[C] | None = None
         self.workflow = workflow
+        self._wf_name: str = workflow.name
         # A shallow copy: the run works on its own model object. Mutable values stay shared with
-        # the caller's input until the run writes them (a write in place copies the field first);
-        # the result gets copies of the ones it never wrote (see _finish), so nothing the caller
-        # holds is ever changed and the result shares nothing with it.
+        # the caller's input until the run writes them (a write in place copies the field first,
+        # once per run), so nothing the caller holds is ever changed. The result keeps sharing the
+        # values the run never wrote: copying them would cost their size, however little the run did.
         base = context.__copy__()  # pydantic's shallow copy, without model_copy's update handling
         self.context: C = base
         """The run's context; a failed step leaves it as the step found it."""
-        self.policy: Policy[C] = config.policy
-        self.hooks: tuple[Hook, ...] = config.hooks
-        self.max_steps: int = config.max_steps
-        self.timeout = config.timeout
-        self.max_policy_attempts = config.max_policy_attempts
-        self.raise_errors = config.raise_errors
-        self.run_id: str = config.run_id
-        self.clock: Clock = config.clock
-        """Where the run's deadline, tool timeouts, retries and rate limits read the time."""
         self.path: list[Step] | Steps = []
         self.actions_run = 0
         self.visits: dict[str, int] = {}
@@ -287,12 +313,15 @@ class Run(Generic[C]):
         """Set when the run has entered a terminal state."""
         self._plans = workflow.plans
         d = base.__dict__
-        self._written: set[str] = set(workflow.fields_at_start)
+        # Dicts of names, not sets: a dict of strings is not tracked by the garbage collector, and
+        # thousands of runs may be in flight.
+        written = self._written = dict.fromkeys(workflow.fields_at_start)
+        """The fields some step (or the start) wrote."""
         for f in base.model_fields_set:
             v = d.get(f)
             if v is not None and not is_unset(v):
-                self._written.add(f)
-        self._owned: set[str] = set()
+                written[f] = None
+        self._owned: dict[str, None] = {}
         """Fields whose mutable value the run made or copied itself (not the caller's object)."""
         self._fields = workflow.field_names
         self._token = Token(workflow.initial, ReadOnlyContext(base), self.traversals)
@@ -301,14 +330,14 @@ class Run(Generic[C]):
         self._started = False
         self._busy = False
         self._rejected: list[str] = []
-        self._clock0 = (time.time(), time.perf_counter())
-        self._store = config.store
+        self._clock0 = time.time() - time.perf_counter()
+        """The wall-clock time of perf_counter's zero: a step started at ``t0`` began at ``_clock0 + t0``."""
         self._journal: Journal | None = None
         """The run's link to its store, once it is in it."""
         self._delta = _NO_DELTA
         self._doomed: str | None = None
         self._broken: str | None = None
-        self._inbox: list[tuple[int, str, Any]] = []
+        self._inbox: list[tuple[int, str, Any]] = _NO_INBOX
         self._skipped: frozenset[int] = _NO_SKIPS
         """Inbox events a migration dropped: never taken by this run object, though the store has them."""
         """Events delivered and not yet consumed: (seq, event, payload)."""
@@ -316,18 +345,13 @@ class Run(Generic[C]):
         """The inbox event the current step consumed (committed with it)."""
         self._wait_deadline: float | None = None
         """When the current wait state's timeout passes (wall clock, on the run's clock)."""
-        self.max_step_restarts = config.max_step_restarts
-        self.token_budget = config.token_budget
-        """Tokens the run's model calls may use (``None``: no limit)."""
-        self.cost_budget = config.cost_budget
-        """What the run's priced model calls may cost (``None``: no limit)."""
-        self._spent = [0, 0.0]
+        self._spent: list[float] = _NO_SPENDING
         """Tokens and cost the run's model calls used so far (earlier steps included after a resume)."""
         self._budget_refused: BudgetExceeded | None = None
         """A model call the budgets refused in this step: the step fails even if its action caught it."""
         self._model_calls: list[ModelCall] = _NO_CALLS
         """The current step's model calls."""
-        self._step_calls = [0]
+        self._step_calls = _NO_STEP_CALLS
         """The current step's call counter, shared by its action's tools handle and its policy's."""
 
     @classmethod
@@ -356,9 +380,9 @@ class Run(Generic[C]):
         traversals = state.traversals
         for i, name in enumerate(workflow.edge_names):
             run.traversals[i] = traversals.get(name, 0)  # in place: the run's token holds this list
-        run._written = set(state.written)
+        run._written = dict.fromkeys(state.written)
         if owned:
-            run._owned = set(workflow.field_names)
+            run._owned = dict.fromkeys(workflow.field_names)
         run._token.state = state.state
         # A list given as the inbox is kept as it is (replay's inbox hands out recorded events).
         run._inbox = state.inbox if isinstance(state.inbox, list) else list(state.inbox)
@@ -383,6 +407,22 @@ class Run(Generic[C]):
                         skipped=self._skipped)
 
     @property
+    def config(self) -> RunConfig[C]:
+        """The run's options, validated (built when first asked for, from the run's own values)."""
+        config = self._config
+        if config is None:
+            config = self._config = RunConfig(self.policy, self.hooks, self.max_steps, self.timeout,
+                                              self.max_policy_attempts, self.raise_errors, self.run_id, self.clock,
+                                              self._store, self.max_step_restarts, self.token_budget,
+                                              self.cost_budget, self._max_steps_given)
+        return config
+
+    @config.setter
+    def config(self, config: RunConfig[C]) -> None:
+        self._config = config
+        self._max_steps_given = config.max_steps_given
+
+    @property
     def written(self) -> frozenset[str]:
         """The fields some step (or the start) wrote."""
         return frozenset(self._written)
@@ -398,26 +438,11 @@ class Run(Generic[C]):
         return self._token.state
 
     # --- driving ---------------------------------------------------------------------------------
-    async def run_to_end(self) -> RunResult[C]:
-        """Run until a terminal state and return the result."""
-        if self._busy:
-            raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
-                           "the next one (one step at a time per run)")
-        self._busy = True
-        try:
-            if not self._started and self.result is None:
-                if self._broken is not None:
-                    raise RunError(self._broken)
-                await self._start()
-                if self._doomed is not None and self.result is None:
-                    await self._fail_doomed()
-            elif self.result is None and self._plans[self._token.state].wait is not None:
-                await self._settle_wait()
-            while self.result is None:
-                await self._step()  # one coroutine per step, not two: this is the hot path
-        finally:
-            self._busy = False
-        return self.result
+    def run_to_end(self) -> Coroutine[Any, Any, RunResult[C]]:
+        """Run until a terminal state and return the result: ``await run.run_to_end()`` (one coroutine
+        for the whole run; a run that waits for an event returns its waiting result)."""
+        coro: Coroutine[Any, Any, RunResult[C]] = self._step(many=True)
+        return coro
 
     async def __aiter__(self) -> AsyncIterator[Step]:
         while self.result is None:
@@ -444,7 +469,8 @@ class Run(Generic[C]):
             if self._started and self._plans[self._token.state].wait is not None and await self._settle_wait():
                 waiting = self.result.waiting if self.result is not None else None
                 raise RunError(f"run {self.run_id} is waiting for event {waiting!r}: deliver it")
-            return await self._step()
+            step: Step = await self._step()
+            return step
         finally:
             self._busy = False
 
@@ -459,123 +485,199 @@ class Run(Generic[C]):
         await self._suspend(plan)
         return self.result is not None
 
-    async def _step(self) -> Step:
-        if not self._started:
-            if self._broken is not None:
-                raise RunError(self._broken)
-            await self._start()
-            if self.result is not None:  # an initial wait state with nothing delivered yet
-                raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
-            if self._doomed is not None:
-                return await self._fail_doomed()
-        plan = self._plans[self._token.state]
-        index = len(self.path)
-        t0 = time.perf_counter()
-        name = plan.name
-        self._rejected = _NO_REJECTIONS
-        self._model_calls = _NO_CALLS
-        self._budget_refused = None
-        visits = self.visits.get(name, 0)
-        # The specific budget first: when the default max_steps (the static bound) runs out, a
-        # visit budget is usually the real cause, and naming it says which loop to look at.
-        if plan.max_visits is not None and visits >= plan.max_visits:
-            return await self._fail(plan, index, t0, f"visits of {name!r} reached {plan.max_visits}",
-                                    budget=Budget.MAX_VISITS, ran=False)
-        if self.actions_run >= self.max_steps:
-            return await self._fail(plan, index, t0,
-                                    f"max_steps of {self.max_steps} reached before state {name!r}",
-                                    budget=Budget.MAX_STEPS, ran=False)
-        deadline = self._deadline
-        if deadline is not None and self.clock.now() >= deadline:
-            return await self._fail(plan, index, t0, f"deadline of {self.timeout} s passed before state "
-                                    f"{name!r}", budget=Budget.DEADLINE, ran=False)
-        if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
-            return await self._fail(plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False)
-        self.visits[name] = visits + 1
-        self.actions_run += 1
-        view = ContextView(self.context, plan, self._written, self._fields, self._owned)
-        if self._journal is not None:
-            view._sa_record_ops()  # a durable step stores what it changed in place as ops
-        chosen: Exit | None
+    async def _step(self, many: bool = False) -> Any:
+        """One step: its Step. With ``many``, what ``run_to_end`` does: steps until the run ends or
+        waits, and returns its result; the common steps run in this one coroutine (the only one a run
+        in flight holds: thousands may be)."""
+        if many:
+            if self._busy:
+                raise RunError(f"run {self.run_id} is already running a step: await it before asking for "
+                               "the next one (one step at a time per run)")
+            self._busy = True
         try:
-            if deadline is not None:
-                scope = self.clock.timeout_at(deadline)
+            if many:
+                if not self._started and self.result is None:
+                    if self._broken is not None:
+                        raise RunError(self._broken)
+                    await self._start()
+                    if self._doomed is not None and self.result is None:
+                        await self._fail_doomed()
+                elif self.result is None and self._plans[self._token.state].wait is not None:
+                    await self._settle_wait()
+                if self.result is not None:
+                    return self.result
+            while True:
+                if not self._started:
+                    if self._broken is not None:
+                        raise RunError(self._broken)
+                    await self._start()
+                    if self.result is not None:  # an initial wait state with nothing delivered yet
+                        raise RunError(f"run {self.run_id} is waiting for event {self.result.waiting!r}: deliver it")
+                    if self._doomed is not None:
+                        return self._ended(many, await self._fail_doomed())
+                plan = self._plans[self._token.state]
+                index = len(self.path)
+                t0 = time.perf_counter()
+                name = plan.name
+                self._rejected = _NO_REJECTIONS
+                self._model_calls = _NO_CALLS
+                self._budget_refused = None
+                visits = self.visits.get(name, 0)
+                # The specific budget first: when the default max_steps (the static bound) runs out, a
+                # visit budget is usually the real cause, and naming it says which loop to look at.
+                if plan.max_visits is not None and visits >= plan.max_visits:
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"visits of {name!r} reached {plan.max_visits}", budget=Budget.MAX_VISITS,
+                        ran=False))
+                if self.actions_run >= self.max_steps:
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"max_steps of {self.max_steps} reached before state {name!r}",
+                        budget=Budget.MAX_STEPS, ran=False))
+                deadline = self._deadline
+                if deadline is not None and self.clock.now() >= deadline:
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"deadline of {self.timeout} s passed before state {name!r}",
+                        budget=Budget.DEADLINE, ran=False))
+                if (self.token_budget is not None or self.cost_budget is not None) and (over := self._over_budget()):
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"{over[1]} before state {name!r}", budget=over[0], ran=False))
+                self.visits[name] = visits + 1
+                self.actions_run += 1
+                view = _new_view(ContextView)
+                _set_view_dict(view, "__dict__", {"_sa_model": self.context, "_sa_plan": plan,
+                                                  "_sa_written": self._written, "_sa_fields": self._fields,
+                                                  "_sa_owned": self._owned})
+                if self._journal is not None:
+                    view._sa_record_ops()  # a durable step stores what it changed in place as ops
+                chosen: Exit | None
                 try:
-                    async with scope:
+                    if deadline is not None:
+                        scope = self.clock.timeout_at(deadline)
                         try:
-                            chosen = await self._act_and_choose(plan, view, index)
-                        except TimeoutError as own:
-                            # Raised inside the block, so it is the action's own, not our
-                            # deadline's (which surfaces only when the block exits).
-                            raise _ActionTimeout from own
-                except TimeoutError:
-                    if not scope.expired():
+                            async with scope:
+                                try:
+                                    chosen = await self._act_and_choose(plan, view, index)
+                                except TimeoutError as own:
+                                    # Raised inside the block, so it is the action's own, not our
+                                    # deadline's (which surfaces only when the block exits).
+                                    raise _ActionTimeout from own
+                        except TimeoutError:
+                            if not scope.expired():
+                                raise
+                            raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
+                                          budget=Budget.DEADLINE) from None
+                    elif plan.slow:
+                        chosen = await self._act_and_choose(plan, view, index)
+                    else:  # the common case, inline: no extra coroutine, no extra call
+                        hooks = self.hooks
+                        if hooks:
+                            event: Event = _tnew(StepStarted, (self.run_id, self._wf_name, index, name,
+                                                                visits + 1))
+                            if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                                try:
+                                    out = hooks[0](event)
+                                except Exception as exc:  # observability must never break the agent
+                                    self._hook_failed(hooks[0], event, exc)
+                                    out = None
+                                if out is not None and _awaitable(out):
+                                    await self._emit_from(event, 0, out)
+                            elif (pending := self._notify(event)) is not None:
+                                await pending
+                        out = plan.action(view)  # type: ignore[misc]
+                        if out is not None and (type(out) is _COROUTINE or _awaitable(out)):
+                            await out
+                        if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
+                            self._missing_write(plan, view)
+                        # The exits' conditions (Exit.__call__), inlined: the first whose guard holds.
+                        readonly = self._token.context
+                        for chosen in plan.exits:
+                            g = chosen.guard
+                            if g is None or g(readonly):
+                                break
+                        else:
+                            chosen = plan.default
+                except BaseException as exc:
+                    view._sa_rollback()
+                    view._sa_close()
+                    if not isinstance(exc, Exception):
+                        # Cancellation and interruption are never routed. The step did not happen: its
+                        # writes are undone above and its visit is not counted, so the run can go on.
+                        self.visits[name] = visits
+                        self.actions_run -= 1
                         raise
-                    raise _Failed(f"deadline of {self.timeout} s passed in state {name!r}",
-                                  budget=Budget.DEADLINE) from None
-            elif plan.slow or self.hooks:
-                chosen = await self._act_and_choose(plan, view, index)
-            else:  # the common case, inline: no extra coroutine, no extra call
-                out = plan.action(view)  # type: ignore[misc]
-                if out is not None and _awaitable(out):
-                    await out
-                if plan.writes and not plan.writes <= (view._sa_dirty or _EMPTY):
-                    self._missing_write(plan, view)
-                model = self._token
-                for chosen in plan.exits:
-                    if chosen(model):
-                        break
-                else:
-                    chosen = plan.default
-        except BaseException as exc:
-            view._sa_rollback()
-            view._sa_close()
-            if not isinstance(exc, Exception):
-                # Cancellation and interruption are never routed. The step did not happen: its
-                # writes are undone above and its visit is not counted, so the run can go on.
-                self.visits[name] = visits
-                self.actions_run -= 1
-                raise
-            if isinstance(exc, _Failed):
-                return await self._fail(plan, index, t0, exc.reason, budget=exc.budget)
-            if isinstance(exc, BudgetExceeded):
-                return await self._fail(plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget))
-            if isinstance(exc, ContextAccessError):
-                return await self._fail(plan, index, t0, str(exc), error=exc, loud=True)
-            if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
-                exc = exc.__cause__
-            return await self._route(plan, index, t0, exc)
-        view._sa_close()
-        if chosen is None:
-            view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
-            return await self._fail(plan, index, t0, f"no exit of state {name!r} was enabled")
-        bound = chosen.bound
-        if bound is not None and self.traversals[chosen.key] >= bound:
-            view._sa_rollback()
-            return await self._fail(plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
-                                    budget=Budget.MAX_TRAVERSALS)
-        # The step succeeded: its writes stand; now move.
-        dirty = view._sa_dirty
-        if self._journal is not None:
-            try:
-                self._delta = self._journal.delta(self.context, dirty or (), view._sa_ops)
-            except TypeError as exc:
-                view._sa_rollback()
-                return await self._fail(plan, index, t0, f"state {name!r}: {exc}")
-        if dirty:
-            self._written.update(dirty)
-            self._owned.update(dirty)
-        self._machine.events[chosen.name].trigger(self._token)
-        self.traversals[chosen.key] += 1
-        target = chosen.target
-        step = Step(index, name, target, chosen.name, StepKind.TRANSITION, self._wall(t0),
-                    time.perf_counter() - t0, None, tuple(self._rejected), True,
-                    tuple(sorted(dirty)) if dirty else (), tuple(self._model_calls))
-        self.path.append(step)
-        if self.hooks or self._journal is not None or log.isEnabledFor(logging.DEBUG) or \
-                self._plans[target].stops:
-            await self._after(step)
-        return step
+                    if isinstance(exc, _Failed):
+                        return self._ended(many, await self._fail(plan, index, t0, exc.reason, budget=exc.budget))
+                    if isinstance(exc, BudgetExceeded):
+                        return self._ended(many, await self._fail(
+                            plan, index, t0, f"state {name!r}: {exc}", budget=Budget(exc.budget)))
+                    if isinstance(exc, ContextAccessError):
+                        return self._ended(many, await self._fail(plan, index, t0, str(exc), error=exc, loud=True))
+                    if isinstance(exc, _ActionTimeout) and isinstance(exc.__cause__, Exception):
+                        exc = exc.__cause__
+                    step = await self._route(plan, index, t0, exc)
+                    if many and self.result is None:
+                        continue  # routed to a state that goes on
+                    return self._ended(many, step)
+                view.__dict__["_sa_plan"] = None  # view._sa_close(): the view and its proxies refuse any further use
+                if chosen is None:
+                    view._sa_rollback()  # the step cannot move: it failed, and leaves nothing behind
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"no exit of state {name!r} was enabled"))
+                bound = chosen.bound
+                if bound is not None and self.traversals[chosen.key] >= bound:
+                    view._sa_rollback()
+                    return self._ended(many, await self._fail(
+                        plan, index, t0, f"traversals of {chosen.name!r} reached {bound}",
+                        budget=Budget.MAX_TRAVERSALS))
+                # The step succeeded: its writes stand; now move.
+                dirty: set[str] | None = view.__dict__.get("_sa_dirty")
+                journal = self._journal
+                if journal is not None:
+                    try:
+                        self._delta = journal.delta(self.context, dirty or (), view._sa_ops)
+                    except TypeError as exc:
+                        view._sa_rollback()
+                        return self._ended(many, await self._fail(plan, index, t0, f"state {name!r}: {exc}"))
+                if dirty:
+                    written, owned = self._written, self._owned
+                    for f in dirty:
+                        written[f] = owned[f] = None
+                chosen.fire(self._token)
+                self.traversals[chosen.key] += 1
+                rejected, calls = self._rejected, self._model_calls
+                t1 = time.perf_counter()
+                # Step(...) without its Python __new__: every field given, in order.
+                step = _tnew(Step, (index, name, chosen.target, chosen.name, _TRANSITION,
+                                          self._clock0 + t0, t1 - t0, None,
+                                          tuple(rejected) if rejected else (), True,
+                                          (tuple(sorted(dirty)) if len(dirty) > 1 else tuple(dirty)) if dirty else (),
+                                          tuple(calls) if calls else ()))
+                self.path.append(step)
+                dirty = None  # with many, this frame lives on to the next step: it keeps nothing of this one
+                if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
+                    await self._after(step)
+                elif hooks := self.hooks:  # what _after does for such a step: report it
+                    event = _tnew(TransitionTaken, (self.run_id, self._wf_name, index, name, chosen.target,
+                                                    chosen.name, _TRANSITION, t1 - t0))
+                    if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                        try:
+                            out = hooks[0](event)
+                        except Exception as exc:  # observability must never break the agent
+                            self._hook_failed(hooks[0], event, exc)
+                            out = None
+                        if out is not None and _awaitable(out):
+                            await self._emit_from(event, 0, out)
+                    elif (pending := self._notify(event)) is not None:
+                        await pending
+                if not many or self.result is not None:
+                    return self._ended(many, step)
+        finally:
+            if many:
+                self._busy = False
+
+    def _ended(self, many: bool, step: Step) -> Any:
+        """What _step returns after ``step``: the step, or with ``many`` the run's result."""
+        return self.result if many else step
 
     # --- pieces of a step ------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -592,16 +694,15 @@ class Run(Generic[C]):
             await journal.mark_started()  # the claimer starts the step: a crash from here on is a restart
         if self.hooks:
             wf = self.workflow
-            try:
-                start = self.context.model_copy(deep=True)
-            except Exception:  # a value that cannot be copied: the event gets a shallow copy
-                start = self.context.model_copy()
-            await self._emit(RunStarted(self.run_id, wf.name, wf.initial, start,
-                                        self.max_steps))
+            # The start, copied deeply when a hook reads it. A run that owns values (restored from
+            # a store) changes them in place: their copy is made now.
+            start = _StartCopy(self.context.__copy__())
+            if self._owned:
+                start.get()
+            await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps)))
 
     def _wall(self, t: float) -> float:
-        wall0, perf0 = self._clock0
-        return wall0 + (t - perf0)
+        return self._clock0 + t
 
     def _missing_write(self, plan: Plan, view: ContextView) -> None:
         dirty = view._sa_dirty or _EMPTY
@@ -617,8 +718,10 @@ class Run(Generic[C]):
 
     async def _act_and_choose(self, plan: Plan, view: ContextView, index: int) -> Exit | None:
         if self.hooks:
-            await self._emit(StepStarted(self.run_id, self.workflow.name, index, plan.name,
-                                         self.visits[plan.name]))
+            pending = self._notify(_tnew(StepStarted, (self.run_id, self.workflow.name, index, plan.name,
+                                                       self.visits[plan.name])))
+            if pending is not None:
+                await pending
         action = plan.action
         assert action is not None
         if plan.wait is not None:
@@ -752,13 +855,12 @@ class Run(Generic[C]):
                              "state": step.state, "target": step.target, "transition": step.transition,
                              "kind": step.kind, "duration": step.duration})
         if self.hooks:
-            await self._emit(TransitionTaken(self.run_id, wf.name, step.number, step.state, step.target,
-                                             step.transition, step.kind, step.duration))
+            await self._emit(_tnew(TransitionTaken, (self.run_id, wf.name, step.number, step.state, step.target,
+                                                     step.transition, step.kind, step.duration)))
         if not plan.terminal:
             if waits:
                 await self._waiting(plan)
             return
-        self._finish()
         self.result = RunResult(wf.name, self.run_id, step.target, outcome, self.context,
                                 _frozen(self.path), reason, error, wf)
         if outcome is Outcome.FAILURE and step.kind is not StepKind.FAIL:
@@ -766,7 +868,7 @@ class Run(Generic[C]):
                         step.target, reason,
                         extra={"workflow": wf.name, "run_id": self.run_id, "terminal": step.target})
         if self.hooks:
-            await self._emit(RunFinished(self.run_id, wf.name, self.result))
+            await self._emit(_tnew(RunFinished, (self.run_id, wf.name, self.result)))
 
     async def _fail_doomed(self) -> Step:
         reason = self._doomed
@@ -785,6 +887,8 @@ class Run(Generic[C]):
             calls = self._model_calls = []
         calls.append(call)
         spent = self._spent
+        if spent is _NO_SPENDING:
+            spent = self._spent = [0, 0.0]
         spent[0] += call.input_tokens + call.output_tokens
         if call.cost is not None:
             spent[1] += call.cost
@@ -848,6 +952,8 @@ class Run(Generic[C]):
     def _take(self, events: list[tuple[int, str, Any]]) -> None:
         """Add events the store found in the inbox (by sequence number, each once)."""
         known = {seq for seq, _, _ in self._inbox} | self._skipped
+        if self._inbox is _NO_INBOX:
+            self._inbox = []
         self._inbox.extend(e for e in events if e[0] not in known)
 
     async def _waiting(self, plan: Plan) -> None:
@@ -891,6 +997,8 @@ class Run(Generic[C]):
             known = ", ".join(repr(e) for e in sorted(waits)) or "none"
             raise ValueError(f"workflow {self.workflow.name!r} waits for no event {event!r}; its events: {known}")
         value = wait.payload.model_validate(payload)
+        if self._inbox is _NO_INBOX:
+            self._inbox = []
         self._inbox.append((next(_local_seq), event, value))
         result = self.result
         if result is not None and result.waiting == event:
@@ -913,42 +1021,62 @@ class Run(Generic[C]):
             self._started = False  # the next step() raises the above
             raise
 
-    def _finish(self) -> None:
-        """Give the result its own copy of every mutable value the run never wrote (those are still
-        the caller's objects): changing the result never changes the input, nor other results."""
-        d = self.context.__dict__
-        owned = self._owned
-        for name, value in d.items():
-            if name not in owned and not is_scalar(value):
-                try:
-                    d[name] = copy.deepcopy(value)
-                except Exception as exc:  # a value that cannot be copied (too deep, hostile): shared
-                    log.warning("%s: run %s could not copy %r for its result (%s: %s); the result shares "
-                                "it with the input", self.workflow.name, self.run_id, name,
-                                type(exc).__name__, safe_repr(exc, str),
-                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
-
-    async def _emit(self, event: Event) -> None:
-        deadline = self._deadline
-        for hook in self.hooks:
+    def _notify(self, event: Event) -> Coroutine[Any, Any, None] | None:
+        """Call the hooks with ``event``, in order: ``None`` when every one returned, else a
+        coroutine that awaits the first awaitable a hook returned and calls the hooks after it (no
+        coroutine is made while the hooks are plain functions: the common, cheap case)."""
+        hooks = self.hooks
+        for i in range(len(hooks)):
+            hook = hooks[i]
             try:
                 out = hook(event)
-                if _awaitable(out):
-                    if deadline is None:
-                        await out
-                    else:
-                        # Hooks run inside the run's deadline: one still busy when it passes is
-                        # cancelled (an async hook that finishes without waiting always runs).
-                        async with self.clock.timeout_at(deadline):
-                            await out
             except Exception as exc:  # observability must never break the agent
-                if isinstance(exc, TimeoutError):
-                    log.warning("hook %s was cut by the run's deadline on %s", safe_repr(hook),
-                                type(event).__name__,
-                                extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                self._hook_failed(hook, event, exc)
+                continue
+            if out is not None and _awaitable(out):
+                return self._emit_from(event, i, out)
+        return None
+
+    async def _emit_from(self, event: Event, i: int, out: Awaitable[Any]) -> None:
+        """Await hook ``i``'s ``out``, then call the hooks after it, awaiting each in turn."""
+        hooks = self.hooks
+        deadline = self._deadline
+        while True:
+            try:
+                if deadline is None:
+                    await out
                 else:
-                    log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
-                                  extra={"workflow": self.workflow.name, "run_id": self.run_id})
+                    # Hooks run inside the run's deadline: one still busy when it passes is
+                    # cancelled (an async hook that finishes without waiting always runs).
+                    async with self.clock.timeout_at(deadline):
+                        await out
+            except Exception as exc:  # observability must never break the agent
+                self._hook_failed(hooks[i], event, exc)
+            while True:
+                i += 1
+                if i >= len(hooks):
+                    return
+                try:
+                    found = hooks[i](event)
+                except Exception as exc:
+                    self._hook_failed(hooks[i], event, exc)
+                    continue
+                if found is not None and _awaitable(found):
+                    out = found
+                    break
+
+    def _hook_failed(self, hook: Hook, event: Event, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            log.warning("hook %s was cut by the run's deadline on %s", safe_repr(hook), type(event).__name__,
+                        extra={"workflow": self.workflow.name, "run_id": self.run_id})
+        else:
+            log.exception("hook %s failed on %s", safe_repr(hook), type(event).__name__,
+                          extra={"workflow": self.workflow.name, "run_id": self.run_id}, exc_info=exc)
+
+    async def _emit(self, event: Event) -> None:
+        pending = self._notify(event)
+        if pending is not None:
+            await pending
 
     # --- what a tools handle uses (tools.StepHost): public names for the methods above -----------
     @property
@@ -962,6 +1090,11 @@ class Run(Generic[C]):
 
 
 _EMPTY: frozenset[str] = frozenset()
+_TRANSITION = StepKind.TRANSITION
+_new_view = object.__new__
+_tnew = tuple.__new__  # an event built in one call (events.py)
+_COROUTINE = types.CoroutineType
+_set_view_dict = object.__setattr__
 _MAX_COUNT = 2**53
 """The largest step budget (and counter) a store keeps: a JSON number exact as a float."""
 _NO_SKIPS: frozenset[int] = frozenset()
@@ -974,6 +1107,9 @@ def _NOTHING(*_: Any) -> None:
 
 _NO_REJECTIONS: list[str] = []  # shared and never appended to: _ask_policy makes its own list
 _NO_CALLS: list[ModelCall] = []  # likewise: _model_call makes the step's own list
+_NO_INBOX: list[tuple[int, str, Any]] = []  # likewise: deliver and _take make the run's own list
+_NO_SPENDING: list[float] = [0, 0.0]  # likewise: _model_call makes the run's own [tokens, cost]
+_NO_STEP_CALLS: list[int] = [0]  # likewise: _act_and_choose makes each step's own counter
 _FAIL = "@fail"
 _SYSTEM_CLOCK = SystemClock()
 
@@ -1113,11 +1249,7 @@ def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     are abandoned, as the tools' timeout promises) nor builds a loop per call; like it, it cancels
     whatever the run left behind before returning, so nothing leaks into the next call.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    if asyncio.events._get_running_loop() is not None:  # get_running_loop() without its exception
         coro.close()
         raise RunError(
             "run_sync() was called while an event loop is running in this thread (async code, Jupyter): "
