@@ -161,3 +161,29 @@ def test_opening_a_store_writes_nothing_when_it_is_current(tmp_path: Path) -> No
         with SQLiteStore(tmp_path / "runs.db"):
             pass
     assert (tmp_path / "runs.db").read_bytes() == before
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="the -shm lock query is Linux's")
+def test_another_process_holding_the_database_open_is_seen(tmp_path: Path) -> None:
+    """The -wal check trusts a lost-commit verdict only when no other process has the database open
+    (then the -shm is a recovery's index, not a live one that a killed worker's unindexed frames
+    follow): a real second process holding a connection is seen, and no longer once it exits."""
+    import subprocess
+    import sys
+
+    from statemachine_agent.stores import _sqlite
+
+    path = tmp_path / "runs.db"
+    crashed(path, 3)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+         "c.execute('SELECT count(*) FROM sma_runs').fetchone(); print('ready', flush=True); sys.stdin.read()",
+         str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        with SQLiteStore(path):
+            assert _sqlite._others_attached(str(path))
+    finally:
+        child.communicate("", timeout=30)
+    with SQLiteStore(path):
+        assert not _sqlite._others_attached(str(path)), "only this process has it open now"

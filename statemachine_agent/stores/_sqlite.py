@@ -274,6 +274,30 @@ def _read_shm(path: str) -> bytes:
     return os.pread(fd, 48, 0)
 
 
+_DMS = 128
+"""The byte of a -shm file every SQLite connection to the database holds a shared lock on (its
+"dead man switch": SQLite's UNIX_SHM_DMS)."""
+
+
+def _others_attached(path: str) -> bool:
+    """Whether another process has the database open: it holds SQLite's lock on the -shm's DMS byte
+    (asked with F_GETLK, which takes no lock; a process's own locks never show). Linux only (the
+    struct's layout); elsewhere ``False``."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import fcntl  # noqa: PLC0415  (POSIX only)
+        _read_shm(f"{path}-shm")
+        with _SHM_LOCK:
+            st = os.stat(f"{path}-shm")
+            fd = _SHM_FDS[(st.st_dev, st.st_ino)]
+        asked = struct.pack("hh4xqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _DMS, 1, 0)
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, asked)
+        return bool(struct.unpack("hh4xqqi4x", got)[0] != fcntl.F_UNLCK)
+    except (OSError, KeyError, ImportError, struct.error):
+        return False
+
+
 def _wal_lost_commit(path: str) -> bool:
     """Whether the -wal holds a commit that SQLite's recovery did not take.
 
@@ -327,7 +351,11 @@ def _wal_lost_commit(path: str) -> bool:
 
 
 def _check_wal(path: str, where: str) -> None:
-    if _wal_lost_commit(path):
+    # Only a recovery's verdict says commits were dropped: while another process has the database
+    # open, the -shm is its live index, not a recovery's, and frames after it may be those a worker
+    # killed between writing them and indexing them left behind (a commit it never reported), which
+    # the next writer overwrote from their start: not damage.
+    if _wal_lost_commit(path) and not _others_attached(path):
         raise StoreCorrupted(f"{where}: its -wal file is damaged: SQLite's recovery stopped at a damaged frame and "
                              "would silently drop the commits written after it. Nothing was loaded; restore the "
                              "store (and its -wal) from a backup")
