@@ -29,8 +29,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from busy import spin
-
 from statemachine_agent.check import analyze
 from statemachine_agent.context import Context
 from statemachine_agent.guards import Guard
@@ -225,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds (default: {ROUNDS})")
     parser.add_argument("--busy", type=int, default=0, help="busy-looping processes beside it (default: 0)")
     args = parser.parse_args(argv)
+    from busy import spin  # noqa: PLC0415 (a sibling script: only when run as one)
+
     spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(max(0, args.busy))]
     for p in spinners:
         p.start()

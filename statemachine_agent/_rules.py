@@ -1112,9 +1112,13 @@ def _unset_reads(a: Analysis) -> list[tuple[str, str, TransitionSpec | None]]:
     at_start = fields_set_at_start(a.model)
     # Only a field something reads and no run starts with can be read unset: one bit each.
     own: list[tuple[str, list[str]]] = []  # (state, the fields it must find written), in order
+    by_reads: dict[tuple[frozenset[str], frozenset[str]], list[str]] = {}  # shared by equal declarations
     for n, reads in a.reads_of.items():  # in declaration order
         if n in a.reach and not a.states[n].terminal:
-            needed = sorted(((reads - a.optional_reads_of.get(n, _NONE)) & a.fields) - at_start)
+            key = (reads, a.optional_reads_of.get(n, _NONE))
+            needed = by_reads.get(key)
+            if needed is None:
+                needed = by_reads[key] = sorted(((reads - key[1]) & a.fields) - at_start)
             if needed:
                 own.append((n, needed))
     by_guard: dict[int, list[str]] = {}  # id(guard) -> the fields it reads that no run starts with
@@ -1199,12 +1203,12 @@ def _definitely_set(a: Analysis, at_start: int, written: dict[str, int],
     assert first is not None
     into: dict[str, int] = {first: at_start}
     todo = deque([first])
-    queued = {first}
+    queued = {first: None}  # dicts: a fifth of a set's memory
     out = a.out
     error = EdgeKind.ERROR
     while todo:
         u = todo.popleft()
-        queued.discard(u)
+        del queued[u]
         have = into[u]
         carried = have | written.get(u, 0)
         for e in out.get(u, ()):
@@ -1217,7 +1221,7 @@ def _definitely_set(a: Analysis, at_start: int, written: dict[str, int],
             if new != old:
                 into[v] = new
                 if v not in queued:
-                    queued.add(v)
+                    queued[v] = None
                     todo.append(v)
     return into
 
@@ -1314,7 +1318,7 @@ def worst_case_steps(a: Analysis) -> int:
                     rest = most[e.target]
             most[first] = rest + (_weigh_alone(a.visit_bound.get(first), loops) if loops else 1)
             continue
-        members = set(comp)
+        members = dict.fromkeys(comp)
         into = into if into is not None else _into(a)
         inner_in: dict[str, list[Edge]] = defaultdict(list)
         inner_out: dict[str, list[Edge]] = defaultdict(list)
@@ -1419,12 +1423,12 @@ class _LoopWeigher:
                 total += e.bound if e.bound is not None else cap[e.source]
             cap[v] = total
         todo = deque(self.comp)
-        queued = set(self.comp)
+        queued = dict.fromkeys(self.comp)
         budget = 64 * len(self.comp)
         while todo and budget > 0:
             budget -= 1
             v = todo.popleft()
-            queued.discard(v)
+            del queued[v]
             inflow = (v in entries) + sum(through(e) for e in self.inner_in[v])
             outflow = (last is None or v == last) + sum(through(e) for e in self.inner_out[v])
             new = min(cap[v], inflow, outflow)
@@ -1433,7 +1437,7 @@ class _LoopWeigher:
                 for w in itertools.chain((e.source for e in self.inner_in[v]),
                                          (e.target for e in self.inner_out[v])):
                     if w not in queued:
-                        queued.add(w)
+                        queued[w] = None
                         todo.append(w)
         free_entry = any(self.bound[x] is None for x in entries)
         return min(sum(cap.values()), self.segments + self.most_free * free_entry)
