@@ -511,8 +511,11 @@ def _tool_definition_problems(tool: object, name: str) -> Iterator[Problem]:
 
 def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
     """Every state is a StateSpec with a non-empty string name, declared once."""
-    seen: set[str] = set()
-    for s in _items(_attr(a.spec, "states")):
+    declared = _items(_attr(a.spec, "states"))
+    if len(declared) == len(a.states):
+        return  # the analysis kept every entry: each is a well-named StateSpec, declared once
+    seen: dict[str, None] = {}
+    for s in declared:
         if not isinstance(s, StateSpec):
             yield Problem(ProblemCode.BAD_STATE, f"{s!r} is not a state declaration (StateSpec)")
         elif not _good_state_name(s.name):
@@ -521,12 +524,12 @@ def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
             yield Problem(ProblemCode.DUPLICATE_STATE, f"state {s.name!r} is declared more than once: rename one of "
                           "them", s.name)
         else:
-            seen.add(s.name)
+            seen[s.name] = None
 
 
 def _check_initial(a: Analysis) -> Iterator[Problem]:
     """Exactly one initial state."""
-    initials = [n for n in a.names if a.states[n].initial]
+    initials = [n for n, s in a.states.items() if s.initial]
     if not initials:
         yield Problem(ProblemCode.NO_INITIAL, "no initial state: mark exactly one state with initial=True")
     elif len(initials) > 1:
