@@ -273,6 +273,17 @@ class Analysis:
     reach: dict[str, None] = field(default_factory=dict)
     """States a run can enter (the keys: a dict, as large specs keep it in the caches)."""
     unreachable: list[str] = field(default_factory=list)
+    initials: list[str] = field(default_factory=list)
+    """States marked initial, in declaration order. Like the three below, gathered while the states
+    are read, so the rules about them need not walk every state again."""
+    waiting: list[str] = field(default_factory=list)
+    """States with a ``wait``."""
+    with_tools: list[str] = field(default_factory=list)
+    """States that declare tools (anything but an empty tuple)."""
+    model_uses: dict[str, Any] = field(default_factory=dict)
+    """What each LLM step's action declares of its model calls (see :func:`model_use`)."""
+    deciding: list[str] = field(default_factory=list)
+    """States marked ``decision``."""
     components: list[list[str]] = field(default_factory=list)
     """The strongly connected groups of reachable states, sinks first (Tarjan's order)."""
     looping: dict[str, None] = field(default_factory=dict)
@@ -341,8 +352,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
         else:
             a.tools_known = False
 
-    states, names = a.states, a.names
-    initials: list[str] = []
+    states, names, initials = a.states, a.names, a.initials
     for s in _items(_attr(spec, "states")):
         if isinstance(s, StateSpec) and _good_state_name(s.name) and s.name not in states:
             n = s.name
@@ -350,6 +360,15 @@ def _read(spec: WorkflowSpec) -> Analysis:
             names.append(n)
             if s.initial:
                 initials.append(n)
+            if s.wait is not None:
+                a.waiting.append(n)
+            if not (type(s.tools) is tuple and not s.tools):
+                a.with_tools.append(n)
+            if s.decision:
+                a.deciding.append(n)
+            use = model_use(s.action)
+            if use is not None:
+                a.model_uses[n] = use
             if s.terminal:
                 a.terminals.append(n)
                 if a.failure_terminal is None and s.outcome is Outcome.FAILURE:
@@ -529,7 +548,7 @@ def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
 
 def _check_initial(a: Analysis) -> Iterator[Problem]:
     """Exactly one initial state."""
-    initials = [n for n, s in a.states.items() if s.initial]
+    initials = a.initials
     if not initials:
         yield Problem(ProblemCode.NO_INITIAL, "no initial state: mark exactly one state with initial=True")
     elif len(initials) > 1:
@@ -633,10 +652,8 @@ def model_use(action: object) -> Any:
 
 def _check_model_use(a: Analysis) -> Iterator[Problem]:
     """An LLM step writes a field its state declares, and its model may call only the state's tools."""
-    for n, s in a.states.items():
-        use = model_use(s.action)
-        if use is None:
-            continue
+    for n, use in a.model_uses.items():
+        s = a.states[n]
         writes = _names_in(s.writes) | _names_in(s.optional_writes)
         if use.write not in writes:
             yield Problem(ProblemCode.BAD_LLM_STEP, f"state {n!r} is an LLM step writing {use.write!r}, which the "
@@ -654,18 +671,22 @@ def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int, int]:
     state counts its calls per visit times its visits: one outside loops, else at most its
     ``max_visits`` and ``steps``."""
     calls = decisions = tool_calls = 0
-    looping = a.looping
-    reach = a.reach
-    for n, s in a.states.items():
-        if s.terminal or n not in reach:
-            continue
-        visits = min(a.visit_bound.get(n) or steps, steps) if n in looping else 1  # no loop: one visit at most
-        use = model_use(s.action)
-        if use is not None:
-            calls += visits * int(use.calls_per_visit)
-            tool_calls += visits * int(getattr(use, "tool_calls_per_visit", 0))
-        if s.decision and sum(1 for _ in a.out.get(n, ())) > 1:
-            decisions += visits
+
+    def visits(n: str) -> int | None:
+        """How often a run may enter ``n``; ``None`` when it cannot."""
+        if n not in a.reach or a.states[n].terminal:
+            return None
+        return min(a.visit_bound.get(n) or steps, steps) if n in a.looping else 1  # no loop: one visit at most
+
+    for n, use in a.model_uses.items():
+        times = visits(n)
+        if times is not None:
+            calls += times * int(use.calls_per_visit)
+            tool_calls += times * int(getattr(use, "tool_calls_per_visit", 0))
+    for n in a.deciding:
+        times = visits(n)
+        if times is not None and len(a.out.get(n, ())) > 1:
+            decisions += times
     return calls, decisions, tool_calls
 
 
@@ -849,8 +870,9 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
     for et in _items(_attr(a.spec, "error_transitions")):
         if isinstance(et, ErrorTransitionSpec) and isinstance(et.error, type):
             routes[et.source].append(et.error)
-    for n, s in a.states.items():
-        if s.terminal or (type(s.tools) is tuple and not s.tools) or not _is_name_list(s.tools):
+    for n in a.with_tools:
+        s = a.states[n]
+        if s.terminal or not _is_name_list(s.tools):
             continue
         if any(issubclass(EffectOutcomeUnknown, e) for e in routes.get(n, ())):
             continue
@@ -867,10 +889,11 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
 def _check_waits(a: Analysis) -> Iterator[Problem]:
     """A wait state names its event, a pydantic payload model, the one field the payload goes to,
     and a positive timeout together with where to go when it passes."""
-    for n, s in a.states.items():
+    for n in a.waiting:
+        s = a.states[n]
         w = s.wait
         if w is None:
-            continue
+            continue  # (never: only states with a wait are listed)
         if not isinstance(w.event, str) or not w.event.strip():
             yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has event={w.event!r}: give the event's name, a "
                           "non-empty string", n)
