@@ -119,6 +119,20 @@ def _names_in(fs: object) -> frozenset[str]:
     return frozenset(f for f in fs if isinstance(f, str))
 
 
+def _shared_names_in(fs: object, shared: dict[tuple[object, ...], frozenset[str]]) -> frozenset[str]:
+    """:func:`_names_in`, one set for every equal tuple: 5,000 states that read ``("x",)`` share
+    one set instead of holding 5,000 (a million bytes, and as many cache lines to walk)."""
+    if type(fs) is not tuple:
+        return _names_in(fs)
+    try:
+        found = shared.get(fs)
+    except TypeError:  # an unhashable entry: reported by its rule
+        return _names_in(fs)
+    if found is None:
+        found = shared[fs] = _names_in(fs)
+    return found
+
+
 def _is_name_list(fs: object) -> bool:
     return isinstance(fs, (tuple, list, set, frozenset)) and all(isinstance(f, str) for f in fs)
 
@@ -353,6 +367,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
             a.tools_known = False
 
     states, names, initials = a.states, a.names, a.initials
+    shared: dict[tuple[object, ...], frozenset[str]] = {}  # equal declarations share one set
     for s in _items(_attr(spec, "states")):
         if isinstance(s, StateSpec) and _good_state_name(s.name) and s.name not in states:
             n = s.name
@@ -376,7 +391,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
             for fs, into in ((s.reads, a.reads_of), (s.writes, a.writes_of),
                              (s.optional_reads, a.optional_reads_of), (s.optional_writes, a.optional_writes_of)):
                 if not (type(fs) is tuple and not fs):
-                    names_in = _names_in(fs)
+                    names_in = _shared_names_in(fs, shared)
                     if names_in:
                         into[n] = names_in
             # A malformed bound is reported by its rule and counts as no bound.

@@ -28,9 +28,9 @@ from statemachine_agent.spec import WorkflowSpec
 
 PROPS = settings(max_examples=150, deadline=None)
 STATES = 2000
-PEAK_PER_STATE = 1100
-"""Bytes an analysis may allocate at its peak per state of a benchmark shape (1,213-1,397 before
-issue 17; 551-928 after)."""
+PEAK_PER_STATE = 1050
+"""Bytes an analysis may allocate at its peak per state of a benchmark shape (1,213-1,398 before
+issue 17; 551-918 after)."""
 
 
 def _bench() -> ModuleType:
