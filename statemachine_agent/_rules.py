@@ -333,17 +333,7 @@ def build(spec: WorkflowSpec) -> Analysis:
     a = _read(spec)
     if a.initial is not None:
         a.components = strongly_connected_components([n for n in a.names if n in a.reach], a.out)
-        out = a.out
-        for comp in a.components:
-            if len(comp) > 1:
-                a.looping.update(dict.fromkeys(comp))
-                continue
-            v = comp[0]
-            for e in out.get(v, ()):
-                if e.target == v:
-                    a.looping[v] = None
-                    break
-    a.traps = _traps(a)
+    a.looping, a.traps = _loops_and_traps(a)
     a.unbounded = _unbounded_cycles(a)
     a.unset_reads = _unset_reads(a)
     a.unset = {(state, f) for state, f, _ in a.unset_reads}
@@ -1043,28 +1033,29 @@ def _reaching(into: dict[str, list[Edge]], goals: Iterable[str]) -> set[str]:
     return seen
 
 
-def _traps(a: Analysis) -> set[str]:
-    """Reachable states from which no terminal state can be reached: a group of reachable states
-    that loop together can finish when one of them is terminal or leads to a state that can, and
-    the groups come sinks first."""
+def _loops_and_traps(a: Analysis) -> tuple[dict[str, None], set[str]]:
+    """The reachable states on a cycle, and the traps (reachable states from which no terminal
+    state can be reached), from one walk over the components, sinks first: a component can finish
+    when one of its states is terminal or leads to a state that can."""
+    looping: dict[str, None] = {}
     can_finish: dict[str, None] = {}
-    out, states = a.out, a.states
-
-    def finishes(v: str) -> bool:
-        if states[v].terminal:
-            return True
-        for e in out.get(v, ()):  # noqa: SIM110 (a loop: no generator per state)
-            if e.target in can_finish:
-                return True
-        return False
-
+    out, terminal = a.out, dict.fromkeys(a.terminals)
     for comp in a.components:
         if len(comp) == 1:
-            if finishes(comp[0]):
-                can_finish[comp[0]] = None
-        elif any(finishes(v) for v in comp):
+            v = comp[0]
+            finishes = v in terminal
+            for e in out.get(v, ()):
+                if e.target == v:
+                    looping[v] = None
+                elif e.target in can_finish:
+                    finishes = True
+            if finishes:
+                can_finish[v] = None
+            continue
+        looping.update(dict.fromkeys(comp))
+        if any(v in terminal or any(e.target in can_finish for e in out.get(v, ())) for v in comp):
             can_finish.update(dict.fromkeys(comp))
-    return {n for n in a.reach if n not in can_finish}
+    return looping, {n for n in a.reach if n not in can_finish}
 
 
 def _check_traps(a: Analysis) -> Iterator[Problem]:
@@ -1341,12 +1332,12 @@ def worst_case_steps(a: Analysis) -> int:
     caps tightened with flow conservation; see :class:`_LoopWeigher`.
     """
     assert a.initial is not None
-    out = a.out
+    out, terminal = a.out, dict.fromkeys(a.terminals)
     into: dict[str, list[Edge]] | None = None
     most: dict[str, int] = {}
     for comp in a.components:  # sinks first
         first = comp[0]
-        if a.states[first].terminal:
+        if first in terminal:
             most[first] = 0
             continue
         if len(comp) == 1:
