@@ -3,80 +3,90 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar
 
-__all__ = ["bfs_edges", "bfs_path", "reachable", "strongly_connected_components", "topological_order"]
+__all__ = ["Arc", "bfs_edges", "bfs_path", "reachable", "strongly_connected_components", "topological_order"]
 
 E = TypeVar("E")
+_FINISHED = 1 << 62
+"""The low-link of a state whose component is out: above every index."""
 
 
-def reachable(starts: Iterable[str], succ: Mapping[str, Sequence[str]]) -> set[str]:
-    """Every node reachable from ``starts`` (included)."""
-    seen = set(starts)
-    todo = deque(seen)
+class Arc(Protocol):
+    """An edge, as the graph algorithms see it: where it leads."""
+
+    @property
+    def target(self) -> str: ...
+
+
+def reachable(starts: Iterable[str], out: Mapping[str, Iterable[Arc]]) -> dict[str, None]:
+    """Every node reachable from ``starts`` (included) along the edges ``out`` gives each node, as
+    the keys of a dict (a fifth of the memory of a set: what keeps large graphs in the caches)."""
+    seen = dict.fromkeys(starts)
+    todo = list(seen)
     while todo:
-        for w in succ.get(todo.popleft(), ()):
-            if w not in seen:
-                seen.add(w)
-                todo.append(w)
+        for e in out.get(todo.pop(), ()):
+            if e.target not in seen:
+                seen[e.target] = None
+                todo.append(e.target)
     return seen
 
 
 def strongly_connected_components(
-    nodes: Sequence[str], succ: Mapping[str, Sequence[str]]
+    nodes: Iterable[str], out: Mapping[str, Iterable[Arc]]
 ) -> list[list[str]]:
-    """Tarjan's algorithm over the subgraph induced by ``nodes``; linear in its size.
+    """Tarjan's algorithm over the subgraph induced by ``nodes`` along the edges ``out`` gives each
+    node; linear in its size. Every edge given for a node of ``nodes`` must lead to one of ``nodes``.
 
-    Components come out in reverse topological order (sinks first).
+    Components come out in reverse topological order (sinks first), each in the order its states
+    leave Tarjan's stack. Iterative, and it keeps no per-state object beyond two integers: a
+    finished state's low-link is raised past every index, so it needs no on-stack set.
     """
     index: dict[str, int] = {}
     low: dict[str, int] = {}
-    on_stack: set[str] = set()
     stack: list[str] = []
-    out: list[list[str]] = []
+    found: list[list[str]] = []
+    get = out.get
     counter = 0
-    node_set = set(nodes)
     for root in nodes:
         if root in index:
             continue
         index[root] = low[root] = counter
         counter += 1
         stack.append(root)
-        on_stack.add(root)
-        work: list[tuple[str, Iterable[str]]] = [(root, iter(succ.get(root, ())))]
-        while work:
-            v, children = work[-1]
-            descended = False
-            for w in children:
-                if w not in node_set:
-                    continue
+        path = [root]  # the DFS path, with the iterator over each state's successors beside it
+        children: list[Iterator[Arc]] = [iter(get(root, ()))]
+        while path:
+            v = path[-1]
+            for e in children[-1]:
+                w = e.target
                 if w not in index:
                     index[w] = low[w] = counter
                     counter += 1
                     stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(succ.get(w, ()))))
-                    descended = True
+                    path.append(w)
+                    children.append(iter(get(w, ())))
                     break
-                if w in on_stack and index[w] < low[v]:
-                    low[v] = index[w]
-            if descended:
-                continue
-            work.pop()
-            if low[v] == index[v]:
-                comp: list[str] = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    comp.append(w)
-                    if w == v:
-                        break
-                out.append(comp)
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[v])
-    return out
+                if low[w] < low[v]:  # finished states have a low-link past every index  # noqa: PLR1730
+                    low[v] = low[w]
+            else:
+                path.pop()
+                children.pop()
+                lv = low[v]
+                if lv == index[v]:
+                    i = len(stack) - 1
+                    while stack[i] != v:
+                        i -= 1
+                    comp = stack[i:]
+                    del stack[i:]
+                    comp.reverse()
+                    for w in comp:
+                        low[w] = _FINISHED
+                    found.append(comp)
+                if path and lv < low[path[-1]]:
+                    low[path[-1]] = lv
+    return found
 
 
 def topological_order(nodes: Sequence[str], succ: Mapping[str, Sequence[str]]) -> list[str] | None:

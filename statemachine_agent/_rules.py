@@ -13,6 +13,7 @@ import difflib
 import enum
 import inspect
 import itertools
+import operator
 import types
 import typing
 from collections import defaultdict, deque
@@ -116,6 +117,20 @@ def _names_in(fs: object) -> frozenset[str]:
     if not isinstance(fs, (tuple, list, set, frozenset)):
         return frozenset()
     return frozenset(f for f in fs if isinstance(f, str))
+
+
+def _shared_names_in(fs: object, shared: dict[tuple[object, ...], frozenset[str]]) -> frozenset[str]:
+    """:func:`_names_in`, one set for every equal tuple: 5,000 states that read ``("x",)`` share
+    one set instead of holding 5,000 (a million bytes, and as many cache lines to walk)."""
+    if type(fs) is not tuple:
+        return _names_in(fs)
+    try:
+        found = shared.get(fs)
+    except TypeError:  # an unhashable entry: reported by its rule
+        return _names_in(fs)
+    if found is None:
+        found = shared[fs] = _names_in(fs)
+    return found
 
 
 def _is_name_list(fs: object) -> bool:
@@ -250,23 +265,43 @@ class Analysis:
     terminals: list[str] = field(default_factory=list)
     failure_terminal: str | None = None
     reads_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    """The fields each state reads; like the three below, only states that declare some have an
+    entry (so a large spec keeps small tables): look them up with ``.get(name, _NONE)``."""
     writes_of: dict[str, frozenset[str]] = field(default_factory=dict)
     optional_reads_of: dict[str, frozenset[str]] = field(default_factory=dict)
     optional_writes_of: dict[str, frozenset[str]] = field(default_factory=dict)
-    visit_bound: dict[str, int | None] = field(default_factory=dict)
+    visit_bound: dict[str, int] = field(default_factory=dict)
+    """Each state's ``max_visits``, when it is a valid count; ``.get(name)`` is ``None`` for no bound."""
     transitions: list[TransitionSpec] = field(default_factory=list)
     """Well-formed transitions (of any endpoints)."""
     exits: dict[str, list[TransitionSpec]] = field(default_factory=lambda: defaultdict(list))
     """The declared exits of each non-terminal state, by order; a mistyped target still counts."""
     edges: list[Edge] = field(default_factory=list)
     out: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
-    into: dict[str, list[Edge]] = field(default_factory=lambda: defaultdict(list))
+    """The edges leaving each state (a state without any has no entry); the edges into a state
+    are needed only to explain some problems, so :func:`_into` builds them then."""
     dangling: set[str] = field(default_factory=set)
     """States with an exit to an unknown state: where that exit leads is unknown, not nowhere."""
     meant: set[str] = field(default_factory=set)
     """States a mistyped transition probably meant (its target, or the closest known name)."""
-    reach: set[str] = field(default_factory=set)
+    reach: dict[str, None] = field(default_factory=dict)
+    """States a run can enter (the keys: a dict, as large specs keep it in the caches)."""
     unreachable: list[str] = field(default_factory=list)
+    initials: list[str] = field(default_factory=list)
+    """States marked initial, in declaration order. Like the three below, gathered while the states
+    are read, so the rules about them need not walk every state again."""
+    waiting: list[str] = field(default_factory=list)
+    """States with a ``wait``."""
+    with_tools: list[str] = field(default_factory=list)
+    """States that declare tools (anything but an empty tuple)."""
+    model_uses: dict[str, Any] = field(default_factory=dict)
+    """What each LLM step's action declares of its model calls (see :func:`model_use`)."""
+    deciding: list[str] = field(default_factory=list)
+    """States marked ``decision``."""
+    components: list[list[str]] = field(default_factory=list)
+    """The strongly connected groups of reachable states, sinks first (Tarjan's order)."""
+    looping: dict[str, None] = field(default_factory=dict)
+    """Reachable states on a cycle: in a group of several, or with an edge to themselves."""
     traps: set[str] = field(default_factory=set)
     """Reachable states from which no terminal state can be reached."""
     unbounded: list[frozenset[str]] = field(default_factory=list)
@@ -296,7 +331,9 @@ def build(spec: WorkflowSpec) -> Analysis:
     """Read ``spec`` into the shared analysis (states, edges, indexes, reachability) and compute
     the verdicts the rules and the report share: traps, unbounded cycles and unset reads."""
     a = _read(spec)
-    a.traps = _traps(a)
+    if a.initial is not None:
+        a.components = strongly_connected_components([n for n in a.names if n in a.reach], a.out)
+    a.looping, a.traps = _loops_and_traps(a)
     a.unbounded = _unbounded_cycles(a)
     a.unset_reads = _unset_reads(a)
     a.unset = {(state, f) for state, f, _ in a.unset_reads}
@@ -319,70 +356,91 @@ def _read(spec: WorkflowSpec) -> Analysis:
         else:
             a.tools_known = False
 
+    states, names, initials = a.states, a.names, a.initials
+    shared: dict[tuple[object, ...], frozenset[str]] = {}  # equal declarations share one set
     for s in _items(_attr(spec, "states")):
-        if isinstance(s, StateSpec) and _good_state_name(s.name) and s.name not in a.states:
-            a.states[s.name] = s
-            a.names.append(s.name)
-    initials = [n for n in a.names if a.states[n].initial]
+        if isinstance(s, StateSpec) and _good_state_name(s.name) and s.name not in states:
+            n = s.name
+            states[n] = s
+            names.append(n)
+            if s.initial:
+                initials.append(n)
+            if s.wait is not None:
+                a.waiting.append(n)
+            if not (type(s.tools) is tuple and not s.tools):
+                a.with_tools.append(n)
+            if s.decision:
+                a.deciding.append(n)
+            use = model_use(s.action)
+            if use is not None:
+                a.model_uses[n] = use
+            if s.terminal:
+                a.terminals.append(n)
+                if a.failure_terminal is None and s.outcome is Outcome.FAILURE:
+                    a.failure_terminal = n
+            for fs, into in ((s.reads, a.reads_of), (s.writes, a.writes_of),
+                             (s.optional_reads, a.optional_reads_of), (s.optional_writes, a.optional_writes_of)):
+                if not (type(fs) is tuple and not fs):
+                    names_in = _shared_names_in(fs, shared)
+                    if names_in:
+                        into[n] = names_in
+            # A malformed bound is reported by its rule and counts as no bound.
+            if s.max_visits is not None and _is_count(s.max_visits):
+                a.visit_bound[n] = s.max_visits
     a.initial = initials[0] if len(initials) == 1 else None
-    a.terminals = [n for n in a.names if a.states[n].terminal]
-    failures = [n for n in a.terminals if a.states[n].outcome is Outcome.FAILURE]
-    a.failure_terminal = failures[0] if failures else None
-    for n in a.names:
-        s = a.states[n]
-        a.reads_of[n] = _names_in(s.reads)
-        a.writes_of[n] = _names_in(s.writes)
-        a.optional_reads_of[n] = _names_in(s.optional_reads)
-        a.optional_writes_of[n] = _names_in(s.optional_writes)
-        # A malformed bound is reported by its rule and counts as no bound.
-        a.visit_bound[n] = s.max_visits if _is_count(s.max_visits) else None
 
-    known_names = list(a.names)
+    exits, edges = a.exits, a.edges
     for t in _items(_attr(spec, "transitions")):
         if not isinstance(t, TransitionSpec) or isinstance(t.order, bool) or not isinstance(t.order, int):
             continue
         a.transitions.append(t)
-        src_ok, tgt_ok = a.known(t.source), a.known(t.target)
-        if src_ok and not a.terminal(t.source):
-            a.exits[t.source].append(t)
+        source, target = t.source, t.target
+        src = states.get(source) if isinstance(source, str) else None
+        tgt_ok = isinstance(target, str) and target in states
+        if src is not None and not src.terminal:
+            exits[source].append(t)
             if tgt_ok:
-                a.edges.append(Edge(t.source, t.target, t.max_traversals if _is_count(t.max_traversals)
-                                    else None, EdgeKind.TRANSITION, t.name if isinstance(t.name, str) else ""))
-        _note_mistyped(a, t.source, t.target, known_names)
-    for src in a.exits:
-        a.exits[src].sort(key=lambda t: t.order)
+                edges.append(Edge(source, target, t.max_traversals if _is_count(t.max_traversals)
+                                  else None, EdgeKind.TRANSITION, t.name if isinstance(t.name, str) else ""))
+        if src is None or not tgt_ok:
+            _note_mistyped(a, source, target, names)
+    for outs in exits.values():
+        if len(outs) > 1:
+            outs.sort(key=_order)
 
     seen_routes: set[tuple[str, type[BaseException]]] = set()
     for et in _items(_attr(spec, "error_transitions")):
         if not isinstance(et, ErrorTransitionSpec):
             continue
         src_ok, tgt_ok = a.known(et.source), a.known(et.target)
-        _note_mistyped(a, et.source, et.target, known_names)
+        _note_mistyped(a, et.source, et.target, names)
         if not (src_ok and tgt_ok and _routable(et.error)) or a.terminal(et.source):
             continue
         key = (et.source, et.error)
         if key in seen_routes:
             continue
         seen_routes.add(key)
-        a.edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
-                            else None, EdgeKind.ERROR, et.name if isinstance(et.name, str) else ""))
+        edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
+                          else None, EdgeKind.ERROR, et.name if isinstance(et.name, str) else ""))
 
     if a.failure_terminal is not None:
-        for n in a.names:
-            s = a.states[n]
-            if not s.terminal and s.on_no_exit is NoExit.FAIL and not _exhaustive(a.exits.get(n, [])):
-                a.edges.append(Edge(n, a.failure_terminal, None, EdgeKind.NO_EXIT, f"{n}->(no exit)"))
+        for n in names:
+            s = states[n]
+            if not s.terminal and s.on_no_exit is NoExit.FAIL and not _exhaustive(exits.get(n, [])):
+                edges.append(Edge(n, a.failure_terminal, None, EdgeKind.NO_EXIT, f"{n}->(no exit)"))
 
-    for e in a.edges:
-        a.out[e.source].append(e)
-        a.into[e.target].append(e)
+    out = a.out
+    for e in edges:
+        out[e.source].append(e)
     if a.initial is not None:
-        succ = {v: [e.target for e in es] for v, es in a.out.items()}
-        a.reach = reachable([a.initial], succ)
+        a.reach = reachable([a.initial], out)
         if a.failure_terminal is not None:
-            a.reach.add(a.failure_terminal)  # every run can end there: budgets, unrouted errors
-        a.unreachable = [n for n in a.names if n not in a.reach]
+            a.reach[a.failure_terminal] = None  # every run can end there: budgets, unrouted errors
+        a.unreachable = [n for n in names if n not in a.reach]
     return a
+
+
+_order = operator.attrgetter("order")
 
 
 def _note_mistyped(a: Analysis, source: object, target: object, known: Sequence[str]) -> None:
@@ -477,8 +535,11 @@ def _tool_definition_problems(tool: object, name: str) -> Iterator[Problem]:
 
 def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
     """Every state is a StateSpec with a non-empty string name, declared once."""
-    seen: set[str] = set()
-    for s in _items(_attr(a.spec, "states")):
+    declared = _items(_attr(a.spec, "states"))
+    if len(declared) == len(a.states):
+        return  # the analysis kept every entry: each is a well-named StateSpec, declared once
+    seen: dict[str, None] = {}
+    for s in declared:
         if not isinstance(s, StateSpec):
             yield Problem(ProblemCode.BAD_STATE, f"{s!r} is not a state declaration (StateSpec)")
         elif not _good_state_name(s.name):
@@ -487,12 +548,12 @@ def _check_state_declarations(a: Analysis) -> Iterator[Problem]:
             yield Problem(ProblemCode.DUPLICATE_STATE, f"state {s.name!r} is declared more than once: rename one of "
                           "them", s.name)
         else:
-            seen.add(s.name)
+            seen[s.name] = None
 
 
 def _check_initial(a: Analysis) -> Iterator[Problem]:
     """Exactly one initial state."""
-    initials = [n for n in a.names if a.states[n].initial]
+    initials = a.initials
     if not initials:
         yield Problem(ProblemCode.NO_INITIAL, "no initial state: mark exactly one state with initial=True")
     elif len(initials) > 1:
@@ -525,15 +586,14 @@ def _check_terminal_states(a: Analysis) -> Iterator[Problem]:
                           "move it to the state before", n)
         if s.decision:
             yield Problem(ProblemCode.TERMINAL_DECISION, f"terminal state {n!r} cannot be a decision state", n)
-        if (a.reads_of[n] or a.writes_of[n] or a.optional_reads_of[n] or a.optional_writes_of[n]):
+        if n in a.reads_of or n in a.writes_of or n in a.optional_reads_of or n in a.optional_writes_of:
             yield Problem(ProblemCode.TERMINAL_ACTION, f"terminal state {n!r} declares reads or writes but runs no "
                           "action", n)
 
 
 def _check_actions(a: Analysis) -> Iterator[Problem]:
     """Non-terminal states have an action callable with the context (and the tools handle)."""
-    for n in a.names:
-        s = a.states[n]
+    for n, s in a.states.items():
         if s.terminal:
             continue
         if s.outcome is not None:
@@ -553,9 +613,11 @@ def _state_tools(a: Analysis, s: StateSpec) -> Iterator[Problem]:
     """A state's tools exist, its action can take the handle, and it calls only what it declares."""
     n, action = s.name, s.action
     assert action is not None
-    if not _is_name_list(s.tools) or isinstance(s.tools, (set, frozenset)):
-        yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
-    declared = tuple(sorted(_names_in(s.tools)))
+    declared: tuple[str, ...] = ()
+    if not (type(s.tools) is tuple and not s.tools):
+        if not _is_name_list(s.tools) or isinstance(s.tools, (set, frozenset)):
+            yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} has tools={s.tools!r}: give a list of tool names", n)
+        declared = tuple(sorted(_names_in(s.tools)))
     for t in declared:
         if a.tools_known and t not in a.tool_names:
             yield Problem(ProblemCode.UNKNOWN_TOOL, f"state {n!r} declares tool {t!r}, which is not registered"
@@ -595,11 +657,8 @@ def model_use(action: object) -> Any:
 
 def _check_model_use(a: Analysis) -> Iterator[Problem]:
     """An LLM step writes a field its state declares, and its model may call only the state's tools."""
-    for n in a.names:
+    for n, use in a.model_uses.items():
         s = a.states[n]
-        use = model_use(s.action)
-        if use is None:
-            continue
         writes = _names_in(s.writes) | _names_in(s.optional_writes)
         if use.write not in writes:
             yield Problem(ProblemCode.BAD_LLM_STEP, f"state {n!r} is an LLM step writing {use.write!r}, which the "
@@ -617,29 +676,29 @@ def worst_case_calls(a: Analysis, steps: int) -> tuple[int, int, int]:
     state counts its calls per visit times its visits: one outside loops, else at most its
     ``max_visits`` and ``steps``."""
     calls = decisions = tool_calls = 0
-    nodes = [n for n in a.names if n in a.reach]
-    succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
-    looping = {v for comp in strongly_connected_components(nodes, succ) for v in comp
-               if len(comp) > 1 or comp[0] in succ[comp[0]]}
-    for n in nodes:
-        if a.terminal(n):
-            continue
-        s = a.states[n]
-        visits = min(a.visit_bound[n] or steps, steps) if n in looping else 1  # no loop: one visit at most
-        use = model_use(s.action)
-        if use is not None:
-            calls += visits * int(use.calls_per_visit)
-            tool_calls += visits * int(getattr(use, "tool_calls_per_visit", 0))
-        if s.decision and sum(1 for _ in a.out.get(n, ())) > 1:
-            decisions += visits
+
+    def visits(n: str) -> int | None:
+        """How often a run may enter ``n``; ``None`` when it cannot."""
+        if n not in a.reach or a.states[n].terminal:
+            return None
+        return min(a.visit_bound.get(n) or steps, steps) if n in a.looping else 1  # no loop: one visit at most
+
+    for n, use in a.model_uses.items():
+        times = visits(n)
+        if times is not None:
+            calls += times * int(use.calls_per_visit)
+            tool_calls += times * int(getattr(use, "tool_calls_per_visit", 0))
+    for n in a.deciding:
+        times = visits(n)
+        if times is not None and len(a.out.get(n, ())) > 1:
+            decisions += times
     return calls, decisions, tool_calls
 
 
 def _check_state_options(a: Analysis) -> Iterator[Problem]:
     """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail', the flags are bools and the
     description is a string."""
-    for n in a.names:
-        s = a.states[n]
+    for n, s in a.states.items():
         if s.max_visits is not None and not _is_count(s.max_visits):
             yield Problem(ProblemCode.BAD_BOUND, f"state {n!r} has max_visits={s.max_visits!r}: use a whole number of "
                           "at least 1", n)
@@ -657,10 +716,11 @@ def _check_state_options(a: Analysis) -> Iterator[Problem]:
 
 def _check_fields(a: Analysis) -> Iterator[Problem]:
     """reads, writes, optional_reads and optional_writes are lists of known fields, without overlap."""
-    for n in a.names:
-        s = a.states[n]
+    for n, s in a.states.items():
         for kind in ("reads", "writes", "optional_reads", "optional_writes"):
             fs = getattr(s, kind)
+            if type(fs) is tuple and not fs:
+                continue
             if not _is_name_list(fs):
                 hint = f", e.g. {kind}=[{fs!r}]" if isinstance(fs, str) else ""
                 yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} {kind} {fs!r}: give a list of field names{hint}", n)
@@ -677,10 +737,14 @@ def _check_fields(a: Analysis) -> Iterator[Problem]:
                 else:
                     yield Problem(ProblemCode.UNKNOWN_FIELD, f"state {n!r} lists {f!r} in {kind}, but {a.model_name} "
                                   f"has no such field{hint}", n)
-        for f in sorted(a.writes_of[n] & a.optional_writes_of[n]):
-            yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} lists {f!r} in both writes and optional_writes: keep it "
-                          "in writes if every successful visit writes it, else in optional_writes only", n)
-        for f in sorted(a.reads_of[n] & a.optional_reads_of[n]):
+        if n in a.optional_writes_of:
+            for f in sorted(a.writes_of.get(n, _NONE) & a.optional_writes_of[n]):
+                yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} lists {f!r} in both writes and optional_writes: "
+                              "keep it in writes if every successful visit writes it, else in optional_writes only",
+                              n)
+        if n not in a.optional_reads_of:
+            continue
+        for f in sorted(a.reads_of.get(n, _NONE) & a.optional_reads_of[n]):
             yield Problem(ProblemCode.BAD_FIELD, f"state {n!r} lists {f!r} in both reads and optional_reads: keep it "
                           "in optional_reads if the state handles it unset, else in reads only", n)
 
@@ -711,44 +775,55 @@ def _unknown_endpoint(a: Analysis, t: object, what: str, name: object) -> Iterat
 
 def _check_transitions(a: Analysis) -> Iterator[Problem]:
     """Transitions are well formed: known endpoints, counts, callable guards, no exit from a terminal."""
+    faults: dict[int, tuple[list[object], list[str]]] = {}  # a guard's own faults, by id (guards are shared)
     for t in _items(_attr(a.spec, "transitions")):
         if not isinstance(t, TransitionSpec):
             yield Problem(ProblemCode.BAD_TRANSITION, f"{t!r} is not a transition declaration (TransitionSpec)")
             continue
-        label = _tname(t)
         if isinstance(t.order, bool) or not isinstance(t.order, int):
-            yield Problem(ProblemCode.BAD_TRANSITION, f"{label} has order={t.order!r}: use a whole number (declare "
-                          "transitions with workflow.transition())", _subject(t))
+            yield Problem(ProblemCode.BAD_TRANSITION, f"{_tname(t)} has order={t.order!r}: use a whole number "
+                          "(declare transitions with workflow.transition())", _subject(t))
             continue
-        yield from _unknown_endpoint(a, t, "source", t.source)
-        yield from _unknown_endpoint(a, t, "target", t.target)
+        src_ok, tgt_ok = a.known(t.source), a.known(t.target)
+        if not src_ok:
+            yield from _unknown_endpoint(a, t, "source", t.source)
+        if not tgt_ok:
+            yield from _unknown_endpoint(a, t, "target", t.target)
         if t.max_traversals is not None and not _is_count(t.max_traversals):
-            yield Problem(ProblemCode.BAD_BOUND, f"{label} has max_traversals={t.max_traversals!r}: use a whole number "
-                          "of at least 1", _subject(t))
-        yield from _guard_problems(a, t, label)
-        if a.known(t.source) and a.known(t.target) and a.terminal(t.source):
+            yield Problem(ProblemCode.BAD_BOUND, f"{_tname(t)} has max_traversals={t.max_traversals!r}: use a whole "
+                          "number of at least 1", _subject(t))
+        if t.guard is not None:
+            yield from _guard_problems(a, t, faults)
+        if src_ok and tgt_ok and a.terminal(t.source):
             yield Problem(ProblemCode.TERMINAL_EXIT, f"terminal state {t.source!r} has an outgoing transition to "
                           f"{t.target!r}: a run ends on entering a terminal; remove the transition or make "
                           "the state non-terminal", t.source)
 
 
-def _guard_problems(a: Analysis, t: TransitionSpec, label: str) -> Iterator[Problem]:
-    if t.guard is None:
-        return
+def _guard_faults(a: Analysis, g: Guard[Any]) -> tuple[list[object], list[str]]:
+    """The names of a guard's leaves that cannot take the context, and the fields it reads that the
+    context lacks."""
+    uncallable: list[object] = [leaf.name for leaf in g.leaves() if not callable(leaf.fn) or not _takes(leaf.fn, 1)]
+    return uncallable, sorted(_names_in(g.reads) - a.fields) if a.model_ok else []
+
+
+def _guard_problems(a: Analysis, t: TransitionSpec,
+                    faults: dict[int, tuple[list[object], list[str]]]) -> Iterator[Problem]:
     if not isinstance(t.guard, Guard):
-        yield Problem(ProblemCode.BAD_GUARD, f"{label} has guard {t.guard!r}, which is not a Guard", _subject(t))
+        yield Problem(ProblemCode.BAD_GUARD, f"{_tname(t)} has guard {t.guard!r}, which is not a Guard", _subject(t))
     else:
-        for leaf in t.guard.leaves():
-            if not callable(leaf.fn) or not _takes(leaf.fn, 1):
-                yield Problem(ProblemCode.BAD_GUARD, f"guard {leaf.name!r} on {label} cannot be called with the "
-                              "context as its only argument: give it the signature (ctx) -> bool",
-                              _subject(t))
-        if a.model_ok:
-            for f in sorted(_names_in(t.guard.reads) - a.fields):
-                yield Problem(ProblemCode.UNKNOWN_FIELD, f"guard {t.guard.name!r} on {label} reads {f!r}, which is not "
-                              f"a field of {a.model_name}{_suggest(f, a.fields)}", _subject(t))
+        found = faults.get(id(t.guard))
+        if found is None:
+            found = faults[id(t.guard)] = _guard_faults(a, t.guard)
+        uncallable, unknown = found
+        for name in uncallable:
+            yield Problem(ProblemCode.BAD_GUARD, f"guard {name!r} on {_tname(t)} cannot be called with the "
+                          "context as its only argument: give it the signature (ctx) -> bool", _subject(t))
+        for f in unknown:
+            yield Problem(ProblemCode.UNKNOWN_FIELD, f"guard {t.guard.name!r} on {_tname(t)} reads {f!r}, which is "
+                          f"not a field of {a.model_name}{_suggest(f, a.fields)}", _subject(t))
     if t.default:
-        yield Problem(ProblemCode.GUARDED_DEFAULT, f"{label} is the default (else) exit but has guard "
+        yield Problem(ProblemCode.GUARDED_DEFAULT, f"{_tname(t)} is the default (else) exit but has guard "
                       f"{getattr(t.guard, 'name', t.guard)!r}: drop the guard or default=True", _subject(t))
 
 
@@ -800,11 +875,11 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
     for et in _items(_attr(a.spec, "error_transitions")):
         if isinstance(et, ErrorTransitionSpec) and isinstance(et.error, type):
             routes[et.source].append(et.error)
-    for n in a.names:
+    for n in a.with_tools:
         s = a.states[n]
         if s.terminal or not _is_name_list(s.tools):
             continue
-        if any(issubclass(EffectOutcomeUnknown, e) for e in routes[n]):
+        if any(issubclass(EffectOutcomeUnknown, e) for e in routes.get(n, ())):
             continue
         for t in sorted(_names_in(s.tools)):
             tool = tools.get(t)
@@ -819,11 +894,11 @@ def _check_unknown_outcomes(a: Analysis) -> Iterator[Problem]:
 def _check_waits(a: Analysis) -> Iterator[Problem]:
     """A wait state names its event, a pydantic payload model, the one field the payload goes to,
     and a positive timeout together with where to go when it passes."""
-    for n in a.names:
-        w = a.states[n].wait
-        if w is None:
-            continue
+    for n in a.waiting:
         s = a.states[n]
+        w = s.wait
+        if w is None:
+            continue  # (never: only states with a wait are listed)
         if not isinstance(w.event, str) or not w.event.strip():
             yield Problem(ProblemCode.BAD_WAIT, f"wait state {n!r} has event={w.event!r}: give the event's name, a "
                           "non-empty string", n)
@@ -848,7 +923,8 @@ def _check_waits(a: Analysis) -> Iterator[Problem]:
 
 def _check_transition_names(a: Analysis) -> Iterator[Problem]:
     """Transition names are valid LLM function names, unique across transitions and error routes."""
-    by_name: dict[str, list[object]] = defaultdict(list)
+    first: dict[str, object] = {}  # each name's first transition
+    again: dict[str, list[object]] = {}  # every transition of a name given more than once
     everything = [*_items(_attr(a.spec, "transitions")), *_items(_attr(a.spec, "error_transitions"))]
     for t in everything:
         if not isinstance(t, (TransitionSpec, ErrorTransitionSpec)):
@@ -862,9 +938,17 @@ def _check_transition_names(a: Analysis) -> Iterator[Problem]:
                           "and '-' (policies see it as an LLM function name)",
                           name if isinstance(name, str) else where)
             continue
-        by_name[name].append(t)
-    for name, ts in by_name.items():
-        if len(ts) > 1:
+        if name not in first:
+            first[name] = t
+        elif name in again:
+            again[name].append(t)
+        else:
+            again[name] = [first[name], t]
+    if not again:
+        return
+    for name in first:  # in the order the names first appear
+        ts = again.get(name)
+        if ts:
             arrows = [_tname(t).split(" (", 1)[1].rstrip(")") for t in ts]
             yield Problem(ProblemCode.DUPLICATE_NAME, f"{len(ts)} transitions are named {name!r} ({', '.join(arrows)}):"
                           " give each a unique name=...", name)
@@ -872,12 +956,12 @@ def _check_transition_names(a: Analysis) -> Iterator[Problem]:
 
 def _check_exits(a: Analysis) -> Iterator[Problem]:
     """Exits: no dead ones, described in decision states, and always one way out."""
-    for n in a.names:
-        s = a.states[n]
+    for n, s in a.states.items():
         if s.terminal:
             continue
         outs = a.exits.get(n, [])
-        yield from _dead_exits(n, s, outs)
+        if len(outs) > 1:  # one exit alone is never dead
+            yield from _dead_exits(n, s, outs)
         if s.decision:
             for t in outs:
                 if not (isinstance(t.description, str) and t.description.strip()):
@@ -922,21 +1006,56 @@ def _check_reachability(a: Analysis) -> Iterator[Problem]:
     if a.initial is None or not a.unreachable or a.terminal(a.initial):
         return  # an initial terminal (reported as such) reaches nothing
     # A state a mistyped transition meant to reach is not reported: fixing the typo reaches it.
-    meant = reachable(a.meant, {v: [e.target for e in es] for v, es in a.out.items()}) if a.meant else set()
+    meant = reachable(a.meant, a.out) if a.meant else set()
     for n in a.unreachable:
         if n not in meant:
             yield Problem(ProblemCode.UNREACHABLE_STATE, f"state {n!r} cannot be reached from the initial state "
                           f"{a.initial!r}: add a transition into it, or remove it", n)
 
 
-def _predecessors(a: Analysis) -> dict[str, list[str]]:
-    return {v: [e.source for e in es] for v, es in a.into.items()}
+def _into(a: Analysis) -> dict[str, list[Edge]]:
+    """The edges into each state, in the order of ``a.edges``."""
+    into: dict[str, list[Edge]] = defaultdict(list)
+    for e in a.edges:
+        into[e.target].append(e)
+    return into
 
 
-def _traps(a: Analysis) -> set[str]:
-    """Reachable states from which no terminal state can be reached."""
-    can_finish = reachable(a.terminals, _predecessors(a))
-    return {n for n in a.reach if n not in can_finish}
+def _reaching(into: dict[str, list[Edge]], goals: Iterable[str]) -> set[str]:
+    """Every state from which one of ``goals`` can be reached (``goals`` included)."""
+    seen = set(goals)
+    todo = list(seen)
+    while todo:
+        for e in into.get(todo.pop(), ()):
+            if e.source not in seen:
+                seen.add(e.source)
+                todo.append(e.source)
+    return seen
+
+
+def _loops_and_traps(a: Analysis) -> tuple[dict[str, None], set[str]]:
+    """The reachable states on a cycle, and the traps (reachable states from which no terminal
+    state can be reached), from one walk over the components, sinks first: a component can finish
+    when one of its states is terminal or leads to a state that can."""
+    looping: dict[str, None] = {}
+    can_finish: dict[str, None] = {}
+    out, terminal = a.out, dict.fromkeys(a.terminals)
+    for comp in a.components:
+        if len(comp) == 1:
+            v = comp[0]
+            finishes = v in terminal
+            for e in out.get(v, ()):
+                if e.target == v:
+                    looping[v] = None
+                elif e.target in can_finish:
+                    finishes = True
+            if finishes:
+                can_finish[v] = None
+            continue
+        looping.update(dict.fromkeys(comp))
+        if any(v in terminal or any(e.target in can_finish for e in out.get(v, ())) for v in comp):
+            can_finish.update(dict.fromkeys(comp))
+    return looping, {n for n in a.reach if n not in can_finish}
 
 
 def _check_traps(a: Analysis) -> Iterator[Problem]:
@@ -944,18 +1063,19 @@ def _check_traps(a: Analysis) -> Iterator[Problem]:
     if not a.traps or not a.terminals:
         return  # with no terminal at all, no-terminal says it all
     # A state whose exit has an unknown target may well finish once the typo is fixed.
-    excused = reachable(a.dangling, _predecessors(a)) if a.dangling else set()
-    trap_succ = {n: [e.target for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
-    for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_succ):
+    into = _into(a)
+    excused = _reaching(into, a.dangling) if a.dangling else set()
+    trap_out = {n: [e for e in a.out.get(n, ()) if e.target in a.traps] for n in a.traps}
+    for comp in strongly_connected_components([n for n in a.names if n in a.traps], trap_out):
         head = min(comp)
         if head in excused:
             continue
         members = set(comp)
-        if len(comp) == 1 and head in trap_succ[head]:
+        if len(comp) == 1 and any(e.target == head for e in trap_out[head]):
             yield Problem(ProblemCode.TRAP_CYCLE, f"state {head!r} loops on itself with no way out to a terminal "
                           "state: add an exit from it to a terminal state", head)
         elif len(comp) > 1:
-            cycle = _cycle(a, head, _within(members))
+            cycle = _cycle(a, into, head, _within(members))
             yield Problem(ProblemCode.TRAP_CYCLE, f"states {_q(sorted(comp), 'and')} form a trap: the cycle "
                           f"{_fmt_edges(head, cycle)} has no way out to a terminal state: add an exit to a "
                           "terminal from one of them", head)
@@ -973,11 +1093,11 @@ def _within(members: set[str]) -> Callable[[Edge], bool]:
     return lambda e: e.target in members
 
 
-def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
-    """A shortest cycle through ``head`` along the edges ``keep`` accepts."""
+def _cycle(a: Analysis, into: dict[str, list[Edge]], head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
+    """A shortest cycle through ``head`` along the edges ``keep`` accepts (``into``: see :func:`_into`)."""
     via = bfs_edges(head, lambda v: (e for e in a.out.get(v, ()) if keep(e)), lambda e: e.target)
     depth = {v: i for i, v in enumerate(via)}  # breadth-first order: shallower first
-    back = min((e for e in a.into.get(head, ()) if keep(e) and e.source in via),
+    back = min((e for e in into.get(head, ()) if keep(e) and e.source in via),
                key=lambda e: depth[e.source])
     return [*edge_path(via, back.source, lambda x: x.source), back]
 
@@ -985,16 +1105,18 @@ def _cycle(a: Analysis, head: str, keep: Callable[[Edge], bool]) -> list[Edge]:
 def _unbounded_cycles(a: Analysis) -> list[frozenset[str]]:
     """The strongly connected groups of reachable non-terminal states with no visit bound, joined by
     transitions with no traversal bound, that loop: each a way to run forever."""
-    free = [n for n in a.names if n in a.reach and not a.terminal(n) and a.visit_bound[n] is None]
+    if not any(a.visit_bound.get(n) is None for n in a.looping):
+        return []  # every loop passes a bounded state (terminals are on none: they have no exits)
+    free = [n for n, s in a.states.items() if not s.terminal and n in a.reach and n not in a.visit_bound]
     free_set = set(free)
-    free_succ = {v: [e.target for e in a.out.get(v, ())
-                     if e.bound is None and e.target in free_set] for v in free}
-    return [frozenset(comp) for comp in strongly_connected_components(free, free_succ)
-            if len(comp) > 1 or comp[0] in free_succ[comp[0]]]
+    free_out = {v: [e for e in a.out.get(v, ()) if e.bound is None and e.target in free_set] for v in free}
+    return [frozenset(comp) for comp in strongly_connected_components(free, free_out)
+            if len(comp) > 1 or any(e.target == comp[0] for e in free_out[comp[0]])]
 
 
 def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
     """Every cycle passes a bounded state or a bounded transition."""
+    into: dict[str, list[Edge]] | None = None
     for comp in a.unbounded:
         head = min(comp)
         if len(comp) == 1:
@@ -1003,7 +1125,8 @@ def _check_unbounded_cycles(a: Analysis) -> Iterator[Problem]:
                           f"loop forever: give it max_visits=N or its transition {_q(loops)} "
                           "max_traversals=N", head)
             continue
-        cycle = _cycle(a, head, _free_within(comp))
+        into = into if into is not None else _into(a)
+        cycle = _cycle(a, into, head, _free_within(comp))
         yield Problem(ProblemCode.UNBOUNDED_CYCLE, f"the cycle {_fmt_edges(head, cycle)} has no bound, so a run could "
                       f"loop forever: give one of its states max_visits=N (e.g. {head!r}) or one of its "
                       "transitions max_traversals=N", head)
@@ -1019,7 +1142,33 @@ def _unset_reads(a: Analysis) -> list[tuple[str, str, TransitionSpec | None]]:
     if not a.model_ok or a.initial is None:
         return []
     at_start = fields_set_at_start(a.model)
-    bit = {f: 1 << i for i, f in enumerate(sorted(a.fields))}
+    # Only a field something reads and no run starts with can be read unset: one bit each.
+    own: list[tuple[str, list[str]]] = []  # (state, the fields it must find written), in order
+    by_reads: dict[tuple[frozenset[str], frozenset[str]], list[str]] = {}  # shared by equal declarations
+    for n, reads in a.reads_of.items():  # in declaration order
+        if n in a.reach and not a.states[n].terminal:
+            key = (reads, a.optional_reads_of.get(n, _NONE))
+            needed = by_reads.get(key)
+            if needed is None:
+                needed = by_reads[key] = sorted(((reads - key[1]) & a.fields) - at_start)
+            if needed:
+                own.append((n, needed))
+    by_guard: dict[int, list[str]] = {}  # id(guard) -> the fields it reads that no run starts with
+    guarded: list[tuple[TransitionSpec, list[str]]] = []
+    for t in a.transitions:
+        g = t.guard
+        if not isinstance(g, Guard):
+            continue
+        guard_reads = by_guard.get(id(g))
+        if guard_reads is None:
+            guard_reads = by_guard[id(g)] = sorted((_names_in(g.reads) & a.fields) - at_start)
+        if guard_reads and a.known(t.source) and a.known(t.target) and not a.terminal(t.source):
+            guarded.append((t, guard_reads))
+    candidates = {f for _, fs in own for f in fs}
+    candidates.update(f for _, fs in guarded for f in fs)
+    if not candidates:
+        return []
+    bit = {f: 1 << i for i, f in enumerate(sorted(candidates))}
 
     def mask(fs: Iterable[str]) -> int:
         m = 0
@@ -1027,25 +1176,22 @@ def _unset_reads(a: Analysis) -> list[tuple[str, str, TransitionSpec | None]]:
             m |= bit.get(f, 0)
         return m
 
-    written = {n: mask(a.writes_of[n]) for n in a.names}
+    written: dict[str, int] = {}
+    for n, fs in a.writes_of.items():
+        m = mask(fs)
+        if m:
+            written[n] = m
     into = _definitely_set(a, mask(at_start), written)
 
     readers: list[tuple[str, str, TransitionSpec | None]] = []  # (state, field, guarded transition)
-    for n in a.names:
-        if n not in into or a.terminal(n):
-            continue
-        have = into[n]
-        for f in sorted((a.reads_of[n] - a.optional_reads_of[n]) & a.fields):
-            if not have & bit[f]:
-                readers.append((n, f, None))
-    for t in a.transitions:
-        if (not isinstance(t.guard, Guard) or not a.known(t.source) or not a.known(t.target)
-                or t.source not in into or a.terminal(t.source)):
-            continue
-        have = into[t.source] | written[t.source]
-        for f in sorted((_names_in(t.guard.reads) & a.fields) - at_start):
-            if not have & bit[f]:
-                readers.append((t.source, f, t))
+    for n, needed in own:
+        if n in into:
+            have = into[n]
+            readers.extend((n, f, None) for f in needed if not have & bit[f])
+    for t, needed in guarded:
+        if t.source in into:
+            have = into[t.source] | written.get(t.source, 0)
+            readers.extend((t.source, f, t) for f in needed if not have & bit[f])
     return readers
 
 
@@ -1072,7 +1218,7 @@ def _check_unset_reads(a: Analysis) -> Iterator[Problem]:
 def _unwritten(a: Analysis, f: str) -> Callable[[str], Iterator[Edge]]:
     """The edges out of a state along which ``f`` stays unwritten."""
     def out(v: str) -> Iterator[Edge]:
-        written = f in a.writes_of[v]
+        written = f in a.writes_of.get(v, _NONE)
         return (e for e in a.out.get(v, ()) if e.kind is EdgeKind.ERROR or not written)
     return out
 
@@ -1089,23 +1235,25 @@ def _definitely_set(a: Analysis, at_start: int, written: dict[str, int],
     assert first is not None
     into: dict[str, int] = {first: at_start}
     todo = deque([first])
-    queued = {first}
+    queued = {first: None}  # dicts: a fifth of a set's memory
+    out = a.out
+    error = EdgeKind.ERROR
     while todo:
         u = todo.popleft()
-        queued.discard(u)
+        del queued[u]
         have = into[u]
-        carried = have | written[u]
-        for e in a.out.get(u, ()):
+        carried = have | written.get(u, 0)
+        for e in out.get(u, ()):
             v = e.target
             if v == first:
                 continue  # the empty path: only what is set at the start
-            value = have if e.kind is EdgeKind.ERROR else carried
+            value = have if e.kind is error else carried
             old = into.get(v)
             new = value if old is None else old & value
             if new != old:
                 into[v] = new
                 if v not in queued:
-                    queued.add(v)
+                    queued[v] = None
                     todo.append(v)
     return into
 
@@ -1116,9 +1264,10 @@ def _unset_message(a: Analysis, reader: str, state: str | None, f: str, path: li
     info = a.model.model_fields[f]
     unset_default = not info.is_required() and is_unset(info.default)
     none_ok = _allows_none(info.annotation)
-    discarded = [e.source for e in path if e.kind is EdgeKind.ERROR and f in a.writes_of[e.source]]
+    writes = a.writes_of
+    discarded = [e.source for e in path if e.kind is EdgeKind.ERROR and f in writes.get(e.source, _NONE)]
     before = [start, *(e.target for e in path)][:-1]
-    candidates = list(dict.fromkeys(p for p in before if f not in a.writes_of[p]))
+    candidates = list(dict.fromkeys(p for p in before if f not in writes.get(p, _NONE)))
     fixes = []
     if candidates:
         shown = _q(candidates) if len(candidates) <= 6 else f"one of the {len(candidates)} states on it"
@@ -1183,30 +1332,39 @@ def worst_case_steps(a: Analysis) -> int:
     caps tightened with flow conservation; see :class:`_LoopWeigher`.
     """
     assert a.initial is not None
-    nodes = [n for n in a.names if n in a.reach]
-    succ = {v: [e.target for e in a.out.get(v, ()) if e.target in a.reach] for v in nodes}
+    out, terminal = a.out, dict.fromkeys(a.terminals)
+    into: dict[str, list[Edge]] | None = None
     most: dict[str, int] = {}
-    for comp in strongly_connected_components(nodes, succ):  # sinks first
-        if a.terminal(comp[0]):
-            most[comp[0]] = 0
+    for comp in a.components:  # sinks first
+        first = comp[0]
+        if first in terminal:
+            most[first] = 0
             continue
-        if len(comp) == 1 and comp[0] not in succ[comp[0]]:
-            most[comp[0]] = 1 + max((most[w] for w in succ[comp[0]]), default=0)
+        if len(comp) == 1:
+            rest = 0  # the most steps after leaving
+            loops: list[Edge] = []
+            for e in out.get(first, ()):
+                if e.target == first:
+                    loops.append(e)
+                elif most[e.target] > rest:
+                    rest = most[e.target]
+            most[first] = rest + (_weigh_alone(a.visit_bound.get(first), loops) if loops else 1)
             continue
-        members = set(comp)
+        members = dict.fromkeys(comp)
+        into = into if into is not None else _into(a)
         inner_in: dict[str, list[Edge]] = defaultdict(list)
         inner_out: dict[str, list[Edge]] = defaultdict(list)
         after: dict[str, int] = {}  # exit state -> most steps after leaving from it
         entries = [a.initial] if a.initial in members else []
         for v in comp:
-            for e in a.out.get(v, ()):
+            for e in out.get(v, ()):
                 if e.target in members:
                     inner_out[v].append(e)
                     inner_in[e.target].append(e)
                 elif e.target in most:
                     after[v] = max(after.get(v, 0), most[e.target])
             if v != a.initial and any(e.source not in members and e.source in a.reach
-                                      for e in a.into.get(v, ())):
+                                      for e in into.get(v, ())):
                 entries.append(v)
         after = {v: rest for v, rest in after.items() if rest > 0}  # else stopping inside weighs more
         weigh = _LoopWeigher(a, comp, inner_in, inner_out)
@@ -1220,13 +1378,29 @@ def worst_case_steps(a: Analysis) -> int:
     return most[a.initial]
 
 
+def _weigh_alone(bound: int | None, loops: Sequence[Edge]) -> int:
+    """What :class:`_LoopWeigher` finds for a component of one state with edges ``loops`` to itself,
+    without building it: the run enters there once, and stopping there or leaving from there weigh
+    the same. The most visits are its ``max_visits`` (or one plus its loops' ``max_traversals``),
+    tightened by flow as there: a loop is taken at most the visits less one."""
+    # A state with no bound has only bounded loops: unbounded cycles are rejected before.
+    cap = 1 + sum(typing.cast(int, e.bound) for e in loops) if bound is None else bound
+    for _ in range(64):  # as the weigher's budget; it settles in two rounds
+        c = cap - 1
+        new = min(cap, 1 + sum(max(0, c if e.bound is None else min(e.bound, c)) for e in loops))
+        if new >= cap:
+            break
+        cap = new
+    return cap
+
+
 class _LoopWeigher:
     """Weighs one looping component: the most visits of its states a run can make inside it."""
 
     def __init__(self, a: Analysis, comp: list[str], inner_in: dict[str, list[Edge]],
                  inner_out: dict[str, list[Edge]]) -> None:
         self.comp = comp
-        self.bound = {v: a.visit_bound[v] for v in comp}
+        self.bound = {v: a.visit_bound.get(v) for v in comp}
         self.inner_in = inner_in
         self.inner_out = inner_out
         free = [v for v in comp if self.bound[v] is None]
@@ -1281,12 +1455,12 @@ class _LoopWeigher:
                 total += e.bound if e.bound is not None else cap[e.source]
             cap[v] = total
         todo = deque(self.comp)
-        queued = set(self.comp)
+        queued = dict.fromkeys(self.comp)
         budget = 64 * len(self.comp)
         while todo and budget > 0:
             budget -= 1
             v = todo.popleft()
-            queued.discard(v)
+            del queued[v]
             inflow = (v in entries) + sum(through(e) for e in self.inner_in[v])
             outflow = (last is None or v == last) + sum(through(e) for e in self.inner_out[v])
             new = min(cap[v], inflow, outflow)
@@ -1295,7 +1469,7 @@ class _LoopWeigher:
                 for w in itertools.chain((e.source for e in self.inner_in[v]),
                                          (e.target for e in self.inner_out[v])):
                     if w not in queued:
-                        queued.add(w)
+                        queued[w] = None
                         todo.append(w)
         free_entry = any(self.bound[x] is None for x in entries)
         return min(sum(cap.values()), self.segments + self.most_free * free_entry)
@@ -1316,6 +1490,7 @@ def unset_reads_from(spec: WorkflowSpec, state: str, written: Iterable[str]) -> 
             m |= bit.get(f, 0)
         return m
 
-    into = _definitely_set(a, mask(written), {n: mask(a.writes_of[n]) for n in a.names}, start=state)
+    into = _definitely_set(a, mask(written), {n: mask(fs) for n, fs in a.writes_of.items()}, start=state)
     return [(n, f) for n in a.names if n in into and not a.terminal(n)
-            for f in sorted((a.reads_of[n] - a.optional_reads_of[n]) & a.fields) if not into[n] & bit[f]]
+            for f in sorted((a.reads_of.get(n, _NONE) - a.optional_reads_of.get(n, _NONE)) & a.fields)
+            if not into[n] & bit[f]]
