@@ -214,7 +214,10 @@ CHANGES = st.fixed_dictionaries({}, optional={
     "timeout": st.just(3600.0),
     "any_approval": st.just(True),
     "numbered": st.just(True),
-}).filter(lambda c: not {"numbered", "effect"} <= set(c))  # the numbered tool is at_most_once only
+}).filter(lambda c: not {"numbered", "effect"} <= set(c)).filter(  # the numbered tool is at_most_once only
+    # A SignedTicket holds a SignedApproval: with the Approval payload the changed workflow is broken for
+    # any run that takes the event (its wait's write raises), which is no verdict on resuming.
+    lambda c: c.get("context") is not SignedTicket or "payload" in c)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
