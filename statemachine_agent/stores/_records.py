@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import enum
 import json
-import re
 from typing import Annotated, Any, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -117,22 +116,6 @@ def record_json(value: Any) -> str:
                                  "back: flatten it") from None
     return text
 
-
-_BIG_NUMBER = re.compile(r"[0-9]{300}|[eE][+-]?[0-9]{3}")
-"""A number too long or with an exponent too large for a float to hold exactly (or at all: 1e400):
-such a record is read by the reader that refuses what a float cannot hold."""
-
-
-def json_or_none(text: str) -> Any:
-    """``text`` read by pydantic-core's reader (Rust), or ``None`` when that reader cannot say exactly
-    what the store's own reader (Python's, stricter about numbers, deeper) would: then the caller
-    reads it that way. A record is JSON text, so ``None`` is never a record."""
-    if _BIG_NUMBER.search(text):
-        return None
-    try:
-        return from_json(text, allow_inf_nan=False)
-    except ValueError:
-        return None
 
 class RunStatus(enum.StrEnum):
     """Where a stored run is."""
