@@ -95,7 +95,7 @@ _log = logging.getLogger("statemachine_agent")
 
 _SNAPSHOT_MIN = 16
 """Items the steps since a snapshot store at least before the next one (a small context)."""
-_SNAPSHOT_STEPS = 1000
+_SNAPSHOT_STEPS = 500
 """Steps between two snapshots at most, however little they store: what a load reads at most."""
 
 
@@ -285,9 +285,10 @@ class Durable:
         every = self.store.snapshot_every
         number = step.number + 1
         forced = self.since < 0
-        if every is None:  # when the steps since the last snapshot stored as many items as it holds
+        if every is None:  # when the steps since the last snapshot stored half as many items as it holds
             self.since += _items(written) + sum(_changed(o) for o in ops.values()) + len(unset)
-            due = forced or self.since >= max(self.size, _SNAPSHOT_MIN) or number - self.snapshot_at >= _SNAPSHOT_STEPS
+            due = forced or self.since >= max(self.size // 2, _SNAPSHOT_MIN) \
+                or number - self.snapshot_at >= _SNAPSHOT_STEPS
         else:
             due = forced or terminal or wait is not None or number % every == 0
         if due:

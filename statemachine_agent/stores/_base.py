@@ -29,9 +29,10 @@ class Store(abc.ABC):
 
     snapshot_every: int | None = None
     """``None`` (the default): a full snapshot of the context once the steps since the last one
-    stored as many items as it holds (a list's or dict's length, 1 per other field), or after 1,000
-    steps, so a step stores what it changed plus, on average, about as much again, whatever the
-    context holds. A number: a snapshot every this many steps exactly, and at waits and at the end.
+    stored half as many items as it holds (a list's or dict's length, 1 per other field), or after
+    500 steps, so a step stores what it changed plus, on average, about twice as much again, whatever
+    the context holds, and a load replays at most about half a context's worth of steps. A number:
+    a snapshot every this many steps exactly, and at waits and at the end.
     Between snapshots a step stores only what it wrote (what it changed in place as operations)."""
 
     secrets: SecretCodec | None = None
