@@ -187,3 +187,33 @@ def test_another_process_holding_the_database_open_is_seen(tmp_path: Path) -> No
         child.communicate("", timeout=30)
     with SQLiteStore(path):
         assert not _sqlite._others_attached(str(path)), "only this process has it open now"
+
+
+def test_a_claim_commits_without_its_own_fsync_and_a_step_with_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume's claim and mark-started commit under synchronous=NORMAL (a process crash keeps them;
+    the step's own FULL commit, the next thing anyone can observe, syncs them too); the step's commit
+    stays FULL. Both resume the run as before."""
+    from statemachine_agent.stores import _sqlite
+
+    compiled = crashed(tmp_path / "runs.db", 4)
+    seen: list[str] = []
+    real = _sqlite._Connection.execute
+
+    def traced(self: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith(("PRAGMA synchronous", "COMMIT", "UPDATE sma_runs SET epoch", "INSERT INTO sma_steps")):
+            seen.append(sql[:40])
+        return real(self, sql, *args)
+
+    monkeypatch.setattr(_sqlite._Connection, "execute", traced)
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        seen.clear()
+        result = compiled.resume_sync("r", store=store)
+    assert result.terminal == "done" and len(result.path) == 7, seen
+    claim = seen.index("UPDATE sma_runs SET epoch=?, status=?, u")
+    assert seen[claim - 1] == "PRAGMA synchronous=NORMAL", seen
+    assert seen[claim + 1:claim + 3] == ["COMMIT", "PRAGMA synchronous=FULL"], seen
+    step = next(i for i, x in enumerate(seen) if x.startswith("INSERT INTO sma_steps"))
+    modes = [x for x in seen[:step] if x.startswith("PRAGMA synchronous")]
+    assert modes == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"] * 2, seen  # claim, mark-started
+    assert "PRAGMA synchronous=NORMAL" not in seen[step:], "the steps commit under FULL"

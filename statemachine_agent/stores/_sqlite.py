@@ -609,7 +609,9 @@ class SQLiteStore(Store):
         intents = conn.intents
         self._writer = Writer(conn, self._sql, name=f"statemachine-agent store {self.path}", readonly=readonly,
                               translate=self._translate, after_commit=conn.after_commit,
-                              on_close=intents.close if intents is not None else _nothing)
+                              on_close=intents.close if intents is not None else _nothing,
+                              relax=None if memory or readonly or synchronous == "NORMAL"
+                              else ("PRAGMA synchronous=NORMAL", f"PRAGMA synchronous={synchronous}"))
 
     # --- opening --------------------------------------------------------------------------------
     def _prepare(self, conn: _Connection, synchronous: str, memory: bool) -> None:
@@ -693,8 +695,8 @@ class SQLiteStore(Store):
         conn.intents = _IntentLog(self.path, writable=False)
 
     # --- the writer thread (._sqlwriter) ----------------------------------------------------------
-    def _submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        return self._writer.submit(op, f"the store {self.path!r} is closed")
+    def _submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> Future[T]:
+        return self._writer.submit(op, f"the store {self.path!r} is closed", durable=durable)
 
     def _translate(self, exc: BaseException) -> BaseException:
         return _translate(exc, f"the store {self.path!r}")
@@ -750,7 +752,9 @@ class SQLiteStore(Store):
                 run = _claimed(sql, conn, run, restarts=restarts, status=run.status)
             return _taken(sql, conn, run) if tail else _load(sql, conn, run, None)
 
-        return self._submit(op)
+        # A claim is synced by the claimer's next durable commit (its first intent or step): nothing
+        # anyone observes depends on it before that, and a crash of the process keeps it.
+        return self._submit(op, durable=False)
 
     def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
         return self._claim_waiting(run_id, tail=False)
@@ -771,7 +775,7 @@ class SQLiteStore(Store):
             run = _claimed(sql, conn, run, restarts=run.restarts, status=RunStatus.RUNNING)
             return _taken(sql, conn, run) if tail else _load(sql, conn, run, None)
 
-        return self._submit(op)
+        return self._submit(op, durable=False)
 
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
         run_id = _plain(run_id)
@@ -786,7 +790,7 @@ class SQLiteStore(Store):
                 text = run.model_dump_json()
                 conn.execute(sql.update_record, (text, _run_crc(run_id, text), run_id))
 
-        return self._submit(op)
+        return self._submit(op, durable=False)
 
     def commit(self, commit: CommitRequest) -> Future[list[InboxRecord]]:
         run = commit["run"]

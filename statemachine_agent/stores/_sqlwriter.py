@@ -39,7 +39,8 @@ class Writer:
 
     def __init__(self, conn: Any, sql: Dialect, *, name: str, readonly: bool,
                  translate: Callable[[BaseException], BaseException],
-                 after_commit: list[Callable[[], None]], on_close: Callable[[], None]) -> None:
+                 after_commit: list[Callable[[], None]], on_close: Callable[[], None],
+                 relax: tuple[str, str] | None = None) -> None:
         self.conn = conn
         self.sql = sql
         self.readonly = readonly
@@ -49,19 +50,24 @@ class Writer:
         """The list a request appends to what must run once its transaction committed."""
         self.on_close = on_close
         """Runs in the thread after the connection closed."""
+        self.relax = relax
+        """Statements run before and after a transaction whose requests all need no fsync of their own
+        (``submit(durable=False)``): the next durable commit syncs what they wrote too."""
         self.closed = False
-        self._queue: queue.SimpleQueue[tuple[Op, Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Op, Future[Any], bool] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, op: Callable[[Any], T], closed: str) -> Future[T]:
-        """Queue ``op``; StoreError(``closed``) once the writer is closed."""
+    def submit(self, op: Callable[[Any], T], closed: str, *, durable: bool = True) -> Future[T]:
+        """Queue ``op``; StoreError(``closed``) once the writer is closed. ``durable=False``: its commit
+        need not reach the disk by itself (it survives a crash of the process, and the next durable
+        commit syncs it; only a power cut before that loses it)."""
         future: Future[T] = Future()
         with self._lock:
             if self.closed:
                 raise StoreError(closed)
-            self._queue.put((op, future))
+            self._queue.put((op, future, durable))
         return future
 
     def close(self) -> None:
@@ -96,15 +102,18 @@ class Writer:
         conn.close()
         self.on_close()
 
-    def _run_batch(self, conn: Any, batch: list[tuple[Op, Future[Any]]]) -> None:
-        live = [(op, f) for op, f in batch if f.set_running_or_notify_cancel()]
+    def _run_batch(self, conn: Any, batch: list[tuple[Op, Future[Any], bool]]) -> None:
+        live = [(op, f) for op, f, _ in batch if f.set_running_or_notify_cancel()]
         if not live:
             return
         sql = self.sql
         outcomes: list[tuple[bool, Any]] = []
         after: list[list[Callable[[], None]]] = []
         pending = self.after_commit
+        relax = self.relax if self.relax is not None and not any(d for _, f, d in batch if f.running()) else None
         try:
+            if relax is not None:
+                conn.execute(relax[0])
             conn.execute(sql.begin_read if self.readonly else sql.begin_write)
             for op, _ in live:
                 conn.execute(sql.savepoint)
@@ -129,6 +138,10 @@ class Writer:
             for _, f in live:
                 f.set_exception(error)
             return
+        finally:
+            if relax is not None:
+                with contextlib.suppress(Exception):
+                    conn.execute(relax[1])
         for (_, f), (done, result), then in zip(live, outcomes, after, strict=True):
             ok, value = done, result
             try:
