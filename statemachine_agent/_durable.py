@@ -714,16 +714,17 @@ async def _reloaded(store: Store, claimed: StoredRun) -> StoredRun:
 def _path_of(stored: StoredRun, store: Store) -> list[Step] | Steps:
     """The run's path: the steps loaded, and before them (a tail load) the earlier steps, read from
     ``store`` when first needed."""
-    later = [recorded_step(s) for s in stored.steps]
     first = stored.first_step
+    records = stored.steps
     if not first:
-        return later
+        return [recorded_step(s) for s in records]
     run_id = stored.run.run_id
 
     def earlier() -> list[Step]:
-        return [recorded_step(s) for s in store.load_steps(run_id, 0, first).result()]
+        # The loaded steps too: made Steps only when the path is read (a resume needs none of them).
+        return [recorded_step(s) for s in (*store.load_steps(run_id, 0, first).result(), *records)]
 
-    return Steps(later, earlier=first, load=earlier)
+    return Steps(earlier=first + len(records), load=earlier)
 
 
 def _spent(stored: StoredRun, store: Store) -> Spent:
