@@ -86,6 +86,11 @@ class Dialect:
     """Each request of a group runs under its own savepoint, so one failing undoes only itself."""
     rollback_savepoint: str
     release_savepoint: str
+    relax_commit: str
+    """Run before a transaction whose requests need no fsync of their own (a claim): its commit need
+    not reach the disk by itself (the next durable commit syncs it)."""
+    restore_commit: str
+    """Run after it: ``{}`` is the store's own durability (``FULL``, ``EXTRA``)."""
 
     select_version: str
     """() -> (the schema version, as text), if the store has one."""
@@ -196,6 +201,8 @@ class SQLiteDialect(Dialect):
     savepoint = "SAVEPOINT sma_op"
     rollback_savepoint = "ROLLBACK TO sma_op"
     release_savepoint = "RELEASE sma_op"
+    relax_commit = "PRAGMA synchronous=NORMAL"
+    restore_commit = "PRAGMA synchronous={}"
 
     select_version = "SELECT value FROM sma_meta WHERE key='schema_version'"
     put_version = "INSERT OR REPLACE INTO sma_meta VALUES ('schema_version', ?)"

@@ -611,7 +611,7 @@ class SQLiteStore(Store):
                               translate=self._translate, after_commit=conn.after_commit,
                               on_close=intents.close if intents is not None else _nothing,
                               relax=None if memory or readonly or synchronous == "NORMAL"
-                              else ("PRAGMA synchronous=NORMAL", f"PRAGMA synchronous={synchronous}"))
+                              else (self._sql.relax_commit, self._sql.restore_commit.format(synchronous)))
 
     # --- opening --------------------------------------------------------------------------------
     def _prepare(self, conn: _Connection, synchronous: str, memory: bool) -> None:
