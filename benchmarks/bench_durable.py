@@ -79,9 +79,9 @@ What is measured
 7. **Appending, 100 concurrent runs** (as section 3, history starting at 1,000 messages). Target:
    ours at least 3x LangGraph's and 3x Burr's steps/s (DeltaChannel as information).
 8. **Appending, bytes per step**: written (wchar) and kept, as (a run of 200 steps - a run of 100)
-   / 100, so a run's first context is not counted and snapshots (ours every 50 steps, DeltaChannel
-   every 100 updates) are amortized. Targets: ours flat (1,000 messages within 1.2x of 10) and at
-   most LangGraph's DeltaChannel, for both figures.
+   / 100, so a run's first context is not counted and snapshots (ours when the steps since the last
+   stored half as much as it holds, DeltaChannel every 100 updates) are amortized. Targets: ours
+   flat (1,000 messages within 1.2x of 10) and at most LangGraph's DeltaChannel, for both figures.
 9. **Resume after 200 and after 2,000 committed steps**, history starting at 10 and 1,000 messages.
    A run is left as a killed process leaves it, with one step to go: ours and LangGraph's step
    raises ``_peers.Crash`` (a ``BaseException``: the runner undoes the step in memory and lets it
@@ -1039,8 +1039,8 @@ def section_bytes(cfg: Config, dirs: Dirs) -> list[Row]:
             print(f"  {name:24} {n:>8}  {w:>36}  {kb:>36}")
     print("  written: bytes the process passed to write() (/proc/self/io wchar: WAL frames, SQLite's automatic\n"
           "  checkpoints, journals); kept: database growth after wal_checkpoint(TRUNCATE). Both per step, as\n"
-          f"  (run of {long} - run of {short}) / {long - short}: snapshots (ours every 50 steps, DeltaChannel\n"
-          "  every 100 updates) are amortized.")
+          f"  (run of {long} - run of {short}) / {long - short}: snapshots (ours when the steps since the\n"
+          "  last stored half as much as it holds, DeltaChannel every 100 updates) are amortized.")
     rows: list[Row] = []
     for what, data in (("written", written), ("kept", kept)):
         ours = ("ours", HISTORY) in data

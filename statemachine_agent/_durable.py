@@ -6,8 +6,8 @@ written (see ``stores/_records.py`` for the shapes):
 * ``create``: the run's record and its starting context (snapshot 0), before the first step;
 * one ``commit`` per step, after the step chose its move and before anything else sees it (events,
   the next step): the step row with the **delta** (only the fields it wrote), the run's new record
-  (state, counters, written fields) fenced on ``(epoch, next_step)``, a snapshot every K steps and
-  at the end, and the journal rows of ``read`` tool calls made in the step;
+  (state, counters, written fields) fenced on ``(epoch, next_step)``, a snapshot when due (see
+  ``Store.snapshot_every``), and the journal rows of ``read`` tool calls made in the step;
 * ``record_call`` for ``idempotent`` and ``at_most_once`` calls, committed at once: an intent
   before an at_most_once call runs, and every such call's outcome as soon as it is known.
 """

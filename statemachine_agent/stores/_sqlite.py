@@ -540,7 +540,7 @@ class SQLiteStore(Store):
     faster and survives a process crash (kill -9) but may lose the last commits on a power cut.
     Each step stores only what it wrote (a list or dict it changed in place, as the changes); a full
     copy of the context (a snapshot) bounds how many steps a load replays: by default once the steps
-    since the last one stored about as much as it holds, or every ``snapshot_every`` steps when that
+    since the last one stored about half as much as it holds, or every ``snapshot_every`` steps when that
     is given (see :attr:`.Store.snapshot_every`). ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
     """
