@@ -107,14 +107,6 @@ def _items(data: dict[str, Any]) -> int:
     return n
 
 
-def _changed(ops: list[Any]) -> int:
-    """The items stored operations hold."""
-    n = 0
-    for op in ops:
-        n += len(op[1]) if op[0] == "e" else 1
-    return n
-
-
 def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = None
                 ) -> tuple[dict[str, Any], list[str]]:
     """The JSON of ``fields`` of ``context``, and those of them that are UNSET.
@@ -286,7 +278,7 @@ class Durable:
         number = step.number + 1
         forced = self.since < 0
         if every is None:  # when the steps since the last snapshot stored half as many items as it holds
-            self.since += _items(written) + sum(_changed(o) for o in ops.values()) + len(unset)
+            self.since += _items(written) + sum(_ops.size(o) for o in ops.values()) + len(unset)
             due = forced or self.since >= max(self.size // 2, _SNAPSHOT_MIN) \
                 or number - self.snapshot_at >= _SNAPSHOT_STEPS
         else:
@@ -688,7 +680,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     # Under a changed workflow (or migrated) the context in memory may differ from what the store
     # rebuilds (a default filled in, a type converted): the first commit stores it whole.
     journal.since = -1 if changed else sum(
-        _items(s.delta) + sum(_changed(o) for o in s.ops.values()) + len(s.unset)
+        _items(s.delta) + sum(_ops.size(o) for o in s.ops.values()) + len(s.unset)
         for s in stored.steps[stored.snapshot_at - stored.first_step:])
     return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
                        run_id=run_id, store=store, **options)

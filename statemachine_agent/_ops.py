@@ -24,7 +24,7 @@ from pydantic import BaseModel, create_model
 
 from .secrets import secret_fields
 
-__all__ = ["Ops", "apply", "encode"]
+__all__ = ["Ops", "apply", "encode", "size"]
 
 Ops = list[tuple[Any, ...]]
 
@@ -113,10 +113,7 @@ def encode(context: BaseModel, field: str, ops: Ops) -> list[list[Any]] | None:
     value = context.__dict__.get(field)
     if type(value) is not plan.kind or not isinstance(value, (list, dict)):
         return None
-    size = 0
-    for op in ops:
-        size += len(op[1]) if op[0] == "e" else 1
-    if size > len(value):
+    if size(ops) > len(value):
         return None  # cheaper whole
     dump = plan.dump
     out: list[list[Any]] = []
@@ -140,6 +137,15 @@ def encode(context: BaseModel, field: str, ops: Ops) -> list[list[Any]] | None:
     except Exception:  # the whole field's dump says what cannot be stored, naming it
         return None
     return out
+
+
+def size(ops: Any) -> int:
+    """The items operations (recorded or stored: both start with their code) hold: an extend its
+    values, any other one 1."""
+    n = 0
+    for op in ops:
+        n += len(op[1]) if op[0] == "e" else 1
+    return n
 
 
 def apply(target: Any, ops: Any) -> None:

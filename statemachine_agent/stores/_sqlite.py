@@ -1156,37 +1156,14 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
             raise StoreCorrupted(f"run {run_id!r} records {n} committed steps but the store holds steps "
                                  f"{_ranges(have)}: the file is damaged; nothing of it was loaded")
     steps = _steps(sql, conn, run_id, first, n, every=not tail)
-    calls = []
-    rows = conn.execute(sql.select_calls_from, (run_id, n)) if tail else conn.execute(sql.select_calls, (run_id,))
-    for s, c, text, crc in rows:
-        what = f"run {run_id!r} journal row {s!r}/{c!r}"
-        call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
-        if (call.step, call.call) != (s, c):
-            raise StoreCorrupted(f"{what}: its record is row {call.step}/{call.call}'s: the file is damaged")
-        calls.append(call)
-    # The record is written once, at delivery; the consuming step is the column, set in its commit (and
-    # covered by the row's checksum from then on).
-    inbox = []
-    events: Any = conn.execute(sql.select_inbox, (run_id,)) if not tail else [
-        (seq, text, crc, None) for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)).fetchall()]
-    for seq, text, crc, consumed in events:
-        what = f"run {run_id!r} inbox event {seq!r}"
-        if consumed is not None and not (_whole(consumed) and consumed < n + 1):
-            raise StoreCorrupted(f"{what}: it was consumed by step {consumed!r}, which the run does not have: the "
-                                 "file is damaged; nothing of it was loaded")
-        event = _parse(InboxRecord, text, crc, what, kind="inbox", run_id=run_id,
-                       key=_inbox_key(seq, consumed))
-        if event.seq != seq:
-            raise StoreCorrupted(f"{what}: its record is event {event.seq}'s: the file is damaged")
-        inbox.append(event.model_copy(update={"consumed_step": consumed}))
+    calls = _calls(sql, conn, run_id, n if tail else None)
+    inbox = _inbox(sql, conn, run_id, n, unconsumed=tail)
     rows_found = (found[1], found[2]) if tail else (len(calls), len(inbox))
     for name, got, recorded in (("journal rows", rows_found[0], counts[0]), ("inbox events", rows_found[1], counts[1])):
         if got != recorded:
             raise StoreCorrupted(f"run {run_id!r} records {recorded} {name} but the store finds {got}: the file is "
                                  "damaged (an index no longer finds a row); nothing of it was loaded")
-    intents = conn.intents if isinstance(conn, _Connection) else None
-    if intents is not None:
-        calls = intents.restore(run_id, calls, n if tail else 0)
+    calls = _with_lost_intents(conn, run_id, calls, n if tail else 0)
     if run.parent_step is not None and at >= run.parent_step > snap[0]:
         raise StoreCorrupted(f"run {run_id!r} was forked at step {run.parent_step} but the store finds no "
                              "snapshot there: the file is damaged; nothing of it was loaded")
@@ -1203,28 +1180,53 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
                      snapshot_at=snap[0], first_step=first)
 
 
-def _taken(sql: Dialect, conn: sqlite3.Connection, run: RunRecord) -> StoredRun:
-    """A claimed run without its history or context: its record, the journal rows of its next step and
-    the events not consumed (what a claim adds to the tail its claimer loaded before)."""
-    n = run.next_step
-    run_id = run.run_id
+def _calls(sql: Dialect, conn: sqlite3.Connection, run_id: str, since: int | None) -> list[CallRecord]:
+    """The run's journal rows (of the steps from ``since`` on), each checked."""
     calls = []
-    for s, c, text, crc in conn.execute(sql.select_calls_from, (run_id, n)):
+    rows = conn.execute(sql.select_calls, (run_id,)) if since is None else conn.execute(
+        sql.select_calls_from, (run_id, since))
+    for s, c, text, crc in rows:
         what = f"run {run_id!r} journal row {s!r}/{c!r}"
         call = _parse(CallRecord, text, crc, what, kind="call", run_id=run_id, key=f"{s}/{c}")
         if (call.step, call.call) != (s, c):
             raise StoreCorrupted(f"{what}: its record is row {call.step}/{call.call}'s: the file is damaged")
         calls.append(call)
-    intents = conn.intents if isinstance(conn, _Connection) else None
-    if intents is not None:
-        calls = intents.restore(run_id, calls, n)
+    return calls
+
+
+def _inbox(sql: Dialect, conn: sqlite3.Connection, run_id: str, n: int, *, unconsumed: bool) -> list[InboxRecord]:
+    """The run's inbox (only the events not consumed), each checked. The record is written once, at
+    delivery; the consuming step is the column, set in its commit (and covered by the row's checksum
+    from then on)."""
+    events: Any = conn.execute(sql.select_inbox, (run_id,)) if not unconsumed else [
+        (seq, text, crc, None) for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)).fetchall()]
     inbox = []
-    for seq, text, crc in conn.execute(sql.select_unconsumed, (run_id,)).fetchall():
+    for seq, text, crc, consumed in events:
         what = f"run {run_id!r} inbox event {seq!r}"
-        event = _parse(InboxRecord, text, crc, what, kind="inbox", run_id=run_id, key=_inbox_key(seq, None))
+        if consumed is not None and not (_whole(consumed) and consumed < n + 1):
+            raise StoreCorrupted(f"{what}: it was consumed by step {consumed!r}, which the run does not have: the "
+                                 "file is damaged; nothing of it was loaded")
+        event = _parse(InboxRecord, text, crc, what, kind="inbox", run_id=run_id, key=_inbox_key(seq, consumed))
         if event.seq != seq:
             raise StoreCorrupted(f"{what}: its record is event {event.seq}'s: the file is damaged")
-        inbox.append(event.model_copy(update={"consumed_step": None}))
+        inbox.append(event.model_copy(update={"consumed_step": consumed}))
+    return inbox
+
+
+def _with_lost_intents(conn: sqlite3.Connection, run_id: str, calls: list[CallRecord], since: int
+                       ) -> list[CallRecord]:
+    """``calls`` with the intents (of steps from ``since`` on) that only the intent log still holds."""
+    intents = conn.intents if isinstance(conn, _Connection) else None
+    return calls if intents is None else intents.restore(run_id, calls, since)
+
+
+def _taken(sql: Dialect, conn: sqlite3.Connection, run: RunRecord) -> StoredRun:
+    """A claimed run without its history or context: its record, the journal rows of its next step and
+    the events not consumed (what a claim adds to the tail its claimer loaded before)."""
+    n = run.next_step
+    run_id = run.run_id
+    calls = _with_lost_intents(conn, run_id, _calls(sql, conn, run_id, n), n)
+    inbox = _inbox(sql, conn, run_id, n, unconsumed=True)
     return StoredRun(run=run, steps=[], calls=calls, inbox=inbox, context={}, at_step=n, snapshot_at=n,
                      first_step=n)
 

@@ -103,14 +103,15 @@ class Writer:
         self.on_close()
 
     def _run_batch(self, conn: Any, batch: list[tuple[Op, Future[Any], bool]]) -> None:
-        live = [(op, f) for op, f, _ in batch if f.set_running_or_notify_cancel()]
-        if not live:
+        running = [(op, f, durable) for op, f, durable in batch if f.set_running_or_notify_cancel()]
+        if not running:
             return
+        live = [(op, f) for op, f, _ in running]
         sql = self.sql
         outcomes: list[tuple[bool, Any]] = []
         after: list[list[Callable[[], None]]] = []
         pending = self.after_commit
-        relax = self.relax if self.relax is not None and not any(d for _, f, d in batch if f.running()) else None
+        relax = None if any(durable for _, _, durable in running) else self.relax
         try:
             if relax is not None:
                 conn.execute(relax[0])
