@@ -1273,13 +1273,28 @@ def versions() -> str:
     return ", ".join(found)
 
 
+def _sections(text: str) -> frozenset[int]:
+    try:
+        got = frozenset(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        got = frozenset()
+    if not got or not got <= set(range(10)):
+        raise argparse.ArgumentTypeError(f"{text!r}: give section numbers from 0 to 9, separated by commas")
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
     parser.add_argument("--dir", help="where the databases go (default: a new temporary directory); "
                         "its file system is what is measured")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    parser.add_argument("--sections", metavar="N,N", type=_sections, default=frozenset(range(10)),
+                        help="run only these sections, e.g. 6,9 (1-2, 4 and 6 are timed together; "
+                             "3 and 7 need 1's floor: asking for any of them runs 1-2); "
+                             "the durability check (0) always runs")
     args = parser.parse_args(argv)
+    want = args.sections
     cfg = QUICK if args.quick else FULL
     started = time.perf_counter()
     root = tempfile.mkdtemp(prefix="bench-durable-", dir=args.dir)
@@ -1295,22 +1310,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         notes = section_durability(dirs)
         lap = timed()
-        by = section_lone(cfg, dirs, loop)
-        rows = lone_rows(by)
-        lap("sections 1-2 and 6's timing")
-        floor = statistics.median(by[FLOOR])
-        rows += section_concurrent(cfg, dirs, loop, floor)
-        lap("section 3")
-        rows += section_overhead(by)
-        rows += section_storage(cfg, dirs)
-        lap("section 5")
-        rows += section_lone_appending(by)
-        rows += section_concurrent(cfg, dirs, loop, floor, Workload.APPEND)
-        lap("section 7")
-        rows += section_bytes(cfg, dirs)
-        lap("section 8")
-        rows += section_resume(cfg, dirs)
-        lap("section 9")
+        rows: list[Row] = []
+        if want & {1, 2, 3, 4, 6, 7}:
+            by = section_lone(cfg, dirs, loop)
+            rows += lone_rows(by)
+            lap("sections 1-2 and 6's timing")
+            floor = statistics.median(by[FLOOR])
+        if 3 in want:
+            rows += section_concurrent(cfg, dirs, loop, floor)
+            lap("section 3")
+        if 4 in want:
+            rows += section_overhead(by)
+        if 5 in want:
+            rows += section_storage(cfg, dirs)
+            lap("section 5")
+        if 6 in want:
+            rows += section_lone_appending(by)
+        if 7 in want:
+            rows += section_concurrent(cfg, dirs, loop, floor, Workload.APPEND)
+            lap("section 7")
+        if 8 in want:
+            rows += section_bytes(cfg, dirs)
+            lap("section 8")
+        if 9 in want:
+            rows += section_resume(cfg, dirs)
+            lap("section 9")
     finally:
         loop.close()
         if not args.keep:

@@ -21,8 +21,12 @@ import json
 import logging
 import os
 import time
+import types
+import typing
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
@@ -128,6 +132,39 @@ def dump_fields(context: BaseModel, fields: Any, secrets: SecretCodec | None = N
     return data, unset
 
 
+_EXACT = (str, int, bool, bytes, type(None))
+
+
+def _float_free(annotation: Any) -> bool:
+    """Whether a value pydantic validated (and serialized with ``warnings="error"``) as ``annotation``
+    can hold no float: made only of str, int, bool, bytes, None, literals of those, and lists, tuples,
+    sets, dicts, unions and ``Annotated`` of them. Anything else (float, Any, a model...) may."""
+    if annotation in _EXACT:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return False
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return all(type(a) in _EXACT for a in args)
+    if origin is typing.Annotated:
+        return _float_free(args[0])
+    if origin in (list, tuple, set, frozenset, dict, typing.Union, types.UnionType):
+        return all(a is Ellipsis or _float_free(a) for a in args)
+    return False
+
+
+_FLOATY: weakref.WeakKeyDictionary[type[BaseModel], frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _may_hold_floats(cls: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``cls`` whose type may hold a float (so a NaN or an infinity)."""
+    got = _FLOATY.get(cls)
+    if got is None:
+        got = _FLOATY[cls] = frozenset(name for name, f in cls.model_fields.items() if not _float_free(f.annotation))
+    return got
+
+
 def non_finite(value: Any) -> str | None:
     """The path (``a.b[2]``) of the first NaN or infinity in ``value``, or ``None``."""
     found = first_non_finite(value)
@@ -152,6 +189,18 @@ def _first_unserializable(context: BaseModel, fields: Any) -> str:
             return str(f)
     return "?"
 
+
+T = TypeVar("T")
+
+
+async def settled(future: Future[T]) -> T:
+    """What a store's ``future`` resolves to. A store may have done the request already (a lone run's
+    commit runs in the caller's thread): its result is then taken at once, after one pass of the event
+    loop (other tasks still run between steps, and a cancellation lands here as at any await)."""
+    if future.done():
+        await asyncio.sleep(0)
+        return future.result()
+    return await asyncio.wrap_future(future)
 
 class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
@@ -217,15 +266,18 @@ class Durable:
             context, _ = dump_fields(run.context, run.context.__dict__.keys(), durable.secrets)
         except TypeError as exc:
             raise TypeError(f"run {run.run_id!r} cannot be stored: {exc}") from None
-        try:  # the Python form: pydantic's JSON form turns an infinity in an untyped value into null
-            bad = non_finite(run.context.model_dump())
+        # Only the fields whose type may hold a float (a 1,000-message history is not walked), in the
+        # Python form: pydantic's JSON form turns an infinity in an untyped value into null.
+        walk = _may_hold_floats(type(run.context)) & context.keys()
+        try:
+            bad = non_finite(run.context.model_dump(include=set(walk))) if walk else None
         except Exception:
-            bad = non_finite(context)
+            bad = non_finite({k: context[k] for k in walk})
         if bad is not None:
             raise ValueError(f"run {run.run_id!r} cannot be stored: field {bad!r} is not a finite number (NaN or "
                              "infinity), which JSON cannot hold: give a finite number or None")
         rec = durable.record(run, status=RunStatus.RUNNING, state=run.state, next_step=0)
-        await asyncio.wrap_future(store.create(rec, context))
+        await settled(store.create(rec, context))
         durable.size = _items(context)
         return durable
 
@@ -304,7 +356,7 @@ class Durable:
         self.pending = []
         if self.recorded:
             self.recorded = {k: v for k, v in self.recorded.items() if k[0] > step.number}
-        found = await asyncio.wrap_future(self.store.commit(commit))
+        found = await settled(self.store.commit(commit))
         return [(e.seq, e.event, e.payload) for e in found or ()]
 
     async def suspend(self, run: Run[Any], state: str, event: str, deadline: float | None
@@ -315,13 +367,13 @@ class Durable:
                           wait=WaitRow(state=state, event=event, deadline=deadline))
         # Every value in the context came from the start or a step's delta, both stored as JSON.
         snapshot, _ = dump_fields(run.context, run.context.__dict__.keys(), self.secrets)
-        found = await asyncio.wrap_future(self.store.suspend(rec, self.epoch, snapshot))
+        found = await settled(self.store.suspend(rec, self.epoch, snapshot))
         return [(e.seq, e.event, e.payload) for e in found or ()]
 
     async def mark_started(self) -> None:
         """The claimer starts its first step: from now on a claim counts it as a restart."""
         self.unmarked = False
-        await asyncio.wrap_future(self.store.mark_started(self.run_id, self.epoch))
+        await settled(self.store.mark_started(self.run_id, self.epoch))
 
     # --- the journal -----------------------------------------------------------------------------
     async def call(self, tools: ToolRunner, tool: Tool, *, step: int, index: int, key: str,
@@ -394,7 +446,7 @@ class Durable:
         return result
 
     async def _write(self, row: CallRow) -> None:
-        await asyncio.wrap_future(self.store.record_call(self.run_id, self.epoch, row))
+        await settled(self.store.record_call(self.run_id, self.epoch, row))
 
 
 _SECRET_RESULT = "$secret_result"
@@ -604,13 +656,13 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if option in options:
             raise TypeError(f"resume() got {option}=: the run's id and store are the ones it was stored with")
     if stored is None:
-        stored = await asyncio.wrap_future(store.load_tail(run_id))
+        stored = await settled(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     if waiting_only and stored.run.status is not RunStatus.WAITING:
         return None
     if stored.run.status is RunStatus.DONE:
         if stored.first_step:
-            stored = await asyncio.wrap_future(store.load(run_id))
+            stored = await settled(store.load(run_id))
         result = stored_result(workflow, stored, store, migrate)
         return Run.restore(workflow, result.context, RunState(result.terminal), path=result.path, result=result,
                            run_id=run_id, **options)
@@ -628,7 +680,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     # The claim reads only the claimed record, the next step's journal rows and the inbox (tail=True):
     # the context and history are the ones just loaded, unless another worker committed meanwhile.
     if waiting_only:
-        taken = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
+        taken = await settled(store.claim_waiting_tail(run_id))
         if taken is None:
             return None  # another deliverer or waker took it first, or it ended
         if taken.run.next_step != stored.run.next_step:
@@ -642,9 +694,9 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
         if stored.run.status is RunStatus.WAITING:
             # Claimed as a delivery is, so it is stored as running: from now on this worker is live,
             # and a delivery or a waker (claim_waiting) cannot take the run from under it (G5).
-            claimed = await asyncio.wrap_future(store.claim_waiting_tail(run_id))
+            claimed = await settled(store.claim_waiting_tail(run_id))
         if claimed is None:
-            claimed = await asyncio.wrap_future(store.claim_tail(run_id))
+            claimed = await settled(store.claim_tail(run_id))
         if claimed.run.next_step != stored.run.next_step or claimed.run.status is RunStatus.DONE:
             # Another worker committed between the look and the claim: continue from what it left.
             if claimed.run.status is RunStatus.DONE:
@@ -696,7 +748,7 @@ async def _reloaded(store: Store, claimed: StoredRun) -> StoredRun:
     """The run loaded again after a claim that found it moved on since the look: as this worker
     claimed it (``RunFenced`` when another worker claimed or committed it since, as its commits would be)."""
     run_id = claimed.run.run_id
-    stored = await asyncio.wrap_future(store.load_tail(run_id))
+    stored = await settled(store.load_tail(run_id))
     if (stored.run.epoch, stored.run.next_step) != (claimed.run.epoch, claimed.run.next_step):
         raise RunFenced(run_id, claimed.run.next_step, f"run {run_id!r} was taken by another worker while this one "
                         "claimed it; this worker stops")
@@ -804,7 +856,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
     if bad is not None:
         raise ValueError(f"event {event!r}: payload field {bad!r} is not a finite number (NaN or infinity), which "
                          "JSON cannot hold: give a finite number; nothing was delivered")
-    stored = await asyncio.wrap_future(store.load_tail(run_id))
+    stored = await settled(store.load_tail(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     check_storable(workflow.context_type, store.secrets, run_id)  # secrets it cannot keep or read: refused
     # Before the event is committed, not after: secrets it cannot read, and a workflow the run does
@@ -817,7 +869,7 @@ async def deliver(workflow: Program[Any], run_id: str, event: str, payload: Any,
         _check_options(workflow, run_id, store, options=options, stored=stored)
     else:
         _opened(workflow, stored.context, store, run_id)
-    seq = await asyncio.wrap_future(store.deliver(run_id, event, data))
+    seq = await settled(store.deliver(run_id, event, data))
     # Continue the run only if it waits: a live worker is never preempted. A run still busy in an
     # earlier step re-reads its inbox in the very transaction that would store it as waiting, so
     # either it takes the event itself or it is waiting by the time this claim looks. A run seen
@@ -839,7 +891,7 @@ async def wake_due(workflow: Program[Any], store: Store, options: ResumeOptions[
     it is still waiting, so wakers running at once (or a delivery) never take a run twice."""
     _require_store(store)
     now = wall_time(checked_clock(options.get("clock")))
-    due = await asyncio.wrap_future(store.due_runs(workflow.name, now))
+    due = await settled(store.due_runs(workflow.name, now))
     # Up to _WAKE_AT_ONCE runs continue at once: their commits share transactions (group commit).
     gate = asyncio.Semaphore(_WAKE_AT_ONCE)
 
@@ -882,7 +934,7 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
     if new_run_id is not None and (type(new_run_id) is not str or not new_run_id or len(new_run_id) > 200):
         raise TypeError(f"new_run_id={safe_repr(new_run_id)}: give a non-empty string of at most 200 characters, "
                         "or None for a random one")
-    stored = await asyncio.wrap_future(store.load(run_id, at_step=at_step))
+    stored = await settled(store.load(run_id, at_step=at_step))
     src = stored.run
     _same_workflow(workflow, run_id, src.workflow)
     steps = stored.steps[:at_step]
@@ -939,7 +991,7 @@ async def fork(workflow: Program[Any], run_id: str, *, at_step: int, patch: dict
         written=sorted(written), initial_written=list(src.initial_written), max_steps=src.max_steps,
         max_steps_given=bool(src.max_steps_given),
         created_at=time.time(), updated_at=time.time(), parent=run_id, parent_step=at_step)
-    await asyncio.wrap_future(store.fork(run_id, at_step, rec, context))
+    await settled(store.fork(run_id, at_step, rec, context))
     run = await reopen(workflow, new_id, store, None, options, fresh=True)
     return run.result if run.result is not None else await run.run_to_end()
 
@@ -1147,10 +1199,10 @@ async def replay(workflow: Program[Any], run_id: str, store: Store, options: Res
     """Follow a recorded run with the current code (see ``compiled.replay``)."""
     _require_store(store)
     run_id = _plain(run_id)
-    stored = await asyncio.wrap_future(store.load(run_id))
+    stored = await settled(store.load(run_id))
     _same_workflow(workflow, run_id, stored.run.workflow)
     at = stored.run.parent_step or 0
-    start = await asyncio.wrap_future(store.load(run_id, at_step=at))
+    start = await settled(store.load(run_id, at_step=at))
     steps = stored.steps
     if at >= len(steps):
         return ReplayReport(run_id, 0, len(steps) - at)

@@ -180,10 +180,10 @@ class KillingStore(SQLiteStore):
         self._tag: tuple[str, str | None, dict[str, Any]] | None = None
         super().__init__(path)
 
-    def _submit(self, op: Any, *, durable: bool = True) -> Future[Any]:
+    def _submit(self, op: Any, *, durable: bool = True, run: str | None = None) -> Future[Any]:
         tag, self._tag = self._tag, None
         if tag is None:
-            return super()._submit(op, durable=durable)
+            return super()._submit(op, durable=durable, run=run)
         kind, tool, where = tag
         killer = self._killer
 
@@ -192,7 +192,7 @@ class KillingStore(SQLiteStore):
             killer.hit(f"{kind}_uncommitted", tool, **where)
             return value
 
-        future = super()._submit(wrapped, durable=durable)
+        future = super()._submit(wrapped, durable=durable, run=run)
 
         def done(f: Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:

@@ -185,7 +185,8 @@ def test_a_cancelled_run_delivery_or_wake_up_loses_and_doubles_nothing(tmp_path:
     """``task.cancel()`` landing at any await of a run entering its wait, of a delivery, or of a
     wake-up; then the run is continued (the same Run object again, or from the store): it ends in
     ``done`` with one charge, or (only when the cancel left an intent without an outcome) in
-    ``unknown``; never ``expired`` (its timeout is an hour away), the event consumed once."""
+    ``unknown``, with at most one (a cancel while the sync charge runs abandons its thread, which may
+    still charge); never ``expired`` (its timeout is an hour away), the event consumed once."""
     effects: list[str] = []
     compiled = busy_flow(effects, initial_wait=initial_wait)
     path = tmp_path / f"{where}-{yields}-{initial_wait}.db"
@@ -225,7 +226,7 @@ def test_a_cancelled_run_delivery_or_wake_up_loses_and_doubles_nothing(tmp_path:
     assert len(effects) <= 1
     intents = [c for c in stored.calls if c.tool == "charge"]
     if result.terminal == "unknown":
-        assert effects == [] and [str(c.status) for c in intents] == ["intent"]
+        assert [str(c.status) for c in intents] == ["intent"]
     else:
         assert (result.terminal, effects, result.context.receipt) == ("done", ["r"], "receipt r")
     assert sum(e.consumed_step is not None for e in stored.inbox) == 1

@@ -436,7 +436,8 @@ def test_a_cancelled_resume_or_fork_then_resumed_again_pays_once_and_commits_eac
     any await of ``compiled.resume`` (twice in a row for resume-twice) or of ``compiled.fork`` from
     step 1; then the run (the fork, if it was stored) is resumed to its end. It ends in ``done``
     with one charge, or, only when a cancel left an intent without an outcome, in ``unknown`` with
-    none; its steps are numbered 0.. once each; the source of a fork is left as it was."""
+    at most one (a cancel while the sync charge runs abandons its thread, which may still charge);
+    its steps are numbered 0.. once each; the source of a fork is left as it was."""
     effects: list[str] = []
     compiled = _pay_flow(effects)
     db = tmp_path / f"{where}-{yields}.db"
@@ -470,9 +471,7 @@ def test_a_cancelled_resume_or_fork_then_resumed_again_pays_once_and_commits_eac
     assert [s.number for s in stored.steps] == list(range(len(stored.steps)))
     assert [s.state for s in stored.steps] == ["work", "pay"]
     assert len(effects) <= 1
-    if result.terminal == "unknown":
-        assert effects == []
-    else:
+    if result.terminal != "unknown":
         assert (result.terminal, effects, result.context.receipt) == ("done", ["r"], "receipt r")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import math
 import pickle
 from typing import Any
 
@@ -328,3 +329,91 @@ def test_a_model_with_its_own_setattr_still_gets_every_write() -> None:
     result = wf.compile().run_sync(Audited())
     assert result.context.turn == 3
     assert calls == ["turn", "turn", "turn"]
+
+
+# --- the first write's copy, and the start's NaN check by type --------------------------------------------
+_plain_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5) | st.binary(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=4),
+    max_leaves=30)
+
+
+def _shape(value: Any) -> Any:
+    """The value with every object's exact type, and NaN as a marker (NaN != NaN)."""
+    if isinstance(value, float) and math.isnan(value):
+        return ("nan",)
+    if isinstance(value, dict):
+        return (type(value), [(_shape(k), _shape(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value), [_shape(v) for v in value])
+    return (type(value), value)
+
+
+def _containers(value: Any) -> list[Any]:
+    out: list[Any] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, dict)):
+            out.append(v)
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return out
+
+
+class _Odd(int):
+    pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=_plain_data, odd=st.booleans())
+def test_the_first_writes_copy_equals_deepcopy_and_shares_nothing_mutable(data: Any, odd: bool) -> None:
+    from statemachine_agent._views import deep_copy
+
+    shared = [1, [2]]
+    value = [data, shared, shared, _Odd(3)] if odd else [data, shared, shared]
+    got = deep_copy(value)
+    assert _shape(got) == _shape(copy.deepcopy(value))
+    mine = {id(c) for c in _containers(value)}
+    assert not any(id(c) in mine for c in _containers(got))
+    assert got[1] is got[2]  # aliasing kept, as deepcopy keeps it
+
+
+class Typed(Context):
+    text: str = ""
+    rows: list[dict[str, str]] = Field(default_factory=list)
+    number: float = 0.0
+    anything: Any = None
+    nested: dict[str, list[float]] = Field(default_factory=dict)
+
+
+def _typed() -> CompiledWorkflow[Typed]:
+    wf = Workflow("typed_nan", Typed)
+
+    @wf.state(initial=True, optional_reads=["text"], writes=["text"])
+    def go(ctx: Typed) -> None:
+        ctx.text = "x"
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("go", "done")
+    return wf.compile()
+
+
+@pytest.mark.parametrize("field", ["number", "anything", "nested", "text", "rows"])
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_a_non_finite_start_is_refused_in_every_field_that_can_hold_it(field: str, number: float) -> None:
+    """The start's NaN check walks only the fields whose type may hold a float; a field typed to hold
+    none that holds one anyway (``model_construct``) is refused by its serializer instead."""
+    from statemachine_agent.stores import MemoryStore
+
+    values: dict[str, Any] = {"number": number, "anything": {"a": [1, number]}, "nested": {"k": [number]},
+                              "text": number, "rows": [{"a": number}]}
+    context = Typed.model_construct(**{field: values[field]})
+    with MemoryStore() as store:
+        with pytest.raises((ValueError, TypeError), match=f"{field}"):
+            _typed().run_sync(context, store=store, run_id="bad")
+        assert store.list_runs().result() == []

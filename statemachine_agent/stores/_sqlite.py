@@ -695,8 +695,10 @@ class SQLiteStore(Store):
         conn.intents = _IntentLog(self.path, writable=False)
 
     # --- the writer thread (._sqlwriter) ----------------------------------------------------------
-    def _submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> Future[T]:
-        return self._writer.submit(op, f"the store {self.path!r} is closed", durable=durable)
+    def _submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True,
+                run: str | None = None) -> Future[T]:
+        """``run``: the run the request is for; a lone run's requests run in the caller's thread."""
+        return self._writer.submit(op, f"the store {self.path!r} is closed", durable=durable, key=run)
 
     def _translate(self, exc: BaseException) -> BaseException:
         return _translate(exc, f"the store {self.path!r}")
@@ -729,7 +731,7 @@ class SQLiteStore(Store):
             _lost_runs(conn, {run_id})  # new here, yet logged: a run lost with the -wal's commits
             conn.execute(sql.insert_snapshot, (run_id, 0, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
 
-        return self._submit(op)
+        return self._submit(op, run=run_id)
 
     def claim(self, run_id: str) -> Future[StoredRun]:
         return self._claim(run_id, tail=False)
@@ -754,7 +756,7 @@ class SQLiteStore(Store):
 
         # A claim is synced by the claimer's next durable commit (its first intent or step): nothing
         # anyone observes depends on it before that, and a crash of the process keeps it.
-        return self._submit(op, durable=False)
+        return self._submit(op, durable=False, run=run_id)
 
     def claim_waiting(self, run_id: str) -> Future[StoredRun | None]:
         return self._claim_waiting(run_id, tail=False)
@@ -775,7 +777,7 @@ class SQLiteStore(Store):
             run = _claimed(sql, conn, run, restarts=run.restarts, status=RunStatus.RUNNING)
             return _taken(sql, conn, run) if tail else _load(sql, conn, run, None)
 
-        return self._submit(op, durable=False)
+        return self._submit(op, durable=False, run=run_id)
 
     def mark_started(self, run_id: str, epoch: int) -> Future[None]:
         run_id = _plain(run_id)
@@ -790,7 +792,7 @@ class SQLiteStore(Store):
                 text = run.model_dump_json()
                 conn.execute(sql.update_record, (text, _run_crc(run_id, text), run_id))
 
-        return self._submit(op, durable=False)
+        return self._submit(op, durable=False, run=run_id)
 
     def commit(self, commit: CommitRequest) -> Future[list[InboxRecord]]:
         run = commit["run"]
@@ -826,7 +828,7 @@ class SQLiteStore(Store):
                 _seal_consumed(sql, conn, run_id, consume, number)
             return found
 
-        return self._submit(op)
+        return self._submit(op, run=run_id)
 
     def suspend(self, run: RunRow, epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
         run_text, snap_text = _dumps(run), _dumps(snapshot)
@@ -847,7 +849,7 @@ class SQLiteStore(Store):
             conn.execute(sql.put_snapshot, (run_id, number, snap_text, _row_crc("snapshot", run_id, number, snap_text)))
             return []
 
-        return self._submit(op)
+        return self._submit(op, run=run_id)
 
     def record_call(self, run_id: str, epoch: int, call: CallRow) -> Future[None]:
         run_id = _plain(run_id)
@@ -868,7 +870,7 @@ class SQLiteStore(Store):
                 # before this future resolves (so before the call runs).
                 conn.after_commit.append(functools.partial(conn.intents.append, run_id, text))
 
-        return self._submit(op)
+        return self._submit(op, run=run_id)
 
     def load(self, run_id: str, *, at_step: int | None = None) -> Future[StoredRun]:
         run_id = _plain(run_id)
@@ -880,7 +882,7 @@ class SQLiteStore(Store):
             return self.load(run_id)  # a subclass's own load: loads go through it
         run_id = _plain(run_id)
         sql = self._sql
-        return self._submit(lambda conn: _load(sql, conn, _read_run(sql, conn, run_id), None, tail=True))
+        return self._submit(lambda conn: _load(sql, conn, _read_run(sql, conn, run_id), None, tail=True), run=run_id)
 
     def load_steps(self, run_id: str, start: int, stop: int) -> Future[list[StepRecord]]:
         run_id = _plain(run_id)

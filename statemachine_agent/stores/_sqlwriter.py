@@ -7,6 +7,12 @@ own step's commit before starting the next. Each request runs under its own save
 fenced-out commit does not undo the others of its group. What a request asks to do once its
 transaction committed (``after_commit``) runs before its future resolves.
 
+A request of the same run as the one before it, submitted while the writer has nothing queued or
+running (one run alone on the store, stepping), runs in the submitting thread instead (``key=``): two
+thread switches and a wake-up of the caller's event loop cost more than the commit itself. A request of
+another run, or one submitted while anything is queued, goes to the thread, so concurrent runs still
+share their commits.
+
 Nothing here knows a table: a request is a function of the connection, and the only SQL is the
 dialect's transaction statements (:class:`~._sqldialect.Dialect`), so the same writer serves any
 database with a DB-API connection.
@@ -54,21 +60,52 @@ class Writer:
         """Statements run before and after a transaction whose requests all need no fsync of their own
         (``submit(durable=False)``): the next durable commit syncs what they wrote too."""
         self.closed = False
+        self._pending = 0
+        """Requests queued or running in the thread (under ``_lock``)."""
+        self._last: object = None
+        """The key of the request submitted last."""
+        self._conn_lock = threading.Lock()
+        """Held while a batch runs on the connection, in the thread or inline."""
         self._queue: queue.SimpleQueue[tuple[Op, Future[Any], bool] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, op: Callable[[Any], T], closed: str, *, durable: bool = True) -> Future[T]:
+    def submit(self, op: Callable[[Any], T], closed: str, *, durable: bool = True,
+               key: object = None) -> Future[T]:
         """Queue ``op``; StoreError(``closed``) once the writer is closed. ``durable=False``: its commit
         need not reach the disk by itself (it survives a crash of the process, and the next durable
-        commit syncs it; only a power cut before that loses it)."""
+        commit syncs it; only a power cut before that loses it). ``key`` (a run's id): a request with
+        the key of the request before it runs at once in this thread when nothing is queued or running;
+        its future is then done when this returns."""
         future: Future[T] = Future()
         with self._lock:
             if self.closed:
                 raise StoreError(closed)
-            self._queue.put((op, future, durable))
+            inline = (key is not None and key == self._last and self._pending == 0
+                      and self._conn_lock.acquire(blocking=False))
+            self._last = key
+            if not inline:
+                self._pending += 1
+                self._queue.put((op, future, durable))
+                return future
+        try:
+            self._run_inline(op, future, durable)
+        finally:
+            self._conn_lock.release()
         return future
+
+    def _run_inline(self, op: Op, future: Future[Any], durable: bool) -> None:
+        try:
+            self._run_batch(self.conn, [(op, future, durable)])
+        except BaseException as exc:  # KeyboardInterrupt in the caller's thread: nothing half-done stays
+            with contextlib.suppress(Exception):
+                if self.conn.in_transaction:
+                    self.conn.execute(self.sql.rollback)
+            if not future.done():
+                future.set_exception(StoreError(f"interrupted before its commit ({type(exc).__name__}); "
+                                                "nothing of it was written"))
+            raise
 
     def close(self) -> None:
         """Finish what was submitted, then close the connection (idempotent)."""
@@ -98,8 +135,14 @@ class Writer:
                     stop = True
                     break
                 batch.append(item)
-            self._run_batch(conn, batch)
-        conn.close()
+            with self._conn_lock:
+                try:
+                    self._run_batch(conn, batch)
+                finally:
+                    with self._lock:
+                        self._pending -= len(batch)
+        with self._conn_lock:
+            conn.close()
         self.on_close()
 
     def _run_batch(self, conn: Any, batch: list[tuple[Op, Future[Any], bool]]) -> None:
