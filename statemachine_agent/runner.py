@@ -854,9 +854,19 @@ class Run(Generic[C]):
                       extra={"workflow": wf.name, "run_id": self.run_id, "step": step.number,
                              "state": step.state, "target": step.target, "transition": step.transition,
                              "kind": step.kind, "duration": step.duration})
-        if self.hooks:
-            await self._emit(_tnew(TransitionTaken, (self.run_id, wf.name, step.number, step.state, step.target,
-                                                     step.transition, step.kind, step.duration)))
+        if hooks := self.hooks:
+            event: Event = _tnew(TransitionTaken, (self.run_id, wf.name, step.number, step.state, step.target,
+                                                   step.transition, step.kind, step.duration))
+            if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                try:
+                    out = hooks[0](event)
+                except Exception as exc:  # observability must never break the agent
+                    self._hook_failed(hooks[0], event, exc)
+                    out = None
+                if out is not None and _awaitable(out):
+                    await self._emit_from(event, 0, out)
+            elif (pending := self._notify(event)) is not None:
+                await pending
         if not plan.terminal:
             if waits:
                 await self._waiting(plan)

@@ -69,7 +69,7 @@ class Writer:
         self._queue: queue.SimpleQueue[tuple[Op, Future[Any], bool] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self.thread.start()
+        """Started by the first request that is queued (a lone run's store may never need it)."""
 
     def submit(self, op: Callable[[Any], T], closed: str, *, durable: bool = True,
                key: object = None) -> Future[T]:
@@ -82,12 +82,14 @@ class Writer:
         with self._lock:
             if self.closed:
                 raise StoreError(closed)
-            inline = (key is not None and key == self._last and self._pending == 0
+            inline = (key is not None and self._last in (key, None) and self._pending == 0
                       and self._conn_lock.acquire(blocking=False))
             self._last = key
             if not inline:
                 self._pending += 1
                 self._queue.put((op, future, durable))
+                if self.thread.ident is None:
+                    self.thread.start()
                 return future
         try:
             self._run_inline(op, future, durable)
@@ -113,8 +115,14 @@ class Writer:
             if self.closed:
                 return
             self.closed = True
-            self._queue.put(None)
-        if threading.current_thread() is not self.thread:
+            started = self.thread.ident is not None
+            if started:
+                self._queue.put(None)
+        if not started:  # nothing was ever queued: close here (after an inline request still running)
+            with self._conn_lock:
+                self.conn.close()
+            self.on_close()
+        elif threading.current_thread() is not self.thread:
             self.thread.join()
 
     def _serve(self) -> None:
