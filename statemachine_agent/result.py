@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import operator
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, SupportsIndex, TypeVar, overload
@@ -81,6 +82,10 @@ class Step(NamedTuple):
         }
 
 
+_FIRST_READ = threading.RLock()
+"""Held while a resumed path reads its earlier steps (rare: once per path that is read)."""
+
+
 class Steps(Sequence[Step]):
     """A run's path as a resumed run holds it: its steps in order, comparing, hashing and adding like
     the tuple of them (``result.path == (step, ...)``). The steps taken before the resume are read
@@ -97,14 +102,17 @@ class Steps(Sequence[Step]):
         self._load = None if load is None else functools.cache(load)
 
     def _all(self) -> list[Step]:
-        load = self._load
-        if load is not None:
-            head = list(load())
-            if len(head) != self._earlier or any(s.number != i for i, s in enumerate(head)):
-                raise ValueError(f"the store gave steps {[s.number for s in head][:5]}... for the run's first "
-                                 f"{self._earlier} steps: its history changed since the run was resumed")
-            self._steps[:0] = head
-            self._load, self._earlier = None, 0
+        if self._load is not None:
+            with _FIRST_READ:  # two threads asking at once: one reads, the other finds them read
+                load = self._load
+                if load is not None:
+                    head = list(load())
+                    if len(head) != self._earlier or any(s.number != i for i, s in enumerate(head)):
+                        raise ValueError(f"the store gave steps {[s.number for s in head][:5]}... for the run's "
+                                         f"first {self._earlier} steps: its history changed since the run was "
+                                         "resumed")
+                    self._steps[:0] = head
+                    self._load, self._earlier = None, 0
         return self._steps
 
     def append(self, step: Step) -> None:

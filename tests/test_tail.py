@@ -217,3 +217,38 @@ def test_a_claim_commits_without_its_own_fsync_and_a_step_with_one(tmp_path: Pat
     modes = [x for x in seen[:step] if x.startswith("PRAGMA synchronous")]
     assert modes == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"] * 2, seen  # claim, mark-started
     assert "PRAGMA synchronous=NORMAL" not in seen[step:], "the steps commit under FULL"
+
+
+def test_two_threads_reading_a_resumed_path_first_read_its_earlier_steps_once(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earlier steps are read on first use: two threads asking at once get them once, in order
+    (without a lock both spliced them in, and the path held them twice)."""
+    import threading
+    import time
+
+    from statemachine_agent.stores import _sqlite
+
+    compiled = crashed(tmp_path / "runs.db", 40)
+    real = _sqlite.SQLiteStore.load_steps
+    gate = threading.Barrier(2)
+
+    def slow(self: Any, run_id: str, start: int, stop: int) -> Any:
+        time.sleep(0.05)  # both threads are inside the first read
+        return real(self, run_id, start, stop)
+
+    with SQLiteStore(tmp_path / "runs.db") as store:
+        result = compiled.resume_sync("r", store=store)
+        monkeypatch.setattr(_sqlite.SQLiteStore, "load_steps", slow)
+        seen: list[list[int]] = []
+
+        def read() -> None:
+            gate.wait()
+            seen.append([s.number for s in result.path])
+
+        threads = [threading.Thread(target=read) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert seen == [list(range(43))] * 2
+    assert len(result.path) == 43
