@@ -1,0 +1,102 @@
+"""The adaptive snapshot rule of docs/durability.md ("Storage"), checked on what a real SQLite store
+holds: a snapshot once the steps since the last one stored half as many items as it holds (at least
+16), and at least every 500 steps; so what a load replays stays under about half a context's worth,
+and the snapshots cost at most three times what the steps changed (twice when steps overwrite, three
+times when the context only grows)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import Field
+
+from statemachine_agent import Context, Workflow
+from statemachine_agent.stores import SQLiteStore
+
+
+class Notes(Context):
+    items: list[str] = Field(default_factory=list)
+    big: list[int] = Field(default_factory=list)
+    script: list[int] = Field(default_factory=list)
+    n: int = 0
+
+
+def notes() -> Any:
+    """Step i appends ``script[i]`` items (a negative number: replaces the list by that many)."""
+    wf = Workflow("snap-notes", Notes)
+
+    @wf.state(initial=True, reads=["script", "n", "items"], writes=["items", "n"])
+    def step(ctx: Any) -> None:
+        k = ctx.script[ctx.n]
+        if k >= 0:
+            ctx.items.extend(f"item {ctx.n}.{j}" for j in range(k))
+        else:
+            ctx.items = [f"new {ctx.n}.{j}" for j in range(-k)]
+        ctx.n += 1
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("step", "step", guard=lambda c: c.n < len(c.script), name="again", max_traversals=100_000)
+    wf.transition("step", "done", default=True, name="finish")
+    return wf.compile()
+
+
+def _items(data: dict[str, Any]) -> int:
+    return sum(len(v) if isinstance(v, (list, dict)) else 1 for v in data.values())
+
+
+def _stored(path: Path) -> tuple[dict[int, int], list[int]]:
+    """Snapshot sizes by step, and the items each step stored (whole fields, operations, unsets)."""
+    conn = sqlite3.connect(path)
+    try:
+        snaps = {step: _items(json.loads(text)) for step, text in
+                 conn.execute("SELECT step, context FROM sma_snapshots WHERE run_id='r'")}
+        per_step = []
+        for (text,) in conn.execute("SELECT record FROM sma_steps WHERE run_id='r' ORDER BY number"):
+            rec = json.loads(text)
+            ops = sum(len(op[1]) if op[0] == "e" else 1 for o in rec.get("ops", {}).values() for op in o)
+            per_step.append(_items(rec["delta"]) + ops + len(rec["unset"]))
+    finally:
+        conn.close()
+    return snaps, per_step
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=st.lists(st.integers(-40, 12), min_size=1, max_size=150), start=st.integers(0, 300))
+def test_snapshots_bound_the_replay_and_cost_at_most_three_times_the_changes(tmp_path: Path, script: list[int],
+                                                                             start: int) -> None:
+    path = tmp_path / "snap.db"
+    path.unlink(missing_ok=True)
+    with SQLiteStore(path) as store:
+        result = notes().run_sync(Notes(script=script, items=[f"start {i}" for i in range(start)]), store=store,
+                                  run_id="r", max_steps=100_000)
+    assert result.terminal == "done"
+    snaps, per_step = _stored(path)
+    marks = sorted(snaps)
+    assert marks[0] == 0
+    for a, b in zip(marks, [*marks[1:], len(per_step)], strict=True):
+        if a == b:  # a snapshot after the last step
+            continue
+        since = per_step[a:b]
+        size = snaps[a]
+        # What a load from snapshot a replays: under half of it (or 16 items), plus the step that crossed.
+        assert sum(since[:-1]) < max(size // 2, 16)
+        if b in snaps:  # a snapshot the rule took
+            assert sum(since) >= max(size // 2, 16) or b - a >= 500
+            assert snaps[b] <= size + sum(since) <= 3 * sum(since)
+
+
+def test_a_snapshot_at_least_every_500_steps(tmp_path: Path) -> None:
+    """A context of 3,000 items that steps change by one: the item rule alone would wait 1,500 steps."""
+    path = tmp_path / "every500.db"
+    with SQLiteStore(path) as store:
+        result = notes().run_sync(Notes(script=[1] * 1_100, big=list(range(3_000))), store=store, run_id="r",
+                                  max_steps=100_000)
+    assert result.terminal == "done"
+    snaps, per_step = _stored(path)
+    assert sorted(snaps) == [0, 500, 1000]
