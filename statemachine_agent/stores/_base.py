@@ -30,9 +30,9 @@ class Store(abc.ABC):
     snapshot_every: int | None = None
     """``None`` (the default): a full snapshot of the context once the steps since the last one
     stored half as many items as it holds (a list's or dict's length, 1 per other field), or after
-    500 steps, so a step stores what it changed plus, on average, at most three times as much again (two when steps overwrite,
-    three when the context only grows), whatever
-    the context holds, and a load replays at most about half a context's worth of steps. A number:
+    500 steps, so a step stores what it changed plus, on average, at most three times as much again
+    (two when steps overwrite, three when the context only grows), whatever the context holds, and a
+    load replays at most about half a context's worth of steps. A number:
     a snapshot every this many steps exactly, and at waits and at the end.
     Between snapshots a step stores only what it wrote (what it changed in place as operations)."""
 
