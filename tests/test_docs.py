@@ -93,6 +93,20 @@ def test_testing_page_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "retrying-story.json").exists()
 
 
+def test_testing_page_crash_example_finds_its_bug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/testing.md's crash-schedule example fails with the message the page shows."""
+    page = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    code = next(block for block in _python_blocks(page) if "check_crashes(shop" in block)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "testing_crash_doc"}
+    exec(compile(code, "docs/testing.md", "exec"), namespace)
+    with pytest.raises(AssertionError) as info:
+        namespace["test_shop_survives_crashes"]()  # type: ignore[operator]
+    first = str(info.value).splitlines()[0]
+    assert first in page.splitlines(), first
+    assert (tmp_path / "shop-crash.json").exists()
+
+
 def test_durability_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/durability.md's example pauses at the wait, continues on delivery and charges once."""
     page = (ROOT / "docs" / "durability.md").read_text(encoding="utf-8")

@@ -98,5 +98,5 @@ def test_a_snapshot_at_least_every_500_steps(tmp_path: Path) -> None:
         result = notes().run_sync(Notes(script=[1] * 1_100, big=list(range(3_000))), store=store, run_id="r",
                                   max_steps=100_000)
     assert result.terminal == "done"
-    snaps, per_step = _stored(path)
+    snaps, _per_step = _stored(path)
     assert sorted(snaps) == [0, 500, 1000]

@@ -29,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
 
 from ._check import check_workflow, replay
 from ._coverage import Coverage, KitReport
+from ._crash import CrashPoint, check_crashes, replay_crashes
 from ._paths import PathCase, follow, shortest_paths
 from ._stateful import workflow_state_machine
 from ._stories import Invariant, PathInvariant, Story, invariant, path_invariant
@@ -36,12 +37,14 @@ from ._strategies import Fault, contexts, faults
 
 __all__ = [
     "Coverage",
+    "CrashPoint",
     "Fault",
     "Invariant",
     "KitReport",
     "PathCase",
     "PathInvariant",
     "Story",
+    "check_crashes",
     "check_workflow",
     "contexts",
     "faults",
@@ -49,6 +52,7 @@ __all__ = [
     "invariant",
     "path_invariant",
     "replay",
+    "replay_crashes",
     "shortest_paths",
     "workflow_state_machine",
 ]
