@@ -88,7 +88,11 @@ def test_snapshots_bound_the_replay_and_cost_at_most_three_times_the_changes(tmp
         assert sum(since[:-1]) < max(size // 2, 16)
         if b in snaps:  # a snapshot the rule took
             assert sum(since) >= max(size // 2, 16) or b - a >= 500
-            assert snaps[b] <= size + sum(since) <= 3 * sum(since)
+            # It holds at most what there was plus what was stored since; a snapshot the item rule took
+            # holds at most three times that (half its size rounds down: one item more at most).
+            assert snaps[b] <= size + sum(since)
+            if b - a < 500:
+                assert size + sum(since) <= 3 * sum(since) + 1
 
 
 def test_a_snapshot_at_least_every_500_steps(tmp_path: Path) -> None:
