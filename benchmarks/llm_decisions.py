@@ -231,6 +231,16 @@ def run_engine(kind: str, url: str, modes: list[Mode], misses: bool, out: list[s
     emit(out, f"measured order: {', '.join(order)}; the {kind} profile's: {', '.join(profile)}")
 
 
+def peak_memory(pid: int | None) -> str:
+    """The server process's peak resident memory (Linux), as a line; empty when unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+    except OSError:
+        return ""
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return f"server peak memory: {int(found.group(1)) / 1024:.0f} MB" if found else ""
+
+
 def emit(out: list[str], line: str) -> None:
     print(line, flush=True)
     out.append(line)
@@ -271,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: {exc}")
     out: list[str] = []
     emit(out, f"SmolLM2-135M-Instruct Q4_1, {len(CASES)} pull requests x 2 asks (exits in order, then reversed), "
-              f"temperature 0, 1 thread, {os.cpu_count()} cores, Python {platform.python_version()}"
+              f"temperature 0, 1 thread, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the "
+              f"start), Python {platform.python_version()}"
               + (f"; {args.note}" if args.note else ""))
     t0 = time.perf_counter()
     for kind in engines:
@@ -290,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"after start{install}")
                     emit(out, HEADER)
                     run_engine(kind, server.url, modes, args.misses, out)
+                    memory = peak_memory(server.process.pid if server.process else None)
+                    if memory:
+                        emit(out, memory)
         else:
             url = args.url.rstrip("/")
             if not serves_model(url):
@@ -299,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             emit(out, f"== llama-cpp-python (its server, compiled from source){install}")
             emit(out, HEADER)
             run_engine(kind, url, modes, args.misses, out)
+            pid_file = ROOT / ".llm" / "server.pid"  # make llm-server's
+            memory = peak_memory(int(pid_file.read_text()) if pid_file.is_file() else None)
+            if memory:
+                emit(out, memory)
     emit(out, "")
     emit(out, "valid: first answer an enabled transition; valid*: after feedback (3 policy attempts); sensible: "
               "what a person would pick; latency per model call.")

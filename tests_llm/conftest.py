@@ -12,7 +12,7 @@ parametrized):
   http://127.0.0.1:8765/v1, ``make llm-server``). Without a server there, its tests are skipped.
 
 Under ``make test-llm`` (STATEMACHINE_AGENT_LLM_REQUIRED=1) a missing server of either kind fails
-the tests instead. Tests marked ``slow_llm`` run only under ``make test-llm`` (or ``-m slow_llm``).
+the tests instead. ``make test`` leaves out the tests marked ``slow_llm``; ``make test-llm`` runs them.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def remote_server() -> Served:
     when none serves the model there."""
     url = (os.environ.get("STATEMACHINE_AGENT_LLM_URL") or DEFAULT_URL).rstrip("/")
     if not serves_model(url):
-        _missing(f"no llama-cpp-python server serving {MODEL!r} answers at {url}/models: run `make test-llm` "
-                 "(it builds, starts and stops one), or `make llm-server` then pytest tests_llm")
+        _missing(f"the second server kind, llama-cpp-python's, is not serving {MODEL!r} at {url}: "
+                 "`make test-llm` builds, starts and tests it")
     return Served("llama-cpp-python", url)
 
 

@@ -70,6 +70,7 @@ def test_pull_request_triage_every_decision_valid_and_recorded(llm: Served) -> N
     assert len(taken) == len(PULL_REQUESTS)
 
 
+@pytest.mark.slow_llm
 def test_support_routing_only_enabled_exits_are_taken(llm: Served) -> None:
     """Guards disable some exits per ticket; the model is only offered, and only takes, enabled ones."""
     compiled = support()

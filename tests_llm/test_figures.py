@@ -21,6 +21,7 @@ def _block(page: Path) -> list[str]:
     start, end = text.find(bench.MARK_BEGIN), text.find(bench.MARK_END)
     assert 0 <= start < end, f"{page.name} has no block written by llm_decisions.py --write-docs"
     lines = text[start + len(bench.MARK_BEGIN):end].strip().splitlines()
+    assert len(lines) > 2, f"{page.name}: the block is empty: run benchmarks/llm_decisions.py --install --write-docs"
     assert lines[0] == "```text", f"{page.name}: the block is not the script's"
     assert lines[-1] == "```", f"{page.name}: the block is not the script's"
     return lines[1:-1]
@@ -47,6 +48,7 @@ def test_the_quoted_output_is_the_scripts_for_both_engines_and_every_mode(page: 
         assert "not measured" not in section[0], section[0]
         assert "install: " in section[0], f"{engine}: the install time was measured (--install)"
         assert section[1] == bench.HEADER
-        rows = {line.split()[0]: line for line in section[2:] if not line.startswith(("measured", " "))}
+        modes = {str(m) for m in bench.Mode}
+        rows = {line.split()[0]: line for line in section[2:] if line.split()[0] in modes}
         assert sorted(rows) == sorted(bench.MODES), f"{engine}: a row per mode"
         assert any(line.startswith("measured order: ") for line in section), engine

@@ -69,9 +69,8 @@ def test_llm_step_writes_a_validated_model(llm: Served) -> None:
 def test_llm_step_falls_back_from_a_refused_form(refusing: tuple[Served, Mode]) -> None:
     """A profile leading with a form the server refuses: the step's answer comes in the next one."""
     served, refused = refusing
-    after = PROFILES[ServerKind(served.kind)].modes[0]
-    if after is refused:  # llama-cpp-python's own profile leads with what llama.cpp refuses, and vice versa
-        after = PROFILES[ServerKind.LLAMA_CPP].modes[0]
+    after = PROFILES[ServerKind(served.kind)].modes[0]  # the kind's own first form, after the refused one
+    assert after is not refused
     profile = Profile(ServerKind(served.kind), (refused, after, Mode.PROMPT), frozenset({after}))
     chat = ChatModel(base_url=served.url, model="smollm2", profile=profile, max_tokens=64, timeout=120.0)
     _extracts(chat, after, {refused})
