@@ -98,9 +98,15 @@ def test_the_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("needs_engine")
 def test_the_session_fixture_stops_the_server_after_a_failure_and_ctrl_c(tmp_path: Path) -> None:
     """A pytest run using the fixture, with a failing test, then a Ctrl-C (KeyboardInterrupt): the
-    server was started once, and is gone when pytest returns."""
+    server was started once, and is gone when pytest returns, leaving no thread behind."""
     pids = tmp_path / "pids"
-    (tmp_path / "conftest.py").write_text((HERE / "conftest.py").read_text())
+    threads = tmp_path / "threads"
+    (tmp_path / "conftest.py").write_text((HERE / "conftest.py").read_text() + textwrap.dedent(f"""
+
+        def pytest_unconfigure(config):  # after every fixture was torn down
+            import threading
+            Path({str(threads)!r}).write_text(str(threading.active_count()))
+    """))
     (tmp_path / "test_inner.py").write_text(textwrap.dedent(f"""
         import os
         from pathlib import Path
@@ -125,3 +131,4 @@ def test_the_session_fixture_stops_the_server_after_a_failure_and_ctrl_c(tmp_pat
     assert len(started) == 2
     assert len(set(started)) == 1  # one server for the whole run
     assert _gone(int(started[0])), "the server outlived the pytest run"
+    assert threads.read_text() == "1"  # the server's threads lived in its own process: none is left in pytest's
