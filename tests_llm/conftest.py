@@ -1,56 +1,110 @@
-"""End-to-end tests against a real model server (not part of `make test`).
+"""End-to-end tests against real model servers, with SmolLM2-135M on this machine's CPU.
 
-`make test-llm` starts llama-cpp-python's server with SmolLM2-135M (see the Makefile), runs these
-tests against it and stops it. Run alone (`pytest tests_llm`), they find the server at
-$STATEMACHINE_AGENT_LLM_URL (default http://127.0.0.1:8765/v1) and are skipped, with the reason,
-when none answers there; under `make test-llm` (STATEMACHINE_AGENT_LLM_REQUIRED=1) they fail instead.
+Two server kinds, each test running against both where it is cheap (the ``llm`` fixture is
+parametrized):
+
+- ``llama.cpp``: llama.cpp's own server from the prebuilt ``xllamacpp`` wheel (``_server.py``),
+  started once per pytest run on a free loopback port and stopped at the end, on failure and
+  Ctrl-C too. ``make test`` installs the wheel and the model into .venv and runs these tests;
+  where either cannot be installed, the tests of this kind are skipped and the reason says why.
+- ``llama-cpp-python``: its ``python -m llama_cpp.server``, compiled from source, which
+  ``make test-llm`` builds, starts and passes as $STATEMACHINE_AGENT_LLM_URL (default
+  http://127.0.0.1:8765/v1, ``make llm-server``). Without a server there, its tests are skipped.
+
+Under ``make test-llm`` (STATEMACHINE_AGENT_LLM_REQUIRED=1) a missing server of either kind fails
+the tests instead. ``make test`` leaves out the tests marked ``slow_llm``; ``make test-llm`` runs them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _server import MODEL, LocalServer, Served, ServerFailed, serves_model, unavailable
+
+from statemachine_agent.llm import Mode
+
 DEFAULT_URL = "http://127.0.0.1:8765/v1"
-MODEL = "smollm2"
+KINDS = ("llama.cpp", "llama-cpp-python")
+"""The server kinds (``ServerKind`` values) these tests run against."""
 
 
-def _server_url() -> str:
-    return (os.environ.get("STATEMACHINE_AGENT_LLM_URL") or DEFAULT_URL).rstrip("/")
+def _required() -> bool:
+    return bool(os.environ.get("STATEMACHINE_AGENT_LLM_REQUIRED"))
 
 
-def _unreachable(url: str) -> str | None:
+def _missing(message: str) -> None:
+    if _required():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow_llm: a slower real-model test, run by `make test-llm` only")
+
+
+def _local(tmp_path_factory: pytest.TempPathFactory, *, jinja: bool) -> Iterator[LocalServer]:
+    why = unavailable()
+    if why is not None:
+        _missing(f"llama.cpp's prebuilt server cannot run: {why}")
+    log = tmp_path_factory.mktemp("llama-cpp") / "server.log"
+    server = LocalServer(log=log, jinja=jinja)
     try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"{url}/models", timeout=5) as response:
-            names = [m.get("id") for m in json.load(response).get("data", [])]
-    except (urllib.error.URLError, OSError, ValueError, AttributeError) as exc:
-        return f"no model server answers at {url}/models ({getattr(exc, 'reason', exc)})"
-    if MODEL not in names:
-        return f"the server at {url} serves {names}, not {MODEL!r}"
-    return None
+        server.start()
+    except ServerFailed as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
+    finally:  # also on failures and Ctrl-C: pytest tears session fixtures down then too
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def llm_url() -> str:
-    """The server's base URL; skips (or fails, under make test-llm) when it does not answer."""
-    url = _server_url()
-    why = _unreachable(url)
-    if why is not None:
-        message = f"{why}: run `make test-llm`, or `make llm-server` then pytest tests_llm"
-        if os.environ.get("STATEMACHINE_AGENT_LLM_REQUIRED"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
+def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """llama.cpp's server (xllamacpp) with the model's own chat template, once per run."""
+    yield from _local(tmp_path_factory, jinja=True)
+
+
+@pytest.fixture(scope="session")
+def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """llama.cpp's server with its built-in chat template, which refuses ``tools`` (HTTP 500)."""
+    yield from _local(tmp_path_factory, jinja=False)
+
+
+def remote_server() -> Served:
+    """llama-cpp-python's server at $STATEMACHINE_AGENT_LLM_URL; skipped (failed under ``make test-llm``)
+    when none serves the model there."""
+    url = (os.environ.get("STATEMACHINE_AGENT_LLM_URL") or DEFAULT_URL).rstrip("/")
+    if not serves_model(url):
+        _missing(f"the second server kind, llama-cpp-python's, is not serving {MODEL!r} at {url}: "
+                 "`make test-llm` builds, starts and tests it")
+    return Served("llama-cpp-python", url)
+
+
+@pytest.fixture(scope="session", params=KINDS)
+def llm(request: pytest.FixtureRequest) -> Served:
+    """A running server of each kind in turn; skipped (failed under ``make test-llm``) when the
+    kind cannot run here."""
+    if request.param == "llama.cpp":
+        return Served("llama.cpp", request.getfixturevalue("local_server").url)
+    return remote_server()
+
+
+@pytest.fixture(params=KINDS)
+def refusing(request: pytest.FixtureRequest) -> tuple[Served, Mode]:
+    """A server of each kind, and a form it refuses with an HTTP error: llama.cpp's server without
+    the model's chat template refuses ``tools`` (HTTP 500 "tools param requires --jinja flag");
+    llama-cpp-python's refuses OpenAI's json_schema (HTTP 500)."""
+    if request.param == "llama.cpp":
+        return Served("llama.cpp", request.getfixturevalue("refusing_server").url), Mode.NAMED_TOOL
+    return remote_server(), Mode.JSON_SCHEMA
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
-"""Decisions by a real model: every one valid on the first ask, its usage recorded, and the fallback
-from request forms the server refuses exercised for real."""
+"""Decisions by a real model, on each server kind: every one valid on the first ask in the first form
+of the kind's profile (one the server enforces), its usage recorded, and the fallback from request
+forms the server refuses exercised for real."""
 
 from __future__ import annotations
 
 import pytest
+from _server import Served
 from workflows import TICKETS, TRIAGE, PullRequest, Ticket, enabled_support_exits, support, triage
 
-from statemachine_agent.llm import ChatModel, LLMPolicy, Mode
+from statemachine_agent.llm import PROFILES, ChatModel, LLMPolicy, Mode, Profile, ServerKind
 
 PULL_REQUESTS = [
     "Fixes a typo in the README. CI is green and two maintainers approved.",
@@ -24,13 +26,25 @@ PULL_REQUESTS = [
 ]
 
 
-def _chat(url: str, server: str = "llama-cpp-python") -> ChatModel:
-    return ChatModel(base_url=url, model="smollm2", server=server, max_tokens=64, timeout=120.0, retries=2)
 
 
-def test_pull_request_triage_every_decision_valid_and_recorded(llm_url: str) -> None:
+def _chat(url: str, server: str | Profile) -> ChatModel:
+    kind = {"profile": server} if isinstance(server, Profile) else {"server": server}
+    return ChatModel(base_url=url, model="smollm2", max_tokens=64, timeout=120.0, retries=2, **kind)
+
+
+def _first_mode(kind: str) -> Mode:
+    profile = PROFILES[ServerKind(kind)]
+    mode = profile.modes_for(decision=True)[0]
+    assert mode in profile.enforced  # the profile leads with a form the server constrains
+    return mode
+
+
+def test_pull_request_triage_every_decision_valid_and_recorded(llm: Served) -> None:
     compiled = triage()
-    policy = LLMPolicy(chat=_chat(llm_url))
+    chat = _chat(llm.url, llm.kind)
+    policy = LLMPolicy(chat=chat)
+    first = _first_mode(llm.kind)
     taken = []
     for text in PULL_REQUESTS:
         result = compiled.run_sync(PullRequest(description=text), policy=policy)
@@ -39,26 +53,28 @@ def test_pull_request_triage_every_decision_valid_and_recorded(llm_url: str) -> 
         assert step.rejected == (), f"{text}: the constrained answer was rejected: {step.rejected}"
         (call,) = step.model_calls  # the model was asked once, and that answer was taken
         assert call.purpose == "decision"
-        assert call.mode == Mode.NAMED_TOOL  # the profile's first form, accepted by this server
-        assert call.provider == "llama-cpp-python"
+        assert call.mode == first  # the profile's first form, accepted and enforced by this server
+        assert call.provider == llm.kind
         assert call.model == "smollm2"
         assert call.input_tokens > 0
         assert call.output_tokens > 0
         assert call.latency > 0
-        assert call.finish_reason == "tool_calls"
+        assert call.finish_reason == ("tool_calls" if first is Mode.NAMED_TOOL else "stop")
         assert call.http_attempts == 1
         assert result.usage.calls == 1
         assert result.usage.input_tokens == call.input_tokens
         assert result.usage.output_tokens == call.output_tokens
         taken.append(step.transition)
-    assert policy.chat.refused == set()
+    assert chat.refused == set()
+    assert chat.working == {first}
     assert len(taken) == len(PULL_REQUESTS)
 
 
-def test_support_routing_only_enabled_exits_are_taken(llm_url: str) -> None:
+@pytest.mark.slow_llm
+def test_support_routing_only_enabled_exits_are_taken(llm: Served) -> None:
     """Guards disable some exits per ticket; the model is only offered, and only takes, enabled ones."""
     compiled = support()
-    chat = _chat(llm_url)
+    chat = _chat(llm.url, llm.kind)
     seen_options: list[set[str]] = []
 
     policy = LLMPolicy(chat=chat)
@@ -78,33 +94,39 @@ def test_support_routing_only_enabled_exits_are_taken(llm_url: str) -> None:
         assert call.input_tokens > 0
         assert call.output_tokens > 0
         assert call.latency > 0
-        assert call.mode == Mode.NAMED_TOOL
+        assert call.mode == _first_mode(llm.kind)
     assert len(seen_options) == len(TICKETS)
 
 
-@pytest.mark.parametrize("server", ["openai", "generic"])
-def test_refused_modes_fall_back_and_are_remembered(llm_url: str, server: str) -> None:
-    """The OpenAI profile asks json_schema first: this server answers HTTP 500 to it. The mode must
-    land in chat.refused, the same decision be answered by the next form, and later decisions go
-    straight to that form. The generic profile starts with the named tool call, which works."""
-    compiled = triage()
-    chat = _chat(llm_url, server)
+@pytest.mark.parametrize("then", [None, Mode.PROMPT])
+def test_a_refused_mode_falls_back_and_is_remembered(refusing: tuple[Served, Mode], then: Mode | None) -> None:
+    """A profile leading with a form the server refuses: the mode lands in chat.refused, the same
+    decision is answered in the next form, and later decisions go straight to it. ``then=None``:
+    the kind's own profile after it (its first form is enforced, so every answer is valid);
+    ``Mode.PROMPT``: nothing enforced after it, and what the model says is still only ever taken
+    when it names an enabled transition."""
+    served, refused = refusing
+    after = [m for m in PROFILES[ServerKind(served.kind)].modes_for(decision=True) if m is not refused]
+    modes = (refused, *after) if then is None else (refused, then)
+    chat = _chat(served.url, Profile(ServerKind.GENERIC, modes, frozenset()))
     policy = LLMPolicy(chat=chat)
+    compiled = triage()
     calls = []
     for text in PULL_REQUESTS[:3]:
         result = compiled.run_sync(PullRequest(description=text), policy=policy)
         (step,) = result.path
-        assert step.transition in TRIAGE
-        assert step.rejected == ()
-        (call,) = step.model_calls
-        calls.append(call)
-    assert all(c.mode == Mode.NAMED_TOOL for c in calls)
+        assert result.terminal in {"approved", "rejected", "changes_requested"}
+        if then is None:
+            assert step.transition in TRIAGE
+            assert step.rejected == ()
+        # Whatever was said, only an enabled name is ever taken; anything else is a rejection
+        # with its reason, and the model is asked again.
+        assert step.transition in TRIAGE or step.transition is None or step.rejected
+        assert len(step.model_calls) == len(step.rejected) + (step.transition in TRIAGE)
+        calls.extend(step.model_calls)
+    assert chat.refused == {refused}
+    assert all(c.mode == modes[1] for c in calls)
     assert all(c.input_tokens > 0 and c.output_tokens > 0 and c.latency > 0 for c in calls)
-    if server == "openai":
-        assert chat.refused == {Mode.JSON_SCHEMA}
-        assert calls[0].http_attempts == 2  # json_schema refused, then the named tool call
-    else:
-        assert chat.refused == set()
-        assert calls[0].http_attempts == 1
-    assert [c.http_attempts for c in calls[1:]] == [1, 1]  # the refused form is never sent again
-    assert Mode.NAMED_TOOL in chat.working
+    assert calls[0].http_attempts == 2  # the refused form, then the next one
+    assert [c.http_attempts for c in calls[1:]] == [1] * (len(calls) - 1)  # the refused form is never sent again
+    assert modes[1] in chat.working

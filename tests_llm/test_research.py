@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from _server import Served
+
 from statemachine_agent.examples.research import CORPUS
 from statemachine_agent.examples.research_llm import LLMResearchContext, Summary, build
-from statemachine_agent.llm import ChatModel, LLMPolicy
+from statemachine_agent.llm import PROFILES, ChatModel, LLMPolicy, ServerKind
 from statemachine_agent.stores import SQLiteStore
 
 QUESTION = "How does the checker bound loops?"
@@ -17,9 +20,9 @@ TERMINALS = {"done", "not_found", "no_summary", "failed"}
 PAGES = {p.name for p in CORPUS.glob("*.md")}
 
 
-def _chat(url: str, **kw: object) -> ChatModel:
+def _chat(served: Served, url: str | None = None, **kw: object) -> ChatModel:
     options: dict = {"max_tokens": 300, "timeout": 120.0, **kw}
-    return ChatModel(base_url=url, model="smollm2", server="llama-cpp-python", **options)
+    return ChatModel(base_url=url or served.url, model="smollm2", server=served.kind, **options)
 
 
 def _assert_sane(result) -> None:  # type: ignore[no-untyped-def]
@@ -40,23 +43,26 @@ def _assert_sane(result) -> None:  # type: ignore[no-untyped-def]
         assert result.reason
 
 
-def test_research_demo_ends_in_a_declared_terminal(llm_url: str) -> None:
-    chat = _chat(llm_url)
+@pytest.mark.slow_llm
+def test_research_demo_ends_in_a_declared_terminal(llm: Served) -> None:
+    chat = _chat(llm)
     result = build(chat).compile().run_sync(LLMResearchContext(question=QUESTION), policy=LLMPolicy(chat=chat))
     _assert_sane(result)
     assert result.usage.calls >= 2 if result.terminal == "done" else result.usage.calls >= 1
     assert all(c.input_tokens > 0 and c.latency > 0 for s in result.path for c in s.model_calls)
 
 
-def test_research_demo_command_line(llm_url: str) -> None:
+def test_research_demo_command_line(llm: Served) -> None:
     out = subprocess.run([sys.executable, "-m", "statemachine_agent.examples.research_llm", QUESTION,
-                          "--url", llm_url], check=False, capture_output=True, text=True, timeout=300)
+                          "--url", llm.url, "--server", llm.kind], check=False, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
     lines = out.stdout.splitlines()
     path = next(line for line in lines if line.startswith("path:"))
     assert path.split("(")[0].split("->")[-1].strip() in TERMINALS
-    assert any("mode=named_tool" in line and "tokens in=" in line for line in lines)
+    first = PROFILES[ServerKind(llm.kind)].modes_for(decision=True)[0]
+    assert any(f"mode={first} " in line and "tokens in=" in line for line in lines)
     assert any(line.startswith("usage:") for line in lines)
 
 
@@ -70,8 +76,8 @@ def test_research_demo_unreachable_server_is_one_line_exit_2(dead_url: str) -> N
     assert "Traceback" not in out.stderr
 
 
-def test_durable_run_replays_and_resumes_without_the_model(llm_url: str, dead_url: str, tmp_path: Path) -> None:
-    chat = _chat(llm_url)
+def test_durable_run_replays_and_resumes_without_the_model(llm: Served, dead_url: str, tmp_path: Path) -> None:
+    chat = _chat(llm)
     store = SQLiteStore(tmp_path / "runs.db")
     try:
         result = build(chat).compile().run_sync(LLMResearchContext(question=QUESTION), policy=LLMPolicy(chat=chat),
@@ -81,7 +87,7 @@ def test_durable_run_replays_and_resumes_without_the_model(llm_url: str, dead_ur
         assert calls >= 1
 
         # The same workflow over a model that cannot be reached: asking it fails the run.
-        dead = _chat(dead_url, retries=1, timeout=5.0)
+        dead = _chat(llm, dead_url, retries=1, timeout=5.0)
         offline = build(dead).compile()
         cut_off = offline.run_sync(LLMResearchContext(question=QUESTION), policy=LLMPolicy(chat=dead))
         assert cut_off.terminal == "no_summary"

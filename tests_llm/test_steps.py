@@ -1,14 +1,16 @@
-"""LLM steps against the real model: a pydantic-validated answer written to the declared field, in
-both forms this server enforces, and an answer that cannot validate routed after feedback."""
+"""LLM steps against the real model, on each server kind: a pydantic-validated answer written to the
+declared field in the first form the kind's profile gives (one the server enforces), a refused form
+falling back, tools the server ignores falling back to the enforced answer, and an answer that
+cannot validate routed after feedback."""
 
 from __future__ import annotations
 
-import pytest
+from _server import LocalServer, Served
 from pydantic import BaseModel, Field, field_validator
 
 from statemachine_agent import UNSET, Context, Workflow
 from statemachine_agent.errors import ModelAnswerInvalid
-from statemachine_agent.llm import ChatModel, Mode, llm_step
+from statemachine_agent.llm import PROFILES, ChatModel, Mode, Profile, ServerKind, llm_step
 
 
 class Person(BaseModel):
@@ -33,22 +35,17 @@ def _compile(chat: ChatModel, output: type[BaseModel] = Person):  # type: ignore
     return wf.compile()
 
 
-@pytest.mark.parametrize(("server", "mode", "refused"), [
-    ("llama-cpp-python", Mode.NAMED_TOOL, set()),
-    # llama.cpp's profile asks json_schema first, which this server answers with HTTP 500: the
-    # step falls back to the json_object + schema form.
-    ("llama.cpp", Mode.JSON_OBJECT_SCHEMA, {Mode.JSON_SCHEMA}),
-])
-def test_llm_step_writes_a_validated_model(llm_url: str, server: str, mode: Mode, refused: set[Mode]) -> None:
-    chat = ChatModel(base_url=llm_url, model="smollm2", server=server, max_tokens=64, timeout=120.0)
+CASES = [("Alice is 31 years old.", "Alice", 31), ("Bob, aged 45, lives in Paris.", "Bob", 45)]
+
+
+def _extracts(chat: ChatModel, mode: Mode, refused: set[Mode]) -> None:
     compiled = _compile(chat)
-    cases = [("Alice is 31 years old.", "Alice", 31), ("Bob, aged 45, lives in Paris.", "Bob", 45)]
-    for i, (text, name, age) in enumerate(cases):
+    for i, (text, name, age) in enumerate(CASES):
         result = compiled.run_sync(Note(text=text))
         assert result.terminal == "done", result.reason
         person = result.context.person
         assert type(person) is Person
-        assert (person.name, person.age) == (name, age)  # measured: SmolLM2 extracts these in both forms
+        assert (person.name, person.age) == (name, age)  # measured: SmolLM2 extracts these in every enforced form
         (step,) = result.path
         assert step.writes == ("person",)
         (call,) = step.model_calls
@@ -59,6 +56,59 @@ def test_llm_step_writes_a_validated_model(llm_url: str, server: str, mode: Mode
         assert call.latency > 0
         assert call.http_attempts == (1 + len(refused) if i == 0 else 1)
     assert chat.refused == refused
+
+
+def test_llm_step_writes_a_validated_model(llm: Served) -> None:
+    """The kind's own profile: its first form is accepted and enforced."""
+    profile = PROFILES[ServerKind(llm.kind)]
+    assert profile.modes[0] in profile.enforced
+    chat = ChatModel(base_url=llm.url, model="smollm2", server=llm.kind, max_tokens=64, timeout=120.0)
+    _extracts(chat, profile.modes[0], set())
+
+
+def test_llm_step_falls_back_from_a_refused_form(refusing: tuple[Served, Mode]) -> None:
+    """A profile leading with a form the server refuses: the step's answer comes in the next one."""
+    served, refused = refusing
+    after = PROFILES[ServerKind(served.kind)].modes[0]  # the kind's own first form, after the refused one
+    assert after is not refused
+    profile = Profile(ServerKind(served.kind), (refused, after, Mode.PROMPT), frozenset({after}))
+    chat = ChatModel(base_url=served.url, model="smollm2", profile=profile, max_tokens=64, timeout=120.0)
+    _extracts(chat, after, {refused})
+
+
+def test_tools_the_server_ignores_fall_back_to_the_enforced_answer(local_server: LocalServer) -> None:
+    """llama.cpp's server with SmolLM2's chat template ignores ``tools``: the model answers the tool
+    round in prose. The step then asks for its answer in the profile's enforced form, which
+    validates; the tool is never run."""
+    chat = ChatModel(base_url=local_server.url, model="smollm2", server="llama.cpp", max_tokens=64, timeout=120.0)
+    looked_up: list[str] = []
+    wf = Workflow("extract_with_tools", Note)
+
+    @wf.tool()
+    def lookup_person(name: str) -> str:
+        """Look a person up in the directory."""
+        looked_up.append(name)
+        return f"{name} is in the directory"
+
+    extract = wf.state(name="extract", initial=True, reads=["text"], writes=["person"], tools=["lookup_person"])(
+        llm_step(chat, write="person", output=Person, prompt=lambda ctx: ctx.text, tools=["lookup_person"],
+                 max_rounds=2, instructions="Extract the person's name and age from the text. You may look the "
+                                            "person up first."))
+    done = wf.terminal("done")
+    invalid = wf.terminal("invalid", outcome="failure")
+    wf.transition(extract, done)
+    wf.on_error(extract, ModelAnswerInvalid, invalid)
+    result = wf.compile().run_sync(Note(text=CASES[0][0]))
+    assert result.terminal == "done", result.reason
+    assert type(result.context.person) is Person
+    (step,) = result.path
+    tools_call, *answers = step.model_calls
+    assert tools_call.purpose == "tools"
+    assert tools_call.finish_reason == "stop"  # prose: no tool call, though the tools were offered
+    assert looked_up == []
+    assert [c.purpose for c in answers] == ["answer"] * len(answers)
+    assert answers[0].mode == PROFILES[ServerKind.LLAMA_CPP].modes[0]
+    assert chat.refused == set()
 
 
 class Coded(BaseModel):
@@ -77,10 +127,10 @@ class CodedNote(Context):
     person: Coded = UNSET
 
 
-def test_an_answer_that_never_validates_is_fed_back_then_routed(llm_url: str) -> None:
+def test_an_answer_that_never_validates_is_fed_back_then_routed(llm: Served) -> None:
     """The grammar cannot enforce a Python validator: both asks fail validation, the second after the
     errors were shown to the model, and the step's ModelAnswerInvalid goes to its route."""
-    chat = ChatModel(base_url=llm_url, model="smollm2", server="llama-cpp-python", max_tokens=32, timeout=120.0)
+    chat = ChatModel(base_url=llm.url, model="smollm2", server=llm.kind, max_tokens=32, timeout=120.0)
     wf = Workflow("coded", CodedNote)
     extract = wf.state(name="extract", initial=True, reads=["text"], writes=["person"])(
         llm_step(chat, write="person", output=Coded, prompt=lambda ctx: ctx.text, max_attempts=2))

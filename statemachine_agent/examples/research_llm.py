@@ -8,9 +8,10 @@ summarize, over the same SQLite FTS5 corpus as :mod:`.research`.
   used), validated by pydantic; an answer that does not fit is shown back to it once, then the run
   ends in ``no_summary`` with the reason.
 
-Made for a small local model (``make demo-llm`` starts SmolLM2-135M behind llama-cpp-python's
-OpenAI-compatible server; see the Makefile). A model that small answers fast but not always well:
-the workflow guarantees only that what it does is one of the declared moves.
+Made for a small local model (``make demo-llm`` starts SmolLM2-135M behind llama.cpp's prebuilt
+OpenAI-compatible server and passes ``--server llama.cpp``; see the Makefile). A model that small
+answers fast but not always well: the workflow guarantees only that what it does is one of the
+declared moves.
 
 Run it: ``python -m statemachine_agent.examples.research_llm "How does the checker bound loops?"``
 (``--url`` or ``STATEMACHINE_AGENT_LLM_URL``, default ``http://127.0.0.1:8765/v1``).

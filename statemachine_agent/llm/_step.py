@@ -106,6 +106,11 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
                                           {"role": "user", "content": text}]
         if allowed:
             await _tool_rounds(chat, site, messages, allowed, max_rounds=max_rounds, max_tool_calls=max_tool_calls)
+            if messages[-1]["role"] == "assistant":
+                # The rounds ended in prose (no tool call, or a server that ignores tools). A conversation
+                # ending on the assistant's turn asks llama.cpp's server to continue that turn, which it
+                # cannot also constrain (HTTP 400, read as a refused form): ask in a turn of its own.
+                messages.append({"role": "user", "content": "Now give the answer, in the form asked."})
         for attempt in range(1, max_attempts + 1):
             exchange = await chat.ask(messages, schema=schema, name="answer",
                                       description="Give the answer in this form.", purpose="answer",
