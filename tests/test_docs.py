@@ -140,7 +140,7 @@ def test_llm_page_example_runs_as_shown(capsys: pytest.CaptureFixture[str]) -> N
     [code] = _python_blocks(page)
     exec(compile(code, "docs/llm.md", "exec"), {"__name__": "llm_doc"})
     out = capsys.readouterr().out.splitlines()
-    assert out == ["2 1", "merged 1", "2 216 0.0000234", "['named_tool']"]
+    assert out == ["2 1", "merged 1", "2 216 0.0000234", "['json_object_schema']"]
     for line in out:  # the page shows each printed line in a comment
         assert f"# {line}" in page
 

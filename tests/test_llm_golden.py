@@ -122,16 +122,17 @@ def test_the_conversation_shows_the_state_its_reads_and_the_enabled_options() ->
 
 def test_a_refused_mode_is_not_sent_again() -> None:
     """After a 400 on a mode, the same ChatModel goes straight to the mode that worked."""
-    with FakeOpenAIServer(refuse_until(Mode.JSON_OBJECT_SCHEMA)) as fake:
+    with FakeOpenAIServer(refuse_until(Mode.NAMED_TOOL)) as fake:
         chat = ChatModel(base_url=fake.url, model="m", server="llama-cpp-python", max_tokens=64)
         policy = LLMPolicy(chat=chat)
         compiled = triage()
         compiled.run_sync(Ctx(text="a"), policy=policy)
         assert len(fake.requests) == 2
+        assert fake.requests[0].body["response_format"]["type"] == "json_object"  # its profile's first
         compiled.run_sync(Ctx(text="b"), policy=policy)
         assert len(fake.requests) == 3
-        assert fake.requests[2].body["response_format"]["type"] == "json_object"
-        assert chat.refused == {Mode.NAMED_TOOL}
+        assert fake.requests[2].body["tool_choice"]["function"]["name"] == "choose_transition"
+        assert chat.refused == {Mode.JSON_OBJECT_SCHEMA}
 
 
 STEP_MODES = [m for m in Mode if m is not Mode.CHOICE]

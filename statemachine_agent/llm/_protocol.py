@@ -125,10 +125,12 @@ PROFILES: Mapping[ServerKind, Profile] = {
     ServerKind.VLLM: Profile(ServerKind.VLLM, (Mode.JSON_SCHEMA, Mode.NAMED_TOOL, Mode.PROMPT),
                              frozenset({Mode.JSON_SCHEMA, Mode.NAMED_TOOL, Mode.CHOICE}),
                              decision_modes=(Mode.CHOICE, Mode.JSON_SCHEMA, Mode.NAMED_TOOL, Mode.PROMPT)),
-    # Measured here (0.3.36): a named tool choice is grammar-constrained; its own json_object+schema
-    # form is enforced; OpenAI's json_schema and tool_choice "required" answer HTTP 500.
+    # Measured here (0.3.36, benchmarks/llm_decisions.py): its own json_object+schema form and a named
+    # tool choice are both enforced (24/24 valid with SmolLM2), the former with half the prompt tokens
+    # and a third of the latency, so it goes first; OpenAI's json_schema and tool_choice "required"
+    # answer HTTP 500.
     ServerKind.LLAMA_CPP_PYTHON: Profile(ServerKind.LLAMA_CPP_PYTHON,
-                                         (Mode.NAMED_TOOL, Mode.JSON_OBJECT_SCHEMA, Mode.PROMPT),
+                                         (Mode.JSON_OBJECT_SCHEMA, Mode.NAMED_TOOL, Mode.PROMPT),
                                          frozenset({Mode.NAMED_TOOL, Mode.JSON_OBJECT_SCHEMA})),
     # llama-server enforces json_schema; a named tool choice silently falls back to auto (#26535).
     ServerKind.LLAMA_CPP: Profile(ServerKind.LLAMA_CPP, (Mode.JSON_SCHEMA, Mode.JSON_OBJECT_SCHEMA, Mode.PROMPT),
