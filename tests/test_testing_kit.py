@@ -243,12 +243,11 @@ def test_wrong_bound_is_found() -> None:
 
     with pytest.raises(AssertionError, match="a budget ran out") as info:
         check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
-                       print_coverage=False)
+                       allow=frozenset({Allowed.UNROUTED_ERRORS}), print_coverage=False)
     # Allowed, a spent budget is left to the user's own path invariant.
     with pytest.raises(AssertionError, match="no_budget_failures"):
         check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
-                       path_invariants=[no_budget_failures], allow=frozenset({Allowed.SPENT_BUDGETS}),
-                       print_coverage=False)
+                       path_invariants=[no_budget_failures], allow=frozenset({Allowed.SPENT_BUDGETS, Allowed.UNROUTED_ERRORS}), print_coverage=False)
     assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 
@@ -362,7 +361,7 @@ def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:
         check_workflow(research.workflow,
                        contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
                        tool_faults=faults(errors=(SearchUnavailable,)), path_invariants=[never_unavailable],
-                       print_coverage=False)
+                       allow=frozenset({Allowed.UNROUTED_ERRORS}), print_coverage=False)
     fixture = tmp_path / "policy.json"
 
     def sometimes_wrong(decision: Decision) -> str:

@@ -40,6 +40,21 @@ from ._strategies import Fault, _default_faults, _fault_types, contexts
 
 
 @contextlib.contextmanager
+def _loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for a whole exploration: a loop per example would cost more than most runs
+    (and an LLM policy's connection with it)."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+@contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The library's per-run log lines (a WARNING per failed run) are silenced while exploring."""
     logger = logging.getLogger("statemachine_agent")
@@ -103,6 +118,7 @@ def check_workflow(
     coverage = Coverage()
     failed: list[Story] = []
     last: list[Story] = []
+    loops: list[asyncio.AbstractEventLoop] = []
 
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
               report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -125,7 +141,7 @@ def check_workflow(
         if model is not None:
             model.reset()
         try:
-            result = asyncio.run(_run_story(kit, session, context, options))
+            result = loops[0].run_until_complete(_run_story(kit, session, context, options))
         except AssertionError as exc:
             failed[:] = [story]
             raise AssertionError(f"{exc}\n{story}") from None
@@ -134,7 +150,8 @@ def check_workflow(
             raise AssertionError(f"{type(exc).__name__}: {exc}\n{story}") from exc
         _steer(result)
 
-    with _quiet():
+    with _quiet(), _loop() as loop:
+        loops.append(loop)
         try:
             explore()
         except Flaky as exc:

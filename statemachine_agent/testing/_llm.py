@@ -63,7 +63,7 @@ class ScriptedModel:
     127.0.0.1) whose replies :func:`check_workflow` generates, one per policy call::
 
         with ScriptedModel() as model:
-            check_workflow(wf, policy=LLMPolicy(base_url=model.url, model="fake", retries=0), model=model)
+            check_workflow(wf, policy=LLMPolicy(base_url=model.url, model="fake", retries=1), model=model)
 
     ``replies`` makes the strategy of replies from the enabled transitions' names (default:
     :func:`llm_replies`). Replies are recorded in the story and replayed.
@@ -74,13 +74,19 @@ class ScriptedModel:
             raise TypeError("ScriptedModel(replies=...) takes a function of the transition names returning a "
                             f"strategy of ModelReply, got {replies!r}")
         self._replies = replies or llm_replies
+        self._strategies: dict[tuple[str, ...], st.SearchStrategy[Any]] = {}
         self._queue: deque[ModelReply] = deque()
         self._last = ModelReply("prose", "(no reply was scripted for this request)")
         self._lock = threading.Lock()
         self.server = FakeOpenAIServer(self._answer)
 
     def replies(self, transitions: Sequence[str]) -> st.SearchStrategy[Any]:
-        return self._replies(transitions)
+        """The strategy of replies to a decision among ``transitions`` (made once per set of names)."""
+        key = tuple(transitions)
+        found = self._strategies.get(key)
+        if found is None:
+            found = self._strategies[key] = self._replies(key)
+        return found
 
     def push(self, reply: ModelReply) -> None:
         """The reply to the next request (the kit calls it before each policy call)."""
