@@ -247,7 +247,8 @@ def test_wrong_bound_is_found() -> None:
     # Allowed, a spent budget is left to the user's own path invariant.
     with pytest.raises(AssertionError, match="no_budget_failures"):
         check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
-                       path_invariants=[no_budget_failures], allow=frozenset({Allowed.SPENT_BUDGETS, Allowed.UNROUTED_ERRORS}), print_coverage=False)
+                       path_invariants=[no_budget_failures],
+                       allow=frozenset({Allowed.SPENT_BUDGETS, Allowed.UNROUTED_ERRORS}), print_coverage=False)
     assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 

@@ -154,6 +154,10 @@ class _Script:
     def has_recorded(self) -> bool:
         return bool(self._queue)
 
+    def exhausted(self) -> bool:
+        """Nothing recorded is left and nothing may be drawn (a path followed to its end)."""
+        return not self._queue and self._draw is None
+
     def next(self, strategy: st.SearchStrategy[Any], label: str, default: Any, *,
              saved: Callable[[Any], Any] | None = None, loaded: Callable[[Any], Any] | None = None) -> Any:
         """The next decision: recorded (then ``loaded`` turns it back into a value), drawn (and
@@ -325,13 +329,20 @@ class _Instrumented:
 
 
 def _instance(error: type[BaseException]) -> BaseException:
-    """An instance of ``error`` to raise on purpose (its constructor may want arguments)."""
-    try:
-        return error("injected by the testing kit")
-    except Exception:
-        exc = error.__new__(error)
-        exc.args = ("injected by the testing kit",)
+    """An instance of ``error`` to raise on purpose (its constructor may want arguments: the
+    library's own errors are made as the library makes them)."""
+    cause = RuntimeError("injected by the testing kit")
+    for args in (("injected by the testing kit",), ("(injected)", (cause,)), ((cause,),),
+                 ("(injected)", "injected by the testing kit")):
+        try:
+            exc = error(*args)
+            str(exc)
+        except Exception:
+            continue
         return exc
+    exc = error.__new__(error)
+    exc.args = ("injected by the testing kit",)
+    return exc
 
 
 def _fault(raw: dict[str, str], types: dict[str, type[Exception]]) -> Fault:
@@ -459,12 +470,12 @@ async def _run_story(kit: _Instrumented, session: _Session, context: Any, option
     run = wf.start(context, policy=checked if user_policy is not None else generated, clock=clock,
                    raise_errors=False, hooks=(*options.hooks, budget_hook))
     waits = {s.name: s.wait for s in spec.states if s.wait is not None}
-    if waits and options.events:
-        await _early(run, session, waits)
     previous = _dump(context)
 
     async def go() -> RunResult[Any]:
         nonlocal previous
+        if waits and options.events:
+            await _early(run, session, waits)
         while True:
             if run.result is None:
                 try:
@@ -484,7 +495,7 @@ async def _run_story(kit: _Instrumented, session: _Session, context: Any, option
                     if not await _holds(inv, run.context):
                         raise AssertionError(f"invariant {_name(inv)!r} failed after step {step.number}")
                 continue
-            if run.result.waiting is None or not options.events:
+            if run.result.waiting is None or not options.events or session.events.exhausted():
                 break
             await _at_wait(run, session, waits, clock)
         assert run.result is not None, "the run stopped without a result"
@@ -562,6 +573,7 @@ async def _early(run: Any, session: _Session, waits: dict[str, Any]) -> None:
                                       saved=_payload_json, loaded=lambda r: r)
         run.deliver(event, payload)
         session.story.lines.append(f"    deliver {event} early: {_short(_payload_json(payload))}")
+        _count(session, "early")
 
 
 async def _at_wait(run: Any, session: _Session, waits: dict[str, Any], clock: FakeClock) -> None:
@@ -579,6 +591,7 @@ async def _at_wait(run: Any, session: _Session, waits: dict[str, Any], clock: Fa
             clock.advance(wait.timeout)
             story.lines.append(f"    wait {state}: {wait.timeout} s pass on the fake clock, no {wait.event!r}")
             run.result = None  # the in-memory run takes its timeout on the next step
+            _count(session, "timeout")
             return
         strategy = _payloads(wait.payload) if kind == "valid" else _GARBAGE
         payload = session.events.next(strategy, f"{kind} payload at {state}", None, saved=_payload_json,
@@ -596,9 +609,16 @@ async def _at_wait(run: Any, session: _Session, waits: dict[str, Any], clock: Fa
             if after != before:
                 raise AssertionError(f"a refused payload changed the run at {state!r}") from None
             refused += 1
+            _count(session, "invalid")
             continue
         story.lines.append(f"    deliver {wait.event} {_short(_payload_json(payload))}")
+        _count(session, "valid")
         return
+
+
+def _count(session: _Session, kind: str) -> None:
+    if session.coverage is not None:
+        session.coverage.deliveries[kind] += 1
 
 
 def _payload_json(payload: Any) -> Any:
