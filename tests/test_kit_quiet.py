@@ -66,7 +66,8 @@ def test_a_failure_under_pytest_prints_the_story_and_nothing_of_the_kit(tmp_path
     """Before: 120 to 225 lines, 68 of them the kit's source and about 100 WARNING log lines."""
     (tmp_path / "test_seeded.py").write_text(SEEDED, encoding="utf-8")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                          "test_seeded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120).stdout
+                          "test_seeded.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         check=False).stdout
     lines = out.splitlines()
     assert "1 failed" in lines[-1]
     assert "invariant 'at_most_two_retries' failed after step 5" in out
@@ -152,7 +153,8 @@ def test_the_workflow_is_compiled_once_per_exploration(monkeypatch: pytest.Monke
         return real(spec)
 
     monkeypatch.setattr(stories, "compile_spec", counted)
-    report = check_workflow(retrying(off_by_one=False), contexts_from=FRESH, invariants=[at_most_two_retries], print_coverage=False)
+    report = check_workflow(retrying(off_by_one=False), contexts_from=FRESH, invariants=[at_most_two_retries],
+                            print_coverage=False)
     assert report.coverage.runs == 100
     assert calls == ["retrying"]
 
