@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from .._tooldef import _MISSING as _MISSING_FALLBACK
+from .._tooldef import KEY_PARAMETER, Effect
 from ..clock import FakeClock
 from ..compile import CompiledWorkflow, compile_spec
 from ..context import is_unset
-from ..errors import ContextAccessError, RunError, ToolTimeout
+from ..errors import ContextAccessError, EffectOutcomeUnknown, RunError, ToolTimeout
 from ..events import BudgetExhausted, Event, Hook
 from ..guards import Guard
 from ..policies import Decision, resolve
@@ -218,6 +219,7 @@ class _Instrumented:
         self.original = compiled
         self.session: _Session | None = None
         self.tool_log = _ToolLog()
+        self._with_unknown: dict[int, tuple[st.SearchStrategy[Fault], st.SearchStrategy[Fault]]] = {}
         spec = compiled.spec
         tools = tuple(self._tool(t) for t in spec.tools)
         transitions = tuple(dataclasses.replace(t, guard=self._guard(t.guard, t.name)) if t.guard is not None
@@ -231,9 +233,18 @@ class _Instrumented:
         assert self.session is not None, "the kit's workflow copy ran outside a story"
         return self.session
 
+    def _fates(self, strategy: st.SearchStrategy[Fault]) -> st.SearchStrategy[Fault]:
+        """An at_most_once tool's fates: also an outcome left unknown (EffectOutcomeUnknown, or its
+        reconcile= looks the outcome up)."""
+        found = self._with_unknown.get(id(strategy))
+        if found is None or found[0] is not strategy:
+            found = self._with_unknown[id(strategy)] = (strategy, strategy | st.just(Fault("unknown")))
+        return found[1]
+
     def _tool(self, tool: Tool) -> Tool:
         original = tool.fn
         owner = self
+        once = tool.effect is Effect.AT_MOST_ONCE
 
         @functools.wraps(original)
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -241,7 +252,8 @@ class _Instrumented:
             shown = _short(kwargs)
             if session.faults is not None:
                 types = session.fault_types
-                fault = session.faults.next(session.fault_strategy, f"fault for {tool.name}", Fault("ok"),
+                strategy = owner._fates(session.fault_strategy) if once else session.fault_strategy
+                fault = session.faults.next(strategy, f"fault for {tool.name}", Fault("ok"),
                                             saved=Fault.to_json, loaded=lambda raw: _fault(raw, types))
             else:
                 fault = Fault("ok")
@@ -256,6 +268,15 @@ class _Instrumented:
                 raise ToolTimeout(tool.name, tool.timeout or 0.0, "call")
             if fault.kind == "invalid":
                 return _Invalid()
+            if fault.kind == "unknown":  # as after a crash between its intent and its outcome
+                key = f"{tool.name}/kit"
+                if tool.reconcile is None:
+                    raise EffectOutcomeUnknown(tool.name, key)
+                out = tool.reconcile({k: v for k, v in kwargs.items() if k != KEY_PARAMETER}, key)
+                if inspect.isawaitable(out):
+                    out = await out
+                session.story.lines.append(f"    reconcile {tool.name} -> {_short(out)}")
+                return out
             try:
                 if tool.is_async:
                     result = await original(*args, **kwargs)

@@ -54,7 +54,9 @@ class Fault:
     """What one tool call does in a fault plan."""
 
     kind: str
-    """``ok``, ``raise``, ``hang`` (past its timeout: a ToolTimeout) or ``invalid`` (a bad result)."""
+    """``ok``, ``raise``, ``hang`` (past its timeout: a ToolTimeout), ``invalid`` (a bad result) or, for
+    an ``at_most_once`` tool, ``unknown`` (its outcome lost, as after a crash: ``EffectOutcomeUnknown``,
+    or what its ``reconcile=`` finds)."""
     error: str = ""
     """For ``raise``: the exception type's qualified name (``module.Class``), as stories save it."""
     error_type: type[Exception] | None = field(default=None, compare=False)
