@@ -253,10 +253,10 @@ def test_wrong_bound_is_found() -> None:
     assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 
-@pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "_on_" not in c.goal
-                                  and c.goal != "state failed"], ids=str)
+@pytest.mark.parametrize("case", shortest_paths(research.workflow), ids=str)
 def test_every_edge_of_the_example_has_a_deterministic_case(case: Any) -> None:
-    """follow() drives a run along each shortest path (guards and choices forced, actions real)."""
+    """follow() drives a run along each shortest path (guards and choices forced, actions real, the
+    routed error raised for an error edge)."""
     result = follow(research.workflow, case, research.ResearchContext(question="How are loops bounded?"))
     assert tuple(result.states[: len(case.states)]) == case.states
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,14 +41,19 @@ from ._strategies import Fault, _default_faults, _fault_types, contexts
 
 
 @contextlib.contextmanager
-def _loop() -> Iterator[asyncio.AbstractEventLoop]:
+def _loop(policy: object = None) -> Iterator[asyncio.AbstractEventLoop]:
     """One event loop for a whole exploration: a loop per example would cost more than most runs
-    (and an LLM policy's connection with it)."""
+    (and an LLM policy's connection with it). An LLM policy's connections on it are closed after."""
     loop = asyncio.new_event_loop()
     try:
         yield loop
     finally:
         try:
+            for holder in (policy, getattr(policy, "chat", None)):
+                aclose = getattr(holder, "aclose", None)
+                if holder is not None and inspect.iscoroutinefunction(aclose):
+                    with contextlib.suppress(Exception):
+                        loop.run_until_complete(aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
@@ -150,7 +156,7 @@ def check_workflow(
             raise AssertionError(f"{type(exc).__name__}: {exc}\n{story}") from exc
         _steer(result)
 
-    with _quiet(), _loop() as loop:
+    with _quiet(), _loop(policy) as loop:
         loops.append(loop)
         try:
             explore()
@@ -227,9 +233,9 @@ def replay(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str | Path 
                        invariants=invariants, path_invariants=path_invariants)
     if model is not None:
         model.reset()
-    with _quiet():
+    with _quiet(), _loop(policy) as loop:
         try:
-            return asyncio.run(_run_story(_Instrumented(compiled), session, context, options))
+            return loop.run_until_complete(_run_story(_Instrumented(compiled), session, context, options))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{story}") from None
 
