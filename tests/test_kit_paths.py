@@ -18,7 +18,6 @@ from statemachine_agent import Context, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown, ToolFailed
 from statemachine_agent.examples import research
 from statemachine_agent.testing import (
-    Allowed,
     check_workflow,
     contexts,
     faults,
@@ -123,7 +122,7 @@ def test_exceptions_are_matched_by_class_never_by_name(tmp_path: Path) -> None:
 def test_at_most_once_tools_keep_their_effect_so_unknown_outcomes_are_explored() -> None:
     """The kit's tool copies keep effect=: an at_most_once call's outcome may be left unknown, as after a
     crash, so the EffectOutcomeUnknown route the checker requires is taken. Before: never."""
-    report = check_workflow(orders(), contexts_from=ORDERS, print_coverage=False)
+    report = check_workflow(orders(), contexts_from=ORDERS, print_coverage=False, derandomize=True)
     assert report.coverage.transitions["pay_on_EffectOutcomeUnknown"] > 0
     assert report.compiled.spec.tools[0].effect == "at_most_once"
 
@@ -178,7 +177,3 @@ def test_stateful_rules_take_waits_timeouts_and_error_transitions() -> None:
     run_state_machine_as_test(machine, settings=settings(max_examples=40, stateful_step_count=6, deadline=None,
                                                          database=None, derandomize=True))
 
-
-def test_allowed_is_a_closed_enum() -> None:
-    """The opt-outs are the four documented members."""
-    assert {a.name for a in Allowed} == {"UNROUTED_ERRORS", "GUARD_ERRORS", "SPENT_BUDGETS", "UNFINISHED"}

@@ -108,6 +108,9 @@ def _fault_types(strategy: st.SearchStrategy[Fault], compiled: CompiledWorkflow[
 
 def _error_type(name: str, known: dict[str, type[Exception]]) -> type[Exception]:
     found = known.get(name)
+    if found is None and "." not in name:  # a story saved before names were qualified
+        same = [e for e in known.values() if e.__name__ == name]
+        found = same[0] if len(same) == 1 else getattr(builtins, name, None)
     if found is None and name.startswith("builtins."):
         found = getattr(builtins, name.removeprefix("builtins."), None)
     if isinstance(found, type) and issubclass(found, Exception):
