@@ -113,3 +113,20 @@ def test_bad_options_are_refused_saying_what_to_give() -> None:
         check_crashes(pay_flow(), max_crashes=-1)
     with pytest.raises(ValueError, match="not a crash story"):
         replay_crashes(pay_flow(), {"context": {}})
+
+
+def test_async_invariants_are_awaited_and_a_path_invariant_is_refused_here() -> None:
+    from statemachine_agent.testing import path_invariant
+
+    async def never(ctx: Pay) -> bool:
+        return False
+
+    with pytest.raises(AssertionError, match="invariant 'never' failed"):
+        check_crashes(pay_flow(), contexts_from=st.builds(Pay), invariants=[never], max_crashes=0, max_examples=5)
+
+    @path_invariant
+    def ends_done(result: Any) -> bool:
+        return bool(result.terminal == "done")
+
+    with pytest.raises(TypeError, match="path_invariants"):
+        check_crashes(pay_flow(), invariants=[ends_done])

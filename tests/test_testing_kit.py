@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import Verbosity, settings
 from hypothesis import strategies as st
+from hypothesis.errors import UnsatisfiedAssumption
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
 
@@ -18,6 +19,7 @@ from statemachine_agent import Context, Decision, Workflow, guard
 from statemachine_agent.errors import ToolFailed
 from statemachine_agent.examples import research
 from statemachine_agent.testing import (
+    Allowed,
     check_workflow,
     contexts,
     follow,
@@ -36,7 +38,9 @@ QUESTIONS = st.sampled_from(["How does the checker bound loops?", "zebra quokka"
 def test_example_passes_with_full_coverage_of_reachable_moves(capsys: pytest.CaptureFixture[str]) -> None:
     """On the (correct) example the kit reports nothing wrong, and prints its coverage (as
     docs/testing.md says: with derandomize=True, the same on every run)."""
-    report = check_workflow(research.workflow, derandomize=True,
+    # The example routes SearchUnavailable only: a ConnectionError or a timeout of its tool makes run_sync
+    # raise, by design, so the kit is told so (without allow= it would fail: tests/test_kit_loud.py).
+    report = check_workflow(research.workflow, derandomize=True, allow=frozenset({Allowed.UNROUTED_ERRORS}),
                             contexts_from=contexts(research.ResearchContext, question=QUESTIONS))
     assert report.coverage.runs == 100
     states, transitions = report.coverage.missing(report.compiled)
@@ -197,9 +201,9 @@ def every_error_is_routed(result: Any) -> bool:
 
 
 def test_unhandled_tool_error_is_found() -> None:
-    """Injected tool faults reach an unrouted error: the path invariant catches it."""
-    with pytest.raises(AssertionError, match="every_error_is_routed") as info:
-        check_workflow(unrouted(), path_invariants=[every_error_is_routed], print_coverage=False)
+    """Injected tool faults reach an unrouted error: a failure of its own, without any invariant."""
+    with pytest.raises(AssertionError, match="no error transition routes it") as info:
+        check_workflow(unrouted(), print_coverage=False)
     story = str(info.value)
     assert story.count("tool fetch() ->") == 1  # one call, the minimal story
     assert "tool fetch() -> raise TimeoutError" in story
@@ -238,16 +242,21 @@ def test_wrong_bound_is_found() -> None:
     def no_budget_failures(result: Any) -> bool:
         return "reached" not in (result.reason or "") or "failure terminal" in (result.reason or "")
 
-    with pytest.raises(AssertionError, match="no_budget_failures") as info:
+    with pytest.raises(AssertionError, match="a budget ran out") as info:
         check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
-                       path_invariants=[no_budget_failures], print_coverage=False)
+                       allow=frozenset({Allowed.UNROUTED_ERRORS}), print_coverage=False)
+    # Allowed, a spent budget is left to the user's own path invariant.
+    with pytest.raises(AssertionError, match="no_budget_failures"):
+        check_workflow(wf, contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
+                       path_invariants=[no_budget_failures],
+                       allow=frozenset({Allowed.SPENT_BUDGETS, Allowed.UNROUTED_ERRORS}), print_coverage=False)
     assert "max_steps of 3 reached before state 'search'" in str(info.value)
 
 
-@pytest.mark.parametrize("case", [c for c in shortest_paths(research.workflow) if "_on_" not in c.goal
-                                  and c.goal != "state failed"], ids=str)
+@pytest.mark.parametrize("case", shortest_paths(research.workflow), ids=str)
 def test_every_edge_of_the_example_has_a_deterministic_case(case: Any) -> None:
-    """follow() drives a run along each shortest path (guards and choices forced, actions real)."""
+    """follow() drives a run along each shortest path (guards and choices forced, actions real, the
+    routed error raised for an error edge)."""
     result = follow(research.workflow, case, research.ResearchContext(question="How are loops bounded?"))
     assert tuple(result.states[: len(case.states)]) == case.states
 
@@ -281,27 +290,34 @@ class _Recorded:
 
 def _misnamed_firings(spec: Any, events: list[tuple[str, Any]]) -> tuple[list[str], Counter[str]]:
     """Pair each printed rule firing with the steps it took, and list the firings that did not do what
-    their name says: ``from_<state>`` takes one step out of that state, a rule named for a transition
-    (``..._from_<transition>``) takes that transition, ``terminal_absorbs`` and the rest take none."""
-    states = {s.name for s in spec.states}
-    transitions = {t.name for t in spec.transitions}
+    their name says: ``take_<transition>`` takes exactly that transition (error transitions included),
+    ``terminal_absorbs`` and the rest take none."""
+    transitions = {t.name for t in spec.transitions} | {e.name for e in spec.error_transitions}
     misnamed: list[str] = []
     fired: Counter[str] = Counter()
     pending: list[Any] = []
+    discarded = False
     for kind, value in events:
         if kind == "step":
             pending.append(value)
+            continue
+        if kind == "discarded":
+            discarded = True
             continue
         m = re.fullmatch(r"state\.(\w+)\(.*\)", value, re.S)
         if m is None:
             continue
         name, taken, pending = m.group(1), pending, []
+        if discarded:  # the rule could not take its transition (an action raised on its own): no claim
+            discarded = False
+            fired["(discarded)"] += 1
+            continue
         fired[name] += 1
-        claim = name.split("from_", 1)[1] if "from_" in name else None
-        if claim in states:
-            ok = len(taken) == 1 and taken[0].state == claim
-        elif claim in transitions:
+        claim = name.removeprefix("take_") if name.startswith("take_") else None
+        if claim in transitions:
             ok = len(taken) == 1 and taken[0].transition == claim
+        elif name == "spend_a_budget":
+            ok = len(taken) == 1 and taken[0].kind == "fail"
         else:
             ok = not taken
         if not ok:
@@ -314,8 +330,12 @@ def test_every_stateful_rule_firing_takes_the_step_it_is_named_for() -> None:
     with the steps the run really took: 0 firings did something other than what the rule's name says,
     and a rule fired from every non-terminal state."""
     events: list[tuple[str, Any]] = []
+    # Questions plan can turn into a query: a plan that raises on its own ("how is it?") cannot take
+    # plan_to_search, so such an example is discarded (assume) after its firing was printed.
+    searchable = st.sampled_from(["How does the checker bound loops?", "zebra quokka", "checker quokka",
+                                  "retries with tenacity"])
     machine = workflow_state_machine(research.workflow,
-                                     contexts_from=contexts(research.ResearchContext, question=QUESTIONS))
+                                     contexts_from=contexts(research.ResearchContext, question=searchable))
 
     class Recorded(machine):  # type: ignore[misc, valid-type]
         @property
@@ -326,15 +346,23 @@ def test_every_stateful_rule_firing_takes_the_step_it_is_named_for() -> None:
         def run(self, value: Any) -> None:
             self.__dict__["_run"] = None if value is None else _Recorded(value, events)
 
+        def _take(self, name: str, data: Any) -> None:
+            try:
+                super()._take(name, data)
+            except UnsatisfiedAssumption:
+                events.append(("discarded", name))
+                raise
+
     with with_reporter(lambda text: events.append(("printed", str(text)))):
         run_state_machine_as_test(Recorded, settings=settings(
-            max_examples=15, stateful_step_count=8, verbosity=Verbosity.debug, deadline=None,
+            max_examples=40, stateful_step_count=10, verbosity=Verbosity.debug, deadline=None,
             database=None, derandomize=True))
     misnamed, fired = _misnamed_firings(research.workflow.spec(), events)
     assert misnamed == []
-    assert sum(n for name, n in fired.items() if "from_" in name) >= 30
-    assert {name for name in fired if "from_" in name} == {"from_plan", "from_search", "from_refine",
-                                                           "from_summarize"}
+    assert sum(n for name, n in fired.items() if name.startswith("take_")) >= 30
+    spec = research.workflow.spec()
+    every = {f"take_{t.name}" for t in spec.transitions} | {f"take_{e.name}" for e in spec.error_transitions}
+    assert {name for name in fired if name.startswith("take_")} == every  # error transitions included
 
 
 def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:
@@ -354,7 +382,7 @@ def test_custom_fault_types_and_policy_answers_replay(tmp_path: Path) -> None:
         check_workflow(research.workflow,
                        contexts_from=contexts(research.ResearchContext, question=QUESTIONS),
                        tool_faults=faults(errors=(SearchUnavailable,)), path_invariants=[never_unavailable],
-                       print_coverage=False)
+                       allow=frozenset({Allowed.UNROUTED_ERRORS}), print_coverage=False)
     fixture = tmp_path / "policy.json"
 
     def sometimes_wrong(decision: Decision) -> str:

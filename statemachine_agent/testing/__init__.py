@@ -30,19 +30,23 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra onl
 from ._check import check_workflow, replay
 from ._coverage import Coverage, KitReport
 from ._crash import CrashPoint, check_crashes, replay_crashes
+from ._llm import ModelReply, ScriptedModel, llm_replies
 from ._paths import PathCase, follow, shortest_paths
 from ._stateful import workflow_state_machine
-from ._stories import Invariant, PathInvariant, Story, invariant, path_invariant
+from ._stories import Allowed, Invariant, PathInvariant, Story, invariant, path_invariant
 from ._strategies import Fault, contexts, faults
 
 __all__ = [
+    "Allowed",
     "Coverage",
     "CrashPoint",
     "Fault",
     "Invariant",
     "KitReport",
+    "ModelReply",
     "PathCase",
     "PathInvariant",
+    "ScriptedModel",
     "Story",
     "check_crashes",
     "check_workflow",
@@ -50,6 +54,7 @@ __all__ = [
     "faults",
     "follow",
     "invariant",
+    "llm_replies",
     "path_invariant",
     "replay",
     "replay_crashes",

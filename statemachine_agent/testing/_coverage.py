@@ -20,6 +20,9 @@ class Coverage:
     guards: Counter[tuple[str, bool]] = field(default_factory=Counter)
     """How often each guarded transition's guard came out True and False."""
     runs: int = 0
+    deliveries: Counter[str] = field(default_factory=Counter)
+    """What the kit did at wait states: ``valid`` and ``invalid`` payloads delivered, ``timeout``s
+    let pass on the fake clock, and ``early`` deliveries (before the run reached the wait)."""
 
     def guard_gaps(self, compiled: CompiledWorkflow[Any]) -> list[str]:
         """Guard outcomes never seen, as ``transition=True|False``."""
@@ -58,6 +61,8 @@ class Coverage:
         n_guards = 2 * sum(1 for t in spec.transitions if t.guard is not None)
         lines.append(f"  guard outcomes seen: {n_guards - len(gaps)}/{n_guards}"
                      + (f" (never: {', '.join(gaps)})" if gaps else ""))
+        if self.deliveries:
+            lines.append("  at waits: " + ", ".join(f"{k} {n}" for k, n in sorted(self.deliveries.items())))
         return "\n".join(lines)
 
 

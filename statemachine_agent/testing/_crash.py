@@ -36,7 +36,7 @@ from ..result import RunResult
 from ..stores import MemoryStore, Store
 from ..stores._records import CallStatus, InboxRecord, StepRecord, StoredRun
 from ..workflow import Workflow
-from ._stories import Invariant, _as_json, _compiled, _short
+from ._stories import Invariant, _as_json, _checked_invariants, _compiled, _holds, _short
 from ._strategies import contexts
 
 __all__ = ["CrashPoint", "check_crashes", "replay_crashes"]
@@ -231,7 +231,7 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
         if crashing is not None:
             crashing.arm(points[attempt] if attempt < len(points) else None)
 
-    def seen_crash() -> None:
+    async def seen_crash() -> None:
         try:
             stored = inner.load(run_id).result()
         except RunNotFound:  # died before its start was stored: the next attempt starts it again
@@ -240,7 +240,7 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
         committed.append([(s.state, s.target, s.transition) for s in stored.steps])
         ctx = wf.context_type.model_validate(stored.context)
         for inv in invariants:
-            if not inv(ctx):
+            if not await _holds(inv, ctx):
                 raise AssertionError(f"invariant {getattr(inv, '__name__', inv)!r} failed on the context stored "
                                      f"when the worker died (after step {len(stored.steps) - 1})")
 
@@ -250,7 +250,7 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
     try:
         result = await wf.run(context.model_copy(deep=True), store=store, run_id=run_id, **options)
     except _Crash:
-        seen_crash()
+        await seen_crash()
     for _ in range(len(points) + 2 * len(pairs) + 50):
         if result is not None and result.waiting is None:
             return result
@@ -266,7 +266,7 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
                 result = await wf.deliver(run_id, wait.event, payload, store=store, **options)
             except _Crash:
                 result = None
-                seen_crash()
+                await seen_crash()
             if result is None:
                 continue
             continue
@@ -293,7 +293,7 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
                 result = await wf.run(context.model_copy(deep=True), store=store, run_id=run_id, **options)
         except _Crash:
             result = None
-            seen_crash()
+            await seen_crash()
     raise AssertionError("the run did not end after every crash was spent and 50 resumes more")
 
 
@@ -378,7 +378,7 @@ def _check_one(compiled: CompiledWorkflow[Any], context: Any, script: _Script, *
         raise AssertionError(f"G8: events consumed at steps {consumed}: one step took two, or a step that is "
                              "not a wait took one")
     for inv in invariants:
-        if not inv(result.context):
+        if not asyncio.run(_holds(inv, result.context)):
             raise AssertionError(f"invariant {getattr(inv, '__name__', inv)!r} failed at the end of the resumed run")
     unknown = any(c.status is CallStatus.INTENT for c in stored.calls)
     if not unknown and (result.terminal, trace, _as_json(result.context)) != (
@@ -419,12 +419,14 @@ def check_crashes(
     unless an ``at_most_once`` outcome was left unknown or a tool ran again (then it may not).
     """
     compiled = _compiled(workflow)
+    invariants, _ = _checked_invariants(invariants, ())
     strategy = contexts_from if contexts_from is not None else contexts(compiled.context_type)
     if isinstance(max_crashes, bool) or not isinstance(max_crashes, int) or max_crashes < 0:
         raise ValueError(f"max_crashes={max_crashes!r}: give a whole number of crashes per run, from 0")
     last: list[tuple[dict[str, Any], list[str]]] = []
 
     @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
+              report_multiple_bugs=False,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(context=strategy, pairs=st.lists(st.booleans(), max_size=2) if two_workers else st.just([]),
            data=st.data())
@@ -472,6 +474,7 @@ def replay_crashes(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str
     """Run a crash story saved by :func:`check_crashes` again exactly; ``AssertionError`` with its
     story if it still breaks a guarantee."""
     compiled = _compiled(workflow)
+    invariants, _ = _checked_invariants(invariants, ())
     data = fixture if isinstance(fixture, dict) else json.loads(Path(fixture).read_text(encoding="utf-8"))
     try:
         context = compiled.context_type.model_validate(data["context"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import builtins
 import typing
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import strategies as st
@@ -53,47 +54,77 @@ class Fault:
     """What one tool call does in a fault plan."""
 
     kind: str
-    """``ok``, ``raise``, ``hang`` (past its timeout: a ToolTimeout) or ``invalid`` (a bad result)."""
+    """``ok``, ``raise``, ``hang`` (past its timeout: a ToolTimeout), ``invalid`` (a bad result) or, for
+    an ``at_most_once`` tool, ``unknown`` (its outcome lost, as after a crash: ``EffectOutcomeUnknown``,
+    or what its ``reconcile=`` finds)."""
     error: str = ""
-    """For ``raise``: the exception type's name."""
+    """For ``raise``: the exception type's qualified name (``module.Class``), as stories save it."""
+    error_type: type[Exception] | None = field(default=None, compare=False)
+    """For ``raise``: the exception class itself (matched by identity, never by name)."""
 
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "error": self.error}
 
 
+def _qualified(error: type[BaseException]) -> str:
+    return f"{error.__module__}.{error.__qualname__}"
+
+
+_KNOWN: weakref.WeakKeyDictionary[st.SearchStrategy[Fault], tuple[type[Exception], ...]] = \
+    weakref.WeakKeyDictionary()
+"""The exception classes each faults(...) strategy raises: what replay() resolves a story's names with."""
+
+
 def faults(errors: Sequence[type[BaseException]] = (ConnectionError, TimeoutError),
            *, hang: bool = True, invalid: bool = True) -> st.SearchStrategy[Fault]:
-    """One tool call's fate: succeed (most often), raise one of ``errors``, hang, or return garbage."""
-    options: list[st.SearchStrategy[Fault]] = [st.just(Fault("ok"))]
+    """One tool call's fate: succeed (most often), raise one of ``errors``, hang, or return garbage.
+
+    The classes are kept as they are: two classes of the same name in two modules stay apart.
+    """
+    types: list[type[Exception]] = []
     for e in errors:
         if not (isinstance(e, type) and issubclass(e, Exception)):
             raise TypeError(f"faults(errors=...) takes exception classes, got {e!r}")
-        _ERRORS.setdefault(e.__name__, e)  # so stories and replays raise the same type
-    options += [st.just(Fault("raise", e.__name__)) for e in errors]
+        types.append(e)
+    options: list[st.SearchStrategy[Fault]] = [st.just(Fault("ok"))]
+    options += [st.just(Fault("raise", _qualified(e), e)) for e in types]
     if hang:
         options.append(st.just(Fault("hang")))
     if invalid:
         options.append(st.just(Fault("invalid")))
-    return st.one_of(st.just(Fault("ok")), st.one_of(options))
+    strategy = st.one_of(st.just(Fault("ok")), st.one_of(options))
+    _KNOWN[strategy] = tuple(types)
+    return strategy
 
 
+def _fault_types(strategy: st.SearchStrategy[Fault], compiled: CompiledWorkflow[Any]) -> dict[str, type[Exception]]:
+    """The exception classes a saved story may name, by qualified name: those of ``strategy`` (when
+    made by :func:`faults`), those the workflow routes, and the default ones."""
+    found: dict[str, type[Exception]] = {}
+    for e in (*_KNOWN.get(strategy, ()), *_routed(compiled), ConnectionError, TimeoutError):
+        found.setdefault(_qualified(e), e)
+    return found
 
-_ERRORS: dict[str, type[Exception]] = {}
-"""Exception types named in fault plans, by name."""
 
-
-def _error_type(name: str) -> type[Exception]:
-    found = _ERRORS.get(name) or getattr(builtins, name, None)
+def _error_type(name: str, known: dict[str, type[Exception]]) -> type[Exception]:
+    found = known.get(name)
+    if found is None and "." not in name:  # a story saved before names were qualified
+        same = [e for e in known.values() if e.__name__ == name]
+        found = same[0] if len(same) == 1 else getattr(builtins, name, None)
+    if found is None and name.startswith("builtins."):
+        found = getattr(builtins, name.removeprefix("builtins."), None)
     if isinstance(found, type) and issubclass(found, Exception):
         return found
-    raise ValueError(f"the fault plan raises {name!r}, which is not a builtin exception nor one given to "
-                     "faults(errors=...): pass the same faults(...) to replay(..., tool_faults=...)")
+    raise ValueError(f"the story raises {name!r}, which the workflow does not route and no faults(errors=...) "
+                     "names: pass the same faults(...) to replay(..., tool_faults=...)")
 
+
+def _routed(compiled: CompiledWorkflow[Any]) -> list[type[Exception]]:
+    return [e.error for e in compiled.spec.error_transitions
+            if issubclass(e.error, Exception) and not issubclass(e.error, RunError)]
 
 
 def _default_faults(compiled: CompiledWorkflow[Any]) -> st.SearchStrategy[Fault]:
     """Connection errors, timeouts, and every exception type the workflow routes itself."""
-    routed = [e.error for e in compiled.spec.error_transitions
-              if issubclass(e.error, Exception) and not issubclass(e.error, RunError)]
-    errors: list[type[BaseException]] = list(dict.fromkeys([ConnectionError, TimeoutError, *routed]))
+    errors: list[type[BaseException]] = list(dict.fromkeys([ConnectionError, TimeoutError, *_routed(compiled)]))
     return faults(errors=errors)
