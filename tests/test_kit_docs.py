@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _python_blocks(text: str) -> list[str]:
-    blocks, current, inside = [], [], False
-    for line in text.splitlines():
-        if line.startswith("```python"):
-            inside, current = True, []
-        elif line.startswith("```") and inside:
-            inside = False
-            blocks.append("\n".join(current))
-        elif inside:
-            current.append(line)
-    return blocks
+from test_docs import ROOT, _python_blocks
 
 
 def test_the_llm_policy_example_fails_as_the_page_says() -> None:
