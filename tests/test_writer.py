@@ -71,6 +71,19 @@ def test_a_lone_runs_commits_run_in_its_own_thread(tmp_path: Path, batches: list
     assert batches[-1][1] == "writer"
 
 
+def test_inline_false_sends_every_commit_to_the_writer_thread(tmp_path: Path,
+                                                              batches: list[tuple[int, str]]) -> None:
+    compiled = _chat(6)
+    with SQLiteStore(tmp_path / "threaded.db", inline=False) as store:
+        batches.clear()
+        result = compiled.run_sync(Chat(), store=store, run_id="lone")
+    assert result.terminal == "done"
+    assert len(batches) >= 6 and all(where == "writer" for _, where in batches)
+    with pytest.raises(TypeError, match="inline="):
+        SQLiteStore(tmp_path / "bad.db", inline="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "bad.db").exists()
+
+
 def test_concurrent_runs_still_share_their_commits(tmp_path: Path, batches: list[tuple[int, str]]) -> None:
     compiled = _chat(8)
 

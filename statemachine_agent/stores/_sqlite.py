@@ -543,13 +543,19 @@ class SQLiteStore(Store):
     since the last one stored about half as much as it holds, or every ``snapshot_every`` steps when that
     is given (see :attr:`.Store.snapshot_every`). ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
+
+    A run alone on the store commits in its own thread, which blocks its event loop for each commit
+    (an fsync); runs sharing the store commit together in the store's writer thread. ``inline=False``:
+    every commit goes through the writer thread, so the event loop never waits on the disk (for an
+    async server on a slow disk that runs one agent at a time beside its other work).
     """
 
     _sql: Dialect = SQLITE
     """The SQL every operation runs (see :mod:`._sqldialect`)."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", snapshot_every: int | None = None,
-                 busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None) -> None:
+                 busy_timeout: float = 30.0, readonly: bool = False, secrets: SecretCodec | None = None,
+                 inline: bool = True) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"SQLiteStore(path={path!r}): give a file path (str or pathlib.Path)")
         if synchronous not in ("FULL", "EXTRA", "NORMAL"):
@@ -563,6 +569,10 @@ class SQLiteStore(Store):
             raise ValueError(f"busy_timeout={busy_timeout!r}: give a number of seconds >= 0")
         if not isinstance(readonly, bool):
             raise TypeError(f"readonly={readonly!r}: give True or False")
+        if not isinstance(inline, bool):
+            raise TypeError(f"inline={inline!r}: give True (a lone run commits in its own thread) or False")
+        self.inline = inline
+        """A lone run's requests run in its own thread (see the class's docstring)."""
         if secrets is not None and not isinstance(secrets, SecretCodec):
             raise TypeError(f"secrets={type(secrets).__name__}(...): give a codec with encrypt(bytes) -> str and "
                             "decrypt(str) -> bytes, such as statemachine_agent.secrets.FernetSecrets")
@@ -698,7 +708,8 @@ class SQLiteStore(Store):
     def _submit(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True,
                 run: str | None = None) -> Future[T]:
         """``run``: the run the request is for; a lone run's requests run in the caller's thread."""
-        return self._writer.submit(op, f"the store {self.path!r} is closed", durable=durable, key=run)
+        return self._writer.submit(op, f"the store {self.path!r} is closed", durable=durable,
+                                   key=run if self.inline else None)
 
     def _translate(self, exc: BaseException) -> BaseException:
         return _translate(exc, f"the store {self.path!r}")
