@@ -252,3 +252,37 @@ def test_two_threads_reading_a_resumed_path_first_read_its_earlier_steps_once(tm
             t.join(30)
     assert seen == [list(range(43))] * 2
     assert len(result.path) == 43
+
+
+@pytest.mark.parametrize("where", ["ops", "delta"])
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-1e999", "1e400"])
+def test_a_resealed_tail_row_holding_a_number_no_float_can_hold_is_refused(tmp_path: Path, where: str,
+                                                                          number: str) -> None:
+    """A step row after the snapshot, re-sealed (its checksum valid) with NaN or an out-of-range number
+    in its untyped delta or operations: the resume refuses the file naming the row, as a full load does
+    (pydantic-core's fast reader would take them as NaN or infinity)."""
+    import json
+
+    from statemachine_agent.errors import StoreCorrupted
+    from statemachine_agent.stores._sqlite import _row_crc
+
+    path = tmp_path / "runs.db"
+    compiled = crashed(path, 30)
+    conn = sqlite3.connect(path)
+    try:
+        number_row = conn.execute("SELECT MAX(number) FROM sma_steps WHERE run_id='r'").fetchone()[0]
+        (text,) = conn.execute("SELECT record FROM sma_steps WHERE run_id='r' AND number=?", (number_row,)).fetchone()
+        record = json.loads(text)
+        assert record["ops"], "the last step appended: its history is stored as operations"
+        if where == "ops":
+            record["ops"]["history"][0][1]["content"] = "TOKEN"
+        else:
+            record["delta"]["n"] = "TOKEN"
+        new = json.dumps(record).replace('"TOKEN"', number)
+        conn.execute("UPDATE sma_steps SET record=?, crc=? WHERE run_id='r' AND number=?",
+                     (new, _row_crc("step", "r", number_row, new), number_row))
+        conn.commit()
+    finally:
+        conn.close()
+    with SQLiteStore(path) as store, pytest.raises(StoreCorrupted, match=f"step {number_row}"):
+        compiled.resume_sync("r", store=store)

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 try:
@@ -1044,8 +1044,37 @@ def _checked(text: object, crc: object, what: str, *, kind: str, run_id: str, ke
     return text
 
 
+def _finite_data(value: Any) -> bool:
+    """Whether JSON data holds no NaN or infinity (what pydantic-core's reader gives for ``NaN`` or
+    ``1e400`` in an untyped value, and the store's own reader refuses)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            if not math.isfinite(v):
+                return False
+        elif type(v) is dict:
+            stack.extend(v.values())
+        elif type(v) is list:
+            stack.extend(v)
+    return True
+
+
 def _parse(model: type[M], text: object, crc: object, what: str, *, kind: str, run_id: str, key: object) -> M:
     text = _checked(text, crc, what, kind=kind, run_id=run_id, key=key)
+    if model is StepRecord:
+        # A resume reads the steps after its snapshot: pydantic-core reads and validates a row in one
+        # pass, about twice as fast as json and then the model. Its typed numbers refuse what the store's
+        # reader refuses; its untyped values (a step's delta and operations) are checked here. Anything
+        # it refuses or that is not finite is read again below, which says what is wrong.
+        try:
+            record = model.model_validate_json(text)
+        except ValueError:
+            pass
+        else:
+            step = cast(StepRecord, record)
+            if _finite_data(step.delta) and _finite_data(step.ops):
+                return record
     try:
         return model.model_validate(_json(text))
     except ValueError as exc:
