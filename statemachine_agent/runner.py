@@ -992,6 +992,23 @@ class Run(Generic[C]):
         self._wait_deadline = None
         raise WaitTimedOut(plan.name, wait.event)
 
+    def wake(self) -> bool:
+        """Un-pause this in-memory run if its wait's timeout has passed on its clock, so that its next
+        step takes the wait's timeout transition; whether it did. ``False``: the run is not paused at a
+        wait, or its deadline has not passed yet (advance the clock first, e.g. ``FakeClock.advance``).
+        A stored run is woken by ``compiled.wake_due(store)``, which commits what it does."""
+        if self._journal is not None:
+            raise RunError(f"run {self.run_id!r} is stored: wake it with compiled.wake_due(store), so the "
+                           "timeout is committed")
+        result = self.result
+        if result is None or result.waiting is None:
+            return False
+        plan = self._plans[self._token.state]
+        if plan.wait is None or not self._ready(plan):
+            return False
+        self.result = None
+        return True
+
     def deliver(self, event: str, payload: Any) -> None:
         """Deliver ``event`` to this run (in memory; for a stored run use ``compiled.deliver``).
 

@@ -205,3 +205,27 @@ def test_replay_follows_the_record_without_calling_anything() -> None:
     assert report.diverged_at == 0
     assert report.expected is not None and report.got is not None
     assert (report.expected["target"], report.got["target"]) == ("approve", "ship")
+
+
+@pytest.mark.parametrize("early", [0.0, 1799.0, 3599.0])
+def test_wake_unpauses_an_in_memory_run_only_once_its_wait_timed_out(early: float) -> None:
+    """``run.wake()``: False while the wait's deadline is ahead (nothing changes), True once the fake
+    clock passed it; the next step then takes the timeout route. A stored run is woken by
+    ``compiled.wake_due``."""
+    compiled = make()
+    clock = FakeClock(1000.0)
+    run = compiled.start(Order(amount=500), clock=clock)
+    paused = asyncio.run(run.run_to_end())
+    assert paused.outcome is Outcome.WAITING and paused.terminal == "approve"
+    clock.advance(early)
+    assert run.wake() is False and run.result is paused
+    clock.advance(3600.0 - early)
+    assert run.wake() is True
+    result = asyncio.run(run.run_to_end())
+    assert result.terminal == "expired" and result.path[-1].transition == "approve_timeout"
+    assert run.wake() is False  # an ended run has nothing to wake
+    with MemoryStore() as store:
+        stored = compiled.start(Order(amount=500), clock=clock, store=store, run_id="s")
+        asyncio.run(stored.run_to_end())
+        with pytest.raises(RunError, match="wake_due"):
+            stored.wake()

@@ -95,7 +95,7 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
                         with contextlib.suppress(RunError):
                             self.loop.run_until_complete(self.run.step())
                     self.clock.advance(wait.timeout)
-                    self.run.result = None  # the in-memory run takes its timeout on the next step
+                    self.run.wake()  # the in-memory run takes its timeout on the next step
                 else:
                     self.run.deliver(wait.event, data.draw(_payloads(wait.payload), label=f"payload of {wait.event}"))
             elif e is not None:

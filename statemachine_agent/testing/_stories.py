@@ -611,7 +611,8 @@ async def _at_wait(run: Any, session: _Session, waits: dict[str, Any], clock: Fa
         if kind == "timeout":
             clock.advance(wait.timeout)
             story.lines.append(f"    wait {state}: {wait.timeout} s pass on the fake clock, no {wait.event!r}")
-            run.result = None  # the in-memory run takes its timeout on the next step
+            woke = run.wake()  # the in-memory run takes its timeout on the next step
+            assert woke, f"the wait in {state!r} did not time out after {wait.timeout} s on the fake clock"
             _count(session, "timeout")
             return
         strategy = _payloads(wait.payload) if kind == "valid" else _GARBAGE
