@@ -12,7 +12,7 @@ try:
 except ImportError:  # pydantic 2.12 and 2.13 keep the sentinel under experimental
     from pydantic.experimental.missing_sentinel import MISSING as _MISSING
 
-__all__ = ["UNSET", "Context", "first_non_finite", "is_unset"]
+__all__ = ["UNSET", "Context", "all_finite", "first_non_finite", "is_unset"]
 
 UNSET: Any = _MISSING
 """The default of a field that a state writes before any state reads it.
@@ -38,6 +38,22 @@ class Context(BaseModel):
     """
 
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+
+def all_finite(value: Any) -> bool:
+    """Whether JSON-like data holds no NaN or infinity: :func:`first_non_finite` without the path it
+    builds, for hot paths that only need the answer (a resume checks every step row it reads)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return False
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return True
 
 
 def first_non_finite(value: Any) -> tuple[tuple[str | int, ...], float] | None:

@@ -417,3 +417,11 @@ def test_a_non_finite_start_is_refused_in_every_field_that_can_hold_it(field: st
         with pytest.raises((ValueError, TypeError), match=f"{field}"):
             _typed().run_sync(context, store=store, run_id="bad")
         assert store.list_runs().result() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=_plain_data)
+def test_all_finite_answers_as_first_non_finite_does(data: Any) -> None:
+    from statemachine_agent.context import all_finite, first_non_finite
+
+    assert all_finite(data) is (first_non_finite(data) is None)

@@ -40,6 +40,7 @@ except ImportError:  # Windows: no cross-process lock of the intent log, and it 
 
 from pydantic import BaseModel, ValidationError
 
+from ..context import all_finite
 from ..errors import RunExists, RunFenced, RunNotFound, StoreCorrupted, StoreError
 from ..secrets import SecretCodec
 from ._base import Store
@@ -1044,22 +1045,6 @@ def _checked(text: object, crc: object, what: str, *, kind: str, run_id: str, ke
     return text
 
 
-def _finite_data(value: Any) -> bool:
-    """Whether JSON data holds no NaN or infinity (what pydantic-core's reader gives for ``NaN`` or
-    ``1e400`` in an untyped value, and the store's own reader refuses)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if type(v) is float:
-            if not math.isfinite(v):
-                return False
-        elif type(v) is dict:
-            stack.extend(v.values())
-        elif type(v) is list:
-            stack.extend(v)
-    return True
-
-
 def _parse(model: type[M], text: object, crc: object, what: str, *, kind: str, run_id: str, key: object) -> M:
     text = _checked(text, crc, what, kind=kind, run_id=run_id, key=key)
     if model is StepRecord:
@@ -1073,7 +1058,7 @@ def _parse(model: type[M], text: object, crc: object, what: str, *, kind: str, r
             pass
         else:
             step = cast(StepRecord, record)
-            if _finite_data(step.delta) and _finite_data(step.ops):
+            if all_finite(step.delta) and all_finite(step.ops):
                 return record
     try:
         return model.model_validate(_json(text))

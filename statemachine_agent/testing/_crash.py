@@ -267,8 +267,6 @@ async def _drive(wf: CompiledWorkflow[Any], store: Store, run_id: str, context: 
             except _Crash:
                 result = None
                 await seen_crash()
-            if result is None:
-                continue
             continue
         two = attempt - 1 < len(pairs) and pairs[attempt - 1] and _stored(inner, run_id)
         if two:
