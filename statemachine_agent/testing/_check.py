@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ from hypothesis.errors import Flaky
 from ..compile import CompiledWorkflow
 from ..events import Hook
 from ..policies import Decision
-from ..result import RunResult, StepKind
+from ..result import RunResult
 from ..workflow import Workflow
 from ._coverage import Coverage, KitReport
 from ._llm import ScriptedModel
 from ._stories import (
+    _PHASES,
     Allowed,
     Invariant,
     PathInvariant,
@@ -85,7 +87,7 @@ def check_workflow(
     hooks: Sequence[Hook] = (),
     allow: Iterable[Allowed] = frozenset(),
     events: bool = True,
-    max_examples: int = 100,
+    max_examples: int = 300,
     save_failure: str | Path | None = None,
     print_coverage: bool = True,
     derandomize: bool = False,
@@ -125,8 +127,9 @@ def check_workflow(
     failed: list[Story] = []
     last: list[Story] = []
     loops: list[asyncio.AbstractEventLoop] = []
+    seen: Counter[tuple[str, str]] = Counter()
 
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize, phases=_PHASES,
               report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(context=strategy, data=st.data())
     def explore(context: Any, data: st.DataObject) -> None:
@@ -154,7 +157,7 @@ def check_workflow(
         except Exception as exc:  # an invariant (or a strategy) that raised instead of returning False
             failed[:] = [story]
             raise AssertionError(f"{type(exc).__name__}: {exc}\n{story}") from exc
-        _steer(result)
+        _steer(result, seen)
 
     with _quiet(), _loop(policy) as loop:
         loops.append(loop)
@@ -175,11 +178,15 @@ def check_workflow(
     return report
 
 
-def _steer(result: RunResult[Any]) -> None:
-    """Hypothesis' target(): prefer runs that take many distinct edges, error edges among them."""
+def _steer(result: RunResult[Any], seen: Counter[tuple[str, str]]) -> None:
+    """Hypothesis' target(): prefer runs that take many distinct edges, and runs whose pairs of edges
+    (an edge and one taken later in the same run) the exploration has seen least."""
     path = result.path
-    target(float(len({s.transition for s in path})), label="distinct edges")
-    target(float(sum(1 for s in path if s.kind is StepKind.ERROR)), label="error edges")
+    edges = list(dict.fromkeys(s.transition for s in path))
+    target(float(len(edges)), label="distinct edges")
+    pairs = {(a, b) for i, a in enumerate(edges) for b in edges[i + 1:]} or {(e, "") for e in edges}
+    target(sum(1.0 / (1 + seen[p]) for p in pairs), label="rare paths")
+    seen.update(pairs)
 
 
 def _flaky(kit: _Instrumented, exc: BaseException, stories: list[Story]) -> str:

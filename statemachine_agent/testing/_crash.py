@@ -36,7 +36,7 @@ from ..result import RunResult
 from ..stores import MemoryStore, Store
 from ..stores._records import CallStatus, InboxRecord, StepRecord, StoredRun
 from ..workflow import Workflow
-from ._stories import Invariant, _as_json, _checked_invariants, _compiled, _holds, _short
+from ._stories import _PHASES, Invariant, _as_json, _checked_invariants, _compiled, _holds, _short
 from ._strategies import contexts
 
 __all__ = ["CrashPoint", "check_crashes", "replay_crashes"]
@@ -423,7 +423,7 @@ def check_crashes(
         raise ValueError(f"max_crashes={max_crashes!r}: give a whole number of crashes per run, from 0")
     last: list[tuple[dict[str, Any], list[str]]] = []
 
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize, phases=_PHASES,
               report_multiple_bugs=False,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(context=strategy, pairs=st.lists(st.booleans(), max_size=2) if two_workers else st.just([]),

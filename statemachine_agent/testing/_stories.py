@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import Phase
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
@@ -31,6 +32,11 @@ from ..workflow import Workflow
 from ._coverage import Coverage
 from ._llm import ModelReply
 from ._strategies import Fault, _error_type, contexts
+
+_PHASES = tuple(p for p in Phase if p is not Phase.explain)
+"""Hypothesis' phases but its explain phase: that phase reruns the shrunk failure hundreds of times to
+say which draws mattered, which the kit's story already shows (it was most of the time a found bug
+took, 17 of 18 s on an LLM agent); a failure is reported without it."""
 
 Invariant = Callable[[Any], object]
 PathInvariant = Callable[[RunResult[Any]], object]
@@ -51,6 +57,9 @@ class Allowed(enum.StrEnum):
     tokens or cost): the run ends in the failure terminal."""
     UNFINISHED = "unfinished"
     """A run may end paused in a wait state (only with ``events=False``: by default the kit delivers)."""
+    UNDECLARED_READS = "undeclared_reads"
+    """A guard may read a context field its ``reads=[...]`` does not declare (the checker then cannot
+    prove the field is written before the guard runs)."""
 
 
 def invariant(fn: Invariant) -> Invariant:
@@ -195,6 +204,8 @@ class _Session:
     inject: deque[tuple[str, type[BaseException] | None]] = field(default_factory=deque)
     """follow()'s plan: per step, the state and the error its action raises instead of running."""
     guard_errors: list[BaseException] = field(default_factory=list)
+    undeclared_reads: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    """Guards that read fields they do not declare: (guard, transition, fields)."""
     real_tool_errors: list[tuple[str, BaseException]] = field(default_factory=list)
     budgets: list[BudgetExhausted] = field(default_factory=list)
 
@@ -210,6 +221,27 @@ class _ToolLog:
         return sorted(n for n in self.raised if self.returned[n])
 
 
+class _Reads:
+    """The context as a guard sees it, noting which attributes the guard reads (the kit compares them
+    with the guard's declared ``reads``)."""
+
+    __slots__ = ("_context", "names")
+
+    def __init__(self, context: Any) -> None:
+        object.__setattr__(self, "_context", context)
+        object.__setattr__(self, "names", set())
+
+    def __getattr__(self, name: str) -> Any:
+        self.names.add(name)
+        return getattr(self._context, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._context, name, value)  # refused by the read-only view, with its message
+
+    def __repr__(self) -> str:
+        return repr(self._context)
+
+
 class _Instrumented:
     """A copy of the workflow, compiled once, whose tools obey the current session's fault script
     (keeping their effect and reconcile), whose guards may be forced and are counted, and whose
@@ -217,6 +249,7 @@ class _Instrumented:
 
     def __init__(self, compiled: CompiledWorkflow[Any]) -> None:
         self.original = compiled
+        self.fields = frozenset(compiled.context_type.model_fields)
         self.session: _Session | None = None
         self.tool_log = _ToolLog()
         self._with_unknown: dict[int, tuple[st.SearchStrategy[Fault], st.SearchStrategy[Fault]]] = {}
@@ -310,12 +343,17 @@ class _Instrumented:
                 value = bool(session.guards.next(st.booleans(), f"guard {g.name}", False))
                 session.story.lines.append(f"    guard [{g.name}] forced {value}")
             else:
+                seen = _Reads(ctx)
                 try:
-                    value = g(ctx)
+                    value = g(seen)  # type: ignore[arg-type]
                 except Exception as exc:
                     session.guard_errors.append(exc)
                     session.story.lines.append(f"    guard [{g.name}] raised {type(exc).__name__}: {exc}")
                     raise
+                finally:
+                    undeclared = sorted((seen.names & owner.fields) - g.reads)
+                    if undeclared:
+                        session.undeclared_reads.append((g.name, transition, undeclared))
             if session.coverage is not None:
                 session.coverage.guards[(transition, value)] += 1
             return value
@@ -562,6 +600,12 @@ async def _run_story(kit: _Instrumented, session: _Session, context: Any, option
 
 def _loud(result: RunResult[Any], session: _Session, allow: frozenset[Allowed]) -> None:
     """What run_sync would raise, and what the user did not allow, fails the run."""
+    if session.undeclared_reads and Allowed.UNDECLARED_READS not in allow:
+        name, transition, fields = session.undeclared_reads[0]
+        raise AssertionError(f"guard {name!r} on transition {transition!r} read {', '.join(map(repr, fields))}, "
+                             "which its reads=[...] does not declare: declare it (wf.guard(fn, reads=[...])), so "
+                             "the checker proves it is written before the guard runs, or allow it: "
+                             "allow=frozenset({Allowed.UNDECLARED_READS})")
     guard_errors = {id(e) for e in session.guard_errors}
     for step in result.path:
         if step.error is not None and id(step.error) in guard_errors and Allowed.GUARD_ERRORS not in allow:
