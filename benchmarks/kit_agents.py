@@ -84,9 +84,11 @@ class Counted(example.ResearchContext):
 _ANSWERS = itertools.count()
 
 
-def research(bug: Bug | None = None) -> Workflow[Any]:
-    """The research example; ``bug`` seeds one change. Policy classes route after a search by policy."""
-    decided = bug in (Bug.POLICY_LOOP, Bug.ASYNC_POLICY)
+def research(bug: Bug | None = None, *, decided: bool | None = None) -> Workflow[Any]:
+    """The research example; ``bug`` seeds one change. With ``decided`` (the default for the policy
+    classes) a policy chooses what follows a search."""
+    if decided is None:
+        decided = bug in (Bug.POLICY_LOOP, Bug.ASYNC_POLICY)
     wf: Workflow[Any] = Workflow("research", Counted if bug is Bug.RETRY_OFF_BY_ONE else example.ResearchContext)
 
     @wf.state(initial=True, reads=["question"], writes=["query"])
@@ -192,13 +194,22 @@ def research_test(bug: Bug | None) -> Callable[[], object]:
     kw: dict[str, Any] = {"contexts_from": contexts(model, question=QUESTIONS),
                           "tool_faults": faults(errors=[example.SearchUnavailable], hang=False, invalid=False),
                           "path_invariants": [answers_cite_sources], "print_coverage": False}
-    if bug is Bug.CRASH:
-        return lambda: check_crashes(wf, contexts_from=kw["contexts_from"])
     if bug is Bug.POLICY_LOOP:
         kw["policy"] = looping_route
     elif bug is Bug.ASYNC_POLICY:
         kw["policy"] = async_route
-    return lambda: check_workflow(wf, **kw)
+    tests = [lambda: check_workflow(wf, **kw), lambda: check_crashes(wf, contexts_from=kw["contexts_from"])]
+    if bug is None:  # the version whose choice after a search is the user's (correct) policy
+        tests.append(lambda: check_workflow(research(decided=True), **kw, policy=route_after_search))
+    return _suite(tests)
+
+
+def _suite(tests: list[Callable[[], object]]) -> Callable[[], None]:
+    """The user's test module: its tests in order, stopping at the first failure."""
+    def run() -> None:
+        for test in tests:
+            test()
+    return run
 
 
 # --- refunds: waits, an at_most_once tool, retries, an async policy ---------------------------------------
@@ -305,6 +316,7 @@ def refunds(bug: Bug | None = None) -> Workflow[Refund]:
         wf.on_error(pay, EffectOutcomeUnknown, pay_again)
         wf.transition(pay_again, "done")
         wf.on_error(pay_again, EffectOutcomeUnknown, "failed")
+        wf.on_error(pay_again, ToolFailed, "failed")
     else:
         wf.on_error(pay, EffectOutcomeUnknown, "verify")
         wf.transition("verify", "done")
@@ -369,12 +381,11 @@ def refunds_test(bug: Bug | None) -> Callable[[], object]:
     wf = refunds(bug)
     policy = {Bug.POLICY_LOOP: looping_refund_policy,
               Bug.ASYNC_POLICY: async_refund_policy}.get(bug, refund_policy)  # type: ignore[arg-type]
-    if bug is Bug.CRASH:
-        return lambda: check_crashes(wf, contexts_from=REFUND_INPUTS, invariants=[at_most_two_retries])
-    return lambda: check_workflow(wf, contexts_from=REFUND_INPUTS, policy=policy, invariants=[at_most_two_retries],
-                                  path_invariants=[never_refunded_twice, paid_only_if_small_or_approved,
-                                                   receipts_name_their_order],
-                                  print_coverage=False)
+    return _suite([
+        lambda: check_workflow(wf, contexts_from=REFUND_INPUTS, policy=policy, invariants=[at_most_two_retries],
+                               path_invariants=[never_refunded_twice, paid_only_if_small_or_approved,
+                                                receipts_name_their_order], print_coverage=False),
+        lambda: check_crashes(wf, contexts_from=REFUND_INPUTS, invariants=[at_most_two_retries])])
 
 
 # --- triage: an async LLM policy behind a guardrail --------------------------------------------------------
@@ -520,8 +531,6 @@ TICKETS = st.builds(Ticket, text=TEXTS, priority=st.sampled_from(["low", "high",
 
 def triage_test(bug: Bug | None) -> Callable[[], object]:
     wf = triage(bug)
-    if bug is Bug.CRASH:
-        return lambda: check_crashes(wf, contexts_from=TICKETS, invariants=[open_tickets_are_notified])
 
     def test() -> object:
         with ScriptedModel() as model:
@@ -529,7 +538,7 @@ def triage_test(bug: Bug | None) -> Callable[[], object]:
             return check_workflow(wf, policy=guardrail(llm, bug=bug is Bug.ASYNC_POLICY), model=model,
                                   contexts_from=TICKETS, invariants=[open_tickets_are_notified],
                                   path_invariants=[urgent_tickets_are_p1], print_coverage=False)
-    return test
+    return _suite([test, lambda: check_crashes(wf, contexts_from=TICKETS, invariants=[open_tickets_are_notified])])
 
 
 AGENTS: dict[str, Callable[[Bug | None], Callable[[], object]]] = {

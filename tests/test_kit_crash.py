@@ -86,7 +86,7 @@ def test_a_step_that_is_not_deterministic_is_found_with_its_crash_story(tmp_path
                       save_failure=fixture)
     text = str(err.value)
     assert "the run is not deterministic" in text and "uninterrupted: work -> pay -> done" in text
-    assert json.loads(fixture.read_text())["crashes"] == []  # shrunk: no crash is needed to show it
+    assert "run again without a crash" in text  # no crash is needed to show it, and the story says so
     with pytest.raises(AssertionError, match="not deterministic"):
         replay_crashes(pay_flow(nondeterministic=True), fixture)
     replay_crashes(pay_flow(), fixture)  # the same story passes once the step is deterministic

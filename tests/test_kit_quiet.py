@@ -155,7 +155,7 @@ def test_the_workflow_is_compiled_once_per_exploration(monkeypatch: pytest.Monke
     monkeypatch.setattr(stories, "compile_spec", counted)
     report = check_workflow(retrying(off_by_one=False), contexts_from=FRESH, invariants=[at_most_two_retries],
                             print_coverage=False)
-    assert report.coverage.runs == 100
+    assert report.coverage.runs == 300  # the default max_examples
     assert calls == ["retrying"]
 
 

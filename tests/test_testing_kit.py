@@ -41,7 +41,7 @@ def test_example_passes_with_full_coverage_of_reachable_moves(capsys: pytest.Cap
     # The example routes SearchUnavailable only: a ConnectionError or a timeout of its tool makes run_sync
     # raise, by design, so the kit is told so (without allow= it would fail: tests/test_kit_loud.py).
     report = check_workflow(research.workflow, derandomize=True, allow=frozenset({Allowed.UNROUTED_ERRORS}),
-                            contexts_from=contexts(research.ResearchContext, question=QUESTIONS))
+                            contexts_from=contexts(research.ResearchContext, question=QUESTIONS), max_examples=100)
     assert report.coverage.runs == 100
     states, transitions = report.coverage.missing(report.compiled)
     assert states == []

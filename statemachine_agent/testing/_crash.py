@@ -75,6 +75,8 @@ class _CrashingStore(Store):
         self.ops = 0
         self.total = 0
         """Writes made through this store, every attempt's."""
+        self.names: list[str] = []
+        """What each of those writes was, in order."""
 
     def arm(self, point: CrashPoint | None) -> None:
         self.point, self.ops = point, 0
@@ -83,6 +85,7 @@ class _CrashingStore(Store):
         n = self.ops
         self.ops += 1
         self.total += 1
+        self.names.append(name)
         point = self.point
         if point is None or point.op != n:
             return call()
@@ -312,7 +315,7 @@ _example_ids = itertools.count()
 
 
 def _check_one(compiled: CompiledWorkflow[Any], context: Any, script: _Script, *,
-               points: Callable[[int], Sequence[CrashPoint]], pairs: Sequence[bool],
+               points: Callable[[int, list[int]], Sequence[CrashPoint]], pairs: Sequence[bool],
                invariants: Sequence[Invariant], lines: list[str], stores: tuple[Store, Store],
                reject: Callable[[], None] | None = None) -> None:
     """Run the reference and the crashed run (each on its store, under a new run id), the crash
@@ -332,7 +335,11 @@ def _check_one(compiled: CompiledWorkflow[Any], context: Any, script: _Script, *
         if reject is not None:
             reject()
         raise AssertionError(f"the story's input cannot be stored: {exc}") from None
-    crashes = points(counting.total)
+    # The writes around a tool call's journal entries (its intent, its outcome) are where an at_most_once
+    # call's outcome is lost: each attempt's crash point is drawn among them as often as among all writes.
+    journal = sorted({i + d for i, name in enumerate(counting.names) if name.startswith("journal")
+                      for d in (0, 1) if i + d < counting.total})
+    crashes = points(counting.total, journal)
     lines.append(f"  uninterrupted: {' -> '.join([s for s, _, _ in _trace(reference)] + [reference.terminal])}")
     effects: collections.Counter[str] = collections.Counter()
     wf = _counted(compiled, effects)
@@ -382,6 +389,12 @@ def _check_one(compiled: CompiledWorkflow[Any], context: Any, script: _Script, *
     if not unknown and (result.terminal, trace, _as_json(result.context)) != (
             reference.terminal, _trace(reference), _as_json(reference.context)):
         crashed = any("CRASH" in line or "two workers" in line for line in lines)
+        if crashed:  # is it the crash, or does the run differ from itself without one?
+            again = asyncio.run(_drive(_counted(compiled, collections.Counter()), stores[0], f"{run_id}-again",
+                                       context, script, points=(), pairs=(), lines=[], invariants=(),
+                                       committed=[], restarts=3))
+            crashed = (again.terminal, _trace(again), _as_json(again.context)) == (
+                reference.terminal, _trace(reference), _as_json(reference.context))
         what = ("the resumed run ended otherwise than the uninterrupted one" if crashed else
                 "the run is not deterministic: run again without a crash, it ended otherwise (a step reads "
                 "something besides its context and its tools' journaled results)")
@@ -436,9 +449,12 @@ def check_crashes(
                                  "two_workers": pairs}
         last[:] = [(story, lines)]
 
-        def points(writes: int) -> list[CrashPoint]:
-            # Each attempt dies at one of the writes the uninterrupted run made (or one more).
-            drawn = data.draw(st.lists(st.builds(CrashPoint, st.integers(0, writes), st.booleans()),
+        def points(writes: int, journal: list[int]) -> list[CrashPoint]:
+            # Each attempt dies at one of the writes the uninterrupted run made (or one more), as often
+            # at one beside a tool call's journal entry as anywhere. Every example crashes at least once
+            # (the uninterrupted run is the reference already), unless max_crashes=0.
+            where = st.sampled_from(journal) | st.integers(0, writes) if journal else st.integers(0, writes)
+            drawn = data.draw(st.lists(st.builds(CrashPoint, where, st.booleans()), min_size=min(1, max_crashes),
                                        max_size=max_crashes), label="crash points")
             story["crashes"] = [p.to_json() for p in drawn]
             return drawn
@@ -485,7 +501,7 @@ def replay_crashes(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str
     lines: list[str] = []
     with MemoryStore() as reference, MemoryStore() as crashed:
         try:
-            _check_one(compiled, context, script, points=lambda _: points, pairs=pairs, invariants=invariants,
+            _check_one(compiled, context, script, points=lambda *_: points, pairs=pairs, invariants=invariants,
                        lines=lines, stores=(reference, crashed))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{_story(data, lines)}") from None

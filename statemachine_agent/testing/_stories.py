@@ -31,7 +31,7 @@ from ..tools import Tool
 from ..workflow import Workflow
 from ._coverage import Coverage
 from ._llm import ModelReply
-from ._strategies import Fault, _error_type, contexts
+from ._strategies import Fault, _error_type, _with_unknown, contexts
 
 _PHASES = tuple(p for p in Phase if p is not Phase.explain)
 """Hypothesis' phases but its explain phase: that phase reruns the shrunk failure hundreds of times to
@@ -271,7 +271,7 @@ class _Instrumented:
         reconcile= looks the outcome up)."""
         found = self._with_unknown.get(id(strategy))
         if found is None or found[0] is not strategy:
-            found = self._with_unknown[id(strategy)] = (strategy, strategy | st.just(Fault("unknown")))
+            found = self._with_unknown[id(strategy)] = (strategy, _with_unknown(strategy))
         return found[1]
 
     def _tool(self, tool: Tool) -> Tool:
@@ -494,7 +494,8 @@ async def _run_story(kit: _Instrumented, session: _Session, context: Any, option
         option_names = [o.name for o in decision.options]
         valid_reply = True
         if model is not None:
-            reply = session.replies.next(model.replies(option_names), f"model reply in {decision.state}",
+            strategy = model.replies(option_names) if decision.attempt == 1 else model.replies_again(option_names)
+            reply = session.replies.next(strategy, f"model reply in {decision.state}",
                                          None, saved=_reply_json, loaded=_reply_value)
             if reply is not None:
                 model.push(reply)
