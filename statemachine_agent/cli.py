@@ -37,7 +37,6 @@ from .result import result_of
 from .secrets import secret_fields, unseal
 from .spec import WorkflowSpec
 from .stores import RunRecord, RunStatus, SQLiteStore, Store, StoredRun
-from .traces import TraceError, read_trace, runs_of
 from .workflow import Workflow
 
 __all__ = ["MAX_INPUT_BYTES", "main", "non_finite_field", "printable"]
@@ -1064,6 +1063,8 @@ def _check_summary(workflow: str, total: int, refused: list[_Verdict], store_pat
 def _traced_run_drawing(compiled: CompiledWorkflow[Any], path: str) -> dict[str, Any]:
     """The run of ``compiled``'s workflow in the JSONL trace at ``path`` (TraceWriter's), as the
     recorded-run dict diagrams draw."""
+    from .traces import TraceError, read_trace, runs_of  # noqa: PLC0415  (only `diagram --run FILE.jsonl`)
+
     try:
         runs = runs_of(read_trace(path))
     except TraceError as exc:

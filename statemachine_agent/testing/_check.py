@@ -19,7 +19,6 @@ from ..compile import CompiledWorkflow
 from ..events import Hook
 from ..policies import Decision
 from ..result import RunResult, StepKind
-from ..traces import read_trace, runs_of
 from ..workflow import Workflow
 from ._coverage import Coverage, KitReport
 from ._llm import ScriptedModel
@@ -260,6 +259,8 @@ def replay(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str | Path 
 def _traced_story(workflow: str, path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A JSONL trace's run of ``workflow`` as a story fixture (its start and its policy's answers), and
     its recorded path."""
+    from ..traces import read_trace, runs_of  # noqa: PLC0415  (only a replay of a trace needs it)
+
     runs = [r for r in runs_of(read_trace(path)).values() if r["workflow"] == workflow]
     if len(runs) != 1 or runs[0]["start"] is None:
         raise ValueError(f"trace {str(path)!r} holds {len(runs)} runs of workflow {workflow!r}"
