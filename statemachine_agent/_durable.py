@@ -202,6 +202,14 @@ async def settled(future: Future[T]) -> T:
         return future.result()
     return await asyncio.wrap_future(future)
 
+def _trace_of(run: Run[Any]) -> dict[str, str] | None:
+    """The run's trace context as stored: text to text only (a hook may have put anything there)."""
+    found = run.trace
+    if not found:
+        return None
+    return {k: v for k, v in found.items() if type(k) is str and type(v) is str and len(k) + len(v) <= 1024}
+
+
 class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
@@ -253,7 +261,7 @@ class Durable:
             max_steps_given=run.config.max_steps_given,
             created_at=self.created_at, updated_at=time.time(), terminal=terminal, outcome=outcome, reason=reason,
             parent=self.parent, parent_step=self.parent_step, wait=wait,
-            spent={"tokens": self.spent.tokens, "cost": self.spent.cost})
+            spent={"tokens": self.spent.tokens, "cost": self.spent.cost}, trace=_trace_of(run))
 
     @classmethod
     async def create(cls, run: Run[Any], store: Store) -> Durable:
@@ -404,7 +412,7 @@ class Durable:
         if effect is Effect.AT_MOST_ONCE:
             await self._write(row)
         try:
-            result = await tools._run_call(tool, arguments)
+            result = await tools._run_call(tool, arguments, key)
         except Exception as exc:
             if effect is not Effect.READ:
                 await self._write({**row, "status": CallStatus.FAILED, "error": _describe(exc), "at": time.time()})
@@ -720,7 +728,7 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
                      frozenset(point.written), [(e.seq, e.event, e.payload) for e in point.inbox],
                      wait.deadline if waits_still and wait is not None else None,
                      spent.tokens, spent.cost, stored.run.restarts,
-                     frozenset(queued - {e.seq for e in point.inbox}))
+                     frozenset(queued - {e.seq for e in point.inbox}), dict(stored.run.trace))
     journal = Durable(
         store, run_id, stored.run.epoch, fingerprint_of(workflow) or stored.run.fingerprint,
         created_at=stored.run.created_at, initial_written=list(stored.run.initial_written),

@@ -46,12 +46,14 @@ class RunState:
     """Times the next step was resumed after a crash."""
     skipped: frozenset[int] = frozenset()
     """Inbox events (by seq) a migration dropped: the run never takes them, though the store keeps them."""
+    trace: dict[str, str] = field(default_factory=dict)
+    """The run's trace context, carried across its attempts (see ``RunStarted.trace``)."""
 
 
 class ToolRunner(Protocol):
     """What a journal calls to make a tool call for real (``Tools``)."""
 
-    async def _run_call(self, tool: Tool, arguments: dict[str, Any]) -> Any: ...
+    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any: ...
 
 
 Delta = tuple[dict[str, Any], list[str], dict[str, list[Any]]]

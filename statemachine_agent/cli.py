@@ -421,6 +421,8 @@ def cmd_diagram(args: argparse.Namespace) -> int:
                          "highlighting: drop --run or pick another format")
     if args.run and args.store is not None:
         run = _stored_run_drawing(compiled, args.run, args.store)
+    elif args.run and args.run.endswith(".jsonl"):
+        run = _traced_run_drawing(compiled, args.run)
     elif args.run:
         where = f"run file {args.run!r}"
         text = _read_bounded(Path(args.run), where)
@@ -1058,6 +1060,23 @@ def _check_summary(workflow: str, total: int, refused: list[_Verdict], store_pat
     return text
 
 
+def _traced_run_drawing(compiled: CompiledWorkflow[Any], path: str) -> dict[str, Any]:
+    """The run of ``compiled``'s workflow in the JSONL trace at ``path`` (TraceWriter's), as the
+    recorded-run dict diagrams draw."""
+    from .traces import TraceError, read_trace, runs_of  # noqa: PLC0415  (only `diagram --run FILE.jsonl`)
+
+    try:
+        runs = runs_of(read_trace(path))
+    except TraceError as exc:
+        raise UsageError(f"--run {path!r}: {exc}") from None
+    mine = [r for r in runs.values() if r["workflow"] == compiled.name]
+    if len(mine) != 1:
+        held = ", ".join(sorted({f"{r['run_id']} ({r['workflow']})" for r in runs.values()})) or "no runs"
+        raise UsageError(f"--run {path!r} holds {len(mine)} runs of workflow {compiled.name!r} ({held}): give a "
+                         "trace of one run of it (one TraceWriter file per run)")
+    return mine[0]
+
+
 def _stored_run_drawing(compiled: CompiledWorkflow[Any], run_id: str, store_path: str) -> dict[str, Any]:
     """A stored run as the recorded-run dict (``RunResult.to_dict()``'s shape) that diagrams draw; a
     run that has not ended is drawn up to the state it is in, with its status as the outcome."""
@@ -1110,8 +1129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="MODULE:OBJECT naming a Workflow")
     p.add_argument("-o", "--output", required=True, help="file to write; its extension picks the format")
     p.add_argument("--format", choices=sorted(FORMATS), help="override the format")
-    p.add_argument("--run", help="a recorded run to draw over the workflow: a JSON file from `run --json`, or "
-                   "with --store the id of a stored run")
+    p.add_argument("--run", help="a recorded run to draw over the workflow: a JSON file from `run --json`, a "
+                   "JSONL trace (TraceWriter's FILE.jsonl), or with --store the id of a stored run")
     p.add_argument("--store", help="with --run RUN_ID: the store file (SQLiteStore) the run is in")
     p.add_argument("--rankdir", choices=["LR", "TB"], help="left to right or top to bottom (default: "
                    "left to right up to 12 states)")

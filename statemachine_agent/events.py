@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Budget",
     "BudgetExhausted",
+    "DecisionOffered",
     "ErrorRouted",
     "Event",
     "Hook",
@@ -157,6 +158,12 @@ class RunStarted(Event):
     state: str
     context: Any  # read through the property below
     max_steps: int
+    trace: dict[str, str]
+    """The run's trace context, carried across its attempts: a store keeps it with the run's record,
+    so when the run goes on after a crash or a wait this holds what its earlier attempt put here
+    (empty for a new run). A tracing hook reads it to link to the earlier trace and puts its own
+    context here (W3C headers such as ``traceparent``: strings only); it is stored with the run's
+    next commit. The same dict for every event of one attempt."""
 
     @property  # type: ignore[no-redef]
     def context(self) -> Any:
@@ -218,6 +225,19 @@ class PolicyChoiceRejected(Event):
 
 
 @_event
+class DecisionOffered(Event):
+    """A decision state asks its policy to pick among more than one enabled transition."""
+
+    __slots__ = ()
+
+    step: int
+    state: str
+    options: tuple[str, ...]
+    """The enabled transitions' names, in declaration order (the chosen one is the step's
+    ``TransitionTaken.transition``; a rejected answer is a ``PolicyChoiceRejected``)."""
+
+
+@_event
 class ErrorRouted(Event):
     """An exception from a state's action was routed by an error transition."""
 
@@ -273,6 +293,11 @@ class ToolCallStarted(Event):
     tool: str
     call_id: int
     """Tells the events of concurrent calls apart."""
+    effect: str
+    """The tool's effect class (``read``, ``idempotent``, ``at_most_once``, ...)."""
+    key: str | None
+    """The call's stable key (``run/step/index``: the journal's key in a durable run), or ``None``
+    for a call of a run that is not stored by a tool that takes no key."""
 
 
 @_event

@@ -30,6 +30,7 @@ from .errors import BudgetExceeded, ContextAccessError, GatherFailed, RunError, 
 from .events import (
     Budget,
     BudgetExhausted,
+    DecisionOffered,
     ErrorRouted,
     Event,
     Hook,
@@ -229,6 +230,7 @@ class Run(Generic[C]):
         "_step_calls",
         "_store",
         "_token",
+        "_trace",
         "_wait_deadline",
         "_wf_name",
         "_written",
@@ -353,6 +355,8 @@ class Run(Generic[C]):
         """The current step's model calls."""
         self._step_calls = _NO_STEP_CALLS
         """The current step's call counter, shared by its action's tools handle and its policy's."""
+        self._trace: dict[str, str] | None = None
+        """The run's trace context (``RunStarted.trace``), made when a hook first gets it."""
 
     @classmethod
     def restore(cls, workflow: Program[C], context: C, state: RunState, *, journal: Journal | None = None,
@@ -389,6 +393,8 @@ class Run(Generic[C]):
         run._wait_deadline = state.wait_deadline
         run._skipped = state.skipped
         run._spent = [state.spent_tokens, state.spent_cost]
+        if state.trace:
+            run.trace.update(state.trace)
         run._journal = journal
         if state.restarts > run.max_step_restarts:
             run._doomed = (f"step {len(run.path)} (state {state.state!r}) was resumed after crashes "
@@ -404,7 +410,7 @@ class Run(Generic[C]):
         return RunState(self._token.state, self.actions_run, dict(self.visits),
                         {names[i]: n for i, n in enumerate(self.traversals) if n}, frozenset(self._written),
                         tuple(self._inbox), self._wait_deadline, int(self._spent[0]), float(self._spent[1]),
-                        skipped=self._skipped)
+                        skipped=self._skipped, trace=dict(self._trace or {}))
 
     @property
     def config(self) -> RunConfig[C]:
@@ -421,6 +427,15 @@ class Run(Generic[C]):
     def config(self, config: RunConfig[C]) -> None:
         self._config = config
         self._max_steps_given = config.max_steps_given
+
+    @property
+    def trace(self) -> dict[str, str]:
+        """The run's trace context, carried across its attempts: what a tracing hook put in
+        ``RunStarted.trace`` (a store keeps it with the run's record). Empty when none did."""
+        found = self._trace
+        if found is None:
+            found = self._trace = {}
+        return found
 
     @property
     def written(self) -> frozenset[str]:
@@ -699,7 +714,7 @@ class Run(Generic[C]):
             start = _StartCopy(self.context.__copy__())
             if self._owned:
                 start.get()
-            await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps)))
+            await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps, self.trace)))
 
     def _wall(self, t: float) -> float:
         return self._clock0 + t
@@ -763,6 +778,9 @@ class Run(Generic[C]):
         site = Tools(self.workflow.tools, _EMPTY, clock=self.clock, run=self, state=plan.name, step=index,
                      _calls=self._step_calls)
         reads = tuple(sorted(plan.reads | plan.optional_reads))
+        if self.hooks:
+            await self._emit(DecisionOffered(self.run_id, self.workflow.name, index, plan.name,
+                                             tuple(o.name for o in options)))
         for attempt in range(1, self.max_policy_attempts + 1):
             decision: Decision[C] = Decision(self.workflow.name, plan.name, readonly, options, attempt,
                                              tuple(rejected), index, self.run_id, reads, plan.spec.description, site)

@@ -182,33 +182,34 @@ class Tools:
         if tool.takes_key:
             arguments[KEY_PARAMETER] = key
         if journal is None:
-            return await self._run_call(tool, arguments)
+            return await self._run_call(tool, arguments, key)
         return await journal.call(self, tool, step=self._step, index=index, key=key, arguments=arguments,
                                   run_id=run_id)
 
-    async def _run_call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
-        """The call itself, within the state's deadline (the journal decides whether to make it)."""
+    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any:
+        """The call itself, within the state's deadline (the journal decides whether to make it);
+        ``key``: the call's stable key, for the hooks."""
         deadline = self._deadline
         if deadline is None:
-            return await self._call(tool, arguments)
+            return await self._call(tool, arguments, key)
         # The state's deadline bounds the whole call: attempts, backoff waits and rate-limit waits.
         cm = self._clock.timeout_at(deadline)
         try:
             async with cm:
-                return await self._call(tool, arguments)
+                return await self._call(tool, arguments, key)
         except TimeoutError:
             if cm.expired():
                 raise ToolTimeout(tool.name, 0.0, TimeoutScope.STATE) from None
             raise
 
-    async def _call(self, tool: Tool, arguments: dict[str, Any]) -> Any:
+    async def _call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any:
         name = tool.name
         run = self._run
         hooks = run is not None and run.hooks
         call_id = next(_call_ids)
         t0 = time.perf_counter()
         if hooks:
-            await self._emit(ToolCallStarted, name, call_id)
+            await self._emit(ToolCallStarted, name, call_id, str(tool.effect), key)
         if tool.own_retrying and self._retry is _MISSING:
             # The user's own policy sees every attempt, the first included (and may retry on results).
             result, attempts, fallback = await self._recover(tool, arguments, None, call_id, t0)
@@ -342,7 +343,7 @@ class Tools:
                 fb_args = fb.validate_args((), {k: v for k, v in arguments.items() if k != KEY_PARAMETER})
                 if fb.takes_key and KEY_PARAMETER in arguments:
                     fb_args[KEY_PARAMETER] = arguments[KEY_PARAMETER]
-                return await handle._run_call(fb, fb_args), len(errors) + 1, True
+                return await handle._run_call(fb, fb_args, arguments.get(KEY_PARAMETER)), len(errors) + 1, True
             except ToolFailed as failed:
                 errors.extend(failed.errors)
         elif tool.fallback_value is not _MISSING:

@@ -173,3 +173,30 @@ def test_durability_migration_example_runs_as_shown(capsys: pytest.CaptureFixtur
                    "waiting approved", "[]", "done EUR"]
     for line in out:  # the page shows each printed line in a comment
         assert f"# {line}" in page
+
+
+def test_observability_page_examples_run_as_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/observability.md's examples run in order, in one namespace, and print what the page says;
+    a block fenced ``python no-run`` (the OTLP collector's, which needs a collector) is only compiled."""
+    page = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    namespace: dict[str, object] = {"__name__": "observability_doc"}
+    blocks, current, fence = [], [], None
+    for line in page.splitlines():
+        if line.startswith("```python"):
+            fence, current = line, []
+        elif line.startswith("```") and fence is not None:
+            blocks.append((fence, "\n".join(current)))
+            fence = None
+        elif fence is not None:
+            current.append(line)
+    printed = []
+    for fence, code in blocks:
+        compiled = compile(code, "docs/observability.md", "exec")
+        if fence.strip() == "```python no-run":
+            continue
+        exec(compiled, namespace)
+        printed.append(capsys.readouterr().out.strip())
+    assert len(blocks) == 4 and len(printed) == 3
+    for out in printed:
+        assert f"This prints `{out}`" in page
+    assert page.rstrip().endswith("<!-- explorer section -->")

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
              "llm.*")),
     ("durable", ("_compat", "_durable", "compile", "stores._records", "stores._base", "protocols")),
     ("stores", ("stores._sqlite", "stores._sql*", "stores")),
-    ("observability", ()),
+    ("observability", ("otel", "traces")),
     ("diagrams", ("diagrams",)),
     ("testing", ("testing", "testing.*", "llm.testing", "stores.conformance")),
     ("cli", ("cli",)),

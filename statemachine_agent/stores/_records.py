@@ -216,6 +216,9 @@ class RunRecord(_Record):
     spent: Spent | None = None
     """What the run's model calls spent over all its committed steps (so a resume need not read them);
     ``None`` in a record written before version 3 (then the steps say it)."""
+    trace: dict[str, str] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    """The run's trace context (``RunStarted.trace``: W3C headers a tracing hook put there), so the
+    run's next attempt links to its earlier trace. Written only when not empty."""
 
 
 class StepRecord(_Record):
@@ -374,6 +377,7 @@ class RunRow(TypedDict):
     parent_step: int | None
     wait: WaitRow | None
     spent: NotRequired[SpentRow]
+    trace: NotRequired[dict[str, str]]
 
 
 class StepRow(TypedDict):
@@ -433,7 +437,8 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
             created_at: float, updated_at: float, terminal: str | None = None, outcome: Outcome | None = None,
             reason: str | None = None, parent: str | None = None, parent_step: int | None = None,
             wait: WaitRow | None = None, restarts: int = 0, started: bool = True,
-            max_steps_given: bool = False, spent: SpentRow | None = None) -> RunRow:
+            max_steps_given: bool = False, spent: SpentRow | None = None,
+            trace: dict[str, str] | None = None) -> RunRow:
     """A run's record, as every writer of one builds it."""
     row: RunRow = {
         "run_id": run_id, "workflow": workflow, "fingerprint": fingerprint, "status": status, "state": state,
@@ -446,6 +451,8 @@ def run_row(*, run_id: str, workflow: str, fingerprint: str, status: RunStatus, 
         row["max_steps_given"] = True
     if spent is not None:
         row["spent"] = spent
+    if trace:
+        row["trace"] = trace
     return row
 
 

@@ -213,13 +213,22 @@ def replay(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str | Path 
 
     Pass the same ``tool_faults`` as to :func:`check_workflow` when it named exception types of
     your own (those the workflow routes are known); for an LLM policy, the same ``policy`` and ``model``.
+
+    ``fixture`` may also be a JSONL trace (``statemachine_agent.traces.TraceWriter``'s ``FILE.jsonl``) of
+    one run: it is run again from its starting context with the policy's recorded answers (tools are
+    called for real), and a replay whose path leaves the trace's raises ``AssertionError``.
     """
     __tracebackhide__ = True
     compiled = _compiled(workflow)
     invariants, path_invariants = _checked_invariants(invariants, path_invariants)
     if tool_faults is None:
         tool_faults = _default_faults(compiled)
-    data = fixture if isinstance(fixture, dict) else json.loads(Path(fixture).read_text(encoding="utf-8"))
+    traced = None
+    if isinstance(fixture, (str, Path)) and str(fixture).endswith(".jsonl"):
+        traced = _traced_story(compiled.name, fixture)
+        data = traced[0]
+    else:
+        data = fixture if isinstance(fixture, dict) else json.loads(Path(fixture).read_text(encoding="utf-8"))
     try:
         context = compiled.context_type.model_validate(data["context"])
         story = Story(compiled.name, data["context"])
@@ -242,7 +251,27 @@ def replay(workflow: Workflow[Any] | CompiledWorkflow[Any], fixture: str | Path 
         model.reset()
     with _quiet(), _loop(policy) as loop:
         try:
-            return loop.run_until_complete(_run_story(_Instrumented(compiled), session, context, options))
+            result = loop.run_until_complete(_run_story(_Instrumented(compiled), session, context, options))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{story}") from None
+    if traced is not None:
+        recorded = [(s["state"], s["transition"]) for s in traced[1]]
+        again = [(s.state, s.transition) for s in result.path][:len(recorded)]
+        if again != recorded:
+            raise AssertionError(f"the replay of trace {str(fixture)!r} took {again} where the trace took {recorded}"
+                                 f"\n{story}")
+    return result
+
+
+def _traced_story(workflow: str, path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A JSONL trace's run of ``workflow`` as a story fixture (its start and its policy's answers), and
+    its recorded path."""
+    from ..traces import read_trace, runs_of  # noqa: PLC0415  (only a replay of a trace needs it)
+
+    runs = [r for r in runs_of(read_trace(path)).values() if r["workflow"] == workflow]
+    if len(runs) != 1 or runs[0]["start"] is None:
+        raise ValueError(f"trace {str(path)!r} holds {len(runs)} runs of workflow {workflow!r}"
+                         f"{' (with its start)' if len(runs) == 1 else ''}: replay a trace of one run, from its start")
+    run = runs[0]
+    return {"context": run["start"], "choices": run["decisions"]}, run["path"]
 

@@ -1,0 +1,379 @@
+"""OpenTelemetry spans of runs, on the GenAI semantic conventions: ``pip install 'statemachine-agent[otel]'``.
+
+``compiled.run(ctx, hooks=[OpenTelemetry()])`` (or ``Workflow(..., hooks=[...])``) traces each run
+through whatever tracer provider the application set up (``opentelemetry.trace.set_tracer_provider``):
+
+- ``invoke_agent {workflow}``, one span per attempt of a run (``gen_ai.conversation.id`` is the run
+  id); a run that goes on after a crash or a wait links to its earlier attempt's span;
+- one span per step (``step {state}``), with the transition taken, its kind, and for a decision the
+  enabled options, the choice and the rejected answers;
+- ``execute_tool {tool}`` per tool call made (a call the journal answers makes none), with each
+  failed attempt and its backoff as a span event;
+- ``chat {model}`` per model call, with its usage, finish reason and answer mode.
+
+It is a hook over the run's events, so nothing is built while it is not given; while no span is
+recording (no SDK, or a run not sampled) each event costs one dictionary look-up.
+
+The GenAI conventions are at Development status. By default this emits the forms of semantic
+conventions v1.36.0 (``gen_ai.system`` names the provider), as the conventions' transition plan asks
+of existing instrumentations; with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` (or
+``latest=True``) it emits those of v1.41.0, the latest release holding them (``gen_ai.provider.name``).
+``invoke_agent`` is a client span by default (v1.36.0 defines no other) and an internal one in the latest
+forms. Every attribute is a key of that registry or starts with ``statemachine_agent.``. Message content is
+never recorded: the run's events carry none (the conventions make it opt-in).
+
+When a hook of this module is alive, the library's own log records get the ids of the span they
+happened in (``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``, the names
+opentelemetry-instrumentation-logging uses), so ``%(otelTraceID)s`` can go in a log format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import StateMachineAgentError
+from .events import (
+    BudgetExhausted,
+    DecisionOffered,
+    ErrorRouted,
+    Event,
+    ModelCalled,
+    PolicyChoiceRejected,
+    RunFinished,
+    RunStarted,
+    RunWaiting,
+    StepStarted,
+    ToolAttemptFailed,
+    ToolCallFailed,
+    ToolCallFinished,
+    ToolCallStarted,
+    TransitionTaken,
+)
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError as _missing:  # pragma: no cover - the extra is not installed
+    raise ImportError("statemachine_agent.otel needs the OpenTelemetry API: pip install "
+                      "'statemachine-agent[otel]' (it brings opentelemetry-api only; add an SDK and an exporter "
+                      "to send spans anywhere)") from _missing
+
+__all__ = ["LATEST_OPT_IN", "SCHEMA_DEFAULT", "SCHEMA_LATEST", "OpenTelemetry"]
+
+LATEST_OPT_IN = "gen_ai_latest_experimental"
+"""The value of ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) that selects the latest forms."""
+SCHEMA_DEFAULT = "https://opentelemetry.io/schemas/1.36.0"
+SCHEMA_LATEST = "https://opentelemetry.io/schemas/1.41.0"
+
+_P = "statemachine_agent."
+_PROPAGATOR = TraceContextTextMapPropagator()
+_INTERNAL = SpanKind.INTERNAL
+
+
+class OpenTelemetryError(StateMachineAgentError, TypeError):
+    """``OpenTelemetry(...)`` was given something it cannot use; the message says what to give."""
+
+
+class _Open:
+    """What the hook holds of one attempt of a run while it is in flight."""
+
+    __slots__ = ("ctx", "options", "rejected", "run", "step", "step_ctx", "tools")
+
+    def __init__(self, run: Any, ctx: Any) -> None:
+        self.run = run
+        self.ctx = ctx
+        self.step: Any = None
+        self.step_ctx: Any = None
+        self.tools: dict[int, Any] = {}
+        self.options: tuple[str, ...] = ()
+        self.rejected: list[str] = []
+
+    def innermost(self) -> Any:
+        return self.step if self.step is not None else self.run
+
+
+class OpenTelemetry:
+    """A hook tracing runs with OpenTelemetry (see the module's docstring).
+
+    ``tracer_provider``: where spans go (default: the global one). ``latest``: emit the latest
+    experimental GenAI forms (default: whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists
+    ``gen_ai_latest_experimental``). One object may serve any number of runs at once.
+    """
+
+    __slots__ = ("__weakref__", "_agent_kind", "_handlers", "_provider_key", "_runs", "_tracer", "latest")
+
+    def __init__(self, *, tracer_provider: Any = None, latest: bool | None = None) -> None:
+        if latest is None:
+            opted = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
+            latest = LATEST_OPT_IN in {v.strip() for v in opted.split(",")}
+        if type(latest) is not bool:
+            raise OpenTelemetryError(f"latest={latest!r}: give True, False or None (None reads "
+                                     "OTEL_SEMCONV_STABILITY_OPT_IN)")
+        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+            raise OpenTelemetryError(f"tracer_provider={type(tracer_provider).__name__} has no get_tracer(): give an "
+                                     "opentelemetry TracerProvider (e.g. opentelemetry.sdk.trace.TracerProvider()), "
+                                     "or None for the global one")
+        self.latest = latest
+        """Whether the latest experimental GenAI forms are emitted."""
+        self._tracer = trace.get_tracer("statemachine_agent", _version(), tracer_provider=tracer_provider,
+                                        schema_url=SCHEMA_LATEST if latest else SCHEMA_DEFAULT)
+        self._provider_key = "gen_ai.provider.name" if latest else "gen_ai.system"
+        self._agent_kind = SpanKind.INTERNAL if latest else SpanKind.CLIENT
+        self._runs: dict[str, _Open] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            RunStarted: self._run_started, StepStarted: self._step_started, TransitionTaken: self._transition,
+            DecisionOffered: self._decision, PolicyChoiceRejected: self._rejected, ErrorRouted: self._routed,
+            BudgetExhausted: self._budget, ModelCalled: self._model_called, ToolCallStarted: self._tool_started,
+            ToolAttemptFailed: self._tool_retry, ToolCallFinished: self._tool_finished,
+            ToolCallFailed: self._tool_failed, RunFinished: self._run_finished, RunWaiting: self._run_waiting,
+        }
+        _LOG_IDS.hooks.add(self)
+
+    def __call__(self, event: Event) -> None:
+        if type(event) is not RunStarted and event[0] not in self._runs:
+            return  # not traced (not recording, or a run this hook did not see start)
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def span_of(self, run_id: str) -> Any:
+        """The innermost open span of run ``run_id`` (its step's, else its own), or ``None``."""
+        found = self._runs.get(run_id)
+        return None if found is None else found.innermost()
+
+    # --- the run -----------------------------------------------------------------------------------
+    def _run_started(self, event: RunStarted) -> None:
+        carrier = event.trace
+        links: tuple[Link, ...] = ()
+        earlier = None
+        if carrier:
+            earlier = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+            if earlier.is_valid:
+                links = (Link(earlier, {f"{_P}link": "earlier_attempt"}),)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": event.workflow,
+            "gen_ai.conversation.id": event.run_id,
+            f"{_P}run.max_steps": event.max_steps,
+        }
+        if earlier is not None:
+            attributes[f"{_P}run.resumed"] = True
+        # v1.36.0 defines invoke_agent as a client span only; v1.41.0 adds the in-process (internal) one.
+        span = self._tracer.start_span(f"invoke_agent {event.workflow}", kind=self._agent_kind,
+                                       attributes=attributes, links=links)
+        if not span.is_recording():
+            return
+        stale = self._runs.pop(event.run_id, None)
+        if stale is not None:  # an earlier attempt this hook saw stopped without an end (cancelled, crashed)
+            self._close_step(stale)
+            stale.run.set_status(Status(StatusCode.ERROR, "the attempt stopped without ending"))
+            stale.run.end()
+        ctx = trace.set_span_in_context(span)
+        self._runs[event.run_id] = _Open(span, ctx)
+        if isinstance(carrier, dict):
+            carrier.clear()
+            _PROPAGATOR.inject(carrier, context=ctx)
+
+    def _run_finished(self, event: RunFinished) -> None:
+        found = self._runs.pop(event.run_id)
+        self._close_step(found)
+        result = event.result
+        span = found.run
+        span.set_attributes({f"{_P}run.terminal": result.terminal, f"{_P}run.outcome": str(result.outcome.value),
+                             f"{_P}run.steps": result.steps})
+        if result.reason is not None:
+            span.set_attribute(f"{_P}run.reason", result.reason)
+        if result.error is not None:
+            span.set_attribute("error.type", _qualname(result.error))
+        if str(result.outcome.value) == "failure":
+            span.set_status(Status(StatusCode.ERROR, result.reason))
+        span.end()
+
+    def _run_waiting(self, event: RunWaiting) -> None:
+        found = self._runs.pop(event.run_id)
+        self._close_step(found)
+        span = found.run
+        span.set_attributes({f"{_P}run.outcome": "waiting", f"{_P}run.terminal": event.state,
+                             f"{_P}run.waiting_for": event.event})
+        span.end()
+
+    # --- steps -------------------------------------------------------------------------------------
+    def _step_started(self, event: StepStarted) -> None:
+        found = self._runs[event[0]]
+        self._close_step(found)
+        found.step = span = self._tracer.start_span(
+            f"step {event.state}", context=found.ctx, kind=_INTERNAL,
+            attributes={f"{_P}step.number": event.step, f"{_P}step.state": event.state,
+                        f"{_P}step.visit": event.visit})
+        found.step_ctx = trace.set_span_in_context(span)
+
+    def _open_step(self, found: _Open, step: int, state: str, start: int | None = None) -> Any:
+        """The step's span, opened now when no StepStarted came (a budget stopped the step before
+        its action, or a hook joined mid-step)."""
+        if found.step is None:
+            found.step = span = self._tracer.start_span(
+                f"step {state}", context=found.ctx, kind=_INTERNAL, start_time=start,
+                attributes={f"{_P}step.number": step, f"{_P}step.state": state})
+            found.step_ctx = trace.set_span_in_context(span)
+        return found.step
+
+    def _transition(self, event: TransitionTaken) -> None:
+        found = self._runs[event[0]]
+        span = self._open_step(found, event.step, event.source, time.time_ns() - int(event.duration * 1e9))
+        span.set_attributes({f"{_P}step.transition": event.transition, f"{_P}step.target": event.target,
+                             f"{_P}step.kind": str(event.kind.value)})
+        if found.options:
+            span.set_attributes({f"{_P}decision.options": found.options, f"{_P}decision.chosen": event.transition})
+        if found.rejected:
+            span.set_attribute(f"{_P}decision.rejections", tuple(found.rejected))
+        if str(event.kind.value) == "fail":
+            span.set_status(Status(StatusCode.ERROR))
+        self._close_step(found)
+
+    def _close_step(self, found: _Open) -> None:
+        for span in found.tools.values():  # calls a cancellation left open
+            span.end()
+        found.tools.clear()
+        if found.step is not None:
+            found.step.end()
+            found.step = found.step_ctx = None
+        found.options = ()
+        found.rejected = []
+
+    def _decision(self, event: DecisionOffered) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state)
+        found.options = tuple(event.options)
+
+    def _rejected(self, event: PolicyChoiceRejected) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state)
+        found.rejected.append(event.reason)
+
+    def _routed(self, event: ErrorRouted) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state).set_attribute("error.type", _qualname(event.error))
+
+    def _budget(self, event: BudgetExhausted) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state).set_attribute(f"{_P}step.budget", str(event.budget.value))
+
+    # --- model calls and tool calls ----------------------------------------------------------------
+    def _model_called(self, event: ModelCalled) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state)
+        call = event.call
+        end = time.time_ns()
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            self._provider_key: call.provider,
+            "gen_ai.request.model": call.model,
+            "gen_ai.usage.input_tokens": call.input_tokens,
+            "gen_ai.usage.output_tokens": call.output_tokens,
+            "gen_ai.response.finish_reasons": (call.finish_reason,),
+            "gen_ai.output.type": "text" if call.mode == "prompt" else "json",
+            f"{_P}model.mode": call.mode,
+            f"{_P}model.purpose": call.purpose,
+            f"{_P}model.attempt": call.attempt,
+            f"{_P}model.http_attempts": call.http_attempts,
+        }
+        if call.cost is not None:
+            attributes[f"{_P}model.cost"] = call.cost
+        span = self._tracer.start_span(f"chat {call.model}", context=found.step_ctx, kind=SpanKind.CLIENT,
+                                       attributes=attributes, start_time=end - int(call.latency * 1e9))
+        span.end(end_time=end)
+
+    def _tool_started(self, event: ToolCallStarted) -> None:
+        found = self._runs[event[0]]
+        self._open_step(found, event.step, event.state)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": event.tool,
+            "gen_ai.tool.type": "function",
+            "gen_ai.tool.call.id": event.key if event.key is not None else str(event.call_id),
+            f"{_P}tool.effect": event.effect,
+        }
+        if event.key is not None:
+            attributes[f"{_P}tool.journal_key"] = event.key
+        found.tools[event.call_id] = self._tracer.start_span(f"execute_tool {event.tool}", context=found.step_ctx,
+                                                             kind=_INTERNAL, attributes=attributes)
+
+    def _tool_retry(self, event: ToolAttemptFailed) -> None:
+        span = self._runs[event[0]].tools.get(event.call_id)
+        if span is not None:
+            attributes: dict[str, Any] = {f"{_P}tool.attempt": event.attempt, f"{_P}tool.backoff": event.wait}
+            if event.error is not None:
+                attributes["error.type"] = _qualname(event.error)
+            span.add_event(f"{_P}tool.attempt_failed", attributes)
+
+    def _tool_finished(self, event: ToolCallFinished) -> None:
+        span = self._runs[event[0]].tools.pop(event.call_id, None)
+        if span is not None:
+            span.set_attributes({f"{_P}tool.attempts": event.attempts, f"{_P}tool.fallback": event.fallback})
+            span.end()
+
+    def _tool_failed(self, event: ToolCallFailed) -> None:
+        span = self._runs[event[0]].tools.pop(event.call_id, None)
+        if span is not None:
+            last = event.errors[-1] if event.errors else None
+            span.set_attribute(f"{_P}tool.attempts", len(event.errors))
+            if last is not None:
+                span.set_attribute("error.type", _qualname(last))
+            span.set_status(Status(StatusCode.ERROR, None if last is None else _qualname(last)))
+            span.end()
+
+
+def _qualname(error: BaseException) -> str:
+    kind = type(error)
+    module = kind.__module__
+    return kind.__qualname__ if module in ("builtins", "") else f"{module}.{kind.__qualname__}"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("statemachine-agent")
+    except Exception:
+        return "0"
+
+
+# --- log records ------------------------------------------------------------------------------------
+class _LogIds(logging.Filter):
+    """Puts the trace and span ids into the library's log records: the span of the record's run
+    (the library logs ``run_id`` in ``extra``) when a live hook traces it, else the current span."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks: weakref.WeakSet[OpenTelemetry] = weakref.WeakSet()
+        self.installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run_id = getattr(record, "run_id", None)
+        span = None
+        if isinstance(run_id, str):
+            for hook in list(self.hooks):
+                span = hook.span_of(run_id)
+                if span is not None:
+                    break
+        context = (span if span is not None else trace.get_current_span()).get_span_context()
+        if context.is_valid:
+            record.otelTraceID = trace.format_trace_id(context.trace_id)
+            record.otelSpanID = trace.format_span_id(context.span_id)
+            record.otelTraceSampled = context.trace_flags.sampled
+        return True
+
+
+_LOG_IDS = _LogIds()
+logging.getLogger("statemachine_agent").addFilter(_LOG_IDS)
+
+
+def trace_ids(record: logging.LogRecord) -> Mapping[str, Any]:
+    """The OpenTelemetry ids this module put in ``record`` (empty when it was not traced)."""
+    return {k: getattr(record, k) for k in ("otelTraceID", "otelSpanID", "otelTraceSampled") if hasattr(record, k)}
