@@ -355,7 +355,7 @@ def test_every_stateful_rule_firing_takes_the_step_it_is_named_for() -> None:
 
     with with_reporter(lambda text: events.append(("printed", str(text)))):
         run_state_machine_as_test(Recorded, settings=settings(
-            max_examples=40, stateful_step_count=10, verbosity=Verbosity.debug, deadline=None,
+            max_examples=100, stateful_step_count=10, verbosity=Verbosity.debug, deadline=None,
             database=None, derandomize=True))
     misnamed, fired = _misnamed_firings(research.workflow.spec(), events)
     assert misnamed == []
