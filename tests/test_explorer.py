@@ -20,10 +20,10 @@ missing = browser_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=missing or "")
 
 if missing is None:
+    import explorer_demo
     import httpx
     from pydantic import SecretStr
 
-    import explorer_demo
     from statemachine_agent import UNSET, Context, Tools, Workflow
     from statemachine_agent.secrets import FernetSecrets
     from statemachine_agent.stores import RunStatus, SQLiteStore, StoredRun
@@ -167,6 +167,7 @@ def test_a_run_page_shows_what_the_store_holds(page: Any, demo: tuple[Path, dict
             assert s.transition in item.locator(".via").inner_text()
             item.locator("summary").click()
             detail = item.locator(".detail")
+            detail.locator(".changes[data-loaded=yes]").wait_for()
             # the changes: every field the step wrote, its new value in the diff's added lines
             for field in s.writes:
                 change = detail.locator(".change", has=page.locator(".field", has_text=field))
@@ -484,7 +485,7 @@ def test_secrets_never_reach_a_page_or_json(page: Any, tmp_path: Path) -> None:
     bodies: list[str] = []
     responses: list[Any] = []
     with served(path, {"login": compiled}, secrets=codec) as app:
-        page.on("response", lambda r: responses.append(r))
+        page.on("response", lambda r: responses.append(r))  # noqa: PLW0108  (Playwright takes no built-in method)
         page.goto(app.login)
         open_run(page, app, "secret-run")
         page.wait_for_function("document.getElementById('diagram').complete")
@@ -494,7 +495,8 @@ def test_secrets_never_reach_a_page_or_json(page: Any, tmp_path: Path) -> None:
             if r.ok and r.url.startswith(app.url + "/run"):
                 bodies.append(r.text())
         with httpx.Client(base_url=app.url, headers={"cookie": f"sma_explorer_{app.port}={TOKEN}"}) as http:
-            for url in ("/api/runs", "/run/live?id=secret-run", "/run/diagram.svg?id=secret-run", "/?q=secret",
+            for url in ("/api/runs", "/run/live?id=secret-run", "/run/step?id=secret-run&n=0",
+                        "/run/diagram.svg?id=secret-run", "/?q=secret",
                         "/run?id=secret-run"):
                 response = http.get(url)
                 assert response.status_code == 200, url

@@ -105,9 +105,10 @@ class _Headers:
         await self.app(scope, receive, send_with_headers)
 
 
-def _signature(path: str) -> tuple[object, ...]:
+def _signature(path: str, *, wal: bool = False) -> tuple[object, ...]:
     """What says a reader opened before may no longer see the store as it is: the file's size and
-    time, and whether a -wal and -shm are beside it (a writer opened or closed)."""
+    time, and whether a -wal and -shm are beside it (a writer opened or closed). ``wal``: the -wal's
+    size and time too, which change with every commit."""
     out: list[object] = []
     for name in (path, f"{path}-wal", f"{path}-shm"):
         try:
@@ -115,7 +116,7 @@ def _signature(path: str) -> tuple[object, ...]:
         except OSError:
             out.append(None)
         else:
-            out.append((st.st_size, st.st_mtime_ns) if name == path else True)
+            out.append((st.st_size, st.st_mtime_ns) if name == path or (wal and name.endswith("-wal")) else True)
     return tuple(out)
 
 
@@ -135,6 +136,7 @@ class _Readers:
         self._users: dict[int, int] = {}
         self._retired: list[SQLiteStore] = []
         self._closed = False
+        self._listed: tuple[tuple[object, ...], list[RunRecord]] | None = None
 
     def read(self, op: Callable[[SQLiteStore], T]) -> T:
         with self._lock:
@@ -154,6 +156,19 @@ class _Readers:
             with self._lock:
                 self._users[id(store)] -= 1
                 self._close_unused()
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every run, newest update first; read again only when the files changed since the last
+        read (their sizes and times, the -wal's too), so paging through a large store reads it once."""
+        before = _signature(self.path, wal=True)
+        with self._lock:
+            if self._listed is not None and self._listed[0] == before:
+                return self._listed[1]
+        records = self.read(lambda store: store.list_runs().result())
+        if _signature(self.path, wal=True) == before:  # nothing committed while it was read
+            with self._lock:
+                self._listed = (before, records)
+        return records
 
     def _close_unused(self) -> None:
         for old in [s for s in self._retired if not self._users.get(id(s))]:
@@ -208,7 +223,8 @@ class Explorer:
     def app(self) -> ASGIApp:
         routes = [
             Route("/", self.runs_page), Route("/run", self.run_page), Route("/run/live", self.run_live),
-            Route("/run/diagram.svg", self.run_diagram), Route("/api/runs", self.runs_json),
+            Route("/run/diagram.svg", self.run_diagram), Route("/run/step", self.run_step),
+            Route("/api/runs", self.runs_json),
             Route("/run/deliver", self.deliver, methods=["POST"]), Route("/run/resume", self.resume, methods=["POST"]),
             Route("/run/fork", self.fork, methods=["POST"]),
             Route("/static/explorer.css", self.static), Route("/static/explorer.js", self.static),
@@ -288,7 +304,7 @@ class Explorer:
         return filters, page
 
     def _list(self, filters: Mapping[str, str], page: int) -> _model.ListPage:
-        records = self._readers.read(lambda store: store.list_runs().result())
+        records = self._readers.list_runs()
         return _model.list_page(records, workflow=filters["workflow"], status=filters["status"],
                                 waiting=filters["waiting"], query=filters["q"], page=page)
 
@@ -299,7 +315,7 @@ class Explorer:
         q = filters["q"]
         if q:  # an exact id goes straight to its run
             with contextlib.suppress(RunNotFound, StoreError, ValueError):
-                records = [r for r in self._readers.read(lambda store: store.list_runs().result()) if r.run_id == q]
+                records = [r for r in self._readers.list_runs() if r.run_id == q]
                 if records:
                     return RedirectResponse("/run?" + urlencode({"id": q}), status_code=303)
         page = self._list(filters, page_number)
@@ -318,14 +334,8 @@ class Explorer:
              "updated_at": r.updated_at} for r in page.runs]})
 
     # --- one run ---------------------------------------------------------------------------------
-    def _load(self, run_id: str) -> tuple[StoredRun, dict[str, Any] | None]:
-        stored = self._readers.read(lambda store: store.load(run_id).result())
-        start: dict[str, Any] | None
-        try:
-            start = self._readers.read(lambda store: store.load(run_id, at_step=0).result().context)
-        except (StoreError, ValueError):
-            start = None
-        return stored, start
+    def _load(self, run_id: str) -> StoredRun:
+        return self._readers.read(lambda store: store.load(run_id).result())
 
     def _diagram(self, stored: StoredRun) -> tuple[str | None, str]:
         """The diagram's address, or why there is none."""
@@ -364,10 +374,9 @@ class Explorer:
                                       "problems": deliver_problems or []}
         return actions
 
-    def _body(self, stored: StoredRun, start: dict[str, Any] | None, *, opened: frozenset[int] = frozenset(),
-              **action_args: Any) -> dict[str, Any]:
+    def _body(self, stored: StoredRun, *, opened: frozenset[int] = frozenset(), **action_args: Any) -> dict[str, Any]:
         r = stored.run
-        view = _model.run_view(stored, start, self.workflows.get(r.workflow))
+        view = _model.run_view(stored, self.workflows.get(r.workflow))
         diagram, no_diagram = self._diagram(stored)
         with self._lock:
             flash = self._flash.get(r.run_id)
@@ -386,7 +395,7 @@ class Explorer:
 
     def _run_response(self, run_id: str, *, status: int = 200, **action_args: Any) -> Response:
         try:
-            stored, start = self._load(run_id)
+            stored = self._load(run_id)
         except RunNotFound:
             with self._lock:
                 pending = run_id in self._jobs
@@ -397,7 +406,7 @@ class Explorer:
             return self._message(404, "No such run", f"The store has no run {run_id!r}.")
         except (StoreError, ValueError) as exc:
             return self._message(500, "Cannot read the run", f"{type(exc).__name__}: {exc}")
-        body = self._body(stored, start, **action_args)
+        body = self._body(stored, **action_args)
         return self._page("run.html", status, title=f"Run {run_id}", **body)
 
     def run_live(self, request: Request) -> Response:
@@ -405,7 +414,7 @@ class Explorer:
             return refused
         run_id = request.query_params.get("id", "")
         try:
-            stored, start = self._load(run_id)
+            stored = self._load(run_id)
         except RunNotFound:
             with self._lock:
                 pending = run_id in self._jobs
@@ -415,9 +424,26 @@ class Explorer:
             return JSONResponse({"version": "pending", "live": pending, "html": str(note)})
         except (StoreError, ValueError) as exc:
             return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
-        body = self._body(stored, start)
+        body = self._body(stored)
         html = _html.render("run_body.html", hidden=self._hidden, when=_model.when, **body)
         return JSONResponse({"version": body["version"], "live": body["live"] is not None, "html": html})
+
+    def run_step(self, request: Request) -> Response:
+        """What step ``n`` of a run did to the fields it wrote: an HTML fragment the page loads when
+        the step is opened."""
+        if (refused := self._checked(request)) is not None:
+            return refused
+        run_id = request.query_params.get("id", "")
+        try:
+            n = int(request.query_params.get("n", ""))
+            stored = self._readers.read(lambda store: store.load(run_id, at_step=n).result())
+            step = next(s for s in stored.steps if s.number == n)
+            changes = _model.step_changes(step, stored.context, run_id)
+        except (StoreError, ValueError, StopIteration) as exc:
+            return HTMLResponse(Markup('<p class="error">The changes cannot be shown: {}</p>').format(
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, StopIteration) else "no such step"),
+                status_code=404)
+        return HTMLResponse(_html.render("changes.html", changes=changes, writes=list(step.writes)))
 
     def run_diagram(self, request: Request) -> Response:
         if (refused := self._checked(request)) is not None:

@@ -92,7 +92,6 @@ _RUN_BODY = """{% set r = v.record %}
 <nav class="crumbs"><a href="/">← all runs</a>{% if r.parent %} · forked from <a href="/run?{{ q(id=r.parent) }}">{{ r.parent }}</a> at step {{ r.parent_step }}{% endif %}</nav>
 <h1>Run <span class="run-id" id="run-id">{{ r.run_id }}</span> <span class="badge {{ r.status }}" id="status">{{ r.status }}</span></h1>
 {% if flash %}<p class="flash {{ flash.kind }}" id="flash">{{ flash.text }}</p>{% endif %}
-{% for n in v.notes %}<p class="flash error">{{ n }}</p>{% endfor %}
 <section class="summary">
 <dl>
 <dt>Workflow</dt><dd id="workflow">{{ r.workflow }} <span class="muted">version {{ r.fingerprint[:8] }}{% if v.known and not v.same_version %} (not the version of the code given: an action is checked before it changes anything){% endif %}</span></dd>
@@ -132,10 +131,7 @@ _RUN_BODY = """{% set r = v.record %}
 <div class="detail">
 {% if s.error %}<p class="error">error: <span class="error-text">{{ s.error }}</span></p>{% endif %}
 <p class="muted">started {{ s.started }}</p>
-{% if s.changes %}<h3>Context changes</h3>
-{% for c in s.changes %}<div class="change {{ c.kind }}"><div class="field">{{ c.field }} <span class="muted">{{ c.kind }}</span></div>
-<pre class="diff">{% for mark, line in c.lines %}<span class="l{{ {"+": " add", "-": " del", "@": " hunk"}.get(mark, "") }}">{{ mark }} {{ line }}</span>{% endfor %}{% if c.cut %}<span class="l hunk">… (cut)</span>{% endif %}</pre></div>{% endfor %}
-{% elif s.writes %}<p class="muted">writes {{ s.writes | join(", ") }}</p>{% endif %}
+{% if s.writes or s.ran %}<div class="changes" data-src="/run/step?{{ q(id=r.run_id, n=s.number) }}"><p class="muted">{% if s.writes %}writes {{ s.writes | join(", ") }}{% else %}writes nothing{% endif %}</p></div>{% endif %}
 {% if s.decision %}<h3>Decision</h3>
 <p>answer: <b class="answer">{{ s.decision.answer }}</b></p>
 {% if s.decision.options %}<table class="options"><thead><tr><th>option</th><th>to</th><th>meaning</th></tr></thead><tbody>
@@ -163,6 +159,12 @@ _RUN_BODY = """{% set r = v.record %}
 </tbody></table>{% else %}<p class="muted">empty</p>{% endif %}
 </section>
 <section class="context"><h2>Context <span class="muted">({{ "at the end" if r.status == "done" else "before step %d" % r.next_step }})</span></h2><pre id="context">{{ v.context }}</pre></section>
+"""
+
+_CHANGES = """{% if changes %}<h3>Context changes</h3>
+{% for c in changes %}<div class="change {{ c.kind }}"><div class="field">{{ c.field }} <span class="muted">{{ c.kind }}</span></div>
+<pre class="diff">{% for mark, line in c.lines %}<span class="l{{ {"+": " add", "-": " del", "@": " hunk"}.get(mark, "") }}">{{ mark }} {{ line }}</span>{% endfor %}{% if c.cut %}<span class="l hunk">… (cut)</span>{% endif %}</pre></div>{% endfor %}
+{% else %}<p class="muted">no change to the context</p>{% endif %}
 """
 
 _CALLS = """<table class="calls"><thead><tr><th>#</th><th>tool</th><th>effect</th><th>status</th><th>arguments</th><th>result or error</th><th>at</th></tr></thead><tbody>
@@ -275,9 +277,24 @@ code { font: 12px ui-monospace, Menlo, Consolas, monospace; word-break:break-all
 
 SCRIPT = """"use strict";
 // The explorer's one script (no inline script runs: the pages' Content-Security-Policy forbids it).
-// A run that is not done is polled: when the store moved it, the run's part of the page is replaced
-// by the server's new rendering (escaped there), keeping open steps open.
+// A step opened loads its context changes (built by the server, escaped there). A run that is not
+// done is polled: when the store moved it, the run's part of the page is replaced by the server's new
+// rendering, keeping open steps open.
 (function () {
+  document.addEventListener("toggle", async (event) => {
+    const details = event.target;
+    if (!(details instanceof HTMLDetailsElement) || !details.open) return;
+    const box = details.querySelector(".changes[data-src]");
+    if (!box || box.dataset.loaded) return;
+    box.dataset.loaded = "loading";
+    try {
+      const r = await fetch(box.dataset.src, {credentials: "same-origin", cache: "no-store"});
+      box.innerHTML = await r.text();
+    } catch (e) {
+      box.textContent = "The changes could not be loaded.";
+    }
+    box.dataset.loaded = "yes";
+  }, true);
   const main = document.getElementById("main");
   if (!main || !main.dataset.live) return;
   const every = Math.max(50, Number(main.dataset.poll) || 1000);
@@ -304,7 +321,7 @@ SCRIPT = """"use strict";
 
 _ENV = jinja2.Environment(
     loader=jinja2.DictLoader({"base.html": _BASE, "list.html": _LIST, "run.html": _RUN, "run_body.html": _RUN_BODY,
-                              "calls.html": _CALLS, "actions.html": _ACTIONS, "message.html": _MESSAGE}),
+                              "calls.html": _CALLS, "changes.html": _CHANGES, "actions.html": _ACTIONS, "message.html": _MESSAGE}),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
 
 

@@ -13,7 +13,7 @@ import enum
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "payload_fields",
     "payload_from_form",
     "run_view",
+    "step_changes",
     "version_of",
 ]
 
@@ -272,7 +273,6 @@ class RunView:
     waiting: bool
     wait_event: str | None
     wait_deadline: str | None
-    notes: list[str] = field(default_factory=list)
 
 
 def _lines(value: Any) -> list[str]:
@@ -324,36 +324,30 @@ def _decision(step: StepRecord, compiled: CompiledWorkflow[Any] | None) -> Decis
     return DecisionView(step.transition, options, list(step.rejected))
 
 
-def run_view(stored: StoredRun, start: Mapping[str, Any] | None, compiled: CompiledWorkflow[Any] | None) -> RunView:
-    """The page of ``stored`` (a whole load); ``start``: its context before step 0 (a load at step 0),
-    from which each step's changes are rebuilt, or ``None`` to show the steps without them."""
+def step_changes(step: StepRecord, before: Mapping[str, Any], run_id: str) -> list[Change]:
+    """What ``step`` did to each field it wrote, from the context before it (its JSON)."""
+    context = json.loads(json.dumps({k: v for k, v in before.items()
+                                     if k in step.writes or k in step.delta or k in step.ops or k in step.unset}))
+    touched = list(dict.fromkeys([*step.writes, *step.delta, *step.ops, *step.unset]))
+    had = {f: (f in context, json.loads(json.dumps(context[f])) if f in context else None) for f in touched}
+    rebuild(context, step, run_id)
+    return [_change(f, had[f][1], context.get(f), had[f][0], f in step.unset) for f in touched]
+
+
+def run_view(stored: StoredRun, compiled: CompiledWorkflow[Any] | None) -> RunView:
+    """The page of ``stored`` (a whole load). Each step's changes are not here: they are built when
+    the step is opened (:func:`step_changes`), so a run of many steps shows at once."""
     r = stored.run
     calls_by_step: dict[int, list[ToolCallView]] = {}
     for c in stored.calls:
         calls_by_step.setdefault(c.step, []).append(_tool_call(c))
-    context: dict[str, Any] | None = json.loads(json.dumps(dict(start))) if start is not None else None
     first = stored.steps[0].started_at if stored.steps else r.created_at
     longest = max((s.duration for s in stored.steps), default=0.0) or 1.0
     steps: list[StepView] = []
-    notes: list[str] = []
     tokens_in = tokens_out = model_calls = 0
     cost = 0.0
     priced = False
     for s in stored.steps:
-        changes: list[Change] = []
-        if context is not None:
-            touched = list(dict.fromkeys([*s.writes, *s.delta, *s.ops, *s.unset]))
-            before = {f: (f in context, json.loads(json.dumps(context[f])) if f in context else None)
-                      for f in touched}
-            try:
-                rebuild(context, s, r.run_id)
-            except Exception as exc:  # a damaged row: show the steps, without their changes from here on
-                notes.append(f"the changes from step {s.number} on cannot be rebuilt: {exc}")
-                context = None
-            else:
-                for f in touched:
-                    had, old = before[f]
-                    changes.append(_change(f, old, context.get(f), had, f in s.unset))
         models = [_model_call(m) for m in s.model_calls]
         for m in s.model_calls:
             tokens_in += int(_number(m.get("input_tokens")))
@@ -366,7 +360,7 @@ def run_view(stored: StoredRun, start: Mapping[str, Any] | None, compiled: Compi
             number=s.number, state=s.state, target=s.target, transition=s.transition, kind=str(s.kind),
             started=when(s.started_at), offset=seconds(max(0.0, s.started_at - first)), duration=seconds(s.duration),
             share=max(1, min(1000, round(1000 * s.duration / longest))), ran=s.ran, error=s.error,
-            writes=list(s.writes), changes=changes, calls=calls_by_step.pop(s.number, []), models=models,
+            writes=list(s.writes), changes=[], calls=calls_by_step.pop(s.number, []), models=models,
             decision=_decision(s, compiled)))
     pending = [c for step in sorted(calls_by_step) for c in calls_by_step[step]]
     wait = r.wait if r.status is RunStatus.WAITING else None
@@ -379,7 +373,7 @@ def run_view(stored: StoredRun, start: Mapping[str, Any] | None, compiled: Compi
         model_calls=model_calls, started=when(r.created_at), updated=when(r.updated_at), known=compiled is not None,
         same_version=compiled is not None and compiled.fingerprint == r.fingerprint,
         waiting=wait is not None, wait_event=wait.event if wait is not None else None,
-        wait_deadline=when(wait.deadline) if wait is not None and wait.deadline is not None else None, notes=notes)
+        wait_deadline=when(wait.deadline) if wait is not None and wait.deadline is not None else None)
 
 
 def overlay_of(stored: StoredRun) -> dict[str, Any]:
