@@ -20,6 +20,7 @@ from explorer_support import browser_missing, chromium, served  # noqa: E402
 
 OUT = HERE.parent / "docs" / "img"
 WIDTH = 1200
+DIAGRAM_LOADED = "() => { const d = document.getElementById('diagram'); return d !== null && d.complete; }"
 
 
 def main() -> int:
@@ -40,13 +41,14 @@ def main() -> int:
 
             page.goto(f"{app.url}/run?id={ids['done']}")
             page.locator("#diagram").wait_for()
-            page.wait_for_function("document.getElementById('diagram').complete")
+            page.wait_for_function(DIAGRAM_LOADED)
             for n in (1, 2):
                 page.locator(f"#step-{n} > summary").click()
+                page.locator(f"#step-{n} .changes[data-loaded=yes]").wait_for()
             page.screenshot(path=str(OUT / "explorer-run.png"), full_page=True)
 
             page.goto(f"{app.url}/run?id={ids['waiting']}")
-            page.wait_for_function("document.getElementById('diagram').complete")
+            page.wait_for_function(DIAGRAM_LOADED)
             page.screenshot(path=str(OUT / "explorer-waiting.png"), full_page=True)
 
             form = page.locator("#deliver")
@@ -56,7 +58,7 @@ def main() -> int:
             form.locator("button[type=submit]").click()
             page.locator("#status", has_text="done").wait_for()
             page.locator("#flash", has_text="ended in refunded").wait_for()
-            page.wait_for_function("document.getElementById('diagram').complete")
+            page.wait_for_function(DIAGRAM_LOADED)
             page.screenshot(path=str(OUT / "explorer-delivered.png"), full_page=True)
 
             fork = page.locator("#fork")
@@ -65,7 +67,7 @@ def main() -> int:
             fork.locator("button[type=submit]").click()
             page.locator("#status", has_text="done").wait_for()
             page.locator("#flash", has_text="ended in").wait_for()
-            page.wait_for_function("document.getElementById('diagram').complete")
+            page.wait_for_function(DIAGRAM_LOADED)
             page.screenshot(path=str(OUT / "explorer-fork.png"), full_page=True)
     for p in sorted(OUT.glob("explorer-*.png")):
         print(f"wrote {p.relative_to(HERE.parent)}")

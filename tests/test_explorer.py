@@ -48,6 +48,9 @@ def apart(fn: Any, *args: Any) -> Any:
     return out[0]
 
 
+DIAGRAM_LOADED = "() => { const d = document.getElementById('diagram'); return d !== null && d.complete; }"
+
+
 def stored(path: Path, run_id: str) -> StoredRun:
     """The run as the store holds it, read apart from the explorer."""
     with SQLiteStore(path, readonly=True) as store:
@@ -194,7 +197,7 @@ def test_a_run_page_shows_what_the_store_holds(page: Any, demo: tuple[Path, dict
         total_in = sum(int(str(m["input_tokens"])) for s in run.steps for m in s.model_calls)
         assert f"{total_in} tokens in" in page.locator("#models").inner_text()
         # the diagram: Graphviz's SVG of this workflow with the run drawn over it, loaded as an image
-        page.wait_for_function("document.getElementById('diagram').complete")
+        page.wait_for_function(DIAGRAM_LOADED)
         assert page.locator("#diagram").evaluate("img => img.naturalWidth") > 0
         svg = page.request.get(app.url + str(page.locator("#diagram").get_attribute("src"))).text()
         assert "<svg" in svg and all(f">{s.state}" in svg for s in run.steps)
@@ -370,7 +373,7 @@ def test_nothing_from_the_store_runs_as_markup(page: Any, tmp_path: Path) -> Non
         assert page.locator("#step-1 .error-text").inner_text() == run.steps[1].error
         assert page.locator("#timeline .state").all_inner_texts() == [s.state for s in run.steps]
         assert json.loads(page.locator("#context").inner_text())["out"] == run.context["out"]
-        page.wait_for_function("document.getElementById('diagram').complete")
+        page.wait_for_function(DIAGRAM_LOADED)
         assert page.locator("#diagram").evaluate("img => img.naturalWidth") > 0
         page.goto(f"{app.url}/run/diagram.svg?" + str(httpx.QueryParams({"id": run_id})))  # the SVG opened alone
         assert page.evaluate("window.__pwned") is None
@@ -488,7 +491,7 @@ def test_secrets_never_reach_a_page_or_json(page: Any, tmp_path: Path) -> None:
         page.on("response", lambda r: responses.append(r))  # noqa: PLW0108  (Playwright takes no built-in method)
         page.goto(app.login)
         open_run(page, app, "secret-run")
-        page.wait_for_function("document.getElementById('diagram').complete")
+        page.wait_for_function(DIAGRAM_LOADED)
         page.locator("#step-0 > summary").click()
         assert "••••••" in page.locator("#context").inner_text()
         for r in responses:  # what the browser was served for this page (the list's was navigated away from)
