@@ -11,7 +11,8 @@ LLM_LOCAL_STAMP := $(VENV)/.stamp-llm
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 export PIP_NO_WARN_SCRIPT_LOCATION := 1
 
-.PHONY: demo test test-llm-quick test-busy lint typecheck unit diagrams check bench graphviz venv clean
+.PHONY: demo test test-llm-quick test-busy lint typecheck unit diagrams check bench graphviz chromium venv clean \
+	explorer-shots
 
 # A fresh Debian may lack venv (python3-venv) or Graphviz's dot: install them when we can
 # (root with apt), else say exactly what is missing.
@@ -47,6 +48,24 @@ graphviz:
 	         "macOS: brew install graphviz), then run make again"; exit 1; \
 	  fi; }
 
+# Debian's Chromium, for the run explorer's browser tests (Playwright drives it; it never downloads a
+# browser of its own). Installed when we can (root with apt); otherwise those tests skip, saying why,
+# and everything else still runs.
+chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium (Debian package chromium) for the explorer's browser tests"; \
+	    { apt-get update -qq && apt-get install -y -qq chromium; } > $(VENV)/chromium-install.log 2>&1 \
+	      || { tail -n 5 $(VENV)/chromium-install.log; \
+	           echo "could not install Chromium (log: $(VENV)/chromium-install.log): the browser tests will be skipped"; }; \
+	  else \
+	    echo "Chromium is missing (Debian: sudo apt-get install chromium): the explorer's browser tests will be skipped"; \
+	  fi; }
+
+# The explorer's screenshots in docs/img/explorer-*.png, taken in headless Chromium (tests/explorer_shots.py).
+explorer-shots: $(STAMP) graphviz chromium
+	$(BIN)/python tests/explorer_shots.py
+
 demo: $(STAMP) graphviz
 	@$(BIN)/python -m statemachine_agent.examples.research "How does the checker bound loops?" --store runs.db
 
@@ -60,7 +79,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check statemachine_agent tests tests_llm benchmarks
 	$(BIN)/mypy
 
-unit: $(STAMP) graphviz
+unit: $(STAMP) graphviz chromium
 	$(BIN)/python -m pytest -q
 
 # The real-model tests (tests_llm/) against llama.cpp's prebuilt server with SmolLM2-135M, which

@@ -1136,6 +1136,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "left to right up to 12 states)")
     p.set_defaults(func=cmd_diagram)
     _add_runs(sub)
+    p = sub.add_parser("ui", help="serve the run explorer: a local web page over a store's runs (the ui extra)",
+                       description="A local web page over the runs of a store: the list, each run's path on its "
+                       "diagram, steps, tool and model calls, and, with the workflows' code, actions (deliver, "
+                       "resume, fork) that need the token printed at start.")
+    p.add_argument("--store", required=True, help="the store's file (SQLiteStore), e.g. runs.db")
+    p.add_argument("--workflow", action="append", metavar="MODULE:OBJECT", help="a workflow whose runs may be drawn "
+                   "and acted on (repeat for several); without it the explorer only reads")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
+                   "only)")
+    p.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: any free one)")
+    p.add_argument("--policy", default="first", help="what answers the decisions of runs an action continues: "
+                   "first (default), random[:SEED], or MODULE:OBJECT naming a policy callable")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between a live page's looks at the store "
+                   "(default 1)")
+    p.add_argument("--secrets-env", metavar="NAME", help="the environment variable holding the Fernet key of runs "
+                   "whose context has SecretStr/SecretBytes fields (for the actions; pages show secrets masked)")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 
@@ -1235,6 +1252,49 @@ def cmd_runs_wake(args: argparse.Namespace) -> int:
         where = f"waits for {_name(r.waiting)}" if r.waiting is not None else f"ended in {_name(r.terminal)}"
         _say(f"{_name(r.run_id)}: {where} ({r.outcome})")
     _say(f"{len(results)} run(s) continued")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the run explorer of a store until Ctrl-C (docs/observability.md, "The run explorer")."""
+    try:
+        from .ui import PortInUse, is_loopback, serve  # noqa: PLC0415  (the ui extra)
+    except ImportError as exc:
+        raise UsageError(f"the explorer needs the ui extra ({exc.name or exc} is not installed): "
+                         "pip install 'statemachine-agent[ui]'") from None
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: give a port from 1 to 65535 (or 0 for any free one)")
+    _positive_option(args.poll, "--poll", "a positive, finite number of seconds")
+    workflows: dict[str, CompiledWorkflow[Any]] = {}
+    for target in args.workflow or ():
+        compiled = _compiled(target)
+        if compiled.name in workflows:
+            raise UsageError(f"--workflow {target}: workflow {compiled.name!r} is given twice; give each once")
+        workflows[compiled.name] = compiled
+    policy = _policy(args.policy)
+    codec = None
+    if args.secrets_env is not None:
+        from .secrets import FernetSecrets  # noqa: PLC0415  (needs the [secrets] extra)
+
+        codec = FernetSecrets.from_env(args.secrets_env)
+    with _open_store(args.store, readonly=True) as store:  # a store it is, and its runs can be read
+        store.list_runs().result()
+    if not is_loopback(args.host):
+        _say(f"statemachine-agent: warning: --host {printable(args.host)} is reachable from other machines; "
+             "anyone with the token can act on the runs", err=True)
+
+    def ready(url: str) -> None:
+        _say(f"explorer of {printable(args.store)}: {url}")
+        _say("(the token in this address lets its holder act on the runs; Ctrl-C stops the explorer)")
+        sys.stdout.flush()
+
+    try:
+        serve(args.store, workflows, host=args.host, port=args.port, secrets_codec=codec, poll=args.poll,
+              policy=policy, ready=ready)
+    except PortInUse as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("observability", ("otel", "traces")),
     ("diagrams", ("diagrams",)),
     ("testing", ("testing", "testing.*", "llm.testing", "stores.conformance")),
-    ("cli", ("cli",)),
+    ("cli", ("cli", "ui", "ui.*")),
 )
 
 OUTSIDE = frozenset({"", "__main__", "examples", "examples.*"})

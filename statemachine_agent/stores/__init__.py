@@ -26,6 +26,7 @@ from ._records import (
     StoredRun,
     WaitRecord,
     WaitRow,
+    rebuild,
 )
 from ._sqlite import MemoryStore, SQLiteStore
 
@@ -55,4 +56,5 @@ __all__ = [
     "StoredRun",
     "WaitRecord",
     "WaitRow",
+    "rebuild",
 ]
