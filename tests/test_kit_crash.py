@@ -4,7 +4,6 @@ and resumed from its store, checked against docs/durability.md's guarantees."""
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 

@@ -345,7 +345,7 @@ class _Instrumented:
             else:
                 seen = _Reads(ctx)
                 try:
-                    value = g(seen)  # type: ignore[arg-type]
+                    value = g(seen)
                 except Exception as exc:
                     session.guard_errors.append(exc)
                     session.story.lines.append(f"    guard [{g.name}] raised {type(exc).__name__}: {exc}")

@@ -1,8 +1,8 @@
 """The run explorer: a local web page over a store's runs (``statemachine-agent ui --store runs.db``).
 
 Needs the ``ui`` extra (``pip install 'statemachine-agent[ui]'``: Starlette, uvicorn, Jinja2). See
-docs/observability.md, "The run explorer". :func:`serve` binds a socket and serves until interrupted; :func:`open_socket`
-and :class:`Explorer` are its parts, for a caller (a test) serving the app its own way.
+docs/observability.md, "The run explorer". :func:`serve` binds a socket and serves until interrupted;
+:func:`open_socket` and :class:`Explorer` are its parts, for a caller (a test) serving the app its own way.
 """
 
 from __future__ import annotations
