@@ -67,6 +67,10 @@ class Case:
     expect: str
 
 
+DERANDOMIZE = False
+"""The kit's default (random draws); tests/test_kit_hit_rate.py sets it to draw the same examples each time."""
+
+
 # --- research: the example, one change at a time --------------------------------------------------------
 PAGES = example.Corpus(example.CORPUS)
 _SUMMARIZE = {s.name: s for s in example.workflow.spec().states}["summarize"].action
@@ -198,7 +202,9 @@ def research_test(bug: Bug | None) -> Callable[[], object]:
         kw["policy"] = looping_route
     elif bug is Bug.ASYNC_POLICY:
         kw["policy"] = async_route
-    tests = [lambda: check_workflow(wf, **kw), lambda: check_crashes(wf, contexts_from=kw["contexts_from"])]
+    kw["derandomize"] = DERANDOMIZE
+    tests = [lambda: check_workflow(wf, **kw),
+             lambda: check_crashes(wf, contexts_from=kw["contexts_from"], derandomize=DERANDOMIZE)]
     if bug is None:  # the version whose choice after a search is the user's (correct) policy
         tests.append(lambda: check_workflow(research(decided=True), **kw, policy=route_after_search))
     return _suite(tests)
@@ -384,8 +390,10 @@ def refunds_test(bug: Bug | None) -> Callable[[], object]:
     return _suite([
         lambda: check_workflow(wf, contexts_from=REFUND_INPUTS, policy=policy, invariants=[at_most_two_retries],
                                path_invariants=[never_refunded_twice, paid_only_if_small_or_approved,
-                                                receipts_name_their_order], print_coverage=False),
-        lambda: check_crashes(wf, contexts_from=REFUND_INPUTS, invariants=[at_most_two_retries])])
+                                                receipts_name_their_order], print_coverage=False,
+                               derandomize=DERANDOMIZE),
+        lambda: check_crashes(wf, contexts_from=REFUND_INPUTS, invariants=[at_most_two_retries],
+                              derandomize=DERANDOMIZE)])
 
 
 # --- triage: an async LLM policy behind a guardrail --------------------------------------------------------
@@ -537,8 +545,10 @@ def triage_test(bug: Bug | None) -> Callable[[], object]:
             llm = LLMPolicy(base_url=model.url, model="scripted", retries=1)
             return check_workflow(wf, policy=guardrail(llm, bug=bug is Bug.ASYNC_POLICY), model=model,
                                   contexts_from=TICKETS, invariants=[open_tickets_are_notified],
-                                  path_invariants=[urgent_tickets_are_p1], print_coverage=False)
-    return _suite([test, lambda: check_crashes(wf, contexts_from=TICKETS, invariants=[open_tickets_are_notified])])
+                                  path_invariants=[urgent_tickets_are_p1], print_coverage=False,
+                                  derandomize=DERANDOMIZE)
+    return _suite([test, lambda: check_crashes(wf, contexts_from=TICKETS, invariants=[open_tickets_are_notified],
+                                               derandomize=DERANDOMIZE)])
 
 
 AGENTS: dict[str, Callable[[Bug | None], Callable[[], object]]] = {

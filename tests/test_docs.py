@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -199,4 +200,9 @@ def test_observability_page_examples_run_as_shown(capsys: pytest.CaptureFixture[
     assert len(blocks) == 4 and len(printed) == 3
     for out in printed:
         assert f"This prints `{out}`" in page
-    assert page.rstrip().endswith("<!-- explorer section -->")
+    # The explorer's section shows its screenshots, each one a file tests/explorer_shots.py wrote.
+    shots = re.findall(r"!\[[^\]]*\]\((img/explorer-[a-z]+\.png)\)", page)
+    assert {"img/explorer-list.png", "img/explorer-run.png", "img/explorer-waiting.png",
+            "img/explorer-delivered.png", "img/explorer-fork.png"} <= set(shots)
+    for shot in shots:
+        assert (ROOT / "docs" / shot).read_bytes().startswith(b"\x89PNG")
