@@ -15,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-import kit_agents  # noqa: E402
-import kit_hit_rate  # noqa: E402
+import kit_agents
+import kit_hit_rate
 
 
 @pytest.fixture(autouse=True)
