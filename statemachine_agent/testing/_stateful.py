@@ -70,11 +70,16 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
             self.run: Any = None
             self.clock = FakeClock()
             self.story: Story | None = None
+            self.choices: list[str] = []
+            """The rule's transition, answered at a decision of its step (the run's policy reads it)."""
+
+        def answer(self, decision: Any) -> Any:
+            return self.choices[0] if self.choices else decision.options[0].name
 
         @initialize(context=strategy)
         def start(self, context: Any) -> None:
             self.story = Story(compiled.name, _as_json(context))
-            self.run = wf.start(context, clock=self.clock, raise_errors=False)
+            self.run = wf.start(context, clock=self.clock, raise_errors=False, policy=self.answer)
 
         def teardown(self) -> None:
             self.loop.close()
@@ -117,7 +122,7 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
                                    guards=_Script(forced, None, story.guards),
                                    events=_Script((), None, story.events), replies=_Script((), None, story.replies),
                                    fault_strategy=fault_strategy, fault_types={}, coverage=None, inject=inject)
-            self.run.policy = _answer(choices)
+            self.choices = choices
             with _quiet():
                 step = self.loop.run_until_complete(self.run.step())
             # An action that raised on its own, or a guard that did: the step could not take the
@@ -197,13 +202,3 @@ def workflow_state_machine(workflow: Workflow[Any] | CompiledWorkflow[Any],
 
     WorkflowMachine.__name__ = f"{compiled.name.title().replace('-', '')}Machine"
     return WorkflowMachine
-
-
-def _answer(choices: list[str]) -> Callable[[Any], Any]:
-    """The policy of one forced step: the rule's transition."""
-    answers = list(choices)
-
-    def policy(decision: Any) -> Any:
-        return answers[0] if answers else decision.options[0].name
-
-    return policy
