@@ -24,9 +24,9 @@ import time
 import types
 import typing
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr, ValidationError
 
@@ -57,6 +57,7 @@ from .errors import (
     RunFenced,
     StateMachineAgentError,
     StoreError,
+    ToolFailed,
     ToolResultError,
 )
 from .policies import _safe_repr as safe_repr
@@ -411,17 +412,20 @@ class Durable:
                        status=CallStatus.INTENT, at=time.time())
         if effect is Effect.AT_MOST_ONCE:
             await self._write(row)
+        failures: list[BaseException] = []
         try:
-            result = await tools._run_call(tool, arguments, key)
+            result = await tools._run_call(tool, arguments, key, failures)
         except Exception as exc:
             if effect is not Effect.READ:
-                await self._write({**row, "status": CallStatus.FAILED, "error": _describe(exc), "at": time.time()})
+                await self._write({**row, "status": CallStatus.FAILED, "error": _describe(exc), "at": time.time(),
+                                   **_attempts(exc.errors if isinstance(exc, ToolFailed) else failures, failed=True)})
             raise
         try:
             data = _seal_result(tool, result, tool.dump_result(result), self.secrets)
         except TypeError as exc:
             raise ToolResultError(tool.name, str(exc)) from None
-        done: CallRow = {**row, "status": CallStatus.DONE, "result": data, "at": time.time()}
+        done: CallRow = {**row, "status": CallStatus.DONE, "result": data, "at": time.time(),
+                         **_attempts(failures, failed=False)}
         if effect is Effect.READ:
             self.pending.append(done)
         else:
@@ -513,6 +517,24 @@ def _open_result(name: str, data: Any, codec: SecretCodec | None, run_id: str) -
                                f"run {run_id!r}: the journaled result of tool {name!r} does not open with "
                                "this store's codec (another key, or a damaged token): open the store with the "
                                "key it was written with") from None
+
+
+class _Attempts(TypedDict, total=False):
+    attempts: int
+    failures: list[str]
+
+
+def _attempts(errors: Sequence[BaseException], *, failed: bool) -> _Attempts:
+    """A journal row's attempts, when the call took more than one: how many, and what each failed one
+    raised. A call that took one attempt writes neither key (its row reads as before)."""
+    attempts = len(errors) + (0 if failed else 1)
+    if attempts <= 1:
+        return {}
+    return {"attempts": attempts, "failures": [_describe(e)[:500] for e in errors[:_MAX_FAILURES]]}
+
+
+_MAX_FAILURES = 20
+"""At most this many failed attempts are described in a journal row (their count is always kept)."""
 
 
 def _describe(error: BaseException) -> str:

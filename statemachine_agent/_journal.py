@@ -53,7 +53,8 @@ class RunState:
 class ToolRunner(Protocol):
     """What a journal calls to make a tool call for real (``Tools``)."""
 
-    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any: ...
+    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None,
+                        failures: list[BaseException] | None = None) -> Any: ...
 
 
 Delta = tuple[dict[str, Any], list[str], dict[str, list[Any]]]

@@ -784,8 +784,10 @@ def _show_lines(stored: StoredRun) -> list[str]:
     for c in stored.calls:
         outcome = f"error {_brief(c.error, 80)}" if c.error is not None else f"result {_brief(c.result, 60)}"
         pending = "  (step not committed: resuming it reuses this)" if c.step >= n else ""
+        tries = (f"  after {c.attempts} attempts (" + "; ".join(_cut(f, 60) for f in c.failures[:3])
+                 + ("; ..." if len(c.failures) > 3 else "") + ")") if c.attempts > 1 else ""
         lines.append(f"  {c.step:>3}/{c.call}  {_name(c.tool)}  {c.effect}  {c.status}  key {_name(c.key)}  "
-                     f"arguments {_brief(c.arguments, 60)}  {outcome}{pending}")
+                     f"arguments {_brief(c.arguments, 60)}  {outcome}{tries}{pending}")
     if not stored.calls:
         lines.append("  (no tool calls)")
     return lines

@@ -186,23 +186,26 @@ class Tools:
         return await journal.call(self, tool, step=self._step, index=index, key=key, arguments=arguments,
                                   run_id=run_id)
 
-    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any:
+    async def _run_call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None,
+                        failures: list[BaseException] | None = None) -> Any:
         """The call itself, within the state's deadline (the journal decides whether to make it);
-        ``key``: the call's stable key, for the hooks."""
+        ``key``: the call's stable key, for the hooks; ``failures``, when given, gets what each failed
+        attempt of a call that then succeeded raised (the journal keeps them)."""
         deadline = self._deadline
         if deadline is None:
-            return await self._call(tool, arguments, key)
+            return await self._call(tool, arguments, key, failures)
         # The state's deadline bounds the whole call: attempts, backoff waits and rate-limit waits.
         cm = self._clock.timeout_at(deadline)
         try:
             async with cm:
-                return await self._call(tool, arguments, key)
+                return await self._call(tool, arguments, key, failures)
         except TimeoutError:
             if cm.expired():
                 raise ToolTimeout(tool.name, 0.0, TimeoutScope.STATE) from None
             raise
 
-    async def _call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None) -> Any:
+    async def _call(self, tool: Tool, arguments: dict[str, Any], key: str | None = None,
+                    failures: list[BaseException] | None = None) -> Any:
         name = tool.name
         run = self._run
         hooks = run is not None and run.hooks
@@ -212,7 +215,7 @@ class Tools:
             await self._emit(ToolCallStarted, name, call_id, str(tool.effect), key)
         if tool.own_retrying and self._retry is _MISSING:
             # The user's own policy sees every attempt, the first included (and may retry on results).
-            result, attempts, fallback = await self._recover(tool, arguments, None, call_id, t0)
+            result, attempts, fallback = await self._recover(tool, arguments, None, call_id, t0, failures=failures)
         else:
             try:
                 result = await self._attempt(tool, arguments)
@@ -222,7 +225,7 @@ class Tools:
                     if hooks and isinstance(first, Exception):
                         await self._emit(ToolCallFailed, name, call_id, (first,), time.perf_counter() - t0)
                     raise
-                result, attempts, fallback = await self._recover(tool, arguments, first, call_id, t0)
+                result, attempts, fallback = await self._recover(tool, arguments, first, call_id, t0, failures=failures)
         if hooks:
             await self._emit(ToolCallFinished, name, call_id, attempts, time.perf_counter() - t0, fallback)
         return result
@@ -290,8 +293,11 @@ class Tools:
         return await asyncio.shield(future)
 
     async def _recover(self, tool: Tool, arguments: dict[str, Any], first: BaseException | None,
-                       call_id: int, t0: float) -> tuple[Any, int, bool]:
-        errors: list[BaseException] = [first] if first is not None else []
+                       call_id: int, t0: float, *, failures: list[BaseException] | None = None
+                       ) -> tuple[Any, int, bool]:
+        errors: list[BaseException] = failures if failures is not None else []
+        if first is not None:
+            errors.append(first)
         base = tool.retrying if self._retry is _MISSING else self._retry
         if base is not None:
             replayed = first is None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from statemachine_agent import UNSET, Context, Decision, Option, Tools, Workflow
 from statemachine_agent.errors import EffectOutcomeUnknown
 from statemachine_agent.stores import SQLiteStore
+from statemachine_agent.tools import Retry
 from statemachine_agent.usage import ModelCall
 
 
@@ -41,9 +42,18 @@ class Refund(Context):
 workflow = Workflow("refund", Refund)
 
 
-@workflow.tool(effect="read")
+_looked_up: set[str] = set()
+_looked_up_lock = threading.Lock()
+
+
+@workflow.tool(effect="read", retry=Retry(attempts=3, backoff=0.0))
 def find_order(order: str) -> dict[str, str]:
-    """Looks the order up."""
+    """Looks the order up (the order service drops the first request for each order: a retried call)."""
+    with _looked_up_lock:
+        first = order not in _looked_up
+        _looked_up.add(order)
+    if first:
+        raise ConnectionError(f"the order service dropped the request for {order}")
     return {"order": order, "name": "Ada", "tier": "gold"}
 
 
@@ -138,6 +148,8 @@ counting = counter.compile()
 def fill(path: Path) -> dict[str, str]:
     """A store with one run of each kind: small (done), large (waiting), declined, and a counter run;
     their ids by kind."""
+    with _looked_up_lock:  # each order's first lookup is dropped, in every store filled
+        _looked_up.clear()
     with SQLiteStore(path) as store:
         compiled.run_sync(Refund(order="A-1", amount=40), store=store, policy=policy, run_id="refund-small")
         compiled.run_sync(Refund(order="B-7", amount=900), store=store, policy=policy, run_id="refund-large")

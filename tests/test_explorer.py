@@ -185,6 +185,11 @@ def test_a_run_page_shows_what_the_store_holds(page: Any, demo: tuple[Path, dict
             for i, c in enumerate(calls):
                 cells = detail.locator("table.calls tbody tr").nth(i).locator("td").all_inner_texts()
                 assert cells[1:4] == [c.tool, str(c.effect), str(c.status)]
+                # its attempts, and what each failed one raised, as journaled
+                row = detail.locator("table.calls tbody tr").nth(i)
+                assert cells[4].split()[0] == str(c.attempts)
+                assert row.locator("ol.failures li").all_inner_texts() == c.failures
+            assert any(c.attempts > 1 and c.failures for c in run.calls), "the demo retries a call"
             # the decision: the answer and every rejected answer
             if s.rejected:
                 assert detail.locator(".answer").inner_text() == s.transition

@@ -279,6 +279,10 @@ class CallRecord(_Record):
     result: JsonValue = None
     error: str | None = None
     at: Time = 0.0
+    attempts: Annotated[int, Field(ge=1, le=_MAX_INT, strict=True)] = 1
+    """How many attempts the call took (retries included; a fallback counts as one more)."""
+    failures: list[str] = Field(default_factory=list)
+    """What its failed attempts raised (``Type: message``), when it took more than one; at most 20."""
 
 
 class InboxRecord(_Record):
@@ -414,6 +418,8 @@ class CallRow(TypedDict):
     error: str | None
     at: float
     status: CallStatus
+    attempts: NotRequired[int]
+    failures: NotRequired[list[str]]
 
 
 class CommitRequest(TypedDict):

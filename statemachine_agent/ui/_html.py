@@ -167,8 +167,8 @@ _CHANGES = """{% if changes %}<h3>Context changes</h3>
 {% else %}<p class="muted">no change to the context</p>{% endif %}
 """
 
-_CALLS = """<table class="calls"><thead><tr><th>#</th><th>tool</th><th>effect</th><th>status</th><th>arguments</th><th>result or error</th><th>at</th></tr></thead><tbody>
-{% for c in calls %}<tr class="call {{ c.status }}"><td>{{ c.call }}</td><td>{{ c.tool }}</td><td><span class="effect {{ c.effect }}">{{ c.effect }}</span></td><td>{{ c.status }}</td><td><code>{{ c.arguments }}</code></td>
+_CALLS = """<table class="calls"><thead><tr><th>#</th><th>tool</th><th>effect</th><th>status</th><th>attempts</th><th>arguments</th><th>result or error</th><th>at</th></tr></thead><tbody>
+{% for c in calls %}<tr class="call {{ c.status }}"><td>{{ c.call }}</td><td>{{ c.tool }}</td><td><span class="effect {{ c.effect }}">{{ c.effect }}</span></td><td>{{ c.status }}</td><td class="attempts">{{ c.attempts }}{% if c.failures %}<ol class="failures">{% for f in c.failures %}<li class="error-text">{{ f }}</li>{% endfor %}</ol>{% endif %}</td><td><code>{{ c.arguments }}</code></td>
 <td>{% if c.error %}<span class="error-text">{{ c.error }}</span>{% elif c.result is not none %}<code>{{ c.result }}</code>{% endif %}</td><td class="when">{{ c.at }}</td></tr>{% endfor %}
 </tbody></table>
 """
@@ -270,6 +270,7 @@ pre.diff .l { display:block; } pre.diff .add { background:#e6ffed; color:#1a7f37
 pre.diff .hunk { color:var(--muted); } .change .field { font-weight:600; margin-top:6px; }
 tr.chosen td { background:#f1f8e9; font-weight:600; } ol.rejected { color:var(--bad); margin:0; }
 code { font: 12px ui-monospace, Menlo, Consolas, monospace; word-break:break-all; }
+.failures { margin:2px 0 0 16px; padding:0; font-size:12px; }
 .effect { font-size:12px; padding:0 6px; border-radius:8px; background:#eceff4; }
 .effect.at_most_once { background:#fff3e0; color:var(--warn); } .effect.idempotent { background:#e3f2fd; color:var(--accent); }
 .message { font-size:15px; }

@@ -196,6 +196,10 @@ class ToolCallView:
     result: str | None
     error: str | None
     at: str
+    attempts: int = 1
+    """Attempts the call took (retries included), as journaled."""
+    failures: tuple[str, ...] = ()
+    """What each failed attempt raised, when the call took more than one."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,7 @@ def _change(name: str, before: Any, after: Any, had: bool, unset: bool) -> Chang
 def _tool_call(c: Any) -> ToolCallView:
     return ToolCallView(c.call, c.tool, str(c.effect), str(c.status), c.key, as_json(c.arguments, indent=None),
                         None if c.result is None and c.error is not None else as_json(c.result, indent=None),
-                        c.error, when(c.at))
+                        c.error, when(c.at), c.attempts, tuple(c.failures))
 
 
 def _number(value: Any) -> float:
