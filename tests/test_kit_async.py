@@ -125,7 +125,8 @@ def test_async_hooks_see_every_run() -> None:
         if isinstance(event, TransitionTaken):
             seen.append(event.transition)
 
-    report = check_workflow(refunds(), contexts_from=CLAIMS, hooks=[hook], max_examples=20, print_coverage=False)
+    report = check_workflow(refunds(), contexts_from=CLAIMS, hooks=[hook], max_examples=20, print_coverage=False,
+                            explore_for=0)
     assert report.coverage.runs == 20
     assert seen.count("lookup_to_decide") == report.coverage.transitions["lookup_to_decide"] > 0
 

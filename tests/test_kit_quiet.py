@@ -155,7 +155,8 @@ def test_the_workflow_is_compiled_once_per_exploration(monkeypatch: pytest.Monke
     monkeypatch.setattr(stories, "compile_spec", counted)
     report = check_workflow(retrying(off_by_one=False), contexts_from=FRESH, invariants=[at_most_two_retries],
                             print_coverage=False)
-    assert report.coverage.runs == 300  # the default max_examples
+    assert report.coverage.runs >= 300  # the default max_examples, in one round or more
+    assert report.coverage.runs % 300 == 0
     assert calls == ["retrying"]
 
 
@@ -185,3 +186,20 @@ def test_a_flaky_real_tool_is_named_with_the_story() -> None:
     assert message.startswith("flaky tool 'fetch': its real calls sometimes raise and sometimes return")
     assert "story of a run of 'flaky'" in message
     assert "tool fetch() -> really raised ConnectionError: the network said no" in message
+
+
+def test_rounds_go_on_while_nothing_failed_and_time_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """explore_for: fresh rounds of max_examples while no round failed and the time allows (on a fake
+    clock here: each look at it is 0.4 s later); one round with explore_for=0 or derandomize=True."""
+    from statemachine_agent.testing import _check
+
+    ticks = iter(x * 0.4 for x in range(1000))
+    monkeypatch.setattr(_check, "_now", lambda: next(ticks))
+    wf = retrying(off_by_one=False)
+    kw: dict[str, Any] = {"contexts_from": FRESH, "max_examples": 10, "print_coverage": False}
+    assert check_workflow(wf, explore_for=1.0, **kw).coverage.runs == 30  # started at 0, then 0.4, 0.8, 1.2
+    assert check_workflow(wf, explore_for=0, **kw).coverage.runs == 10
+    assert check_workflow(wf, explore_for=5.0, derandomize=True, **kw).coverage.runs == 10
+    for bad in (-1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="explore_for="):
+            check_workflow(wf, explore_for=bad, **kw)

@@ -7,6 +7,8 @@ import contextlib
 import inspect
 import json
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -91,6 +93,7 @@ def check_workflow(
     save_failure: str | Path | None = None,
     print_coverage: bool = True,
     derandomize: bool = False,
+    explore_for: float = 1.0,
 ) -> KitReport:
     """Explore the workflow with Hypothesis and check every built-in and user invariant.
 
@@ -105,6 +108,11 @@ def check_workflow(
     are). With ``events=True`` a run that pauses in a wait state is delivered generated payloads
     (valid and invalid), or its timeout passes on the fake clock; some events come early.
 
+    ``max_examples`` runs make a round; while no round failed and less than ``explore_for`` seconds
+    (wall time) have passed, another round starts with fresh draws (Hypothesis' search climbs toward
+    the paths it has found, and a round that settled on the wrong ones is not continued but restarted).
+    ``explore_for=0`` makes one round; with ``derandomize=True`` there is always one.
+
     A failure raises ``AssertionError`` with the shrunk story, also written as JSON to
     ``save_failure`` when given. ``derandomize=True`` draws the same examples on every run
     (Hypothesis' setting of that name): for a CI that must not depend on luck.
@@ -112,6 +120,10 @@ def check_workflow(
     __tracebackhide__ = True
     compiled = _compiled(workflow)
     invariants, path_invariants = _checked_invariants(invariants, path_invariants)
+    if isinstance(explore_for, bool) or not isinstance(explore_for, (int, float)) or not math.isfinite(explore_for) \
+            or explore_for < 0:
+        raise ValueError(f"explore_for={explore_for!r}: give the seconds to keep exploring in fresh rounds, a "
+                         "finite number >= 0 (0: one round of max_examples)")
     if model is not None and not isinstance(model, ScriptedModel):
         raise TypeError(f"model= takes a ScriptedModel, got {type(model).__name__}")
     if model is not None and policy is None:
@@ -161,8 +173,15 @@ def check_workflow(
 
     with _quiet(), _loop(policy) as loop:
         loops.append(loop)
+        started = _now()
         try:
-            explore()
+            while True:
+                seen.clear()  # each round learns which paths are rare afresh
+                explore()
+                # Another round, with fresh draws, while nothing was found and the time allows: a
+                # search that settled on one region of the workflow starts over elsewhere.
+                if derandomize or _now() - started >= explore_for:
+                    break
         except Flaky as exc:
             raise AssertionError(_flaky(kit, exc, failed or last)) from None
         except AssertionError as exc:
@@ -176,6 +195,10 @@ def check_workflow(
     if print_coverage:
         print(report)
     return report
+
+
+_now = time.monotonic
+"""The wall clock the rounds are timed on (a test replaces it)."""
 
 
 def _steer(result: RunResult[Any], seen: Counter[tuple[str, str]]) -> None:
