@@ -19,8 +19,21 @@ conventions v1.36.0 (``gen_ai.system`` names the provider), as the conventions' 
 of existing instrumentations; with ``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` (or
 ``latest=True``) it emits those of v1.41.0, the latest release holding them (``gen_ai.provider.name``).
 ``invoke_agent`` is a client span by default (v1.36.0 defines no other) and an internal one in the latest
-forms. Every attribute is a key of that registry or starts with ``statemachine_agent.``. Message content is
-never recorded: the run's events carry none (the conventions make it opt-in).
+forms. Every attribute is a key of that registry or starts with ``statemachine_agent.``. A model answer
+the journal gives (a durable run replayed) makes no ``chat`` span, as a journaled tool call makes no
+``execute_tool`` span: no request was made.
+
+Message content (the messages a model was sent and its reply) is recorded only when asked, as the
+conventions say: ``capture_content=True``, or the environment variable
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` (``true`` in the default forms; ``SPAN_ONLY`` or
+``SPAN_AND_EVENT`` in the latest ones, as opentelemetry-util-genai reads it). In the v1.36.0 forms it is
+log events (``gen_ai.system.message``, ``gen_ai.user.message``, ``gen_ai.assistant.message``,
+``gen_ai.tool.message``, ``gen_ai.choice``) in the chat span's context, through the logger provider
+(``logger_provider=``, default the global one; they need an SDK ``LoggerProvider`` to go anywhere); in
+the latest forms it is the chat span's ``gen_ai.input.messages`` and ``gen_ai.output.messages``, JSON text
+in the shape of the conventions' JSON schemas. Content is what the model saw: a context field typed
+``SecretStr`` shows as its mask there, and the API key is never in it (it goes in a header, and what the
+server says is scrubbed of it).
 
 When a hook of this module is alive, the library's own log records get the ids of the span they
 happened in (``otelTraceID``, ``otelSpanID``, ``otelTraceSampled``, the names
@@ -29,6 +42,7 @@ opentelemetry-instrumentation-logging uses), so ``%(otelTraceID)s`` can go in a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -64,7 +78,11 @@ except ImportError as _missing:  # pragma: no cover - the extra is not installed
                       "'statemachine-agent[otel]' (it brings opentelemetry-api only; add an SDK and an exporter "
                       "to send spans anywhere)") from _missing
 
-__all__ = ["LATEST_OPT_IN", "SCHEMA_DEFAULT", "SCHEMA_LATEST", "OpenTelemetry"]
+__all__ = ["CAPTURE_ENV", "LATEST_OPT_IN", "SCHEMA_DEFAULT", "SCHEMA_LATEST", "OpenTelemetry"]
+
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""The environment variable that turns message content on when ``capture_content`` is not given."""
+_CAPTURE_LATEST = frozenset({"SPAN_ONLY", "SPAN_AND_EVENT"})
 
 LATEST_OPT_IN = "gen_ai_latest_experimental"
 """The value of ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) that selects the latest forms."""
@@ -103,12 +121,17 @@ class OpenTelemetry:
 
     ``tracer_provider``: where spans go (default: the global one). ``latest``: emit the latest
     experimental GenAI forms (default: whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` lists
-    ``gen_ai_latest_experimental``). One object may serve any number of runs at once.
+    ``gen_ai_latest_experimental``). ``capture_content``: record the messages of model calls
+    (default: what ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` says; off when unset).
+    ``logger_provider``: where the v1.36.0 content events go (default: the global one). One object
+    may serve any number of runs at once.
     """
 
-    __slots__ = ("__weakref__", "_agent_kind", "_handlers", "_provider_key", "_runs", "_tracer", "latest")
+    __slots__ = ("__weakref__", "_agent_kind", "_handlers", "_logger", "_provider_key", "_runs", "_tracer",
+                 "capture_content", "latest")
 
-    def __init__(self, *, tracer_provider: Any = None, latest: bool | None = None) -> None:
+    def __init__(self, *, tracer_provider: Any = None, latest: bool | None = None,
+                 capture_content: bool | None = None, logger_provider: Any = None) -> None:
         if latest is None:
             opted = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
             latest = LATEST_OPT_IN in {v.strip() for v in opted.split(",")}
@@ -119,8 +142,26 @@ class OpenTelemetry:
             raise OpenTelemetryError(f"tracer_provider={type(tracer_provider).__name__} has no get_tracer(): give an "
                                      "opentelemetry TracerProvider (e.g. opentelemetry.sdk.trace.TracerProvider()), "
                                      "or None for the global one")
+        if capture_content is None:
+            said = os.environ.get(CAPTURE_ENV, "").strip()
+            capture_content = said.upper() in _CAPTURE_LATEST if latest else said.lower() == "true"
+        if type(capture_content) is not bool:
+            raise OpenTelemetryError(f"capture_content={capture_content!r}: give True, False or None (None reads "
+                                     f"{CAPTURE_ENV})")
+        if logger_provider is not None and not callable(getattr(logger_provider, "get_logger", None)):
+            raise OpenTelemetryError(f"logger_provider={type(logger_provider).__name__} has no get_logger(): give an "
+                                     "opentelemetry LoggerProvider (e.g. opentelemetry.sdk._logs.LoggerProvider()), "
+                                     "or None for the global one")
         self.latest = latest
         """Whether the latest experimental GenAI forms are emitted."""
+        self.capture_content = capture_content
+        """Whether the messages of model calls are recorded."""
+        self._logger: Any = None
+        if capture_content and not latest:
+            from opentelemetry._logs import get_logger  # noqa: PLC0415  (only when content events are wanted)
+
+            self._logger = get_logger("statemachine_agent", _version(), logger_provider=logger_provider,
+                                      schema_url=SCHEMA_DEFAULT)
         self._tracer = trace.get_tracer("statemachine_agent", _version(), tracer_provider=tracer_provider,
                                         schema_url=SCHEMA_LATEST if latest else SCHEMA_DEFAULT)
         self._provider_key = "gen_ai.provider.name" if latest else "gen_ai.system"
@@ -266,9 +307,11 @@ class OpenTelemetry:
 
     # --- model calls and tool calls ----------------------------------------------------------------
     def _model_called(self, event: ModelCalled) -> None:
+        call = event.call
+        if call.journaled:
+            return  # the journal answered: no request was made (as a journaled tool call has no span)
         found = self._runs[event[0]]
         self._open_step(found, event.step, event.state)
-        call = event.call
         end = time.time_ns()
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
@@ -285,9 +328,36 @@ class OpenTelemetry:
         }
         if call.cost is not None:
             attributes[f"{_P}model.cost"] = call.cost
+        content = call.content if self.capture_content else None
+        if content is not None and self.latest:
+            attributes["gen_ai.input.messages"] = json.dumps([_message(m) for m in content.messages],
+                                                             ensure_ascii=False, default=str)
+            attributes["gen_ai.output.messages"] = json.dumps(
+                [{**_message(content.reply), "finish_reason": call.finish_reason}], ensure_ascii=False, default=str)
         span = self._tracer.start_span(f"chat {call.model}", context=found.step_ctx, kind=SpanKind.CLIENT,
                                        attributes=attributes, start_time=end - int(call.latency * 1e9))
+        if content is not None and self._logger is not None and span.is_recording():
+            self._content_events(span, call, content, end)
         span.end(end_time=end)
+
+    def _content_events(self, span: Any, call: Any, content: Any, at: int) -> None:
+        """The v1.36.0 content events of a chat: one per message sent, then ``gen_ai.choice``."""
+        from opentelemetry._logs import LogRecord  # noqa: PLC0415
+
+        ctx = trace.set_span_in_context(span)
+        attributes = {"gen_ai.system": call.provider}
+        emit = self._logger.emit
+        for message in content.messages:
+            name, body = _event_body(message)
+            emit(LogRecord(timestamp=at, context=ctx, body=body, attributes=attributes, event_name=name))
+        reply = content.reply
+        said: dict[str, Any] = {}
+        if reply.get("content") is not None:
+            said["content"] = reply["content"]
+        if reply.get("tool_calls"):
+            said["tool_calls"] = [_v136_call(c) for c in reply["tool_calls"]]
+        emit(LogRecord(timestamp=at, context=ctx, attributes=attributes, event_name="gen_ai.choice",
+                       body={"index": 0, "finish_reason": call.finish_reason, "message": said}))
 
     def _tool_started(self, event: ToolCallStarted) -> None:
         found = self._runs[event[0]]
@@ -327,6 +397,65 @@ class OpenTelemetry:
                 span.set_attribute("error.type", _qualname(last))
             span.set_status(Status(StatusCode.ERROR, None if last is None else _qualname(last)))
             span.end()
+
+
+# --- message content ---------------------------------------------------------------------------------
+_EVENT_OF_ROLE = {"system": "gen_ai.system.message", "user": "gen_ai.user.message",
+                  "assistant": "gen_ai.assistant.message", "tool": "gen_ai.tool.message"}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _v136_call(call: Mapping[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    return {"id": call.get("id"), "type": call.get("type", "function"),
+            "function": {"name": function.get("name"), "arguments": function.get("arguments")}}
+
+
+def _event_body(message: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A chat message as a v1.36.0 content event: its name and body (``role`` only when the event's
+    name does not say it)."""
+    role = str(message.get("role", "user"))
+    name = _EVENT_OF_ROLE.get(role, "gen_ai.user.message")
+    body: dict[str, Any] = {}
+    if message.get("content") is not None:
+        body["content"] = message["content"]
+    if role not in _EVENT_OF_ROLE:
+        body["role"] = role
+    if message.get("tool_calls"):
+        body["tool_calls"] = [_v136_call(c) for c in message["tool_calls"]]
+    if role == "tool":
+        body["id"] = message.get("tool_call_id")
+    return name, body
+
+
+def _arguments(text: Any) -> Any:
+    """A tool call's arguments as the model wrote them: parsed when they are JSON, else the text."""
+    if isinstance(text, str):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def _message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat message in the shape of the conventions' input (and output) messages JSON schema."""
+    role = str(message.get("role", "user"))
+    parts: list[dict[str, Any]] = []
+    content = message.get("content")
+    if role == "tool":
+        parts.append({"type": "tool_call_response", "id": message.get("tool_call_id"),
+                      "response": "" if content is None else content})
+    elif content is not None and content != "":
+        parts.append({"type": "text", "content": _text(content)})
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts.append({"type": "tool_call", "id": call.get("id"), "name": str(function.get("name", "")),
+                      "arguments": _arguments(function.get("arguments"))})
+    return {"role": role, "parts": parts}
 
 
 def _qualname(error: BaseException) -> str:

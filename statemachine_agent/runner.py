@@ -702,10 +702,9 @@ class Run(Generic[C]):
         if self.timeout is not None:
             self._deadline = self.clock.now() + self.timeout
         first = self._plans[self._token.state]
-        if first.wait is not None and not self._ready(first):
-            await self._suspend(first)
+        waits = first.wait is not None and not self._ready(first)
         journal = self._journal
-        if journal is not None and journal.unmarked and self.result is None:
+        if journal is not None and journal.unmarked and not waits and self.result is None:
             await journal.mark_started()  # the claimer starts the step: a crash from here on is a restart
         if self.hooks:
             wf = self.workflow
@@ -715,6 +714,12 @@ class Run(Generic[C]):
             if self._owned:
                 start.get()
             await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps, self.trace)))
+        if waits:
+            # After RunStarted: the hooks see the run start before it waits, and what a tracing hook
+            # put in its trace context is stored with the wait (a later attempt links to it).
+            await self._suspend(first)
+            if journal is not None and journal.unmarked and self.result is None:
+                await journal.mark_started()  # the event was there already: the run goes on
 
     def _wall(self, t: float) -> float:
         return self._clock0 + t
@@ -913,7 +918,8 @@ class Run(Generic[C]):
         calls = self._model_calls
         if calls is _NO_CALLS:
             calls = self._model_calls = []
-        calls.append(call)
+        # What was said goes to the hooks only: the step (and so the result and the store) keeps the record.
+        calls.append(call if call.content is None else dataclasses.replace(call, content=None))
         spent = self._spent
         if spent is _NO_SPENDING:
             spent = self._spent = [0, 0.0]

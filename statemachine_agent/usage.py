@@ -2,17 +2,19 @@
 
 Plain data with no dependencies, so the runner, the stores and the LLM adapter (which sits above
 them all) share one shape. A record is JSON-ready both ways (``to_dict`` / ``from_dict``): it is
-stored with its step, so a resumed run still knows what its earlier steps spent.
+stored with its step, so a resumed run still knows what its earlier steps spent. What was said
+(:class:`CallContent`) and whether the journal answered the call travel with the record to the
+run's hooks only: neither is stored, compared or in ``to_dict``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["ModelCall", "Price", "Usage"]
+__all__ = ["CallContent", "ModelCall", "Price", "Usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,18 @@ class Price:
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """The cost of one call."""
         return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CallContent:
+    """What one model call said, in the OpenAI chat form: the request's messages and the reply's
+    message. On :attr:`ModelCall.content` on its way to the hooks (a tracing hook records it only when
+    asked to); never stored or kept in a result."""
+
+    messages: tuple[Mapping[str, Any], ...]
+    """The request's messages (``{"role": ..., "content": ..., "tool_calls"/"tool_call_id": ...}``), in order."""
+    reply: Mapping[str, Any]
+    """The reply's message: ``{"role": "assistant", "content": ..., "tool_calls": [...]}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,10 @@ class ModelCall:
     """Requests sent for it: retries after 429 or 5xx and fallbacks from refused modes count."""
     cost: float | None = None
     """From the price table, when the model is in it."""
+    journaled: bool = field(default=False, compare=False)
+    """The journal answered it (a durable run replayed): no request was made now. Not stored."""
+    content: CallContent | None = field(default=None, compare=False, repr=False)
+    """What was said, on the way to the hooks only (the runner keeps the call without it). Not stored."""
 
     @property
     def total_tokens(self) -> int:
@@ -66,14 +84,17 @@ class ModelCall:
         return self.input_tokens + self.output_tokens
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """A JSON-ready record (without ``journaled`` and ``content``: they are not kept)."""
+        return {name: getattr(self, name) for name in _STORED}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCall:
         """Back from :meth:`to_dict` (unknown keys are ignored, so older readers keep working)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _STORED})
+
+
+_STORED = tuple(f.name for f in fields(ModelCall) if f.name not in ("journaled", "content"))
+"""The fields of a model call's record (what a store keeps)."""
 
 
 @dataclass(frozen=True, slots=True)

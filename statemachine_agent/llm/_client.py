@@ -31,7 +31,7 @@ from tenacity.wait import wait_base, wait_exponential
 from ..clock import Clock, SystemClock
 from ..errors import ModelError, ModelRefused, ModelUnavailable
 from ..tools import Tools
-from ..usage import ModelCall, Price
+from ..usage import CallContent, ModelCall, Price
 from ._protocol import (
     PROFILES,
     Mode,
@@ -271,7 +271,7 @@ class ChatModel:
                               description=description, temperature=self.temperature, max_tokens=self.max_tokens,
                               choices=choices, strict=self.profile.strict)
 
-        return await self._exchange(modes, build, purpose, attempt, site)
+        return await self._exchange(modes, build, purpose, attempt, site, messages=messages)
 
     async def tool_round(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]], *,
                          attempt: int, site: Tools | None) -> Exchange:
@@ -281,15 +281,19 @@ class ChatModel:
             return tools_body(model=self.model, messages=messages, tools=tools, temperature=self.temperature,
                               max_tokens=self.max_tokens)
 
-        return await self._exchange([Mode.NAMED_TOOL], build, "tools", attempt, site, mode_name="tools")
+        return await self._exchange([Mode.NAMED_TOOL], build, "tools", attempt, site, mode_name="tools",
+                                    messages=messages)
 
     async def _exchange(self, modes: list[Mode], build: Any, purpose: str, attempt: int, site: Tools | None,
-                        *, mode_name: str | None = None) -> Exchange:
+                        *, mode_name: str | None = None, messages: Sequence[Mapping[str, Any]] = ()) -> Exchange:
         if site is not None:
             site.budget_room()
         clock = site.clock if site is not None else _SYSTEM_CLOCK
+        asked = False
 
         async def compute() -> dict[str, Any]:
+            nonlocal asked
+            asked = True
             t0 = time.perf_counter()
             sent = 0
             errors: list[str] = []
@@ -328,7 +332,11 @@ class ChatModel:
                          purpose=purpose, input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
                          latency=float(record.get("latency", 0.0)), finish_reason=reply.finish_reason,
                          attempt=attempt, http_attempts=int(record.get("http_attempts", 1)),
-                         cost=None if price is None else price.cost(reply.input_tokens, reply.output_tokens))
+                         cost=None if price is None else price.cost(reply.input_tokens, reply.output_tokens),
+                         journaled=not asked,
+                         # For the hooks only (a tracing hook records it when asked to; the run keeps the
+                         # call without it): references to what exists, and one small dict.
+                         content=CallContent(tuple(messages), _reply_message(reply)))
         if site is not None:
             await site.record_model_call(call)
         return Exchange(mode, reply, call)
@@ -432,6 +440,15 @@ class ChatModel:
             raise ModelUnavailable(self.model, f"{url} failed {attempts} time(s) for model {self.model!r}, last: "
                                    f"{exc}; is the server up? (retries={self.retries})") from None
         return data, attempts
+
+
+def _reply_message(reply: Reply) -> dict[str, Any]:
+    """The reply as the assistant message of a chat (what :class:`CallContent` holds)."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.tool_calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls]
+    return message
 
 
 class _BadBody(Exception):
