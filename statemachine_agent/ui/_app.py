@@ -550,11 +550,15 @@ class Explorer:
                                  f"{r.workflow!r} to act on its runs.")
         return r, compiled
 
-    async def deliver(self, request: Request) -> Response:
+    async def _act(self, request: Request, action: Callable[[dict[str, str]], Response]) -> Response:
+        """An action's checked form (token, CSRF, origin), then the action in a worker thread."""
         form = await self._form(request)
         if isinstance(form, Response):
             return form
-        return await run_in_threadpool(self._deliver, form)
+        return await run_in_threadpool(action, form)
+
+    async def deliver(self, request: Request) -> Response:
+        return await self._act(request, self._deliver)
 
     def _deliver(self, form: dict[str, str]) -> Response:
         run_id, event = form.get("id", ""), form.get("event", "")
@@ -583,10 +587,7 @@ class Explorer:
         return self._see(run_id)
 
     async def resume(self, request: Request) -> Response:
-        form = await self._form(request)
-        if isinstance(form, Response):
-            return form
-        return await run_in_threadpool(self._resume, form)
+        return await self._act(request, self._resume)
 
     def _resume(self, form: dict[str, str]) -> Response:
         run_id = form.get("id", "")
@@ -601,10 +602,7 @@ class Explorer:
         return self._see(run_id)
 
     async def fork(self, request: Request) -> Response:
-        form = await self._form(request)
-        if isinstance(form, Response):
-            return form
-        return await run_in_threadpool(self._fork, form)
+        return await self._act(request, self._fork)
 
     def _fork(self, form: dict[str, str]) -> Response:
         run_id = form.get("id", "")
