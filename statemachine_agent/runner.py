@@ -521,6 +521,9 @@ class Run(Generic[C]):
                     await self._settle_wait()
                 if self.result is not None:
                     return self.result
+            # Fixed for the run: read once here, not twice a step (the events of a hooked step).
+            run_id, wf_name, hooks = self.run_id, self._wf_name, self.hooks
+            hook = hooks[0] if len(hooks) == 1 else None
             while True:
                 if not self._started:
                     if self._broken is not None:
@@ -584,15 +587,13 @@ class Run(Generic[C]):
                     elif plan.slow:
                         chosen = await self._act_and_choose(plan, view, index)
                     else:  # the common case, inline: no extra coroutine, no extra call
-                        hooks = self.hooks
                         if hooks:
-                            event: Event = _tnew(StepStarted, (self.run_id, self._wf_name, index, name,
-                                                                visits + 1))
-                            if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                            event: Event = _tnew(StepStarted, (run_id, wf_name, index, name, visits + 1))
+                            if hook is not None:  # _notify(event), inlined for the common single hook
                                 try:
-                                    out = hooks[0](event)
+                                    out = hook(event)
                                 except Exception as exc:  # observability must never break the agent
-                                    self._hook_failed(hooks[0], event, exc)
+                                    self._hook_failed(hook, event, exc)
                                     out = None
                                 if out is not None and _awaitable(out):
                                     await self._emit_from(event, 0, out)
@@ -671,14 +672,14 @@ class Run(Generic[C]):
                 dirty = None  # with many, this frame lives on to the next step: it keeps nothing of this one
                 if chosen.stops or journal is not None or log.isEnabledFor(logging.DEBUG):
                     await self._after(step)
-                elif hooks := self.hooks:  # what _after does for such a step: report it
-                    event = _tnew(TransitionTaken, (self.run_id, self._wf_name, index, name, chosen.target,
-                                                    chosen.name, _TRANSITION, t1 - t0))
-                    if len(hooks) == 1:  # _notify(event), inlined for the common single hook
+                elif hooks:  # what _after does for such a step: report it
+                    event = _tnew(TransitionTaken, (run_id, wf_name, index, name, chosen.target, chosen.name,
+                                                    _TRANSITION, t1 - t0))
+                    if hook is not None:  # _notify(event), inlined for the common single hook
                         try:
-                            out = hooks[0](event)
+                            out = hook(event)
                         except Exception as exc:  # observability must never break the agent
-                            self._hook_failed(hooks[0], event, exc)
+                            self._hook_failed(hook, event, exc)
                             out = None
                         if out is not None and _awaitable(out):
                             await self._emit_from(event, 0, out)
