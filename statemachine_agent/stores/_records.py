@@ -384,11 +384,13 @@ def rebuild(context: dict[str, Any], step: StepRecord, run_id: str) -> None:
     set back to UNSET and its operations. ``StoreCorrupted`` when an operation does not fit."""
     # Copies of the step's lists and objects: a later step's operations change the context's values
     # in place, which must not change this step's record (its ``delta`` as loaded, or as replay reads it).
-    context.update({k: copy.deepcopy(v) if isinstance(v, (list, dict)) else v for k, v in step.delta.items()})
-    for f in step.unset:
+    delta, unset = step.delta, step.unset
+    for k, v in delta.items():
+        context[k] = copy.deepcopy(v) if isinstance(v, (list, dict)) else v
+    for f in unset:
         context.pop(f, None)
     for name, ops in step.ops.items():
-        if name in step.delta or name in step.unset:
+        if name in delta or name in unset:
             raise StoreCorrupted(f"run {run_id!r} step {step.number}: field {name!r} is stored both whole (or "
                                  "unset) and as operations: the file is damaged")
         if name not in context:
