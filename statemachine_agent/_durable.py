@@ -102,6 +102,25 @@ _SNAPSHOT_MIN = 16
 """Items the steps since a snapshot store at least before the next one (a small context)."""
 _SNAPSHOT_STEPS = 500
 """Steps between two snapshots at most, however little they store: what a load reads at most."""
+_SHARED_STEPS = 64
+_SHARED_SHARE = 16
+"""For a store whose snapshots share items (``Store.snapshots_share_items``): a snapshot also after
+``max(_SHARED_STEPS, items // _SHARED_SHARE)`` steps, ``items`` being what the last one held, while the
+steps since it only appended to its lists in place (see :func:`reshaping`)."""
+
+
+def reshaping(ops: dict[str, list[Any]]) -> bool:
+    """Whether a step's in-place operations do more than append to lists (insert, set, delete, clear,
+    or change a dict): those move or change items a snapshot's segments hold, so the next snapshot
+    could not share them; the step rule then waits for the item rule (``Store.snapshots_share_items``)."""
+    for field_ops in ops.values():
+        for op in field_ops:
+            if op[0] not in _APPENDS:
+                return True
+    return False
+
+
+_APPENDS = frozenset({"a", "e"})
 
 
 def _items(data: dict[str, Any]) -> int:
@@ -215,7 +234,8 @@ class Durable:
     """One run's link to its store, for as long as this process holds the run (one epoch)."""
 
     __slots__ = ("created_at", "epoch", "fingerprint", "initial_written", "parent", "parent_step", "pending",
-                 "recorded", "run_id", "secrets", "since", "size", "snapshot_at", "spent", "store", "unmarked")
+                 "recorded", "reshaped", "run_id", "secrets", "since", "size", "snapshot_at", "spent", "store",
+                 "unmarked")
 
     def __init__(self, store: Store, run_id: str, epoch: int, fingerprint: str, *, created_at: float,
                  initial_written: list[str], recorded: dict[tuple[int, int], CallRecord] | None = None,
@@ -247,6 +267,8 @@ class Durable:
         commit stores a snapshot (so the steps replayed on a load never outgrow the context). ``-1``:
         the next commit stores one whatever the count (the context in memory differs from what the
         store rebuilds, as after a migration)."""
+        self.reshaped = False
+        """A step since the latest snapshot changed a field in place by more than appending (:func:`reshaping`)."""
 
     # --- the run's record ------------------------------------------------------------------------
     def record(self, run: Run[Any], *, status: RunStatus, state: str, next_step: int,
@@ -340,8 +362,12 @@ class Durable:
         forced = self.since < 0
         if every is None:  # when the steps since the last snapshot stored half as many items as it holds
             self.since += _items(written) + sum(_ops.size(o) for o in ops.values()) + len(unset)
-            due = forced or self.since >= max(self.size // 2, _SNAPSHOT_MIN) \
-                or number - self.snapshot_at >= _SNAPSHOT_STEPS
+            steps = _SNAPSHOT_STEPS
+            if ops and not self.reshaped:
+                self.reshaped = reshaping(ops)
+            if self.store.snapshots_share_items and not self.reshaped:
+                steps = min(steps, max(_SHARED_STEPS, self.size // _SHARED_SHARE))
+            due = forced or self.since >= max(self.size // 2, _SNAPSHOT_MIN) or number - self.snapshot_at >= steps
         else:
             due = forced or terminal or wait is not None or number % every == 0
         if due:
@@ -350,7 +376,7 @@ class Durable:
             except TypeError:
                 snapshot = None  # the deltas rebuild it; a snapshot only saves reading them
             else:
-                self.snapshot_at, self.size, self.since = number, _items(snapshot), 0
+                self.snapshot_at, self.size, self.since, self.reshaped = number, _items(snapshot), 0, False
         error = step.error
         commit = commit_request(
             epoch=self.epoch, run=rec,
@@ -761,9 +787,10 @@ async def _reopen(workflow: Program[Any], run_id: str, store: Store,
     journal.size = _items(stored.context)
     # Under a changed workflow (or migrated) the context in memory may differ from what the store
     # rebuilds (a default filled in, a type converted): the first commit stores it whole.
+    since_snapshot = stored.steps[stored.snapshot_at - stored.first_step:]
     journal.since = -1 if changed else sum(
-        _items(s.delta) + sum(_ops.size(o) for o in s.ops.values()) + len(s.unset)
-        for s in stored.steps[stored.snapshot_at - stored.first_step:])
+        _items(s.delta) + sum(_ops.size(o) for o in s.ops.values()) + len(s.unset) for s in since_snapshot)
+    journal.reshaped = any(reshaping(s.ops) for s in since_snapshot if s.ops)
     return Run.restore(workflow, context, state, journal=journal, path=path, owned=True, max_steps_given=given,
                        run_id=run_id, store=store, **options)
 

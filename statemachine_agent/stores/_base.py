@@ -36,6 +36,14 @@ class Store(abc.ABC):
     a snapshot every this many steps exactly, and at waits and at the end.
     Between snapshots a step stores only what it wrote (what it changed in place as operations)."""
 
+    snapshots_share_items: bool = False
+    """Whether a snapshot stores only the parts of the context it does not share with the run's earlier
+    snapshots (:class:`~.SQLiteStore`: lists and dicts of 64 items or more, in segments). Then, with
+    ``snapshot_every=None``, a snapshot is also taken after ``max(64, items // 16)`` steps (at most 500),
+    ``items`` being what the last one held, so a load reads the snapshot's segments in bulk and few step
+    rows after them, while a step of an agent that appends to its history still stores about what it
+    appended."""
+
     secrets: SecretCodec | None = None
     """What encrypts the context's secret fields (``SecretStr``, ``SecretBytes``) for this store, and
     decrypts them back; without one, a run whose context holds a secret is refused at its start."""

@@ -52,10 +52,11 @@ __all__ = [
     "step_row",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the stored layout; a store migrates older files on open and refuses newer ones.
 (2: every row's checksum covers its key, and a run's row counts its journal and inbox rows.
-3: a step may store a field's changes in place as operations, ``ops``, instead of the field whole.)"""
+3: a step may store a field's changes in place as operations, ``ops``, instead of the field whole.
+4: a snapshot may keep its big lists and dicts as segments shared with earlier snapshots, ``._segments``.)"""
 
 _MAX_INT = 2**53
 """The largest whole number a record may hold (a step, epoch, count or sequence number): exact in JSON

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS sma_journal (
 CREATE TABLE IF NOT EXISTS sma_inbox (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL, crc INTEGER NOT NULL,
     consumed_step INTEGER, PRIMARY KEY (run_id, seq));
+CREATE TABLE IF NOT EXISTS sma_segments (
+    run_id TEXT NOT NULL, key TEXT NOT NULL, items TEXT NOT NULL, crc INTEGER NOT NULL,
+    PRIMARY KEY (run_id, key));
 """
 
 SCHEMA_V1 = _TABLES + """
@@ -148,6 +151,10 @@ class Dialect:
     """(run_id, step, context, crc): an upsert (the snapshot at that step, new or replaced)."""
     select_snapshot: str
     """(run_id, at) -> (step, context, crc) of the latest snapshot at or before ``at``."""
+    insert_segment: str
+    """(run_id, key, items, crc): a snapshot's segment (``._segments``); nothing when the run holds it."""
+    select_all_segments: str
+    """(run_id) -> (key, items, crc) of every segment the run holds: what a fork copies."""
 
     # --- the journal -------------------------------------------------------------------------------
     select_calls: str
@@ -186,6 +193,10 @@ class Dialect:
 
     def insert_copied(self, table: str, keys: int) -> str:
         """(run_id, ``*keys``, record, crc): one row copied into ``table`` (``keys`` key columns)."""
+        raise NotImplementedError
+
+    def select_segments(self, count: int) -> str:
+        """(run_id, ``count`` keys) -> (key, items, crc) of those of the run's segments the store holds."""
         raise NotImplementedError
 
 
@@ -244,6 +255,8 @@ class SQLiteDialect(Dialect):
     put_snapshot = "INSERT OR REPLACE INTO sma_snapshots VALUES (?, ?, ?, ?)"
     select_snapshot = ("SELECT step, context, crc FROM sma_snapshots WHERE run_id=? AND step<=? "
                        "ORDER BY step DESC LIMIT 1")
+    insert_segment = "INSERT OR IGNORE INTO sma_segments VALUES (?, ?, ?, ?)"
+    select_all_segments = "SELECT key, items, crc FROM sma_segments WHERE run_id=? ORDER BY key"
 
     select_calls = "SELECT step, call, record, crc FROM sma_journal WHERE run_id=? ORDER BY step, call"
     select_calls_from = ("SELECT step, call, record, crc FROM sma_journal WHERE run_id=? AND step>=? "
@@ -267,6 +280,9 @@ class SQLiteDialect(Dialect):
 
     def insert_copied(self, table: str, keys: int) -> str:
         return f"INSERT INTO {table} VALUES ({', '.join('?' * (keys + 3))})"
+
+    def select_segments(self, count: int) -> str:
+        return f"SELECT key, items, crc FROM sma_segments WHERE run_id=? AND key IN ({', '.join('?' * count)})"
 
 
 SQLITE = SQLiteDialect()

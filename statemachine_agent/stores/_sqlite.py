@@ -44,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 from ..context import all_finite
 from ..errors import RunExists, RunFenced, RunNotFound, StoreCorrupted, StoreError
 from ..secrets import SecretCodec
+from . import _segments
 from ._base import Store
 from ._records import (
     _MAX_INT,
@@ -113,8 +114,15 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     that cannot apply ops must not read the file."""
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4: a snapshot may keep its big lists and dicts as segments (``._segments``), in the
+    table ``sma_segments`` the schema makes. Nothing stored changes; the version says that a release that
+    cannot join segments must not read the file."""
+
+
 # Migrations from each older schema version to the next, run in one transaction on open.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3,
+                                                                3: _migrate_3_to_4}
 
 
 def _crc(text: str) -> int:
@@ -176,6 +184,38 @@ def _copy_rows(sql: Dialect, conn: sqlite3.Connection, source: str, spec: tuple[
 
 
 _ROW_NAMES = {"step": "step", "call": "journal row", "snapshot": "snapshot at step", "inbox": "inbox event"}
+
+SegmentRow = tuple[str, str, str, int]
+"""(run_id, key, items, crc): a snapshot's segment as inserted."""
+
+
+def _snapshot_rows(run_id: str, snapshot: dict[str, Any]) -> tuple[str, list[SegmentRow]]:
+    """A snapshot's row text and its segments' rows (``._segments``), checksummed under ``run_id``:
+    made before the transaction, so the write lock is held only to insert them."""
+    text, segments = _segments.split(snapshot)
+    return text, [(run_id, key, items, _row_crc("segment", run_id, key, items)) for key, items in segments]
+
+
+def _put_segments(sql: Dialect, conn: sqlite3.Connection, rows: list[SegmentRow]) -> None:
+    """Insert a snapshot's segments; those the run holds already (unchanged since an earlier snapshot)
+    are left as they are."""
+    if rows:
+        conn.executemany(sql.insert_segment, rows)
+
+
+def _segment_texts(sql: Dialect, conn: sqlite3.Connection, run_id: str, keys: list[str], what: str) -> dict[str, str]:
+    """The texts of a run's segments ``keys`` the store holds, each checked under its key (a missing one
+    is absent: the caller names it)."""
+    texts: dict[str, str] = {}
+    unique = list(dict.fromkeys(keys))
+    for i in range(0, len(unique), 500):
+        chunk = unique[i:i + 500]
+        for key, items, crc in conn.execute(sql.select_segments(len(chunk)), (run_id, *chunk)):
+            if not isinstance(key, str) or not isinstance(items, str) or _row_crc("segment", run_id, key, items) != crc:
+                raise StoreCorrupted(f"{what}: segment {key!r} fails its checksum: the file was damaged or changed "
+                                     "outside statemachine-agent; nothing of it was loaded")
+            texts[key] = items
+    return texts
 
 
 def _whole(value: object) -> bool:
@@ -581,6 +621,9 @@ class SQLiteStore(Store):
                             "decrypt(str) -> bytes, such as statemachine_agent.secrets.FernetSecrets")
         self.path = str(path)
         self.snapshot_every = snapshot_every
+        self.snapshots_share_items = True
+        """A snapshot's lists and dicts of 64 items or more are stored in segments that later snapshots
+        share (``._segments``)."""
         self.secrets = secrets
         self.readonly = readonly
         """Opened read-only (SQLite's ``mode=ro``): every write raises StoreError and nothing is created."""
@@ -732,8 +775,8 @@ class SQLiteStore(Store):
 
     # --- the operations -------------------------------------------------------------------------
     def create(self, run: RunRow, context: dict[str, Any]) -> Future[None]:
-        run_text, ctx_text = _dumps(run), _dumps(context)
         run_id = run["run_id"]
+        run_text, (ctx_text, segments) = _dumps(run), _snapshot_rows(run_id, context)
         sql = self._sql
 
         def op(conn: sqlite3.Connection) -> None:
@@ -743,6 +786,7 @@ class SQLiteStore(Store):
             except sqlite3.IntegrityError:
                 raise RunExists(run_id) from None
             _lost_runs(conn, {run_id})  # new here, yet logged: a run lost with the -wal's commits
+            _put_segments(sql, conn, segments)
             conn.execute(sql.insert_snapshot, (run_id, 0, ctx_text, _row_crc("snapshot", run_id, 0, ctx_text)))
 
         return self._submit(op, run=run_id)
@@ -812,11 +856,11 @@ class SQLiteStore(Store):
         run = commit["run"]
         step = commit["step"]
         run_text, step_text = _dumps(run), _dumps(step)
+        run_id, epoch, number = run["run_id"], commit["epoch"], step["number"]
         snapshot = commit.get("snapshot")
-        snap_text = None if snapshot is None else _dumps(snapshot)
+        snap_text, segments = (None, []) if snapshot is None else _snapshot_rows(run_id, snapshot)
         calls = [(c, _dumps(c)) for c in commit.get("calls", ())]
         consume = commit.get("consume")
-        run_id, epoch, number = run["run_id"], commit["epoch"], step["number"]
         sql = self._sql
 
         def op(conn: sqlite3.Connection) -> list[InboxRecord]:
@@ -831,6 +875,7 @@ class SQLiteStore(Store):
                 raise RunFenced(run_id, number)
             conn.execute(sql.insert_step, (run_id, number, step_text, _row_crc("step", run_id, number, step_text)))
             if snap_text is not None:
+                _put_segments(sql, conn, segments)
                 conn.execute(sql.put_snapshot,
                              (run_id, number + 1, snap_text, _row_crc("snapshot", run_id, number + 1, snap_text)))
             _put_calls(sql, conn, run_id, calls)
@@ -845,8 +890,8 @@ class SQLiteStore(Store):
         return self._submit(op, run=run_id)
 
     def suspend(self, run: RunRow, epoch: int, snapshot: dict[str, Any]) -> Future[list[InboxRecord]]:
-        run_text, snap_text = _dumps(run), _dumps(snapshot)
         run_id, number = run["run_id"], run["next_step"]
+        run_text, (snap_text, segments) = _dumps(run), _snapshot_rows(run_id, snapshot)
         sql = self._sql
 
         def op(conn: sqlite3.Connection) -> list[InboxRecord]:
@@ -860,6 +905,7 @@ class SQLiteStore(Store):
                                                  _run_crc(run_id, run_text), run_id, epoch, number))
             if cur.rowcount != 1:
                 raise RunFenced(run_id, number)
+            _put_segments(sql, conn, segments)
             conn.execute(sql.put_snapshot, (run_id, number, snap_text, _row_crc("snapshot", run_id, number, snap_text)))
             return []
 
@@ -968,8 +1014,8 @@ class SQLiteStore(Store):
 
     def fork(self, source: str, at_step: int, run: RunRow, context: dict[str, Any]) -> Future[None]:
         source = _plain(source)
-        run_text, ctx_text = _dumps(run), _dumps(context)
         new = run["run_id"]
+        run_text, (ctx_text, segments) = _dumps(run), _snapshot_rows(new, context)
         sql = self._sql
 
         def op(conn: sqlite3.Connection) -> None:
@@ -989,6 +1035,16 @@ class SQLiteStore(Store):
                 for key, label, text in rows:
                     conn.execute(sql.insert_copied(table, len(key)),
                                  (new, *key, text, _row_crc(kind, new, label, text)))
+            # The earlier snapshots copied refer to the source's segments: each is copied, checked first.
+            copied = []
+            for key, items, crc in conn.execute(sql.select_all_segments, (source,)).fetchall():
+                if not isinstance(key, str) or not isinstance(items, str) or crc != _row_crc("segment", source, key,
+                                                                                                items):
+                    raise StoreCorrupted(f"run {source!r} segment {key!r}: the stored record fails its checksum: "
+                                         "the file was damaged or changed outside statemachine-agent; nothing was "
+                                         "forked")
+                copied.append((new, key, items, _row_crc("segment", new, key, items)))
+            _put_segments(sql, conn, copied + segments)
             conn.execute(sql.insert_snapshot, (new, at_step, ctx_text, _row_crc("snapshot", new, at_step, ctx_text)))
 
         return self._submit(op)
@@ -1220,6 +1276,9 @@ def _load(sql: Dialect, conn: sqlite3.Connection, run: RunRecord, at_step: int |
         context = _json(_checked(snap[1], snap[2], what, kind="snapshot", run_id=run_id, key=snap[0]))
     except (ValueError, RecursionError):
         raise StoreCorrupted(f"{what}: the stored record is not JSON; nothing of it was loaded") from None
+    keys = _segments.wanted(context, what)
+    if keys:
+        context = _segments.join(context, _segment_texts(sql, conn, run_id, keys, what), _json, what)
     if not isinstance(context, dict):
         raise StoreCorrupted(f"run {run_id!r}: its snapshot at step {snap[0]} is not a JSON object")
     for s in steps[snap[0] - first:at - first]:

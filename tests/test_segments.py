@@ -1,0 +1,219 @@
+"""Snapshots that keep big lists and dicts as shared segments (schema version 4, ``stores/_segments``).
+
+A snapshot row refers to its segments by the hash of their text; a later snapshot shares the segments
+that did not change. What must hold: a snapshot reads back as the context it was given; a run of a chat
+agent loads at every step as it was; a fork keeps its own copies; and a damaged or missing segment, or a
+forged row, is a ``StoreCorrupted`` naming it, never a different context.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import Field
+
+from statemachine_agent import Context, Workflow
+from statemachine_agent.errors import StoreCorrupted, StoreError
+from statemachine_agent.stores import SCHEMA_VERSION, SQLiteStore
+from statemachine_agent.stores._sqlite import _row_crc
+from statemachine_agent.stores._segments import SEGMENT, join, key_of, split, wanted
+
+_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                       | st.text(max_size=8),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                    max_size=3),
+                       max_leaves=6)
+_big = (st.lists(_values, min_size=0, max_size=3 * SEGMENT + 5)
+        | st.dictionaries(st.text(max_size=6), _values, min_size=0, max_size=3 * SEGMENT + 5))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _big | _values, max_size=4))
+def test_a_snapshot_reads_back_as_the_context_it_was_given(snapshot: dict[str, Any]) -> None:
+    text, segments = split(snapshot)
+    row = json.loads(text)
+    texts = dict(segments)
+    assert all(key_of(t) == k for k, t in segments)
+    big = sum(len(v) // SEGMENT for v in snapshot.values() if type(v) in (list, dict) and len(v) >= SEGMENT)
+    assert len(segments) == big
+    assert wanted(row, "s") == [k for k, _ in segments]
+    joined = join(row, texts, json.loads, "s")
+    assert joined == snapshot
+    assert list(joined) == list(snapshot)  # the fields in their order
+    for name, value in snapshot.items():
+        if type(value) is dict:
+            assert list(joined[name]) == list(value)
+
+
+class Chat(Context):
+    history: list[dict[str, str]] = Field(default_factory=list)
+    n: int = 0
+    stop: int = 0
+
+
+def chat(window: int | None = None) -> Any:
+    """Each step appends a message (and with ``window``, drops the oldest past that many)."""
+    wf = Workflow("seg-chat", Chat)
+
+    @wf.state(initial=True, reads=["n", "history"], writes=["n", "history"])
+    def talk(ctx: Any) -> None:
+        ctx.n += 1
+        ctx.history.append({"role": "user", "content": f"message {ctx.n}"})
+        if window is not None and len(ctx.history) > window:
+            ctx.history.pop(0)
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("talk", "talk", guard=lambda c: c.n < c.stop, name="again", max_traversals=100_000)
+    wf.transition("talk", "done", default=True, name="finish")
+    return wf.compile()
+
+
+def _start(k: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": f"start {i}"} for i in range(k)]
+
+
+def _expected(start: int, after: int, window: int | None = None) -> list[dict[str, str]]:
+    history = _start(start) + [{"role": "user", "content": f"message {i}"} for i in range(1, after + 1)]
+    return history if window is None else history[-window:] if len(history) > window else history
+
+
+@pytest.fixture
+def chat_store(tmp_path: Path) -> Path:
+    """A chat run of 300 steps from 100 messages, in a closed store file."""
+    path = tmp_path / "chat.db"
+    with SQLiteStore(path) as store:
+        result = chat().run_sync(Chat(history=_start(100), stop=300), store=store, run_id="r", max_steps=100_000)
+        assert result.terminal == "done"
+    return path
+
+
+def test_a_chat_run_loads_as_it_was_at_every_step(chat_store: Path) -> None:
+    with SQLiteStore(chat_store) as store:
+        snaps = [r[0] for r in sqlite3.connect(chat_store).execute("SELECT step FROM sma_snapshots ORDER BY step")]
+        assert len(snaps) >= 4  # every max(64, items // 16) steps, as the run only appends
+        for at in range(0, 301, 7):
+            loaded = store.load("r", at_step=at).result()
+            assert loaded.context["history"] == _expected(100, at)
+            assert at - loaded.snapshot_at < 64
+    conn = sqlite3.connect(chat_store)
+    (version,) = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
+    rows, items = conn.execute("SELECT COUNT(*), SUM(json_array_length(items)) FROM sma_segments").fetchone()
+    conn.close()
+    assert version == str(SCHEMA_VERSION) == "4"
+    # Each message is in one segment at most once: shared by every snapshot after it.
+    assert items == rows * SEGMENT <= 400
+
+
+def test_a_sliding_window_snapshots_by_the_item_rule_only(tmp_path: Path) -> None:
+    """Dropping the oldest message shifts every segment: the step rule would rewrite them all, so it
+    waits for the item rule (half the context's worth of steps)."""
+    path = tmp_path / "window.db"
+    with SQLiteStore(path) as store:
+        result = chat(window=200).run_sync(Chat(history=_start(200), stop=300), store=store, run_id="r",
+                                           max_steps=100_000)
+        assert result.terminal == "done"
+        assert store.load("r").result().context["history"] == _expected(200, 300, window=200)
+    snaps = [r[0] for r in sqlite3.connect(path).execute("SELECT step FROM sma_snapshots ORDER BY step")]
+    gaps = [b - a for a, b in zip(snaps, snaps[1:], strict=False)]
+    assert gaps and min(gaps) >= 200 // 2 // 3  # three items a step (n, the append, the pop): ~100 / 3
+
+
+def _latest_segments(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        (text,) = conn.execute("SELECT context FROM sma_snapshots WHERE run_id='r' ORDER BY step DESC LIMIT 1"
+                               ).fetchone()
+    finally:
+        conn.close()
+    return wanted(json.loads(text), "s")
+
+
+def _damaged(path: Path, tmp_path: Path, sql: str, *args: Any) -> Path:
+    copy = tmp_path / "damaged.db"
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    conn.execute(sql, args)
+    conn.commit()
+    conn.close()
+    return copy
+
+
+def test_a_missing_segment_is_named(chat_store: Path, tmp_path: Path) -> None:
+    key = _latest_segments(chat_store)[-1]
+    copy = _damaged(chat_store, tmp_path, "DELETE FROM sma_segments WHERE key=?", key)
+    with SQLiteStore(copy) as store, pytest.raises(StoreCorrupted, match=f"segment {key} .* not in the store"):
+        store.load("r").result()
+
+
+def test_a_changed_segment_fails_its_checksum(chat_store: Path, tmp_path: Path) -> None:
+    key = _latest_segments(chat_store)[0]
+    copy = _damaged(chat_store, tmp_path, "UPDATE sma_segments SET items=replace(items, 'start', 'START') WHERE key=?",
+                    key)
+    with SQLiteStore(copy) as store, pytest.raises(StoreCorrupted, match="fails its checksum"):
+        store.load("r").result()
+
+
+def test_a_resealed_short_segment_is_refused(chat_store: Path, tmp_path: Path) -> None:
+    """A segment rewritten with a valid checksum but one item fewer: not what the row says it is."""
+    key = _latest_segments(chat_store)[0]
+    conn = sqlite3.connect(chat_store)
+    (items,) = conn.execute("SELECT items FROM sma_segments WHERE key=?", (key,)).fetchone()
+    conn.close()
+    short = json.dumps(json.loads(items)[1:], separators=(",", ":"))
+    copy = _damaged(chat_store, tmp_path, "UPDATE sma_segments SET items=?, crc=? WHERE key=?", short,
+                    _row_crc("segment", "r", key, short), key)
+    with SQLiteStore(copy) as store, pytest.raises(StoreCorrupted, match=f"segment {key} .* not {SEGMENT} items"):
+        store.load("r").result()
+
+
+@pytest.mark.parametrize("row", ["[1, 2]", "[{}, {\"h\": [\"x\", [], []]}]", "[{\"h\": 1}, {\"h\": [\"l\", [], []]}]",
+                                 "[{\"h\": null}, {\"h\": [\"l\", [3], []]}]", "\"text\""])
+def test_a_forged_snapshot_row_is_refused(chat_store: Path, tmp_path: Path, row: str) -> None:
+    conn = sqlite3.connect(chat_store)
+    (step,) = conn.execute("SELECT MAX(step) FROM sma_snapshots").fetchone()
+    conn.close()
+    copy = _damaged(chat_store, tmp_path, "UPDATE sma_snapshots SET context=?, crc=? WHERE step=?", row,
+                    _row_crc("snapshot", "r", step, row), step)
+    with SQLiteStore(copy) as store, pytest.raises(StoreCorrupted, match="snapshot at step"):
+        store.load("r").result()
+
+
+def test_a_fork_keeps_its_own_segments(chat_store: Path) -> None:
+    with SQLiteStore(chat_store) as store:
+        chat().fork_sync("r", at_step=150, store=store, new_run_id="f")
+        conn = sqlite3.connect(chat_store)
+        conn.execute("DELETE FROM sma_segments WHERE run_id='r'")
+        conn.commit()
+        conn.close()
+        for at in (0, 77, 150, 300):
+            assert store.load("f", at_step=at).result().context["history"] == _expected(100, at)
+        with pytest.raises(StoreCorrupted, match="segment"):
+            store.load("r").result()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_flipped_byte_loads_the_same_run_or_says_it_is_damaged(chat_store: Path, tmp_path: Path,
+                                                               data: st.DataObject) -> None:
+    with SQLiteStore(chat_store) as store:
+        before = store.load("r").result()
+    raw = bytearray(chat_store.read_bytes())
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] ^= data.draw(st.integers(1, 255))
+    copy = tmp_path / f"flip-{at}.db"
+    copy.write_bytes(bytes(raw))
+    try:
+        with SQLiteStore(copy, readonly=True) as store:
+            after = store.load("r").result()
+    except (StoreCorrupted, StoreError):
+        return
+    assert after.context == before.context and after.run == before.run
+    assert [s.number for s in after.steps] == [s.number for s in before.steps]
