@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("run", ("result", "events", "_views", "_ops", "policies", "tools", "runner", "_journal", "_program", "llm",
              "llm.*")),
     ("durable", ("_compat", "_durable", "compile", "stores._records", "stores._base", "protocols")),
-    ("stores", ("stores._sqlite", "stores._sql*", "stores")),
+    ("stores", ("stores._sqlite", "stores._sql*", "stores._segments", "stores")),
     ("observability", ("otel", "traces")),
     ("diagrams", ("diagrams",)),
     ("testing", ("testing", "testing.*", "llm.testing", "stores.conformance")),
