@@ -584,7 +584,10 @@ class SQLiteStore(Store):
     Each step stores only what it wrote (a list or dict it changed in place, as the changes); a full
     copy of the context (a snapshot) bounds how many steps a load replays: by default once the steps
     since the last one stored about half as much as it holds, or every ``snapshot_every`` steps when that
-    is given (see :attr:`.Store.snapshot_every`). ``busy_timeout`` is how long to wait for another process's write.
+    is given (see :attr:`.Store.snapshot_every`). Its lists and dicts of 64 items or more are kept in
+    segments later snapshots share (:attr:`.Store.snapshots_share_items`), so while steps only append,
+    a snapshot is also taken every ``max(64, items // 16)`` steps at the cost of what they appended.
+    ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
 
     A run alone on the store commits in its own thread, which blocks its event loop for each commit
