@@ -98,11 +98,11 @@ def chat_store(tmp_path: Path) -> Path:
 def test_a_chat_run_loads_as_it_was_at_every_step(chat_store: Path) -> None:
     with SQLiteStore(chat_store) as store:
         snaps = [r[0] for r in sqlite3.connect(chat_store).execute("SELECT step FROM sma_snapshots ORDER BY step")]
-        assert len(snaps) >= 4  # every max(64, items // 16) steps, as the run only appends
+        assert len(snaps) >= 4  # every max(96, items // 12) steps, as the run only appends
         for at in range(0, 301, 7):
             loaded = store.load("r", at_step=at).result()
             assert loaded.context["history"] == _expected(100, at)
-            assert at - loaded.snapshot_at < 64
+            assert at - loaded.snapshot_at < 96
     conn = sqlite3.connect(chat_store)
     (version,) = conn.execute("SELECT value FROM sma_meta WHERE key='schema_version'").fetchone()
     rows, items = conn.execute("SELECT COUNT(*), SUM(json_array_length(items)) FROM sma_segments").fetchone()

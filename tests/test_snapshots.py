@@ -3,7 +3,7 @@ holds: a snapshot once the steps since the last one stored half as many items as
 16), and at least every 500 steps; so what a load replays stays under about half a context's worth,
 and the snapshots cost at most three times what the steps changed (twice when steps overwrite, three
 times when the context only grows). A store whose snapshots share items (SQLiteStore keeps big lists
-in segments, ``stores/_segments``) also takes one every ``max(64, items // 16)`` steps while the steps
+in segments, ``stores/_segments``) also takes one every ``max(96, items // 12)`` steps while the steps
 only append: then a snapshot stores what was appended, the rest of the list after its last whole
 segment and the small fields, and a load replays few steps."""
 
@@ -88,7 +88,7 @@ def _stored(path: Path) -> tuple[dict[int, int], list[int], dict[int, tuple[int,
 def _step_cap(size: int, shares: bool) -> int:
     """Steps after which a snapshot is due whatever the steps stored (``snapshots_share_items``: while they
     only appended)."""
-    return min(500, max(64, size // 16)) if shares else 500
+    return min(500, max(96, size // 12)) if shares else 500
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,3 +141,24 @@ def test_a_snapshot_at_least_every_500_steps(tmp_path: Path) -> None:
     assert result.terminal == "done"
     snaps, _per_step, _new, _reshaped = _stored(path)
     assert sorted(snaps) == [0, 500, 1000]
+
+
+def test_a_growing_history_is_snapshot_by_steps_at_the_cost_of_what_it_appended(tmp_path: Path) -> None:
+    """1,500 items, one appended a step: the item rule alone would wait 750 steps; the step rule takes a
+    snapshot every max(96, items // 12) steps, each storing the segments of what was appended."""
+    path = tmp_path / "grow.db"
+    with SQLiteStore(path) as store:
+        result = notes().run_sync(Notes(script=[1] * 400, items=[f"start {i}" for i in range(1_500)]), store=store,
+                                  run_id="r", max_steps=100_000)
+    assert result.terminal == "done"
+    snaps, per_step, new, reshaped = _stored(path)
+    marks = sorted(snaps)
+    assert not reshaped
+    expected = [0]
+    while expected[-1] + _step_cap(snaps[expected[-1]], True) <= len(per_step):
+        expected.append(expected[-1] + _step_cap(snaps[expected[-1]], True))
+    assert marks == expected and len(marks) >= 3
+    for a, b in zip(marks, marks[1:], strict=False):
+        own, segments = new[b]
+        assert segments <= sum(per_step[a:b]) + SEGMENT - 1
+        assert own < 2 * SEGMENT + 10  # the rests of `items` and `script`, and the counter

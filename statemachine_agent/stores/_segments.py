@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import StoreCorrupted
 from ._records import record_json
 
-SEGMENT = 64
+SEGMENT = 32
 """Items per segment: a list's items or a dict's pairs."""
 
 _LIST, _DICT = "l", "d"

@@ -584,9 +584,9 @@ class SQLiteStore(Store):
     Each step stores only what it wrote (a list or dict it changed in place, as the changes); a full
     copy of the context (a snapshot) bounds how many steps a load replays: by default once the steps
     since the last one stored about half as much as it holds, or every ``snapshot_every`` steps when that
-    is given (see :attr:`.Store.snapshot_every`). Its lists and dicts of 64 items or more are kept in
+    is given (see :attr:`.Store.snapshot_every`). Its lists and dicts of 32 items or more are kept in
     segments later snapshots share (:attr:`.Store.snapshots_share_items`), so while steps only append,
-    a snapshot is also taken every ``max(64, items // 16)`` steps at the cost of what they appended.
+    a snapshot is also taken every ``max(96, items // 12)`` steps at the cost of what they appended.
     ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
 
@@ -625,7 +625,7 @@ class SQLiteStore(Store):
         self.path = str(path)
         self.snapshot_every = snapshot_every
         self.snapshots_share_items = True
-        """A snapshot's lists and dicts of 64 items or more are stored in segments that later snapshots
+        """A snapshot's lists and dicts of 32 items or more are stored in segments that later snapshots
         share (``._segments``)."""
         self.secrets = secrets
         self.readonly = readonly
