@@ -103,7 +103,7 @@ _SNAPSHOT_MIN = 16
 _SNAPSHOT_STEPS = 500
 """Steps between two snapshots at most, however little they store: what a load reads at most."""
 _SHARED_STEPS = 96
-_SHARED_SHARE = 12
+_SHARED_SHARE = 24
 """For a store whose snapshots share items (``Store.snapshots_share_items``): a snapshot also after
 ``max(_SHARED_STEPS, items // _SHARED_SHARE)`` steps, ``items`` being what the last one held, while the
 steps since it only appended to its lists in place (see :func:`reshaping`)."""

@@ -98,7 +98,7 @@ def chat_store(tmp_path: Path) -> Path:
 def test_a_chat_run_loads_as_it_was_at_every_step(chat_store: Path) -> None:
     with SQLiteStore(chat_store) as store:
         snaps = [r[0] for r in sqlite3.connect(chat_store).execute("SELECT step FROM sma_snapshots ORDER BY step")]
-        assert len(snaps) >= 4  # every max(96, items // 12) steps, as the run only appends
+        assert len(snaps) >= 4  # every max(96, items // 24) steps, as the run only appends
         for at in range(0, 301, 7):
             loaded = store.load("r", at_step=at).result()
             assert loaded.context["history"] == _expected(100, at)

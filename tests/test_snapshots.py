@@ -3,7 +3,7 @@ holds: a snapshot once the steps since the last one stored half as many items as
 16), and at least every 500 steps; so what a load replays stays under about half a context's worth,
 and the snapshots cost at most three times what the steps changed (twice when steps overwrite, three
 times when the context only grows). A store whose snapshots share items (SQLiteStore keeps big lists
-in segments, ``stores/_segments``) also takes one every ``max(96, items // 12)`` steps while the steps
+in segments, ``stores/_segments``) also takes one every ``max(96, items // 24)`` steps while the steps
 only append: then a snapshot stores what was appended, the rest of the list after its last whole
 segment and the small fields, and a load replays few steps."""
 
@@ -88,7 +88,7 @@ def _stored(path: Path) -> tuple[dict[int, int], list[int], dict[int, tuple[int,
 def _step_cap(size: int, shares: bool) -> int:
     """Steps after which a snapshot is due whatever the steps stored (``snapshots_share_items``: while they
     only appended)."""
-    return min(500, max(96, size // 12)) if shares else 500
+    return min(500, max(96, size // 24)) if shares else 500
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -145,7 +145,7 @@ def test_a_snapshot_at_least_every_500_steps(tmp_path: Path) -> None:
 
 def test_a_growing_history_is_snapshot_by_steps_at_the_cost_of_what_it_appended(tmp_path: Path) -> None:
     """1,500 items, one appended a step: the item rule alone would wait 750 steps; the step rule takes a
-    snapshot every max(96, items // 12) steps, each storing the segments of what was appended."""
+    snapshot every max(96, items // 24) steps, each storing the segments of what was appended."""
     path = tmp_path / "grow.db"
     with SQLiteStore(path) as store:
         result = notes().run_sync(Notes(script=[1] * 400, items=[f"start {i}" for i in range(1_500)]), store=store,

@@ -39,7 +39,7 @@ class Store(abc.ABC):
     snapshots_share_items: bool = False
     """Whether a snapshot stores only the parts of the context it does not share with the run's earlier
     snapshots (:class:`~.SQLiteStore`: lists and dicts of 32 items or more, in segments). Then, with
-    ``snapshot_every=None``, a snapshot is also taken after ``max(96, items // 12)`` steps (at most 500),
+    ``snapshot_every=None``, a snapshot is also taken after ``max(96, items // 24)`` steps (at most 500),
     ``items`` being what the last one held, so a load reads the snapshot's segments in bulk and few step
     rows after them, while a step of an agent that appends to its history still stores about what it
     appended."""

@@ -586,7 +586,7 @@ class SQLiteStore(Store):
     since the last one stored about half as much as it holds, or every ``snapshot_every`` steps when that
     is given (see :attr:`.Store.snapshot_every`). Its lists and dicts of 32 items or more are kept in
     segments later snapshots share (:attr:`.Store.snapshots_share_items`), so while steps only append,
-    a snapshot is also taken every ``max(96, items // 12)`` steps at the cost of what they appended.
+    a snapshot is also taken every ``max(96, items // 24)`` steps at the cost of what they appended.
     ``busy_timeout`` is how long to wait for another process's write.
     Several processes may share one file: fencing makes sure only one commits each step.
 
