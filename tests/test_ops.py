@@ -35,6 +35,7 @@ from pydantic import (
     model_serializer,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import to_jsonable_python
 
 from statemachine_agent import Context, Workflow
 from statemachine_agent.stores import SQLiteStore, StoreCorrupted
@@ -247,7 +248,10 @@ def do(holder: Any, field: str, op: tuple[Any, ...]) -> None:
         elif name == "remove":
             x.remove(x[args[0]])
         elif name == "sort":
-            x.sort(key=repr)
+            # By the items' JSON, which a store keeps: their repr names a SubItem's class, which an item of
+            # a list[Item] field does not keep across a resume (pydantic stores it by the declared type),
+            # so a resumed run sorted differently and the workflow itself was not deterministic.
+            x.sort(key=lambda v: json.dumps(to_jsonable_python(v), sort_keys=True))
         elif name == "reverse":
             x.reverse()
         elif name == "slice_set":

@@ -8,6 +8,7 @@ forged row, is a ``StoreCorrupted`` naming it, never a different context.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sqlite3
@@ -22,8 +23,8 @@ from pydantic import Field
 from statemachine_agent import Context, Workflow
 from statemachine_agent.errors import StoreCorrupted, StoreError
 from statemachine_agent.stores import SCHEMA_VERSION, SQLiteStore
-from statemachine_agent.stores._sqlite import _row_crc
 from statemachine_agent.stores._segments import SEGMENT, join, key_of, split, wanted
+from statemachine_agent.stores._sqlite import _row_crc
 
 _values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                        | st.text(max_size=8),
@@ -122,7 +123,7 @@ def test_a_sliding_window_snapshots_by_the_item_rule_only(tmp_path: Path) -> Non
         assert result.terminal == "done"
         assert store.load("r").result().context["history"] == _expected(200, 300, window=200)
     snaps = [r[0] for r in sqlite3.connect(path).execute("SELECT step FROM sma_snapshots ORDER BY step")]
-    gaps = [b - a for a, b in zip(snaps, snaps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(snaps)]
     assert gaps and min(gaps) >= 200 // 2 // 3  # three items a step (n, the append, the pop): ~100 / 3
 
 

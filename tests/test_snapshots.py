@@ -9,6 +9,7 @@ segment and the small fields, and a load replays few steps."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from pathlib import Path
@@ -158,7 +159,7 @@ def test_a_growing_history_is_snapshot_by_steps_at_the_cost_of_what_it_appended(
     while expected[-1] + _step_cap(snaps[expected[-1]], True) <= len(per_step):
         expected.append(expected[-1] + _step_cap(snaps[expected[-1]], True))
     assert marks == expected and len(marks) >= 3
-    for a, b in zip(marks, marks[1:], strict=False):
+    for a, b in itertools.pairwise(marks):
         own, segments = new[b]
         assert segments <= sum(per_step[a:b]) + SEGMENT - 1
         assert own < 2 * SEGMENT + 10  # the rests of `items` and `script`, and the counter
