@@ -218,3 +218,56 @@ def test_a_flipped_byte_loads_the_same_run_or_says_it_is_damaged(chat_store: Pat
         return
     assert after.context == before.context and after.run == before.run
     assert [s.number for s in after.steps] == [s.number for s in before.steps]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_chat_run_killed_at_random_moments_loses_nothing(tmp_path: Path, seed: int) -> None:
+    """tests/segment_worker.py runs a 600-step chat agent from 300 messages (snapshots by both rules, in
+    segments), SIGKILLed at a drawn moment of each launch until one ends. After every kill the files as
+    left (copied, so reading changes nothing) hold a run whose context at its last committed step, and
+    at steps before it, is the uninterrupted run's; the run ends with the whole history once."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    import segment_worker
+
+    rng = random.Random(seed)
+    db = tmp_path / "runs.db"
+    worker = Path(__file__).parent / "segment_worker.py"
+    ended = False
+    for launch in range(40):
+        proc = subprocess.Popen([sys.executable, str(worker), str(db)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+        try:
+            proc.wait(timeout=rng.uniform(0.0, 0.12))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        else:
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            ended = True
+        if not db.exists():
+            continue
+        image = tmp_path / f"image-{launch}"
+        image.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{db}{suffix}").exists():
+                shutil.copyfile(f"{db}{suffix}", image / f"runs.db{suffix}")
+        with SQLiteStore(image / "runs.db") as store:
+            if not [r for r in store.list_runs().result() if r.run_id == "r"]:
+                continue  # killed before the run was created: nothing stored yet
+            stored = store.load("r").result()
+            n = stored.run.next_step
+            assert stored.context["history"] == segment_worker.expected(n)
+            for at in {0, n // 3, n // 2, max(0, n - 1)}:
+                assert store.load("r", at_step=at).result().context["history"] == segment_worker.expected(at)
+        if ended:
+            break
+    assert ended
+    with SQLiteStore(db) as store:
+        final = store.load("r").result()
+    assert final.run.status.value == "done"
+    assert final.context["history"] == segment_worker.expected(segment_worker.STEPS)
