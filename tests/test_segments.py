@@ -271,3 +271,80 @@ def test_a_chat_run_killed_at_random_moments_loses_nothing(tmp_path: Path, seed:
         final = store.load("r").result()
     assert final.run.status.value == "done"
     assert final.context["history"] == segment_worker.expected(segment_worker.STEPS)
+
+
+
+class _Crash(BaseException):
+    """Kills a run the way a dead process does: not routed, the run stays stored as running."""
+
+
+def test_a_fenced_worker_leaves_no_segment_and_the_run_goes_on(tmp_path: Path) -> None:
+    """Two workers on one stored chat run, each with its own connection: A claims it, then B claims it
+    (A is fenced) and runs it to its end; A's step, whose commit would store a snapshot with a new
+    segment (A's store snapshots every step), is refused whole. Every segment the file holds is one a
+    snapshot of the run refers to, and the run ends with the uninterrupted run's history."""
+    import asyncio
+
+    from statemachine_agent.errors import RunFenced
+
+    wf = Workflow("seg-two", Chat)
+    crash: dict[str, Any] = {"at": 120, "hold": False}
+    gate: list[asyncio.Event] = []
+    tried: list[Any] = []
+
+    @wf.state(initial=True, reads=["n", "history"], writes=["n", "history"])
+    async def talk(ctx: Any) -> None:
+        if ctx.n == crash["at"]:
+            raise _Crash
+        if crash["hold"]:  # A's step: started (marked), held here while B takes the run
+            crash["hold"] = False
+            await gate[0].wait()
+        ctx.n += 1
+        ctx.history.append({"role": "user", "content": f"message {ctx.n}"})
+
+    wf.terminal("done")
+    wf.terminal("failed", outcome="failure")
+    wf.transition("talk", "talk", guard=lambda c: c.n < c.stop, name="again", max_traversals=100_000)
+    wf.transition("talk", "done", default=True, name="finish")
+    compiled = wf.compile()
+    path = tmp_path / "two.db"
+    with SQLiteStore(path) as store, pytest.raises(_Crash):
+        compiled.run_sync(Chat(history=_start(200), stop=300), store=store, run_id="r", max_steps=100_000)
+    crash["at"] = -1
+
+    async def both() -> None:
+        gate.append(asyncio.Event())
+        with SQLiteStore(path, snapshot_every=1) as a, SQLiteStore(path) as b:
+            commit = a.commit
+
+            def seen(request: Any) -> Any:
+                tried.append(request)
+                return commit(request)
+
+            a.commit = seen  # type: ignore[method-assign]
+            run_a = await compiled.reopen("r", store=a)
+            crash["hold"] = True
+            step_a = asyncio.create_task(run_a.step())
+            while crash["hold"]:
+                await asyncio.sleep(0)
+            done = await compiled.resume("r", store=b)
+            assert done.terminal == "done"
+            gate[0].set()
+            with pytest.raises(RunFenced):
+                await step_a
+            # A did try to commit its step, with a snapshot of 321 messages in ten segments
+            assert [len(split(t["snapshot"])[1]) >= 10 for t in tried if t["snapshot"]] == [True]
+
+    asyncio.run(both())
+    conn = sqlite3.connect(path)
+    try:
+        held = {k for (k,) in conn.execute("SELECT key FROM sma_segments")}
+        referred = set()
+        for (text,) in conn.execute("SELECT context FROM sma_snapshots"):
+            referred.update(wanted(json.loads(text), "s"))
+    finally:
+        conn.close()
+    assert held == referred
+    with SQLiteStore(path) as store:
+        final = store.load("r").result()
+    assert final.context["history"] == _expected(200, 300)
