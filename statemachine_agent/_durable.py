@@ -60,7 +60,7 @@ from .errors import (
     ToolFailed,
     ToolResultError,
 )
-from .policies import _safe_repr as safe_repr
+from .policies import safe_repr
 from .result import RunResult, Step, StepKind, Steps
 from .runner import ResumeOptions, Run, RunConfig, checked_clock
 from .secrets import (

@@ -28,7 +28,7 @@ from ._durable import (
 from ._journal import Journal
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
-from .policies import _safe_repr as safe_repr
+from .policies import safe_repr
 from .runner import ResumeOptions, Run
 from .runner import _run_blocking as run_blocking
 from .spec import WorkflowSpec

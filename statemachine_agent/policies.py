@@ -14,6 +14,7 @@ __all__ = [
     "Option",
     "Policy",
     "first_enabled",
+    "safe_repr",
     "scripted",
     "seeded_random",
 ]
@@ -108,7 +109,7 @@ class seeded_random:
         return self.rng.choice(decision.options)
 
 
-def _safe_repr(value: object, fn: Callable[[Any], str] = repr, limit: int = 200) -> str:
+def safe_repr(value: object, fn: Callable[[Any], str] = repr, limit: int = 200) -> str:
     """``repr(value)`` (or ``fn(value)``), cut to ``limit`` characters; never raises, whatever the
     value's ``__repr__`` does (hostile or broken objects end up in messages too)."""
     try:
@@ -131,18 +132,18 @@ def resolve(choice: object, options: Sequence[Option]) -> tuple[Option | None, s
     Anything that is not an enabled option is rejected with a reason, never raised: the answer is
     inspected by its type only (``type()``, not ``isinstance``, which asks the object's own
     ``__class__``), strings are compared as plain ``str`` (a subclass's ``__eq__`` or ``__hash__``
-    is never called), and the reason shows the answer through :func:`_safe_repr`.
+    is never called), and the reason shows the answer through :func:`safe_repr`.
     """
     kind = type(choice)
     if kind is NoChoice:
         assert isinstance(choice, NoChoice)
-        return None, _safe_repr(choice.reason, str, 2000)
+        return None, safe_repr(choice.reason, str, 2000)
     if kind is Option:
         assert isinstance(choice, Option)
         for o in options:
             if o is choice or (o.name == choice.name and o.target == choice.target):
                 return o, ""
-        return None, f"{_safe_repr(choice.name)} is not enabled here; enabled: {_names(options)}"
+        return None, f"{safe_repr(choice.name)} is not enabled here; enabled: {_names(options)}"
     if issubclass(kind, str):
         # A plain copy: a str subclass's own __eq__/__hash__ (maybe hostile) is never called.
         text = str.__getitem__(typing.cast(str, choice), slice(None))
@@ -154,15 +155,15 @@ def resolve(choice: object, options: Sequence[Option]) -> tuple[Option | None, s
         if len(by_target) == 1:
             return by_target[0], ""
         if by_target:
-            return None, (f"{_safe_repr(text)} names several enabled transitions; answer one of "
+            return None, (f"{safe_repr(text)} names several enabled transitions; answer one of "
                           f"{_names(by_target)}")
-        return None, f"{_safe_repr(text)} is not an enabled transition; enabled: {_names(options)}"
+        return None, f"{safe_repr(text)} is not an enabled transition; enabled: {_names(options)}"
     try:
         kind_name = kind.__name__
     except Exception:
         kind_name = "object"
-    return None, (f"a policy must answer an Option or a transition name, got {_safe_repr(kind_name, str)} "
-                  f"{_safe_repr(choice)}")
+    return None, (f"a policy must answer an Option or a transition name, got {safe_repr(kind_name, str)} "
+                  f"{safe_repr(choice)}")
 
 
 def _names(options: Sequence[Option]) -> str:

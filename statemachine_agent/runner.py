@@ -43,8 +43,7 @@ from .events import (
     TransitionTaken,
     _StartCopy,
 )
-from .policies import Decision, Option, Policy, first_enabled, resolve
-from .policies import _safe_repr as safe_repr
+from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
 from .result import _RESULT_ATTR, RunResult, Step, StepKind, Steps
 from .spec import Outcome
 from .tools import Tools

@@ -39,7 +39,7 @@ from .events import (
     ToolCallStarted,
     TransitionTaken,
 )
-from .policies import _safe_repr as safe_repr
+from .policies import safe_repr
 
 __all__ = ["SCHEMA", "VERSION", "TraceError", "TraceWriter", "read_trace", "record_of", "runs_of"]
 

@@ -11,7 +11,7 @@ from pydantic_core import to_jsonable_python
 
 from .._views import _plain
 from ..context import is_unset
-from ..policies import Decision, NoChoice, _safe_repr
+from ..policies import Decision, NoChoice, safe_repr
 from ..usage import Price
 from ._client import DEFAULT_MAX_REPLY_BYTES, ChatModel
 from ._protocol import Mode, ServerKind, choice_schema, structured
@@ -52,7 +52,7 @@ class LLMPolicy:
         elif not isinstance(chat, ChatModel):
             raise TypeError(f"chat={chat!r}: give a statemachine_agent.llm.ChatModel")
         if not isinstance(instructions, str):
-            raise TypeError(f"instructions={_safe_repr(instructions)}: give a string")
+            raise TypeError(f"instructions={safe_repr(instructions)}: give a string")
         self.chat = chat
         self.instructions = instructions
         self.max_field_chars = max_field_chars
@@ -132,14 +132,14 @@ class LLMPolicy:
                 out[name] = "(not set)"
                 continue
             try:
-                text = json.dumps(to_jsonable_python(_plain(value), fallback=_safe_repr), ensure_ascii=False)
+                text = json.dumps(to_jsonable_python(_plain(value), fallback=safe_repr), ensure_ascii=False)
             except (TypeError, ValueError, RecursionError):
-                text = _safe_repr(value)
+                text = safe_repr(value)
             limit = self.max_field_chars
             out[name] = text if len(text) <= limit else text[: limit - 3] + "..."
         return out
 
 
 def _short(value: Any, limit: int = 300) -> str:
-    text = value if isinstance(value, str) else _safe_repr(value, limit=limit)
+    text = value if isinstance(value, str) else safe_repr(value, limit=limit)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ from pydantic_core import to_jsonable_python
 from .._rules import MODEL_USE
 from .._tooldef import KEY_PARAMETER
 from ..errors import ModelAnswerInvalid, ToolArgumentError, UndeclaredTool, UnknownTool
-from ..policies import _safe_repr
+from ..policies import safe_repr
 from ..tools import Tools
 from ._client import ChatModel
 from ._protocol import MAX_CALLS_KEPT, Reply, structured
@@ -70,22 +70,22 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
     in its tools, and the most model calls (and tool calls) a run can make counts these rounds.
     """
     if not isinstance(chat, ChatModel):
-        raise TypeError(f"llm_step(chat={_safe_repr(chat)}): give a statemachine_agent.llm.ChatModel")
+        raise TypeError(f"llm_step(chat={safe_repr(chat)}): give a statemachine_agent.llm.ChatModel")
     if not isinstance(write, str) or not write:
-        raise TypeError(f"llm_step(write={_safe_repr(write)}): give the name of the field the answer goes to")
+        raise TypeError(f"llm_step(write={safe_repr(write)}): give the name of the field the answer goes to")
     if not (isinstance(prompt, str) or callable(prompt)):
-        raise TypeError(f"llm_step(prompt={_safe_repr(prompt)}): give a string or a function of the context")
+        raise TypeError(f"llm_step(prompt={safe_repr(prompt)}): give a string or a function of the context")
     for name, value in (("max_rounds", max_rounds), ("max_attempts", max_attempts),
                         ("max_tool_calls", max_tool_calls)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"llm_step({name}={value!r}): give a whole number >= 1")
     if isinstance(tools, str) or not all(isinstance(t, str) for t in tools):
-        raise TypeError(f"llm_step(tools={_safe_repr(tools)}): give a list of tool names")
+        raise TypeError(f"llm_step(tools={safe_repr(tools)}): give a list of tool names")
     try:
         adapter: TypeAdapter[Any] = TypeAdapter(output)
         schema = adapter.json_schema()
     except Exception as exc:
-        raise TypeError(f"llm_step(output={_safe_repr(output)}): not a type pydantic can validate and describe "
+        raise TypeError(f"llm_step(output={safe_repr(output)}): not a type pydantic can validate and describe "
                         f"as JSON schema ({type(exc).__name__}: {exc})") from None
     wrapped = schema.get("type") != "object"
     if wrapped:  # structured outputs want an object at the top
@@ -100,7 +100,7 @@ def llm_step(chat: ChatModel, *, write: str, output: Any, prompt: str | Callable
     async def llm_action(ctx: Any, site: Tools) -> None:
         text = prompt(ctx) if callable(prompt) else prompt
         if not isinstance(text, str):
-            raise TypeError(f"the prompt function of LLM step writing {write!r} returned {_safe_repr(text)}, "
+            raise TypeError(f"the prompt function of LLM step writing {write!r} returned {safe_repr(text)}, "
                             "not a string")
         messages: list[dict[str, Any]] = [{"role": "system", "content": instructions},
                                           {"role": "user", "content": text}]
@@ -189,9 +189,9 @@ async def _run_tool(site: Tools, name: str, arguments: str, allowed: tuple[str, 
     except (ToolArgumentError, UnknownTool, UndeclaredTool) as exc:
         return f"error: {exc}"
     try:
-        return json.dumps(to_jsonable_python(result, fallback=_safe_repr), ensure_ascii=False)[:20000]
+        return json.dumps(to_jsonable_python(result, fallback=safe_repr), ensure_ascii=False)[:20000]
     except (TypeError, ValueError, RecursionError):
-        return _safe_repr(result, limit=20000)
+        return safe_repr(result, limit=20000)
 
 
 def _said(reply: Reply) -> str:
