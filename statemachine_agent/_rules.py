@@ -90,7 +90,7 @@ def _suggest(name: object, known: Iterable[str]) -> str:
     return f" (did you mean {close!r}?)" if close else ""
 
 
-def _is_count(value: object) -> typing.TypeGuard[int]:
+def is_count(value: object) -> typing.TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
@@ -385,7 +385,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
                     if names_in:
                         into[n] = names_in
             # A malformed bound is reported by its rule and counts as no bound.
-            if s.max_visits is not None and _is_count(s.max_visits):
+            if s.max_visits is not None and is_count(s.max_visits):
                 a.visit_bound[n] = s.max_visits
     a.initial = initials[0] if len(initials) == 1 else None
 
@@ -400,7 +400,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
         if src is not None and not src.terminal:
             exits[source].append(t)
             if tgt_ok:
-                edges.append(Edge(source, target, t.max_traversals if _is_count(t.max_traversals)
+                edges.append(Edge(source, target, t.max_traversals if is_count(t.max_traversals)
                                   else None, EdgeKind.TRANSITION, t.name if isinstance(t.name, str) else ""))
         if src is None or not tgt_ok:
             _note_mistyped(a, source, target, names)
@@ -420,7 +420,7 @@ def _read(spec: WorkflowSpec) -> Analysis:
         if key in seen_routes:
             continue
         seen_routes.add(key)
-        edges.append(Edge(et.source, et.target, et.max_traversals if _is_count(et.max_traversals)
+        edges.append(Edge(et.source, et.target, et.max_traversals if is_count(et.max_traversals)
                           else None, EdgeKind.ERROR, et.name if isinstance(et.name, str) else ""))
 
     if a.failure_terminal is not None:
@@ -699,7 +699,7 @@ def _check_state_options(a: Analysis) -> Iterator[Problem]:
     """``max_visits`` is a count, ``on_no_exit`` is 'error' or 'fail', the flags are bools and the
     description is a string."""
     for n, s in a.states.items():
-        if s.max_visits is not None and not _is_count(s.max_visits):
+        if s.max_visits is not None and not is_count(s.max_visits):
             yield Problem(ProblemCode.BAD_BOUND, f"state {n!r} has max_visits={s.max_visits!r}: use a whole number of "
                           "at least 1", n)
         if not isinstance(s.on_no_exit, NoExit):
@@ -752,7 +752,7 @@ def _check_fields(a: Analysis) -> Iterator[Problem]:
 def _check_max_steps(a: Analysis) -> Iterator[Problem]:
     """A workflow-wide ``max_steps`` is a count."""
     max_steps = _attr(a.spec, "max_steps")
-    if max_steps is not None and not _is_count(max_steps):
+    if max_steps is not None and not is_count(max_steps):
         yield Problem(ProblemCode.BAD_BOUND, f"max_steps={max_steps!r}: use a whole number of at least 1")
 
 
@@ -789,7 +789,7 @@ def _check_transitions(a: Analysis) -> Iterator[Problem]:
             yield from _unknown_endpoint(a, t, "source", t.source)
         if not tgt_ok:
             yield from _unknown_endpoint(a, t, "target", t.target)
-        if t.max_traversals is not None and not _is_count(t.max_traversals):
+        if t.max_traversals is not None and not is_count(t.max_traversals):
             yield Problem(ProblemCode.BAD_BOUND, f"{_tname(t)} has max_traversals={t.max_traversals!r}: use a whole "
                           "number of at least 1", _subject(t))
         if t.guard is not None:
@@ -849,7 +849,7 @@ def _check_error_transitions(a: Analysis) -> Iterator[Problem]:
                           "(cancellation and interruption are never routed): route a subclass of "
                           "Exception instead", _subject(et))
             ok = False
-        if et.max_traversals is not None and not _is_count(et.max_traversals):
+        if et.max_traversals is not None and not is_count(et.max_traversals):
             yield Problem(ProblemCode.BAD_BOUND, f"{label} has max_traversals={et.max_traversals!r}: use a whole "
                           "number of at least 1", _subject(et))
         if not ok:

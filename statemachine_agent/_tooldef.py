@@ -58,7 +58,7 @@ class Effect(enum.StrEnum):
 KEY_PARAMETER = "idempotency_key"
 """A tool parameter of this name receives the call's stable key; callers never pass it."""
 
-_MISSING: Any = object()
+NOT_GIVEN: Any = object()
 
 # tenacity 9 renamed wait_exponential_jitter's first wait from `initial` to `multiplier`.
 _FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(wait_exponential_jitter.__init__).parameters
@@ -172,7 +172,7 @@ def _retry_problems(value: object, where: str) -> list[Problem]:
                     "number of attempts, or None")]
 
 
-def _as_retrying(value: RetrySpec, where: str) -> AsyncRetrying | None:
+def as_retrying(value: RetrySpec, where: str) -> AsyncRetrying | None:
     """The tenacity object for a ``retry=`` option; ``TypeError``/``ValueError`` when it is bad."""
     problems = _retry_problems(value, f"{where}: ")
     if problems:
@@ -187,7 +187,7 @@ def _as_retrying(value: RetrySpec, where: str) -> AsyncRetrying | None:
     return Retry(attempts=value).build()
 
 
-def _positive(value: object, what: str) -> None:
+def positive(value: object, what: str) -> None:
     """Refuse anything but a positive number (NaN fails ``> 0`` too); ``None`` means no limit."""
     if value is None:
         return
@@ -231,7 +231,7 @@ class Tool:
         concurrency: int | None = None,
         rate_limit: float | None = None,
         fallback: str | None = None,
-        fallback_value: Any = _MISSING,
+        fallback_value: Any = NOT_GIVEN,
         effect: Effect | str = Effect.READ,
         reconcile: Callable[..., Any] | None = None,
     ) -> None:
@@ -256,7 +256,7 @@ class Tool:
         if fallback is not None and not isinstance(fallback, str):
             bad("fallback", fallback, "must be the name of another tool (or use fallback_value=... for a "
                 "fixed answer)")
-        if fallback is not None and fallback_value is not _MISSING:
+        if fallback is not None and fallback_value is not NOT_GIVEN:
             problems.append(Problem(ProblemCode.BAD_OPTION, f"{who}give fallback= (a tool) or fallback_value= (an "
                                     "answer), not both", self.name))
         try:
@@ -280,7 +280,7 @@ class Tool:
         self.description: str = description or (inspect.getdoc(fn) or "" if callable(fn) else "")
         self.timeout = timeout
         """Seconds one attempt may take; ``None`` for no limit."""
-        self.retrying = None if retry_problems else _as_retrying(retry, f"tool {self.name!r}")
+        self.retrying = None if retry_problems else as_retrying(retry, f"tool {self.name!r}")
         """The tenacity policy; ``None`` means one attempt."""
         self.own_retrying = isinstance(retry, AsyncRetrying)
         """A user's own AsyncRetrying is used as it is (every attempt through it, results included);
@@ -330,8 +330,8 @@ class Tool:
             self.args_model = _args_model(self.name, self._signature, hints)
         except TypeError as exc:
             problems.append(Problem(ProblemCode.BAD_TOOL, str(exc), self.name))
-        ret = hints.get("return", _MISSING)
-        if ret is not _MISSING and ret is not Any:
+        ret = hints.get("return", NOT_GIVEN)
+        if ret is not NOT_GIVEN and ret is not Any:
             try:
                 self._result = TypeAdapter(ret)
             except Exception as exc:  # pydantic cannot validate that type

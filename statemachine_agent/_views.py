@@ -189,14 +189,14 @@ def deep_copy(value: Any) -> Any:
         return copy.deepcopy(value)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A proxy's real object (for comparisons); anything else as it is."""
     return value._sa_target if isinstance(value, _Proxy) else value
 
 
 def thaw(value: Any) -> Any:
     """Plain Python objects equal to ``value``, sharing nothing with the context (proxies unwrapped)."""
-    return deep_copy(_plain(value))
+    return deep_copy(plain(value))
 
 
 def _unwrap_for_store(value: Any) -> Any:
@@ -225,7 +225,7 @@ class _Proxy:
         return repr(self._sa_target)
 
     def __eq__(self, other: object) -> bool:
-        return bool(self._sa_target == _plain(other))
+        return bool(self._sa_target == plain(other))
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -267,14 +267,14 @@ class _SequenceReads(_Proxy):
             yield wrap(x, origin)
 
     def __contains__(self, value: object) -> bool:
-        return _plain(value) in self._sa_target
+        return plain(value) in self._sa_target
 
     def index(self, value: Any, *args: Any) -> int:
-        found: int = self._sa_target.index(_plain(value), *args)
+        found: int = self._sa_target.index(plain(value), *args)
         return found
 
     def count(self, value: Any) -> int:
-        found: int = self._sa_target.count(_plain(value))
+        found: int = self._sa_target.count(plain(value))
         return found
 
 
@@ -470,7 +470,7 @@ class TrackedList(_ListAdd, _SequenceReads, MutableSequence[Any]):
 
     def remove(self, value: Any) -> None:
         t = self._sa_target
-        j = t.index(_plain(value))
+        j = t.index(plain(value))
         self._sa_origin.change(t, ("d", j), t.insert, j, t[j])
         del t[j]
 

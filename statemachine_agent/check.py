@@ -12,9 +12,9 @@ from ._rules import (
     RULES,
     Edge,
     EdgeKind,
-    _is_count,
     build,
     fields_set_at_start,
+    is_count,
     worst_case_calls,
     worst_case_steps,
 )
@@ -80,7 +80,7 @@ def analyze(spec: WorkflowSpec) -> CheckReport:
     graph_bound = worst_case_steps(a) if a.initial is not None and not a.unbounded else None
     worst = graph_bound
     max_steps = getattr(spec, "max_steps", None)
-    if worst is not None and _is_count(max_steps):
+    if worst is not None and is_count(max_steps):
         worst = min(worst, max_steps)
     calls = decisions = tool_calls = None
     if worst is not None:

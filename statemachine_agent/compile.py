@@ -29,8 +29,7 @@ from ._journal import Journal
 from ._plan import build_machine, build_plans
 from .check import CheckReport, check, fields_set_at_start
 from .policies import safe_repr
-from .runner import ResumeOptions, Run
-from .runner import _run_blocking as run_blocking
+from .runner import ResumeOptions, Run, run_blocking
 from .spec import WorkflowSpec
 from .stores._base import Store
 from .stores._records import RunRecord

@@ -112,7 +112,7 @@ class Event(tuple[Any, ...]):
         raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
 
 
-class _StartCopy:
+class StartCopy:
     """The context a run started with, copied deeply when a hook first reads it (not before: a no-op
     hook must not pay a copy of the whole context per run). The run never changes in place a value it
     does not own (it copies it on its first write), so the copy, whenever it is made, is the start."""
@@ -135,7 +135,7 @@ class _StartCopy:
         return found
 
     def __eq__(self, other: object) -> bool:
-        return bool(self.get() == (other.get() if isinstance(other, _StartCopy) else other))
+        return bool(self.get() == (other.get() if isinstance(other, StartCopy) else other))
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -169,7 +169,7 @@ class RunStarted(Event):
     def context(self) -> Any:
         """A deep copy of the context the run started with (made when first read)."""
         value = self[3]
-        return value.get() if type(value) is _StartCopy else value
+        return value.get() if type(value) is StartCopy else value
 
 
 @_event

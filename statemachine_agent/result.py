@@ -239,7 +239,7 @@ class RunResult(Generic[C]):
         }
 
 
-_RESULT_ATTR = "__statemachine_agent_result__"
+RESULT_ATTR = "__statemachine_agent_result__"
 
 
 def result_of(error: BaseException) -> RunResult[Any] | None:
@@ -249,5 +249,5 @@ def result_of(error: BaseException) -> RunResult[Any] | None:
     after recording the run as ended in the failure terminal: ``except Exception as e:
     result_of(e)`` gets that result.
     """
-    found = getattr(error, _RESULT_ATTR, None)
+    found = getattr(error, RESULT_ATTR, None)
     return found if isinstance(found, RunResult) else None

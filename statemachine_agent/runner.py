@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from ._journal import Delta, Journal, RunState
 from ._plan import ErrorExit, Exit, Plan, Token
 from ._program import Program
-from ._tooldef import _positive
+from ._tooldef import positive
 from ._views import ContextView, ReadOnlyContext
 from .clock import Clock, SystemClock, wall_time
 from .context import is_unset
@@ -39,12 +39,12 @@ from .events import (
     RunFinished,
     RunStarted,
     RunWaiting,
+    StartCopy,
     StepStarted,
     TransitionTaken,
-    _StartCopy,
 )
 from .policies import Decision, Option, Policy, first_enabled, resolve, safe_repr
-from .result import _RESULT_ATTR, RunResult, Step, StepKind, Steps
+from .result import RESULT_ATTR, RunResult, Step, StepKind, Steps
 from .spec import Outcome
 from .tools import Tools
 from .usage import ModelCall
@@ -155,7 +155,7 @@ class RunConfig(Generic[C]):
             raise ValueError(f"max_steps={max_steps!r}: give a whole number from 1 to {_MAX_COUNT} (what a store "
                              "keeps)")
         if timeout is not None:
-            _positive(timeout, "timeout")
+            positive(timeout, "timeout")
         if type(max_policy_attempts) is not int or max_policy_attempts < 1:
             raise ValueError(f"max_policy_attempts={max_policy_attempts!r}: give a whole number >= 1")
         if policy is not None and not callable(policy):
@@ -180,7 +180,7 @@ class RunConfig(Generic[C]):
                                          or token_budget < 1):
             raise ValueError(f"token_budget={token_budget!r}: give a whole number of tokens >= 1, or None")
         if cost_budget is not None:
-            _positive(cost_budget, "cost_budget")
+            positive(cost_budget, "cost_budget")
         if type(raise_errors) is not bool:
             raise TypeError(f"raise_errors={safe_repr(raise_errors)}: give True or False")
         try:
@@ -710,7 +710,7 @@ class Run(Generic[C]):
             wf = self.workflow
             # The start, copied deeply when a hook reads it. A run that owns values (restored from
             # a store) changes them in place: their copy is made now.
-            start = _StartCopy(self.context.__copy__())
+            start = StartCopy(self.context.__copy__())
             if self._owned:
                 start.get()
             await self._emit(_tnew(RunStarted, (self.run_id, wf.name, wf.initial, start, self.max_steps, self.trace)))
@@ -1231,7 +1231,7 @@ def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
 def _attach(error: BaseException, result: RunResult[Any] | None, reason: str) -> None:
     """Let the caller find the recorded run on the re-raised exception (``result_of(error)``)."""
     with contextlib.suppress(Exception):  # an exception with __slots__ cannot carry it; the note can
-        setattr(error, _RESULT_ATTR, result)
+        setattr(error, RESULT_ATTR, result)
     if result is not None:
         with contextlib.suppress(Exception):
             error.add_note(f"statemachine-agent: run {result.run_id} of workflow {result.workflow!r} "
@@ -1293,7 +1293,7 @@ class _LoopHolder(threading.local):
 _loops = _LoopHolder()
 
 
-def _run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from synchronous code; refuse clearly inside a running loop.
 
     Unlike ``asyncio.run``, it neither joins threads that timed-out sync tools left running (they

@@ -15,16 +15,16 @@ from tenacity import RetryCallState, retry_base
 
 from ._journal import Journal
 from ._tooldef import (
-    _MISSING,
     KEY_PARAMETER,
+    NOT_GIVEN,
     Effect,
     Retry,
     RetrySpec,
     Tool,
     ToolRegistry,
-    _as_retrying,
-    _positive,
+    as_retrying,
     declared_tool_calls,
+    positive,
 )
 from .clock import Clock, SystemClock
 from .errors import (
@@ -120,7 +120,7 @@ class Tools:
 
     def __init__(self, registry: ToolRegistry, allowed: frozenset[str], *, clock: Clock | None = None,
                  deadline: float | None = None, run: StepHost | None = None, state: str = "",
-                 step: int = 0, timeout: float | None = _MISSING, retry: Any = _MISSING,
+                 step: int = 0, timeout: float | None = NOT_GIVEN, retry: Any = NOT_GIVEN,
                  _calls: list[int] | None = None) -> None:
         self._registry = registry
         self._calls = _calls if _calls is not None else [0]
@@ -135,15 +135,15 @@ class Tools:
         self._timeout = timeout
         self._retry = retry
 
-    def options(self, *, timeout: float | None = _MISSING, retry: RetrySpec = _MISSING) -> Tools:
+    def options(self, *, timeout: float | None = NOT_GIVEN, retry: RetrySpec = NOT_GIVEN) -> Tools:
         """A handle whose calls override the tools' timeout and retry policy."""
-        if timeout is not _MISSING:
-            _positive(timeout, "timeout")
-        retrying = _MISSING if retry is _MISSING else _as_retrying(retry, "tools.options")
+        if timeout is not NOT_GIVEN:
+            positive(timeout, "timeout")
+        retrying = NOT_GIVEN if retry is NOT_GIVEN else as_retrying(retry, "tools.options")
         return Tools(self._registry, self._allowed, clock=self._clock, deadline=self._deadline, run=self._run,
                      state=self._state, step=self._step,
-                     timeout=self._timeout if timeout is _MISSING else timeout,
-                     retry=self._retry if retrying is _MISSING else retrying, _calls=self._calls)
+                     timeout=self._timeout if timeout is NOT_GIVEN else timeout,
+                     retry=self._retry if retrying is NOT_GIVEN else retrying, _calls=self._calls)
 
     @property
     def names(self) -> list[str]:
@@ -213,7 +213,7 @@ class Tools:
         t0 = time.perf_counter()
         if hooks:
             await self._emit(ToolCallStarted, name, call_id, str(tool.effect), key)
-        if tool.own_retrying and self._retry is _MISSING:
+        if tool.own_retrying and self._retry is NOT_GIVEN:
             # The user's own policy sees every attempt, the first included (and may retry on results).
             result, attempts, fallback = await self._recover(tool, arguments, None, call_id, t0, failures=failures)
         else:
@@ -240,7 +240,7 @@ class Tools:
         try:
             if lim is not None and tool.rate_limit:
                 await lim.start(clock)  # nor does waiting for the rate limit (the deadline still holds)
-            limit = tool.timeout if self._timeout is _MISSING else self._timeout
+            limit = tool.timeout if self._timeout is NOT_GIVEN else self._timeout
             deadline = self._deadline
             if limit is None and deadline is None:
                 return tool.validate_result(await self._invoke(tool, arguments, semaphore, handoff))
@@ -298,7 +298,7 @@ class Tools:
         errors: list[BaseException] = failures if failures is not None else []
         if first is not None:
             errors.append(first)
-        base = tool.retrying if self._retry is _MISSING else self._retry
+        base = tool.retrying if self._retry is NOT_GIVEN else self._retry
         if base is not None:
             replayed = first is None
 
@@ -352,7 +352,7 @@ class Tools:
                 return await handle._run_call(fb, fb_args, arguments.get(KEY_PARAMETER)), len(errors) + 1, True
             except ToolFailed as failed:
                 errors.extend(failed.errors)
-        elif tool.fallback_value is not _MISSING:
+        elif tool.fallback_value is not NOT_GIVEN:
             return tool.fallback_value, len(errors) + 1, True
         error = ToolFailed(tool.name, tuple(errors))
         if self._run is not None and self._run.hooks:

@@ -53,7 +53,7 @@ from crash_worker import KINDS, LOOPS, STATE_TOOL, TOOLS, Job, build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statemachine_agent.runner import _run_blocking as run_blocking
+from statemachine_agent.runner import run_blocking
 from statemachine_agent.stores import CallStatus, RunStatus, SQLiteStore
 
 WORKER = Path(__file__).with_name("crash_worker.py")

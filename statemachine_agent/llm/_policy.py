@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from .._views import _plain
+from .._views import plain
 from ..context import is_unset
 from ..policies import Decision, NoChoice, safe_repr
 from ..usage import Price
@@ -132,7 +132,7 @@ class LLMPolicy:
                 out[name] = "(not set)"
                 continue
             try:
-                text = json.dumps(to_jsonable_python(_plain(value), fallback=safe_repr), ensure_ascii=False)
+                text = json.dumps(to_jsonable_python(plain(value), fallback=safe_repr), ensure_ascii=False)
             except (TypeError, ValueError, RecursionError):
                 text = safe_repr(value)
             limit = self.max_field_chars

@@ -17,8 +17,7 @@ from hypothesis import Phase
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from .._tooldef import _MISSING as _MISSING_FALLBACK
-from .._tooldef import KEY_PARAMETER, Effect
+from .._tooldef import KEY_PARAMETER, NOT_GIVEN, Effect
 from ..clock import FakeClock
 from ..compile import CompiledWorkflow, compile_spec
 from ..context import is_unset
@@ -328,7 +327,7 @@ class _Instrumented:
 
         retry: Any = tool.retrying
         extra: dict[str, Any] = {}
-        if tool.fallback_value is not _MISSING_FALLBACK:
+        if tool.fallback_value is not NOT_GIVEN:
             extra["fallback_value"] = tool.fallback_value
         return Tool(call, name=tool.name, description=tool.description, timeout=tool.timeout, retry=retry,
                     concurrency=tool.concurrency, rate_limit=tool.rate_limit, fallback=tool.fallback,
