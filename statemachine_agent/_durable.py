@@ -363,10 +363,11 @@ class Durable:
         if every is None:  # when the steps since the last snapshot stored half as many items as it holds
             self.since += _items(written) + sum(_ops.size(o) for o in ops.values()) + len(unset)
             steps = _SNAPSHOT_STEPS
-            if ops and not self.reshaped:
-                self.reshaped = reshaping(ops)
-            if self.store.snapshots_share_items and not self.reshaped:
-                steps = min(steps, max(_SHARED_STEPS, self.size // _SHARED_SHARE))
+            if self.store.snapshots_share_items:
+                if ops and not self.reshaped:
+                    self.reshaped = reshaping(ops)
+                if not self.reshaped:
+                    steps = min(steps, max(_SHARED_STEPS, self.size // _SHARED_SHARE))
             due = forced or self.since >= max(self.size // 2, _SNAPSHOT_MIN) or number - self.snapshot_at >= steps
         else:
             due = forced or terminal or wait is not None or number % every == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import enum
 import json
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -277,7 +277,7 @@ class _StepRow(msgspec.Struct, forbid_unknown_fields=True):
     state: str
     target: str
     transition: str
-    kind: Literal["transition", "error", "fail"]
+    kind: StepKind
     started_at: float
     duration: float
     error: str | None
@@ -293,7 +293,6 @@ class _StepRow(msgspec.Struct, forbid_unknown_fields=True):
 
 _read_step_row = msgspec.json.Decoder(_StepRow).decode
 _as_dict = msgspec.structs.asdict
-_STEP_KINDS = {k.value: k for k in StepKind}
 _STEP_FIELDS = frozenset(StepRecord.model_fields)
 _STEP_FIELDS_WITHOUT_OPS = _STEP_FIELDS - {"ops"}
 _new_object = object.__new__
@@ -319,7 +318,6 @@ def fast_step(text: str) -> StepRecord | None:
             or type(row.duration) is not float):
         return None
     values = _as_dict(row)
-    values["kind"] = _STEP_KINDS[row.kind]
     given = _STEP_FIELDS
     if row.ops is msgspec.UNSET:
         values["ops"], given = {}, _STEP_FIELDS_WITHOUT_OPS

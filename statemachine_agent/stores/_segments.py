@@ -49,20 +49,14 @@ def split(snapshot: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
         value = snapshot[name]
         fields[name] = None
         whole = len(value) - len(value) % SEGMENT
+        is_list = type(value) is list
+        items = value if is_list else list(value.items())
         keys = []
-        if type(value) is list:
-            for i in range(0, whole, SEGMENT):
-                text = record_json(value[i:i + SEGMENT])
-                keys.append(key := key_of(text))
-                segments.append((key, text))
-            parts[name] = [_LIST, keys, value[whole:]]
-        else:
-            pairs = list(value.items())
-            for i in range(0, whole, SEGMENT):
-                text = record_json(dict(pairs[i:i + SEGMENT]))
-                keys.append(key := key_of(text))
-                segments.append((key, text))
-            parts[name] = [_DICT, keys, dict(pairs[whole:])]
+        for i in range(0, whole, SEGMENT):
+            text = record_json(items[i:i + SEGMENT] if is_list else dict(items[i:i + SEGMENT]))
+            keys.append(key := key_of(text))
+            segments.append((key, text))
+        parts[name] = [_LIST, keys, items[whole:]] if is_list else [_DICT, keys, dict(items[whole:])]
     try:
         text = record_json([fields, parts])
     except ValueError:

@@ -211,10 +211,7 @@ def _segment_texts(sql: Dialect, conn: sqlite3.Connection, run_id: str, keys: li
     for i in range(0, len(unique), 500):
         chunk = unique[i:i + 500]
         for key, items, crc in conn.execute(sql.select_segments(len(chunk)), (run_id, *chunk)):
-            if not isinstance(key, str) or not isinstance(items, str) or _row_crc("segment", run_id, key, items) != crc:
-                raise StoreCorrupted(f"{what}: segment {key!r} fails its checksum: the file was damaged or changed "
-                                     "outside statemachine-agent; nothing of it was loaded")
-            texts[key] = items
+            texts[key] = _checked(items, crc, f"{what}: segment {key!r}", kind="segment", run_id=run_id, key=key)
     return texts
 
 
